@@ -1,0 +1,197 @@
+"""The one error hierarchy: a class per CBR error code, carrying its gRPC status.
+
+Domain code raises these; the controller's error interceptor turns them into a
+gRPC status with a ``google.rpc.ErrorInfo`` detail (reason = the CBR code) in
+exactly one place, and ``cbr.client`` turns such a status back into the same
+class, so callers see the same errors locally or over gRPC. A code never
+changes meaning: retire a class rather than reuse its code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+ERROR_DOMAIN = "cbr.v1"
+
+
+class CbrError(Exception):
+    """Base of every error with a CBR code. The docstring of a subclass is
+    the reference's message for its code."""
+
+    code: ClassVar[str] = "BackupService.9900"
+    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, detail: str = "", **metadata: str) -> None:
+        self.detail = detail
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+        super().__init__(self.message)
+
+    @property
+    def summary(self) -> str:
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+    @property
+    def message(self) -> str:
+        return f"{self.summary} {self.detail}".strip() if self.detail else self.summary
+
+    @classmethod
+    def from_wire(cls, message: str, metadata: dict[str, str]) -> CbrError:
+        """Rebuilds an error received in a status, keeping the message as sent."""
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        detail = message[len(summary):].strip() if message.startswith(summary) else message
+        err = cls(detail)
+        err.metadata = dict(metadata)
+        return err
+
+
+# -- codes from the reference -------------------------------------------------
+
+
+class NoResourceAvailable(CbrError):
+    """No resource is available for backup."""
+
+    code = "BackupService.0001"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceTypeMismatch(CbrError):
+    """Resource not match vault resource type."""
+
+    code = "BackupService.6102"
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ResourceInOtherVault(CbrError):
+    """Resource already in other vault."""
+
+    code = "BackupService.6103"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DuplicateResource(CbrError):
+    """Duplicate resource."""
+
+    code = "BackupService.6104"
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class VaultNotFound(CbrError):
+    """Vault Not Found."""
+
+    code = "BackupService.6105"
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class DuplicateVault(CbrError):
+    """Duplicate vault."""
+
+    code = "BackupService.6106"
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class VaultStatusIllegal(CbrError):
+    """Vault status is illegal."""
+
+    code = "BackupService.6112"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class VaultCapacityExceeded(CbrError):
+    """The vault used capacity has exceeded the total capacity."""
+
+    code = "BackupService.6114"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDenied(CbrError):
+    """No API permission."""
+
+    code = "BackupService.0403"
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
+class InvalidParameter(CbrError):
+    """Invalid parameter."""
+
+    code = "BackupService.9900"
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- codes of ours, in the same numbering space -------------------------------
+
+
+class Unauthenticated(CbrError):
+    """The request is not authenticated."""
+
+    code = "BackupService.0401"
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceNotFound(CbrError):
+    """The resource does not exist."""
+
+    code = "BackupService.0404"
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(CbrError):
+    """The resource already exists."""
+
+    code = "BackupService.0409"
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Conflict(CbrError):
+    """The resource is in a state that does not allow this."""
+
+    code = "BackupService.0412"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotImplementedYet(CbrError):
+    """This operation is not available in this version."""
+
+    code = "BackupService.0501"
+    status = grpc.StatusCode.UNIMPLEMENTED
+
+
+class AgentUnavailable(CbrError):
+    """The agent is offline."""
+
+    code = "BackupService.0503"
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class InternalError(CbrError):
+    """Internal error; the controller log has the details."""
+
+    code = "BackupService.0500"
+    status = grpc.StatusCode.INTERNAL
+
+
+def _all_subclasses(cls: type[CbrError]) -> list[type[CbrError]]:
+    out: list[type[CbrError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_class_for(code: str) -> type[CbrError]:
+    """The class of a CBR code, for turning a received status back into an error."""
+    for cls in _all_subclasses(CbrError):
+        if cls.code == code:
+            return cls
+    return CbrError
+
+
+def all_codes() -> dict[str, type[CbrError]]:
+    codes: dict[str, type[CbrError]] = {}
+    for cls in _all_subclasses(CbrError):
+        if cls.code in codes:
+            raise RuntimeError(f"CBR code {cls.code} is used twice")
+        codes[cls.code] = cls
+    return codes

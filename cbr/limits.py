@@ -1,0 +1,22 @@
+"""Limits and defaults of the API, each defined once."""
+
+from __future__ import annotations
+
+NAME_MAX_LENGTH = 64
+DESCRIPTION_MAX_LENGTH = 255
+VAULT_SIZE_GB_MIN = 1
+VAULT_SIZE_GB_MAX = 10_485_760
+VAULT_THRESHOLD_DEFAULT = 80
+TAGS_MAX = 10
+TAG_KEY_MAX_LENGTH = 36
+TAG_VALUE_MAX_LENGTH = 43
+RESOURCES_PER_REQUEST_MAX = 256
+PAGE_SIZE_DEFAULT = 100
+PAGE_SIZE_MAX = 1000
+# Largest request message the controller accepts (bytes).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+ENROLLMENT_TOKEN_TTL_DEFAULT_S = 3600
+ENROLLMENT_TOKEN_TTL_MAX_S = 7 * 24 * 3600
+HEARTBEAT_INTERVAL_S = 5
+# An agent without a heartbeat for this long shows as offline.
+AGENT_OFFLINE_AFTER_S = 15

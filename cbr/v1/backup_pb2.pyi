@@ -1,0 +1,281 @@
+import datetime
+
+from cbr.v1 import common_pb2 as _common_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BackupStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKUP_STATUS_UNSPECIFIED: _ClassVar[BackupStatus]
+    BACKUP_STATUS_AVAILABLE: _ClassVar[BackupStatus]
+    BACKUP_STATUS_PROTECTING: _ClassVar[BackupStatus]
+    BACKUP_STATUS_DELETING: _ClassVar[BackupStatus]
+    BACKUP_STATUS_RESTORING: _ClassVar[BackupStatus]
+    BACKUP_STATUS_ERROR: _ClassVar[BackupStatus]
+    BACKUP_STATUS_WAITING_PROTECT: _ClassVar[BackupStatus]
+    BACKUP_STATUS_WAITING_DELETE: _ClassVar[BackupStatus]
+    BACKUP_STATUS_WAITING_RESTORE: _ClassVar[BackupStatus]
+
+class ImageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_TYPE_UNSPECIFIED: _ClassVar[ImageType]
+    IMAGE_TYPE_BACKUP: _ClassVar[ImageType]
+    IMAGE_TYPE_REPLICATION: _ClassVar[ImageType]
+BACKUP_STATUS_UNSPECIFIED: BackupStatus
+BACKUP_STATUS_AVAILABLE: BackupStatus
+BACKUP_STATUS_PROTECTING: BackupStatus
+BACKUP_STATUS_DELETING: BackupStatus
+BACKUP_STATUS_RESTORING: BackupStatus
+BACKUP_STATUS_ERROR: BackupStatus
+BACKUP_STATUS_WAITING_PROTECT: BackupStatus
+BACKUP_STATUS_WAITING_DELETE: BackupStatus
+BACKUP_STATUS_WAITING_RESTORE: BackupStatus
+IMAGE_TYPE_UNSPECIFIED: ImageType
+IMAGE_TYPE_BACKUP: ImageType
+IMAGE_TYPE_REPLICATION: ImageType
+
+class BackupExtendInfo(_message.Message):
+    __slots__ = ("auto_trigger", "contain_system_disk", "encrypted", "system_disk", "snapshot_id", "server_type", "app_consistent")
+    AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    CONTAIN_SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    APP_CONSISTENT_FIELD_NUMBER: _ClassVar[int]
+    auto_trigger: bool
+    contain_system_disk: bool
+    encrypted: bool
+    system_disk: bool
+    snapshot_id: str
+    server_type: str
+    app_consistent: bool
+    def __init__(self, auto_trigger: _Optional[bool] = ..., contain_system_disk: _Optional[bool] = ..., encrypted: _Optional[bool] = ..., system_disk: _Optional[bool] = ..., snapshot_id: _Optional[str] = ..., server_type: _Optional[str] = ..., app_consistent: _Optional[bool] = ...) -> None: ...
+
+class Backup(_message.Message):
+    __slots__ = ("id", "name", "description", "checkpoint_id", "vault_id", "resource_id", "resource_name", "resource_type", "resource_size_bytes", "status", "image_type", "incremental", "parent_id", "children", "extend_info", "stored_bytes", "replication_record_ids", "project_id", "protected_at", "created_at", "expired_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INCREMENTAL_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_INFO_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_RECORD_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    description: str
+    checkpoint_id: str
+    vault_id: str
+    resource_id: str
+    resource_name: str
+    resource_type: _common_pb2.ObjectType
+    resource_size_bytes: int
+    status: BackupStatus
+    image_type: ImageType
+    incremental: bool
+    parent_id: str
+    children: _containers.RepeatedCompositeFieldContainer[Backup]
+    extend_info: BackupExtendInfo
+    stored_bytes: int
+    replication_record_ids: _containers.RepeatedScalarFieldContainer[str]
+    project_id: str
+    protected_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    expired_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_size_bytes: _Optional[int] = ..., status: _Optional[_Union[BackupStatus, str]] = ..., image_type: _Optional[_Union[ImageType, str]] = ..., incremental: _Optional[bool] = ..., parent_id: _Optional[str] = ..., children: _Optional[_Iterable[_Union[Backup, _Mapping]]] = ..., extend_info: _Optional[_Union[BackupExtendInfo, _Mapping]] = ..., stored_bytes: _Optional[int] = ..., replication_record_ids: _Optional[_Iterable[str]] = ..., project_id: _Optional[str] = ..., protected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SkippedResource(_message.Message):
+    __slots__ = ("resource_id", "resource_name", "code", "reason")
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    resource_id: str
+    resource_name: str
+    code: str
+    reason: str
+    def __init__(self, resource_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("id", "vault_id", "name", "description", "status", "backup_ids", "task_ids", "skipped_resources", "auto_trigger", "policy_id", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vault_id: str
+    name: str
+    description: str
+    status: str
+    backup_ids: _containers.RepeatedScalarFieldContainer[str]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    skipped_resources: _containers.RepeatedCompositeFieldContainer[SkippedResource]
+    auto_trigger: bool
+    policy_id: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., vault_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[str] = ..., backup_ids: _Optional[_Iterable[str]] = ..., task_ids: _Optional[_Iterable[str]] = ..., skipped_resources: _Optional[_Iterable[_Union[SkippedResource, _Mapping]]] = ..., auto_trigger: _Optional[bool] = ..., policy_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateCheckpointRequest(_message.Message):
+    __slots__ = ("vault_id", "resource_ids", "name", "description", "full")
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    vault_id: str
+    resource_ids: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    description: str
+    full: bool
+    def __init__(self, vault_id: _Optional[str] = ..., resource_ids: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., full: _Optional[bool] = ...) -> None: ...
+
+class CreateCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: Checkpoint
+    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("checkpoint_id",)
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    def __init__(self, checkpoint_id: _Optional[str] = ...) -> None: ...
+
+class GetCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: Checkpoint
+    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+
+class GetBackupRequest(_message.Message):
+    __slots__ = ("backup_id",)
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    def __init__(self, backup_id: _Optional[str] = ...) -> None: ...
+
+class GetBackupResponse(_message.Message):
+    __slots__ = ("backup",)
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    backup: Backup
+    def __init__(self, backup: _Optional[_Union[Backup, _Mapping]] = ...) -> None: ...
+
+class ListBackupsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "vault_id", "resource_id", "checkpoint_id", "status", "image_type", "resource_type", "name", "show_children")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHOW_CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    vault_id: str
+    resource_id: str
+    checkpoint_id: str
+    status: BackupStatus
+    image_type: ImageType
+    resource_type: _common_pb2.ObjectType
+    name: str
+    show_children: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vault_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., status: _Optional[_Union[BackupStatus, str]] = ..., image_type: _Optional[_Union[ImageType, str]] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., name: _Optional[str] = ..., show_children: _Optional[bool] = ...) -> None: ...
+
+class ListBackupsResponse(_message.Message):
+    __slots__ = ("backups", "next_page_token", "total_count")
+    BACKUPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    backups: _containers.RepeatedCompositeFieldContainer[Backup]
+    next_page_token: str
+    total_count: int
+    def __init__(self, backups: _Optional[_Iterable[_Union[Backup, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class UpdateBackupRequest(_message.Message):
+    __slots__ = ("backup_id", "name", "description")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    name: str
+    description: str
+    def __init__(self, backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class UpdateBackupResponse(_message.Message):
+    __slots__ = ("backup",)
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    backup: Backup
+    def __init__(self, backup: _Optional[_Union[Backup, _Mapping]] = ...) -> None: ...
+
+class DeleteBackupRequest(_message.Message):
+    __slots__ = ("backup_id",)
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    def __init__(self, backup_id: _Optional[str] = ...) -> None: ...
+
+class DeleteBackupResponse(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class RestoreBackupRequest(_message.Message):
+    __slots__ = ("backup_id", "target_resource_id", "target_agent_id", "target_path", "mappings", "power_on")
+    class MappingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    POWER_ON_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    target_resource_id: str
+    target_agent_id: str
+    target_path: str
+    mappings: _containers.ScalarMap[str, str]
+    power_on: bool
+    def __init__(self, backup_id: _Optional[str] = ..., target_resource_id: _Optional[str] = ..., target_agent_id: _Optional[str] = ..., target_path: _Optional[str] = ..., mappings: _Optional[_Mapping[str, str]] = ..., power_on: _Optional[bool] = ...) -> None: ...
+
+class RestoreBackupResponse(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...

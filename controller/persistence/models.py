@@ -1,0 +1,365 @@
+"""Tables of the controller state. Times are UTC; ids are UUID strings.
+
+Changing a model means writing an Alembic migration beside it
+(``controller/persistence/migrations/versions``); a test compares the two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite drops the offset; PostgreSQL keeps it. Either way the application
+    sees aware UTC datetimes, so comparisons never mix naive and aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Timestamped:
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+# -- IAM -----------------------------------------------------------------------
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    administrator: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime]
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    account: Mapped[Account] = relationship()
+
+
+class AccessKey(Base):
+    """An AK/SK pair. The SK is stored sealed with the controller's master key
+    (it must be recoverable to verify HMAC signatures), never in clear."""
+
+    __tablename__ = "access_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime]
+    last_used_at: Mapped[dt.datetime | None]
+    user: Mapped[User] = relationship()
+
+
+class Grant(Base):
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("user_id", "action"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime]
+
+
+# -- agents and protectables ---------------------------------------------------
+
+
+class EnrollmentToken(Base):
+    """A one-time enrollment token; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+    used_by_agent_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    role: Mapped[str] = mapped_column(String(16))  # host | importer
+    version: Mapped[str] = mapped_column(String(32), default="")
+    certificate_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    enrolled_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime | None]
+    connected_at: Mapped[dt.datetime | None]
+    # True while a Connect stream is open on this controller.
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Protectable(Base):
+    """A server, disk or file system an agent reported."""
+
+    __tablename__ = "protectables"
+    __table_args__ = (UniqueConstraint("agent_id", "local_id"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    local_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    object_type: Mapped[str] = mapped_column(String(16))  # server | disk | turbo
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    path: Mapped[str] = mapped_column(Text, default="")
+    # [{id, name, path, size_bytes, system_disk, device_type}]
+    disks: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(Text, default="")
+    gone: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    agent: Mapped[Agent] = relationship()
+
+
+# -- vaults --------------------------------------------------------------------
+
+
+class Vault(Base):
+    __tablename__ = "vaults"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    object_type: Mapped[str] = mapped_column(String(16))
+    protect_type: Mapped[str] = mapped_column(String(16))
+    consistent_level: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    size_gb: Mapped[int] = mapped_column(BigInteger)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    auto_expand: Mapped[bool] = mapped_column(Boolean, default=False)
+    threshold: Mapped[int] = mapped_column(Integer, default=80)
+    backup_name_prefix: Mapped[str] = mapped_column(String(32), default="")
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    auto_bind: Mapped[bool] = mapped_column(Boolean, default=False)
+    bind_rules: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    region: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    resources: Mapped[list[VaultResource]] = relationship(
+        back_populates="vault", cascade="all, delete-orphan", order_by="VaultResource.added_at"
+    )
+    policy_bindings: Mapped[list[VaultPolicy]] = relationship(
+        back_populates="vault", cascade="all, delete-orphan"
+    )
+
+
+class VaultResource(Base):
+    """A protectable in a vault. The unique protectable_id enforces 'a
+    resource in at most one vault' in the database, not only in code."""
+
+    __tablename__ = "vault_resources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"), index=True)
+    protectable_id: Mapped[str] = mapped_column(
+        ForeignKey("protectables.id", ondelete="CASCADE"), unique=True
+    )
+    protect_status: Mapped[str] = mapped_column(String(16), default="available")
+    backup_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    backup_count: Mapped[int] = mapped_column(Integer, default=0)
+    exclude_volumes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    include_volumes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    added_at: Mapped[dt.datetime]
+    vault: Mapped[Vault] = relationship(back_populates="resources")
+    protectable: Mapped[Protectable] = relationship()
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    operation_type: Mapped[str] = mapped_column(String(16))  # backup | replication
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    operation_definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    trigger_patterns: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class VaultPolicy(Base):
+    """A vault's association with a policy; one backup and one replication
+    policy per vault at most (unique on vault and operation type)."""
+
+    __tablename__ = "vault_policies"
+    __table_args__ = (UniqueConstraint("vault_id", "operation_type"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"))
+    policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"), index=True)
+    operation_type: Mapped[str] = mapped_column(String(16))
+    destination_vault_id: Mapped[str] = mapped_column(String(36), default="")
+    created_at: Mapped[dt.datetime]
+    vault: Mapped[Vault] = relationship(back_populates="policy_bindings")
+    policy: Mapped[Policy] = relationship()
+
+
+class Credential(Base):
+    __tablename__ = "credentials"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    target_cloud: Mapped[str] = mapped_column(String(64))
+    target_endpoint: Mapped[str] = mapped_column(String(255), default="")
+    target_account_id: Mapped[str] = mapped_column(String(64))
+    access_key_id: Mapped[str] = mapped_column(String(64))
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+# -- tasks, checkpoints, backups, replication records --------------------------
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_project_created", "project_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    operation_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    policy_id: Mapped[str] = mapped_column(String(36), default="")
+    vault_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    vault_name: Mapped[str] = mapped_column(String(64), default="")
+    resource_id: Mapped[str] = mapped_column(String(36), default="")
+    resource_name: Mapped[str] = mapped_column(String(255), default="")
+    agent_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    # The command the agent runs, kept until it is done so it can be resent.
+    command: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error_code: Mapped[str] = mapped_column(String(32), default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    extra_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime | None]
+    ended_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    auto_trigger: Mapped[bool] = mapped_column(Boolean, default=False)
+    policy_id: Mapped[str] = mapped_column(String(36), default="")
+    skipped_resources: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime]
+
+
+class Backup(Base):
+    __tablename__ = "backups"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("backups.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    resource_id: Mapped[str] = mapped_column(String(36), index=True)
+    resource_name: Mapped[str] = mapped_column(String(255), default="")
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(24))
+    image_type: Mapped[str] = mapped_column(String(16), default="backup")
+    incremental: Mapped[bool] = mapped_column(Boolean, default=False)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    extend_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    protected_at: Mapped[dt.datetime | None]
+    expired_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ReplicationRecord(Base):
+    __tablename__ = "replication_records"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(24))
+    vault_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    source_region: Mapped[str] = mapped_column(String(64), default="")
+    source_project_id: Mapped[str] = mapped_column(String(64), default="")
+    source_backup_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    source_checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    destination_region: Mapped[str] = mapped_column(String(64), default="")
+    destination_project_id: Mapped[str] = mapped_column(String(64), default="")
+    destination_vault_id: Mapped[str] = mapped_column(String(36), default="")
+    destination_backup_id: Mapped[str] = mapped_column(String(36), default="")
+    destination_checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    extra_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
