@@ -77,7 +77,10 @@ class SigningInterceptor(
 
 def error_from_rpc(exc: grpc.RpcError) -> errors.CbrError | None:
     """The CbrError a failed call carries in its details, or None."""
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    try:
+        status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    except ValueError:  # the transport replaced the status (e.g. trailers too large)
+        return None
     if status is None:
         return None
     for detail in status.details:

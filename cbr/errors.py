@@ -57,6 +57,13 @@ class NoResourceAvailable(CbrError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ReplicationNotAllowedForType(CbrError):
+    """Replication is not allowed for the current type of backups."""
+
+    code = "BackupService.1002"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceTypeMismatch(CbrError):
     """Resource not match vault resource type."""
 

@@ -63,9 +63,8 @@ class SignedHeaders:
 def sign(access_key: str, secret_key: str, method: str, body: bytes, now: float) -> SignedHeaders:
     timestamp = str(int(now))
     nonce = secrets.token_hex(16)
-    return SignedHeaders(
-        access_key, timestamp, nonce, signature(secret_key, method, timestamp, nonce, body_digest(body))
-    )
+    sig = signature(secret_key, method, timestamp, nonce, body_digest(body))
+    return SignedHeaders(access_key, timestamp, nonce, sig)
 
 
 def verify(secret_key: str, method: str, headers: SignedHeaders, digest: str) -> bool:

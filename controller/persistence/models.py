@@ -252,7 +252,9 @@ class VaultPolicy(Base):
     __table_args__ = (UniqueConstraint("vault_id", "operation_type"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"))
-    policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"), index=True)
+    policy_id: Mapped[str] = mapped_column(
+        ForeignKey("policies.id", ondelete="CASCADE"), index=True
+    )
     operation_type: Mapped[str] = mapped_column(String(16))
     destination_vault_id: Mapped[str] = mapped_column(String(36), default="")
     created_at: Mapped[dt.datetime]

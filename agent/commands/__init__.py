@@ -1,0 +1,42 @@
+"""The commands an agent runs, one module per command, registered by action name.
+
+A command is a function ``run(context, command) -> Outcome``; the action name
+is the field of the ``Command.action`` oneof (``sync``, ...). Running each
+task id once is not the command's concern: ``agent.executor`` does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import AgentConfig
+
+
+@dataclass
+class Outcome:
+    success: bool
+    error_code: str = ""
+    error_message: str = ""
+    extra_info: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CommandContext:
+    """What a command may use of the running agent."""
+
+    config: AgentConfig
+    # Rescans the host and sends the Inventory now; returns how many protectables.
+    report_inventory: Callable[[], int]
+    # Sends CommandProgress(progress 0..100, message) for the running task.
+    progress: Callable[[int, str], None]
+
+
+CommandFunction = Callable[[CommandContext, Any], Outcome]
+
+
+def registry() -> dict[str, CommandFunction]:
+    from agent.commands import sync
+
+    return {"sync": sync.run}

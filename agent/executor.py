@@ -1,0 +1,96 @@
+"""Runs commands from the controller, each task id at most once.
+
+A command whose task id is in the journal is not run: its stored result is
+sent again (the controller may have missed it). A command that is running
+now is not started twice. Otherwise the agent logs exactly one line
+``running task <task_id> (<action>)``, runs it on its own thread, journals
+the result durably, and then sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from agent.commands import CommandContext, CommandFunction, Outcome, registry
+from agent.journal import Entry, Journal
+from cbr.v1 import agent_pb2
+
+log = logging.getLogger("cbr.agent")
+
+
+def result_message(entry: Entry) -> Any:
+    return agent_pb2.ConnectRequest(result=agent_pb2.CommandResult(
+        task_id=entry.task_id, success=entry.success, error_code=entry.error_code,
+        error_message=entry.error_message, extra_info=entry.extra_info,
+    ))
+
+
+class Executor:
+    def __init__(
+        self,
+        journal: Journal,
+        make_context: Callable[[str], CommandContext],
+        send: Callable[[Any], None],
+        commands: dict[str, CommandFunction] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._make_context = make_context
+        self._send = send
+        self._commands = commands if commands is not None else registry()
+        self._threads: list[threading.Thread] = []
+
+    def handle(self, command: Any) -> threading.Thread | None:
+        """Takes one delivered command; returns the thread running it, if it runs."""
+        task_id = command.task_id
+        action = command.WhichOneof("action") or "unknown"
+        if not self._journal.valid_id(task_id):
+            log.warning("ignoring a command with an invalid task id %r", task_id)
+            return None
+        done = self._journal.get(task_id)
+        if done is not None:
+            log.info("task %s (%s) already ran; sending its result again", task_id, action)
+            self._send(result_message(done))
+            return None
+        if not self._journal.begin(task_id):
+            log.info("task %s (%s) is running; ignoring the repeated command", task_id, action)
+            return None
+        thread = threading.Thread(target=self._run, args=(command, action),
+                                  name=f"task-{task_id[:8]}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def _run(self, command: Any, action: str) -> None:
+        task_id = command.task_id
+        log.info("running task %s (%s)", task_id, action)
+        function = self._commands.get(action)
+        try:
+            if function is None:
+                outcome = Outcome(False, "BackupService.0501",
+                                  f"This agent does not know the command {action!r}; upgrade it.")
+            else:
+                outcome = function(self._make_context(task_id), getattr(command, action))
+        except Exception as exc:
+            log.exception("task %s (%s) failed", task_id, action)
+            outcome = Outcome(False, "BackupService.0500", f"{type(exc).__name__}: {exc}")
+        try:
+            entry = self._journal.finish(Entry(
+                task_id=task_id, action=action, success=outcome.success,
+                error_code=outcome.error_code, error_message=outcome.error_message,
+                extra_info=dict(outcome.extra_info),
+            ))
+        except OSError:
+            log.exception("task %s: cannot write the journal; the result is not sent", task_id)
+            self._journal.abandon(task_id)
+            return
+        log.info("task %s (%s) %s", task_id, action,
+                 "succeeded" if entry.success else f"failed: {entry.error_message}")
+        self._send(result_message(entry))
+
+    def wait(self, timeout: float | None = None) -> None:
+        for thread in list(self._threads):
+            thread.join(timeout)

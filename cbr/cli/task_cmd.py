@@ -1,0 +1,194 @@
+"""`cbr task`: operation logs, and watching them until they end.
+
+Watching lives here because every asynchronous verb (`--wait`) reuses it: one
+definition of which statuses are final and which count as success keeps the
+exit codes of `task watch` and `vault delete --wait` the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator
+
+from google.protobuf.message import Message
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+from cbr.cli._common import (
+    Column,
+    Context,
+    add_command,
+    add_group,
+    add_paging,
+    enum_arg,
+    enum_names,
+    list_pages,
+    to_dict,
+)
+from cbr.v1 import task_pb2
+
+OPERATION = enum_names(task_pb2.OperationType.DESCRIPTOR)
+STATUS = enum_names(task_pb2.TaskStatus.DESCRIPTOR)
+
+FINAL = frozenset(
+    {
+        task_pb2.TASK_STATUS_SUCCESS,
+        task_pb2.TASK_STATUS_FAILED,
+        task_pb2.TASK_STATUS_SKIPPED,
+        task_pb2.TASK_STATUS_TIMEOUT,
+    }
+)
+# Skipped is a success: an empty vault replicated is "nothing to do", not an error.
+SUCCEEDED = frozenset({task_pb2.TASK_STATUS_SUCCESS, task_pb2.TASK_STATUS_SKIPPED})
+
+COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("OPERATION", "operation_type"),
+    ("STATUS", "status"),
+    ("PROGRESS", lambda t: f"{t.progress}%"),
+    ("VAULT", lambda t: t.vault_name or t.vault_id or "-"),
+    ("RESOURCE", lambda t: t.resource_name or t.resource_id or "-"),
+    ("CREATED", "created_at"),
+    ("ENDED", "ended_at"),
+    ("ERROR", lambda t: t.error_info.code or "-"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = add_group(sub, "task", "operation logs of asynchronous operations")
+
+    p = add_command(group, "list", cmd_list, "list tasks", rpc="TaskService.ListTasks")
+    enum_arg(p, "--operation-type", OPERATION, "only this operation")
+    enum_arg(p, "--status", STATUS, "only this status")
+    p.add_argument("--vault", help="only tasks of this vault id")
+    p.add_argument("--resource", help="only tasks of this resource id")
+    p.add_argument("--checkpoint", help="only tasks of this checkpoint id")
+    p.add_argument("--policy", help="only tasks started by this policy id")
+    add_paging(p)
+
+    p = add_command(group, "show", cmd_show, "show a task", rpc="TaskService.GetTask")
+    p.add_argument("task_id", metavar="TASK_ID")
+
+    p = add_command(
+        group,
+        "watch",
+        cmd_watch,
+        "follow a task until it ends (exit 0 success/skipped, 1 failed/timeout)",
+        rpc="TaskService.WatchTask",
+    )
+    p.add_argument("task_ids", metavar="TASK_ID", nargs="+")
+
+
+def build_list_request(args: argparse.Namespace) -> task_pb2.ListTasksRequest:
+    return task_pb2.ListTasksRequest(
+        operation_type=OPERATION.value(args.operation_type),  # type: ignore[arg-type]
+        status=STATUS.value(args.status),  # type: ignore[arg-type]
+        vault_id=args.vault or "",
+        resource_id=args.resource or "",
+        checkpoint_id=args.checkpoint or "",
+        policy_id=args.policy or "",
+    )
+
+
+def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
+    items = list_pages(ctx, ctx.client.tasks.ListTasks, build_list_request(args), "tasks")
+    ctx.out.items(items, COLUMNS)
+    return 0
+
+
+def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.tasks.GetTask(
+        task_pb2.GetTaskRequest(task_id=args.task_id), timeout=ctx.timeout
+    )
+    ctx.out.show(resp.task)
+    return 0
+
+
+def report_started(ctx: Context, response: Message, task_ids: list[str], what: str) -> int:
+    """Prints the started task ids, then, with --wait, follows them. JSON with
+    --wait is JSON Lines: the response first, then every task update."""
+    wait = bool(getattr(ctx.args, "wait", False))
+    ids = [t for t in task_ids if t]
+    if ctx.out.json:
+        ctx.out.json_value(to_dict(response), compact=wait)
+    else:
+        for task_id in ids:
+            ctx.out.message(f"{what}: task {task_id}")
+        if not ids:
+            ctx.out.message(f"{what}: no task started")
+    return wait_for_tasks(ctx, ids) if wait else 0
+
+
+def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
+    return wait_for_tasks(ctx, args.task_ids)
+
+
+def _updates(ctx: Context, task_id: str) -> Iterator[task_pb2.Task]:
+    """The task each time it changes, ending with its final state. If the
+    stream ends early the task is read once more, so a dropped stream of a
+    finished task is not reported as a failure."""
+    last: task_pb2.Task | None = None
+    stream = ctx.client.tasks.WatchTask(
+        task_pb2.WatchTaskRequest(task_id=task_id), timeout=ctx.stream_timeout
+    )
+    for resp in stream:
+        last = resp.task
+        yield last
+        if last.status in FINAL:
+            return
+    if last is None or last.status not in FINAL:
+        resp = ctx.client.tasks.GetTask(
+            task_pb2.GetTaskRequest(task_id=task_id), timeout=ctx.timeout
+        )
+        yield resp.task
+
+
+def _label(task: task_pb2.Task) -> str:
+    op = OPERATION.short(task.operation_type)
+    target = task.resource_name or task.vault_name or task.resource_id or task.vault_id
+    return f"{op} {task.id}" + (f" ({target})" if target else "")
+
+
+def wait_for_tasks(ctx: Context, task_ids: Iterable[str]) -> int:
+    """Follows each task to its end; 0 when all succeeded or were skipped."""
+    ids = [t for t in task_ids if t]
+    final: dict[str, task_pb2.Task] = {}
+    if ctx.out.json:
+        for task_id in ids:
+            for update in _updates(ctx, task_id):
+                final[task_id] = update
+                ctx.out.json_value(to_dict(update), compact=True)
+    elif ids:
+        progress = Progress(
+            TextColumn("{task.description}"),
+            TextColumn("{task.fields[status]}", style="bold"),
+            BarColumn(),
+            TaskProgressColumn(),
+            console=ctx.out.console,
+        )
+        with progress:
+            bars = {
+                task_id: progress.add_task(task_id, total=100, status="waiting") for task_id in ids
+            }
+            for task_id in ids:
+                for update in _updates(ctx, task_id):
+                    final[task_id] = update
+                    progress.update(
+                        bars[task_id],
+                        description=_label(update),
+                        status=STATUS.short(update.status),
+                        completed=100 if update.status in SUCCEEDED else update.progress,
+                    )
+    failed = 0
+    for task_id in ids:
+        task: task_pb2.Task | None = final.get(task_id)
+        if task is not None and task.status in SUCCEEDED:
+            continue
+        failed += 1
+        status = STATUS.short(task.status) if task is not None else "unknown"
+        why = ""
+        if task is not None and (task.error_info.code or task.error_info.message):
+            why = f": {task.error_info.code}: {task.error_info.message}".rstrip(": ")
+        elif task is not None and task.status not in FINAL:
+            why = ": the watch ended before the task did"
+        ctx.out.note(f"cbr: error: task {task_id} {status}{why}")
+    return 1 if failed else 0

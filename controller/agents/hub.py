@@ -1,0 +1,404 @@
+"""The agent hub: every live Connect stream of this controller, and delivery.
+
+Owns the registry of streams (one per agent; a second connection of the same
+agent replaces the first), each stream's outbound queue, the in-memory
+``last_seen`` of every agent and the background thread that writes it to the
+database in one batched transaction every few seconds, never one write per
+heartbeat (hundreds of agents heartbeat against one controller), and closes
+streams that went silent.
+
+Delivery is at least once: ``dispatch`` sends a task's stored command with its
+task id, and after every Hello the hub sends again every non-final task of
+that agent that has a command, so a command survives controller and agent
+restarts. The agent's journal makes a second delivery harmless, and a result
+that arrives twice is applied once (``controller.services.tasks``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
+
+import grpc
+from google.protobuf import json_format
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.orm import Session
+
+from cbr.v1 import agent_pb2
+from controller.agents import convert, service
+from controller.app import App
+from controller.persistence.models import Agent, Task, UtcDateTime
+from controller.services import tasks
+
+log = logging.getLogger("cbr.controller.agents.hub")
+
+# Metadata sent with the stream's first response: the heartbeat interval in
+# milliseconds, finer than Welcome's whole seconds (tests run at 0.5 s).
+HEARTBEAT_METADATA = "cbr-heartbeat-interval-ms"
+# A stream silent for this many offline timeouts is closed; a live agent reconnects.
+STALE_AFTER_OFFLINE_TIMEOUTS = 4.0
+
+ResultHandler = Callable[[Session, Task, Any], None]
+
+
+class _Stream:
+    """One open Connect stream of one agent."""
+
+    def __init__(self, agent_id: str, project_id: str, now: float) -> None:
+        self.agent_id = agent_id
+        self.project_id = project_id
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.opened = now
+        self.last_seen = now
+        self.flushed_last_seen = 0.0
+        self.closed = threading.Event()
+
+    def send(self, message: Any) -> bool:
+        if self.closed.is_set():
+            return False
+        self.queue.put(message)
+        return True
+
+    def close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self.queue.put(None)
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+class AgentHub:
+    def __init__(self, app: App, *, flush_interval: float | None = None) -> None:
+        self._app = app
+        self._clock = app.clock
+        offline_after = app.config.agent_offline_after
+        self.flush_interval = flush_interval or max(0.2, min(2.0, offline_after / 4))
+        self._stale_after = max(STALE_AFTER_OFFLINE_TIMEOUTS * offline_after,
+                                3 * app.config.heartbeat_interval)
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}
+        # Agents whose stream opened or closed since the last flush: id -> connected_at or None.
+        self._connection_changes: dict[str, dt.datetime | None] = {}
+        # What this process knows of agents it has seen; newer than the database.
+        self._live: dict[str, service.LiveState] = {}
+        self._result_handlers: dict[str, list[ResultHandler]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Forgets stale 'connected' flags of a previous run and starts the flusher."""
+        with self._app.db.begin() as session:
+            n = service.mark_all_disconnected(session)
+        if n:
+            log.info("%d agents were marked connected by a previous run; they reconnect", n)
+        self._thread = threading.Thread(target=self._run, name="agent-hub", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Closes every stream and writes the last state; safe to call twice."""
+        self._stop.set()
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            stream.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        try:
+            self.flush()
+        except Exception:
+            log.exception("could not write the agents' last state")
+
+    # -- extension -------------------------------------------------------------
+
+    def register_result_handler(self, operation_type: str, handler: ResultHandler) -> None:
+        """Runs handler(session, task, CommandResult) in the transaction that
+        first finishes a task of that operation type (never for a repeat)."""
+        self._result_handlers.setdefault(operation_type, []).append(handler)
+
+    # -- state -----------------------------------------------------------------
+
+    def live_states(self) -> dict[str, service.LiveState]:
+        with self._lock:
+            out = dict(self._live)
+            for agent_id, stream in self._streams.items():
+                out[agent_id] = service.LiveState(True, _utc(stream.last_seen),
+                                                  _utc(stream.opened))
+        return out
+
+    def is_online(self, agent_id: str) -> bool:
+        with self._lock:
+            stream = self._streams.get(agent_id)
+            if stream is None:
+                return False
+            return self._clock.time() - stream.last_seen <= self._app.config.agent_offline_after
+
+    def online_agent_ids(self) -> set[str]:
+        now = self._clock.time()
+        limit = self._app.config.agent_offline_after
+        with self._lock:
+            return {a for a, s in self._streams.items() if now - s.last_seen <= limit}
+
+    def connected_count(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    # -- streams ---------------------------------------------------------------
+
+    def _attach(self, agent_id: str, project_id: str) -> _Stream:
+        now = self._clock.time()
+        stream = _Stream(agent_id, project_id, now)
+        with self._lock:
+            old = self._streams.get(agent_id)
+            self._streams[agent_id] = stream
+            self._connection_changes[agent_id] = _utc(now)
+            self._live[agent_id] = service.LiveState(True, _utc(now), _utc(now))
+        if old is not None:
+            log.info("agent %s connected again; closing its previous stream", agent_id)
+            old.close()
+        return stream
+
+    def _detach(self, stream: _Stream) -> None:
+        stream.close()
+        with self._lock:
+            if self._streams.get(stream.agent_id) is not stream:
+                return
+            del self._streams[stream.agent_id]
+            self._connection_changes[stream.agent_id] = None
+            self._live[stream.agent_id] = service.LiveState(False, _utc(stream.last_seen), None)
+        log.info("agent %s disconnected", stream.agent_id)
+
+    def disconnect(self, agent_id: str) -> None:
+        """Closes the agent's stream, if open (used when it is deleted)."""
+        with self._lock:
+            stream = self._streams.get(agent_id)
+        if stream is not None:
+            stream.close()
+
+    def serve(
+        self,
+        agent_id: str,
+        project_id: str,
+        requests: Iterable[Any],
+        context: grpc.ServicerContext,
+    ) -> Iterator[Any]:
+        """The response side of one Connect stream; reads requests on a thread."""
+        stream = self._attach(agent_id, project_id)
+        context.add_callback(stream.close)
+        interval = self._app.config.heartbeat_interval
+        context.send_initial_metadata(((HEARTBEAT_METADATA, str(int(interval * 1000))),))
+        reader = threading.Thread(
+            target=self._read, args=(stream, requests), name=f"agent-{agent_id[:8]}",
+            daemon=True,
+        )
+        reader.start()
+        log.info("agent %s connected", agent_id)
+        try:
+            yield agent_pb2.ConnectResponse(
+                welcome=agent_pb2.Welcome(heartbeat_interval_seconds=max(1, round(interval)))
+            )
+            while True:
+                message = stream.queue.get()
+                if message is None:
+                    return
+                yield message
+        finally:
+            self._detach(stream)
+
+    def _read(self, stream: _Stream, requests: Iterable[Any]) -> None:
+        try:
+            for request in requests:
+                stream.last_seen = self._clock.time()
+                kind = request.WhichOneof("message")
+                if kind == "heartbeat":
+                    continue
+                if kind == "hello":
+                    self._on_hello(stream, request.hello)
+                elif kind == "inventory":
+                    self._on_inventory(stream, request.inventory)
+                elif kind == "progress":
+                    self._on_progress(stream, request.progress)
+                elif kind == "result":
+                    self._on_result(stream, request.result)
+                if stream.closed.is_set():
+                    return
+        except grpc.RpcError:
+            pass  # the agent went away; the stream closes below
+        except Exception:
+            # The agent reconnects and reports everything again.
+            log.exception("agent %s: error handling its message; closing the stream",
+                          stream.agent_id)
+        finally:
+            stream.close()
+
+    # -- messages from agents --------------------------------------------------
+
+    def _on_hello(self, stream: _Stream, hello: Any) -> None:
+        with self._app.db.begin() as session:
+            service.update_identity(session, stream.agent_id, hostname=hello.hostname,
+                                    version=hello.version)
+            pending = session.scalars(
+                select(Task)
+                .where(Task.agent_id == stream.agent_id,
+                       Task.status.in_(("waiting", "running")))
+                .order_by(Task.created_at)
+            ).all()
+            commands = [self._command(t) for t in pending if t.command]
+        for command in commands:
+            if command is not None:
+                stream.send(agent_pb2.ConnectResponse(command=command))
+        if commands:
+            log.info("agent %s: resent %d pending commands", stream.agent_id, len(commands))
+
+    def _on_inventory(self, stream: _Stream, inventory: Any) -> None:
+        reported = [convert.reported_from_pb(p) for p in inventory.protectables]
+        with self._app.db.begin() as session:
+            outcome = service.record_inventory(session, stream.agent_id, reported,
+                                               self._clock.now())
+        log.info("agent %s reported %d protectables (%d new, %d changed, %d gone)",
+                 stream.agent_id, outcome.reported, len(outcome.created), outcome.updated,
+                 outcome.gone)
+
+    def _own_task(self, session: Session, stream: _Stream, task_id: str) -> Task | None:
+        task = session.get(Task, task_id)
+        if task is None or task.agent_id != stream.agent_id:
+            log.warning("agent %s reported on task %r, which is not its own", stream.agent_id,
+                        task_id)
+            return None
+        return task
+
+    def _on_progress(self, stream: _Stream, progress: Any) -> None:
+        with self._app.db.begin() as session:
+            if self._own_task(session, stream, progress.task_id) is not None:
+                tasks.report_progress(session, progress.task_id, progress.progress,
+                                      self._clock.now(), progress.message)
+
+    def _on_result(self, stream: _Stream, result: Any) -> None:
+        extra: dict[str, Any] = {
+            k: int(v) if v.isdigit() else v for k, v in result.extra_info.items()
+        }
+        status = "success" if result.success else "failed"
+        override = extra.pop("task_status", None)
+        if override in tasks.FINAL_STATUSES:
+            status = str(override)
+        with self._app.db.begin() as session:
+            task = self._own_task(session, stream, result.task_id)
+            if task is None:
+                return
+            done = tasks.finish_task(
+                session, result.task_id, status, self._clock.now(),
+                error_code=result.error_code, error_message=result.error_message,
+                extra_info=extra,
+            )
+            if done is None:
+                return
+            for handler in self._result_handlers.get(done.operation_type, []):
+                handler(session, done, result)
+        log.info("task %s of agent %s finished: %s", result.task_id, stream.agent_id, status)
+
+    # -- commands to agents ----------------------------------------------------
+
+    def _command(self, task: Task) -> Any | None:
+        """The Command message of a task's stored command dict, e.g. {"sync": {}}."""
+        try:
+            return json_format.ParseDict({"task_id": task.id, **task.command},
+                                         agent_pb2.Command())
+        except json_format.ParseError as exc:
+            log.error("task %s: its command %r is not a cbr.v1.Command: %s", task.id,
+                      task.command, exc)
+            return None
+
+    def dispatch(self, agent_id: str, task_id: str) -> bool:
+        """Sends a task's command now if the agent is connected.
+
+        Returns False when it is not: the task stays waiting and goes out
+        when the agent next says Hello.
+        """
+        with self._lock:
+            stream = self._streams.get(agent_id)
+        now = self._clock.now()
+        with self._app.db.begin() as session:
+            task = session.get(Task, task_id)
+            if task is None or task.status in tasks.FINAL_STATUSES or not task.command:
+                return False
+            command = self._command(task)
+            if command is None:
+                tasks.finish_task(session, task_id, "failed", now, error_code="BackupService.0501",
+                                  error_message="This controller cannot encode the task's "
+                                  "command for agents.")
+                return False
+            if stream is None or stream.closed.is_set():
+                return False
+            tasks.start_task(session, task_id, now)
+        return stream.send(agent_pb2.ConnectResponse(command=command))
+
+    # -- background ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            try:
+                self._close_silent_streams()
+                self.flush()
+            except Exception:
+                log.exception("agent hub: flushing agent state failed; retrying")
+
+    def _close_silent_streams(self) -> None:
+        now = self._clock.time()
+        with self._lock:
+            silent = [s for s in self._streams.values() if now - s.last_seen > self._stale_after]
+        for stream in silent:
+            log.warning("agent %s sent nothing for %.0f s; closing its stream", stream.agent_id,
+                        now - stream.last_seen)
+            stream.close()
+
+    def flush(self) -> None:
+        """Writes last-seen times and stream openings/closings in one transaction."""
+        with self._lock:
+            changes, self._connection_changes = self._connection_changes, {}
+            seen = [(s, s.last_seen) for s in self._streams.values()
+                    if s.last_seen != s.flushed_last_seen]
+            closed_seen = {a: self._live[a].last_seen_at for a, c in changes.items()
+                           if c is None and a in self._live}
+        if not changes and not seen:
+            return
+        table = cast(Table, Agent.__table__)
+        by_id = table.c.id == bindparam("b_id")
+        try:
+            with self._app.db.begin() as session:
+                if seen:
+                    session.execute(
+                        update(table).where(by_id).values(last_seen_at=bindparam("b_seen")),
+                        [{"b_id": s.agent_id, "b_seen": _utc(ts)} for s, ts in seen],
+                    )
+                opened = [{"b_id": a, "b_at": c} for a, c in changes.items() if c is not None]
+                if opened:
+                    session.execute(
+                        update(table).where(by_id).values(connected=True,
+                                                          connected_at=bindparam("b_at")),
+                        opened,
+                    )
+                closed = [{"b_id": a, "b_seen": closed_seen.get(a)}
+                          for a, c in changes.items() if c is None]
+                if closed:
+                    session.execute(
+                        update(table).where(by_id).values(
+                            connected=False,
+                            last_seen_at=func.coalesce(bindparam("b_seen", type_=UtcDateTime()),
+                                                       table.c.last_seen_at)),
+                        closed,
+                    )
+        except Exception:
+            with self._lock:
+                for agent_id, change in changes.items():
+                    self._connection_changes.setdefault(agent_id, change)
+            raise
+        for stream, ts in seen:
+            stream.flushed_last_seen = ts

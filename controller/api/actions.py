@@ -1,0 +1,107 @@
+"""The IAM action each API method needs, and the methods that are not signed.
+
+A method missing from METHOD_ACTIONS and from UNSIGNED_METHODS is refused:
+a new RPC cannot become reachable without a decision here
+(tests/unit/test_actions.py checks every RPC in the protos has one).
+"""
+
+from __future__ import annotations
+
+# Authenticated otherwise: Enroll by its one-time token, Connect by the
+# agent's client certificate on the TLS agent endpoint.
+UNSIGNED_METHODS = frozenset(
+    {
+        "/cbr.v1.AgentService/Enroll",
+        "/cbr.v1.AgentService/Connect",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+# Actions that any authenticated caller holds.
+ALWAYS_ALLOWED = frozenset({"iam:identity:get", "cbr:cloud:get"})
+
+METHOD_ACTIONS: dict[str, str] = {
+    "/cbr.v1.VaultService/CreateVault": "cbr:vaults:create",
+    "/cbr.v1.VaultService/GetVault": "cbr:vaults:get",
+    "/cbr.v1.VaultService/ListVaults": "cbr:vaults:list",
+    "/cbr.v1.VaultService/UpdateVault": "cbr:vaults:update",
+    "/cbr.v1.VaultService/DeleteVault": "cbr:vaults:delete",
+    "/cbr.v1.VaultService/AddVaultResources": "cbr:vaults:addResources",
+    "/cbr.v1.VaultService/RemoveVaultResources": "cbr:vaults:removeResources",
+    "/cbr.v1.VaultService/AssociateVaultPolicy": "cbr:vaults:associatePolicy",
+    "/cbr.v1.VaultService/DissociateVaultPolicy": "cbr:vaults:dissociatePolicy",
+    "/cbr.v1.ProtectableService/ListProtectables": "cbr:protectables:list",
+    "/cbr.v1.ProtectableService/GetProtectable": "cbr:protectables:get",
+    "/cbr.v1.BackupService/CreateCheckpoint": "cbr:checkpoints:create",
+    "/cbr.v1.BackupService/GetCheckpoint": "cbr:checkpoints:get",
+    "/cbr.v1.BackupService/GetBackup": "cbr:backups:get",
+    "/cbr.v1.BackupService/ListBackups": "cbr:backups:list",
+    "/cbr.v1.BackupService/UpdateBackup": "cbr:backups:update",
+    "/cbr.v1.BackupService/DeleteBackup": "cbr:backups:delete",
+    "/cbr.v1.BackupService/RestoreBackup": "cbr:backups:restore",
+    "/cbr.v1.PolicyService/CreatePolicy": "cbr:policies:create",
+    "/cbr.v1.PolicyService/GetPolicy": "cbr:policies:get",
+    "/cbr.v1.PolicyService/ListPolicies": "cbr:policies:list",
+    "/cbr.v1.PolicyService/UpdatePolicy": "cbr:policies:update",
+    "/cbr.v1.PolicyService/DeletePolicy": "cbr:policies:delete",
+    "/cbr.v1.CredentialService/CreateCredential": "cbr:credentials:create",
+    "/cbr.v1.CredentialService/GetCredential": "cbr:credentials:get",
+    "/cbr.v1.CredentialService/ListCredentials": "cbr:credentials:list",
+    "/cbr.v1.CredentialService/UpdateCredential": "cbr:credentials:update",
+    "/cbr.v1.CredentialService/DeleteCredential": "cbr:credentials:delete",
+    "/cbr.v1.ReplicationService/ReplicateBackup": "cbr:backups:replicate",
+    "/cbr.v1.ReplicationService/ReplicateVault": "cbr:vaults:replicate",
+    "/cbr.v1.ReplicationService/GetReplicationRecord": "cbr:replicationRecords:get",
+    "/cbr.v1.ReplicationService/ListReplicationRecords": "cbr:replicationRecords:list",
+    "/cbr.v1.TaskService/GetTask": "cbr:tasks:get",
+    "/cbr.v1.TaskService/ListTasks": "cbr:tasks:list",
+    "/cbr.v1.TaskService/WatchTask": "cbr:tasks:get",
+    "/cbr.v1.AgentService/CreateEnrollmentToken": "cbr:agents:enroll",
+    "/cbr.v1.AgentService/GetAgent": "cbr:agents:get",
+    "/cbr.v1.AgentService/ListAgents": "cbr:agents:list",
+    "/cbr.v1.AgentService/DeleteAgent": "cbr:agents:delete",
+    "/cbr.v1.AgentService/SyncAgent": "cbr:agents:sync",
+    "/cbr.v1.CloudService/GetCloud": "cbr:cloud:get",
+    "/cbr.v1.IamService/GetCallerIdentity": "iam:identity:get",
+    "/cbr.v1.IamService/CreateAccount": "iam:accounts:create",
+    "/cbr.v1.IamService/GetAccount": "iam:accounts:get",
+    "/cbr.v1.IamService/ListAccounts": "iam:accounts:list",
+    "/cbr.v1.IamService/CreateUser": "iam:users:create",
+    "/cbr.v1.IamService/GetUser": "iam:users:get",
+    "/cbr.v1.IamService/ListUsers": "iam:users:list",
+    "/cbr.v1.IamService/DeleteUser": "iam:users:delete",
+    "/cbr.v1.IamService/CreateAccessKey": "iam:accessKeys:create",
+    "/cbr.v1.IamService/ListAccessKeys": "iam:accessKeys:list",
+    "/cbr.v1.IamService/DeleteAccessKey": "iam:accessKeys:delete",
+    "/cbr.v1.IamService/CreateGrant": "iam:grants:create",
+    "/cbr.v1.IamService/ListGrants": "iam:grants:list",
+    "/cbr.v1.IamService/DeleteGrant": "iam:grants:delete",
+}
+
+# Actions the replication issue checks on the target (reference rule 11);
+# they name no RPC yet but must be grantable.
+REPLICATION_TARGET_ACTIONS = (
+    "cbr:vaults:get",
+    "cbr:backups:get",
+    "cbr:tasks:get",
+    "cbr:backups:import",
+    "cbr:backups:delete",
+    "cbr::createSnapshotMetadata",
+    "cbr::updateSnapshotMetadata",
+    "cbr::createThirdAuth",
+    "cbr::listThirdAuth",
+)
+LEGACY_ACTION_NAMES = {
+    "cbr:snapshotMetadata:create": "cbr::createSnapshotMetadata",
+    "cbr:snapshotMetadata:update": "cbr::updateSnapshotMetadata",
+    "cbr:thirdAuth:create": "cbr::createThirdAuth",
+    "cbr:thirdAuth:list": "cbr::listThirdAuth",
+}
+
+
+def known_actions() -> frozenset[str]:
+    return frozenset(METHOD_ACTIONS.values()) | frozenset(REPLICATION_TARGET_ACTIONS)

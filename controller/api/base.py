@@ -1,0 +1,24 @@
+"""What every servicer needs: the app, the caller's project, now."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from controller.api.caller import Caller, current_caller
+from controller.app import App
+
+
+class Servicer:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    @property
+    def caller(self) -> Caller:
+        return current_caller()
+
+    @property
+    def project_id(self) -> str:
+        return current_caller().account_id
+
+    def now(self) -> dt.datetime:
+        return self.app.clock.now()

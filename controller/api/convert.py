@@ -1,0 +1,256 @@
+"""Between wire messages and domain values: enums, timestamps, resources.
+
+Domain code speaks the reference's lower-case names ("server",
+"crash_consistent", "vault_delete"); the wire uses proto enums. An unknown or
+unspecified enum number from a client is refused here with 9900, naming the
+field and the values it accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cbr import errors
+from cbr.v1 import (
+    backup_pb2,
+    common_pb2,
+    credential_pb2,
+    iam_pb2,
+    policy_pb2,
+    protectable_pb2,
+    replication_pb2,
+    task_pb2,
+    vault_pb2,
+)
+from controller.persistence import models
+
+RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
+                  "turbo": "OS::Sfs::Turbo"}
+
+
+def _prefix(enum: EnumTypeWrapper) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+
+
+def enum_name(enum: EnumTypeWrapper, number: int) -> str:
+    """OBJECT_TYPE_SERVER -> 'server'; '' for unspecified or unknown numbers."""
+    try:
+        name = enum.Name(number)
+    except ValueError:
+        return ""
+    short = name.removeprefix(_prefix(enum)).lower()
+    return "" if short == "unspecified" else short
+
+
+def enum_number(enum: EnumTypeWrapper, name: str) -> Any:
+    return int(enum.Value(_prefix(enum) + name.upper())) if name else 0
+
+
+def enum_choices(enum: EnumTypeWrapper) -> list[str]:
+    return [n for n in (enum_name(enum, v.number) for v in enum.DESCRIPTOR.values) if n]
+
+
+def require_enum(enum: EnumTypeWrapper, number: int, field: str, *, default: str = "",
+                 allowed: tuple[str, ...] = ()) -> str:
+    """The domain name of a required enum field; 9900 naming the choices otherwise."""
+    if number == 0 and default:
+        return default
+    name = enum_name(enum, number)
+    choices = list(allowed) or enum_choices(enum)
+    if not name or name not in choices:
+        raise errors.InvalidParameter(
+            f"{field} must be one of {', '.join(choices)} (got {number}).", field=field)
+    return name
+
+
+def optional_enum(enum: EnumTypeWrapper, number: int, field: str) -> str:
+    """For filters: '' when unset, else the name; unknown numbers refused."""
+    if number == 0:
+        return ""
+    return require_enum(enum, number, field)
+
+
+def ts(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def tags_to_pb(tags: list[Any]) -> list[common_pb2.Tag]:
+    return [common_pb2.Tag(key=t["key"], value=t.get("value", "")) for t in tags]
+
+
+def tags_from_pb(tags: Any) -> list[dict[str, str]]:
+    return [{"key": t.key, "value": t.value} for t in tags]
+
+
+# -- resources -----------------------------------------------------------------
+
+
+def vault_resource(vr: models.VaultResource) -> vault_pb2.VaultResource:
+    p = vr.protectable
+    return vault_pb2.VaultResource(
+        id=p.id, name=p.name, type=enum_number(common_pb2.ObjectType, p.object_type),
+        resource_type=RESOURCE_TYPES[p.object_type],
+        protect_status=enum_number(vault_pb2.ProtectStatus, vr.protect_status),
+        size_bytes=p.size_bytes, backup_size_bytes=vr.backup_size_bytes,
+        backup_count=vr.backup_count, exclude_volumes=vr.exclude_volumes,
+        include_volumes=vr.include_volumes)
+
+
+def vault(v: models.Vault) -> vault_pb2.Vault:
+    out = vault_pb2.Vault(
+        id=v.id, name=v.name, description=v.description,
+        object_type=enum_number(common_pb2.ObjectType, v.object_type),
+        protect_type=enum_number(vault_pb2.ProtectType, v.protect_type),
+        consistent_level=enum_number(vault_pb2.ConsistentLevel, v.consistent_level),
+        status=enum_number(vault_pb2.VaultStatus, v.status), size_gb=v.size_gb,
+        used_bytes=v.used_bytes, auto_expand=v.auto_expand, threshold=v.threshold,
+        backup_name_prefix=v.backup_name_prefix, tags=tags_to_pb(v.tags),
+        auto_bind=v.auto_bind, bind_rules=tags_to_pb(v.bind_rules),
+        resources=[vault_resource(r) for r in v.resources], project_id=v.project_id,
+        region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at))
+    for binding in v.policy_bindings:
+        if binding.operation_type == "backup":
+            out.backup_policy_id = binding.policy_id
+        else:
+            out.replication_policy_id = binding.policy_id
+            out.destination_vault_id = binding.destination_vault_id
+    return out
+
+
+def protectable(p: models.Protectable, *, agent_online: bool,
+                vault_id: str = "") -> protectable_pb2.Protectable:
+    if p.gone:
+        status = "gone"
+    elif p.error:
+        status = "error"
+    elif not agent_online:
+        status = "unreachable"
+    else:
+        status = "available"
+    return protectable_pb2.Protectable(
+        id=p.id, name=p.name, type=enum_number(common_pb2.ObjectType, p.object_type),
+        resource_type=RESOURCE_TYPES[p.object_type],
+        status=enum_number(protectable_pb2.ProtectableStatus, status),
+        size_bytes=p.size_bytes,
+        disks=[protectable_pb2.ProtectableDisk(
+            id=d.get("id", ""), name=d.get("name", ""), path=d.get("path", ""),
+            size_bytes=int(d.get("size_bytes", 0)), system_disk=bool(d.get("system_disk")),
+            device_type=d.get("device_type", "")) for d in p.disks],
+        path=p.path, agent_id=p.agent_id, agent_name=p.agent.name if p.agent else "",
+        agent_online=agent_online, vault_id=vault_id, tags=tags_to_pb(p.tags),
+        status_message=p.error, project_id=p.project_id, created_at=ts(p.created_at),
+        updated_at=ts(p.updated_at))
+
+
+def task(t: models.Task) -> task_pb2.Task:
+    return task_pb2.Task(
+        id=t.id, operation_type=enum_number(task_pb2.OperationType, t.operation_type),
+        status=enum_number(task_pb2.TaskStatus, t.status), progress=t.progress,
+        checkpoint_id=t.checkpoint_id, policy_id=t.policy_id, vault_id=t.vault_id,
+        vault_name=t.vault_name, resource_id=t.resource_id, resource_name=t.resource_name,
+        agent_id=t.agent_id,
+        error_info=task_pb2.TaskError(code=t.error_code, message=t.error_message)
+        if t.error_code or t.error_message else None,
+        extra_info={k: str(v) for k, v in t.extra_info.items()}, project_id=t.project_id,
+        created_at=ts(t.created_at), started_at=ts(t.started_at), ended_at=ts(t.ended_at),
+        updated_at=ts(t.updated_at))
+
+
+def policy(p: models.Policy, vault_ids: list[str]) -> policy_pb2.Policy:
+    od = p.operation_definition
+    return policy_pb2.Policy(
+        id=p.id, name=p.name,
+        operation_type=enum_number(policy_pb2.PolicyOperationType, p.operation_type),
+        enabled=p.enabled,
+        operation_definition=policy_pb2.OperationDefinition(**od),
+        trigger=policy_pb2.Trigger(pattern=p.trigger_patterns), vault_ids=vault_ids,
+        project_id=p.project_id, created_at=ts(p.created_at), updated_at=ts(p.updated_at))
+
+
+def operation_definition(od: policy_pb2.OperationDefinition) -> dict[str, Any]:
+    return {f.name: getattr(od, f.name) for f in od.DESCRIPTOR.fields}
+
+
+def credential(c: models.Credential) -> credential_pb2.Credential:
+    return credential_pb2.Credential(
+        id=c.id, name=c.name, description=c.description, target_cloud=c.target_cloud,
+        target_endpoint=c.target_endpoint, target_account_id=c.target_account_id,
+        access_key_id=c.access_key_id, project_id=c.project_id, created_at=ts(c.created_at),
+        updated_at=ts(c.updated_at))
+
+
+def backup(b: models.Backup, children: list[models.Backup] | None = None,
+           record_ids: list[str] | None = None) -> backup_pb2.Backup:
+    info = b.extend_info
+    return backup_pb2.Backup(
+        id=b.id, name=b.name, description=b.description, checkpoint_id=b.checkpoint_id,
+        vault_id=b.vault_id, resource_id=b.resource_id, resource_name=b.resource_name,
+        resource_type=enum_number(common_pb2.ObjectType, b.resource_type),
+        resource_size_bytes=b.resource_size_bytes,
+        status=enum_number(backup_pb2.BackupStatus, b.status),
+        image_type=enum_number(backup_pb2.ImageType, b.image_type), incremental=b.incremental,
+        parent_id=b.parent_id or "", children=[backup(c) for c in children or []],
+        extend_info=backup_pb2.BackupExtendInfo(**{
+            k: v for k, v in info.items()
+            if k in backup_pb2.BackupExtendInfo.DESCRIPTOR.fields_by_name}),
+        stored_bytes=b.stored_bytes, replication_record_ids=record_ids or [],
+        project_id=b.project_id, protected_at=ts(b.protected_at), created_at=ts(b.created_at),
+        expired_at=ts(b.expired_at), updated_at=ts(b.updated_at))
+
+
+def checkpoint(c: models.Checkpoint, backup_ids: list[str],
+               task_ids: list[str]) -> backup_pb2.Checkpoint:
+    return backup_pb2.Checkpoint(
+        id=c.id, vault_id=c.vault_id, name=c.name, description=c.description, status=c.status,
+        backup_ids=backup_ids, task_ids=task_ids,
+        skipped_resources=[backup_pb2.SkippedResource(**s) for s in c.skipped_resources],
+        auto_trigger=c.auto_trigger, policy_id=c.policy_id, created_at=ts(c.created_at))
+
+
+def replication_record(r: models.ReplicationRecord) -> replication_pb2.ReplicationRecord:
+    extra = r.extra_info
+    return replication_pb2.ReplicationRecord(
+        id=r.id, status=enum_number(replication_pb2.ReplicationStatus, r.status),
+        source_region=r.source_region, source_project_id=r.source_project_id,
+        source_backup_id=r.source_backup_id, source_checkpoint_id=r.source_checkpoint_id,
+        destination_region=r.destination_region,
+        destination_project_id=r.destination_project_id,
+        destination_vault_id=r.destination_vault_id,
+        destination_backup_id=r.destination_backup_id,
+        destination_checkpoint_id=r.destination_checkpoint_id, vault_id=r.vault_id,
+        progress=int(extra.get("progress", 0)), fail_code=str(extra.get("fail_code", "")),
+        fail_reason=str(extra.get("fail_reason", "")),
+        auto_trigger=bool(extra.get("auto_trigger", False)), created_at=ts(r.created_at),
+        updated_at=ts(r.updated_at))
+
+
+def account(a: models.Account) -> iam_pb2.Account:
+    return iam_pb2.Account(id=a.id, name=a.name, administrator=a.administrator,
+                           created_at=ts(a.created_at))
+
+
+def user(u: models.User) -> iam_pb2.User:
+    return iam_pb2.User(id=u.id, account_id=u.account_id, name=u.name,
+                        created_at=ts(u.created_at))
+
+
+def access_key(k: models.AccessKey, secret: str = "") -> iam_pb2.AccessKey:
+    return iam_pb2.AccessKey(access_key_id=k.id, user_id=k.user_id, secret_access_key=secret,
+                             active=k.active, created_at=ts(k.created_at),
+                             last_used_at=ts(k.last_used_at))
+
+
+def grant(g: models.Grant) -> iam_pb2.Grant:
+    return iam_pb2.Grant(id=g.id, user_id=g.user_id, action=g.action,
+                         created_at=ts(g.created_at))
+
+

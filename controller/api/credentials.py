@@ -1,0 +1,66 @@
+"""CredentialService: thin translation to controller.services.credentials."""
+
+from __future__ import annotations
+
+import grpc
+from sqlalchemy import select
+
+from cbr.v1 import credential_pb2, credential_pb2_grpc
+from controller.api import convert
+from controller.api.base import Servicer
+from controller.persistence.models import Credential
+from controller.services import credentials, paging
+
+
+class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer):
+    def CreateCredential(self, request: credential_pb2.CreateCredentialRequest,
+                         context: grpc.ServicerContext
+                         ) -> credential_pb2.CreateCredentialResponse:
+        with self.app.db.begin() as s:
+            c = credentials.create_credential(
+                s, self.app.keyring, self.project_id, name=request.name,
+                description=request.description, target_cloud=request.target_cloud,
+                target_endpoint=request.target_endpoint,
+                target_account_id=request.target_account_id,
+                access_key_id=request.access_key_id,
+                secret_access_key=request.secret_access_key, now=self.now())
+            return credential_pb2.CreateCredentialResponse(credential=convert.credential(c))
+
+    def GetCredential(self, request: credential_pb2.GetCredentialRequest,
+                      context: grpc.ServicerContext) -> credential_pb2.GetCredentialResponse:
+        with self.app.db.begin() as s:
+            c = credentials.get_credential(s, self.project_id, request.credential_id)
+            return credential_pb2.GetCredentialResponse(credential=convert.credential(c))
+
+    def ListCredentials(self, request: credential_pb2.ListCredentialsRequest,
+                        context: grpc.ServicerContext
+                        ) -> credential_pb2.ListCredentialsResponse:
+        stmt = select(Credential).where(Credential.project_id == self.project_id)
+        if request.target_cloud:
+            stmt = stmt.where(Credential.target_cloud == request.target_cloud)
+        with self.app.db.begin() as s:
+            items, token, total = paging.paginate(s, stmt, Credential, request.page_size,
+                                                  request.page_token)
+            return credential_pb2.ListCredentialsResponse(
+                credentials=[convert.credential(c) for c in items], next_page_token=token,
+                total_count=total)
+
+    def UpdateCredential(self, request: credential_pb2.UpdateCredentialRequest,
+                         context: grpc.ServicerContext
+                         ) -> credential_pb2.UpdateCredentialResponse:
+        with self.app.db.begin() as s:
+            c = credentials.update_credential(
+                s, self.app.keyring, self.project_id, request.credential_id,
+                name=request.name, description=request.description,
+                target_endpoint=request.target_endpoint, access_key_id=request.access_key_id,
+                secret_access_key=request.secret_access_key,
+                target_cloud=request.target_cloud, target_account_id=request.target_account_id,
+                now=self.now())
+            return credential_pb2.UpdateCredentialResponse(credential=convert.credential(c))
+
+    def DeleteCredential(self, request: credential_pb2.DeleteCredentialRequest,
+                         context: grpc.ServicerContext
+                         ) -> credential_pb2.DeleteCredentialResponse:
+        with self.app.db.begin() as s:
+            s.delete(credentials.get_credential(s, self.project_id, request.credential_id))
+        return credential_pb2.DeleteCredentialResponse()

@@ -1,0 +1,130 @@
+"""IamService: thin translation to controller.services.iam."""
+
+from __future__ import annotations
+
+import grpc
+from sqlalchemy import select
+
+from cbr import errors
+from cbr.v1 import iam_pb2, iam_pb2_grpc
+from controller.api import convert
+from controller.api.base import Servicer
+from controller.persistence.models import AccessKey, Account, Grant, User
+from controller.services import iam, paging
+
+
+class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
+    def GetCallerIdentity(self, request: iam_pb2.GetCallerIdentityRequest,
+                          context: grpc.ServicerContext) -> iam_pb2.GetCallerIdentityResponse:
+        caller = self.caller
+        with self.app.db.begin() as s:
+            account = s.get(Account, caller.account_id)
+            user = s.get(User, caller.user_id)
+            assert account is not None and user is not None
+            return iam_pb2.GetCallerIdentityResponse(
+                account=convert.account(account), user=convert.user(user),
+                access_key_id=caller.access_key_id, actions=iam.caller_actions(caller))
+
+    def CreateAccount(self, request: iam_pb2.CreateAccountRequest,
+                      context: grpc.ServicerContext) -> iam_pb2.CreateAccountResponse:
+        iam.require_administrator(self.caller, "create accounts")
+        with self.app.db.begin() as s:
+            account, user, key, sk = iam.create_account(
+                s, self.app.keyring, request.name, request.admin_user_name, self.now())
+            return iam_pb2.CreateAccountResponse(
+                account=convert.account(account),
+                user=convert.user(user) if user else None,
+                access_key=convert.access_key(key, sk) if key else None)
+
+    def GetAccount(self, request: iam_pb2.GetAccountRequest,
+                   context: grpc.ServicerContext) -> iam_pb2.GetAccountResponse:
+        with self.app.db.begin() as s:
+            return iam_pb2.GetAccountResponse(account=convert.account(
+                iam.get_account(s, self.caller, request.account_id)))
+
+    def ListAccounts(self, request: iam_pb2.ListAccountsRequest,
+                     context: grpc.ServicerContext) -> iam_pb2.ListAccountsResponse:
+        stmt = select(Account)
+        if not self.caller.administrator:
+            stmt = stmt.where(Account.id == self.caller.account_id)
+        with self.app.db.begin() as s:
+            items, token, total = paging.paginate(s, stmt, Account, request.page_size,
+                                                  request.page_token)
+            return iam_pb2.ListAccountsResponse(accounts=[convert.account(a) for a in items],
+                                                next_page_token=token, total_count=total)
+
+    def CreateUser(self, request: iam_pb2.CreateUserRequest,
+                   context: grpc.ServicerContext) -> iam_pb2.CreateUserResponse:
+        with self.app.db.begin() as s:
+            user = iam.create_user(s, self.caller.account_id, request.name, self.now())
+            return iam_pb2.CreateUserResponse(user=convert.user(user))
+
+    def GetUser(self, request: iam_pb2.GetUserRequest,
+                context: grpc.ServicerContext) -> iam_pb2.GetUserResponse:
+        with self.app.db.begin() as s:
+            return iam_pb2.GetUserResponse(user=convert.user(
+                iam.get_user(s, self.caller.account_id, request.user_id)))
+
+    def ListUsers(self, request: iam_pb2.ListUsersRequest,
+                  context: grpc.ServicerContext) -> iam_pb2.ListUsersResponse:
+        stmt = select(User).where(User.account_id == self.caller.account_id)
+        with self.app.db.begin() as s:
+            items, token, total = paging.paginate(s, stmt, User, request.page_size,
+                                                  request.page_token)
+            return iam_pb2.ListUsersResponse(users=[convert.user(u) for u in items],
+                                             next_page_token=token, total_count=total)
+
+    def DeleteUser(self, request: iam_pb2.DeleteUserRequest,
+                   context: grpc.ServicerContext) -> iam_pb2.DeleteUserResponse:
+        with self.app.db.begin() as s:
+            iam.delete_user(s, self.caller, request.user_id)
+        return iam_pb2.DeleteUserResponse()
+
+    def CreateAccessKey(self, request: iam_pb2.CreateAccessKeyRequest,
+                        context: grpc.ServicerContext) -> iam_pb2.CreateAccessKeyResponse:
+        with self.app.db.begin() as s:
+            user = iam.get_user(s, self.caller.account_id,
+                                request.user_id or self.caller.user_id)
+            key, sk = iam.create_access_key(s, self.app.keyring, user, self.now())
+            return iam_pb2.CreateAccessKeyResponse(access_key=convert.access_key(key, sk))
+
+    def ListAccessKeys(self, request: iam_pb2.ListAccessKeysRequest,
+                       context: grpc.ServicerContext) -> iam_pb2.ListAccessKeysResponse:
+        with self.app.db.begin() as s:
+            user = iam.get_user(s, self.caller.account_id,
+                                request.user_id or self.caller.user_id)
+            keys = s.scalars(select(AccessKey).where(AccessKey.user_id == user.id)
+                             .order_by(AccessKey.created_at)).all()
+            return iam_pb2.ListAccessKeysResponse(
+                access_keys=[convert.access_key(k) for k in keys])
+
+    def DeleteAccessKey(self, request: iam_pb2.DeleteAccessKeyRequest,
+                        context: grpc.ServicerContext) -> iam_pb2.DeleteAccessKeyResponse:
+        with self.app.db.begin() as s:
+            key = iam.get_access_key(s, self.caller.account_id, request.access_key_id)
+            if key.id == self.caller.access_key_id:
+                raise errors.Conflict("The key signing this call cannot delete itself.")
+            s.delete(key)
+        return iam_pb2.DeleteAccessKeyResponse()
+
+    def CreateGrant(self, request: iam_pb2.CreateGrantRequest,
+                    context: grpc.ServicerContext) -> iam_pb2.CreateGrantResponse:
+        with self.app.db.begin() as s:
+            grant = iam.create_grant(s, self.caller.account_id, request.user_id,
+                                     request.action, self.now())
+            return iam_pb2.CreateGrantResponse(grant=convert.grant(grant))
+
+    def ListGrants(self, request: iam_pb2.ListGrantsRequest,
+                   context: grpc.ServicerContext) -> iam_pb2.ListGrantsResponse:
+        with self.app.db.begin() as s:
+            user = iam.get_user(s, self.caller.account_id,
+                                request.user_id or self.caller.user_id)
+            grants = s.scalars(select(Grant).where(Grant.user_id == user.id)
+                               .order_by(Grant.created_at)).all()
+            return iam_pb2.ListGrantsResponse(grants=[convert.grant(g) for g in grants])
+
+    def DeleteGrant(self, request: iam_pb2.DeleteGrantRequest,
+                    context: grpc.ServicerContext) -> iam_pb2.DeleteGrantResponse:
+        with self.app.db.begin() as s:
+            iam.delete_grant(s, self.caller.account_id, request.grant_id)
+        return iam_pb2.DeleteGrantResponse()

@@ -1,0 +1,72 @@
+"""ProtectableService: what the account's agents reported."""
+
+from __future__ import annotations
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cbr import errors
+from cbr.v1 import common_pb2, protectable_pb2, protectable_pb2_grpc
+from controller.api import convert
+from controller.api.base import Servicer
+from controller.persistence.models import Protectable, VaultResource
+from controller.services import agent_status, paging
+
+
+class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServicer):
+    def _to_pb(self, s: Session, items: list[Protectable]) -> list[protectable_pb2.Protectable]:
+        ids = [p.id for p in items]
+        vault_of = dict(s.execute(select(VaultResource.protectable_id, VaultResource.vault_id)
+                                  .where(VaultResource.protectable_id.in_(ids))).tuples().all())
+        return [convert.protectable(p, agent_online=agent_status.is_online(self.app, p.agent),
+                                    vault_id=vault_of.get(p.id, "")) for p in items]
+
+    def ListProtectables(self, request: protectable_pb2.ListProtectablesRequest,
+                         context: grpc.ServicerContext
+                         ) -> protectable_pb2.ListProtectablesResponse:
+        object_type = convert.optional_enum(common_pb2.ObjectType, request.type, "type")
+        status = convert.optional_enum(protectable_pb2.ProtectableStatus, request.status,
+                                       "status")
+        if request.protection not in ("", "protected", "unprotected"):
+            raise errors.InvalidParameter("protection must be protected, unprotected or empty.",
+                                          field="protection")
+        stmt = select(Protectable).where(Protectable.project_id == self.project_id)
+        if object_type:
+            stmt = stmt.where(Protectable.object_type == object_type)
+        if request.agent_id:
+            stmt = stmt.where(Protectable.agent_id == request.agent_id)
+        if request.name:
+            stmt = stmt.where(Protectable.name == request.name)
+        in_vault = select(VaultResource.protectable_id)
+        if request.protection == "protected":
+            stmt = stmt.where(Protectable.id.in_(in_vault))
+        elif request.protection == "unprotected":
+            stmt = stmt.where(Protectable.id.not_in(in_vault))
+        if status == "gone":
+            stmt = stmt.where(Protectable.gone.is_(True))
+        elif status == "error":
+            stmt = stmt.where(Protectable.gone.is_(False), Protectable.error != "")
+        elif status in ("available", "unreachable"):
+            online = agent_status.online_agent_ids(self.app, self.project_id)
+            cond = Protectable.agent_id.in_(online)
+            stmt = stmt.where(Protectable.gone.is_(False), Protectable.error == "",
+                              cond if status == "available" else ~cond)
+        with self.app.db.begin() as s:
+            items, token, total = paging.paginate(s, stmt, Protectable, request.page_size,
+                                                  request.page_token)
+            return protectable_pb2.ListProtectablesResponse(
+                protectables=self._to_pb(s, list(items)), next_page_token=token,
+                total_count=total)
+
+    def GetProtectable(self, request: protectable_pb2.GetProtectableRequest,
+                       context: grpc.ServicerContext) -> protectable_pb2.GetProtectableResponse:
+        with self.app.db.begin() as s:
+            p = s.get(Protectable, request.protectable_id) if request.protectable_id else None
+            if p is None or p.project_id != self.project_id:
+                raise errors.ResourceNotFound(
+                    f"No protectable with id {request.protectable_id!r}.",
+                    protectable_id=request.protectable_id)
+            return protectable_pb2.GetProtectableResponse(protectable=self._to_pb(s, [p])[0])
+
+

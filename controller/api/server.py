@@ -1,0 +1,95 @@
+"""The public gRPC server: every cbr.v1 service, reflection and health.
+
+``build_public_server(app)`` returns the server and its bound port (port 0
+picks a free one, as the tests do); ``controller.main`` only wires
+configuration to it.
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cbr import limits
+from cbr.v1 import (
+    agent_pb2,
+    backup_pb2,
+    backup_pb2_grpc,
+    cloud_pb2,
+    cloud_pb2_grpc,
+    credential_pb2,
+    credential_pb2_grpc,
+    iam_pb2,
+    iam_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    protectable_pb2,
+    protectable_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    task_pb2,
+    task_pb2_grpc,
+    vault_pb2,
+    vault_pb2_grpc,
+)
+from controller.api.backups import BackupServicer
+from controller.api.cloud import CloudServicer
+from controller.api.credentials import CredentialServicer
+from controller.api.iam import IamServicer
+from controller.api.interceptors import server_interceptors
+from controller.api.policies import PolicyServicer
+from controller.api.protectables import ProtectableServicer
+from controller.api.replication import ReplicationServicer
+from controller.api.tasks import TaskServicer
+from controller.api.vaults import VaultServicer
+from controller.app import App
+
+SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
+                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2)
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+def service_names() -> list[str]:
+    names: list[str] = []
+    for module in SERVICE_MODULES:
+        names.extend(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
+    return names
+
+
+def build_public_server(app: App, max_workers: int = 32) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                    thread_name_prefix="api"),
+                         interceptors=server_interceptors(app), options=SERVER_OPTIONS)
+    vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(app), server)
+    protectable_pb2_grpc.add_ProtectableServiceServicer_to_server(ProtectableServicer(app),
+                                                                  server)
+    backup_pb2_grpc.add_BackupServiceServicer_to_server(BackupServicer(app), server)
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(app), server)
+    credential_pb2_grpc.add_CredentialServiceServicer_to_server(CredentialServicer(app), server)
+    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(app),
+                                                                  server)
+    task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
+    iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
+    cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
+    from controller.agents import wiring
+
+    wiring.register_public(server, app)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*service_names(), ""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(app.config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {app.config.listen}")
+    return server, port

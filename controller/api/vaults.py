@@ -1,0 +1,133 @@
+"""VaultService: thin translation to controller.services.vaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from cbr import errors
+from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
+from controller.api import convert
+from controller.api.base import Servicer
+from controller.persistence.models import Vault
+from controller.services import paging, vaults
+
+
+def _resources(specs: Any) -> list[vaults.ResourceRequest]:
+    return [vaults.ResourceRequest(r.id, list(r.exclude_volumes), list(r.include_volumes))
+            for r in specs]
+
+
+class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
+    def CreateVault(self, request: vault_pb2.CreateVaultRequest,
+                    context: grpc.ServicerContext) -> vault_pb2.CreateVaultResponse:
+        spec = vaults.VaultSpec(
+            name=request.name,
+            object_type=convert.require_enum(common_pb2.ObjectType, request.object_type,
+                                             "object_type"),
+            protect_type=convert.require_enum(vault_pb2.ProtectType, request.protect_type,
+                                              "protect_type", default="backup"),
+            consistent_level=convert.require_enum(
+                vault_pb2.ConsistentLevel, request.consistent_level, "consistent_level",
+                default="crash_consistent"),
+            description=request.description, size_gb=request.size_gb,
+            auto_expand=request.auto_expand, threshold=request.threshold,
+            backup_name_prefix=request.backup_name_prefix,
+            tags=convert.tags_from_pb(request.tags), auto_bind=request.auto_bind,
+            bind_rules=convert.tags_from_pb(request.bind_rules),
+            resources=_resources(request.resources), backup_policy_id=request.backup_policy_id)
+        with self.app.db.begin() as s:
+            vault = vaults.create_vault(s, self.project_id, self.app.config.region, spec,
+                                        self.now())
+            return vault_pb2.CreateVaultResponse(vault=convert.vault(vault))
+
+    def GetVault(self, request: vault_pb2.GetVaultRequest,
+                 context: grpc.ServicerContext) -> vault_pb2.GetVaultResponse:
+        with self.app.db.begin() as s:
+            vault = vaults.get_vault(s, self.project_id, request.vault_id)
+            return vault_pb2.GetVaultResponse(vault=convert.vault(vault))
+
+    def ListVaults(self, request: vault_pb2.ListVaultsRequest,
+                   context: grpc.ServicerContext) -> vault_pb2.ListVaultsResponse:
+        f = vaults.VaultFilter(
+            name=request.name,
+            object_type=convert.optional_enum(common_pb2.ObjectType, request.object_type,
+                                              "object_type"),
+            protect_type=convert.optional_enum(vault_pb2.ProtectType, request.protect_type,
+                                               "protect_type"),
+            status=convert.optional_enum(vault_pb2.VaultStatus, request.status, "status"),
+            policy_id=request.policy_id, resource_id=request.resource_id)
+        with self.app.db.begin() as s:
+            items, token, total = paging.paginate(
+                s, vaults.vault_query(self.project_id, f), Vault, request.page_size,
+                request.page_token)
+            return vault_pb2.ListVaultsResponse(
+                vaults=[convert.vault(v) for v in items], next_page_token=token,
+                total_count=total)
+
+    def UpdateVault(self, request: vault_pb2.UpdateVaultRequest,
+                    context: grpc.ServicerContext) -> vault_pb2.UpdateVaultResponse:
+        changes: dict[str, Any] = {}
+        v = request.vault
+        for path in request.update_mask.paths:
+            if path in ("tags", "bind_rules"):
+                changes[path] = convert.tags_from_pb(getattr(v, path))
+            elif path == "status":
+                changes[path] = convert.require_enum(
+                    vault_pb2.VaultStatus, v.status, "status",
+                    allowed=vaults.SETTABLE_STATUSES)
+            elif path in vaults.UPDATABLE:
+                changes[path] = getattr(v, path)
+            else:
+                raise errors.InvalidParameter(
+                    f"update_mask: {path!r} cannot change. Updatable: "
+                    f"{', '.join(sorted(vaults.UPDATABLE))}.", field="update_mask")
+        with self.app.db.begin() as s:
+            vault = vaults.update_vault(s, self.project_id, request.vault_id, changes,
+                                        self.now())
+            return vault_pb2.UpdateVaultResponse(vault=convert.vault(vault))
+
+    def DeleteVault(self, request: vault_pb2.DeleteVaultRequest,
+                    context: grpc.ServicerContext) -> vault_pb2.DeleteVaultResponse:
+        with self.app.db.begin() as s:
+            task_id = vaults.delete_vault(s, self.project_id, request.vault_id, self.now())
+        with self.app.db.begin() as s:
+            vaults.finish_vault_delete(s, self.project_id, request.vault_id, task_id,
+                                       self.now())
+        return vault_pb2.DeleteVaultResponse(task_id=task_id)
+
+    def AddVaultResources(self, request: vault_pb2.AddVaultResourcesRequest,
+                          context: grpc.ServicerContext) -> vault_pb2.AddVaultResourcesResponse:
+        with self.app.db.begin() as s:
+            added = vaults.add_resources(s, self.project_id, request.vault_id,
+                                         _resources(request.resources), self.now())
+            vault = vaults.get_vault(s, self.project_id, request.vault_id)
+            return vault_pb2.AddVaultResourcesResponse(add_resource_ids=added,
+                                                       vault=convert.vault(vault))
+
+    def RemoveVaultResources(
+            self, request: vault_pb2.RemoveVaultResourcesRequest,
+            context: grpc.ServicerContext) -> vault_pb2.RemoveVaultResourcesResponse:
+        with self.app.db.begin() as s:
+            task_ids = vaults.remove_resources(s, self.project_id, request.vault_id,
+                                               list(request.resource_ids), self.now())
+            return vault_pb2.RemoveVaultResourcesResponse(
+                remove_resource_ids=list(request.resource_ids), task_ids=task_ids)
+
+    def AssociateVaultPolicy(
+            self, request: vault_pb2.AssociateVaultPolicyRequest,
+            context: grpc.ServicerContext) -> vault_pb2.AssociateVaultPolicyResponse:
+        with self.app.db.begin() as s:
+            vault = vaults.associate_policy(s, self.project_id, request.vault_id,
+                                            request.policy_id, request.destination_vault_id,
+                                            self.now())
+            return vault_pb2.AssociateVaultPolicyResponse(vault=convert.vault(vault))
+
+    def DissociateVaultPolicy(
+            self, request: vault_pb2.DissociateVaultPolicyRequest,
+            context: grpc.ServicerContext) -> vault_pb2.DissociateVaultPolicyResponse:
+        with self.app.db.begin() as s:
+            vault = vaults.dissociate_policy(s, self.project_id, request.vault_id,
+                                             request.policy_id, self.now())
+            return vault_pb2.DissociateVaultPolicyResponse(vault=convert.vault(vault))

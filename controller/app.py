@@ -1,0 +1,33 @@
+"""What every part of a running controller shares: config, database, clock, keys.
+
+Built once by ``controller.main`` and handed to servicers and background
+jobs; tests build one over a temporary directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cbr.clock import Clock
+from controller.config import Config
+from controller.keyring import Keyring
+from controller.persistence.db import Database
+
+
+@dataclass
+class App:
+    config: Config
+    db: Database
+    clock: Clock
+    keyring: Keyring
+    # host:port agents are told to dial; set once the agent endpoint is bound.
+    agent_endpoint: str = ""
+    # The agent hub (controller.agents.hub.AgentHub), set by the wiring.
+    hub: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir

@@ -1,0 +1,142 @@
+"""Controller configuration: flags, then environment, then a TOML file, then defaults.
+
+Each setting is declared once in SETTINGS with its flag, environment
+variable, TOML key, default and help; ``cbr-controller --help`` is built from
+the same table, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "CBR_" + self.name.upper()
+
+
+def _regions(text: str) -> tuple[tuple[str, bool], ...]:
+    """'r1,r2:noreplication' -> (('r1', True), ('r2', False))."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        rid, _, flag = item.partition(":")
+        if flag not in ("", "noreplication"):
+            raise ValueError(f"region {item!r}: the only flag is ':noreplication'")
+        out.append((rid, flag != "noreplication"))
+    return tuple(out)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "./cbr-data", "Directory of the controller's own files: SQLite "
+            "database, CA, master key, admin-credentials.json."),
+    Setting("database_url", "", "SQLAlchemy URL of the state database, e.g. "
+            "postgresql://user@host/db. Default: SQLite in the data dir."),
+    Setting("listen", "127.0.0.1:7400", "HOST:PORT of the public cbr.v1 API (signed calls, "
+            "reflection, health). Port 0 picks a free port."),
+    Setting("agent_listen", "127.0.0.1:7401", "HOST:PORT of the TLS endpoint agents connect "
+            "to. Use 0.0.0.0:PORT for agents on other hosts."),
+    Setting("agent_advertise", "", "HOST:PORT agents are told to connect to. Default: the "
+            "agent endpoint's bound address."),
+    Setting("cloud_name", "cbr-cloud", "Name of this cloud, as replication credentials name it."),
+    Setting("region", "region-1", "The region this controller serves."),
+    Setting("regions", "", "Comma-separated regions of this cloud; append ':noreplication' "
+            "to a region that does not accept replicas. Default: the region alone.",
+            _regions),
+    Setting("heartbeat_interval", 5.0, "Seconds between agent heartbeats.", float),
+    Setting("agent_offline_after", 15.0, "Seconds without a heartbeat after which an agent "
+            "shows as offline.", float),
+    Setting("log_level", "INFO", "DEBUG, INFO, WARNING or ERROR."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    database_url: str
+    listen: str
+    agent_listen: str
+    agent_advertise: str
+    cloud_name: str
+    region: str
+    regions: tuple[tuple[str, bool], ...]
+    heartbeat_interval: float
+    agent_offline_after: float
+    log_level: str
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'controller.db'}"
+
+    @property
+    def all_regions(self) -> tuple[tuple[str, bool], ...]:
+        if any(r == self.region for r, _ in self.regions):
+            return self.regions
+        return ((self.region, True), *self.regions)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cbr-controller",
+        description="The CBR controller: vaults, resources, policies, IAM, tasks and the "
+        "cbr.v1 gRPC API of one cloud. Every setting comes from a flag, else the "
+        "environment variable shown, else the TOML file (--config, keys as below without "
+        "dashes), else the default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings (env CBR_CONFIG).")
+    for s in SETTINGS:
+        p.add_argument(s.flag, dest=s.name, default=None, metavar=s.name.upper(),
+                       help=f"{s.help} [env {s.env}; toml {s.name}; default {s.default!r}]")
+    return p
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    args = parser().parse_args(argv)
+    file_values: dict[str, Any] = {}
+    config_path = args.config or env.get("CBR_CONFIG")
+    if config_path:
+        with open(config_path, "rb") as fh:
+            file_values = tomllib.load(fh)
+        unknown = set(file_values) - {s.name for s in SETTINGS}
+        if unknown:
+            raise SystemExit(f"cbr-controller: unknown settings in {config_path}: "
+                             f"{', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        raw: Any
+        if getattr(args, s.name) is not None:
+            raw, sources[s.name] = getattr(args, s.name), "flag"
+        elif s.env in env:
+            raw, sources[s.name] = env[s.env], "env"
+        elif s.name in file_values:
+            raw, sources[s.name] = file_values[s.name], "file"
+        else:
+            raw, sources[s.name] = s.default, "default"
+        try:
+            if isinstance(raw, list) and s.name == "regions":
+                raw = ",".join(raw)
+            values[s.name] = s.parse(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise SystemExit(f"cbr-controller: bad value for {s.name}: {exc}") from exc
+    values["data_dir"] = Path(values["data_dir"])
+    return Config(**values, sources=sources)

@@ -1,0 +1,99 @@
+"""``cbr-controller``: wires configuration to the state, the servers and the hub.
+
+Start order matters: migrate the schema, create the administrator on first
+start, bind both listeners, then announce the endpoints (endpoints.json) only
+once everything serves, so whoever waits for that file can call at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from cbr.clock import SystemClock
+from controller import config as config_mod
+from controller.api.server import build_public_server
+from controller.app import App
+from controller.keyring import Keyring
+from controller.persistence import migrate
+from controller.persistence.db import Database
+from controller.services import iam
+
+log = logging.getLogger("cbr.controller")
+
+ENDPOINTS_FILE = "endpoints.json"
+
+
+def _advertised(listen: str, port: int) -> str:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+def _write_json_atomic(path: Path, payload: dict[str, object], mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def build_app(cfg: config_mod.Config) -> App:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(cfg.effective_database_url)
+    migrate.upgrade(db.engine)
+    keyring = Keyring.load_or_create(cfg.data_dir / "master.key")
+    return App(config=cfg, db=db, clock=SystemClock(), keyring=keyring)
+
+
+def run(cfg: config_mod.Config, stop: threading.Event) -> None:
+    app = build_app(cfg)
+    (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+    public, api_port = build_public_server(app)
+    from controller.agents import wiring
+
+    agent_server, agent_port = wiring.start_agent_endpoint(app)
+    api_endpoint = _advertised(cfg.listen, api_port)
+    iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now())
+    public.start()
+    _write_json_atomic(cfg.data_dir / ENDPOINTS_FILE, {
+        "api": api_endpoint, "agent": app.agent_endpoint or f"127.0.0.1:{agent_port}",
+        "pid": os.getpid()})
+    log.info("serving cbr.v1 on %s (agents on %s), cloud %s region %s, state %s",
+             api_endpoint, app.agent_endpoint, cfg.cloud_name, cfg.region,
+             app.db.engine.url.render_as_string(hide_password=True))
+    stop.wait()
+    log.info("stopping")
+    public.stop(grace=5).wait(10)
+    if app.hub is not None:
+        app.hub.stop()
+    agent_server.stop(grace=2).wait(5)
+    app.db.dispose()
+    (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = config_mod.load(argv)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run(cfg, stop)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Accounts, users, access keys and grants: the cloud's IAM.
+
+Managed policies expand to actions here, in one place. Secret keys are
+returned once at creation and stored sealed by the keyring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import secrets
+import string
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cbr import errors
+from controller.api import actions
+from controller.api.caller import Caller
+from controller.keyring import Keyring
+from controller.persistence.models import AccessKey, Account, Grant, User
+
+log = logging.getLogger("cbr.controller.iam")
+
+MANAGED_POLICIES = ("AdministratorAccess", "CBRFullAccess", "CBRReadOnlyAccess", "IAMFullAccess")
+ADMIN_CREDENTIALS_FILE = "admin-credentials.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_AK_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def expand(grant: str) -> frozenset[str]:
+    """The actions one grant gives."""
+    known = actions.known_actions()
+    if grant == "AdministratorAccess":
+        return known
+    if grant == "CBRFullAccess":
+        return frozenset(a for a in known if a.startswith("cbr:"))
+    if grant == "CBRReadOnlyAccess":
+        return frozenset(a for a in known if a.startswith("cbr:")
+                         and a.rsplit(":", 1)[-1] in ("get", "list"))
+    if grant == "IAMFullAccess":
+        return frozenset(a for a in known if a.startswith("iam:"))
+    return frozenset({actions.LEGACY_ACTION_NAMES.get(grant, grant)})
+
+
+def policy_covering(action: str) -> str:
+    return "CBRFullAccess" if action.startswith("cbr:") else "IAMFullAccess"
+
+
+def validate_grant(action: str) -> str:
+    if action in MANAGED_POLICIES or action in actions.LEGACY_ACTION_NAMES:
+        return action
+    if action in actions.known_actions():
+        return action
+    raise errors.InvalidParameter(
+        f"Unknown action {action!r}. Grant an action such as cbr:vaults:create or a managed "
+        f"policy: {', '.join(MANAGED_POLICIES)}.", field="action")
+
+
+def validate_name(name: str, what: str) -> str:
+    if not _NAME.match(name or ""):
+        raise errors.InvalidParameter(
+            f"{what} name {name!r} is not valid: 1 to 64 letters, digits, '_', '.', '@' or "
+            "'-', starting with a letter or digit.", field="name")
+    return name
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# -- access keys ---------------------------------------------------------------
+
+
+def _new_access_key_id() -> str:
+    return "AK" + "".join(secrets.choice(_AK_ALPHABET) for _ in range(18))
+
+
+def create_access_key(session: Session, keyring: Keyring, user: User,
+                      now: dt.datetime) -> tuple[AccessKey, str]:
+    ak = _new_access_key_id()
+    sk = secrets.token_urlsafe(30)
+    key = AccessKey(id=ak, user_id=user.id, secret_sealed=keyring.seal(sk.encode(), ak.encode()),
+                    active=True, created_at=now)
+    session.add(key)
+    session.flush()
+    return key, sk
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    secret: str
+    caller: Caller
+
+
+class AccessKeyCache:
+    """Resolves an access key to its secret and caller, cached for a moment.
+
+    Every signed call needs this; the cache keeps the database off the hot
+    path. A revoked key or a removed grant takes effect within TTL seconds.
+    """
+
+    TTL = 2.0
+
+    def __init__(self, app: object) -> None:
+        self._app = app
+        self._entries: dict[str, tuple[float, ResolvedKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, access_key: str) -> ResolvedKey | None:
+        if not access_key or len(access_key) > 64:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(access_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        resolved = self._resolve(access_key)
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[access_key] = (now + self.TTL, resolved)
+        return resolved
+
+    def _resolve(self, access_key: str) -> ResolvedKey | None:
+        app = self._app
+        with app.db.begin() as session:  # type: ignore[attr-defined]
+            key = session.get(AccessKey, access_key)
+            if key is None or not key.active:
+                return None
+            user = key.user
+            grants = session.scalars(select(Grant.action).where(Grant.user_id == user.id)).all()
+            acts: set[str] = set()
+            for g in grants:
+                acts |= expand(g)
+            secret = app.keyring.unseal(key.secret_sealed, key.id.encode()).decode()  # type: ignore[attr-defined]
+            return ResolvedKey(secret, Caller(
+                account_id=user.account_id, user_id=user.id, access_key_id=key.id,
+                actions=frozenset(acts), administrator=user.account.administrator))
+
+
+# -- accounts and users --------------------------------------------------------
+
+
+def create_account(session: Session, keyring: Keyring, name: str, admin_user_name: str,
+                   now: dt.datetime, *, administrator: bool = False
+                   ) -> tuple[Account, User | None, AccessKey | None, str]:
+    validate_name(name, "Account")
+    if session.scalar(select(Account).where(Account.name == name)) is not None:
+        raise errors.AlreadyExists(f"An account named {name!r} exists.", name=name)
+    account = Account(name=name, administrator=administrator, created_at=now)
+    session.add(account)
+    session.flush()
+    if not admin_user_name:
+        return account, None, None, ""
+    user = create_user(session, account.id, admin_user_name, now)
+    grants = ("AdministratorAccess",) if administrator else ("CBRFullAccess", "IAMFullAccess")
+    for g in grants:
+        session.add(Grant(user_id=user.id, action=g, created_at=now))
+    key, sk = create_access_key(session, keyring, user, now)
+    return account, user, key, sk
+
+
+def create_user(session: Session, account_id: str, name: str, now: dt.datetime) -> User:
+    validate_name(name, "User")
+    exists = session.scalar(select(User).where(User.account_id == account_id, User.name == name))
+    if exists is not None:
+        raise errors.AlreadyExists(f"A user named {name!r} exists in this account.", name=name)
+    user = User(account_id=account_id, name=name, created_at=now)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(session: Session, account_id: str, user_id: str) -> User:
+    user = session.get(User, user_id) if user_id else None
+    if user is None or user.account_id != account_id:
+        raise errors.ResourceNotFound(f"No user with id {user_id!r} in this account.",
+                                      user_id=user_id)
+    return user
+
+
+def get_account(session: Session, caller: Caller, account_id: str) -> Account:
+    account = session.get(Account, account_id) if account_id else None
+    if account is None or (not caller.administrator and account.id != caller.account_id):
+        raise errors.ResourceNotFound(f"No account with id {account_id!r}.",
+                                      account_id=account_id)
+    return account
+
+
+def require_administrator(caller: Caller, what: str) -> None:
+    if not caller.administrator:
+        raise errors.PermissionDenied(
+            f"Only the administrator account may {what}.", action="iam:accounts")
+
+
+def delete_user(session: Session, caller: Caller, user_id: str) -> None:
+    user = get_user(session, caller.account_id, user_id)
+    if user.id == caller.user_id:
+        raise errors.Conflict("A user cannot delete itself.")
+    session.delete(user)
+
+
+def get_access_key(session: Session, account_id: str, access_key_id: str) -> AccessKey:
+    key = session.get(AccessKey, access_key_id) if access_key_id else None
+    if key is None or key.user.account_id != account_id:
+        raise errors.ResourceNotFound(f"No access key {access_key_id!r} in this account.")
+    return key
+
+
+def create_grant(session: Session, account_id: str, user_id: str, action: str,
+                 now: dt.datetime) -> Grant:
+    user = get_user(session, account_id, user_id)
+    validate_grant(action)
+    if session.scalar(select(Grant).where(Grant.user_id == user.id,
+                                          Grant.action == action)) is not None:
+        raise errors.AlreadyExists(f"The user already holds {action}.")
+    if action == "AdministratorAccess" and not user.account.administrator:
+        raise errors.PermissionDenied("AdministratorAccess is for the administrator account.")
+    grant = Grant(user_id=user.id, action=action, created_at=now)
+    session.add(grant)
+    session.flush()
+    return grant
+
+
+def delete_grant(session: Session, account_id: str, grant_id: str) -> None:
+    grant = session.get(Grant, grant_id) if grant_id else None
+    if grant is None:
+        raise errors.ResourceNotFound(f"No grant with id {grant_id!r}.")
+    get_user(session, account_id, grant.user_id)
+    session.delete(grant)
+
+
+def caller_actions(caller: Caller) -> list[str]:
+    return sorted(caller.actions | actions.ALWAYS_ALLOWED)
+
+
+# -- first start ---------------------------------------------------------------
+
+
+def bootstrap_admin(db: object, keyring: Keyring, data_dir: Path, endpoint: str,
+                    now: dt.datetime) -> bool:
+    """Creates the administrator account on the first start; True if it did.
+
+    The credentials file is written inside the transaction and removed if the
+    commit fails, so there is never a key on disk the database does not know,
+    nor an administrator whose secret was lost.
+    """
+    path = data_dir / ADMIN_CREDENTIALS_FILE
+    written = False
+    try:
+        with db.begin() as session:  # type: ignore[attr-defined]
+            admin = select(Account).where(Account.administrator.is_(True))
+            if session.scalar(admin) is not None:
+                return False
+            account, user, key, sk = create_account(session, keyring, "admin", "admin", now,
+                                                    administrator=True)
+            assert user is not None and key is not None
+            payload = {"access_key": key.id, "secret_key": sk, "account_id": account.id,
+                       "user_id": user.id, "endpoint": endpoint}
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(payload, fh, indent=2)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            written = True
+    except BaseException:
+        if written:
+            path.unlink(missing_ok=True)
+        raise
+    log.warning("created the administrator account; its access key and secret key are in %s "
+                "(mode 0600). Keep them safe: the secret key is shown nowhere else.", path)
+    return True
+
+

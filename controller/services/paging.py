@@ -1,0 +1,61 @@
+"""Keyset pagination shared by every List call.
+
+A page token encodes the (created_at, id) of the last item served, so pages
+stay consistent while rows are added, and a list never costs an OFFSET scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from cbr import errors, limits
+
+
+def page_size(requested: int) -> int:
+    if requested < 0 or requested > limits.PAGE_SIZE_MAX:
+        raise errors.InvalidParameter(
+            f"page_size must be 0 to {limits.PAGE_SIZE_MAX} (got {requested}).",
+            field="page_size")
+    return requested or limits.PAGE_SIZE_DEFAULT
+
+
+def _encode(created_at: dt.datetime, ident: str) -> str:
+    raw = json.dumps([created_at.isoformat(), ident]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(token: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        when, ident = json.loads(raw)
+        return dt.datetime.fromisoformat(when), str(ident)
+    except (ValueError, TypeError) as exc:
+        raise errors.InvalidParameter(
+            "page_token is not valid; pass the next_page_token of the previous response "
+            "unchanged.", field="page_token") from exc
+
+
+def paginate(session: Session, stmt: Select[Any], model: Any, requested_size: int,
+             token: str) -> tuple[Sequence[Any], str, int]:
+    """(items, next_page_token, total_count) of stmt ordered by created_at, id."""
+    size = page_size(requested_size)
+    total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    ordered = stmt.order_by(model.created_at, model.id)
+    if token:
+        when, ident = _decode(token)
+        ordered = ordered.where(or_(model.created_at > when,
+                                    and_(model.created_at == when, model.id > ident)))
+    items = session.scalars(ordered.limit(size + 1)).all()
+    next_token = ""
+    if len(items) > size:
+        items = items[:size]
+        last = items[-1]
+        next_token = _encode(last.created_at, str(last.id))
+    return items, next_token, total

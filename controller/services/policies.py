@@ -1,0 +1,218 @@
+"""Backup and replication policies: schedule and retention rules, validated
+against the reference's limits before they are stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cbr import errors
+from controller.persistence.models import Policy, VaultPolicy
+from controller.services import validation
+
+OPERATION_TYPES = ("backup", "replication")
+DAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+MAX_RULES = 24
+MAX_RUNS_PER_DAY = 24
+MIN_GAP_MINUTES = 60
+_TIMEZONE = re.compile(r"^UTC([+-])(\d{2}):(\d{2})$")
+
+
+def _ints(text: str, low: int, high: int, what: str, rule: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise errors.InvalidParameter(f"{what} in {rule!r} must be numbers.",
+                                      field="trigger.pattern") from None
+    for v in values:
+        if not low <= v <= high:
+            raise errors.InvalidParameter(f"{what} {v} in {rule!r} must be {low} to {high}.",
+                                          field="trigger.pattern")
+    return values
+
+
+def parse_rule(rule: str) -> tuple[list[int], list[tuple[int, int]], int]:
+    """(weekdays 0=Monday, [(hour, minute)], interval days) of one RRULE."""
+    parts: dict[str, str] = {}
+    for item in rule.split(";"):
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise errors.InvalidParameter(
+                f"Trigger rule {rule!r}: {item!r} is not KEY=VALUE.", field="trigger.pattern")
+        key = key.strip().upper()
+        if key in parts:
+            raise errors.InvalidParameter(f"Trigger rule {rule!r} sets {key} twice.",
+                                          field="trigger.pattern")
+        parts[key] = value.strip().upper()
+    unknown = set(parts) - {"FREQ", "BYDAY", "BYHOUR", "BYMINUTE", "INTERVAL"}
+    if unknown:
+        raise errors.InvalidParameter(
+            f"Trigger rule {rule!r}: {', '.join(sorted(unknown))} not supported; use FREQ, "
+            "BYDAY, BYHOUR, BYMINUTE and INTERVAL.", field="trigger.pattern")
+    freq = parts.get("FREQ")
+    if freq not in ("WEEKLY", "DAILY"):
+        raise errors.InvalidParameter(
+            f"Trigger rule {rule!r}: FREQ must be WEEKLY or DAILY.", field="trigger.pattern")
+    if "BYHOUR" not in parts or "BYMINUTE" not in parts:
+        raise errors.InvalidParameter(f"Trigger rule {rule!r} needs BYHOUR and BYMINUTE.",
+                                      field="trigger.pattern")
+    hours = _ints(parts["BYHOUR"], 0, 23, "BYHOUR", rule)
+    minutes = _ints(parts["BYMINUTE"], 0, 59, "BYMINUTE", rule)
+    if freq == "WEEKLY":
+        if "INTERVAL" in parts:
+            raise errors.InvalidParameter(
+                f"Trigger rule {rule!r}: INTERVAL (days) goes with FREQ=DAILY.",
+                field="trigger.pattern")
+        if "BYDAY" not in parts:
+            raise errors.InvalidParameter(f"Trigger rule {rule!r}: FREQ=WEEKLY needs BYDAY.",
+                                          field="trigger.pattern")
+        days = []
+        for d in parts["BYDAY"].split(","):
+            if d not in DAYS:
+                raise errors.InvalidParameter(
+                    f"Trigger rule {rule!r}: BYDAY {d!r} is not one of {', '.join(DAYS)}.",
+                    field="trigger.pattern")
+            days.append(DAYS.index(d))
+        interval = 1
+    else:
+        if "BYDAY" in parts:
+            raise errors.InvalidParameter(
+                f"Trigger rule {rule!r}: BYDAY goes with FREQ=WEEKLY.", field="trigger.pattern")
+        interval = _ints(parts.get("INTERVAL", "1"), 1, 30, "INTERVAL", rule)[0]
+        days = list(range(7))
+    return sorted(set(days)), sorted({(h, m) for h in hours for m in minutes}), interval
+
+
+def validate_trigger(patterns: list[str], required: bool) -> list[str]:
+    if not patterns:
+        if required:
+            raise errors.InvalidParameter("trigger.pattern needs at least one rule.",
+                                          field="trigger.pattern")
+        return []
+    if len(patterns) > MAX_RULES:
+        raise errors.InvalidParameter(f"At most {MAX_RULES} trigger rules.",
+                                      field="trigger.pattern")
+    week: set[int] = set()
+    for rule in patterns:
+        days, times, _interval = parse_rule(rule)
+        for d in days:
+            week |= {d * 1440 + h * 60 + m for h, m in times}
+    for day in range(7):
+        runs = [t for t in week if day * 1440 <= t < (day + 1) * 1440]
+        if len(runs) > MAX_RUNS_PER_DAY:
+            raise errors.InvalidParameter(
+                f"The trigger runs {len(runs)} times on {DAYS[day]}; at most "
+                f"{MAX_RUNS_PER_DAY} runs a day.", field="trigger.pattern")
+    ordered = sorted(week)
+    for a, b in zip(ordered, [*ordered[1:], ordered[0] + 7 * 1440], strict=True):
+        if len(ordered) > 1 and b - a < MIN_GAP_MINUTES:
+            raise errors.InvalidParameter(
+                f"Two runs are {b - a} minutes apart ({DAYS[(a // 1440) % 7]} "
+                f"{a % 1440 // 60:02d}:{a % 60:02d}); at least one hour must be between runs.",
+                field="trigger.pattern")
+    return patterns
+
+
+def validate_definition(op: str, od: dict[str, Any]) -> dict[str, Any]:
+    validation.int_range(od.get("max_backups", 0), 0, 99999, "max_backups", also=(-1,))
+    validation.int_range(od.get("retention_duration_days", 0), 0, 99999,
+                         "retention_duration_days", also=(-1,))
+    long_term = False
+    for key in ("day_backups", "week_backups", "month_backups", "year_backups"):
+        validation.int_range(od.get(key, 0), 0, 100, key)
+        long_term = long_term or od.get(key, 0) > 0
+    tz = od.get("timezone", "")
+    if tz:
+        match = _TIMEZONE.match(tz)
+        if not match or int(match.group(2)) > 14 or int(match.group(3)) >= 60:
+            raise errors.InvalidParameter(
+                f"timezone {tz!r} must look like UTC+08:00 or UTC-05:30.", field="timezone")
+    if long_term and not tz:
+        raise errors.InvalidParameter(
+            "day/week/month/year_backups need a timezone such as UTC+08:00.", field="timezone")
+    validation.int_range(od.get("full_backup_interval", 0), -1, 100, "full_backup_interval")
+    replication_fields = ("destination_region", "destination_project_id", "credential_id")
+    if op == "replication":
+        if not od.get("destination_region"):
+            raise errors.InvalidParameter("A replication policy needs destination_region.",
+                                          field="destination_region")
+        if not od.get("destination_project_id"):
+            raise errors.InvalidParameter(
+                "A replication policy needs destination_project_id (the target account id).",
+                field="destination_project_id")
+    else:
+        for key in replication_fields:
+            if od.get(key):
+                raise errors.InvalidParameter(f"{key} is for replication policies only.",
+                                              field=key)
+    return od
+
+
+def get_policy(session: Session, project_id: str, policy_id: str) -> Policy:
+    policy = session.get(Policy, policy_id) if policy_id else None
+    if policy is None or policy.project_id != project_id:
+        raise errors.ResourceNotFound(f"No policy with id {policy_id!r}.", policy_id=policy_id)
+    return policy
+
+
+def vault_ids(session: Session, policy_id: str) -> list[str]:
+    return list(session.scalars(select(VaultPolicy.vault_id).where(
+        VaultPolicy.policy_id == policy_id).order_by(VaultPolicy.created_at)))
+
+
+def create_policy(session: Session, project_id: str, name: str, operation_type: str,
+                  enabled: bool, definition: dict[str, Any], patterns: list[str],
+                  now: dt.datetime) -> Policy:
+    validation.name(name)
+    validate_definition(operation_type, definition)
+    validate_trigger(patterns, required=True)
+    taken = select(Policy.id).where(Policy.project_id == project_id, Policy.name == name)
+    if session.scalar(taken) is not None:
+        raise errors.AlreadyExists(f"A policy named {name!r} exists.", name=name)
+    policy = Policy(project_id=project_id, name=name, operation_type=operation_type,
+                    enabled=enabled, operation_definition=definition, trigger_patterns=patterns,
+                    created_at=now, updated_at=now)
+    session.add(policy)
+    session.flush()
+    return policy
+
+
+def update_policy(session: Session, project_id: str, policy_id: str, changes: dict[str, Any],
+                  now: dt.datetime) -> Policy:
+    allowed = {"name", "enabled", "operation_definition", "trigger"}
+    unknown = set(changes) - allowed
+    if unknown or not changes:
+        raise errors.InvalidParameter(
+            f"update_mask must name some of {', '.join(sorted(allowed))}.", field="update_mask")
+    policy = get_policy(session, project_id, policy_id)
+    if "name" in changes and changes["name"] != policy.name:
+        validation.name(changes["name"])
+        taken = select(Policy.id).where(Policy.project_id == project_id,
+                                        Policy.name == changes["name"])
+        if session.scalar(taken) is not None:
+            raise errors.AlreadyExists(f"A policy named {changes['name']!r} exists.")
+        policy.name = changes["name"]
+    if "enabled" in changes:
+        policy.enabled = bool(changes["enabled"])
+    if "operation_definition" in changes:
+        policy.operation_definition = validate_definition(policy.operation_type,
+                                                          changes["operation_definition"])
+    if "trigger" in changes:
+        policy.trigger_patterns = validate_trigger(changes["trigger"], required=True)
+    policy.updated_at = now
+    session.flush()
+    return policy
+
+
+def delete_policy(session: Session, project_id: str, policy_id: str) -> None:
+    policy = get_policy(session, project_id, policy_id)
+    bound = vault_ids(session, policy.id)
+    if bound:
+        raise errors.Conflict(
+            f"Policy {policy.name!r} is associated with {len(bound)} vault(s) "
+            f"({', '.join(bound[:3])}); dissociate them first.", policy_id=policy_id)
+    session.delete(policy)

@@ -1,0 +1,168 @@
+"""Tasks: the record of every asynchronous operation, with its state machine.
+
+waiting -> running -> success | failed | skipped | timeout. A final status
+never changes again, so a command result that arrives twice (an agent
+resending after a reconnect) is applied once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from cbr import errors
+from controller.persistence.models import Task
+
+OPERATION_TYPES = (
+    "backup",
+    "copy",
+    "replication",
+    "restore",
+    "delete",
+    "sync",
+    "vault_delete",
+    "remove_resource",
+)
+STATUSES = ("waiting", "running", "success", "failed", "skipped", "timeout")
+FINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})
+
+
+def create_task(
+    session: Session,
+    *,
+    project_id: str,
+    operation_type: str,
+    now: dt.datetime,
+    status: str = "waiting",
+    agent_id: str = "",
+    vault_id: str = "",
+    vault_name: str = "",
+    resource_id: str = "",
+    resource_name: str = "",
+    checkpoint_id: str = "",
+    policy_id: str = "",
+    command: dict[str, Any] | None = None,
+    extra_info: dict[str, Any] | None = None,
+) -> Task:
+    if operation_type not in OPERATION_TYPES:
+        raise ValueError(f"unknown operation type {operation_type}")
+    task = Task(
+        project_id=project_id,
+        operation_type=operation_type,
+        status=status,
+        progress=100 if status in FINAL_STATUSES else 0,
+        agent_id=agent_id,
+        vault_id=vault_id,
+        vault_name=vault_name,
+        resource_id=resource_id,
+        resource_name=resource_name,
+        checkpoint_id=checkpoint_id,
+        policy_id=policy_id,
+        command=command or {},
+        extra_info=extra_info or {},
+        created_at=now,
+        updated_at=now,
+        started_at=now if status != "waiting" else None,
+        ended_at=now if status in FINAL_STATUSES else None,
+    )
+    session.add(task)
+    session.flush()
+    return task
+
+
+def get_task(session: Session, project_id: str, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None or task.project_id != project_id:
+        raise errors.ResourceNotFound(f"No task with id {task_id!r}.", task_id=task_id)
+    return task
+
+
+def start_task(session: Session, task_id: str, now: dt.datetime) -> Task | None:
+    """Marks a waiting task running; None when it is already final."""
+    task = session.get(Task, task_id, with_for_update=True)
+    if task is None or task.status in FINAL_STATUSES:
+        return None
+    if task.status == "waiting":
+        task.status = "running"
+        task.started_at = now
+        task.updated_at = now
+    return task
+
+
+def report_progress(
+    session: Session, task_id: str, progress: int, now: dt.datetime, message: str = ""
+) -> Task | None:
+    task = session.get(Task, task_id, with_for_update=True)
+    if task is None or task.status in FINAL_STATUSES:
+        return None
+    if task.status == "waiting":
+        task.status = "running"
+        task.started_at = now
+    task.progress = max(task.progress, min(99, max(0, progress)))
+    if message:
+        task.extra_info = {**task.extra_info, "message": message}
+    task.updated_at = now
+    return task
+
+
+def finish_task(
+    session: Session,
+    task_id: str,
+    status: str,
+    now: dt.datetime,
+    *,
+    error_code: str = "",
+    error_message: str = "",
+    extra_info: dict[str, Any] | None = None,
+) -> Task | None:
+    """Moves a task to a final status once; later calls return None."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"{status} is not a final status")
+    task = session.get(Task, task_id, with_for_update=True)
+    if task is None or task.status in FINAL_STATUSES:
+        return None
+    task.status = status
+    task.progress = 100
+    task.error_code = error_code
+    task.error_message = error_message
+    if extra_info:
+        task.extra_info = {**task.extra_info, **extra_info}
+    task.started_at = task.started_at or now
+    task.ended_at = now
+    task.updated_at = now
+    return task
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    operation_type: str = ""
+    status: str = ""
+    vault_id: str = ""
+    resource_id: str = ""
+    checkpoint_id: str = ""
+    policy_id: str = ""
+
+
+def task_query(project_id: str, f: TaskFilter) -> Select[Any]:
+    stmt = select(Task).where(Task.project_id == project_id)
+    for field in ("operation_type", "status", "vault_id", "resource_id", "checkpoint_id",
+                  "policy_id"):
+        value = getattr(f, field)
+        if value:
+            stmt = stmt.where(getattr(Task, field) == value)
+    return stmt
+
+
+def count(session: Session, stmt: Select[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+
+
+def enum_status(number: int) -> str:
+    """The status name of a wire TaskStatus number."""
+    from cbr.v1 import task_pb2
+
+    return task_pb2.TaskStatus.Name(number).removeprefix("TASK_STATUS_").lower()

@@ -1,0 +1,427 @@
+"""Vaults and the resources in them, with the reference's rules.
+
+A resource sits in at most one vault (6103, also a unique key in the
+database), matches the vault's object type (6102), and is not added twice
+(6104); vault names are unique per account (6106); resource and policy
+changes need an available vault (6112).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from cbr import errors, limits
+from controller.persistence.models import (
+    Backup,
+    Policy,
+    Protectable,
+    Vault,
+    VaultPolicy,
+    VaultResource,
+)
+from controller.services import tasks, validation
+
+OBJECT_TYPES = ("server", "disk", "turbo")
+PROTECT_TYPES = ("backup", "replication")
+CONSISTENT_LEVELS = ("crash_consistent", "app_consistent")
+STATUSES = ("available", "lock", "frozen", "deleting", "error")
+# Statuses an owner may set by UpdateVault.
+SETTABLE_STATUSES = ("available", "lock", "frozen")
+
+
+@dataclass
+class ResourceRequest:
+    id: str
+    exclude_volumes: list[str] = field(default_factory=list)
+    include_volumes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VaultSpec:
+    name: str
+    object_type: str
+    protect_type: str = "backup"
+    consistent_level: str = "crash_consistent"
+    description: str = ""
+    size_gb: int = 0
+    auto_expand: bool = False
+    threshold: int = 0
+    backup_name_prefix: str = ""
+    tags: list[dict[str, str]] = field(default_factory=list)
+    auto_bind: bool = False
+    bind_rules: list[dict[str, str]] = field(default_factory=list)
+    resources: list[ResourceRequest] = field(default_factory=list)
+    backup_policy_id: str = ""
+
+
+def _check_status(vault: Vault, allowed: tuple[str, ...], doing: str) -> None:
+    if vault.status not in allowed:
+        raise errors.VaultStatusIllegal(
+            f"allow status: {', '.join(allowed)}. Vault {vault.name!r} is {vault.status}; "
+            f"it cannot {doing} now.", vault_id=vault.id, status=vault.status)
+
+
+def _check_prefix(prefix: str) -> str:
+    if len(prefix) > 32 or (prefix and not prefix.replace("_", "").replace("-", "").isalnum()):
+        raise errors.InvalidParameter(
+            "backup_name_prefix must be up to 32 letters, digits, '_' or '-'.",
+            field="backup_name_prefix")
+    return prefix
+
+
+def get_vault(session: Session, project_id: str, vault_id: str, *, lock: bool = False) -> Vault:
+    vault = session.get(Vault, vault_id, with_for_update=lock) if vault_id else None
+    if vault is None or vault.project_id != project_id:
+        raise errors.VaultNotFound(f"No vault with id {vault_id!r}.", vault_id=vault_id)
+    return vault
+
+
+def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec,
+                 now: dt.datetime) -> Vault:
+    validation.name(spec.name)
+    validation.description(spec.description)
+    validation.int_range(spec.size_gb, limits.VAULT_SIZE_GB_MIN, limits.VAULT_SIZE_GB_MAX,
+                         "size_gb")
+    threshold = spec.threshold or limits.VAULT_THRESHOLD_DEFAULT
+    validation.int_range(threshold, 1, 100, "threshold")
+    validation.tags(spec.tags)
+    validation.tags(spec.bind_rules, "bind_rules")
+    _check_prefix(spec.backup_name_prefix)
+    if spec.consistent_level == "app_consistent" and spec.object_type != "server":
+        raise errors.InvalidParameter(
+            "consistent_level app_consistent is only for server vaults.",
+            field="consistent_level")
+    if spec.protect_type == "replication" and spec.object_type == "disk":
+        raise errors.InvalidParameter(
+            "Disk backups cannot be replicated, so a replication vault must hold servers or "
+            "file systems (turbo).", field="protect_type")
+    if spec.protect_type == "replication" and (spec.resources or spec.auto_bind):
+        raise errors.InvalidParameter(
+            "A replication vault receives replicas; it takes no resources and no auto_bind.",
+            field="resources")
+    taken = select(Vault.id).where(Vault.project_id == project_id, Vault.name == spec.name)
+    if session.scalar(taken) is not None:
+        raise errors.DuplicateVault(f"A vault named {spec.name!r} exists in this account.",
+                                    name=spec.name)
+    vault = Vault(
+        project_id=project_id, name=spec.name, description=spec.description,
+        object_type=spec.object_type, protect_type=spec.protect_type,
+        consistent_level=spec.consistent_level, status="available", size_gb=spec.size_gb,
+        used_bytes=0, auto_expand=spec.auto_expand, threshold=threshold,
+        backup_name_prefix=spec.backup_name_prefix, tags=spec.tags, auto_bind=spec.auto_bind,
+        bind_rules=spec.bind_rules, region=region, created_at=now, updated_at=now)
+    session.add(vault)
+    session.flush()
+    if spec.resources:
+        add_resources(session, project_id, vault.id, spec.resources, now)
+    if spec.backup_policy_id:
+        associate_policy(session, project_id, vault.id, spec.backup_policy_id, "", now)
+    return vault
+
+
+@dataclass(frozen=True)
+class VaultFilter:
+    name: str = ""
+    object_type: str = ""
+    protect_type: str = ""
+    status: str = ""
+    policy_id: str = ""
+    resource_id: str = ""
+
+
+def vault_query(project_id: str, f: VaultFilter) -> Select[Any]:
+    stmt = select(Vault).where(Vault.project_id == project_id)
+    if f.name:
+        stmt = stmt.where(Vault.name == f.name)
+    if f.object_type:
+        stmt = stmt.where(Vault.object_type == f.object_type)
+    if f.protect_type:
+        stmt = stmt.where(Vault.protect_type == f.protect_type)
+    if f.status:
+        stmt = stmt.where(Vault.status == f.status)
+    if f.policy_id:
+        stmt = stmt.where(Vault.id.in_(
+            select(VaultPolicy.vault_id).where(VaultPolicy.policy_id == f.policy_id)))
+    if f.resource_id:
+        stmt = stmt.where(Vault.id.in_(
+            select(VaultResource.vault_id).where(VaultResource.protectable_id == f.resource_id)))
+    return stmt
+
+
+UPDATABLE = frozenset({"name", "description", "size_gb", "auto_expand", "threshold", "tags",
+                       "auto_bind", "bind_rules", "backup_name_prefix", "status"})
+
+
+def update_vault(session: Session, project_id: str, vault_id: str, changes: dict[str, Any],
+                 now: dt.datetime) -> Vault:
+    """Applies changes (field -> new value, already of domain types)."""
+    unknown = set(changes) - UPDATABLE
+    if unknown:
+        raise errors.InvalidParameter(
+            f"update_mask names fields that cannot change: {', '.join(sorted(unknown))}. "
+            f"Updatable: {', '.join(sorted(UPDATABLE))}.", field="update_mask")
+    if not changes:
+        raise errors.InvalidParameter("update_mask names no field to change.",
+                                      field="update_mask")
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    if set(changes) - {"status"}:
+        _check_status(vault, ("available",), "change its settings")
+    if "name" in changes and changes["name"] != vault.name:
+        validation.name(changes["name"])
+        taken = select(Vault.id).where(Vault.project_id == project_id,
+                                       Vault.name == changes["name"])
+        if session.scalar(taken) is not None:
+            raise errors.DuplicateVault(f"A vault named {changes['name']!r} exists.",
+                                        name=changes["name"])
+    if "description" in changes:
+        validation.description(changes["description"])
+    if "size_gb" in changes:
+        validation.int_range(changes["size_gb"], limits.VAULT_SIZE_GB_MIN,
+                             limits.VAULT_SIZE_GB_MAX, "size_gb")
+        if changes["size_gb"] * 1024**3 < vault.used_bytes:
+            raise errors.InvalidParameter(
+                f"size_gb {changes['size_gb']} is below what the vault uses "
+                f"({vault.used_bytes / 1024**3:.1f} GB).", field="size_gb")
+    if "threshold" in changes:
+        validation.int_range(changes["threshold"], 1, 100, "threshold")
+    if "tags" in changes:
+        validation.tags(changes["tags"])
+    if "bind_rules" in changes:
+        validation.tags(changes["bind_rules"], "bind_rules")
+    if "backup_name_prefix" in changes:
+        _check_prefix(changes["backup_name_prefix"])
+    if changes.get("auto_bind") and vault.protect_type == "replication":
+        raise errors.InvalidParameter("A replication vault takes no auto_bind.",
+                                      field="auto_bind")
+    if "status" in changes:
+        if changes["status"] not in SETTABLE_STATUSES:
+            raise errors.InvalidParameter(
+                f"status can be set to {', '.join(SETTABLE_STATUSES)} only.", field="status")
+        _check_status(vault, SETTABLE_STATUSES, "change status")
+    for key, value in changes.items():
+        setattr(vault, key, value)
+    vault.updated_at = now
+    session.flush()
+    if changes.get("auto_bind") or "bind_rules" in changes:
+        _bind_matching(session, vault, now)
+    return vault
+
+
+def delete_vault(session: Session, project_id: str, vault_id: str, now: dt.datetime) -> str:
+    """Marks the vault deleting and records a vault_delete task; returns the task id.
+
+    The rows go in ``finish_vault_delete``, a separate transaction, so a
+    crash between the two leaves a vault visibly 'deleting' with its task.
+    """
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    _check_status(vault, ("available", "error"), "be deleted")
+    vault.status = "deleting"
+    vault.updated_at = now
+    task = tasks.create_task(session, project_id=project_id, operation_type="vault_delete",
+                             status="running", vault_id=vault.id, vault_name=vault.name, now=now)
+    return task.id
+
+
+def finish_vault_delete(session: Session, project_id: str, vault_id: str, task_id: str,
+                        now: dt.datetime) -> None:
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    backups = session.scalar(select(Backup.id).where(Backup.vault_id == vault.id).limit(1))
+    if backups is not None:
+        raise errors.NotImplementedYet("Deleting a vault's backups arrives with the data path.")
+    session.delete(vault)
+    tasks.finish_task(session, task_id, "success", now)
+
+
+def add_resources(session: Session, project_id: str, vault_id: str,
+                  resources: list[ResourceRequest], now: dt.datetime) -> list[str]:
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    _check_status(vault, ("available",), "take resources")
+    if not resources:
+        raise errors.InvalidParameter("resources is empty; name at least one resource id.",
+                                      field="resources")
+    if len(resources) > limits.RESOURCES_PER_REQUEST_MAX:
+        raise errors.InvalidParameter(
+            f"At most {limits.RESOURCES_PER_REQUEST_MAX} resources per request.",
+            field="resources")
+    if vault.protect_type == "replication":
+        raise errors.InvalidParameter(
+            "A replication vault receives replicas; resources cannot be added to it.",
+            field="vault_id")
+    validation.unique([r.id for r in resources], "resources", errors.DuplicateResource)
+    added = []
+    for req in resources:
+        validation.ident(req.id, "resources.id")
+        protectable = session.get(Protectable, req.id)
+        if protectable is None or protectable.project_id != project_id:
+            raise errors.ResourceNotFound(
+                f"No protectable with id {req.id!r}; see `cbr protectable list`.",
+                resource_id=req.id)
+        if protectable.object_type != vault.object_type:
+            raise errors.ResourceTypeMismatch(
+                f"Resource {protectable.name!r} is a {protectable.object_type}; vault "
+                f"{vault.name!r} holds {vault.object_type} resources.", resource_id=req.id)
+        current = session.scalar(
+            select(VaultResource).where(VaultResource.protectable_id == req.id))
+        if current is not None and current.vault_id == vault.id:
+            raise errors.DuplicateResource(
+                f"Resource {protectable.name!r} is already in vault {vault.name!r}.",
+                resource_id=req.id)
+        if current is not None:
+            raise errors.ResourceInOtherVault(
+                f"Resource {protectable.name!r} is in vault {current.vault.name!r} "
+                f"({current.vault_id}); remove it there first.", resource_id=req.id,
+                vault_id=current.vault_id)
+        disk_ids = {d.get("id") for d in protectable.disks}
+        for vol in req.exclude_volumes + req.include_volumes:
+            if vol not in disk_ids:
+                raise errors.InvalidParameter(
+                    f"Volume {vol!r} is not a disk of {protectable.name!r}.",
+                    field="exclude_volumes")
+        session.add(VaultResource(
+            vault_id=vault.id, protectable_id=req.id, protect_status="available",
+            exclude_volumes=req.exclude_volumes, include_volumes=req.include_volumes,
+            added_at=now))
+        added.append(req.id)
+    vault.updated_at = now
+    session.flush()
+    session.refresh(vault)
+    return added
+
+
+def remove_resources(session: Session, project_id: str, vault_id: str,
+                     resource_ids: list[str], now: dt.datetime) -> list[str]:
+    """Removes resources; returns the remove_resource task ids (one per resource)."""
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    _check_status(vault, ("available",), "release resources")
+    if not resource_ids:
+        raise errors.InvalidParameter("resource_ids is empty.", field="resource_ids")
+    validation.unique(resource_ids, "resource_ids", errors.DuplicateResource)
+    in_vault = {r.protectable_id: r for r in vault.resources}
+    task_ids = []
+    for rid in resource_ids:
+        vr = in_vault.get(rid)
+        if vr is None:
+            raise errors.ResourceNotFound(
+                f"Resource {rid!r} is not in vault {vault.name!r}.", resource_id=rid)
+        backups = session.scalar(select(Backup.id).where(Backup.vault_id == vault.id,
+                                                         Backup.resource_id == rid).limit(1))
+        if backups is not None:
+            raise errors.NotImplementedYet(
+                "Removing a resource with backups arrives with the data path.")
+        task = tasks.create_task(
+            session, project_id=project_id, operation_type="remove_resource", status="success",
+            vault_id=vault.id, vault_name=vault.name, resource_id=rid,
+            resource_name=vr.protectable.name, now=now)
+        vault.resources.remove(vr)
+        task_ids.append(task.id)
+    vault.updated_at = now
+    session.flush()
+    return task_ids
+
+
+def associate_policy(session: Session, project_id: str, vault_id: str, policy_id: str,
+                     destination_vault_id: str, now: dt.datetime) -> Vault:
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    _check_status(vault, ("available",), "change policies")
+    policy = session.get(Policy, policy_id) if policy_id else None
+    if policy is None or policy.project_id != project_id:
+        raise errors.ResourceNotFound(f"No policy with id {policy_id!r}.", policy_id=policy_id)
+    if policy.operation_type == "replication":
+        if vault.object_type == "disk":
+            raise errors.ReplicationNotAllowedForType(
+                "Disk vaults cannot replicate; only server and file-system (turbo) vaults can.")
+        if vault.protect_type == "replication":
+            raise errors.ReplicationNotAllowedForType("A replication vault's replicas are not "
+                                           "replicated onward.")
+    elif vault.protect_type == "replication":
+        raise errors.InvalidParameter("A replication vault takes no backup policy.",
+                                      field="policy_id")
+    if destination_vault_id and policy.operation_type != "replication":
+        raise errors.InvalidParameter("destination_vault_id is for replication policies.",
+                                      field="destination_vault_id")
+    binding = next((b for b in vault.policy_bindings
+                    if b.operation_type == policy.operation_type), None)
+    if binding is None:
+        vault.policy_bindings.append(VaultPolicy(
+            policy_id=policy.id, operation_type=policy.operation_type,
+            destination_vault_id=destination_vault_id, created_at=now))
+    else:
+        # A vault has at most one policy of each kind: a new one replaces it.
+        binding.policy_id = policy.id
+        binding.destination_vault_id = destination_vault_id
+        binding.created_at = now
+    vault.updated_at = now
+    session.flush()
+    return vault
+
+
+def dissociate_policy(session: Session, project_id: str, vault_id: str, policy_id: str,
+                      now: dt.datetime) -> Vault:
+    vault = get_vault(session, project_id, vault_id, lock=True)
+    _check_status(vault, ("available",), "change policies")
+    binding = next((b for b in vault.policy_bindings if b.policy_id == policy_id), None)
+    if binding is None:
+        raise errors.ResourceNotFound(
+            f"Policy {policy_id!r} is not associated with vault {vault.name!r}.",
+            policy_id=policy_id)
+    vault.policy_bindings.remove(binding)
+    vault.updated_at = now
+    session.flush()
+    return vault
+
+
+def _matches(rules: list[dict[str, str]], tags: list[dict[str, str]]) -> bool:
+    have = {t["key"]: t.get("value", "") for t in tags}
+    return all(have.get(r["key"]) == r.get("value", "") for r in rules)
+
+
+def _bind_matching(session: Session, vault: Vault, now: dt.datetime) -> None:
+    """Adds every unprotected protectable of the vault's type that matches its rules."""
+    if not vault.auto_bind or vault.status != "available":
+        return
+    taken = select(VaultResource.protectable_id)
+    candidates = session.scalars(select(Protectable).where(
+        Protectable.project_id == vault.project_id, Protectable.object_type == vault.object_type,
+        Protectable.gone.is_(False), Protectable.id.not_in(taken))).all()
+    for p in candidates:
+        if _matches(vault.bind_rules, p.tags):
+            session.add(VaultResource(vault_id=vault.id, protectable_id=p.id,
+                                      protect_status="available", added_at=now))
+    session.flush()
+
+
+def auto_bind_new(session: Session, project_id: str, protectable_ids: list[str],
+                  now: dt.datetime) -> list[tuple[str, str]]:
+    """Puts newly reported protectables into the first auto-bind vault whose type and
+    bind rules match; returns (protectable id, vault id) pairs."""
+    if not protectable_ids:
+        return []
+    vaults = session.scalars(select(Vault).where(
+        Vault.project_id == project_id, Vault.auto_bind.is_(True),
+        Vault.status == "available").order_by(Vault.created_at)).all()
+    bound = []
+    for pid in protectable_ids:
+        p = session.get(Protectable, pid)
+        if p is None or p.gone:
+            continue
+        if session.scalar(select(VaultResource.id).where(
+                VaultResource.protectable_id == pid)) is not None:
+            continue
+        for vault in vaults:
+            if vault.object_type == p.object_type and _matches(vault.bind_rules, p.tags):
+                session.add(VaultResource(vault_id=vault.id, protectable_id=pid,
+                                          protect_status="available", added_at=now))
+                session.flush()
+                bound.append((pid, vault.id))
+                break
+    return bound
+
+
+def vault_of_protectable(session: Session, protectable_id: str) -> str:
+    return session.scalar(select(VaultResource.vault_id).where(
+        VaultResource.protectable_id == protectable_id)) or ""

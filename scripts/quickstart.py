@@ -1,0 +1,208 @@
+"""The quickstart's main job, run by scripts/quickstart inside .venv.
+
+Starts two clouds on loopback (a source with a host agent protecting sample
+servers, a disk and a file tree; a target with an importer agent), then
+drives them with the `cbr` CLI exactly as a user would: enroll agents, list
+protectables, create a vault of each type, associate the resources, list
+them. Every process it starts is stopped when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PROCS: list[subprocess.Popen[bytes]] = []
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def cbr(profile: str, *args: str, quiet: bool = False) -> str:
+    cmd = [str(BIN / "cbr"), "--profile", profile, *args]
+    if not quiet:
+        print("$ " + shlex.join(["cbr", "--profile", profile, *args]), flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    if out.returncode != 0:
+        raise SystemExit(f"quickstart: `cbr {' '.join(args)}` failed:\n{out.stderr}")
+    if not quiet and "json" not in args:
+        print(out.stdout.rstrip(), flush=True)
+    return out.stdout
+
+
+def cbr_json(profile: str, *args: str, quiet: bool = False) -> object:
+    return json.loads(cbr(profile, *args, "--output", "json", quiet=quiet))
+
+
+def start(name: str, cmd: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
+    log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the child
+    print("$ " + shlex.join([Path(cmd[0]).name, *cmd[1:]]) + f"   (log: {log.name})",
+          flush=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV,
+                            start_new_session=True)
+    PROCS.append(proc)
+    return proc
+
+
+def stop_all() -> None:
+    for proc in reversed(PROCS):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    for proc in PROCS:
+        try:
+            proc.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for(what: str, check: object, timeout: float = 60) -> object:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(0.3)
+    raise SystemExit(f"quickstart: timed out waiting for {what}")
+
+
+def controller(name: str, work: Path, cloud: str, region: str, regions: str) -> dict[str, str]:
+    data = work / name
+    start(name, [str(BIN / "cbr-controller"), "--data-dir", str(data),
+                 "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
+                 "--cloud-name", cloud, "--region", region, "--regions", regions],
+          work / "logs")
+    endpoints = wait_for(f"{name} to serve", lambda: (data / "endpoints.json").exists()
+                         and json.loads((data / "endpoints.json").read_text()))
+    assert isinstance(endpoints, dict)
+    cbr(name, "configure", "--import-admin-credentials", str(data / "admin-credentials.json"))
+    return endpoints
+
+
+def make_samples(work: Path) -> Path:
+    """Sparse disk images with a little data, and a small directory tree."""
+    images = work / "images"
+    images.mkdir(parents=True)
+    for name, size in (("web-1-system", 2 << 30), ("web-1-data", 4 << 30),
+                       ("db-1-system", 2 << 30), ("db-1-data", 8 << 30), ("vol-1", 1 << 30)):
+        with open(images / f"{name}.img", "wb") as fh:
+            fh.truncate(size)
+            for offset in range(0, 64 << 20, 8 << 20):
+                fh.seek(offset)
+                fh.write(os.urandom(64 << 10))
+    tree = work / "share"
+    for d in range(4):
+        (tree / f"dir{d}" / "nested").mkdir(parents=True)
+        for f in range(8):
+            (tree / f"dir{d}" / f"file{f}.txt").write_text(f"sample {d}/{f}\n" * (100 * f + 1))
+        (tree / f"dir{d}" / "nested" / "blob.bin").write_bytes(os.urandom(256 << 10))
+    (tree / "empty-dir").mkdir()
+    os.symlink("dir0/file1.txt", tree / "link-to-file1")
+    return images
+
+
+def agent_config(work: Path, name: str, endpoint: str, role: str, images: Path | None) -> Path:
+    lines = ["[agent]", f'name = "{name}"', f'controller = "{endpoint}"',
+             f'state_dir = "{work / name}"', f'role = "{role}"', ""]
+    if images is not None:
+        for server, env in (("web-1", "prod"), ("db-1", "prod")):
+            lines += ["[[servers]]", f'name = "{server}"', f'tags = {{ env = "{env}" }}',
+                      "[[servers.disks]]", 'name = "system"',
+                      f'path = "{images / (server + "-system.img")}"', "system = true",
+                      "[[servers.disks]]", 'name = "data"',
+                      f'path = "{images / (server + "-data.img")}"', ""]
+        lines += ["[[disks]]", 'name = "vol-1"', f'path = "{images / "vol-1.img"}"', "",
+                  "[[file_systems]]", 'name = "share"', f'path = "{work / "share"}"', ""]
+    path = work / f"{name}.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def enroll_and_run(profile: str, work: Path, name: str, config: Path) -> None:
+    token = cbr_json(profile, "agent", "enroll-token", "--description", name)
+    assert isinstance(token, dict)
+    cmd = [str(BIN / "cbr-agent"), "--config", str(config), "enroll", "--token", token["token"]]
+    print("$ " + shlex.join(["cbr-agent", "--config", str(config), "enroll", "--token",
+                             token["token"][:18] + "..."]), flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    if out.returncode != 0:
+        raise SystemExit(f"quickstart: enrollment failed:\n{out.stdout}{out.stderr}")
+    start(name, [str(BIN / "cbr-agent"), "--config", str(config), "run"], work / "logs")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work-dir", default=str(ROOT / ".quickstart"),
+                        help="where the demo keeps its state (wiped at start)")
+    args = parser.parse_args()
+    work = Path(args.work_dir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True)
+    ENV["CBR_CONFIG_DIR"] = str(work / "cli-config")
+    started = time.time()
+    try:
+        say("sample data: sparse disk images and a file tree")
+        images = make_samples(work)
+        print(f"images in {images}, tree in {work / 'share'}")
+
+        say("source cloud (cloud-a) and target cloud (cloud-b), each a controller")
+        src = controller("source", work, "cloud-a", "region-a", "region-a")
+        controller("target", work, "cloud-b", "region-b1", "region-b1,region-b2")
+        cbr("source", "cloud", "show")
+        cbr("target", "cloud", "show")
+
+        say("a host agent on the source, an importer agent on the target")
+        enroll_and_run("source", work, "host-1",
+                       agent_config(work, "host-1", src["api"], "host", images))
+        tgt_ep = json.loads((work / "target" / "endpoints.json").read_text())
+        enroll_and_run("target", work, "importer-1",
+                       agent_config(work, "importer-1", tgt_ep["api"], "importer", None))
+
+        say("what the host agent can protect")
+        items = wait_for("4 protectables on the source", lambda: (
+            lambda got: got if isinstance(got, list) and len(got) >= 4 else None)(
+                cbr_json("source", "protectable", "list", quiet=True)))
+        assert isinstance(items, list)
+        cbr("source", "protectable", "list")
+        cbr("source", "agent", "list")
+        cbr("target", "agent", "list")
+        by_type: dict[str, list[str]] = {}
+        for p in items:
+            by_type.setdefault(p["type"], []).append(p["id"])
+
+        say("a vault of each type, with the resources associated")
+        for name, kind, type_key in (("servers", "server", "OBJECT_TYPE_SERVER"),
+                                     ("disks", "disk", "OBJECT_TYPE_DISK"),
+                                     ("files", "turbo", "OBJECT_TYPE_TURBO")):
+            vault = cbr_json("source", "vault", "create", "--name", name, "--type", kind,
+                             "--size-gb", "100")
+            assert isinstance(vault, dict)
+            vid = vault.get("vault", vault)["id"]
+            cbr("source", "vault", "add-resources", vid, *by_type.get(type_key, []))
+        cbr("source", "vault", "list")
+        cbr("target", "vault", "create", "--name", "replicas", "--type", "server",
+            "--protect-type", "replication", "--size-gb", "500")
+        cbr("target", "vault", "list")
+        say(f"done in {time.time() - started:.1f} s; logs in {work / 'logs'}")
+        return 0
+    finally:
+        say("stopping everything the quickstart started")
+        stop_all()
+
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("CBR_")}
+
+if __name__ == "__main__":
+    sys.exit(main())

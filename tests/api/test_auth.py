@@ -1,0 +1,147 @@
+"""Signed calls: unsigned, wrong key, stale, replayed and tampered calls are
+refused with UNAUTHENTICATED; missing actions with PERMISSION_DENIED naming
+the action."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from cbr import signing
+from cbr.client import Client, error_from_rpc
+from cbr.v1 import common_pb2, iam_pb2, vault_pb2, vault_pb2_grpc
+from tests.support.inproc import RunningController
+
+LIST = "/cbr.v1.VaultService/ListVaults"
+
+
+def raw_call(rc: RunningController, metadata: list[tuple[str, str]],
+             body: bytes = b"") -> grpc.RpcError:
+    with grpc.insecure_channel(rc.endpoint) as ch:
+        call = ch.unary_unary(LIST)
+        with pytest.raises(grpc.RpcError) as exc:
+            call(body, metadata=metadata)
+        return exc.value
+
+
+def signed(rc: RunningController, *, secret: str | None = None, when: float | None = None,
+           method: str = LIST, body: bytes = b"") -> list[tuple[str, str]]:
+    headers = signing.sign(rc.access_key, secret or rc.secret_key, method, body,
+                           time.time() if when is None else when)
+    return list(headers.metadata())
+
+
+def assert_unauthenticated(err: grpc.RpcError, words: str) -> None:
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+    assert words in (err.details() or "")
+    cbr = error_from_rpc(err)
+    assert cbr is not None and cbr.code == "BackupService.0401"
+
+
+def test_a_signed_call_succeeds(sqlite_api: RunningController) -> None:
+    with grpc.insecure_channel(sqlite_api.endpoint) as ch:
+        raw = ch.unary_unary(LIST)(b"", metadata=signed(sqlite_api))
+    assert vault_pb2.ListVaultsResponse.FromString(raw).total_count == 0
+
+
+def test_an_unsigned_call_is_unauthenticated(sqlite_api: RunningController) -> None:
+    assert_unauthenticated(raw_call(sqlite_api, []), "not signed")
+
+
+def test_a_wrong_secret_key_is_unauthenticated(sqlite_api: RunningController) -> None:
+    assert_unauthenticated(raw_call(sqlite_api, signed(sqlite_api, secret="wrong")),
+                           "does not match")
+
+
+def test_an_unknown_access_key_is_unauthenticated(sqlite_api: RunningController) -> None:
+    md = [(k, "AKNOSUCHKEY" if k == signing.HEADER_ACCESS_KEY else v)
+          for k, v in signed(sqlite_api)]
+    assert_unauthenticated(raw_call(sqlite_api, md), "does not match")
+
+
+@pytest.mark.parametrize("offset", [-16 * 60, 16 * 60])
+def test_a_signature_outside_15_minutes_is_unauthenticated(sqlite_api: RunningController,
+                                                           offset: int) -> None:
+    md = signed(sqlite_api, when=time.time() + offset)
+    assert_unauthenticated(raw_call(sqlite_api, md), "within 15 minutes")
+
+
+def test_a_signature_inside_the_window_is_accepted(sqlite_api: RunningController) -> None:
+    with grpc.insecure_channel(sqlite_api.endpoint) as ch:
+        ch.unary_unary(LIST)(b"", metadata=signed(sqlite_api, when=time.time() - 14 * 60))
+
+
+def test_a_replayed_call_is_unauthenticated(sqlite_api: RunningController) -> None:
+    md = signed(sqlite_api)
+    with grpc.insecure_channel(sqlite_api.endpoint) as ch:
+        ch.unary_unary(LIST)(b"", metadata=md)
+    assert_unauthenticated(raw_call(sqlite_api, md), "already used")
+
+
+def test_a_body_changed_after_signing_is_unauthenticated(sqlite_api: RunningController) -> None:
+    body = vault_pb2.ListVaultsRequest(name="a").SerializeToString()
+    other = vault_pb2.ListVaultsRequest(name="b").SerializeToString()
+    assert_unauthenticated(raw_call(sqlite_api, signed(sqlite_api, body=body), other),
+                           "does not match")
+
+
+def test_a_signature_for_another_method_is_unauthenticated(
+        sqlite_api: RunningController) -> None:
+    md = signed(sqlite_api, method="/cbr.v1.VaultService/GetVault")
+    assert_unauthenticated(raw_call(sqlite_api, md), "does not match")
+
+
+def test_a_user_without_the_action_is_denied_naming_it(api: RunningController) -> None:
+    admin = api.client()
+    user = admin.iam.CreateUser(iam_pb2.CreateUserRequest(name="reader")).user
+    admin.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id, action="cbr:vaults:list"))
+    key = admin.iam.CreateAccessKey(iam_pb2.CreateAccessKeyRequest(user_id=user.id)).access_key
+    assert key.secret_access_key
+    listed = admin.iam.ListAccessKeys(iam_pb2.ListAccessKeysRequest(user_id=user.id))
+    assert [k.secret_access_key for k in listed.access_keys] == [""]
+    reader = Client(api.endpoint, key.access_key_id, key.secret_access_key)
+    reader.vaults.ListVaults(vault_pb2.ListVaultsRequest())
+    with pytest.raises(grpc.RpcError) as exc:
+        reader.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+            name="v", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "cbr:vaults:create" in (exc.value.details() or "")
+    err = error_from_rpc(exc.value)
+    assert err is not None and err.code == "BackupService.0403"
+    assert err.metadata["action"] == "cbr:vaults:create"
+
+
+def test_cbr_full_access_covers_cbr_actions_but_not_iam(api: RunningController) -> None:
+    admin = api.client()
+    user = admin.iam.CreateUser(iam_pb2.CreateUserRequest(name="operator")).user
+    admin.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id, action="CBRFullAccess"))
+    key = admin.iam.CreateAccessKey(iam_pb2.CreateAccessKeyRequest(user_id=user.id)).access_key
+    op = Client(api.endpoint, key.access_key_id, key.secret_access_key)
+    op.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="v", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1))
+    with pytest.raises(grpc.RpcError) as exc:
+        op.iam.CreateUser(iam_pb2.CreateUserRequest(name="x"))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "iam:users:create" in (exc.value.details() or "")
+
+
+def test_a_deleted_access_key_stops_working(sqlite_api: RunningController) -> None:
+    admin = sqlite_api.client()
+    user = admin.iam.CreateUser(iam_pb2.CreateUserRequest(name="temp")).user
+    admin.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id, action="CBRFullAccess"))
+    key = admin.iam.CreateAccessKey(iam_pb2.CreateAccessKeyRequest(user_id=user.id)).access_key
+    temp = Client(sqlite_api.endpoint, key.access_key_id, key.secret_access_key)
+    temp.vaults.ListVaults(vault_pb2.ListVaultsRequest())
+    admin.iam.DeleteAccessKey(iam_pb2.DeleteAccessKeyRequest(access_key_id=key.access_key_id))
+    time.sleep(2.2)  # the key cache's TTL
+    with pytest.raises(grpc.RpcError) as exc:
+        temp.vaults.ListVaults(vault_pb2.ListVaultsRequest())
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_generated_stub_without_signing_is_refused(sqlite_api: RunningController) -> None:
+    with grpc.insecure_channel(sqlite_api.endpoint) as ch, pytest.raises(grpc.RpcError) as exc:
+        vault_pb2_grpc.VaultServiceStub(ch).ListVaults(vault_pb2.ListVaultsRequest())
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,128 @@
+"""Bad input gets the right status and CBR code, and the server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from cbr import limits
+from cbr.client import error_from_rpc
+from cbr.v1 import (
+    common_pb2,
+    policy_pb2,
+    protectable_pb2,
+    task_pb2,
+    vault_pb2,
+)
+from tests.support.inproc import RunningController
+
+
+def refused(call: object, request: object) -> tuple[grpc.StatusCode, str, str]:
+    with pytest.raises(grpc.RpcError) as exc:
+        call(request)  # type: ignore[operator]
+    err = error_from_rpc(exc.value)
+    return exc.value.code(), err.code if err else "", exc.value.details() or ""
+
+
+def vault_request(**kw: object) -> vault_pb2.CreateVaultRequest:
+    base: dict[str, object] = {"name": "v", "object_type": common_pb2.OBJECT_TYPE_SERVER,
+                               "size_gb": 10}
+    base.update(kw)
+    return vault_pb2.CreateVaultRequest(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"name": ""}, "name is required"),
+    ({"name": "x" * 65}, "at most 64"),
+    ({"object_type": 0}, "object_type must be one of"),
+    ({"object_type": 99}, "object_type must be one of"),
+    ({"protect_type": 42}, "protect_type must be one of"),
+    ({"consistent_level": 7}, "consistent_level must be one of"),
+    ({"size_gb": 0}, "size_gb must be 1 to 10485760"),
+    ({"threshold": 101}, "threshold"),
+    ({"description": "d" * 256}, "at most 255"),
+    ({"tags": [common_pb2.Tag(key="", value="x")]}, "tag key"),
+])
+def test_invalid_vault_requests_are_invalid_argument_9900(
+        sqlite_api: RunningController, kw: dict[str, object], words: str) -> None:
+    client = sqlite_api.client()
+    code, cbr, details = refused(client.vaults.CreateVault, vault_request(**kw))
+    assert (code, cbr) == (grpc.StatusCode.INVALID_ARGUMENT, "BackupService.9900")
+    assert words in details
+    client.vaults.CreateVault(vault_request(name="still-serving"))
+
+
+def test_unknown_ids_are_not_found(sqlite_api: RunningController) -> None:
+    c = sqlite_api.client()
+    cases = [
+        (c.vaults.GetVault, vault_pb2.GetVaultRequest(vault_id="nope"), "BackupService.6105"),
+        (c.vaults.GetVault, vault_pb2.GetVaultRequest(vault_id=""), "BackupService.6105"),
+        (c.tasks.GetTask, task_pb2.GetTaskRequest(task_id="nope"), "BackupService.0404"),
+        (c.protectables.GetProtectable,
+         protectable_pb2.GetProtectableRequest(protectable_id="nope"), "BackupService.0404"),
+        (c.policies.GetPolicy, policy_pb2.GetPolicyRequest(policy_id="x" * 5000),
+         "BackupService.0404"),
+    ]
+    for call, request, cbr in cases:
+        code, got, _ = refused(call, request)
+        assert (code, got) == (grpc.StatusCode.NOT_FOUND, cbr)
+
+
+def test_unknown_filter_enums_are_invalid_argument(sqlite_api: RunningController) -> None:
+    c = sqlite_api.client()
+    code, cbr, details = refused(c.tasks.ListTasks, task_pb2.ListTasksRequest(status=77))
+    assert (code, cbr) == (grpc.StatusCode.INVALID_ARGUMENT, "BackupService.9900")
+    assert "status must be one of" in details
+
+
+def test_an_update_mask_naming_a_fixed_field_is_refused(sqlite_api: RunningController) -> None:
+    c = sqlite_api.client()
+    v = c.vaults.CreateVault(vault_request()).vault
+    code, _, details = refused(c.vaults.UpdateVault, vault_pb2.UpdateVaultRequest(
+        vault_id=v.id, vault=vault_pb2.Vault(object_type=common_pb2.OBJECT_TYPE_DISK),
+        update_mask=field_mask_pb2.FieldMask(paths=["object_type"])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "object_type" in details
+
+
+def test_a_message_over_the_size_limit_is_resource_exhausted(
+        sqlite_api: RunningController) -> None:
+    c = sqlite_api.client()
+    big = vault_request(description="d" * (limits.MAX_REQUEST_BYTES + 10))
+    code, _, _ = refused(c.vaults.CreateVault, big)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    c.vaults.ListVaults(vault_pb2.ListVaultsRequest())
+
+
+def test_garbage_bytes_do_not_crash_the_server(sqlite_api: RunningController) -> None:
+    from cbr import signing
+
+    body = b"\xff\xff\xff\xff garbage"
+    method = "/cbr.v1.VaultService/CreateVault"
+    md = signing.sign(sqlite_api.access_key, sqlite_api.secret_key, method, body,
+                      __import__("time").time()).metadata()
+    with grpc.insecure_channel(sqlite_api.endpoint) as ch, pytest.raises(grpc.RpcError) as exc:
+        ch.unary_unary(method)(body, metadata=md)
+    assert exc.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+    sqlite_api.client().vaults.ListVaults(vault_pb2.ListVaultsRequest())
+
+
+def test_a_bad_page_token_is_invalid_argument(sqlite_api: RunningController) -> None:
+    c = sqlite_api.client()
+    code, cbr, _ = refused(c.vaults.ListVaults, vault_pb2.ListVaultsRequest(page_token="zz!"))
+    assert (code, cbr) == (grpc.StatusCode.INVALID_ARGUMENT, "BackupService.9900")
+
+
+def test_list_pages_follow_tokens(api: RunningController) -> None:
+    c = api.client()
+    for i in range(5):
+        c.vaults.CreateVault(vault_request(name=f"v{i}"))
+    first = c.vaults.ListVaults(vault_pb2.ListVaultsRequest(page_size=2))
+    assert first.total_count == 5 and len(first.vaults) == 2 and first.next_page_token
+    names = [v.name for v in first.vaults]
+    token = first.next_page_token
+    while token:
+        page = c.vaults.ListVaults(vault_pb2.ListVaultsRequest(page_size=2, page_token=token))
+        names.extend(v.name for v in page.vaults)
+        token = page.next_page_token
+    assert names == [f"v{i}" for i in range(5)]

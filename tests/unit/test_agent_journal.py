@@ -1,0 +1,107 @@
+"""The agent runs each task id once: the journal and the executor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.commands import CommandContext, Outcome
+from agent.config import AgentConfig
+from agent.executor import Executor
+from agent.journal import Entry, Journal
+from cbr.v1 import agent_pb2
+
+
+def _executor(tmp_path: Path, journal: Journal, runs: list[str], sent: list[Any],
+              gate: threading.Event | None = None) -> Executor:
+    def sync(context: CommandContext, command: Any) -> Outcome:
+        if gate is not None:
+            gate.wait(5)
+        runs.append("sync")
+        return Outcome(True, extra_info={"protectable_count": "3"})
+
+    def context(task_id: str) -> CommandContext:
+        cfg = AgentConfig(name="a", controller="", state_dir=tmp_path)
+        return CommandContext(cfg, lambda: 3, lambda p, m: None)
+
+    return Executor(journal, context, sent.append, {"sync": sync})
+
+
+def _sync(task_id: str) -> Any:
+    return agent_pb2.Command(task_id=task_id, sync=agent_pb2.SyncCommand())
+
+
+def test_journal_entry_survives_a_new_journal_on_the_same_directory(tmp_path: Path) -> None:
+    Journal(tmp_path).finish(Entry("t-1", "sync", True, extra_info={"n": "1"}))
+    entry = Journal(tmp_path).get("t-1")
+    assert entry is not None and entry.success and entry.extra_info == {"n": "1"}
+    assert entry.finished_at > 0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_task_id_is_claimed_once(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    assert journal.begin("t-1")
+    assert not journal.begin("t-1")
+    journal.finish(Entry("t-1", "sync", True))
+    assert not journal.begin("t-1")
+
+
+def test_unsafe_task_ids_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Journal(tmp_path).get("../../etc/passwd")
+
+
+def test_command_delivered_twice_runs_once_and_the_result_is_sent_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[str] = []
+    sent: list[Any] = []
+    executor = _executor(tmp_path, Journal(tmp_path), runs, sent)
+    caplog.set_level(logging.INFO, logger="cbr.agent")
+    thread = executor.handle(_sync("t-1"))
+    assert thread is not None
+    thread.join(5)
+    assert executor.handle(_sync("t-1")) is None
+    # A restarted agent (a new journal over the same files) does not run it either.
+    again = _executor(tmp_path, Journal(tmp_path), runs, sent)
+    assert again.handle(_sync("t-1")) is None
+    assert runs == ["sync"]
+    assert [m.result.task_id for m in sent] == ["t-1"] * 3
+    assert all(m.result.success and m.result.extra_info["protectable_count"] == "3"
+               for m in sent)
+    running = [r for r in caplog.records if r.getMessage().startswith("running task t-1")]
+    assert [r.getMessage() for r in running] == ["running task t-1 (sync)"]
+
+
+def test_a_repeat_while_the_command_runs_is_ignored(tmp_path: Path) -> None:
+    runs: list[str] = []
+    sent: list[Any] = []
+    gate = threading.Event()
+    executor = _executor(tmp_path, Journal(tmp_path), runs, sent, gate)
+    thread = executor.handle(_sync("t-1"))
+    assert executor.handle(_sync("t-1")) is None
+    gate.set()
+    assert thread is not None
+    thread.join(5)
+    assert runs == ["sync"] and len(sent) == 1
+
+
+def test_unknown_command_fails_with_a_clear_result(tmp_path: Path) -> None:
+    sent: list[Any] = []
+    executor = Executor(Journal(tmp_path), lambda t: None, sent.append, {})  # type: ignore[arg-type,return-value]
+    thread = executor.handle(_sync("t-2"))
+    assert thread is not None
+    thread.join(5)
+    assert not sent[0].result.success
+    assert "does not know the command 'sync'" in sent[0].result.error_message
+
+
+def test_recent_lists_newest_first_within_the_window(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i, t in enumerate((100.0, 300.0, 200.0)):
+        journal.finish(Entry(f"t-{i}", "sync", True, finished_at=t))
+    assert [e.task_id for e in journal.recent(2, since=150.0)] == ["t-1", "t-2"]
