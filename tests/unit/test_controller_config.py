@@ -1,0 +1,50 @@
+"""Controller settings come from flags, then environment, then TOML, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller import config
+
+
+def test_flags_beat_environment_which_beats_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('listen = "127.0.0.1:1"\ncloud_name = "from-file"\nregion = "file-r"\n'
+                    'regions = ["file-r", "other:noreplication"]\n')
+    cfg = config.load(["--config", str(toml), "--listen", "127.0.0.1:3"],
+                      environ={"CBR_LISTEN": "127.0.0.1:2", "CBR_CLOUD_NAME": "from-env"})
+    assert cfg.listen == "127.0.0.1:3"
+    assert cfg.cloud_name == "from-env"
+    assert cfg.region == "file-r"
+    assert cfg.all_regions == (("file-r", True), ("other", False))
+    assert (cfg.sources["listen"], cfg.sources["cloud_name"], cfg.sources["region"],
+            cfg.sources["log_level"]) == ("flag", "env", "file", "default")
+
+
+def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("heartbeat_interval = 2.5\n")
+    cfg = config.load([], environ={"CBR_CONFIG": str(toml)})
+    assert cfg.heartbeat_interval == 2.5
+
+
+def test_unknown_settings_in_the_file_are_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('lisen = "127.0.0.1:1"\n')
+    with pytest.raises(SystemExit, match=r"unknown settings.*lisen"):
+        config.load(["--config", str(toml)], environ={})
+
+
+def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    cfg = config.load(["--data-dir", str(tmp_path)], environ={})
+    assert cfg.effective_database_url == f"sqlite:///{tmp_path.resolve()}/controller.db"
+
+
+def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        config.load(["--help"], environ={})
+    text = capsys.readouterr().out
+    for setting in config.SETTINGS:
+        assert setting.flag in text and setting.env in text
