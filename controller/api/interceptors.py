@@ -119,8 +119,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 def _is_abort(exc: BaseException) -> bool:
-    # context.abort raises a plain Exception subclass private to grpc.
-    return type(exc).__name__ == "_AbortError" or isinstance(exc, grpc.RpcError)
+    # grpc's context.abort() sets the status, then raises a bare Exception().
+    return (type(exc) is Exception and not exc.args) or isinstance(exc, grpc.RpcError)
 
 
 def _guard_stream(req: Any, ctx: grpc.ServicerContext, inner: Callable[[Any, Any], Any],
