@@ -16,6 +16,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import sqlalchemy
+import sqlalchemy.exc
+
 from cbr.clock import SystemClock
 from controller import config as config_mod
 from controller.api.server import build_public_server
@@ -91,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(cfg, stop)
     except OSError as exc:
         log.error("cannot start: %s", exc)
+        return 1
+    except sqlalchemy.exc.OperationalError as exc:
+        log.error("cannot start: the state database %s is not usable: %s",
+                  sqlalchemy.engine.make_url(cfg.effective_database_url)
+                  .render_as_string(hide_password=True), exc.orig)
         return 1
     return 0
 
