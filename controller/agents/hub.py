@@ -134,6 +134,14 @@ class AgentHub:
                                                   _utc(stream.opened))
         return out
 
+    def live_state(self, agent_id: str) -> service.LiveState | None:
+        """What this process knows of one agent, or None if it has not seen it."""
+        with self._lock:
+            stream = self._streams.get(agent_id)
+            if stream is not None:
+                return service.LiveState(True, _utc(stream.last_seen), _utc(stream.opened))
+            return self._live.get(agent_id)
+
     def is_online(self, agent_id: str) -> bool:
         with self._lock:
             stream = self._streams.get(agent_id)

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,13 +269,13 @@ def get_agent(
     *,
     now: dt.datetime,
     offline_after: float,
-    live: dict[str, LiveState] | None = None,
+    live: Callable[[str], LiveState | None] | None = None,
 ) -> AgentView:
     agent = session.get(Agent, agent_id)
     if agent is None or agent.project_id != project_id or agent.revoked:
         raise errors.ResourceNotFound(f"No agent with id {agent_id!r}.", agent_id=agent_id)
     return _view(agent, _counts(session, [agent.id]).get(agent.id, 0), now, offline_after,
-                 (live or {}).get(agent.id))
+                 live(agent.id) if live is not None else None)
 
 
 def list_agents(
@@ -284,25 +284,40 @@ def list_agents(
     *,
     now: dt.datetime,
     offline_after: float,
-    live: dict[str, LiveState] | None = None,
+    live: Callable[[str], LiveState | None] | None = None,
     online: bool | None = None,
     role: str = "",
-) -> list[AgentView]:
-    """Every agent of the project not deleted, oldest first, optionally filtered.
+    offset: int = 0,
+    limit: int | None = None,
+) -> tuple[list[AgentView], int]:
+    """A page of the project's agents not deleted, oldest first, and the total.
 
-    The status filter needs the live state, so filtering happens here rather
-    than in SQL; a project has hundreds of agents, not millions.
+    Without a status filter the page is cut in SQL; the status filter needs
+    the live state of every agent, so then all are read and filtered here (a
+    project has hundreds of agents, not millions).
     """
+    lookup = live or (lambda _id: None)
     stmt = select(Agent).where(Agent.project_id == project_id, Agent.revoked.is_(False))
     if role:
         stmt = stmt.where(Agent.role == role)
-    agents = list(session.scalars(stmt.order_by(Agent.enrolled_at, Agent.id)))
-    counts = _counts(session, [a.id for a in agents])
-    live = live or {}
-    views = [_view(a, counts.get(a.id, 0), now, offline_after, live.get(a.id)) for a in agents]
-    if online is not None:
-        views = [v for v in views if v.online == online]
-    return views
+    stmt = stmt.order_by(Agent.enrolled_at, Agent.id)
+    if online is None:
+        total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+        paged = stmt.offset(offset)
+        if limit is not None:
+            paged = paged.limit(limit)
+        agents = list(session.scalars(paged))
+        counts = _counts(session, [a.id for a in agents])
+        return [_view(a, counts.get(a.id, 0), now, offline_after, lookup(a.id))
+                for a in agents], total
+    agents = list(session.scalars(stmt))
+    chosen = [a for a in agents
+              if _view(a, 0, now, offline_after, lookup(a.id)).online == online]
+    total = len(chosen)
+    page = chosen[offset:None if limit is None else offset + limit]
+    counts = _counts(session, [a.id for a in page])
+    return [_view(a, counts.get(a.id, 0), now, offline_after, lookup(a.id))
+            for a in page], total
 
 
 def delete_agent(session: Session, project_id: str, agent_id: str, now: dt.datetime) -> None:

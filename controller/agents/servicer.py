@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -44,8 +44,8 @@ def certificate_authority(app: App) -> pki.CertificateAuthority:
         return ca  # type: ignore[no-any-return]
 
 
-def _live(app: App) -> dict[str, service.LiveState]:
-    return app.hub.live_states() if app.hub is not None else {}
+def _live(app: App) -> Callable[[str], service.LiveState | None] | None:
+    return app.hub.live_state if app.hub is not None else None
 
 
 def _page(page_size: int, page_token: str) -> tuple[int, int]:
@@ -140,16 +140,15 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore
                   agent_pb2.AGENT_STATUS_OFFLINE: False}.get(request.status)
         role = convert.PB_TO_ROLE.get(request.role, "")
         with app.db.begin() as session:
-            views = service.list_agents(
+            page, total = service.list_agents(
                 session, current_caller().account_id, now=app.clock.now(),
                 offline_after=app.config.agent_offline_after, live=_live(app),
-                online=online, role=role,
+                online=online, role=role, offset=offset, limit=size,
             )
-        page = views[offset:offset + size]
-        next_token = str(offset + size) if offset + size < len(views) else ""
+        next_token = str(offset + size) if offset + size < total else ""
         return agent_pb2.ListAgentsResponse(
             agents=[convert.agent_to_pb(v) for v in page], next_page_token=next_token,
-            total_count=len(views),
+            total_count=total,
         )
 
     def DeleteAgent(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -196,3 +196,22 @@ def test_online_needs_a_stream_and_a_recent_heartbeat(clock: FakeClock) -> None:
     assert not service.is_online(True, old, now, 15)
     assert not service.is_online(False, recent, now, 15)
     assert not service.is_online(True, None, now, 15)
+
+
+def test_list_agents_pages_and_filters_by_live_status(
+        db: Database, ca: pki.CertificateAuthority, clock: FakeClock) -> None:
+    ids = []
+    for i in range(5):
+        ids.append(_enroll(db, ca, clock, _token(db, ca, clock), name=f"h{i}").agent_id)
+        clock.advance(1)
+    live = {ids[1]: service.LiveState(True, clock.now(), clock.now()),
+            ids[3]: service.LiveState(True, clock.now(), clock.now())}
+    kwargs = {"now": clock.now(), "offline_after": 15.0, "live": live.get}
+    with db.begin() as s:
+        page, total = service.list_agents(s, "p1", offset=1, limit=2, **kwargs)  # type: ignore[arg-type]
+        assert total == 5 and [v.name for v in page] == ["h1", "h2"]
+        assert [v.online for v in page] == [True, False]
+        online, n_online = service.list_agents(s, "p1", online=True, **kwargs)  # type: ignore[arg-type]
+        assert n_online == 2 and [v.id for v in online] == [ids[1], ids[3]]
+        offline, n_offline = service.list_agents(s, "p1", online=False, offset=2, **kwargs)  # type: ignore[arg-type]
+        assert n_offline == 3 and [v.id for v in offline] == [ids[4]]
