@@ -37,7 +37,6 @@ log = logging.getLogger("cbr.agent")
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 DEFAULT_HEARTBEAT_S = 5.0
-HEARTBEAT_METADATA = "cbr-heartbeat-interval-ms"
 # Results of tasks finished this recently are sent again on every connect,
 # in case the controller never saw them (it ignores repeats).
 RESEND_RESULTS = 20
@@ -245,7 +244,7 @@ class Connection:
             for response in call:
                 kind = response.WhichOneof("message")
                 if kind == "welcome":
-                    session.set_heartbeat(self._heartbeat_interval(call, response.welcome))
+                    session.set_heartbeat(self._heartbeat_interval(response.welcome))
                     self._heartbeat_s = session.heartbeat_s
                     if not welcomed:
                         log.info("connected to %s as agent %s (heartbeat every %.1f s)",
@@ -270,11 +269,7 @@ class Connection:
             channel.close()
 
     @staticmethod
-    def _heartbeat_interval(call: Any, welcome: Any) -> float:
-        try:
-            for key, value in call.initial_metadata() or ():
-                if key == HEARTBEAT_METADATA:
-                    return max(0.05, int(value) / 1000)
-        except (ValueError, grpc.RpcError):
-            pass
-        return float(welcome.heartbeat_interval_seconds or DEFAULT_HEARTBEAT_S)
+    def _heartbeat_interval(welcome: Any) -> float:
+        if welcome.heartbeat_interval_ms > 0:
+            return max(0.05, welcome.heartbeat_interval_ms / 1000)
+        return DEFAULT_HEARTBEAT_S

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig
 from agent.state import Credentials, Identity, StateDir
-from cbr import __version__
+from cbr import __version__, enrollment
 from cbr.client import describe
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 
@@ -35,11 +35,10 @@ class EnrollError(Exception):
 
 def token_ca_sha256(token: str) -> str:
     """The CA fingerprint inside a token cbr1.<id>.<secret>.<ca sha256>."""
-    parts = token.strip().split(".")
-    if len(parts) != 4 or parts[0] != "cbr1" or len(parts[3]) != 64:
-        raise EnrollError("The token is malformed; it looks like cbr1.<id>.<secret>.<ca-sha256>"
-                          ". Make one with 'cbr agent enroll-token'.")
-    return parts[3].lower()
+    try:
+        return enrollment.parse(token).ca_sha256
+    except ValueError as exc:
+        raise EnrollError(str(exc)) from None
 
 
 def _agent_endpoint(given: str, controller: str) -> str:

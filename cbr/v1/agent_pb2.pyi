@@ -252,10 +252,10 @@ class ConnectRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., progress: _Optional[_Union[CommandProgress, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds",)
-    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    heartbeat_interval_seconds: int
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ...) -> None: ...
+    __slots__ = ("heartbeat_interval_ms",)
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval_ms: int
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class SyncCommand(_message.Message):
     __slots__ = ()

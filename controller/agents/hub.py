@@ -38,7 +38,6 @@ log = logging.getLogger("cbr.controller.agents.hub")
 
 # Metadata sent with the stream's first response: the heartbeat interval in
 # milliseconds, finer than Welcome's whole seconds (tests run at 0.5 s).
-HEARTBEAT_METADATA = "cbr-heartbeat-interval-ms"
 # A stream silent for this many offline timeouts is closed; a live agent reconnects.
 STALE_AFTER_OFFLINE_TIMEOUTS = 4.0
 
@@ -202,7 +201,6 @@ class AgentHub:
         stream = self._attach(agent_id, project_id)
         context.add_callback(stream.close)
         interval = self._app.config.heartbeat_interval
-        context.send_initial_metadata(((HEARTBEAT_METADATA, str(int(interval * 1000))),))
         reader = threading.Thread(
             target=self._read, args=(stream, requests), name=f"agent-{agent_id[:8]}",
             daemon=True,
@@ -211,7 +209,7 @@ class AgentHub:
         log.info("agent %s connected", agent_id)
         try:
             yield agent_pb2.ConnectResponse(
-                welcome=agent_pb2.Welcome(heartbeat_interval_seconds=max(1, round(interval)))
+                welcome=agent_pb2.Welcome(heartbeat_interval_ms=max(50, round(interval * 1000)))
             )
             while True:
                 message = stream.queue.get()

@@ -22,13 +22,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from cbr import errors, limits
+from cbr import enrollment, errors, limits
 from controller.agents.pki import CertificateAuthority, certificate_fingerprint
 from controller.persistence.models import Agent, EnrollmentToken, Protectable
 
 log = logging.getLogger("cbr.controller.agents")
 
-TOKEN_PREFIX = "cbr1"
 ROLES = ("host", "importer")
 OBJECT_TYPES = ("server", "disk", "turbo")
 
@@ -36,22 +35,15 @@ OBJECT_TYPES = ("server", "disk", "turbo")
 # -- enrollment tokens -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ParsedToken:
-    token_id: str
-    secret: str
-    ca_sha256: str
+ParsedToken = enrollment.EnrollmentToken
 
 
-def parse_token(token: str) -> ParsedToken:
+def parse_token(token: str) -> enrollment.EnrollmentToken:
     """Splits a token; raises Unauthenticated when it is not one of ours."""
-    parts = token.strip().split(".")
-    if len(parts) != 4 or parts[0] != TOKEN_PREFIX or not all(parts[1:]):
-        raise errors.Unauthenticated(
-            "The enrollment token is malformed; it looks like cbr1.<id>.<secret>.<ca-sha256>. "
-            "Make one with 'cbr agent enroll-token'."
-        )
-    return ParsedToken(parts[1], parts[2], parts[3].lower())
+    try:
+        return enrollment.parse(token)
+    except ValueError as exc:
+        raise errors.Unauthenticated(str(exc)) from None
 
 
 def _sha256(text: str) -> str:
@@ -99,7 +91,8 @@ def create_token(
         )
     )
     session.flush()
-    return NewToken(f"{TOKEN_PREFIX}.{token_id}.{secret}.{ca_fingerprint}", token_id, expires_at)
+    token = enrollment.EnrollmentToken(token_id, secret, ca_fingerprint)
+    return NewToken(str(token), token_id, expires_at)
 
 
 # -- enrollment ------------------------------------------------------------------
