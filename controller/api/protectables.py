@@ -19,7 +19,8 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
         ids = [p.id for p in items]
         vault_of = dict(s.execute(select(VaultResource.protectable_id, VaultResource.vault_id)
                                   .where(VaultResource.protectable_id.in_(ids))).tuples().all())
-        return [convert.protectable(p, agent_online=agent_status.is_online(self.app, p.agent),
+        online = agent_status.online_agent_ids(self.app, s)
+        return [convert.protectable(p, agent_online=p.agent_id in online,
                                     vault_id=vault_of.get(p.id, "")) for p in items]
 
     def ListProtectables(self, request: protectable_pb2.ListProtectablesRequest,
@@ -47,12 +48,11 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
             stmt = stmt.where(Protectable.gone.is_(True))
         elif status == "error":
             stmt = stmt.where(Protectable.gone.is_(False), Protectable.error != "")
-        elif status in ("available", "unreachable"):
-            online = agent_status.online_agent_ids(self.app, self.project_id)
-            cond = Protectable.agent_id.in_(online)
-            stmt = stmt.where(Protectable.gone.is_(False), Protectable.error == "",
-                              cond if status == "available" else ~cond)
         with self.app.db.begin() as s:
+            if status in ("available", "unreachable"):
+                cond = Protectable.agent_id.in_(agent_status.online_agent_ids(self.app, s))
+                stmt = stmt.where(Protectable.gone.is_(False), Protectable.error == "",
+                                  cond if status == "available" else ~cond)
             items, token, total = paging.paginate(s, stmt, Protectable, request.page_size,
                                                   request.page_token)
             return protectable_pb2.ListProtectablesResponse(

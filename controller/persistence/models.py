@@ -174,7 +174,7 @@ class Protectable(Base):
     gone: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
-    agent: Mapped[Agent] = relationship()
+    agent: Mapped[Agent] = relationship(lazy="joined")
 
 
 # -- vaults --------------------------------------------------------------------
@@ -202,11 +202,14 @@ class Vault(Base):
     region: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+    # Loaded with the vault ("selectin": one query per page, not one per vault),
+    # since every API answer about a vault shows both.
     resources: Mapped[list[VaultResource]] = relationship(
-        back_populates="vault", cascade="all, delete-orphan", order_by="VaultResource.added_at"
+        back_populates="vault", cascade="all, delete-orphan", order_by="VaultResource.added_at",
+        lazy="selectin",
     )
     policy_bindings: Mapped[list[VaultPolicy]] = relationship(
-        back_populates="vault", cascade="all, delete-orphan"
+        back_populates="vault", cascade="all, delete-orphan", lazy="selectin"
     )
 
 
@@ -227,7 +230,7 @@ class VaultResource(Base):
     include_volumes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     added_at: Mapped[dt.datetime]
     vault: Mapped[Vault] = relationship(back_populates="resources")
-    protectable: Mapped[Protectable] = relationship()
+    protectable: Mapped[Protectable] = relationship(lazy="joined")
 
 
 class Policy(Base):

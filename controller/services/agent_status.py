@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from controller.persistence.models import Agent
 
@@ -19,7 +20,7 @@ def is_online(app: Any, agent: Agent | None) -> bool:
     if agent is None or agent.revoked:
         return False
     hub = getattr(app, "hub", None)
-    if hub is not None and hasattr(hub, "is_online"):
+    if hub is not None:
         return bool(hub.is_online(agent.id))
     if not agent.connected or agent.last_seen_at is None:
         return False
@@ -27,8 +28,11 @@ def is_online(app: Any, agent: Agent | None) -> bool:
     return bool(app.clock.now() - agent.last_seen_at <= limit)
 
 
-def online_agent_ids(app: Any, project_id: str) -> list[str]:
-    with app.db.begin() as s:
-        agents = s.scalars(select(Agent).where(Agent.project_id == project_id,
-                                               Agent.revoked.is_(False))).all()
-        return [a.id for a in agents if is_online(app, a)]
+def online_agent_ids(app: Any, session: Session) -> set[str]:
+    """Ids of all online agents (ids are global, so callers test membership)."""
+    hub = getattr(app, "hub", None)
+    if hub is not None:
+        return set(hub.online_agent_ids())
+    since = app.clock.now() - dt.timedelta(seconds=app.config.agent_offline_after)
+    return set(session.scalars(select(Agent.id).where(
+        Agent.connected.is_(True), Agent.revoked.is_(False), Agent.last_seen_at >= since)))
