@@ -63,7 +63,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     public, api_port = build_public_server(app)
     from controller.agents import wiring
 
-    agent_server, agent_port = wiring.start_agent_endpoint(app)
+    agent_endpoint, agent_port = wiring.start_agent_endpoint(app)
     api_endpoint = _advertised(cfg.listen, api_port)
     iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now())
     public.start()
@@ -76,9 +76,9 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     stop.wait()
     log.info("stopping")
     public.stop(grace=5).wait(10)
+    agent_endpoint.stop()
     if app.hub is not None:
         app.hub.stop()
-    agent_server.stop(grace=2).wait(5)
     app.db.dispose()
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
 

@@ -16,11 +16,12 @@ that arrives twice is applied once (``controller.services.tasks``).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent import futures
 from typing import Any, cast
 
 import grpc
@@ -45,27 +46,42 @@ ResultHandler = Callable[[Session, Task, Any], None]
 
 
 class _Stream:
-    """One open Connect stream of one agent."""
+    """One open Connect stream of one agent.
 
-    def __init__(self, agent_id: str, project_id: str, now: float) -> None:
+    The stream is served on the agent endpoint's event loop; ``send`` and
+    ``close`` may be called from any thread (API handlers dispatch commands,
+    the flusher closes silent streams) and hand over to the loop.
+    """
+
+    def __init__(self, agent_id: str, project_id: str, now: float,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.agent_id = agent_id
         self.project_id = project_id
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.opened = now
         self.last_seen = now
         self.flushed_last_seen = 0.0
         self.closed = threading.Event()
 
+    def _put(self, message: Any) -> bool:
+        if self.loop is None:
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+        except RuntimeError:  # the loop has stopped: the endpoint is shutting down
+            return False
+        return True
+
     def send(self, message: Any) -> bool:
         if self.closed.is_set():
             return False
-        self.queue.put(message)
-        return True
+        return self._put(message)
 
     def close(self) -> None:
         if not self.closed.is_set():
             self.closed.set()
-            self.queue.put(None)
+            self._put(None)
 
 
 def _utc(ts: float) -> dt.datetime:
@@ -89,6 +105,9 @@ class AgentHub:
         self._result_handlers: dict[str, list[ResultHandler]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Database work of agent messages runs here, off the endpoint's event loop.
+        self._executor = futures.ThreadPoolExecutor(max_workers=8,
+                                                    thread_name_prefix="agent-messages")
 
     # -- life cycle ------------------------------------------------------------
 
@@ -111,6 +130,7 @@ class AgentHub:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self._executor.shutdown(wait=True, cancel_futures=True)
         try:
             self.flush()
         except Exception:
@@ -160,9 +180,10 @@ class AgentHub:
 
     # -- streams ---------------------------------------------------------------
 
-    def _attach(self, agent_id: str, project_id: str) -> _Stream:
+    def _attach(self, agent_id: str, project_id: str,
+                loop: asyncio.AbstractEventLoop | None = None) -> _Stream:
         now = self._clock.time()
-        stream = _Stream(agent_id, project_id, now)
+        stream = _Stream(agent_id, project_id, now, loop)
         with self._lock:
             old = self._streams.get(agent_id)
             self._streams[agent_id] = stream
@@ -190,52 +211,50 @@ class AgentHub:
         if stream is not None:
             stream.close()
 
-    def serve(
-        self,
-        agent_id: str,
-        project_id: str,
-        requests: Iterable[Any],
-        context: grpc.ServicerContext,
-    ) -> Iterator[Any]:
-        """The response side of one Connect stream; reads requests on a thread."""
-        stream = self._attach(agent_id, project_id)
-        context.add_callback(stream.close)
+    async def serve(self, agent_id: str, project_id: str,
+                    requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The response side of one Connect stream, on the endpoint's event loop.
+
+        Heartbeats only touch memory on the loop; messages that need the
+        database run on the hub's executor, one at a time per stream, so
+        hundreds of idle streams cost no threads.
+        """
+        loop = asyncio.get_running_loop()
+        stream = self._attach(agent_id, project_id, loop)
+        reader = asyncio.create_task(self._read(stream, requests))
         interval = self._app.config.heartbeat_interval
-        reader = threading.Thread(
-            target=self._read, args=(stream, requests), name=f"agent-{agent_id[:8]}",
-            daemon=True,
-        )
-        reader.start()
         log.info("agent %s connected", agent_id)
         try:
             yield agent_pb2.ConnectResponse(
                 welcome=agent_pb2.Welcome(heartbeat_interval_ms=max(50, round(interval * 1000)))
             )
             while True:
-                message = stream.queue.get()
+                message = await stream.queue.get()
                 if message is None:
                     return
                 yield message
         finally:
+            reader.cancel()
             self._detach(stream)
 
-    def _read(self, stream: _Stream, requests: Iterable[Any]) -> None:
+    async def _read(self, stream: _Stream, requests: AsyncIterator[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        handlers: dict[str, Callable[[_Stream, Any], None]] = {
+            "hello": self._on_hello, "inventory": self._on_inventory,
+            "progress": self._on_progress, "result": self._on_result,
+        }
         try:
-            for request in requests:
+            async for request in requests:
                 stream.last_seen = self._clock.time()
                 kind = request.WhichOneof("message")
-                if kind == "heartbeat":
-                    continue
-                if kind == "hello":
-                    self._on_hello(stream, request.hello)
-                elif kind == "inventory":
-                    self._on_inventory(stream, request.inventory)
-                elif kind == "progress":
-                    self._on_progress(stream, request.progress)
-                elif kind == "result":
-                    self._on_result(stream, request.result)
+                handler = handlers.get(kind or "")
+                if handler is not None:
+                    await loop.run_in_executor(self._executor, handler, stream,
+                                               getattr(request, kind))
                 if stream.closed.is_set():
                     return
+        except asyncio.CancelledError:
+            raise
         except grpc.RpcError:
             pass  # the agent went away; the stream closes below
         except Exception:

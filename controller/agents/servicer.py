@@ -11,10 +11,11 @@ enrollment, and the agent must not be deleted).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from cbr import errors, limits
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 from controller.agents import convert, pki, service
 from controller.api.caller import current_caller
+from controller.api.interceptors import status_of
 from controller.app import App
 from controller.services import tasks
 
@@ -177,7 +179,7 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore
         return agent_pb2.SyncAgentResponse(task_id=task_id)
 
 
-def peer_identity(context: grpc.ServicerContext) -> tuple[str, str]:
+def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> tuple[str, str]:
     """(agent id, certificate SHA-256) of the TLS peer; Unauthenticated without one."""
     auth = context.auth_context()
     pems: Any = auth.get("x509_pem_cert") or []
@@ -191,18 +193,32 @@ def peer_identity(context: grpc.ServicerContext) -> tuple[str, str]:
 
 
 class AgentEndpointServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
-    """The agent endpoint's AgentService: Connect only; everything else is UNIMPLEMENTED."""
+    """The agent endpoint's AgentService (grpc.aio): Connect only; the rest is UNIMPLEMENTED.
+
+    Asynchronous so that one event loop holds every agent stream: an idle
+    agent costs a coroutine, not a thread.
+    """
 
     def __init__(self, app: App) -> None:
         self._app = app
 
-    def Connect(self, request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        app = self._app
-        agent_id, fingerprint = peer_identity(context)
-        with app.db.begin() as session:
-            agent = service.authenticate_stream(session, agent_id, fingerprint)
-            project_id = agent.project_id
-        if app.hub is None:
-            raise errors.AgentUnavailable("The controller is starting; reconnect shortly.")
-        yield from app.hub.serve(agent_id, project_id, request_iterator, context)
+    def _authenticate(self, agent_id: str, fingerprint: str) -> str:
+        with self._app.db.begin() as session:
+            return service.authenticate_stream(session, agent_id, fingerprint).project_id
 
+    async def Connect(self, request_iterator: Any,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        app = self._app
+        try:
+            agent_id, fingerprint = peer_identity(context)
+            loop = asyncio.get_running_loop()
+            project_id = await loop.run_in_executor(None, self._authenticate, agent_id,
+                                                    fingerprint)
+            if app.hub is None:
+                raise errors.AgentUnavailable("The controller is starting; reconnect shortly.")
+        except errors.CbrError as err:
+            status = status_of(err)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            return
+        async for message in app.hub.serve(agent_id, project_id, request_iterator):
+            yield message

@@ -4,13 +4,14 @@
 the signed administrator calls). ``start_agent_endpoint`` creates the TLS
 agent endpoint (client certificates required, the controller CA as the only
 root), starts the agent hub, and tells the app where agents should dial.
-Shutdown is ``app.hub.stop()`` then ``server.stop(grace)``.
+Shutdown is ``endpoint.stop()`` (ends the streams), then ``app.hub.stop()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from concurrent import futures
+import threading
 
 import grpc
 
@@ -21,14 +22,12 @@ from controller.agents.servicer import (
     AgentServiceServicer,
     certificate_authority,
 )
-from controller.api.interceptors import ErrorInterceptor
 from controller.app import App
 
 log = logging.getLogger("cbr.controller.agents")
 
-# Each open agent stream holds one server thread for its responses (plus a
-# reader thread of the hub); threads are made on demand up to this bound.
-MAX_AGENT_STREAMS = 4096
+# Streams one controller holds at most; each is a coroutine on the endpoint's loop.
+MAX_AGENT_STREAMS = 10_000
 
 SERVER_OPTIONS = [
     # Find dead agents (a host that lost power sends no FIN) within a minute.
@@ -52,32 +51,69 @@ def _host_port(address: str) -> tuple[str, str]:
     return host, port
 
 
-def start_agent_endpoint(app: App) -> tuple[grpc.Server, int]:
-    """Binds config.agent_listen with TLS, starts the hub and the server; (server, port)."""
-    ca = certificate_authority(app)
-    identity = ca.server_identity()
-    credentials = grpc.ssl_server_credentials(
-        [(identity.key_pem, identity.certificate_pem)],
-        root_certificates=ca.certificate_pem,
-        require_client_auth=True,
-    )
+class AgentEndpoint:
+    """The TLS agent endpoint: a grpc.aio server on an event loop of its own thread."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agent-endpoint",
+                                        daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def start(self) -> int:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+
+    async def _start(self) -> int:
+        ca = certificate_authority(self._app)
+        identity = ca.server_identity()
+        credentials = grpc.ssl_server_credentials(
+            [(identity.key_pem, identity.certificate_pem)],
+            root_certificates=ca.certificate_pem,
+            require_client_auth=True,
+        )
+        server = grpc.aio.server(options=SERVER_OPTIONS,
+                                 maximum_concurrent_rpcs=MAX_AGENT_STREAMS)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentEndpointServicer(self._app),
+                                                          server)
+        listen = self._app.config.agent_listen
+        port = server.add_secure_port(listen, credentials)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {listen} for agents")
+        await server.start()
+        self._server = server
+        self.port = port
+        return port
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Ends every stream (agents reconnect to the next controller) and the loop."""
+        if self._server is not None:
+            server = self._server
+            self._server = None
+            try:
+                asyncio.run_coroutine_threadsafe(server.stop(grace), self._loop).result(grace + 5)
+            except Exception:
+                log.exception("agent endpoint did not stop cleanly")
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+
+def start_agent_endpoint(app: App) -> tuple[AgentEndpoint, int]:
+    """Starts the hub and the TLS agent endpoint on config.agent_listen; (endpoint, port).
+
+    Shut down with ``endpoint.stop()`` first (ends the streams), then ``app.hub.stop()``.
+    """
     if app.hub is None:
         app.hub = AgentHub(app)
         app.hub.start()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=MAX_AGENT_STREAMS,
-                                   thread_name_prefix="agent-endpoint"),
-        interceptors=[ErrorInterceptor()],
-        options=SERVER_OPTIONS,
-    )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentEndpointServicer(app), server)
+    endpoint = AgentEndpoint(app)
+    port = endpoint.start()
     listen = app.config.agent_listen
-    port = server.add_secure_port(listen, credentials)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {listen} for agents")
-    server.start()
     host, _ = _host_port(listen)
     app.agent_endpoint = app.config.agent_advertise or f"{host}:{port}"
     log.info("agent endpoint listening on %s:%d (TLS, client certificates); agents dial %s",
              host, port, app.agent_endpoint)
-    return server, port
+    return endpoint, port
