@@ -9,6 +9,7 @@ field and the values it accepts.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Any
 
@@ -33,22 +34,29 @@ RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
                   "turbo": "OS::Sfs::Turbo"}
 
 
-def _prefix(enum: EnumTypeWrapper) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+@functools.cache
+def _names(enum: EnumTypeWrapper) -> tuple[dict[int, str], dict[str, int]]:
+    """number -> short name and back, computed once per enum (every response uses them)."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+    by_number = {}
+    for value in enum.DESCRIPTOR.values:
+        short = value.name.removeprefix(prefix).lower()
+        by_number[value.number] = "" if short == "unspecified" else short
+    return by_number, {name: number for number, name in by_number.items() if name}
 
 
 def enum_name(enum: EnumTypeWrapper, number: int) -> str:
     """OBJECT_TYPE_SERVER -> 'server'; '' for unspecified or unknown numbers."""
-    try:
-        name = enum.Name(number)
-    except ValueError:
-        return ""
-    short = name.removeprefix(_prefix(enum)).lower()
-    return "" if short == "unspecified" else short
+    return _names(enum)[0].get(number, "")
 
 
 def enum_number(enum: EnumTypeWrapper, name: str) -> Any:
-    return int(enum.Value(_prefix(enum) + name.upper())) if name else 0
+    if not name:
+        return 0
+    try:
+        return _names(enum)[1][name]
+    except KeyError:
+        raise ValueError(f"{name!r} is not a {enum.DESCRIPTOR.name}") from None
 
 
 def enum_choices(enum: EnumTypeWrapper) -> list[str]:
@@ -75,12 +83,16 @@ def optional_enum(enum: EnumTypeWrapper, number: int, field: str) -> str:
     return require_enum(enum, number, field)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def ts(value: dt.datetime | None) -> Timestamp | None:
+    """Exact to the microsecond, and cheap: every listed row has two of these."""
     if value is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+    delta = value - _EPOCH
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds,
+                     nanos=delta.microseconds * 1000)
 
 
 def tags_to_pb(tags: list[Any]) -> list[common_pb2.Tag]:
@@ -94,18 +106,20 @@ def tags_from_pb(tags: Any) -> list[dict[str, str]]:
 # -- resources -----------------------------------------------------------------
 
 
-def vault_resource(vr: models.VaultResource) -> vault_pb2.VaultResource:
-    p = vr.protectable
+def vault_resource(r: Any) -> vault_pb2.VaultResource:
+    """One row of ``vaults.resource_rows``."""
     return vault_pb2.VaultResource(
-        id=p.id, name=p.name, type=enum_number(common_pb2.ObjectType, p.object_type),
-        resource_type=RESOURCE_TYPES[p.object_type],
-        protect_status=enum_number(vault_pb2.ProtectStatus, vr.protect_status),
-        size_bytes=p.size_bytes, backup_size_bytes=vr.backup_size_bytes,
-        backup_count=vr.backup_count, exclude_volumes=vr.exclude_volumes,
-        include_volumes=vr.include_volumes)
+        id=r.protectable_id, name=r.name,
+        type=enum_number(common_pb2.ObjectType, r.object_type),
+        resource_type=RESOURCE_TYPES[r.object_type],
+        protect_status=enum_number(vault_pb2.ProtectStatus, r.protect_status),
+        size_bytes=r.size_bytes, backup_size_bytes=r.backup_size_bytes,
+        backup_count=r.backup_count, exclude_volumes=r.exclude_volumes,
+        include_volumes=r.include_volumes)
 
 
-def vault(v: models.Vault) -> vault_pb2.Vault:
+def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
+    """A vault row (or model) with its resource rows and policy binding rows."""
     out = vault_pb2.Vault(
         id=v.id, name=v.name, description=v.description,
         object_type=enum_number(common_pb2.ObjectType, v.object_type),
@@ -115,9 +129,9 @@ def vault(v: models.Vault) -> vault_pb2.Vault:
         used_bytes=v.used_bytes, auto_expand=v.auto_expand, threshold=v.threshold,
         backup_name_prefix=v.backup_name_prefix, tags=tags_to_pb(v.tags),
         auto_bind=v.auto_bind, bind_rules=tags_to_pb(v.bind_rules),
-        resources=[vault_resource(r) for r in v.resources], project_id=v.project_id,
+        resources=[vault_resource(r) for r in resources], project_id=v.project_id,
         region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at))
-    for binding in v.policy_bindings:
+    for binding in bindings:
         if binding.operation_type == "backup":
             out.backup_policy_id = binding.policy_id
         else:
@@ -126,8 +140,9 @@ def vault(v: models.Vault) -> vault_pb2.Vault:
     return out
 
 
-def protectable(p: models.Protectable, *, agent_online: bool,
+def protectable(p: Any, *, agent_name: str, agent_online: bool,
                 vault_id: str = "") -> protectable_pb2.Protectable:
+    """A protectable row (or model)."""
     if p.gone:
         status = "gone"
     elif p.error:
@@ -145,7 +160,7 @@ def protectable(p: models.Protectable, *, agent_online: bool,
             id=d.get("id", ""), name=d.get("name", ""), path=d.get("path", ""),
             size_bytes=int(d.get("size_bytes", 0)), system_disk=bool(d.get("system_disk")),
             device_type=d.get("device_type", "")) for d in p.disks],
-        path=p.path, agent_id=p.agent_id, agent_name=p.agent.name if p.agent else "",
+        path=p.path, agent_id=p.agent_id, agent_name=agent_name,
         agent_online=agent_online, vault_id=vault_id, tags=tags_to_pb(p.tags),
         status_message=p.error, project_id=p.project_id, created_at=ts(p.created_at),
         updated_at=ts(p.updated_at))

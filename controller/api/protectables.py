@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import common_pb2, protectable_pb2, protectable_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Protectable, VaultResource
+from controller.persistence.models import Agent, Protectable, VaultResource
 from controller.services import agent_status, paging
 
 
+def _select() -> Select[Any]:
+    """A protectable's columns and its agent's name: what the API shows, without the ORM."""
+    return select(*Protectable.__table__.c, Agent.name.label("agent_name")).join(
+        Agent, Agent.id == Protectable.agent_id)
+
+
 class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServicer):
-    def _to_pb(self, s: Session, items: list[Protectable]) -> list[protectable_pb2.Protectable]:
-        ids = [p.id for p in items]
+    def _to_pb(self, s: Session, rows: Sequence[Any]) -> list[protectable_pb2.Protectable]:
+        """Rows selected with COLUMNS (the protectable and its agent's name)."""
+        ids = [p.id for p in rows]
         vault_of = dict(s.execute(select(VaultResource.protectable_id, VaultResource.vault_id)
                                   .where(VaultResource.protectable_id.in_(ids))).tuples().all())
         online = agent_status.online_agent_ids(self.app, s)
-        return [convert.protectable(p, agent_online=p.agent_id in online,
-                                    vault_id=vault_of.get(p.id, "")) for p in items]
+        return [convert.protectable(p, agent_name=p.agent_name, agent_online=p.agent_id in online,
+                                    vault_id=vault_of.get(p.id, "")) for p in rows]
 
     def ListProtectables(self, request: protectable_pb2.ListProtectablesRequest,
                          context: grpc.ServicerContext
@@ -32,7 +42,7 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
         if request.protection not in ("", "protected", "unprotected"):
             raise errors.InvalidParameter("protection must be protected, unprotected or empty.",
                                           field="protection")
-        stmt = select(Protectable).where(Protectable.project_id == self.project_id)
+        stmt = _select().where(Protectable.project_id == self.project_id)
         if object_type:
             stmt = stmt.where(Protectable.object_type == object_type)
         if request.agent_id:
@@ -54,15 +64,15 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
                 stmt = stmt.where(Protectable.gone.is_(False), Protectable.error == "",
                                   cond if status == "available" else ~cond)
             items, token, total = paging.paginate(s, stmt, Protectable, request.page_size,
-                                                  request.page_token)
+                                                  request.page_token, rows=True)
             return protectable_pb2.ListProtectablesResponse(
-                protectables=self._to_pb(s, list(items)), next_page_token=token,
+                protectables=self._to_pb(s, items), next_page_token=token,
                 total_count=total)
 
     def GetProtectable(self, request: protectable_pb2.GetProtectableRequest,
                        context: grpc.ServicerContext) -> protectable_pb2.GetProtectableResponse:
         with self.app.db.begin() as s:
-            p = s.get(Protectable, request.protectable_id) if request.protectable_id else None
+            p = s.execute(_select().where(Protectable.id == request.protectable_id)).first()
             if p is None or p.project_id != self.project_id:
                 raise errors.ResourceNotFound(
                     f"No protectable with id {request.protectable_id!r}.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
@@ -17,6 +18,12 @@ from controller.services import paging, vaults
 def _resources(specs: Any) -> list[vaults.ResourceRequest]:
     return [vaults.ResourceRequest(r.id, list(r.exclude_volumes), list(r.include_volumes))
             for r in specs]
+
+
+def _vault_pb(session: Session, vault_id: str) -> vault_pb2.Vault:
+    session.flush()
+    view = vaults.vault_view(session, vault_id)
+    return convert.vault(view.vault, view.resources, view.bindings)
 
 
 class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
@@ -40,13 +47,13 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.create_vault(s, self.project_id, self.app.config.region, spec,
                                         self.now())
-            return vault_pb2.CreateVaultResponse(vault=convert.vault(vault))
+            return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, vault.id))
 
     def GetVault(self, request: vault_pb2.GetVaultRequest,
                  context: grpc.ServicerContext) -> vault_pb2.GetVaultResponse:
         with self.app.db.begin() as s:
             vault = vaults.get_vault(s, self.project_id, request.vault_id)
-            return vault_pb2.GetVaultResponse(vault=convert.vault(vault))
+            return vault_pb2.GetVaultResponse(vault=_vault_pb(s, vault.id))
 
     def ListVaults(self, request: vault_pb2.ListVaultsRequest,
                    context: grpc.ServicerContext) -> vault_pb2.ListVaultsResponse:
@@ -59,12 +66,14 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             status=convert.optional_enum(vault_pb2.VaultStatus, request.status, "status"),
             policy_id=request.policy_id, resource_id=request.resource_id)
         with self.app.db.begin() as s:
-            items, token, total = paging.paginate(
-                s, vaults.vault_query(self.project_id, f), Vault, request.page_size,
-                request.page_token)
+            stmt = vaults.vault_query(self.project_id, f).with_only_columns(
+                *vaults.VAULT_COLUMNS)
+            items, token, total = paging.paginate(s, stmt, Vault, request.page_size,
+                                                  request.page_token, rows=True)
             return vault_pb2.ListVaultsResponse(
-                vaults=[convert.vault(v) for v in items], next_page_token=token,
-                total_count=total)
+                vaults=[convert.vault(v.vault, v.resources, v.bindings)
+                        for v in vaults.vault_views(s, items)],
+                next_page_token=token, total_count=total)
 
     def UpdateVault(self, request: vault_pb2.UpdateVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.UpdateVaultResponse:
@@ -86,7 +95,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.update_vault(s, self.project_id, request.vault_id, changes,
                                         self.now())
-            return vault_pb2.UpdateVaultResponse(vault=convert.vault(vault))
+            return vault_pb2.UpdateVaultResponse(vault=_vault_pb(s, vault.id))
 
     def DeleteVault(self, request: vault_pb2.DeleteVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.DeleteVaultResponse:
@@ -102,9 +111,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             added = vaults.add_resources(s, self.project_id, request.vault_id,
                                          _resources(request.resources), self.now())
-            vault = vaults.get_vault(s, self.project_id, request.vault_id)
-            return vault_pb2.AddVaultResourcesResponse(add_resource_ids=added,
-                                                       vault=convert.vault(vault))
+            return vault_pb2.AddVaultResourcesResponse(
+                add_resource_ids=added, vault=_vault_pb(s, request.vault_id))
 
     def RemoveVaultResources(
             self, request: vault_pb2.RemoveVaultResourcesRequest,
@@ -122,7 +130,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             vault = vaults.associate_policy(s, self.project_id, request.vault_id,
                                             request.policy_id, request.destination_vault_id,
                                             self.now())
-            return vault_pb2.AssociateVaultPolicyResponse(vault=convert.vault(vault))
+            return vault_pb2.AssociateVaultPolicyResponse(vault=_vault_pb(s, vault.id))
 
     def DissociateVaultPolicy(
             self, request: vault_pb2.DissociateVaultPolicyRequest,
@@ -130,4 +138,4 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.dissociate_policy(s, self.project_id, request.vault_id,
                                              request.policy_id, self.now())
-            return vault_pb2.DissociateVaultPolicyResponse(vault=convert.vault(vault))
+            return vault_pb2.DissociateVaultPolicyResponse(vault=_vault_pb(s, vault.id))

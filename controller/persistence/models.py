@@ -174,7 +174,7 @@ class Protectable(Base):
     gone: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
-    agent: Mapped[Agent] = relationship(lazy="joined")
+    agent: Mapped[Agent] = relationship()
 
 
 # -- vaults --------------------------------------------------------------------
@@ -202,14 +202,13 @@ class Vault(Base):
     region: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
-    # Loaded with the vault ("selectin": one query per page, not one per vault),
-    # since every API answer about a vault shows both.
+    # The API reads vaults through controller.services.vaults.vault_views (a few
+    # set-based queries per page); these relationships serve the domain rules.
     resources: Mapped[list[VaultResource]] = relationship(
-        back_populates="vault", cascade="all, delete-orphan", order_by="VaultResource.added_at",
-        lazy="selectin",
+        back_populates="vault", cascade="all, delete-orphan", order_by="VaultResource.added_at"
     )
     policy_bindings: Mapped[list[VaultPolicy]] = relationship(
-        back_populates="vault", cascade="all, delete-orphan", lazy="selectin"
+        back_populates="vault", cascade="all, delete-orphan"
     )
 
 
@@ -230,7 +229,7 @@ class VaultResource(Base):
     include_volumes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     added_at: Mapped[dt.datetime]
     vault: Mapped[Vault] = relationship(back_populates="resources")
-    protectable: Mapped[Protectable] = relationship(lazy="joined")
+    protectable: Mapped[Protectable] = relationship()
 
 
 class Policy(Base):

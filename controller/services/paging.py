@@ -43,8 +43,12 @@ def _decode(token: str) -> tuple[dt.datetime, str]:
 
 
 def paginate(session: Session, stmt: Select[Any], model: Any, requested_size: int,
-             token: str) -> tuple[Sequence[Any], str, int]:
-    """(items, next_page_token, total_count) of stmt ordered by created_at, id."""
+             token: str, *, rows: bool = False) -> tuple[Sequence[Any], str, int]:
+    """(items, next_page_token, total_count) of stmt ordered by created_at, id.
+
+    With rows=True the items are Core rows (for read paths that skip the ORM's
+    per-object cost), else the statement's single entity.
+    """
     size = page_size(requested_size)
     total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
     ordered = stmt.order_by(model.created_at, model.id)
@@ -52,7 +56,8 @@ def paginate(session: Session, stmt: Select[Any], model: Any, requested_size: in
         when, ident = _decode(token)
         ordered = ordered.where(or_(model.created_at > when,
                                     and_(model.created_at == when, model.id > ident)))
-    items = session.scalars(ordered.limit(size + 1)).all()
+    limited = ordered.limit(size + 1)
+    items = session.execute(limited).all() if rows else session.scalars(limited).all()
     next_token = ""
     if len(items) > size:
         items = items[:size]
