@@ -100,16 +100,19 @@ LIST_PROTECTABLES = Method("/cbr.v1.ProtectableService/ListProtectables",
 GET_TASK = Method("/cbr.v1.TaskService/GetTask", task_pb2.GetTaskRequest,
                   task_pb2.GetTaskResponse)
 
-# Mostly reads, as a console and scripts polling state do; one call in ten writes.
+# Mostly reads, as a console and scripts polling state do: single-resource
+# reads (task and vault polling) most, pages of a console list (20 rows) less,
+# and one call in ten writes. --mix and --page-size change it.
 MIX: tuple[tuple[Method, int], ...] = (
-    (LIST_VAULTS, 25),
-    (GET_VAULT, 20),
-    (LIST_PROTECTABLES, 25),
-    (GET_TASK, 20),
+    (GET_VAULT, 30),
+    (GET_TASK, 30),
+    (LIST_VAULTS, 15),
+    (LIST_PROTECTABLES, 15),
     (UPDATE_VAULT, 4),
     (CREATE_VAULT, 3),
     (DELETE_VAULT, 3),
 )
+PAGE_SIZE = 20
 
 
 @dataclass
@@ -121,15 +124,16 @@ class World:
     task_ids: list[str]
     created: deque[str] = field(default_factory=deque)
     serial: int = 0
+    page_size: int = PAGE_SIZE
 
     def request(self, method: Method, rng: random.Random) -> tuple[Method, Any]:
         """The request for one due call; a delete with nothing to delete creates instead."""
         if method is LIST_VAULTS:
-            return method, vault_pb2.ListVaultsRequest(page_size=50)
+            return method, vault_pb2.ListVaultsRequest(page_size=self.page_size)
         if method is GET_VAULT:
             return method, vault_pb2.GetVaultRequest(vault_id=rng.choice(self.vault_ids))
         if method is LIST_PROTECTABLES:
-            return method, protectable_pb2.ListProtectablesRequest(page_size=50)
+            return method, protectable_pb2.ListProtectablesRequest(page_size=self.page_size)
         if method is GET_TASK:
             return method, task_pb2.GetTaskRequest(task_id=rng.choice(self.task_ids))
         if method is UPDATE_VAULT:
@@ -482,6 +486,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             profiler = _start_profiler(ctl.pid, args.profile, args.warmup + args.duration)
         beats0, beats0_at = heartbeats(workers)
         cpu0 = common.proc_sample(ctl.pid)
+        world.page_size = args.page_size
         load = asyncio.run(generate(ctl.api, keys, world, rate=args.rate,
                                     duration=args.duration, warmup=args.warmup,
                                     seed=args.seed, mix=parse_mix(args.mix)))
@@ -513,6 +518,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "send_lag_p99_ms": signed["send_lag_p99_ms"],
             "calls": signed["calls"],
             "agents": min(online_before, online_after),
+            "mix": {m.short: w for m, w in parse_mix(args.mix)},
+            "page_size": args.page_size,
             "agents_online_start": online_before,
             "agents_online_end": online_after,
             "agents_requested": args.agents,
@@ -657,8 +664,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the controller's heartbeat_interval (default: its own, 5 s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the call mix")
     p.add_argument("--mix", default="",
-                   help="call mix as METHOD=WEIGHT,... (default: 25%% ListVaults, 20%% "
-                        "GetVault, 25%% ListProtectables, 20%% GetTask, 10%% writes)")
+                   help="call mix as METHOD=WEIGHT,... (default: 30%% GetVault, 30%% "
+                        "GetTask, 15%% ListVaults, 15%% ListProtectables, 10%% writes)")
+    p.add_argument("--page-size", type=int, default=PAGE_SIZE,
+                   help=f"page_size of the List calls (default {PAGE_SIZE})")
     p.add_argument("--profile", metavar="FILE",
                    help="py-spy record the controller while measuring (.json: speedscope, "
                         ".svg: flame graph, else collapsed stacks as text)")

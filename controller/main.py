@@ -7,6 +7,7 @@ once everything serves, so whoever waits for that file can call at once.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -67,6 +68,9 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     api_endpoint = _advertised(cfg.listen, api_port)
     iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now())
     public.start()
+    # Everything built so far lives as long as the process; keep it out of the
+    # collector's way, so a full collection does not pause every call.
+    gc.freeze()
     _write_json_atomic(cfg.data_dir / ENDPOINTS_FILE, {
         "api": api_endpoint, "agent": app.agent_endpoint or f"127.0.0.1:{agent_port}",
         "pid": os.getpid()})

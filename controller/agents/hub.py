@@ -94,6 +94,7 @@ class AgentHub:
         self._clock = app.clock
         offline_after = app.config.agent_offline_after
         self.flush_interval = flush_interval or max(0.2, min(2.0, offline_after / 4))
+        self._seen_write_every = offline_after / 3
         self._stale_after = max(STALE_AFTER_OFFLINE_TIMEOUTS * offline_after,
                                 3 * app.config.heartbeat_interval)
         self._lock = threading.Lock()
@@ -388,8 +389,11 @@ class AgentHub:
         """Writes last-seen times and stream openings/closings in one transaction."""
         with self._lock:
             changes, self._connection_changes = self._connection_changes, {}
+            # While this process runs, online status comes from memory; the
+            # database copy of last_seen only needs to be fresh to a fraction of
+            # the offline timeout, so each agent's row is written that often.
             seen = [(s, s.last_seen) for s in self._streams.values()
-                    if s.last_seen != s.flushed_last_seen]
+                    if s.last_seen - s.flushed_last_seen >= self._seen_write_every]
             closed_seen = {a: self._live[a].last_seen_at for a, c in changes.items()
                            if c is None and a in self._live}
         if not changes and not seen:

@@ -166,7 +166,8 @@ def protectable(p: Any, *, agent_name: str, agent_online: bool,
         updated_at=ts(p.updated_at))
 
 
-def task(t: models.Task) -> task_pb2.Task:
+def task(t: Any) -> task_pb2.Task:
+    """A task row (or model)."""
     return task_pb2.Task(
         id=t.id, operation_type=enum_number(task_pb2.OperationType, t.operation_type),
         status=enum_number(task_pb2.TaskStatus, t.status), progress=t.progress,

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Select, select
 
 from cbr import errors
 from cbr.v1 import common_pb2, protectable_pb2, protectable_pb2_grpc
@@ -16,15 +15,18 @@ from controller.api.base import Servicer
 from controller.persistence.models import Agent, Protectable, VaultResource
 from controller.services import agent_status, paging
 
+# A protectable's columns and its agent's name: what the API shows, without the
+# ORM; built once (statements are immutable, filters make new ones).
+_ROWS = select(*Protectable.__table__.c, Agent.__table__.c.name.label("agent_name")).join(
+    Agent.__table__, Agent.__table__.c.id == Protectable.__table__.c.agent_id)
+
 
 def _select() -> Select[Any]:
-    """A protectable's columns and its agent's name: what the API shows, without the ORM."""
-    return select(*Protectable.__table__.c, Agent.name.label("agent_name")).join(
-        Agent, Agent.id == Protectable.agent_id)
+    return _ROWS
 
 
 class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServicer):
-    def _to_pb(self, s: Session, rows: Sequence[Any]) -> list[protectable_pb2.Protectable]:
+    def _to_pb(self, s: Connection, rows: Sequence[Any]) -> list[protectable_pb2.Protectable]:
         """Rows selected with COLUMNS (the protectable and its agent's name)."""
         ids = [p.id for p in rows]
         vault_of = dict(s.execute(select(VaultResource.protectable_id, VaultResource.vault_id)
@@ -58,7 +60,7 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
             stmt = stmt.where(Protectable.gone.is_(True))
         elif status == "error":
             stmt = stmt.where(Protectable.gone.is_(False), Protectable.error != "")
-        with self.app.db.begin() as s:
+        with self.app.db.read() as s:
             if status in ("available", "unreachable"):
                 cond = Protectable.agent_id.in_(agent_status.online_agent_ids(self.app, s))
                 stmt = stmt.where(Protectable.gone.is_(False), Protectable.error == "",
@@ -71,7 +73,7 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
 
     def GetProtectable(self, request: protectable_pb2.GetProtectableRequest,
                        context: grpc.ServicerContext) -> protectable_pb2.GetProtectableResponse:
-        with self.app.db.begin() as s:
+        with self.app.db.read() as s:
             p = s.execute(_select().where(Protectable.id == request.protectable_id)).first()
             if p is None or p.project_id != self.project_id:
                 raise errors.ResourceNotFound(

@@ -20,9 +20,9 @@ WATCH_POLL_S = 0.2
 class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
     def GetTask(self, request: task_pb2.GetTaskRequest,
                 context: grpc.ServicerContext) -> task_pb2.GetTaskResponse:
-        with self.app.db.begin() as s:
+        with self.app.db.read() as conn:
             return task_pb2.GetTaskResponse(
-                task=convert.task(tasks.get_task(s, self.project_id, request.task_id)))
+                task=convert.task(tasks.task_row(conn, self.project_id, request.task_id)))
 
     def ListTasks(self, request: task_pb2.ListTasksRequest,
                   context: grpc.ServicerContext) -> task_pb2.ListTasksResponse:
@@ -32,9 +32,10 @@ class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
             status=convert.optional_enum(task_pb2.TaskStatus, request.status, "status"),
             vault_id=request.vault_id, resource_id=request.resource_id,
             checkpoint_id=request.checkpoint_id, policy_id=request.policy_id)
-        with self.app.db.begin() as s:
-            items, token, total = paging.paginate(s, tasks.task_query(self.project_id, f), Task,
-                                                  request.page_size, request.page_token)
+        with self.app.db.read() as conn:
+            items, token, total = paging.paginate(conn, tasks.task_query(self.project_id, f),
+                                                  Task, request.page_size, request.page_token,
+                                                  rows=True)
             return task_pb2.ListTasksResponse(tasks=[convert.task(t) for t in items],
                                               next_page_token=token, total_count=total)
 
@@ -43,8 +44,8 @@ class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
         project_id = self.project_id
         last: task_pb2.Task | None = None
         while context.is_active():
-            with self.app.db.begin() as s:
-                current = convert.task(tasks.get_task(s, project_id, request.task_id))
+            with self.app.db.read() as conn:
+                current = convert.task(tasks.task_row(conn, project_id, request.task_id))
                 status = tasks.enum_status(current.status)
             if current != last:
                 yield task_pb2.WatchTaskResponse(task=current)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from cbr import errors
@@ -20,9 +21,10 @@ def _resources(specs: Any) -> list[vaults.ResourceRequest]:
             for r in specs]
 
 
-def _vault_pb(session: Session, vault_id: str) -> vault_pb2.Vault:
-    session.flush()
-    view = vaults.vault_view(session, vault_id)
+def _vault_pb(session: Session | Connection, project_id: str, vault_id: str) -> vault_pb2.Vault:
+    if isinstance(session, Session):
+        session.flush()
+    view = vaults.vault_view(session, project_id, vault_id)
     return convert.vault(view.vault, view.resources, view.bindings)
 
 
@@ -47,13 +49,13 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.create_vault(s, self.project_id, self.app.config.region, spec,
                                         self.now())
-            return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, vault.id))
+            return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))
 
     def GetVault(self, request: vault_pb2.GetVaultRequest,
                  context: grpc.ServicerContext) -> vault_pb2.GetVaultResponse:
-        with self.app.db.begin() as s:
-            vault = vaults.get_vault(s, self.project_id, request.vault_id)
-            return vault_pb2.GetVaultResponse(vault=_vault_pb(s, vault.id))
+        with self.app.db.read() as conn:
+            return vault_pb2.GetVaultResponse(
+                vault=_vault_pb(conn, self.project_id, request.vault_id))
 
     def ListVaults(self, request: vault_pb2.ListVaultsRequest,
                    context: grpc.ServicerContext) -> vault_pb2.ListVaultsResponse:
@@ -65,7 +67,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                                                "protect_type"),
             status=convert.optional_enum(vault_pb2.VaultStatus, request.status, "status"),
             policy_id=request.policy_id, resource_id=request.resource_id)
-        with self.app.db.begin() as s:
+        with self.app.db.read() as s:
             stmt = vaults.vault_query(self.project_id, f).with_only_columns(
                 *vaults.VAULT_COLUMNS)
             items, token, total = paging.paginate(s, stmt, Vault, request.page_size,
@@ -95,7 +97,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.update_vault(s, self.project_id, request.vault_id, changes,
                                         self.now())
-            return vault_pb2.UpdateVaultResponse(vault=_vault_pb(s, vault.id))
+            return vault_pb2.UpdateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))
 
     def DeleteVault(self, request: vault_pb2.DeleteVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.DeleteVaultResponse:
@@ -112,7 +114,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             added = vaults.add_resources(s, self.project_id, request.vault_id,
                                          _resources(request.resources), self.now())
             return vault_pb2.AddVaultResourcesResponse(
-                add_resource_ids=added, vault=_vault_pb(s, request.vault_id))
+                add_resource_ids=added, vault=_vault_pb(s, self.project_id, request.vault_id))
 
     def RemoveVaultResources(
             self, request: vault_pb2.RemoveVaultResourcesRequest,
@@ -130,7 +132,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             vault = vaults.associate_policy(s, self.project_id, request.vault_id,
                                             request.policy_id, request.destination_vault_id,
                                             self.now())
-            return vault_pb2.AssociateVaultPolicyResponse(vault=_vault_pb(s, vault.id))
+            return vault_pb2.AssociateVaultPolicyResponse(
+                vault=_vault_pb(s, self.project_id, vault.id))
 
     def DissociateVaultPolicy(
             self, request: vault_pb2.DissociateVaultPolicyRequest,
@@ -138,4 +141,5 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.dissociate_policy(s, self.project_id, request.vault_id,
                                              request.policy_id, self.now())
-            return vault_pb2.DissociateVaultPolicyResponse(vault=_vault_pb(s, vault.id))
+            return vault_pb2.DissociateVaultPolicyResponse(
+                vault=_vault_pb(s, self.project_id, vault.id))

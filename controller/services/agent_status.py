@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from controller.persistence.models import Agent
@@ -28,7 +28,7 @@ def is_online(app: Any, agent: Agent | None) -> bool:
     return bool(app.clock.now() - agent.last_seen_at <= limit)
 
 
-def online_agent_ids(app: Any, session: Session) -> set[str]:
+def online_agent_ids(app: Any, session: Session | Connection) -> set[str]:
     """Ids of all online agents (ids are global, so callers test membership)."""
     hub = getattr(app, "hub", None)
     if hub is not None:

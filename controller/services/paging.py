@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Connection, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
@@ -42,7 +42,7 @@ def _decode(token: str) -> tuple[dt.datetime, str]:
             "unchanged.", field="page_token") from exc
 
 
-def paginate(session: Session, stmt: Select[Any], model: Any, requested_size: int,
+def paginate(session: Session | Connection, stmt: Select[Any], model: Any, requested_size: int,
              token: str, *, rows: bool = False) -> tuple[Sequence[Any], str, int]:
     """(items, next_page_token, total_count) of stmt ordered by created_at, id.
 
@@ -57,7 +57,11 @@ def paginate(session: Session, stmt: Select[Any], model: Any, requested_size: in
         ordered = ordered.where(or_(model.created_at > when,
                                     and_(model.created_at == when, model.id > ident)))
     limited = ordered.limit(size + 1)
-    items = session.execute(limited).all() if rows else session.scalars(limited).all()
+    if rows:
+        items: Sequence[Any] = session.execute(limited).all()
+    else:
+        assert isinstance(session, Session), "entities need an ORM session"
+        items = session.scalars(limited).all()
     next_token = ""
     if len(items) > size:
         items = items[:size]

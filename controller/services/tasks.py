@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Connection, Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
@@ -81,6 +81,20 @@ def get_task(session: Session, project_id: str, task_id: str) -> Task:
     return task
 
 
+TASK_COLUMNS = tuple(Task.__table__.c)
+_tasks = cast(Table, Task.__table__)
+# Built once: every GetTask and every tick of a WatchTask runs it.
+_TASK_BY_ID = select(*_tasks.c).where(_tasks.c.id == bindparam("task_id"))
+
+
+def task_row(conn: Session | Connection, project_id: str, task_id: str) -> Any:
+    """The task as a Core row, for read paths (see Database.read)."""
+    row = conn.execute(_TASK_BY_ID, {"task_id": task_id}).first() if task_id else None
+    if row is None or row.project_id != project_id:
+        raise errors.ResourceNotFound(f"No task with id {task_id!r}.", task_id=task_id)
+    return row
+
+
 def start_task(session: Session, task_id: str, now: dt.datetime) -> Task | None:
     """Marks a waiting task running; None when it is already final."""
     task = session.get(Task, task_id, with_for_update=True)
@@ -148,7 +162,7 @@ class TaskFilter:
 
 
 def task_query(project_id: str, f: TaskFilter) -> Select[Any]:
-    stmt = select(Task).where(Task.project_id == project_id)
+    stmt = select(*TASK_COLUMNS).where(Task.project_id == project_id)
     for field in ("operation_type", "status", "vault_id", "resource_id", "checkpoint_id",
                   "policy_id"):
         value = getattr(f, field)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
@@ -446,29 +446,42 @@ class VaultView:
 
 VAULT_COLUMNS = tuple(Vault.__table__.c)
 
+# Read statements built once: constructing a statement and its cache key costs
+# more than running it on SQLite, and these run on every vault the API shows.
+_vaults = cast(Table, Vault.__table__)
+_resources = cast(Table, VaultResource.__table__)
+_protectables = cast(Table, Protectable.__table__)
+_bindings = cast(Table, VaultPolicy.__table__)
+_VAULT_BY_ID = select(*_vaults.c).where(_vaults.c.id == bindparam("vault_id"))
+_RESOURCES_OF = (
+    select(_resources.c.vault_id, _resources.c.protectable_id, _resources.c.protect_status,
+           _resources.c.backup_size_bytes, _resources.c.backup_count,
+           _resources.c.exclude_volumes, _resources.c.include_volumes, _protectables.c.name,
+           _protectables.c.object_type, _protectables.c.size_bytes)
+    .join(_protectables, _protectables.c.id == _resources.c.protectable_id)
+    .where(_resources.c.vault_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_resources.c.added_at))
+_BINDINGS_OF = (
+    select(_bindings.c.vault_id, _bindings.c.policy_id, _bindings.c.operation_type,
+           _bindings.c.destination_vault_id)
+    .where(_bindings.c.vault_id.in_(bindparam("ids", expanding=True))))
 
-def vault_view(session: Session, vault_id: str) -> VaultView:
-    row = session.execute(select(*VAULT_COLUMNS).where(Vault.id == vault_id)).one()
-    return vault_views(session, [row])[0]
+
+def vault_view(conn: Session | Connection, project_id: str, vault_id: str) -> VaultView:
+    row = conn.execute(_VAULT_BY_ID, {"vault_id": vault_id}).first() if vault_id else None
+    if row is None or row.project_id != project_id:
+        raise errors.VaultNotFound(f"No vault with id {vault_id!r}.", vault_id=vault_id)
+    return vault_views(conn, [row])[0]
 
 
-def vault_views(session: Session, rows: Sequence[Any]) -> list[VaultView]:
+def vault_views(session: Session | Connection, rows: Sequence[Any]) -> list[VaultView]:
     """Views of vault rows (selected with VAULT_COLUMNS), in their order."""
     ids = [r.id for r in rows]
     resources: dict[str, list[Any]] = {i: [] for i in ids}
     bindings: dict[str, list[Any]] = {i: [] for i in ids}
     if ids:
-        for r in session.execute(
-                select(VaultResource.vault_id, VaultResource.protectable_id,
-                       VaultResource.protect_status, VaultResource.backup_size_bytes,
-                       VaultResource.backup_count, VaultResource.exclude_volumes,
-                       VaultResource.include_volumes, Protectable.name,
-                       Protectable.object_type, Protectable.size_bytes)
-                .join(Protectable, Protectable.id == VaultResource.protectable_id)
-                .where(VaultResource.vault_id.in_(ids)).order_by(VaultResource.added_at)):
+        for r in session.execute(_RESOURCES_OF, {"ids": ids}):
             resources[r.vault_id].append(r)
-        for b in session.execute(
-                select(VaultPolicy.vault_id, VaultPolicy.policy_id, VaultPolicy.operation_type,
-                       VaultPolicy.destination_vault_id).where(VaultPolicy.vault_id.in_(ids))):
+        for b in session.execute(_BINDINGS_OF, {"ids": ids}):
             bindings[b.vault_id].append(b)
     return [VaultView(r, resources[r.id], bindings[r.id]) for r in rows]
