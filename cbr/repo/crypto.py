@@ -1,0 +1,171 @@
+"""Authenticated encryption of blobs and objects, and key wrapping
+(``docs/storage-format.md`` sections 4.3 and 5).
+
+This module owns AES-256-GCM sealing (``nonce(12) || ciphertext || tag(16)``)
+and the envelope-encryption seam: the :class:`KeyWrapper` protocol the
+controller's key service implements, the associated-data context that binds a
+wrapped key to its vault, key id and purpose, and a reference wrapper under a
+local key-encryption key. All cryptography runs in ``cryptography``; this
+module must not invent primitives, and must never write a data key anywhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cbr.repo.errors import IntegrityError, KeyUnavailable
+
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE
+DATA_KEY_SIZE = 32
+
+PURPOSE_CHUNK_ID = "chunk-id"
+PURPOSE_DATA = "data"
+
+
+class DecryptFailed(IntegrityError):
+    """AES-GCM authentication failed: wrong key, or the bytes were altered."""
+
+
+class DataKey:
+    """An AES-256-GCM key with its key id; seals and opens byte strings."""
+
+    __slots__ = ("_aead", "key_id")
+
+    def __init__(self, key_id: bytes, key: bytes) -> None:
+        if len(key) != DATA_KEY_SIZE:
+            raise ValueError(f"data key must be {DATA_KEY_SIZE} bytes")
+        self.key_id = key_id
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        """``nonce || ciphertext || tag`` with a fresh random nonce."""
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
+        """The plaintext of ``sealed``; :class:`DecryptFailed` if it does not authenticate."""
+        if len(sealed) < SEAL_OVERHEAD:
+            raise DecryptFailed("sealed data shorter than nonce and tag")
+        view = memoryview(sealed)
+        try:
+            return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise DecryptFailed("authentication failed (wrong key or altered bytes)") from None
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id.hex()})"
+
+
+def new_data_key() -> bytes:
+    """A fresh random AES-256 key."""
+    return AESGCM.generate_key(bit_length=256)
+
+
+def key_context(vault_id: str, key_id: bytes, purpose: str) -> bytes:
+    """Associated data binding a wrapped key to its vault, key id and purpose."""
+    return f"cbr/key/v1|{vault_id}|{key_id.hex()}|{purpose}".encode()
+
+
+class KeyWrapper(Protocol):
+    """The key service seen from the format layer (envelope encryption).
+
+    ``wrap`` encrypts a vault key under a key-encryption key the service keeps
+    and says which (``kek_id``); ``unwrap`` reverses it. ``context`` must be
+    bound as associated data so a wrapped key only unwraps for the same
+    vault, key id and purpose. Both raise on failure.
+    """
+
+    def wrap(self, key: bytes, context: bytes) -> tuple[str, bytes]: ...
+
+    def unwrap(self, kek_id: str, wrapped: bytes, context: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A vault key as stored in ``keys/<key-id>``: wrapped, or raw when ``kek_id`` is empty
+    (only the chunk-id key of an unencrypted vault)."""
+
+    key_id: bytes
+    purpose: str
+    vault_id: str
+    kek_id: str
+    key: bytes
+
+    @property
+    def is_wrapped(self) -> bool:
+        return bool(self.kek_id)
+
+
+UnwrapFn = Callable[[str, bytes, bytes], bytes]
+"""``unwrap(kek_id, wrapped, context) -> key``: a :meth:`KeyWrapper.unwrap`."""
+
+
+def unwrap_key(wrapped: WrappedKey, unwrap: UnwrapFn | None) -> bytes:
+    """The clear key of ``wrapped``, calling ``unwrap`` when it is wrapped.
+
+    Raises :class:`KeyUnavailable` when the key is wrapped and no callback is
+    given, or the callback fails.
+    """
+    if not wrapped.is_wrapped:
+        if wrapped.purpose == PURPOSE_DATA:
+            raise KeyUnavailable(f"data key {wrapped.key_id.hex()} is stored unwrapped; refused")
+        return wrapped.key
+    if unwrap is None:
+        raise KeyUnavailable(
+            f"key {wrapped.key_id.hex()} is wrapped by {wrapped.kek_id!r} "
+            "and no key service was given"
+        )
+    context = key_context(wrapped.vault_id, wrapped.key_id, wrapped.purpose)
+    try:
+        return unwrap(wrapped.kek_id, wrapped.key, context)
+    except KeyUnavailable:
+        raise
+    except Exception as exc:
+        raise KeyUnavailable(
+            f"key service could not unwrap key {wrapped.key_id.hex()} "
+            f"with {wrapped.kek_id!r}: {exc}"
+        ) from exc
+
+
+def wrap_key(
+    key: bytes, *, key_id: bytes, purpose: str, vault_id: str, wrapper: KeyWrapper | None
+) -> WrappedKey:
+    """Wraps ``key`` with ``wrapper``; without one, only a chunk-id key may stay raw."""
+    if wrapper is None:
+        if purpose == PURPOSE_DATA:
+            raise KeyUnavailable("a data key cannot be stored without a key service")
+        return WrappedKey(key_id, purpose, vault_id, "", key)
+    kek_id, wrapped = wrapper.wrap(key, key_context(vault_id, key_id, purpose))
+    if not kek_id:
+        raise KeyUnavailable("key service returned an empty kek id")
+    return WrappedKey(key_id, purpose, vault_id, kek_id, wrapped)
+
+
+class AesKeyWrapper:
+    """Reference :class:`KeyWrapper`: AES-256-GCM under one local KEK.
+
+    Suitable for the controller's master key and for tests; a cloud KMS
+    implements the same two methods.
+    """
+
+    def __init__(self, kek_id: str, kek: bytes) -> None:
+        if not kek_id:
+            raise ValueError("kek_id must not be empty")
+        self.kek_id = kek_id
+        self._key = DataKey(b"", kek)
+
+    def wrap(self, key: bytes, context: bytes) -> tuple[str, bytes]:
+        return self.kek_id, self._key.seal(key, context)
+
+    def unwrap(self, kek_id: str, wrapped: bytes, context: bytes) -> bytes:
+        if kek_id != self.kek_id:
+            raise KeyUnavailable(f"unknown key-encryption key {kek_id!r}")
+        return self._key.open(wrapped, context)
