@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection, Table, bindparam, select
 
 from cbr import errors
 from cbr.v1 import common_pb2, protectable_pb2, protectable_pb2_grpc
@@ -15,22 +16,47 @@ from controller.api.base import Servicer
 from controller.persistence.models import Agent, Protectable, VaultResource
 from controller.services import agent_status, paging
 
-# A protectable's columns and its agent's name: what the API shows, without the
-# ORM; built once (statements are immutable, filters make new ones).
-_ROWS = select(*Protectable.__table__.c, Agent.__table__.c.name.label("agent_name")).join(
-    Agent.__table__, Agent.__table__.c.id == Protectable.__table__.c.agent_id)
+_P = cast(Table, Protectable.__table__)
+_A = cast(Table, Agent.__table__)
+_VR = cast(Table, VaultResource.__table__)
+# A protectable's columns and its agent's name: what the API shows, without the ORM.
+_ROWS = select(*_P.c, _A.c.name.label("agent_name")).join(_A, _A.c.id == _P.c.agent_id)
+_VAULT_OF = select(_VR.c.protectable_id, _VR.c.vault_id).where(
+    _VR.c.protectable_id.in_(bindparam("ids", expanding=True)))
+_BY_ID = _ROWS.where(_P.c.id == bindparam("protectable_id"))
 
 
-def _select() -> Select[Any]:
-    return _ROWS
+@functools.cache
+def _list_query(object_type: bool, agent: bool, name: bool, protection: str,
+                status: str) -> paging.PagedQuery:
+    """The list query of one filter shape, built once; values are bind parameters."""
+    stmt = _ROWS.where(_P.c.project_id == bindparam("project_id"))
+    if object_type:
+        stmt = stmt.where(_P.c.object_type == bindparam("object_type"))
+    if agent:
+        stmt = stmt.where(_P.c.agent_id == bindparam("agent_id"))
+    if name:
+        stmt = stmt.where(_P.c.name == bindparam("name"))
+    if protection == "protected":
+        stmt = stmt.where(_P.c.id.in_(select(_VR.c.protectable_id)))
+    elif protection == "unprotected":
+        stmt = stmt.where(_P.c.id.not_in(select(_VR.c.protectable_id)))
+    if status == "gone":
+        stmt = stmt.where(_P.c.gone.is_(True))
+    elif status == "error":
+        stmt = stmt.where(_P.c.gone.is_(False), _P.c.error != "")
+    elif status in ("available", "unreachable"):
+        online = _P.c.agent_id.in_(bindparam("online", expanding=True))
+        stmt = stmt.where(_P.c.gone.is_(False), _P.c.error == "",
+                          online if status == "available" else ~online)
+    return paging.PagedQuery(stmt, _P)
 
 
 class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServicer):
     def _to_pb(self, s: Connection, rows: Sequence[Any]) -> list[protectable_pb2.Protectable]:
-        """Rows selected with COLUMNS (the protectable and its agent's name)."""
-        ids = [p.id for p in rows]
-        vault_of = dict(s.execute(select(VaultResource.protectable_id, VaultResource.vault_id)
-                                  .where(VaultResource.protectable_id.in_(ids))).tuples().all())
+        """Rows of _ROWS (the protectable and its agent's name)."""
+        vault_of = {r.protectable_id: r.vault_id
+                    for r in s.execute(_VAULT_OF, {"ids": [p.id for p in rows]})}
         online = agent_status.online_agent_ids(self.app, s)
         return [convert.protectable(p, agent_name=p.agent_name, agent_online=p.agent_id in online,
                                     vault_id=vault_of.get(p.id, "")) for p in rows]
@@ -44,29 +70,14 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
         if request.protection not in ("", "protected", "unprotected"):
             raise errors.InvalidParameter("protection must be protected, unprotected or empty.",
                                           field="protection")
-        stmt = _select().where(Protectable.project_id == self.project_id)
-        if object_type:
-            stmt = stmt.where(Protectable.object_type == object_type)
-        if request.agent_id:
-            stmt = stmt.where(Protectable.agent_id == request.agent_id)
-        if request.name:
-            stmt = stmt.where(Protectable.name == request.name)
-        in_vault = select(VaultResource.protectable_id)
-        if request.protection == "protected":
-            stmt = stmt.where(Protectable.id.in_(in_vault))
-        elif request.protection == "unprotected":
-            stmt = stmt.where(Protectable.id.not_in(in_vault))
-        if status == "gone":
-            stmt = stmt.where(Protectable.gone.is_(True))
-        elif status == "error":
-            stmt = stmt.where(Protectable.gone.is_(False), Protectable.error != "")
+        query = _list_query(bool(object_type), bool(request.agent_id), bool(request.name),
+                            request.protection, status)
+        params: dict[str, Any] = {"project_id": self.project_id, "object_type": object_type,
+                                  "agent_id": request.agent_id, "name": request.name}
         with self.app.db.read() as s:
             if status in ("available", "unreachable"):
-                cond = Protectable.agent_id.in_(agent_status.online_agent_ids(self.app, s))
-                stmt = stmt.where(Protectable.gone.is_(False), Protectable.error == "",
-                                  cond if status == "available" else ~cond)
-            items, token, total = paging.paginate(s, stmt, Protectable, request.page_size,
-                                                  request.page_token, rows=True)
+                params["online"] = sorted(agent_status.online_agent_ids(self.app, s))
+            items, token, total = query.run(s, params, request.page_size, request.page_token)
             return protectable_pb2.ListProtectablesResponse(
                 protectables=self._to_pb(s, items), next_page_token=token,
                 total_count=total)
@@ -74,7 +85,7 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
     def GetProtectable(self, request: protectable_pb2.GetProtectableRequest,
                        context: grpc.ServicerContext) -> protectable_pb2.GetProtectableResponse:
         with self.app.db.read() as s:
-            p = s.execute(_select().where(Protectable.id == request.protectable_id)).first()
+            p = s.execute(_BY_ID, {"protectable_id": request.protectable_id}).first()
             if p is None or p.project_id != self.project_id:
                 raise errors.ResourceNotFound(
                     f"No protectable with id {request.protectable_id!r}.",

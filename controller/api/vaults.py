@@ -12,8 +12,7 @@ from cbr import errors
 from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Vault
-from controller.services import paging, vaults
+from controller.services import vaults
 
 
 def _resources(specs: Any) -> list[vaults.ResourceRequest]:
@@ -67,14 +66,11 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                                                "protect_type"),
             status=convert.optional_enum(vault_pb2.VaultStatus, request.status, "status"),
             policy_id=request.policy_id, resource_id=request.resource_id)
-        with self.app.db.read() as s:
-            stmt = vaults.vault_query(self.project_id, f).with_only_columns(
-                *vaults.VAULT_COLUMNS)
-            items, token, total = paging.paginate(s, stmt, Vault, request.page_size,
-                                                  request.page_token, rows=True)
+        with self.app.db.read() as conn:
+            views, token, total = vaults.list_vaults(conn, self.project_id, f,
+                                                     request.page_size, request.page_token)
             return vault_pb2.ListVaultsResponse(
-                vaults=[convert.vault(v.vault, v.resources, v.bindings)
-                        for v in vaults.vault_views(s, items)],
+                vaults=[convert.vault(v.vault, v.resources, v.bindings) for v in views],
                 next_page_token=token, total_count=total)
 
     def UpdateVault(self, request: vault_pb2.UpdateVaultRequest,

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, or_, select
+from sqlalchemy import Connection, Integer, Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
@@ -68,3 +68,44 @@ def paginate(session: Session | Connection, stmt: Select[Any], model: Any, reque
         last = items[-1]
         next_token = _encode(last.created_at, str(last.id))
     return items, next_token, total
+
+
+class PagedQuery:
+    """A list query built once, run with parameters: its count, first-page and
+    next-page statements are derived once too.
+
+    Building a statement and its cache key costs more than running it on
+    SQLite; the hot List calls (vaults, protectables, tasks) keep one
+    PagedQuery per filter shape (see ``functools.cache`` at their callers)
+    and pass filter values as bind parameters.
+    """
+
+    def __init__(self, stmt: Select[Any], table: Any) -> None:
+        created, ident = table.c.created_at, table.c.id
+        self.count = select(func.count()).select_from(stmt.subquery())
+        ordered = stmt.order_by(created, ident)
+        self.first = ordered.limit(bindparam("page_limit", type_=Integer))
+        self.after = ordered.where(or_(
+            created > bindparam("after_at", type_=created.type),
+            and_(created == bindparam("after_at", type_=created.type),
+                 ident > bindparam("after_id", type_=ident.type)),
+        )).limit(bindparam("page_limit", type_=Integer))
+
+    def run(self, conn: Session | Connection, params: dict[str, Any], requested_size: int,
+            token: str) -> tuple[Sequence[Any], str, int]:
+        """(rows, next_page_token, total_count); rows are Core rows."""
+        size = page_size(requested_size)
+        total = int(conn.execute(self.count, params).scalar() or 0)
+        values = {**params, "page_limit": size + 1}
+        if token:
+            when, ident = _decode(token)
+            items: Sequence[Any] = conn.execute(
+                self.after, {**values, "after_at": when, "after_id": ident}).all()
+        else:
+            items = conn.execute(self.first, values).all()
+        next_token = ""
+        if len(items) > size:
+            items = items[:size]
+            last = items[-1]
+            next_token = _encode(last.created_at, str(last.id))
+        return items, next_token, total

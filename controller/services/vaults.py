@@ -9,11 +9,12 @@ changes need an available vault (6112).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
@@ -25,7 +26,7 @@ from controller.persistence.models import (
     VaultPolicy,
     VaultResource,
 )
-from controller.services import tasks, validation
+from controller.services import paging, tasks, validation
 
 OBJECT_TYPES = ("server", "disk", "turbo")
 PROTECT_TYPES = ("backup", "replication")
@@ -135,23 +136,37 @@ class VaultFilter:
     resource_id: str = ""
 
 
-def vault_query(project_id: str, f: VaultFilter) -> Select[Any]:
-    stmt = select(Vault).where(Vault.project_id == project_id)
-    if f.name:
-        stmt = stmt.where(Vault.name == f.name)
-    if f.object_type:
-        stmt = stmt.where(Vault.object_type == f.object_type)
-    if f.protect_type:
-        stmt = stmt.where(Vault.protect_type == f.protect_type)
-    if f.status:
-        stmt = stmt.where(Vault.status == f.status)
-    if f.policy_id:
-        stmt = stmt.where(Vault.id.in_(
-            select(VaultPolicy.vault_id).where(VaultPolicy.policy_id == f.policy_id)))
-    if f.resource_id:
-        stmt = stmt.where(Vault.id.in_(
-            select(VaultResource.vault_id).where(VaultResource.protectable_id == f.resource_id)))
-    return stmt
+@functools.cache
+def _vault_list(name: bool, object_type: bool, protect_type: bool, status: bool,
+                policy: bool, resource: bool) -> paging.PagedQuery:
+    """The list query of one filter shape; values come as bind parameters."""
+    v = cast(Table, Vault.__table__)
+    stmt = select(*v.c).where(v.c.project_id == bindparam("project_id"))
+    for used, column in ((name, "name"), (object_type, "object_type"),
+                         (protect_type, "protect_type"), (status, "status")):
+        if used:
+            stmt = stmt.where(v.c[column] == bindparam(column))
+    if policy:
+        bound = cast(Table, VaultPolicy.__table__)
+        stmt = stmt.where(v.c.id.in_(select(bound.c.vault_id).where(
+            bound.c.policy_id == bindparam("policy_id"))))
+    if resource:
+        held = cast(Table, VaultResource.__table__)
+        stmt = stmt.where(v.c.id.in_(select(held.c.vault_id).where(
+            held.c.protectable_id == bindparam("resource_id"))))
+    return paging.PagedQuery(stmt, v)
+
+
+def list_vaults(conn: Session | Connection, project_id: str, f: VaultFilter, page_size: int,
+                page_token: str) -> tuple[list[VaultView], str, int]:
+    """A page of the account's vaults matching f: (views, next_page_token, total)."""
+    query = _vault_list(bool(f.name), bool(f.object_type), bool(f.protect_type),
+                        bool(f.status), bool(f.policy_id), bool(f.resource_id))
+    params = {"project_id": project_id, "name": f.name, "object_type": f.object_type,
+              "protect_type": f.protect_type, "status": f.status, "policy_id": f.policy_id,
+              "resource_id": f.resource_id}
+    rows, token, total = query.run(conn, params, page_size, page_token)
+    return vault_views(conn, rows), token, total
 
 
 UPDATABLE = frozenset({"name", "description", "size_gb", "auto_expand", "threshold", "tags",
