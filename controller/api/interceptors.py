@@ -155,27 +155,36 @@ def _digesting(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 class NonceCache:
     """Nonces seen inside the signature window; a second use is a replay.
 
-    Kept in memory: after a controller restart a signature captured before it
-    could be replayed once inside its 15-minute window. Entries expire with
-    the window, so memory is bounded by the call rate.
+    A nonce is kept until its signature's timestamp has left the window, so
+    a replay is refused for as long as the signature could be accepted.
+    Entries are dropped from the oldest end as they expire (a dict keeps
+    insertion order), a little work per call instead of a periodic sweep that
+    would pause every call; memory is bounded by the call rate times the
+    window. Kept in memory: after a controller restart a signature captured
+    before it could be replayed once inside its window.
     """
 
     def __init__(self, window: float) -> None:
         self._window = window
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        self._next_purge = 0.0
 
-    def first_use(self, access_key: str, nonce: str, now: float) -> bool:
+    def first_use(self, access_key: str, nonce: str, signed_at: float, now: float) -> bool:
         with self._lock:
-            if now >= self._next_purge:
-                self._seen = {k: t for k, t in self._seen.items() if t > now}
-                self._next_purge = now + 30
+            seen = self._seen
+            while seen:
+                oldest = next(iter(seen))
+                if seen[oldest] > now:
+                    break  # entries behind a later one wait: kept longer, never shorter
+                del seen[oldest]
             key = (access_key, nonce)
-            if key in self._seen:
+            if key in seen:
                 return False
-            self._seen[key] = now + 2 * self._window
+            seen[key] = max(signed_at, now) + self._window + 1
             return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -238,7 +247,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise errors.Unauthenticated(
                 "The signature does not match: unknown or inactive access key, wrong secret "
                 "key, or a request changed after signing.")
-        if not self._nonces.first_use(headers.access_key, headers.nonce, now):
+        if not self._nonces.first_use(headers.access_key, headers.nonce, ts, now):
             raise errors.Unauthenticated(
                 "This signature was already used (replay refused). Sign each call anew.")
         return key.caller

@@ -145,3 +145,14 @@ def test_the_generated_stub_without_signing_is_refused(sqlite_api: RunningContro
     with grpc.insecure_channel(sqlite_api.endpoint) as ch, pytest.raises(grpc.RpcError) as exc:
         vault_pb2_grpc.VaultServiceStub(ch).ListVaults(vault_pb2.ListVaultsRequest())
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_nonces_are_remembered_exactly_as_long_as_their_signature_is_valid() -> None:
+    from controller.api.interceptors import NonceCache
+
+    cache = NonceCache(window=900)
+    assert cache.first_use("AK", "n1", signed_at=1000, now=1000)
+    assert not cache.first_use("AK", "n1", signed_at=1000, now=1899)
+    assert cache.first_use("AK", "n2", signed_at=1902, now=1902)
+    assert len(cache) == 1  # n1's signature left the window at 1900: forgotten
+    assert not cache.first_use("AK", "n2", signed_at=1902, now=2801)
