@@ -438,11 +438,6 @@ def auto_bind_new(session: Session, project_id: str, protectable_ids: list[str],
     return bound
 
 
-def vault_of_protectable(session: Session, protectable_id: str) -> str:
-    return session.scalar(select(VaultResource.vault_id).where(
-        VaultResource.protectable_id == protectable_id)) or ""
-
-
 # -- read models ----------------------------------------------------------------
 
 
