@@ -395,6 +395,23 @@ def online_agents(client: Client) -> int:
             return count
 
 
+def wait_inventories(client: Client, want: int, timeout: float) -> float:
+    """Polls until the agents' first reports are all recorded; seconds waited.
+
+    An agent shows online as soon as its stream opens, but its first
+    inventory is a write the controller has yet to do: measuring before they
+    are all in would measure start-up, not agents heartbeating.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        reply = client.protectables.ListProtectables(
+            protectable_pb2.ListProtectablesRequest(page_size=1))
+        if reply.total_count >= want:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
 def wait_online(client: Client, want: int, timeout: float) -> tuple[int, float]:
     """Polls until ``want`` agents are online; (how many were, seconds waited)."""
     started = time.monotonic()
@@ -479,6 +496,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if online_before < args.agents:
             raise RuntimeError(f"only {online_before} of {args.agents} agents came online "
                                f"within {waited:.0f} s")
+        wait_inventories(client, args.agents, patience)
         if args.settle > 0:
             time.sleep(args.settle)
 
