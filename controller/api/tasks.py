@@ -46,7 +46,7 @@ class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
         while context.is_active():
             with self.app.db.read() as conn:
                 current = convert.task(tasks.task_row(conn, project_id, request.task_id))
-                status = tasks.enum_status(current.status)
+                status = convert.enum_name(task_pb2.TaskStatus, current.status)
             if current != last:
                 yield task_pb2.WatchTaskResponse(task=current)
                 last = current

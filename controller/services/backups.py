@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.persistence.models import Backup, Checkpoint, ReplicationRecord, Task
-from controller.services import vaults
+from controller.services import validation, vaults
 
 DATA_PATH_PENDING = ("Backup data is moved by the data path, which this version of the "
                      "controller does not have yet.")
@@ -68,8 +68,6 @@ def backup_query(project_id: str, *, vault_id: str = "", resource_id: str = "",
 
 def update_backup(session: Session, project_id: str, backup_id: str, name: str,
                   description: str, now: dt.datetime) -> Backup:
-    from controller.services import validation
-
     backup = get_backup(session, project_id, backup_id)
     if not name and not description:
         raise errors.InvalidParameter("Give a new name or description.", field="name")

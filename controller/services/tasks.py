@@ -173,10 +173,3 @@ def task_query(project_id: str, f: TaskFilter) -> Select[Any]:
 
 def count(session: Session, stmt: Select[Any]) -> int:
     return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
-
-
-def enum_status(number: int) -> str:
-    """The status name of a wire TaskStatus number."""
-    from cbr.v1 import task_pb2
-
-    return task_pb2.TaskStatus.Name(number).removeprefix("TASK_STATUS_").lower()
