@@ -22,13 +22,13 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cbr import errors, limits
+from cbr import errors
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 from controller.agents import convert, pki, service
 from controller.api.caller import current_caller
 from controller.api.interceptors import status_of
 from controller.app import App
-from controller.services import tasks
+from controller.services import paging, tasks
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -51,9 +51,7 @@ def _live(app: App) -> Callable[[str], service.LiveState | None] | None:
 
 
 def _page(page_size: int, page_token: str) -> tuple[int, int]:
-    if page_size < 0:
-        raise errors.InvalidParameter("page_size must not be negative.")
-    size = min(page_size or limits.PAGE_SIZE_DEFAULT, limits.PAGE_SIZE_MAX)
+    size = paging.page_size(page_size)
     try:
         offset = int(page_token) if page_token else 0
     except ValueError:

@@ -46,28 +46,12 @@ def paginate(session: Session | Connection, stmt: Select[Any], model: Any, reque
              token: str, *, rows: bool = False) -> tuple[Sequence[Any], str, int]:
     """(items, next_page_token, total_count) of stmt ordered by created_at, id.
 
-    With rows=True the items are Core rows (for read paths that skip the ORM's
-    per-object cost), else the statement's single entity.
+    For statements built per request; hot lists keep a PagedQuery per filter
+    shape instead. With rows=True the items are Core rows (for read paths
+    that skip the ORM's per-object cost), else the statement's single entity.
     """
-    size = page_size(requested_size)
-    total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
-    ordered = stmt.order_by(model.created_at, model.id)
-    if token:
-        when, ident = _decode(token)
-        ordered = ordered.where(or_(model.created_at > when,
-                                    and_(model.created_at == when, model.id > ident)))
-    limited = ordered.limit(size + 1)
-    if rows:
-        items: Sequence[Any] = session.execute(limited).all()
-    else:
-        assert isinstance(session, Session), "entities need an ORM session"
-        items = session.scalars(limited).all()
-    next_token = ""
-    if len(items) > size:
-        items = items[:size]
-        last = items[-1]
-        next_token = _encode(last.created_at, str(last.id))
-    return items, next_token, total
+    return PagedQuery(stmt, model.__table__).run(session, {}, requested_size, token,
+                                                 entities=not rows)
 
 
 class PagedQuery:
@@ -92,17 +76,22 @@ class PagedQuery:
         )).limit(bindparam("page_limit", type_=Integer))
 
     def run(self, conn: Session | Connection, params: dict[str, Any], requested_size: int,
-            token: str) -> tuple[Sequence[Any], str, int]:
-        """(rows, next_page_token, total_count); rows are Core rows."""
+            token: str, *, entities: bool = False) -> tuple[Sequence[Any], str, int]:
+        """(items, next_page_token, total_count); items are Core rows, or the
+        statement's ORM entities with entities=True (needs a Session)."""
         size = page_size(requested_size)
         total = int(conn.execute(self.count, params).scalar() or 0)
         values = {**params, "page_limit": size + 1}
+        stmt = self.first
         if token:
             when, ident = _decode(token)
-            items: Sequence[Any] = conn.execute(
-                self.after, {**values, "after_at": when, "after_id": ident}).all()
+            stmt = self.after
+            values.update(after_at=when, after_id=ident)
+        if entities:
+            assert isinstance(conn, Session), "entities need an ORM session"
+            items: Sequence[Any] = conn.scalars(stmt, values).all()
         else:
-            items = conn.execute(self.first, values).all()
+            items = conn.execute(stmt, values).all()
         next_token = ""
         if len(items) > size:
             items = items[:size]
