@@ -39,6 +39,10 @@ class ServerSpec:
     name: str
     disks: tuple[DiskSpec, ...]
     tags: dict[str, str] = field(default_factory=dict)
+    # argv run before the disks are snapshotted (freeze) and after (thaw).
+    pre_snapshot: tuple[str, ...] = ()
+    post_snapshot: tuple[str, ...] = ()
+    hook_timeout: float = 60.0
 
     @property
     def local_id(self) -> str:
@@ -125,6 +129,14 @@ def _path(where: str, table: dict[str, Any]) -> str:
     return os.path.normpath(path)
 
 
+def _argv(where: str, table: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: {key} must be a command as a list of strings, e.g. "
+                          '["/usr/sbin/fsfreeze", "--freeze", "/data"]')
+    return tuple(value)
+
+
 def _tags(where: str, table: dict[str, Any]) -> dict[str, str]:
     tags = table.get("tags", {})
     if not isinstance(tags, dict):
@@ -182,8 +194,16 @@ def parse(data: dict[str, Any], *, source: str = "", base_dir: Path | None = Non
     servers: list[ServerSpec] = []
     for i, table in enumerate(_tables("servers", data.get("servers", []))):
         where = f"servers[{i}]"
-        _unknown(where, table, {"name", "disks", "tags"})
+        _unknown(where, table, {"name", "disks", "tags", "pre_snapshot", "post_snapshot",
+                                "hook_timeout"})
         sname = _name(where, table)
+        hooks = {key: _argv(f"server {sname!r}", table, key)
+                 for key in ("pre_snapshot", "post_snapshot")}
+        hook_timeout = table.get("hook_timeout", 60.0)
+        if (not isinstance(hook_timeout, int | float) or isinstance(hook_timeout, bool)
+                or hook_timeout <= 0):
+            raise ConfigError(f"server {sname!r}: hook_timeout must be a positive number of "
+                              "seconds")
         where = f"server {sname!r}"
         disks: list[DiskSpec] = []
         for j, dt in enumerate(_tables(f"{where}: disks", table.get("disks", []))):
@@ -200,7 +220,9 @@ def parse(data: dict[str, Any], *, source: str = "", base_dir: Path | None = Non
             raise ConfigError(f"{where}: exactly one disk must have system = true; found "
                               f"{n_system}")
         _unique(f"{where}: disks", [d.name for d in disks])
-        servers.append(ServerSpec(sname, tuple(disks), _tags(where, table)))
+        servers.append(ServerSpec(sname, tuple(disks), _tags(where, table),
+                                  hooks["pre_snapshot"], hooks["post_snapshot"],
+                                  float(hook_timeout)))
 
     single: list[SingleDiskSpec] = []
     for i, table in enumerate(_tables("disks", data.get("disks", []))):

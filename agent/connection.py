@@ -160,11 +160,11 @@ class Connection:
         return len(scanned.protectables)
 
     def _context(self, task_id: str) -> CommandContext:
-        def progress(percent: int, message: str) -> None:
+        def progress(percent: int, message: str, counters: dict[str, int] | None = None) -> None:
             self.send(agent_pb2.ConnectRequest(progress=agent_pb2.CommandProgress(
-                task_id=task_id, progress=percent, message=message)))
+                task_id=task_id, progress=percent, message=message, counters=counters or {})))
 
-        return CommandContext(self._config, self._report_inventory, progress)
+        return CommandContext(self._config, self._report_inventory, progress, task_id)
 
     # -- life ------------------------------------------------------------------
 
@@ -224,6 +224,7 @@ class Connection:
         hello = agent_pb2.ConnectRequest(hello=agent_pb2.Hello(
             agent_id=identity.agent_id, version=__version__, hostname=socket.gethostname(),
             finished_task_ids=[e.task_id for e in recent],
+            running_task_ids=self._journal.running(),
         ))
         return [hello, *(result_message(e) for e in recent)]
 

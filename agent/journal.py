@@ -67,6 +67,11 @@ class Journal:
             self._running.add(task_id)
             return True
 
+    def running(self) -> list[str]:
+        """Task ids running now in this process."""
+        with self._lock:
+            return sorted(self._running)
+
     def abandon(self, task_id: str) -> None:
         with self._lock:
             self._running.discard(task_id)

@@ -64,6 +64,27 @@ class ReplicationNotAllowedForType(CbrError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class RestoreTargetTooSmall(CbrError):
+    """The restore target is smaller than the backup."""
+
+    code = "BackupService.2001"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceBeingBackedUp(CbrError):
+    """The resource is being backed up or restored; try again when that task ends."""
+
+    code = "BackupService.2002"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class BackupStatusIllegal(CbrError):
+    """The backup status does not allow this operation."""
+
+    code = "BackupService.2003"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceTypeMismatch(CbrError):
     """Resource not match vault resource type."""
 
@@ -170,6 +191,20 @@ class AgentUnavailable(CbrError):
 
     code = "BackupService.0503"
     status = grpc.StatusCode.UNAVAILABLE
+
+
+class StorageUnavailable(CbrError):
+    """The vault storage cannot be reached or written."""
+
+    code = "BackupService.0504"
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class DataIntegrityError(CbrError):
+    """Vault data is damaged or missing."""
+
+    code = "BackupService.0505"
+    status = grpc.StatusCode.DATA_LOSS
 
 
 class InternalError(CbrError):

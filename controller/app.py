@@ -14,6 +14,7 @@ from cbr.clock import Clock
 from controller.config import Config
 from controller.keyring import Keyring
 from controller.persistence.db import Database
+from controller.storage import VaultStorage
 
 
 @dataclass
@@ -26,7 +27,13 @@ class App:
     agent_endpoint: str = ""
     # The agent hub (controller.agents.hub.AgentHub), set by the wiring.
     hub: Any = None
+    # Vault maintenance (controller.maintenance.Maintenance), set by build_app.
+    maintenance: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    storage: VaultStorage = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage = VaultStorage(self.config)
 
     @property
     def data_dir(self) -> Path:

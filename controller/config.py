@@ -63,6 +63,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("agent_offline_after", 15.0, "Seconds without a heartbeat after which an agent "
             "shows as offline.", float),
     Setting("log_level", "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    Setting("storage_url", "", "Where new vaults keep their data; each vault gets the "
+            "vault id appended: /abs/dir, file:///abs/dir or s3://bucket/prefix?endpoint=URL. "
+            "Agents must reach it too. Default: the storage dir inside the data dir."),
+    Setting("storage_access_key", "", "S3 access key for storage_url (given to agents with "
+            "each command, never stored in the database)."),
+    Setting("storage_secret_key", "", "S3 secret key for storage_url. Prefer the environment "
+            "variable to a flag, which other users can see."),
 )
 
 
@@ -79,11 +86,18 @@ class Config:
     heartbeat_interval: float
     agent_offline_after: float
     log_level: str
+    storage_url: str = ""
+    storage_access_key: str = ""
+    storage_secret_key: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'controller.db'}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "storage").resolve())
 
     @property
     def all_regions(self) -> tuple[tuple[str, bool], ...]:

@@ -55,7 +55,11 @@ def build_app(cfg: config_mod.Config) -> App:
     db = Database(cfg.effective_database_url)
     migrate.upgrade(db.engine)
     keyring = Keyring.load_or_create(cfg.data_dir / "master.key")
-    return App(config=cfg, db=db, clock=SystemClock(), keyring=keyring)
+    app = App(config=cfg, db=db, clock=SystemClock(), keyring=keyring)
+    from controller.maintenance import Maintenance
+
+    app.maintenance = Maintenance(app)
+    return app
 
 
 def run(cfg: config_mod.Config, stop: threading.Event) -> None:
@@ -68,6 +72,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     api_endpoint = _advertised(cfg.listen, api_port)
     iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now())
     public.start()
+    app.maintenance.start()
     # Everything built so far lives as long as the process; keep it out of the
     # collector's way, so a full collection does not pause every call.
     gc.freeze()
@@ -83,6 +88,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     agent_endpoint.stop()
     if app.hub is not None:
         app.hub.stop()
+    app.maintenance.stop()
     app.db.dispose()
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
 

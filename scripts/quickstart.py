@@ -3,13 +3,17 @@
 Starts two clouds on loopback (a source with a host agent protecting sample
 servers, a disk and a file tree; a target with an importer agent), then
 drives them with the `cbr` CLI exactly as a user would: enroll agents, list
-protectables, create a vault of each type, associate the resources, list
-them. Every process it starts is stopped when it ends, however it ends.
+protectables, create a vault of each type with its resources, back
+everything up, change some data, back up again (incremental), restore every
+backup to a new place and compare it byte for byte with the source, verify
+the vaults. Every process it starts is stopped when it ends, however it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import hashlib
 import json
 import os
 import shlex
@@ -142,6 +146,91 @@ def enroll_and_run(profile: str, work: Path, name: str, config: Path) -> None:
     start(name, [str(BIN / "cbr-agent"), "--config", str(config), "run"], work / "logs")
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
+        return False
+    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def backup_all(vault_ids: dict[str, str], label: str) -> dict[str, dict[str, object]]:
+    """Backs up every vault, waits, and returns the backups by resource name."""
+    out: dict[str, dict[str, object]] = {}
+    for vid in vault_ids.values():
+        t0 = time.time()
+        cbr("source", "backup", "create", "--vault", vid, "--wait")
+        took = time.time() - t0
+        listed = cbr_json("source", "backup", "list", "--vault", vid, quiet=True)
+        assert isinstance(listed, list)
+        newest: dict[str, dict[str, object]] = {}
+        for b in listed:
+            name = str(b["resourceName"])
+            if name not in newest or str(b["createdAt"]) > str(newest[name]["createdAt"]):
+                newest[name] = b
+        for name, b in newest.items():
+            children: list[dict[str, object]] = b.get("children", [])  # type: ignore[assignment]
+            stored = int(str(b.get("storedBytes", 0))) + sum(
+                int(str(c.get("storedBytes", 0))) for c in children)
+            print(f"{label} backup of {name}: {stored / 2**20:.1f} MiB stored, "
+                  f"incremental={bool(b.get('incremental'))}, {took:.1f} s for the vault",
+                  flush=True)
+            out[name] = b
+    return out
+
+
+def data_path(work: Path, images: Path, vault_ids: dict[str, str]) -> None:
+    say("back up every server, disk and file system")
+    first = backup_all(vault_ids, "full")
+
+    say("change some data: scattered disk writes, an edited and a new file")
+    with open(images / "web-1-data.img", "r+b") as fh:
+        for offset in (5 << 20, 700 << 20, 3 << 30):
+            fh.seek(offset)
+            fh.write(os.urandom(4096))
+    (work / "share" / "dir1" / "file3.txt").write_text("changed after the first backup\n")
+    (work / "share" / "new.txt").write_text("a new file\n")
+
+    say("back up again: only the changes are sent")
+    second = backup_all(vault_ids, "incremental")
+
+    say("restore every second backup to a new place and compare byte for byte")
+    out = work / "restored"
+    out.mkdir()
+    for name, b in second.items():
+        t0 = time.time()
+        target = out / name
+        cbr("source", "backup", "restore", str(b["id"]), "--to",
+            str(target if b["resourceType"] != "OBJECT_TYPE_DISK" else out / f"{name}.img"),
+            "--wait")
+        took = time.time() - t0
+        if b["resourceType"] == "OBJECT_TYPE_SERVER":
+            ok = all(sha256(target / f"{disk}.img") == sha256(images / f"{name}-{disk}.img")
+                     for disk in ("system", "data"))
+        elif b["resourceType"] == "OBJECT_TYPE_DISK":
+            ok = sha256(out / f"{name}.img") == sha256(images / f"{name}.img")
+        else:
+            ok = same_tree(target, work / "share")
+        print(f"restore of {name}: {'identical' if ok else 'DIFFERENT'} ({took:.1f} s)",
+              flush=True)
+        if not ok:
+            raise SystemExit(f"quickstart: the restore of {name} differs from the source")
+    old = first["share"]
+    cbr("source", "backup", "ls", str(old["id"]), "dir1")
+
+    say("verify every vault, reading all data")
+    for vid in vault_ids.values():
+        cbr("source", "vault", "verify", vid, "--read-data", "--wait")
+    cbr("source", "vault", "list")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work-dir", default=str(ROOT / ".quickstart"),
@@ -183,6 +272,7 @@ def main() -> int:
             by_type.setdefault(p["type"], []).append(p["id"])
 
         say("a vault of each type, with the resources associated")
+        vault_ids: dict[str, str] = {}
         for name, kind, type_key in (("servers", "server", "OBJECT_TYPE_SERVER"),
                                      ("disks", "disk", "OBJECT_TYPE_DISK"),
                                      ("files", "turbo", "OBJECT_TYPE_TURBO")):
@@ -190,11 +280,14 @@ def main() -> int:
                              "--size-gb", "100")
             assert isinstance(vault, dict)
             vid = vault.get("vault", vault)["id"]
+            vault_ids[kind] = vid
             cbr("source", "vault", "add-resources", vid, *by_type.get(type_key, []))
         cbr("source", "vault", "list")
         cbr("target", "vault", "create", "--name", "replicas", "--type", "server",
             "--protect-type", "replication", "--size-gb", "500")
         cbr("target", "vault", "list")
+
+        data_path(work, images, vault_ids)
         say(f"done in {time.time() - started:.1f} s; logs in {work / 'logs'}")
         return 0
     finally:

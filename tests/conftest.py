@@ -22,6 +22,7 @@ from tests.support.processes import (
     ControllerProcess,
     ManagedProcess,
 )
+from tests.support.seaweed import SeaweedServer
 
 _PROCESSES = pytest.StashKey[list[ManagedProcess]]()
 
@@ -93,3 +94,15 @@ def agent_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ag
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One real SeaweedFS (master, volume, filer, S3) for the whole session;
+    skipped locally and failed in CI when ``weed`` cannot run."""
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

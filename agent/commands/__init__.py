@@ -7,6 +7,7 @@ task id once is not the command's concern: ``agent.executor`` does that.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +30,26 @@ class CommandContext:
     config: AgentConfig
     # Rescans the host and sends the Inventory now; returns how many protectables.
     report_inventory: Callable[[], int]
-    # Sends CommandProgress(progress 0..100, message) for the running task.
-    progress: Callable[[int, str], None]
+    # Sends CommandProgress(progress 0..100, message, counters) for the running task.
+    progress: Callable[..., None]
+    task_id: str = ""
 
 
 CommandFunction = Callable[[CommandContext, Any], Outcome]
 
 
+def _lazy(module: str) -> CommandFunction:
+    """A command whose module (and the native data-path libraries it pulls
+    in) is imported when first run, not at agent start."""
+
+    def run(context: CommandContext, command: Any) -> Outcome:
+        function: CommandFunction = importlib.import_module(f"agent.commands.{module}").run
+        return function(context, command)
+
+    return run
+
+
 def registry() -> dict[str, CommandFunction]:
     from agent.commands import sync
 
-    return {"sync": sync.run}
+    return {"sync": sync.run, "backup": _lazy("backup"), "restore": _lazy("restore")}

@@ -67,6 +67,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("checkpoint_id", metavar="CHECKPOINT_ID")
 
     group = add_group(sub, "backup", "restore points of resources")
+    p = add_command(
+        group,
+        "create",
+        cmd_create,
+        "back up a vault's resources now (a checkpoint with one backup per resource)",
+        rpc="BackupService.CreateCheckpoint",
+    )
+    p.add_argument("--vault", required=True, dest="vault_id", metavar="VAULT_ID")
+    p.add_argument(
+        "--resource", nargs="+", action="extend", metavar="ID", help="only these (default all)"
+    )
+    p.add_argument("--name", help="backup name (default manualbk_xxxx)")
+    p.add_argument("--description")
+    p.add_argument("--full", action="store_true", help="force a full backup")
+    add_wait(p)
+
+    p = add_command(
+        group,
+        "ls",
+        cmd_ls,
+        "list files of a file-system backup",
+        rpc="BackupService.ListBackupFiles",
+    )
+    p.add_argument("backup_id", metavar="BACKUP_ID")
+    p.add_argument("path", nargs="?", default="", metavar="PATH")
     p = add_command(group, "list", cmd_list, "list backups", rpc="BackupService.ListBackups")
     p.add_argument("--vault", help="only backups in this vault id")
     p.add_argument("--resource", help="only backups of this resource id")
@@ -103,8 +128,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("backup_id", metavar="BACKUP_ID")
     p.add_argument("--target-resource", help="resource id to restore onto (default: the source)")
-    p.add_argument("--target-agent", help="restore to a new place on this agent id")
-    p.add_argument("--target-path", help="with --target-agent: the file or directory")
+    p.add_argument(
+        "--target-agent", help="agent id of the new place (default: the source's agent)"
+    )
+    p.add_argument(
+        "--to",
+        "--target-path",
+        dest="target_path",
+        metavar="PATH",
+        help="restore to a new place: a disk image file, a directory for a server's disk "
+        "images, or a directory for a file system",
+    )
+    p.add_argument("--path", dest="source_path", help="file systems: only this path of the backup")
     p.add_argument(
         "--mapping",
         type=key_value,
@@ -154,9 +189,9 @@ def build_update_request(args: argparse.Namespace) -> backup_pb2.UpdateBackupReq
 
 
 def build_restore_request(args: argparse.Namespace) -> backup_pb2.RestoreBackupRequest:
-    if args.target_path and not args.target_agent:
-        raise UsageError("--target-path needs --target-agent")
-    if args.target_agent and args.target_resource:
+    if args.target_agent and not (args.target_path or args.mapping):
+        raise UsageError("--target-agent needs --to or --mapping")
+    if (args.target_agent or args.target_path) and args.target_resource:
         raise UsageError("give --target-resource or --target-agent, not both")
     return backup_pb2.RestoreBackupRequest(
         backup_id=args.backup_id,
@@ -165,6 +200,7 @@ def build_restore_request(args: argparse.Namespace) -> backup_pb2.RestoreBackupR
         target_path=args.target_path or "",
         mappings=dict(args.mapping or ()),
         power_on=args.power_on,
+        source_path=args.source_path or "",
     )
 
 
@@ -182,6 +218,31 @@ def cmd_checkpoint_create(ctx: Context, args: argparse.Namespace) -> int:
 
 def _show_checkpoint(ctx: Context, cp: backup_pb2.Checkpoint) -> None:
     ctx.out.show(cp, subtables=[("skipped resources", cp.skipped_resources, SKIPPED_COLUMNS)])
+
+
+def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
+    return cmd_checkpoint_create(ctx, args)
+
+
+FILE_COLUMNS: list[Column] = [
+    ("TYPE", "type"),
+    ("MODE", lambda f: oct(f.mode)),
+    ("USER", lambda f: f.user or str(f.uid)),
+    ("GROUP", lambda f: f.group or str(f.gid)),
+    ("SIZE", "size"),
+    ("MTIME", "mtime"),
+    ("NAME", lambda f: f.name + (f" -> {f.target}" if f.target else "")
+     + (" (changed while read)" if f.changed else "")),
+]
+
+
+def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.backups.ListBackupFiles(
+        backup_pb2.ListBackupFilesRequest(backup_id=args.backup_id, path=args.path),
+        timeout=ctx.timeout,
+    )
+    ctx.out.items(list(resp.files), FILE_COLUMNS)
+    return 0
 
 
 def cmd_checkpoint_show(ctx: Context, args: argparse.Namespace) -> int:

@@ -103,6 +103,11 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def show_task(ctx: Context, task_id: str) -> None:
+    resp = ctx.client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id), timeout=ctx.timeout)
+    ctx.out.show(resp.task)
+
+
 def report_started(ctx: Context, response: Message, task_ids: list[str], what: str) -> int:
     """Prints the started task ids, then, with --wait, follows them. JSON with
     --wait is JSON Lines: the response first, then every task update."""

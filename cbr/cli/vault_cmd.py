@@ -85,6 +85,42 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--policy", help="backup policy id to associate")
     p.add_argument("--backup-name-prefix")
+    p.add_argument(
+        "--storage-url",
+        help="where the vault keeps its data (default: the controller's storage_url + vault id)",
+    )
+
+    p = add_command(
+        group,
+        "verify",
+        cmd_verify,
+        "check that every backup's chunks exist (and, with --read-data, are intact)",
+        rpc="VaultService.VerifyVault",
+    )
+    p.add_argument("vault_id", metavar="VAULT_ID")
+    p.add_argument("--read-data", action="store_true", help="read and check every chunk")
+    add_wait(p)
+
+    p = add_command(
+        group,
+        "prune",
+        cmd_prune,
+        "free the space of deleted backups now",
+        rpc="VaultService.PruneVault",
+    )
+    p.add_argument("vault_id", metavar="VAULT_ID")
+    add_wait(p)
+
+    p = add_command(
+        group,
+        "import-storage",
+        cmd_import_storage,
+        "rebuild a vault and its backups from its storage alone",
+        rpc="VaultService.ImportVaultStorage",
+    )
+    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.add_argument("--name", help="vault name here (default imported-<id>)")
+    p.add_argument("--size-gb", type=positive_int, help="capacity in GB (default 1024)")
 
     p = add_command(group, "list", cmd_list, "list vaults", rpc="VaultService.ListVaults")
     p.add_argument("--name", help="only vaults with this name")
@@ -213,6 +249,7 @@ def build_create_request(args: argparse.Namespace) -> vault_pb2.CreateVaultReque
         bind_rules=_tags(args.bind_rule),
         resources=[vault_pb2.ResourceSpec(id=r) for r in args.resource or ()],
         backup_policy_id=args.policy or "",
+        storage_url=args.storage_url or "",
     )
 
 
@@ -334,6 +371,41 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
         vault_pb2.DeleteVaultRequest(vault_id=args.vault_id), timeout=ctx.timeout
     )
     return task_cmd.report_started(ctx, resp, [resp.task_id], f"deleting vault {args.vault_id}")
+
+
+def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.vaults.VerifyVault(
+        vault_pb2.VerifyVaultRequest(vault_id=args.vault_id, read_data=args.read_data),
+        timeout=ctx.timeout,
+    )
+    code = task_cmd.report_started(ctx, resp, [resp.task_id], f"verifying vault {args.vault_id}")
+    if args.wait and not ctx.out.json:
+        task_cmd.show_task(ctx, resp.task_id)
+    return code
+
+
+def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.vaults.PruneVault(
+        vault_pb2.PruneVaultRequest(vault_id=args.vault_id), timeout=ctx.timeout
+    )
+    return task_cmd.report_started(ctx, resp, [resp.task_id], f"pruning vault {args.vault_id}")
+
+
+def cmd_import_storage(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.vaults.ImportVaultStorage(
+        vault_pb2.ImportVaultStorageRequest(
+            storage_url=args.storage_url, name=args.name or "", size_gb=args.size_gb or 0
+        ),
+        timeout=ctx.stream_timeout,
+    )
+    if ctx.out.json:
+        ctx.out.json_value(to_dict(resp))
+        return 0
+    ctx.out.message(f"imported {resp.imported_backups} backups")
+    for warning in resp.warnings:
+        ctx.out.note(f"warning: {warning}")
+    show_vault(ctx, resp.vault)
+    return 0
 
 
 def cmd_add_resources(ctx: Context, args: argparse.Namespace) -> int:

@@ -322,17 +322,30 @@ class Repository:
 
         The blob is durable and visible to others only after :meth:`flush`.
         """
+        return self.store_blob(blob_type, data, key_id=key_id, chunk_id=chunk_id)[0]
+
+    def store_blob(
+        self,
+        blob_type: BlobType,
+        data: bytes | bytearray | memoryview,
+        *,
+        key_id: bytes | None = None,
+        chunk_id: bytes | None = None,
+    ) -> tuple[bytes, int]:
+        """Like :meth:`save_blob`; also returns the stored bytes this call added
+        (0 when the vault already had the chunk), for progress and usage."""
         hasher = self.hasher(key_id)
         cid = chunk_id if chunk_id is not None else hasher.chunk_id(data)
         if self.has_blob(cid, hasher.key_id):
-            return cid
+            return cid, 0
         blob = encode_blob(
-            data, blob_type=blob_type, hasher=hasher, data_key=self._data_key,
-            level=self.config.compression_level, chunk_id=cid,
+            bytes(data) if not isinstance(data, bytes) else data, blob_type=blob_type,
+            hasher=hasher, data_key=self._data_key, level=self.config.compression_level,
+            chunk_id=cid,
         )
         with self._lock:
             if (hasher.key_id, cid) in self._pending or self.index.contains(hasher.key_id, cid):
-                return cid
+                return cid, 0
             writer = self._writers[blob_type]
             if not writer.fits(len(blob.stored)):
                 self._finish_pack(blob_type)
@@ -341,7 +354,7 @@ class Repository:
             self._pending[(hasher.key_id, cid)] = blob
             if writer.size >= writer.target_size:
                 self._finish_pack(blob_type)
-        return cid
+        return cid, len(blob.stored)
 
     def _finish_pack(self, blob_type: BlobType) -> None:
         writer = self._writers[blob_type]
@@ -402,6 +415,9 @@ class Repository:
             raw_length=location.raw_length, chunk_id=chunk_id, hasher=hasher,
             data_key=self._data_key, pack_id=location.pack_id,
         )
+
+    def close(self) -> None:
+        """Releases what the repository holds (nothing to flush: callers flush)."""
 
     # -- manifests ----------------------------------------------------------------------------
 

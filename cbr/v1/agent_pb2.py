@@ -27,19 +27,23 @@ from cbr.v1 import protectable_pb2 as cbr_dot_v1_dot_protectable__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/agent.proto\x12\x06\x63\x62r.v1\x1a\x13\x63\x62r/v1/common.proto\x1a\x18\x63\x62r/v1/protectable.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.cbr.v1.AgentRole\x12#\n\x06status\x18\x05 \x01(\x0e\x32\x13.cbr.v1.AgentStatus\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nproject_id\x18\x07 \x01(\t\x12\x1f\n\x17\x63\x65rtificate_fingerprint\x18\x08 \x01(\t\x12\x19\n\x11protectable_count\x18\t \x01(\x05\x12/\n\x0b\x65nrolled_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63onnected_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x1f\n\x04role\x18\x05 \x01(\x0e\x32\x11.cbr.v1.AgentRole\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x84\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\t\x12\x16\n\x0e\x61gent_endpoint\x18\x04 \x01(\t\x12\x13\n\x0bserver_name\x18\x05 \x01(\t\"H\n\x1c\x43reateEnrollmentTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"v\n\x1d\x43reateEnrollmentTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61gent_endpoint\x18\x03 \x01(\t\"#\n\x0fGetAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"0\n\x10GetAgentResponse\x12\x1c\n\x05\x61gent\x18\x01 \x01(\x0b\x32\r.cbr.v1.Agent\"\x80\x01\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.cbr.v1.AgentStatus\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.cbr.v1.AgentRole\"a\n\x12ListAgentsResponse\x12\x1d\n\x06\x61gents\x18\x01 \x03(\x0b\x32\r.cbr.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"&\n\x12\x44\x65leteAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse\"$\n\x10SyncAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"$\n\x11SyncAgentResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xcb\x01\n\x13ReportedProtectable\x12\x10\n\x08local_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x04type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12&\n\x05\x64isks\x18\x05 \x03(\x0b\x32\x17.cbr.v1.ProtectableDisk\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x19\n\x04tags\x18\x07 \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"W\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x19\n\x11\x66inished_task_ids\x18\x04 \x03(\t\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\tInventory\x12\x31\n\x0cprotectables\x18\x01 \x03(\x0b\x32\x1b.cbr.v1.ReportedProtectable\"E\n\x0f\x43ommandProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08progress\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xc8\x01\n\rCommandResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x38\n\nextra_info\x18\x05 \x03(\x0b\x32$.cbr.v1.CommandResult.ExtraInfoEntry\x1a\x30\n\x0e\x45xtraInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x01\n\x0e\x43onnectRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.cbr.v1.HelloH\x00\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x11.cbr.v1.HeartbeatH\x00\x12&\n\tinventory\x18\x03 \x01(\x0b\x32\x11.cbr.v1.InventoryH\x00\x12+\n\x08progress\x18\x04 \x01(\x0b\x32\x17.cbr.v1.CommandProgressH\x00\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x15.cbr.v1.CommandResultH\x00\x42\t\n\x07message\"(\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x05\"\r\n\x0bSyncCommand\"I\n\x07\x43ommand\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x04sync\x18\x02 \x01(\x0b\x32\x13.cbr.v1.SyncCommandH\x00\x42\x08\n\x06\x61\x63tion\"d\n\x0f\x43onnectResponse\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.cbr.v1.WelcomeH\x00\x12\"\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x0f.cbr.v1.CommandH\x00\x42\t\n\x07message*U\n\tAgentRole\x12\x1a\n\x16\x41GENT_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GENT_ROLE_HOST\x10\x01\x12\x17\n\x13\x41GENT_ROLE_IMPORTER\x10\x02*^\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ONLINE\x10\x01\x12\x18\n\x14\x41GENT_STATUS_OFFLINE\x10\x02\x32\xfb\x03\n\x0c\x41gentService\x12\x37\n\x06\x45nroll\x12\x15.cbr.v1.EnrollRequest\x1a\x16.cbr.v1.EnrollResponse\x12>\n\x07\x43onnect\x12\x16.cbr.v1.ConnectRequest\x1a\x17.cbr.v1.ConnectResponse(\x01\x30\x01\x12\x64\n\x15\x43reateEnrollmentToken\x12$.cbr.v1.CreateEnrollmentTokenRequest\x1a%.cbr.v1.CreateEnrollmentTokenResponse\x12=\n\x08GetAgent\x12\x17.cbr.v1.GetAgentRequest\x1a\x18.cbr.v1.GetAgentResponse\x12\x43\n\nListAgents\x12\x19.cbr.v1.ListAgentsRequest\x1a\x1a.cbr.v1.ListAgentsResponse\x12\x46\n\x0b\x44\x65leteAgent\x12\x1a.cbr.v1.DeleteAgentRequest\x1a\x1b.cbr.v1.DeleteAgentResponse\x12@\n\tSyncAgent\x12\x18.cbr.v1.SyncAgentRequest\x1a\x19.cbr.v1.SyncAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/agent.proto\x12\x06\x63\x62r.v1\x1a\x13\x63\x62r/v1/common.proto\x1a\x18\x63\x62r/v1/protectable.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.cbr.v1.AgentRole\x12#\n\x06status\x18\x05 \x01(\x0e\x32\x13.cbr.v1.AgentStatus\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nproject_id\x18\x07 \x01(\t\x12\x1f\n\x17\x63\x65rtificate_fingerprint\x18\x08 \x01(\t\x12\x19\n\x11protectable_count\x18\t \x01(\x05\x12/\n\x0b\x65nrolled_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63onnected_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x1f\n\x04role\x18\x05 \x01(\x0e\x32\x11.cbr.v1.AgentRole\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x84\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\t\x12\x16\n\x0e\x61gent_endpoint\x18\x04 \x01(\t\x12\x13\n\x0bserver_name\x18\x05 \x01(\t\"H\n\x1c\x43reateEnrollmentTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"v\n\x1d\x43reateEnrollmentTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61gent_endpoint\x18\x03 \x01(\t\"#\n\x0fGetAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"0\n\x10GetAgentResponse\x12\x1c\n\x05\x61gent\x18\x01 \x01(\x0b\x32\r.cbr.v1.Agent\"\x80\x01\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.cbr.v1.AgentStatus\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.cbr.v1.AgentRole\"a\n\x12ListAgentsResponse\x12\x1d\n\x06\x61gents\x18\x01 \x03(\x0b\x32\r.cbr.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"&\n\x12\x44\x65leteAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse\"$\n\x10SyncAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"$\n\x11SyncAgentResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xcb\x01\n\x13ReportedProtectable\x12\x10\n\x08local_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x04type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12&\n\x05\x64isks\x18\x05 \x03(\x0b\x32\x17.cbr.v1.ProtectableDisk\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x19\n\x04tags\x18\x07 \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"q\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x19\n\x11\x66inished_task_ids\x18\x04 \x03(\t\x12\x18\n\x10running_task_ids\x18\x05 \x03(\t\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\tInventory\x12\x31\n\x0cprotectables\x18\x01 \x03(\x0b\x32\x1b.cbr.v1.ReportedProtectable\"\xaf\x01\n\x0f\x43ommandProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08progress\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x37\n\x08\x63ounters\x18\x04 \x03(\x0b\x32%.cbr.v1.CommandProgress.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc8\x01\n\rCommandResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x38\n\nextra_info\x18\x05 \x03(\x0b\x32$.cbr.v1.CommandResult.ExtraInfoEntry\x1a\x30\n\x0e\x45xtraInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x01\n\x0e\x43onnectRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.cbr.v1.HelloH\x00\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x11.cbr.v1.HeartbeatH\x00\x12&\n\tinventory\x18\x03 \x01(\x0b\x32\x11.cbr.v1.InventoryH\x00\x12+\n\x08progress\x18\x04 \x01(\x0b\x32\x17.cbr.v1.CommandProgressH\x00\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x15.cbr.v1.CommandResultH\x00\x42\t\n\x07message\"(\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x05\"\r\n\x0bSyncCommand\"D\n\rStorageAccess\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x12\n\naccess_key\x18\x02 \x01(\t\x12\x12\n\nsecret_key\x18\x03 \x01(\t\"\x8b\x01\n\x0e\x44iskBackupSpec\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x15\n\rdisk_local_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bsystem_disk\x18\x04 \x01(\x08\x12\x18\n\x10parent_backup_id\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"\xac\x03\n\rBackupCommand\x12&\n\x07storage\x18\x01 \x01(\x0b\x32\x15.cbr.v1.StorageAccess\x12\x10\n\x08vault_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x03 \x01(\t\x12\x11\n\tbackup_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x13\n\x0bresource_id\x18\x07 \x01(\t\x12\x19\n\x11resource_local_id\x18\x08 \x01(\t\x12\x15\n\rresource_name\x18\t \x01(\t\x12)\n\rresource_type\x18\n \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x1b\n\x13resource_size_bytes\x18\x0b \x01(\x03\x12\x18\n\x10parent_backup_id\x18\x0c \x01(\t\x12%\n\x05\x64isks\x18\r \x03(\x0b\x32\x16.cbr.v1.DiskBackupSpec\x12\x14\n\x0c\x61uto_trigger\x18\x0e \x01(\x08\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x02\n\x0eRestoreCommand\x12&\n\x07storage\x18\x01 \x01(\x0b\x32\x15.cbr.v1.StorageAccess\x12\x11\n\tbackup_id\x18\x02 \x01(\t\x12)\n\rresource_type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x13\n\x0btarget_path\x18\x04 \x01(\t\x12\x13\n\x0bsource_path\x18\x05 \x01(\t\x12=\n\x0c\x64isk_targets\x18\x06 \x03(\x0b\x32\'.cbr.v1.RestoreCommand.DiskTargetsEntry\x1a\x32\n\x10\x44iskTargetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x07\x43ommand\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x04sync\x18\x02 \x01(\x0b\x32\x13.cbr.v1.SyncCommandH\x00\x12\'\n\x06\x62\x61\x63kup\x18\x03 \x01(\x0b\x32\x15.cbr.v1.BackupCommandH\x00\x12)\n\x07restore\x18\x04 \x01(\x0b\x32\x16.cbr.v1.RestoreCommandH\x00\x42\x08\n\x06\x61\x63tion\"d\n\x0f\x43onnectResponse\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.cbr.v1.WelcomeH\x00\x12\"\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x0f.cbr.v1.CommandH\x00\x42\t\n\x07message*U\n\tAgentRole\x12\x1a\n\x16\x41GENT_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GENT_ROLE_HOST\x10\x01\x12\x17\n\x13\x41GENT_ROLE_IMPORTER\x10\x02*^\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ONLINE\x10\x01\x12\x18\n\x14\x41GENT_STATUS_OFFLINE\x10\x02\x32\xfb\x03\n\x0c\x41gentService\x12\x37\n\x06\x45nroll\x12\x15.cbr.v1.EnrollRequest\x1a\x16.cbr.v1.EnrollResponse\x12>\n\x07\x43onnect\x12\x16.cbr.v1.ConnectRequest\x1a\x17.cbr.v1.ConnectResponse(\x01\x30\x01\x12\x64\n\x15\x43reateEnrollmentToken\x12$.cbr.v1.CreateEnrollmentTokenRequest\x1a%.cbr.v1.CreateEnrollmentTokenResponse\x12=\n\x08GetAgent\x12\x17.cbr.v1.GetAgentRequest\x1a\x18.cbr.v1.GetAgentResponse\x12\x43\n\nListAgents\x12\x19.cbr.v1.ListAgentsRequest\x1a\x1a.cbr.v1.ListAgentsResponse\x12\x46\n\x0b\x44\x65leteAgent\x12\x1a.cbr.v1.DeleteAgentRequest\x1a\x1b.cbr.v1.DeleteAgentResponse\x12@\n\tSyncAgent\x12\x18.cbr.v1.SyncAgentRequest\x1a\x19.cbr.v1.SyncAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_COMMANDPROGRESS_COUNTERSENTRY']._loaded_options = None
+  _globals['_COMMANDPROGRESS_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_COMMANDRESULT_EXTRAINFOENTRY']._loaded_options = None
   _globals['_COMMANDRESULT_EXTRAINFOENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTROLE']._serialized_start=2550
-  _globals['_AGENTROLE']._serialized_end=2635
-  _globals['_AGENTSTATUS']._serialized_start=2637
-  _globals['_AGENTSTATUS']._serialized_end=2731
+  _globals['_RESTORECOMMAND_DISKTARGETSENTRY']._loaded_options = None
+  _globals['_RESTORECOMMAND_DISKTARGETSENTRY']._serialized_options = b'8\001'
+  _globals['_AGENTROLE']._serialized_start=3689
+  _globals['_AGENTROLE']._serialized_end=3774
+  _globals['_AGENTSTATUS']._serialized_start=3776
+  _globals['_AGENTSTATUS']._serialized_end=3870
   _globals['_AGENT']._serialized_start=111
   _globals['_AGENT']._serialized_end=478
   _globals['_ENROLLREQUEST']._serialized_start=481
@@ -69,27 +73,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTEDPROTECTABLE']._serialized_start=1398
   _globals['_REPORTEDPROTECTABLE']._serialized_end=1601
   _globals['_HELLO']._serialized_start=1603
-  _globals['_HELLO']._serialized_end=1690
-  _globals['_HEARTBEAT']._serialized_start=1692
-  _globals['_HEARTBEAT']._serialized_end=1748
-  _globals['_INVENTORY']._serialized_start=1750
-  _globals['_INVENTORY']._serialized_end=1812
-  _globals['_COMMANDPROGRESS']._serialized_start=1814
-  _globals['_COMMANDPROGRESS']._serialized_end=1883
-  _globals['_COMMANDRESULT']._serialized_start=1886
-  _globals['_COMMANDRESULT']._serialized_end=2086
-  _globals['_COMMANDRESULT_EXTRAINFOENTRY']._serialized_start=2038
-  _globals['_COMMANDRESULT_EXTRAINFOENTRY']._serialized_end=2086
-  _globals['_CONNECTREQUEST']._serialized_start=2089
-  _globals['_CONNECTREQUEST']._serialized_end=2314
-  _globals['_WELCOME']._serialized_start=2316
-  _globals['_WELCOME']._serialized_end=2356
-  _globals['_SYNCCOMMAND']._serialized_start=2358
-  _globals['_SYNCCOMMAND']._serialized_end=2371
-  _globals['_COMMAND']._serialized_start=2373
-  _globals['_COMMAND']._serialized_end=2446
-  _globals['_CONNECTRESPONSE']._serialized_start=2448
-  _globals['_CONNECTRESPONSE']._serialized_end=2548
-  _globals['_AGENTSERVICE']._serialized_start=2734
-  _globals['_AGENTSERVICE']._serialized_end=3241
+  _globals['_HELLO']._serialized_end=1716
+  _globals['_HEARTBEAT']._serialized_start=1718
+  _globals['_HEARTBEAT']._serialized_end=1774
+  _globals['_INVENTORY']._serialized_start=1776
+  _globals['_INVENTORY']._serialized_end=1838
+  _globals['_COMMANDPROGRESS']._serialized_start=1841
+  _globals['_COMMANDPROGRESS']._serialized_end=2016
+  _globals['_COMMANDPROGRESS_COUNTERSENTRY']._serialized_start=1969
+  _globals['_COMMANDPROGRESS_COUNTERSENTRY']._serialized_end=2016
+  _globals['_COMMANDRESULT']._serialized_start=2019
+  _globals['_COMMANDRESULT']._serialized_end=2219
+  _globals['_COMMANDRESULT_EXTRAINFOENTRY']._serialized_start=2171
+  _globals['_COMMANDRESULT_EXTRAINFOENTRY']._serialized_end=2219
+  _globals['_CONNECTREQUEST']._serialized_start=2222
+  _globals['_CONNECTREQUEST']._serialized_end=2447
+  _globals['_WELCOME']._serialized_start=2449
+  _globals['_WELCOME']._serialized_end=2489
+  _globals['_SYNCCOMMAND']._serialized_start=2491
+  _globals['_SYNCCOMMAND']._serialized_end=2504
+  _globals['_STORAGEACCESS']._serialized_start=2506
+  _globals['_STORAGEACCESS']._serialized_end=2574
+  _globals['_DISKBACKUPSPEC']._serialized_start=2577
+  _globals['_DISKBACKUPSPEC']._serialized_end=2716
+  _globals['_BACKUPCOMMAND']._serialized_start=2719
+  _globals['_BACKUPCOMMAND']._serialized_end=3147
+  _globals['_RESTORECOMMAND']._serialized_start=3150
+  _globals['_RESTORECOMMAND']._serialized_end=3425
+  _globals['_RESTORECOMMAND_DISKTARGETSENTRY']._serialized_start=3375
+  _globals['_RESTORECOMMAND_DISKTARGETSENTRY']._serialized_end=3425
+  _globals['_COMMAND']._serialized_start=3428
+  _globals['_COMMAND']._serialized_end=3585
+  _globals['_CONNECTRESPONSE']._serialized_start=3587
+  _globals['_CONNECTRESPONSE']._serialized_end=3687
+  _globals['_AGENTSERVICE']._serialized_start=3873
+  _globals['_AGENTSERVICE']._serialized_end=4380
 # @@protoc_insertion_point(module_scope)

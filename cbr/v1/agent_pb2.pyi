@@ -183,16 +183,18 @@ class ReportedProtectable(_message.Message):
     def __init__(self, local_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., size_bytes: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_protectable_pb2.ProtectableDisk, _Mapping]]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "version", "hostname", "finished_task_ids")
+    __slots__ = ("agent_id", "version", "hostname", "finished_task_ids", "running_task_ids")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     version: str
     hostname: str
     finished_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., finished_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    running_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., finished_task_ids: _Optional[_Iterable[str]] = ..., running_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at",)
@@ -207,14 +209,23 @@ class Inventory(_message.Message):
     def __init__(self, protectables: _Optional[_Iterable[_Union[ReportedProtectable, _Mapping]]] = ...) -> None: ...
 
 class CommandProgress(_message.Message):
-    __slots__ = ("task_id", "progress", "message")
+    __slots__ = ("task_id", "progress", "message", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     progress: int
     message: str
-    def __init__(self, task_id: _Optional[str] = ..., progress: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, task_id: _Optional[str] = ..., progress: _Optional[int] = ..., message: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("task_id", "success", "error_code", "error_message", "extra_info")
@@ -261,13 +272,100 @@ class SyncCommand(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class StorageAccess(_message.Message):
+    __slots__ = ("url", "access_key", "secret_key")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_KEY_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    access_key: str
+    secret_key: str
+    def __init__(self, url: _Optional[str] = ..., access_key: _Optional[str] = ..., secret_key: _Optional[str] = ...) -> None: ...
+
+class DiskBackupSpec(_message.Message):
+    __slots__ = ("backup_id", "disk_local_id", "name", "system_disk", "parent_backup_id", "size_bytes")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    DISK_LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
+    PARENT_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    disk_local_id: str
+    name: str
+    system_disk: bool
+    parent_backup_id: str
+    size_bytes: int
+    def __init__(self, backup_id: _Optional[str] = ..., disk_local_id: _Optional[str] = ..., name: _Optional[str] = ..., system_disk: _Optional[bool] = ..., parent_backup_id: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class BackupCommand(_message.Message):
+    __slots__ = ("storage", "vault_id", "checkpoint_id", "backup_id", "name", "description", "resource_id", "resource_local_id", "resource_name", "resource_type", "resource_size_bytes", "parent_backup_id", "disks", "auto_trigger", "created_at")
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    storage: StorageAccess
+    vault_id: str
+    checkpoint_id: str
+    backup_id: str
+    name: str
+    description: str
+    resource_id: str
+    resource_local_id: str
+    resource_name: str
+    resource_type: _common_pb2.ObjectType
+    resource_size_bytes: int
+    parent_backup_id: str
+    disks: _containers.RepeatedCompositeFieldContainer[DiskBackupSpec]
+    auto_trigger: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., vault_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_local_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_size_bytes: _Optional[int] = ..., parent_backup_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[DiskBackupSpec, _Mapping]]] = ..., auto_trigger: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RestoreCommand(_message.Message):
+    __slots__ = ("storage", "backup_id", "resource_type", "target_path", "source_path", "disk_targets")
+    class DiskTargetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    DISK_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    storage: StorageAccess
+    backup_id: str
+    resource_type: _common_pb2.ObjectType
+    target_path: str
+    source_path: str
+    disk_targets: _containers.ScalarMap[str, str]
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., target_path: _Optional[str] = ..., source_path: _Optional[str] = ..., disk_targets: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("task_id", "sync")
+    __slots__ = ("task_id", "sync", "backup", "restore")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     sync: SyncCommand
-    def __init__(self, task_id: _Optional[str] = ..., sync: _Optional[_Union[SyncCommand, _Mapping]] = ...) -> None: ...
+    backup: BackupCommand
+    restore: RestoreCommand
+    def __init__(self, task_id: _Optional[str] = ..., sync: _Optional[_Union[SyncCommand, _Mapping]] = ..., backup: _Optional[_Union[BackupCommand, _Mapping]] = ..., restore: _Optional[_Union[RestoreCommand, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("welcome", "command")

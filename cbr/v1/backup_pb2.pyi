@@ -252,7 +252,7 @@ class DeleteBackupResponse(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class RestoreBackupRequest(_message.Message):
-    __slots__ = ("backup_id", "target_resource_id", "target_agent_id", "target_path", "mappings", "power_on")
+    __slots__ = ("backup_id", "target_resource_id", "target_agent_id", "target_path", "mappings", "power_on", "source_path")
     class MappingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -266,16 +266,58 @@ class RestoreBackupRequest(_message.Message):
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     POWER_ON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
     backup_id: str
     target_resource_id: str
     target_agent_id: str
     target_path: str
     mappings: _containers.ScalarMap[str, str]
     power_on: bool
-    def __init__(self, backup_id: _Optional[str] = ..., target_resource_id: _Optional[str] = ..., target_agent_id: _Optional[str] = ..., target_path: _Optional[str] = ..., mappings: _Optional[_Mapping[str, str]] = ..., power_on: _Optional[bool] = ...) -> None: ...
+    source_path: str
+    def __init__(self, backup_id: _Optional[str] = ..., target_resource_id: _Optional[str] = ..., target_agent_id: _Optional[str] = ..., target_path: _Optional[str] = ..., mappings: _Optional[_Mapping[str, str]] = ..., power_on: _Optional[bool] = ..., source_path: _Optional[str] = ...) -> None: ...
 
 class RestoreBackupResponse(_message.Message):
     __slots__ = ("task_id",)
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ListBackupFilesRequest(_message.Message):
+    __slots__ = ("backup_id", "path")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    path: str
+    def __init__(self, backup_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class BackupFile(_message.Message):
+    __slots__ = ("name", "type", "size", "mode", "uid", "gid", "user", "group", "mtime", "target", "changed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    user: str
+    group: str
+    mtime: _timestamp_pb2.Timestamp
+    target: str
+    changed: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., mtime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ListBackupFilesResponse(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[BackupFile]
+    def __init__(self, files: _Optional[_Iterable[_Union[BackupFile, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class BackupServiceStub:
                 request_serializer=cbr_dot_v1_dot_backup__pb2.RestoreBackupRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_backup__pb2.RestoreBackupResponse.FromString,
                 _registered_method=True)
+        self.ListBackupFiles = channel.unary_unary(
+                '/cbr.v1.BackupService/ListBackupFiles',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.FromString,
+                _registered_method=True)
 
 
 class BackupServiceServicer:
@@ -121,6 +126,13 @@ class BackupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBackupFiles(self, request, context):
+        """Lists a directory (or one entry) of a file-system backup.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackupServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +170,11 @@ def add_BackupServiceServicer_to_server(servicer, server):
                     servicer.RestoreBackup,
                     request_deserializer=cbr_dot_v1_dot_backup__pb2.RestoreBackupRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_backup__pb2.RestoreBackupResponse.SerializeToString,
+            ),
+            'ListBackupFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackupFiles,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +367,33 @@ class BackupService:
             '/cbr.v1.BackupService/RestoreBackup',
             cbr_dot_v1_dot_backup__pb2.RestoreBackupRequest.SerializeToString,
             cbr_dot_v1_dot_backup__pb2.RestoreBackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackupFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.BackupService/ListBackupFiles',
+            cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

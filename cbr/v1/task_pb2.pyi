@@ -21,6 +21,8 @@ class OperationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPERATION_TYPE_SYNC: _ClassVar[OperationType]
     OPERATION_TYPE_VAULT_DELETE: _ClassVar[OperationType]
     OPERATION_TYPE_REMOVE_RESOURCE: _ClassVar[OperationType]
+    OPERATION_TYPE_VERIFY: _ClassVar[OperationType]
+    OPERATION_TYPE_PRUNE: _ClassVar[OperationType]
 
 class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +42,8 @@ OPERATION_TYPE_DELETE: OperationType
 OPERATION_TYPE_SYNC: OperationType
 OPERATION_TYPE_VAULT_DELETE: OperationType
 OPERATION_TYPE_REMOVE_RESOURCE: OperationType
+OPERATION_TYPE_VERIFY: OperationType
+OPERATION_TYPE_PRUNE: OperationType
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_WAITING: TaskStatus
 TASK_STATUS_RUNNING: TaskStatus

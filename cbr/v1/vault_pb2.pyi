@@ -61,7 +61,7 @@ PROTECT_STATUS_RESTORING: ProtectStatus
 PROTECT_STATUS_REMOVING: ProtectStatus
 
 class Vault(_message.Message):
-    __slots__ = ("id", "name", "description", "object_type", "protect_type", "consistent_level", "status", "size_gb", "used_bytes", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "replication_policy_id", "destination_vault_id", "project_id", "region", "created_at", "updated_at")
+    __slots__ = ("id", "name", "description", "object_type", "protect_type", "consistent_level", "status", "size_gb", "used_bytes", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "replication_policy_id", "destination_vault_id", "project_id", "region", "created_at", "updated_at", "storage_url")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class Vault(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -108,7 +109,8 @@ class Vault(_message.Message):
     region: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    storage_url: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_url: _Optional[str] = ...) -> None: ...
 
 class VaultResource(_message.Message):
     __slots__ = ("id", "name", "type", "resource_type", "protect_status", "size_bytes", "backup_size_bytes", "backup_count", "exclude_volumes", "include_volumes")
@@ -135,7 +137,7 @@ class VaultResource(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_type: _Optional[str] = ..., protect_status: _Optional[_Union[ProtectStatus, str]] = ..., size_bytes: _Optional[int] = ..., backup_size_bytes: _Optional[int] = ..., backup_count: _Optional[int] = ..., exclude_volumes: _Optional[_Iterable[str]] = ..., include_volumes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateVaultRequest(_message.Message):
-    __slots__ = ("name", "description", "object_type", "protect_type", "consistent_level", "size_gb", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id")
+    __slots__ = ("name", "description", "object_type", "protect_type", "consistent_level", "size_gb", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "storage_url")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +152,7 @@ class CreateVaultRequest(_message.Message):
     BIND_RULES_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     BACKUP_POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     object_type: _common_pb2.ObjectType
@@ -164,7 +167,8 @@ class CreateVaultRequest(_message.Message):
     bind_rules: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tag]
     resources: _containers.RepeatedCompositeFieldContainer[ResourceSpec]
     backup_policy_id: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., size_gb: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[ResourceSpec, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ...) -> None: ...
+    storage_url: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., size_gb: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[ResourceSpec, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., storage_url: _Optional[str] = ...) -> None: ...
 
 class ResourceSpec(_message.Message):
     __slots__ = ("id", "exclude_volumes", "include_volumes")
@@ -313,3 +317,49 @@ class DissociateVaultPolicyResponse(_message.Message):
     VAULT_FIELD_NUMBER: _ClassVar[int]
     vault: Vault
     def __init__(self, vault: _Optional[_Union[Vault, _Mapping]] = ...) -> None: ...
+
+class VerifyVaultRequest(_message.Message):
+    __slots__ = ("vault_id", "read_data")
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    vault_id: str
+    read_data: bool
+    def __init__(self, vault_id: _Optional[str] = ..., read_data: _Optional[bool] = ...) -> None: ...
+
+class VerifyVaultResponse(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ImportVaultStorageRequest(_message.Message):
+    __slots__ = ("storage_url", "name", "size_gb")
+    STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_GB_FIELD_NUMBER: _ClassVar[int]
+    storage_url: str
+    name: str
+    size_gb: int
+    def __init__(self, storage_url: _Optional[str] = ..., name: _Optional[str] = ..., size_gb: _Optional[int] = ...) -> None: ...
+
+class ImportVaultStorageResponse(_message.Message):
+    __slots__ = ("vault", "imported_backups", "warnings")
+    VAULT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_BACKUPS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    vault: Vault
+    imported_backups: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vault: _Optional[_Union[Vault, _Mapping]] = ..., imported_backups: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PruneVaultRequest(_message.Message):
+    __slots__ = ("vault_id",)
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    vault_id: str
+    def __init__(self, vault_id: _Optional[str] = ...) -> None: ...
+
+class PruneVaultResponse(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...

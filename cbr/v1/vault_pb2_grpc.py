@@ -80,6 +80,21 @@ class VaultServiceStub:
                 request_serializer=cbr_dot_v1_dot_vault__pb2.DissociateVaultPolicyRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_vault__pb2.DissociateVaultPolicyResponse.FromString,
                 _registered_method=True)
+        self.VerifyVault = channel.unary_unary(
+                '/cbr.v1.VaultService/VerifyVault',
+                request_serializer=cbr_dot_v1_dot_vault__pb2.VerifyVaultRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_vault__pb2.VerifyVaultResponse.FromString,
+                _registered_method=True)
+        self.ImportVaultStorage = channel.unary_unary(
+                '/cbr.v1.VaultService/ImportVaultStorage',
+                request_serializer=cbr_dot_v1_dot_vault__pb2.ImportVaultStorageRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_vault__pb2.ImportVaultStorageResponse.FromString,
+                _registered_method=True)
+        self.PruneVault = channel.unary_unary(
+                '/cbr.v1.VaultService/PruneVault',
+                request_serializer=cbr_dot_v1_dot_vault__pb2.PruneVaultRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_vault__pb2.PruneVaultResponse.FromString,
+                _registered_method=True)
 
 
 class VaultServiceServicer:
@@ -143,6 +158,29 @@ class VaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyVault(self, request, context):
+        """Checks that every backup's chunks exist (and, with read_data, decode and
+        match); runs as a verify task whose extra_info names each damaged backup.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportVaultStorage(self, request, context):
+        """Rebuilds a vault and its backup catalog from its storage alone (a lost
+        or fresh controller database).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneVault(self, request, context):
+        """Frees the space of deleted backups now (deletion also schedules it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +228,21 @@ def add_VaultServiceServicer_to_server(servicer, server):
                     servicer.DissociateVaultPolicy,
                     request_deserializer=cbr_dot_v1_dot_vault__pb2.DissociateVaultPolicyRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_vault__pb2.DissociateVaultPolicyResponse.SerializeToString,
+            ),
+            'VerifyVault': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyVault,
+                    request_deserializer=cbr_dot_v1_dot_vault__pb2.VerifyVaultRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_vault__pb2.VerifyVaultResponse.SerializeToString,
+            ),
+            'ImportVaultStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportVaultStorage,
+                    request_deserializer=cbr_dot_v1_dot_vault__pb2.ImportVaultStorageRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_vault__pb2.ImportVaultStorageResponse.SerializeToString,
+            ),
+            'PruneVault': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneVault,
+                    request_deserializer=cbr_dot_v1_dot_vault__pb2.PruneVaultRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_vault__pb2.PruneVaultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +489,87 @@ class VaultService:
             '/cbr.v1.VaultService/DissociateVaultPolicy',
             cbr_dot_v1_dot_vault__pb2.DissociateVaultPolicyRequest.SerializeToString,
             cbr_dot_v1_dot_vault__pb2.DissociateVaultPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyVault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.VaultService/VerifyVault',
+            cbr_dot_v1_dot_vault__pb2.VerifyVaultRequest.SerializeToString,
+            cbr_dot_v1_dot_vault__pb2.VerifyVaultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVaultStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.VaultService/ImportVaultStorage',
+            cbr_dot_v1_dot_vault__pb2.ImportVaultStorageRequest.SerializeToString,
+            cbr_dot_v1_dot_vault__pb2.ImportVaultStorageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneVault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.VaultService/PruneVault',
+            cbr_dot_v1_dot_vault__pb2.PruneVaultRequest.SerializeToString,
+            cbr_dot_v1_dot_vault__pb2.PruneVaultResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from cbr.v1 import agent_pb2
 from controller.agents import convert, service
 from controller.app import App
-from controller.persistence.models import Agent, Task, UtcDateTime
+from controller.persistence.models import Agent, Task, UtcDateTime, Vault
 from controller.services import tasks
 
 log = logging.getLogger("cbr.controller.agents.hub")
@@ -268,6 +268,14 @@ class AgentHub:
     # -- messages from agents --------------------------------------------------
 
     def _on_hello(self, stream: _Stream, hello: Any) -> None:
+        """Sends the agent its waiting commands, and fails the tasks it lost.
+
+        A task marked running that the agent reports neither running nor
+        finished died with an earlier agent process (killed, host rebooted):
+        it fails now, so its backup becomes ``error`` and never ``available``.
+        """
+        alive = set(hello.running_task_ids) | set(hello.finished_task_ids)
+        now = self._clock.now()
         with self._app.db.begin() as session:
             service.update_identity(session, stream.agent_id, hostname=hello.hostname,
                                     version=hello.version)
@@ -277,12 +285,37 @@ class AgentHub:
                        Task.status.in_(("waiting", "running")))
                 .order_by(Task.created_at)
             ).all()
-            commands = [self._command(t) for t in pending if t.command]
+            commands = []
+            for task in pending:
+                if task.status == "waiting" and task.command:
+                    commands.append(self._command(session, task))
+                    tasks.start_task(session, task.id, now)
+                elif task.status == "running" and task.id not in alive:
+                    self._finish(session, task.id, "failed", now,
+                                 "BackupService.0503",
+                                 "The agent restarted while this task ran; what it did is "
+                                 "not marked done. Run it again.", {})
+                    log.warning("agent %s lost task %s (%s); marked failed", stream.agent_id,
+                                task.id, task.operation_type)
+        sent = 0
         for command in commands:
             if command is not None:
                 stream.send(agent_pb2.ConnectResponse(command=command))
-        if commands:
-            log.info("agent %s: resent %d pending commands", stream.agent_id, len(commands))
+                sent += 1
+        if sent:
+            log.info("agent %s: sent %d waiting commands", stream.agent_id, sent)
+
+    def _finish(self, session: Session, task_id: str, status: str, now: dt.datetime,
+                code: str, message: str, extra: dict[str, Any],
+                result: Any = None) -> Task | None:
+        """Ends a task once and runs its operation's result handlers in the same
+        transaction."""
+        done = tasks.finish_task(session, task_id, status, now, error_code=code,
+                                 error_message=message, extra_info=extra)
+        if done is not None:
+            for handler in self._result_handlers.get(done.operation_type, []):
+                handler(session, done, result)
+        return done
 
     def _on_inventory(self, stream: _Stream, inventory: Any) -> None:
         reported = [convert.reported_from_pb(p) for p in inventory.protectables]
@@ -305,7 +338,8 @@ class AgentHub:
         with self._app.db.begin() as session:
             if self._own_task(session, stream, progress.task_id) is not None:
                 tasks.report_progress(session, progress.task_id, progress.progress,
-                                      self._clock.now(), progress.message)
+                                      self._clock.now(), progress.message,
+                                      counters=dict(progress.counters))
 
     def _on_result(self, stream: _Stream, result: Any) -> None:
         extra: dict[str, Any] = {
@@ -319,27 +353,30 @@ class AgentHub:
             task = self._own_task(session, stream, result.task_id)
             if task is None:
                 return
-            done = tasks.finish_task(
-                session, result.task_id, status, self._clock.now(),
-                error_code=result.error_code, error_message=result.error_message,
-                extra_info=extra,
-            )
+            done = self._finish(session, result.task_id, status, self._clock.now(),
+                                result.error_code, result.error_message, extra, result)
             if done is None:
                 return
-            for handler in self._result_handlers.get(done.operation_type, []):
-                handler(session, done, result)
         log.info("task %s of agent %s finished: %s", result.task_id, stream.agent_id, status)
 
     # -- commands to agents ----------------------------------------------------
 
-    def _command(self, task: Task) -> Any | None:
-        """The Command message of a task's stored command dict, e.g. {"sync": {}}."""
+    def _command(self, session: Session, task: Task) -> Any | None:
+        """The Command message of a task's stored command dict, e.g. {"sync": {}}.
+
+        Commands that touch vault storage get the storage's URL and
+        credentials added here, at send time, so the task row never holds them.
+        """
+        body = dict(task.command)
+        for action in ("backup", "restore"):
+            if action in body:
+                vault = session.get(Vault, task.vault_id)
+                url = vault.storage_url if vault is not None else ""
+                body[action] = {**body[action], "storage": self._app.storage.access(url)}
         try:
-            return json_format.ParseDict({"task_id": task.id, **task.command},
-                                         agent_pb2.Command())
+            return json_format.ParseDict({"task_id": task.id, **body}, agent_pb2.Command())
         except json_format.ParseError as exc:
-            log.error("task %s: its command %r is not a cbr.v1.Command: %s", task.id,
-                      task.command, exc)
+            log.error("task %s: its command is not a cbr.v1.Command: %s", task.id, exc)
             return None
 
     def dispatch(self, agent_id: str, task_id: str) -> bool:
@@ -355,7 +392,7 @@ class AgentHub:
             task = session.get(Task, task_id)
             if task is None or task.status in tasks.FINAL_STATUSES or not task.command:
                 return False
-            command = self._command(task)
+            command = self._command(session, task)
             if command is None:
                 tasks.finish_task(session, task_id, "failed", now, error_code="BackupService.0501",
                                   error_message="This controller cannot encode the task's "

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import grpc
+from sqlalchemy.orm import Session
 
 from cbr.v1 import agent_pb2_grpc
 from controller.agents.hub import AgentHub
@@ -23,6 +25,8 @@ from controller.agents.servicer import (
     certificate_authority,
 )
 from controller.app import App
+from controller.persistence.models import Task
+from controller.services import runs
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -101,6 +105,20 @@ class AgentEndpoint:
             self._thread.join(timeout=5)
 
 
+def register_result_handlers(hub: AgentHub, app: App) -> None:
+    """What the end of each kind of agent task changes in the catalog."""
+
+    def backup_done(session: Session, task: Task, _result: Any) -> None:
+        runs.finish_backup(session, task, task.status == "success", dict(task.extra_info),
+                           app.clock.now())
+
+    def restore_done(session: Session, task: Task, _result: Any) -> None:
+        runs.finish_restore(session, task, task.status == "success", app.clock.now())
+
+    hub.register_result_handler("backup", backup_done)
+    hub.register_result_handler("restore", restore_done)
+
+
 def start_agent_endpoint(app: App) -> tuple[AgentEndpoint, int]:
     """Starts the hub and the TLS agent endpoint on config.agent_listen; (endpoint, port).
 
@@ -108,6 +126,7 @@ def start_agent_endpoint(app: App) -> tuple[AgentEndpoint, int]:
     """
     if app.hub is None:
         app.hub = AgentHub(app)
+        register_result_handlers(app.hub, app)
         app.hub.start()
     endpoint = AgentEndpoint(app)
     port = endpoint.start()

@@ -1,4 +1,4 @@
-"""BackupService: the catalog, and backup runs once the data path exists."""
+"""BackupService: thin translation to controller.services.backups and runs."""
 
 from __future__ import annotations
 
@@ -8,17 +8,33 @@ from cbr import errors
 from cbr.v1 import backup_pb2, backup_pb2_grpc, common_pb2
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Backup
-from controller.services import backups, paging
+from controller.persistence.models import Backup, Vault
+from controller.services import backups, paging, runs
 
 
 class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
     def CreateCheckpoint(self, request: backup_pb2.CreateCheckpointRequest,
                          context: grpc.ServicerContext) -> backup_pb2.CreateCheckpointResponse:
         with self.app.db.begin() as s:
-            backups.check_checkpoint_request(s, self.project_id, request.vault_id,
-                                             list(request.resource_ids))
-        raise errors.NotImplementedYet(backups.DATA_PATH_PENDING)
+            cp, dispatches = runs.create_checkpoint(
+                s, self.project_id, request.vault_id, list(request.resource_ids),
+                name=request.name, description=request.description, full=request.full,
+                now=self.now(), online=self._online())
+            s.flush()
+            _, backup_ids, task_ids = backups.get_checkpoint(s, self.project_id, cp.id)
+            response = backup_pb2.CreateCheckpointResponse(
+                checkpoint=convert.checkpoint(cp, backup_ids, task_ids))
+        self._dispatch(dispatches)
+        return response
+
+    def _online(self) -> set[str]:
+        return self.app.hub.online_agent_ids() if self.app.hub is not None else set()
+
+    def _dispatch(self, dispatches: list[runs.Dispatch]) -> None:
+        if self.app.hub is None:
+            return
+        for d in dispatches:
+            self.app.hub.dispatch(d.agent_id, d.task_id)
 
     def GetCheckpoint(self, request: backup_pb2.GetCheckpointRequest,
                       context: grpc.ServicerContext) -> backup_pb2.GetCheckpointResponse:
@@ -63,11 +79,35 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
     def DeleteBackup(self, request: backup_pb2.DeleteBackupRequest,
                      context: grpc.ServicerContext) -> backup_pb2.DeleteBackupResponse:
         with self.app.db.begin() as s:
-            backups.get_backup(s, self.project_id, request.backup_id)
-        raise errors.NotImplementedYet(backups.DATA_PATH_PENDING)
+            task = runs.start_delete(s, self.project_id, request.backup_id, self.now())
+            task_id = task.id
+        self.app.maintenance.submit(task_id)
+        return backup_pb2.DeleteBackupResponse(task_id=task_id)
 
     def RestoreBackup(self, request: backup_pb2.RestoreBackupRequest,
                       context: grpc.ServicerContext) -> backup_pb2.RestoreBackupResponse:
+        req = runs.RestoreRequest(
+            backup_id=request.backup_id, target_resource_id=request.target_resource_id,
+            target_agent_id=request.target_agent_id, target_path=request.target_path,
+            mappings=dict(request.mappings), source_path=request.source_path)
         with self.app.db.begin() as s:
-            backups.get_backup(s, self.project_id, request.backup_id)
-        raise errors.NotImplementedYet(backups.DATA_PATH_PENDING)
+            dispatch = runs.create_restore(s, self.project_id, req, self.now(), self._online())
+        self._dispatch([dispatch])
+        return backup_pb2.RestoreBackupResponse(task_id=dispatch.task_id)
+
+    def ListBackupFiles(self, request: backup_pb2.ListBackupFilesRequest,
+                        context: grpc.ServicerContext) -> backup_pb2.ListBackupFilesResponse:
+        with self.app.db.begin() as s:
+            b = backups.get_backup(s, self.project_id, request.backup_id)
+            if b.resource_type != "turbo":
+                raise errors.InvalidParameter(
+                    f"Backup {b.id} is a {b.resource_type} backup; only file-system backups "
+                    "have files to list.", field="backup_id")
+            if b.status not in ("available", "restoring"):
+                raise errors.BackupStatusIllegal(f"Backup {b.id} is {b.status}.",
+                                                 backup_id=b.id)
+            vault = s.get(Vault, b.vault_id)
+            vault_url = vault.storage_url if vault is not None else ""
+            backup_id = b.id
+        files = self.app.maintenance.list_files(vault_url, backup_id, request.path)
+        return backup_pb2.ListBackupFilesResponse(files=files)

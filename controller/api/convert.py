@@ -130,7 +130,8 @@ def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
         backup_name_prefix=v.backup_name_prefix, tags=tags_to_pb(v.tags),
         auto_bind=v.auto_bind, bind_rules=tags_to_pb(v.bind_rules),
         resources=[vault_resource(r) for r in resources], project_id=v.project_id,
-        region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at))
+        region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at),
+        storage_url=v.storage_url)
     for binding in bindings:
         if binding.operation_type == "backup":
             out.backup_policy_id = binding.policy_id

@@ -20,7 +20,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
         with self.app.db.begin() as s:
             backups.get_backup(s, self.project_id, request.backup_id)
             credentials.get_credential(s, self.project_id, request.credential_id)
-        raise errors.NotImplementedYet(backups.DATA_PATH_PENDING)
+        raise errors.NotImplementedYet(backups.REPLICATION_PENDING)
 
     def ReplicateVault(self, request: replication_pb2.ReplicateVaultRequest,
                        context: grpc.ServicerContext) -> replication_pb2.ReplicateVaultResponse:
@@ -43,7 +43,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                     extra_info={"destination_region": request.destination_region,
                                 "reason": "the vault has no backups to replicate"})
                 return replication_pb2.ReplicateVaultResponse(task_ids=[task.id])
-        raise errors.NotImplementedYet(backups.DATA_PATH_PENDING)
+        raise errors.NotImplementedYet(backups.REPLICATION_PENDING)
 
     def GetReplicationRecord(self, request: replication_pb2.GetReplicationRecordRequest,
                              context: grpc.ServicerContext

@@ -48,6 +48,10 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.create_vault(s, self.project_id, self.app.config.region, spec,
                                         self.now())
+            # The storage is written first; the catalog row commits only after.
+            vault.storage_url = self.app.storage.url_for_new_vault(vault.id,
+                                                                   request.storage_url)
+            self.app.storage.init_vault(vault.storage_url, vault.id, self.now())
             return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))
 
     def GetVault(self, request: vault_pb2.GetVaultRequest,
@@ -139,3 +143,29 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                                              request.policy_id, self.now())
             return vault_pb2.DissociateVaultPolicyResponse(
                 vault=_vault_pb(s, self.project_id, vault.id))
+
+    def VerifyVault(self, request: vault_pb2.VerifyVaultRequest,
+                    context: grpc.ServicerContext) -> vault_pb2.VerifyVaultResponse:
+        with self.app.db.begin() as s:
+            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "verify",
+                                               self.now(), read_data=request.read_data)
+        self.app.maintenance.submit(task_id)
+        return vault_pb2.VerifyVaultResponse(task_id=task_id)
+
+    def PruneVault(self, request: vault_pb2.PruneVaultRequest,
+                   context: grpc.ServicerContext) -> vault_pb2.PruneVaultResponse:
+        with self.app.db.begin() as s:
+            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "prune",
+                                               self.now())
+        self.app.maintenance.submit(task_id)
+        return vault_pb2.PruneVaultResponse(task_id=task_id)
+
+    def ImportVaultStorage(
+            self, request: vault_pb2.ImportVaultStorageRequest,
+            context: grpc.ServicerContext) -> vault_pb2.ImportVaultStorageResponse:
+        result = self.app.maintenance.import_storage(
+            self.project_id, request.storage_url, request.name, request.size_gb)
+        with self.app.db.read() as conn:
+            vault = _vault_pb(conn, self.project_id, result.vault_id)
+        return vault_pb2.ImportVaultStorageResponse(
+            vault=vault, imported_backups=result.imported, warnings=result.warnings)

@@ -200,6 +200,9 @@ class Vault(Base):
     auto_bind: Mapped[bool] = mapped_column(Boolean, default=False)
     bind_rules: Mapped[list[Any]] = mapped_column(JSON, default=list)
     region: Mapped[str] = mapped_column(String(64))
+    # Where the vault's data is (a storage URL without credentials); fixed at
+    # creation so a later change of the controller's storage_url orphans nothing.
+    storage_url: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     # The API reads vaults through controller.services.vaults.vault_views (a few

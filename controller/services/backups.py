@@ -1,8 +1,8 @@
 """The backup catalog: checkpoints and backups as the controller records them.
 
-Taking, restoring and deleting backups needs the data path (agents writing
-vault storage); until it exists those calls check their inputs and then say
-so plainly, rather than pretending to work.
+Backup runs, restores and deletions are in ``runs``; replication is not
+built yet, so its calls check their inputs and then say so plainly rather
+than pretending to work.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from cbr import errors
 from controller.persistence.models import Backup, Checkpoint, ReplicationRecord, Task
 from controller.services import validation, vaults
 
-DATA_PATH_PENDING = ("Backup data is moved by the data path, which this version of the "
-                     "controller does not have yet.")
+REPLICATION_PENDING = ("Cross-cloud replication is not in this version of the controller "
+                       "yet.")
 
 
 def get_backup(session: Session, project_id: str, backup_id: str) -> Backup:

@@ -26,6 +26,8 @@ OPERATION_TYPES = (
     "sync",
     "vault_delete",
     "remove_resource",
+    "verify",
+    "prune",
 )
 STATUSES = ("waiting", "running", "success", "failed", "skipped", "timeout")
 FINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})
@@ -108,7 +110,8 @@ def start_task(session: Session, task_id: str, now: dt.datetime) -> Task | None:
 
 
 def report_progress(
-    session: Session, task_id: str, progress: int, now: dt.datetime, message: str = ""
+    session: Session, task_id: str, progress: int, now: dt.datetime, message: str = "",
+    counters: dict[str, int] | None = None,
 ) -> Task | None:
     task = session.get(Task, task_id, with_for_update=True)
     if task is None or task.status in FINAL_STATUSES:
@@ -117,8 +120,9 @@ def report_progress(
         task.status = "running"
         task.started_at = now
     task.progress = max(task.progress, min(99, max(0, progress)))
-    if message:
-        task.extra_info = {**task.extra_info, "message": message}
+    if message or counters:
+        task.extra_info = {**task.extra_info, **(counters or {}),
+                           **({"message": message} if message else {})}
     task.updated_at = now
     return task
 

@@ -22,6 +22,7 @@ from controller.persistence.models import (
     Backup,
     Policy,
     Protectable,
+    Task,
     Vault,
     VaultPolicy,
     VaultResource,
@@ -84,7 +85,7 @@ def get_vault(session: Session, project_id: str, vault_id: str, *, lock: bool = 
 
 
 def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec,
-                 now: dt.datetime) -> Vault:
+                 now: dt.datetime, *, vault_id: str | None = None) -> Vault:
     validation.name(spec.name)
     validation.description(spec.description)
     validation.int_range(spec.size_gb, limits.VAULT_SIZE_GB_MIN, limits.VAULT_SIZE_GB_MAX,
@@ -117,6 +118,8 @@ def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec
         used_bytes=0, auto_expand=spec.auto_expand, threshold=threshold,
         backup_name_prefix=spec.backup_name_prefix, tags=spec.tags, auto_bind=spec.auto_bind,
         bind_rules=spec.bind_rules, region=region, created_at=now, updated_at=now)
+    if vault_id:
+        vault.id = vault_id
     session.add(vault)
     session.flush()
     if spec.resources:
@@ -495,3 +498,22 @@ def vault_views(session: Session | Connection, rows: Sequence[Any]) -> list[Vaul
         for b in session.execute(_BINDINGS_OF, {"ids": ids}):
             bindings[b.vault_id].append(b)
     return [VaultView(r, resources[r.id], bindings[r.id]) for r in rows]
+
+
+def start_maintenance(session: Session, project_id: str, vault_id: str, operation: str,
+                      now: dt.datetime, **options: Any) -> str:
+    """Makes a verify or prune task, run by the controller's maintenance worker."""
+    vault = get_vault(session, project_id, vault_id)
+    if not vault.storage_url:
+        raise errors.VaultStatusIllegal(f"Vault {vault.name!r} has no storage.",
+                                        vault_id=vault.id)
+    busy = session.scalar(select(Task.id).where(
+        Task.vault_id == vault.id, Task.operation_type == operation,
+        Task.status.in_(("waiting", "running"))))
+    if busy is not None:
+        raise errors.Conflict(f"A {operation} of vault {vault.name!r} is already running: "
+                              f"task {busy}.", task_id=busy)
+    task = tasks.create_task(session, project_id=project_id, operation_type=operation,
+                             now=now, vault_id=vault.id, vault_name=vault.name,
+                             extra_info=dict(options))
+    return task.id

@@ -3,8 +3,7 @@
 - ``backend``: an empty backend, once per kind: ``local`` (a directory under
   the test's tmp dir) and ``s3`` (a fresh bucket on the session's real
   SeaweedFS, under a key prefix so prefix handling is exercised too).
-- ``seaweed``: the session's SeaweedFS server, started once (seconds) and
-  stopped at the end; skipped locally and failed in CI when ``weed`` cannot run.
+- ``seaweed`` (in ``tests/conftest.py``): the session's SeaweedFS server.
 - ``s3_backend_factory``: more S3 backends on the session server, with
   settings of the test's choosing (credentials, page size, conditional writes).
 """
@@ -21,17 +20,6 @@ from cbr.storage.backend import Backend
 from cbr.storage.local import LocalBackend
 from cbr.storage.s3 import S3Backend
 from tests.support.seaweed import S3Factory, SeaweedServer, make_s3_backend
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    """One real SeaweedFS (master, volume, filer, S3) for the whole session."""
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -269,14 +269,15 @@ def test_sync_of_an_offline_agent_waits_and_runs_once_on_reconnect(
 def test_task_delivered_twice_runs_once(
         tmp_path: Path, controller_factory: ControllerFactory,
         agent_factory: AgentFactory) -> None:
-    """The controller lost the result (its state is from before it arrived): on
-    reconnect it delivers the command again; the agent answers from its journal."""
+    """The controller lost the result (its state is from before the command went
+    out): on reconnect it delivers the command again; the agent answers from its
+    journal."""
     s = _start(tmp_path, controller_factory, agent_factory)
     task_id = _sync(s.client, s.agent_id)
     wait_until(lambda: _succeeded(s.client, task_id), timeout=15)
     s.controller.stop()
     with sqlite3.connect(s.controller.data_dir / "controller.db") as db:
-        db.execute("UPDATE tasks SET status='running', progress=0, ended_at=NULL "
+        db.execute("UPDATE tasks SET status='waiting', progress=0, ended_at=NULL "
                    "WHERE id=?", (task_id,))
     s.controller.start()
     client = s.controller.client()

@@ -58,6 +58,7 @@ class Inventory:
             p = Protectable(project_id=project or self.project, agent_id=self.agent_id,
                             local_id=f"{object_type}:{name}", name=name,
                             object_type=object_type, size_bytes=30 << 30, disks=disks,
+                            path=f"/img/{name}.img" if object_type == "disk" else "",
                             tags=tags or [], created_at=NOW, updated_at=NOW)
             s.add(p)
             s.flush()

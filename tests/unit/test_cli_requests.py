@@ -335,9 +335,27 @@ def test_checkpoint_create_and_backup_restore_requests() -> None:
     )
 
 
-def test_restore_to_a_new_path_needs_the_agent() -> None:
+def test_restore_to_a_new_path_defaults_to_the_source_agent() -> None:
+    req = backup_cmd.build_restore_request(parse("backup", "restore", "b1", "--to", "/x"))
+    assert req.target_path == "/x" and req.target_agent_id == ""
+
+
+def test_restore_naming_an_agent_needs_a_place() -> None:
     with pytest.raises(UsageError):
-        backup_cmd.build_restore_request(parse("backup", "restore", "b1", "--target-path", "/x"))
+        backup_cmd.build_restore_request(parse("backup", "restore", "b1", "--target-agent", "a"))
+
+
+def test_restore_of_one_path_of_a_file_system_backup() -> None:
+    req = backup_cmd.build_restore_request(
+        parse("backup", "restore", "b1", "--path", "etc/hosts", "--to", "/tmp/r")
+    )
+    assert req.source_path == "etc/hosts"
+
+
+def test_backup_create_is_a_checkpoint_of_the_vault() -> None:
+    args = parse("backup", "create", "--vault", "v1", "--resource", "r1", "r2", "--name", "n")
+    req = backup_cmd.build_checkpoint_request(args)
+    assert (req.vault_id, list(req.resource_ids), req.name) == ("v1", ["r1", "r2"], "n")
 
 
 def test_backup_list_filters() -> None:

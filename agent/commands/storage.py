@@ -1,0 +1,83 @@
+"""What the backup and restore commands share: opening the vault, the writer
+lock, progress reports, and turning failures into CBR codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from agent.commands import CommandContext, Outcome
+from agent.dataplane import DataplaneError, Progress
+from cbr.repo import RepoError, Repository
+from cbr.repo.errors import ChunkNotFound, IntegrityError
+from cbr.storage import Backend, StorageError, StorageFull, open_backend
+
+log = logging.getLogger("cbr.agent")
+
+PROGRESS_EVERY_S = 1.0
+
+
+def open_storage(access: Any) -> Backend:
+    """The vault's backend from a StorageAccess (credentials only in memory)."""
+    options: dict[str, Any] = {}
+    if access.url.startswith("s3://") and access.access_key:
+        options = {"access_key": access.access_key, "secret_key": access.secret_key}
+    return open_backend(access.url, **options)
+
+
+@contextlib.contextmanager
+def locked_repository(access: Any, *, kind: str, task_id: str) -> Iterator[tuple[Repository,
+                                                                                  Any]]:
+    """Opens the vault under a lock of ``kind``, written before the index is
+    loaded (storage format section 11, step 1), and removes the lock after."""
+    from cbr.repo.locks import Lock
+
+    backend = open_storage(access)
+    with Lock.acquire(backend, kind=kind, task_id=task_id) as lock:
+        repo = Repository.open(backend)
+        try:
+            yield repo, lock
+        finally:
+            repo.close()
+
+
+@contextlib.contextmanager
+def reporting(context: CommandContext, progress: Progress) -> Iterator[None]:
+    """Sends the progress counters every second while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(PROGRESS_EVERY_S):
+            try:
+                context.progress(progress.percent(), "", progress.snapshot())
+            except Exception:  # a lost stream must not kill the backup
+                log.debug("progress report failed", exc_info=True)
+
+    thread = threading.Thread(target=loop, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(2)
+
+
+def failure(exc: BaseException, what: str) -> Outcome:
+    """The task error for an exception, with the CBR code a person can act on."""
+    if isinstance(exc, DataplaneError):
+        return Outcome(False, exc.code, f"{what}: {exc}")
+    if isinstance(exc, StorageFull):
+        return Outcome(False, "BackupService.6114", f"{what}: the vault storage is full: {exc}")
+    if isinstance(exc, StorageError):
+        return Outcome(False, "BackupService.0504", f"{what}: vault storage error: {exc}")
+    if isinstance(exc, IntegrityError | ChunkNotFound):
+        return Outcome(False, "BackupService.0505", f"{what}: damaged vault data: {exc}")
+    if isinstance(exc, RepoError):
+        return Outcome(False, "BackupService.0505", f"{what}: {exc}")
+    if isinstance(exc, OSError):
+        return Outcome(False, "BackupService.0500", f"{what}: {exc}")
+    return Outcome(False, "BackupService.0500", f"{what}: {type(exc).__name__}: {exc}")

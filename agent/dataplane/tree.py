@@ -1,0 +1,687 @@
+"""Directory trees into a vault and back (``docs/storage-format.md`` section 9).
+
+Backup walks the tree depth first, one directory's entries in memory per
+level, and stores one tree blob per directory once its files and
+subdirectories are done. File contents are cut by FastCDC and read on a
+thread pool (the chunker, BLAKE3 and zstd are native and release the GIL)
+while the walk goes on, with a bound on files in flight. A file whose size,
+mtime, ctime and inode match the parent backup is not read: its chunk list
+is reused, once the index confirms every chunk is still there. A file that
+changes while read is read again, and if it changes again it is stored
+flagged ``changed`` with a warning, never silently torn.
+
+Restore never writes outside its target: every entry is created relative to
+an open directory descriptor with ``O_NOFOLLOW``, names are validated, and
+symlinks are data (restored verbatim, never followed). File contents go to a
+temporary name and are renamed into place only when complete and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import secrets
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from agent.dataplane import (
+    BackupResult,
+    Cancelled,
+    DataplaneError,
+    Progress,
+    RestoreResult,
+    SourceUnreadable,
+    UnsafeTarget,
+)
+from cbr.repo import BlobType, Repository, TreeContent
+from cbr.repo.chunker import make_chunker
+from cbr.repo.errors import UnsafeName
+from cbr.repo.tree import (
+    EntryType,
+    TreeEntry,
+    decode_chunk_list,
+    decode_tree,
+    encode_chunk_list,
+    encode_tree,
+    split_content,
+    validate_link_path,
+    validate_name,
+)
+
+SMALL_FILE = 256 << 10  # below the chunker's minimum: one chunk, no CDC
+MAX_FILES_IN_FLIGHT = 32
+READ_SIZE = 4 << 20
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class PathNotInBackup(DataplaneError):
+    """The path named is not in the backup."""
+
+
+@dataclass
+class _FileResult:
+    content: list[bytes] = field(default_factory=list)
+    extents: list[tuple[int, int]] = field(default_factory=list)
+    changed: bool = False
+    read: int = 0
+    new: int = 0
+    sent: int = 0
+    warning: str = ""
+    vanished: bool = False
+    final_stat: os.stat_result | None = None
+
+
+class _Names:
+    """uid/gid to names, looked up once each (NSS lookups are slow)."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = ""
+        return self._users[uid]
+
+    def group(self, gid: int) -> str:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = ""
+        return self._groups[gid]
+
+
+def _xattrs(path: bytes | int, follow: bool = False) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=follow) if not isinstance(path, int) \
+            else os.listxattr(path)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            value = os.getxattr(path, name, follow_symlinks=follow) if not isinstance(path, int) \
+                else os.getxattr(path, name)
+        except OSError:
+            continue
+        out[name] = value
+    return out
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (
+        b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
+class _TreeBackup:
+    def __init__(self, repo: Repository, progress: Progress, workers: int) -> None:
+        self.repo = repo
+        self.progress = progress
+        self.hasher = repo.hasher()
+        self.params = repo.config.chunker
+        self.names = _Names()
+        self.pool = ThreadPoolExecutor(max(1, workers), "tree-read")
+        self.slots = threading.BoundedSemaphore(MAX_FILES_IN_FLIGHT)
+        self.stats = {"bytes_scanned": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_new": 0,
+                      "files": 0, "dirs": 0, "files_unchanged": 0, "files_changed_while_read": 0}
+        self.warnings: list[str] = []
+        self.links: dict[tuple[int, int], list[bytes]] = {}
+        self._lock = threading.Lock()
+
+    # -- file content ------------------------------------------------------------------------
+
+    def _store(self, data: bytes | memoryview) -> tuple[bytes, int, int]:
+        cid = self.hasher.chunk_id(data)
+        if self.repo.has_blob(cid):
+            return cid, 0, 0
+        cid, sent = self.repo.store_blob(BlobType.DATA, data, chunk_id=cid)
+        return cid, (len(data) if sent else 0), sent
+
+    def _read_content(self, fh: BinaryIO, fd: int, size: int, sparse: bool,
+                      out: _FileResult) -> None:
+        ranges: list[tuple[int, int]]
+        if sparse:
+            from agent.dataplane.disk import data_ranges
+
+            ranges = [(a, b - a) for a, b in data_ranges(fd, size)]
+            out.extents = ranges
+        else:
+            ranges = [(0, size)]
+        for start, length in ranges:
+            if self.progress.cancelled.is_set():
+                raise Cancelled("the backup was cancelled")
+            fh.seek(start)
+            if length <= SMALL_FILE:
+                data = fh.read(length)
+                self._take(out, data)
+                continue
+            chunker = make_chunker(self.params, self.hasher)
+            for chunk in chunker.cut_stream(_Limited(fh, length)):
+                self._take(out, chunk.data)
+
+    def _take(self, out: _FileResult, data: bytes | memoryview) -> None:
+        cid, new, sent = self._store(data)
+        out.content.append(cid)
+        out.read += len(data)
+        out.new += new
+        out.sent += sent
+        self.progress.add(read=len(data), new=new, sent=sent)
+
+    def _read_file(self, path: bytes, st: os.stat_result) -> _FileResult:
+        try:
+            for attempt in range(2):
+                out = _FileResult()
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+                except PermissionError:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb", buffering=0) as fh:
+                    before = os.fstat(fd)
+                    sparse = before.st_blocks * 512 < before.st_size and before.st_size > 0
+                    self._read_content(fh, fd, before.st_size, sparse, out)  # type: ignore[arg-type]
+                    after = os.fstat(fd)
+                out.final_stat = after
+                if _same(before, after):
+                    return out
+                if attempt == 0:
+                    continue
+                out.changed = True
+                out.warning = (f"changed while read: {os.fsdecode(path)} (stored as read, "
+                               "flagged; it may be inconsistent)")
+                return out
+            return out
+        except FileNotFoundError:
+            return _FileResult(vanished=True, warning=f"vanished: {os.fsdecode(path)}")
+        except OSError as exc:
+            return _FileResult(vanished=True,
+                               warning=f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
+        finally:
+            self.slots.release()
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def _entry(self, name: bytes, st: os.stat_result, path: bytes) -> TreeEntry:
+        mode = st.st_mode
+        kind = (EntryType.DIR if stat.S_ISDIR(mode) else EntryType.FILE if stat.S_ISREG(mode)
+                else EntryType.SYMLINK if stat.S_ISLNK(mode) else EntryType.FIFO
+                if stat.S_ISFIFO(mode) else EntryType.CHARDEV if stat.S_ISCHR(mode)
+                else EntryType.BLOCKDEV if stat.S_ISBLK(mode) else EntryType.SOCKET)
+        entry = TreeEntry(
+            name=name, type=kind, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid,
+            user=self.names.user(st.st_uid), group=self.names.group(st.st_gid),
+            atime=st.st_atime_ns, mtime=st.st_mtime_ns, ctime=st.st_ctime_ns,
+            size=st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0,
+            inode=st.st_ino, dev=st.st_dev, nlink=st.st_nlink,
+            rdev=st.st_rdev if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else 0)
+        if kind == EntryType.SYMLINK:
+            entry.target = os.readlink(path)
+        entry.xattrs = _xattrs(path)
+        return entry
+
+    def _unchanged(self, old: TreeEntry | None, st: os.stat_result) -> bool:
+        if old is None or old.type != EntryType.FILE or old.changed:
+            return False
+        if (old.size, old.mtime, old.ctime, old.inode) != (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            return False
+        ids = list(old.content)
+        for list_id in old.content_list:
+            if not self.repo.has_blob(list_id):
+                return False
+            ids.extend(decode_chunk_list(self.repo.load_blob(list_id)))
+        return all(self.repo.has_blob(cid) for cid in ids)
+
+    def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, TreeEntry]:
+        if tree_id is None or not self.repo.has_blob(tree_id):
+            return {}
+        try:
+            return {e.name: e for e in decode_tree(self.repo.load_blob(tree_id))}
+        except Exception:
+            return {}
+
+    def directory(self, path: bytes, rel: list[bytes], parent_tree: bytes | None,
+                  root_dev: int) -> bytes:
+        """Stores one directory (and everything below it); its tree id."""
+        if self.progress.cancelled.is_set():
+            raise Cancelled("the backup was cancelled")
+        old = self._parent_entries(parent_tree)
+        entries: list[TreeEntry] = []
+        pending: list[tuple[TreeEntry, Future[_FileResult]]] = []
+        try:
+            with os.scandir(path) as it:
+                listed = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            self.warnings.append(f"vanished: {os.fsdecode(path)}")
+            listed = []
+        except OSError as exc:
+            self.warnings.append(f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
+            listed = []
+        self.stats["dirs"] += 1
+        subdirs: list[tuple[TreeEntry, bytes]] = []
+        for d in listed:
+            name = d.name
+            child = path + b"/" + name
+            try:
+                st = d.stat(follow_symlinks=False)
+                entry = self._entry(name, st, child)
+            except FileNotFoundError:
+                self.warnings.append(f"vanished: {os.fsdecode(child)}")
+                continue
+            except OSError as exc:
+                self.warnings.append(f"unreadable: {os.fsdecode(child)}: {exc.strerror}")
+                continue
+            if entry.type == EntryType.DIR:
+                if st.st_dev != root_dev:
+                    self.warnings.append(f"mount point not crossed: {os.fsdecode(child)}")
+                    entry.subtree = self._empty_tree()
+                    entries.append(entry)
+                    continue
+                subdirs.append((entry, child))
+                continue
+            if entry.type != EntryType.FILE:
+                entries.append(entry)
+                continue
+            self.stats["files"] += 1
+            self.stats["bytes_scanned"] += st.st_size
+            self.progress.add(scanned=st.st_size)
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = self.links.get(key)
+                if first is not None:
+                    entry.type = EntryType.HARDLINK
+                    entry.link = first
+                    entry.size = st.st_size
+                    entries.append(entry)
+                    continue
+                self.links[key] = [*rel, name]
+            previous = old.get(name)
+            if self._unchanged(previous, st):
+                assert previous is not None
+                entry.content = list(previous.content)
+                entry.content_list = list(previous.content_list)
+                entry.extents = list(previous.extents)
+                self.stats["files_unchanged"] += 1
+                entries.append(entry)
+                continue
+            self.slots.acquire()
+            pending.append((entry, self.pool.submit(self._read_file, child, st)))
+        for entry, child in subdirs:
+            prev = old.get(entry.name)
+            entry.subtree = self.directory(
+                child, [*rel, entry.name],
+                prev.subtree if prev is not None and prev.type == EntryType.DIR else None,
+                root_dev)
+            entries.append(entry)
+        for entry, future in pending:
+            result = future.result()
+            if result.warning:
+                with self._lock:
+                    self.warnings.append(result.warning)
+            if result.vanished:
+                continue
+            if result.changed:
+                self.stats["files_changed_while_read"] += 1
+                entry.changed = True
+            if result.final_stat is not None:
+                fs = result.final_stat
+                entry.size, entry.mtime, entry.ctime = fs.st_size, fs.st_mtime_ns, \
+                    fs.st_ctime_ns
+            self.stats["bytes_read"] += result.read
+            self.stats["bytes_new"] += result.new
+            self.stats["bytes_sent"] += result.sent
+            entry.extents = result.extents
+            if len(result.content) > 8192:
+                entry.content_list = [self.repo.save_blob(BlobType.META, encode_chunk_list(p))
+                                      for p in split_content(result.content)]
+            else:
+                entry.content = result.content
+            entries.append(entry)
+        data = encode_tree(entries)
+        tree_id, sent = self.repo.store_blob(BlobType.META, data)
+        self.stats["bytes_sent"] += sent
+        return tree_id
+
+    def _empty_tree(self) -> bytes:
+        return self.repo.save_blob(BlobType.META, encode_tree([]))
+
+
+class _Limited:
+    """A read-only view of the next ``length`` bytes of a file (for the chunker)."""
+
+    def __init__(self, fh: BinaryIO, length: int) -> None:
+        self._fh = fh
+        self._left = length
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf)
+        n = min(len(view), self._left)
+        if n <= 0:
+            return 0
+        got = self._fh.readinto(view[:n])  # type: ignore[attr-defined]
+        self._left -= got or 0
+        return got or 0
+
+    def readable(self) -> bool:
+        return True
+
+
+def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = None,
+                progress: Progress, workers: int = 2) -> BackupResult:
+    """Backs a directory tree up; unchanged files of ``parent`` are not read."""
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot read {root}: {exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceUnreadable(f"{root} is not a directory")
+    job = _TreeBackup(repo, progress, workers)
+    try:
+        root_id = job.directory(os.fsencode(root), [], parent.root if parent else None,
+                                st.st_dev)
+    finally:
+        job.pool.shutdown(wait=True, cancel_futures=True)
+    repo.flush()
+    return BackupResult(TreeContent(root_id), job.stats, job.warnings)
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+def _walk_to(repo: Repository, content: TreeContent, path: Sequence[bytes]
+             ) -> tuple[list[TreeEntry], TreeEntry | None]:
+    """(entries of the directory at ``path``, None) or ([], the entry) for a non-directory."""
+    entries = decode_tree(repo.load_blob(content.root))
+    for i, name in enumerate(path):
+        validate_name(name)
+        entry = next((e for e in entries if e.name == name), None)
+        where = "/" + "/".join(os.fsdecode(p) for p in path[:i + 1])
+        if entry is None:
+            raise PathNotInBackup(f"{where} is not in the backup")
+        if entry.type != EntryType.DIR or entry.subtree is None:
+            if i == len(path) - 1:
+                return [], entry
+            raise PathNotInBackup(f"{where} is not a directory")
+        entries = decode_tree(repo.load_blob(entry.subtree))
+    return entries, None
+
+
+def list_tree(repo: Repository, content: TreeContent,
+              path: Sequence[bytes] = ()) -> list[TreeEntry]:
+    entries, single = _walk_to(repo, content, path)
+    return [single] if single is not None else entries
+
+
+# -- restore ---------------------------------------------------------------------------------
+
+
+class _TreeRestore:
+    def __init__(self, repo: Repository, progress: Progress, workers: int) -> None:
+        self.repo = repo
+        self.progress = progress
+        self.pool = ThreadPoolExecutor(max(1, workers), "tree-restore")
+        self.root_owner = os.geteuid() == 0
+        self.stats = {"files": 0, "dirs": 0, "bytes_written": 0}
+        self.warnings: list[str] = []
+        # Files restored so far, for hardlinks: backup path -> path in the target.
+        self.restored: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+        self.root_fd = -1
+        self.base: tuple[bytes, ...] = ()
+        # What is restored: the backup path of the subtree or file (empty: all).
+        self.top: tuple[bytes, ...] = ()
+        self.content: TreeContent | None = None
+
+    def _replace_slot(self, dir_fd: int, name: bytes) -> None:
+        """Removes what sits at ``name`` unless it is a real directory; never
+        follows a symlink."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            return
+        os.unlink(name, dir_fd=dir_fd)
+
+    def _meta(self, dir_fd: int, name: bytes, e: TreeEntry, *, is_link: bool = False) -> None:
+        follow = False
+        if self.root_owner:
+            with contextlib.suppress(OSError):
+                os.chown(name, e.uid, e.gid, dir_fd=dir_fd, follow_symlinks=follow)
+        if not is_link:
+            try:
+                os.chmod(name, e.mode, dir_fd=dir_fd, follow_symlinks=follow)
+            except NotImplementedError:
+                pass
+            except OSError as exc:
+                self.warnings.append(f"mode of {os.fsdecode(name)}: {exc.strerror}")
+        for key, value in e.xattrs.items():
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd) \
+                    if not is_link else None
+                if fd is not None:
+                    try:
+                        os.setxattr(fd, key, value)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                self.warnings.append(f"xattr {key} of {os.fsdecode(name)}: {exc.strerror}")
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.utime(name, ns=(e.atime, e.mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _content_ids(self, e: TreeEntry) -> list[bytes]:
+        ids = list(e.content)
+        for list_id in e.content_list:
+            ids.extend(decode_chunk_list(self.repo.load_blob(list_id)))
+        return ids
+
+    def file(self, dir_fd: int, e: TreeEntry) -> None:
+        tmp = b".cbr-restore-" + secrets.token_hex(6).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                     dir_fd=dir_fd)
+        ok = False
+        try:
+            ids = self._content_ids(e)
+            ranges = e.extents or [(0, e.size)]
+            offset_iter = iter(ranges)
+            current = next(offset_iter, (0, 0))
+            pos, left = current
+            window: list[Future[bytes]] = []
+            depth = 8
+
+            def write(data: bytes) -> None:
+                nonlocal pos, left, current
+                view = memoryview(data)
+                while view:
+                    while left == 0:
+                        current = next(offset_iter)
+                        pos, left = current
+                    n = min(left, len(view))
+                    os.pwrite(fd, view[:n], pos)
+                    pos += n
+                    left -= n
+                    view = view[n:]
+
+            for cid in ids:
+                window.append(self.pool.submit(self.repo.load_blob, cid))
+                if len(window) > depth:
+                    write(window.pop(0).result())
+            for fut in window:
+                write(fut.result())
+            os.ftruncate(fd, e.size)
+            written = sum(length for _, length in ranges) if e.extents else e.size
+            self.stats["bytes_written"] += written
+            self.progress.add(scanned=e.size, read=written)
+            ok = True
+        finally:
+            os.close(fd)
+            if not ok:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+        self._replace_slot(dir_fd, e.name)
+        os.rename(tmp, e.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.stats["files"] += 1
+        if e.changed:
+            self.warnings.append(f"{os.fsdecode(e.name)} changed while it was backed up; "
+                                 "its content may be inconsistent")
+
+    def directory(self, dir_fd: int, entries: list[TreeEntry], rel: tuple[bytes, ...]) -> None:
+        seen: set[bytes] = set()
+        for e in entries:
+            validate_name(e.name)
+            if e.name in seen:
+                raise UnsafeName(f"duplicate entry name {e.name!r}")
+            seen.add(e.name)
+        # The order the backup met names in: a directory's files first, then its
+        # subdirectories (so a hardlink's first name is always restored before
+        # it), and symlinks last, so nothing is ever created through one.
+        later: list[TreeEntry] = []
+        subdirs: list[TreeEntry] = []
+        for e in entries:
+            if self.progress.cancelled.is_set():
+                raise Cancelled("the restore was cancelled")
+            if e.type == EntryType.SYMLINK:
+                later.append(e)
+            elif e.type == EntryType.DIR:
+                subdirs.append(e)
+            elif e.type == EntryType.FILE:
+                self.file(dir_fd, e)
+                self._meta(dir_fd, e.name, e)
+                self.restored[(*rel, e.name)] = (*rel[len(self.base):], e.name)
+            elif e.type == EntryType.HARDLINK:
+                self._hardlink(dir_fd, e, rel)
+            elif e.type in (EntryType.FIFO, EntryType.CHARDEV, EntryType.BLOCKDEV):
+                self._special(dir_fd, e)
+            else:
+                self.warnings.append(f"socket {os.fsdecode(e.name)} not restored")
+        for e in subdirs:
+            self._dir(dir_fd, e, rel)
+        for e in later:
+            self._replace_slot(dir_fd, e.name)
+            if e.target is None:
+                continue
+            os.symlink(e.target, e.name, dir_fd=dir_fd)
+            self._meta(dir_fd, e.name, e, is_link=True)
+
+    def _dir(self, dir_fd: int, e: TreeEntry, rel: tuple[bytes, ...]) -> None:
+        self._replace_slot(dir_fd, e.name)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(e.name, 0o700, dir_fd=dir_fd)
+        fd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            self.stats["dirs"] += 1
+            children = decode_tree(self.repo.load_blob(e.subtree)) if e.subtree else []
+            self.directory(fd, children, (*rel, e.name))
+        finally:
+            os.close(fd)
+        self._meta(dir_fd, e.name, e)  # after the contents, so times stay
+
+    def _open_parent(self, parts: tuple[bytes, ...]) -> int:
+        """The directory holding ``parts`` inside the target, walked name by name
+        without following any symlink."""
+        fd = os.dup(self.root_fd)
+        try:
+            for name in parts[:-1]:
+                nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _hardlink(self, dir_fd: int, e: TreeEntry, rel: tuple[bytes, ...]) -> None:
+        parts = tuple(validate_link_path(e.link or []))
+        first = self.restored.get(parts)
+        if first is None and self.content is not None and parts[:len(self.top)] != self.top:
+            # A partial restore: the first name lies outside what is restored,
+            # so this name gets its own copy of the content.
+            _, source = _walk_to(self.repo, self.content, parts)
+            if source is None or source.type != EntryType.FILE:
+                raise UnsafeTarget(f"hardlink {os.fsdecode(e.name)} names no file")
+            copy = TreeEntry(**{**{f: getattr(source, f) for f in source.__slots__},
+                                "name": e.name})
+            self.file(dir_fd, copy)
+            self._meta(dir_fd, e.name, copy)
+            return
+        if first is None:
+            raise UnsafeTarget(f"hardlink {os.fsdecode(e.name)} names "
+                               f"{'/'.join(os.fsdecode(p) for p in parts)}, which this restore "
+                               "has not created")
+        self._replace_slot(dir_fd, e.name)
+        src_fd = self._open_parent(first)
+        try:
+            os.link(first[-1], e.name, src_dir_fd=src_fd, dst_dir_fd=dir_fd,
+                    follow_symlinks=False)
+        finally:
+            os.close(src_fd)
+        self.stats["files"] += 1
+
+    def _special(self, dir_fd: int, e: TreeEntry) -> None:
+        self._replace_slot(dir_fd, e.name)
+        kind = {EntryType.FIFO: stat.S_IFIFO, EntryType.CHARDEV: stat.S_IFCHR,
+                EntryType.BLOCKDEV: stat.S_IFBLK}[e.type]
+        try:
+            os.mknod(e.name, kind | 0o600, e.rdev, dir_fd=dir_fd)
+        except OSError as exc:
+            self.warnings.append(f"{e.type} {os.fsdecode(e.name)} not restored: {exc.strerror}")
+            return
+        self._meta(dir_fd, e.name, e)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
+                 path: Sequence[bytes] = (), progress: Progress,
+                 workers: int = 2) -> RestoreResult:
+    """Restores the whole tree, or the file or directory at ``path``, into ``target``."""
+    try:
+        entries, single = _walk_to(repo, content, path)
+    except UnsafeName as exc:
+        raise UnsafeTarget(f"the backup holds an unsafe entry: {exc}") from exc
+    os.makedirs(target, exist_ok=True)
+    try:
+        root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise UnsafeTarget(f"restore target {target} is not a directory: {exc}") from exc
+    job = _TreeRestore(repo, progress, workers)
+    job.root_fd = root_fd
+    job.base = tuple(path[:-1])
+    job.top = tuple(path)
+    job.content = content
+    try:
+        if single is not None or path:
+            parent_entries, _ = _walk_to(repo, content, path[:-1])
+            entry = next(e for e in parent_entries if e.name == path[-1])
+            job.directory(root_fd, [entry], tuple(path[:-1]))
+        else:
+            job.directory(root_fd, entries, ())
+    except UnsafeName as exc:
+        raise UnsafeTarget(f"the backup holds an unsafe entry: {exc}") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeTarget(f"refusing to follow a link in the target: {exc}") from exc
+        raise
+    finally:
+        job.close()
+        os.close(root_fd)
+    return RestoreResult(job.stats, job.warnings)

@@ -1,0 +1,290 @@
+"""Vault maintenance the controller runs itself: deleting backups, pruning, verifying,
+importing a vault from its storage, listing a file-system backup.
+
+These touch only metadata and the vault's own storage, never a protected
+host, so they need no agent. They run one at a time on one worker thread
+(prune and verify must not race each other on one vault, and they are
+bounded work that should not compete with API calls for more than one
+core). Each is a task; a task left ``waiting`` or ``running`` by a
+controller that stopped is run again at the next start, which is safe
+because every step is idempotent (deleting a deleted manifest, a prune
+resuming its condemned sets).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from cbr import errors
+from cbr.repo import RepoError, prune, verify
+from cbr.repo.manifest import Manifest, TreeContent
+from cbr.repo.tree import EntryType, decode_tree
+from cbr.storage import StorageError
+from cbr.v1 import backup_pb2
+from controller.app import App
+from controller.persistence.models import Backup, Checkpoint, Task, Vault
+from controller.services import runs, tasks, vaults
+
+log = logging.getLogger("cbr.controller.maintenance")
+
+OPERATIONS = ("delete", "prune", "verify")
+
+
+@dataclass
+class ImportResult:
+    vault_id: str
+    imported: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Maintenance:
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- the worker -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the worker and queues the tasks an earlier process left unfinished."""
+        with self._app.db.begin() as s:
+            left = list(s.scalars(select(Task.id).where(
+                Task.agent_id == "", Task.operation_type.in_(OPERATIONS),
+                Task.status.in_(("waiting", "running"))).order_by(Task.created_at)))
+        for task_id in left:
+            self.submit(task_id)
+
+    def submit(self, task_id: str) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="maintenance",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put(task_id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            task_id = self._queue.get()
+            if task_id is None:
+                return
+            try:
+                self._run_task(task_id)
+            except Exception:
+                log.exception("maintenance task %s failed unexpectedly", task_id)
+                self._finish(task_id, "failed", "BackupService.0500",
+                             "Internal error; the controller log has the details.", {})
+
+    def _run_task(self, task_id: str) -> None:
+        now = self._app.clock.now()
+        with self._app.db.begin() as s:
+            task = tasks.start_task(s, task_id, now)
+            if task is None:
+                return
+            operation = task.operation_type
+            vault = s.get(Vault, task.vault_id)
+            url = vault.storage_url if vault is not None else ""
+            info = dict(task.extra_info)
+        if not url:
+            self._finish(task_id, "failed", "BackupService.6105", "The vault is gone.", {})
+            return
+        log.info("running %s task %s on %s", operation, task_id, url)
+        try:
+            if operation == "delete":
+                self._delete(task_id, url, str(info.get("backup_id", "")))
+            elif operation == "prune":
+                self._prune(task_id, url)
+            elif operation == "verify":
+                self._verify(task_id, url, bool(info.get("read_data", False)))
+        except errors.CbrError as exc:
+            self._finish(task_id, "failed", exc.code, exc.message, {})
+        except StorageError as exc:
+            self._finish(task_id, "failed", errors.StorageUnavailable.code,
+                         f"Vault storage {url}: {exc}", {})
+        except RepoError as exc:
+            self._finish(task_id, "failed", errors.DataIntegrityError.code,
+                         f"Vault storage {url}: {exc}", {})
+
+    def _finish(self, task_id: str, status: str, code: str, message: str,
+                extra: dict[str, Any]) -> None:
+        with self._app.db.begin() as s:
+            tasks.finish_task(s, task_id, status, self._app.clock.now(), error_code=code,
+                              error_message=message, extra_info=extra)
+            if status != "success":
+                task = s.get(Task, task_id)
+                if task is not None and task.operation_type == "delete":
+                    for b in s.scalars(select(Backup).where(
+                            Backup.id == str(task.extra_info.get("backup_id", "")))):
+                        b.status = "error"
+
+    # -- operations -----------------------------------------------------------------------
+
+    def _delete(self, task_id: str, url: str, backup_id: str) -> None:
+        with self._app.storage.repository(url, load_index=False) as repo:
+            deleted = prune.delete_backup(repo, backup_id)
+        with self._app.db.begin() as s:
+            task = s.get(Task, task_id)
+            freed = runs.forget_backup(s, backup_id)
+            vault = s.get(Vault, task.vault_id) if task is not None else None
+            if vault is not None:
+                vault.used_bytes = max(0, vault.used_bytes - freed)
+        report = self._prune_storage(url)
+        self._finish(task_id, "success", "", "", {
+            "manifests_deleted": len(deleted), **report})
+
+    def _prune(self, task_id: str, url: str) -> None:
+        self._finish(task_id, "success", "", "", self._prune_storage(url))
+
+    def _prune_storage(self, url: str) -> dict[str, Any]:
+        with self._app.storage.repository(url) as repo:
+            report = prune.prune(repo, task_id="controller")
+            used = sum(info.size for info in repo.backend.list("data/"))
+        with self._app.db.begin() as s:
+            vault = s.scalars(select(Vault).where(Vault.storage_url == url)).first()
+            if vault is not None:
+                vault.used_bytes = used
+        return {**report.to_dict(), "vault_used_bytes": used}
+
+    def _verify(self, task_id: str, url: str, read_data: bool) -> None:
+        with self._app.storage.repository(url) as repo:
+            report = verify.verify(repo, read_data=read_data)
+        extra = report.to_dict()
+        if report.ok:
+            self._finish(task_id, "success", "", "", extra)
+        else:
+            damaged = ", ".join(report.damaged_backups) or "no backup (unreferenced data)"
+            self._finish(task_id, "failed", errors.DataIntegrityError.code,
+                         f"{len(report.problems)} problems; damaged backups: {damaged}. "
+                         f"First: {report.problems[0]}", extra)
+
+    # -- synchronous calls ----------------------------------------------------------------
+
+    def list_files(self, url: str, backup_id: str, path: str) -> list[backup_pb2.BackupFile]:
+        repo = self._app.storage.reader(url)
+        try:
+            manifest = repo.load_manifest(backup_id)
+            if not isinstance(manifest.content, TreeContent):
+                raise errors.InvalidParameter(f"Backup {backup_id} holds no file tree.",
+                                              field="backup_id")
+            key_id = manifest.chunk_key_id
+            tree = decode_tree(repo.load_blob(manifest.content.root, key_id=key_id))
+            parts = [p.encode("utf-8", "surrogateescape") for p in path.split("/") if p]
+            for i, part in enumerate(parts):
+                entry = next((e for e in tree if e.name == part), None)
+                where = "/" + "/".join(p.decode("utf-8", "replace") for p in parts[:i + 1])
+                if entry is None:
+                    raise errors.ResourceNotFound(f"{where} is not in backup {backup_id}.",
+                                                  path=where)
+                if entry.type != EntryType.DIR or entry.subtree is None:
+                    if i == len(parts) - 1:
+                        return [_file_pb(entry)]
+                    raise errors.InvalidParameter(f"{where} is not a directory.",
+                                                  field="path")
+                tree = decode_tree(repo.load_blob(entry.subtree, key_id=key_id))
+            return [_file_pb(e) for e in tree]
+        except RepoError as exc:
+            raise errors.DataIntegrityError(f"Backup {backup_id}: {exc}",
+                                            backup_id=backup_id) from exc
+
+    def import_storage(self, project_id: str, url: str, name: str,
+                       size_gb: int) -> ImportResult:
+        """Rebuilds a vault and its catalog from the manifests in its storage."""
+        from controller.storage import check_url
+
+        check_url(url)
+        now = self._app.clock.now()
+        with self._app.storage.repository(url, load_index=False) as repo:
+            vault_id = repo.config.vault_id
+            manifests: list[Manifest] = []
+            warnings: list[str] = []
+            for backup_id in sorted(repo.list_manifests()):
+                try:
+                    manifests.append(repo.load_manifest(backup_id))
+                except RepoError as exc:
+                    warnings.append(f"{backup_id}: {exc}")
+        by_id = {m.backup_id: m for m in manifests}
+        tops = [m for m in manifests if m.parent_id is None]
+        kinds = {("server" if m.content is None else
+                  "turbo" if isinstance(m.content, TreeContent) else "disk") for m in tops}
+        object_type = kinds.pop() if len(kinds) == 1 else "server"
+        if len(kinds) > 0:
+            warnings.append("backups of several resource types; the vault is a server vault")
+        with self._app.db.begin() as s:
+            if s.get(Vault, vault_id) is not None:
+                raise errors.DuplicateVault(
+                    f"Vault {vault_id} of that storage is already in this controller.",
+                    vault_id=vault_id)
+            spec = vaults.VaultSpec(
+                name=name or f"imported-{vault_id[:8]}", object_type=object_type,
+                protect_type="backup", consistent_level="crash_consistent",
+                size_gb=size_gb or 1024)
+            # The stored vault id is kept, so manifests and catalog agree.
+            vault = vaults.create_vault(s, project_id, self._app.config.region, spec, now,
+                                        vault_id=vault_id)
+            vault.storage_url = url
+            checkpoints: set[str] = set()
+            imported = 0
+            for m in sorted(tops, key=lambda m: m.created_at):
+                kids = [by_id[c] for c in m.children if c in by_id]
+                if len(kids) != len(m.children):
+                    warnings.append(f"{m.backup_id}: some disk manifests are missing")
+                    continue
+                if m.checkpoint_id and m.checkpoint_id not in checkpoints:
+                    s.add(Checkpoint(id=m.checkpoint_id, project_id=project_id,
+                                     vault_id=vault_id, name=m.name, description="",
+                                     status="available",
+                                     auto_trigger=bool(m.extend_info.get("auto_trigger")),
+                                     skipped_resources=[], created_at=m.created_at))
+                    checkpoints.add(m.checkpoint_id)
+                for b in (m, *kids):
+                    s.add(_backup_from_manifest(b, project_id, vault_id, now))
+                s.flush()
+                imported += 1
+            vault.used_bytes = sum(int(b.stats.get("bytes_sent", 0)) for b in manifests)
+        return ImportResult(vault_id, imported, warnings)
+
+
+def _backup_from_manifest(m: Manifest, project_id: str, vault_id: str,
+                          now: dt.datetime) -> Backup:
+    kind = ("server" if m.content is None and m.children else
+            "turbo" if isinstance(m.content, TreeContent) else "disk")
+    return Backup(
+        id=m.backup_id, project_id=project_id, vault_id=vault_id,
+        checkpoint_id=m.checkpoint_id, parent_id=m.parent_id, name=m.name,
+        description=m.description, resource_id=m.resource.id, resource_name=m.resource.name,
+        resource_type=kind, resource_size_bytes=m.resource.size, status="available",
+        image_type=m.image_type, incremental=m.incremental,
+        stored_bytes=int(m.stats.get("bytes_sent", 0)), extend_info=dict(m.extend_info),
+        protected_at=m.protected_at or m.created_at, expired_at=m.expired_at,
+        created_at=m.created_at, updated_at=now)
+
+
+def _file_pb(entry: Any) -> backup_pb2.BackupFile:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    mtime = Timestamp()
+    mtime.FromNanoseconds(int(entry.mtime or 0))
+    target = ""
+    if entry.target is not None:
+        target = entry.target.decode("utf-8", "replace")
+    elif entry.link:
+        target = "/" + "/".join(p.decode("utf-8", "replace") for p in entry.link)
+    return backup_pb2.BackupFile(
+        name=entry.name.decode("utf-8", "replace"), type=str(entry.type),
+        size=int(entry.size or 0), mode=int(entry.mode or 0), uid=int(entry.uid or 0),
+        gid=int(entry.gid or 0), user=entry.user or "", group=entry.group or "",
+        mtime=mtime, target=target, changed=bool(entry.changed))

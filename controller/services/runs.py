@@ -1,0 +1,474 @@
+"""Backup runs, restores and deletions: the rules, and the catalog changes they make.
+
+A checkpoint makes one ``protecting`` backup and one backup task per
+resource (a server's backup has one child per disk) and sends the task to
+the resource's agent. The agent writes the data and the manifests, and only
+then reports success, so a backup becomes ``available`` only once its
+manifest is in storage (data before catalog). A failed or lost task leaves
+its backups ``error``, never ``available``.
+
+Everything here runs inside the caller's transaction and does no I/O; the
+servicers dispatch the tasks after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cbr import errors
+from controller.persistence.models import (
+    Backup,
+    Checkpoint,
+    Protectable,
+    Task,
+    Vault,
+    VaultResource,
+)
+from controller.services import backups, tasks, validation, vaults
+
+RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
+                  "turbo": "OS::Sfs::Turbo"}
+BUSY_BACKUP_STATUSES = ("protecting", "restoring", "deleting")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task to send to an agent once the transaction commits."""
+
+    agent_id: str
+    task_id: str
+
+
+def default_name(vault: Vault, auto: bool) -> str:
+    prefix = vault.backup_name_prefix or ("autobk" if auto else "manualbk")
+    return f"{prefix}_{secrets.token_hex(2)}"
+
+
+def _latest_available(session: Session, vault_id: str, resource_id: str) -> Backup | None:
+    return session.scalars(
+        select(Backup).where(Backup.vault_id == vault_id, Backup.resource_id == resource_id,
+                             Backup.parent_id.is_(None), Backup.status == "available",
+                             Backup.image_type == "backup")
+        .order_by(Backup.created_at.desc()).limit(1)).first()
+
+
+def _busy(session: Session, resource_id: str) -> Backup | None:
+    return session.scalars(select(Backup).where(
+        Backup.resource_id == resource_id, Backup.parent_id.is_(None),
+        Backup.status.in_(("protecting", "restoring")))).first()
+
+
+def _selected_disks(resource: VaultResource, protectable: Protectable) -> list[dict[str, Any]]:
+    disks = list(protectable.disks)
+    if resource.include_volumes:
+        disks = [d for d in disks if d["id"] in resource.include_volumes or d["system_disk"]]
+    if resource.exclude_volumes:
+        disks = [d for d in disks if d["id"] not in resource.exclude_volumes or d["system_disk"]]
+    return disks
+
+
+def create_checkpoint(
+    session: Session, project_id: str, vault_id: str, resource_ids: list[str], *,
+    name: str, description: str, full: bool, now: dt.datetime, online: set[str],
+    auto_trigger: bool = False, policy_id: str = "",
+) -> tuple[Checkpoint, list[Dispatch]]:
+    """Starts a backup of the vault's resources (all, or those named).
+
+    Resources that cannot be backed up now (agent offline, resource gone or
+    busy) are listed on the checkpoint as skipped with a code and reason; if
+    none can, the checkpoint is still recorded, with status ``error``.
+    """
+    backups.check_checkpoint_request(session, project_id, vault_id, resource_ids)
+    vault = vaults.get_vault(session, project_id, vault_id)
+    if name:
+        validation.name(name)
+    if description:
+        validation.description(description)
+    name = name or default_name(vault, auto_trigger)
+    checkpoint = Checkpoint(project_id=project_id, vault_id=vault.id, name=name,
+                            description=description, status="protecting",
+                            auto_trigger=auto_trigger, policy_id=policy_id,
+                            skipped_resources=[], created_at=now)
+    session.add(checkpoint)
+    session.flush()
+    chosen = [r for r in vault.resources if not resource_ids or r.protectable_id in resource_ids]
+    skipped: list[dict[str, str]] = []
+    dispatches: list[Dispatch] = []
+    for resource in chosen:
+        protectable = resource.protectable
+
+        def skip(code: str, reason: str, p: Protectable = protectable) -> None:
+            skipped.append({"resource_id": p.id, "resource_name": p.name, "code": code,
+                            "reason": reason})
+
+        if protectable.gone:
+            skip("BackupService.0001", "The agent no longer reports this resource.")
+            continue
+        if protectable.error:
+            skip("BackupService.0001", f"The agent cannot read it: {protectable.error}")
+            continue
+        if protectable.agent_id not in online:
+            skip("BackupService.0503", f"Its agent {protectable.agent_id} is offline.")
+            continue
+        busy = _busy(session, protectable.id)
+        if busy is not None:
+            skip("BackupService.2002", f"Backup {busy.id} of it is {busy.status}.")
+            continue
+        dispatches.append(_start_backup(session, vault, checkpoint, resource, protectable,
+                                         name=name, description=description, full=full,
+                                         now=now, auto_trigger=auto_trigger))
+    checkpoint.skipped_resources = skipped
+    if not dispatches:
+        checkpoint.status = "error"
+    return checkpoint, dispatches
+
+
+def _start_backup(
+    session: Session, vault: Vault, checkpoint: Checkpoint, resource: VaultResource,
+    protectable: Protectable, *, name: str, description: str, full: bool, now: dt.datetime,
+    auto_trigger: bool,
+) -> Dispatch:
+    parent = None if full else _latest_available(session, vault.id, protectable.id)
+    backup = Backup(
+        project_id=vault.project_id, vault_id=vault.id, checkpoint_id=checkpoint.id,
+        name=name, description=description, resource_id=protectable.id,
+        resource_name=protectable.name, resource_type=protectable.object_type,
+        resource_size_bytes=protectable.size_bytes, status="protecting",
+        image_type="backup", incremental=parent is not None, stored_bytes=0,
+        extend_info={"auto_trigger": auto_trigger}, created_at=now, updated_at=now)
+    session.add(backup)
+    session.flush()
+    command: dict[str, Any] = {
+        "vaultId": vault.id, "checkpointId": checkpoint.id, "backupId": backup.id,
+        "name": name, "description": description, "resourceId": protectable.id,
+        "resourceLocalId": protectable.local_id, "resourceName": protectable.name,
+        "resourceType": f"OBJECT_TYPE_{protectable.object_type.upper()}",
+        "resourceSizeBytes": str(protectable.size_bytes),
+        "parentBackupId": parent.id if parent is not None else "",
+        "autoTrigger": auto_trigger, "createdAt": _rfc3339(now),
+    }
+    if protectable.object_type == "server":
+        parent_children = ({c.extend_info.get("disk_id"): c
+                            for c in backups.children(session, parent.id)}
+                           if parent is not None else {})
+        disks = []
+        has_system = False
+        for disk in _selected_disks(resource, protectable):
+            child = Backup(
+                project_id=vault.project_id, vault_id=vault.id, checkpoint_id=checkpoint.id,
+                parent_id=backup.id, name=name, description=description,
+                resource_id=protectable.id, resource_name=disk["name"], resource_type="disk",
+                resource_size_bytes=int(disk["size_bytes"]), status="protecting",
+                image_type="backup", stored_bytes=0,
+                extend_info={"disk_id": disk["id"], "system_disk": bool(disk["system_disk"]),
+                             "auto_trigger": auto_trigger},
+                created_at=now, updated_at=now)
+            previous = parent_children.get(disk["id"])
+            child.incremental = previous is not None
+            session.add(child)
+            session.flush()
+            has_system = has_system or bool(disk["system_disk"])
+            disks.append({"backupId": child.id, "diskLocalId": disk["id"],
+                          "name": disk["name"], "systemDisk": bool(disk["system_disk"]),
+                          "parentBackupId": previous.id if previous is not None else "",
+                          "sizeBytes": str(int(disk["size_bytes"]))})
+        backup.extend_info = {**backup.extend_info, "contain_system_disk": has_system}
+        command["disks"] = disks
+    resource.protect_status = "protecting"
+    task = tasks.create_task(
+        session, project_id=vault.project_id, operation_type="backup", now=now,
+        agent_id=protectable.agent_id, vault_id=vault.id, vault_name=vault.name,
+        resource_id=protectable.id, resource_name=protectable.name,
+        checkpoint_id=checkpoint.id, command={"backup": command},
+        extra_info={"backup_id": backup.id, "backup_name": name,
+                    "incremental": parent is not None})
+    return Dispatch(protectable.agent_id, task.id)
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _family(session: Session, backup_id: str) -> list[Backup]:
+    top = session.get(Backup, backup_id)
+    if top is None:
+        return []
+    return [top, *backups.children(session, top.id)]
+
+
+def _update_checkpoint(session: Session, checkpoint_id: str) -> None:
+    cp = session.get(Checkpoint, checkpoint_id)
+    if cp is None:
+        return
+    statuses = set(session.scalars(select(Backup.status).where(
+        Backup.checkpoint_id == cp.id, Backup.parent_id.is_(None))))
+    if "protecting" in statuses:
+        cp.status = "protecting"
+    elif not statuses or "error" in statuses or cp.skipped_resources:
+        cp.status = "error" if not statuses or statuses <= {"error"} else "available"
+    else:
+        cp.status = "available"
+
+
+def _vault_resource(session: Session, vault_id: str, resource_id: str) -> VaultResource | None:
+    return session.scalars(select(VaultResource).where(
+        VaultResource.vault_id == vault_id,
+        VaultResource.protectable_id == resource_id)).first()
+
+
+def finish_backup(session: Session, task: Task, success: bool, extra: dict[str, Any],
+                  now: dt.datetime) -> None:
+    """Applies a backup task's end to its backups, resource, vault and checkpoint."""
+    backup_id = str(task.extra_info.get("backup_id", ""))
+    family = _family(session, backup_id)
+    if not family:
+        return
+    top = family[0]
+    results: dict[str, dict[str, Any]] = {}
+    if success:
+        try:
+            for item in json.loads(str(extra.get("backups", "[]"))):
+                results[str(item["backup_id"])] = item
+        except (ValueError, KeyError, TypeError):
+            success = False
+        if top.id not in results:
+            success = False
+    resource = _vault_resource(session, top.vault_id, top.resource_id)
+    if not success:
+        for b in family:
+            if b.status == "protecting":
+                b.status = "error"
+                b.updated_at = now
+        if resource is not None:
+            resource.protect_status = "error"
+        _update_checkpoint(session, top.checkpoint_id)
+        return
+    added = 0
+    for b in family:
+        item = results.get(b.id, {})
+        b.status = "available"
+        b.stored_bytes = int(item.get("stored_bytes", 0))
+        if "protected_at" in item:
+            b.protected_at = dt.datetime.fromisoformat(str(item["protected_at"]))
+        else:
+            b.protected_at = now
+        info = dict(b.extend_info)
+        for key in ("warnings", "snapshot", "app_consistent", "freeze_ms", "bytes_scanned"):
+            if key in item:
+                info[key] = item[key]
+        b.extend_info = info
+        b.updated_at = now
+        added += b.stored_bytes
+    vault = session.get(Vault, top.vault_id)
+    if vault is not None:
+        vault.used_bytes += added
+    if resource is not None:
+        resource.protect_status = "available"
+        resource.backup_count += 1
+        resource.backup_size_bytes += added
+    _update_checkpoint(session, top.checkpoint_id)
+
+
+# -- restore -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    backup_id: str
+    target_resource_id: str = ""
+    target_agent_id: str = ""
+    target_path: str = ""
+    mappings: dict[str, str] | None = None
+    source_path: str = ""
+
+
+def _safe_source_path(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") or "\x00" in p for p in parts):
+        raise errors.InvalidParameter(f"source_path {path!r} may not contain '.' or '..'.",
+                                      field="source_path")
+    return "/".join(parts)
+
+
+def create_restore(session: Session, project_id: str, req: RestoreRequest, now: dt.datetime,
+                   online: set[str]) -> Dispatch:
+    """Checks a restore with the reference's codes and makes its task."""
+    backup = backups.get_backup(session, project_id, req.backup_id)
+    if backup.status != "available":
+        raise errors.BackupStatusIllegal(
+            f"Backup {backup.id} is {backup.status}; only available backups restore.",
+            backup_id=backup.id)
+    kind = backup.resource_type
+    children = backups.children(session, backup.id)
+    source_path = _safe_source_path(req.source_path)
+    if source_path and kind != "turbo":
+        raise errors.InvalidParameter("source_path is only for file-system backups.",
+                                      field="source_path")
+    command: dict[str, Any] = {"backupId": backup.id,
+                               "resourceType": f"OBJECT_TYPE_{kind.upper()}",
+                               "sourcePath": source_path}
+    target_resource: Protectable | None = None
+    if req.target_agent_id or req.target_path or req.mappings:
+        agent_id = req.target_agent_id
+        if not agent_id:
+            source = session.get(Protectable, backup.resource_id)
+            if source is None:
+                raise errors.InvalidParameter(
+                    "The backup's resource is gone here; name the agent to restore on "
+                    "(target_agent_id).", field="target_agent_id")
+            agent_id = source.agent_id
+        if kind == "server":
+            targets = dict(req.mappings or {})
+            if not targets:
+                if not req.target_path:
+                    raise errors.InvalidParameter(
+                        "Restoring a server to a new place needs target_path (a directory "
+                        "for its disk images) or mappings.", field="target_path")
+                base = req.target_path.rstrip("/")
+                targets = {c.id: f"{base}/{c.resource_name}.img" for c in children}
+            known = {c.id for c in children}
+            for child_id, path in targets.items():
+                if child_id not in known:
+                    raise errors.InvalidParameter(
+                        f"mappings names {child_id!r}, which is not a disk backup of "
+                        f"{backup.id}.", field="mappings")
+                _absolute(path, "mappings")
+            missing = known - set(targets)
+            if missing:
+                raise errors.InvalidParameter(
+                    f"mappings leaves out disk backups {sorted(missing)}.", field="mappings")
+            command["diskTargets"] = targets
+        else:
+            command["targetPath"] = _absolute(req.target_path, "target_path")
+    else:
+        rid = req.target_resource_id or backup.resource_id
+        target_resource = session.get(Protectable, rid)
+        if target_resource is None or target_resource.project_id != project_id:
+            raise errors.ResourceNotFound(f"No resource with id {rid!r} to restore to.",
+                                          resource_id=rid)
+        if target_resource.gone:
+            raise errors.ResourceNotFound(
+                f"Resource {target_resource.name} is no longer reported by its agent.",
+                resource_id=rid)
+        target_kind = "disk" if backup.parent_id else kind
+        if target_resource.object_type != target_kind and not (
+                target_kind == "disk" and backup.parent_id and target_resource.id == rid):
+            raise errors.ResourceTypeMismatch(
+                f"A {kind} backup cannot restore into {target_resource.object_type} "
+                f"{target_resource.name}.", resource_id=rid)
+        busy = _busy(session, target_resource.id)
+        if busy is not None:
+            raise errors.ResourceBeingBackedUp(
+                f"Backup {busy.id} of {target_resource.name} is {busy.status}.",
+                resource_id=target_resource.id)
+        agent_id = target_resource.agent_id
+        if kind == "server":
+            by_disk = {d["id"]: d for d in target_resource.disks}
+            targets = {}
+            for child in children:
+                disk = by_disk.get(child.extend_info.get("disk_id"))
+                if disk is None:
+                    raise errors.InvalidParameter(
+                        f"Server {target_resource.name} has no disk "
+                        f"{child.extend_info.get('disk_id')} for disk backup {child.id}; "
+                        "restore to a new place with mappings.", field="mappings")
+                if int(disk["size_bytes"]) < child.resource_size_bytes:
+                    raise errors.RestoreTargetTooSmall(
+                        f"Disk {disk['name']} has {disk['size_bytes']} bytes; the backup "
+                        f"needs {child.resource_size_bytes}.", resource_id=target_resource.id)
+                targets[child.id] = disk["path"]
+            command["diskTargets"] = targets
+        elif kind == "disk" or backup.parent_id:
+            if target_resource.size_bytes < backup.resource_size_bytes:
+                raise errors.RestoreTargetTooSmall(
+                    f"Disk {target_resource.name} has {target_resource.size_bytes} bytes; "
+                    f"the backup needs {backup.resource_size_bytes}.",
+                    resource_id=target_resource.id)
+            path = target_resource.path or next(
+                (d["path"] for d in target_resource.disks), "")
+            command["targetPath"] = path
+        else:
+            command["targetPath"] = target_resource.path
+    if agent_id not in online:
+        raise errors.AgentUnavailable(
+            f"Agent {agent_id} is offline; restore when it is connected.", agent_id=agent_id)
+    backup.status = "restoring"
+    backup.updated_at = now
+    if target_resource is not None:
+        resource = _vault_resource(session, backup.vault_id, target_resource.id)
+        if resource is not None:
+            resource.protect_status = "restoring"
+    task = tasks.create_task(
+        session, project_id=project_id, operation_type="restore", now=now, agent_id=agent_id,
+        vault_id=backup.vault_id, resource_id=target_resource.id if target_resource else "",
+        resource_name=target_resource.name if target_resource else "",
+        command={"restore": command},
+        extra_info={"backup_id": backup.id,
+                    "target": (target_resource.id if target_resource is not None
+                               else req.target_path or json.dumps(req.mappings or {}))})
+    return Dispatch(agent_id, task.id)
+
+
+def _absolute(path: str, field: str) -> str:
+    if not path.startswith("/") or "\x00" in path:
+        raise errors.InvalidParameter(f"{field} {path!r} must be an absolute path.",
+                                      field=field)
+    return path
+
+
+def finish_restore(session: Session, task: Task, success: bool, now: dt.datetime) -> None:
+    backup = session.get(Backup, str(task.extra_info.get("backup_id", "")))
+    if backup is not None and backup.status == "restoring":
+        backup.status = "available"
+        backup.updated_at = now
+    if backup is not None and task.resource_id:
+        resource = _vault_resource(session, backup.vault_id, task.resource_id)
+        if resource is not None and resource.protect_status == "restoring":
+            resource.protect_status = "available" if success else "error"
+
+
+# -- deletion -------------------------------------------------------------------------------
+
+
+def start_delete(session: Session, project_id: str, backup_id: str, now: dt.datetime) -> Task:
+    """Marks a backup ``deleting`` and makes the controller's delete task."""
+    backup = backups.get_backup(session, project_id, backup_id)
+    if backup.parent_id:
+        raise errors.InvalidParameter(
+            f"{backup.id} is a disk of server backup {backup.parent_id}; delete that.",
+            field="backup_id")
+    if backup.status not in ("available", "error"):
+        raise errors.BackupStatusIllegal(
+            f"Backup {backup.id} is {backup.status}; wait until it is available or error.",
+            backup_id=backup.id)
+    for b in _family(session, backup.id):
+        b.status = "deleting"
+        b.updated_at = now
+    return tasks.create_task(
+        session, project_id=project_id, operation_type="delete", now=now,
+        vault_id=backup.vault_id, resource_id=backup.resource_id,
+        resource_name=backup.resource_name, checkpoint_id=backup.checkpoint_id,
+        extra_info={"backup_id": backup.id, "backup_name": backup.name})
+
+
+def forget_backup(session: Session, backup_id: str) -> int:
+    """Removes a deleted backup (and its children) from the catalog; its stored bytes."""
+    family = _family(session, backup_id)
+    if not family:
+        return 0
+    top = family[0]
+    freed = sum(b.stored_bytes for b in family)
+    resource = _vault_resource(session, top.vault_id, top.resource_id)
+    if resource is not None and top.status in ("deleting", "available"):
+        resource.backup_count = max(0, resource.backup_count - 1)
+        resource.backup_size_bytes = max(0, resource.backup_size_bytes - freed)
+    for b in reversed(family):
+        session.delete(b)
+    return freed

@@ -1,0 +1,142 @@
+"""Vault storage as the controller sees it: where each vault's data lives.
+
+The controller moves no backup data (agents do); it touches storage for
+metadata only: creating a vault's ``config`` and keys, reading manifests
+and trees (listing files, importing a vault), deleting manifests, pruning
+and verifying. Credentials for S3 come from the controller's settings and
+travel to agents inside each command over the TLS stream; they are never
+written to the database, so a database dump does not leak them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from cbr import errors
+from cbr.repo import RepoError, Repository
+from cbr.repo.errors import VaultExists
+from cbr.storage import Backend, StorageError, open_backend
+from controller.config import Config
+
+log = logging.getLogger("cbr.controller.storage")
+
+
+def join_url(base: str, vault_id: str) -> str:
+    """``base`` with one more path component (a directory or an S3 prefix)."""
+    if base.startswith("/"):
+        return base.rstrip("/") + "/" + vault_id
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/") + "/" + vault_id
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def check_url(url: str) -> str:
+    """Refuses storage URLs the backends cannot open, with the reason."""
+    if url.startswith("/"):
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("file", "s3"):
+        raise errors.InvalidParameter(
+            f"storage_url {url!r} is not an absolute path, file:///path or s3://bucket/prefix.",
+            field="storage_url")
+    if "@" in parts.netloc:
+        raise errors.InvalidParameter(
+            "Credentials do not belong in storage_url; set storage_access_key and "
+            "storage_secret_key on the controller.", field="storage_url")
+    return url
+
+
+class VaultStorage:
+    """Opens vault storage with the controller's credentials.
+
+    Repositories opened for reading (listing files) are cached per URL and
+    reloaded when the set of index files changes, so a listing does not
+    reload a large index every call.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[frozenset[bytes], Repository]] = {}
+
+    def _options(self, url: str) -> dict[str, Any]:
+        if url.startswith("s3://") and self._config.storage_access_key:
+            return {"access_key": self._config.storage_access_key,
+                    "secret_key": self._config.storage_secret_key}
+        return {}
+
+    def url_for_new_vault(self, vault_id: str, requested: str = "") -> str:
+        return check_url(requested) if requested else join_url(
+            self._config.effective_storage_url, vault_id)
+
+    def access(self, url: str) -> dict[str, str]:
+        """The StorageAccess an agent needs for ``url`` (JSON field names)."""
+        options = self._options(url)
+        return {"url": url, "accessKey": options.get("access_key", ""),
+                "secretKey": options.get("secret_key", "")}
+
+    def backend(self, url: str) -> Backend:
+        try:
+            return open_backend(url, **self._options(url))
+        except (ValueError, StorageError) as exc:
+            raise errors.StorageUnavailable(f"Cannot open vault storage {url}: {exc}",
+                                            storage_url=url) from exc
+
+    def init_vault(self, url: str, vault_id: str, now: dt.datetime) -> None:
+        """Writes the vault's config and keys (before the catalog points at it)."""
+        try:
+            Repository.init(self.backend(url), vault_id=vault_id, encrypted=False, now=now)
+        except VaultExists:
+            raise errors.Conflict(
+                f"The storage {url} already holds a vault; import it with "
+                "ImportVaultStorage instead.", storage_url=url) from None
+        except StorageError as exc:
+            raise errors.StorageUnavailable(f"Cannot write vault storage {url}: {exc}",
+                                            storage_url=url) from exc
+
+    @contextmanager
+    def repository(self, url: str, *, load_index: bool = True) -> Iterator[Repository]:
+        """A freshly opened repository, closed after use."""
+        try:
+            repo = Repository.open(self.backend(url), load_index=load_index)
+        except StorageError as exc:
+            raise errors.StorageUnavailable(f"Cannot read vault storage {url}: {exc}",
+                                            storage_url=url) from exc
+        except RepoError as exc:
+            raise errors.DataIntegrityError(f"Vault storage {url}: {exc}",
+                                            storage_url=url) from exc
+        try:
+            yield repo
+        finally:
+            close = getattr(repo, "close", None)
+            if close is not None:
+                close()
+
+    def reader(self, url: str) -> Repository:
+        """A cached read-only repository whose index matches the storage's now."""
+        try:
+            backend = self.backend(url)
+            probe = Repository.open(backend, load_index=False)
+            current = frozenset(probe.list_index_files())
+            with self._lock:
+                cached = self._cache.get(url)
+            if cached is not None and cached[0] == current:
+                return cached[1]
+            probe.load_index()
+        except StorageError as exc:
+            raise errors.StorageUnavailable(f"Cannot read vault storage {url}: {exc}",
+                                            storage_url=url) from exc
+        except RepoError as exc:
+            raise errors.DataIntegrityError(f"Vault storage {url}: {exc}",
+                                            storage_url=url) from exc
+        with self._lock:
+            self._cache[url] = (current, probe)
+            if len(self._cache) > 16:
+                self._cache.pop(next(iter(self._cache)))
+        return probe

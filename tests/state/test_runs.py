@@ -1,0 +1,236 @@
+"""Backup runs, restores and deletions in the catalog, on SQLite and PostgreSQL.
+
+The agent side is faked only in the sense that these tests apply the result
+an agent would report; the rules under test are the controller's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cbr import errors
+from controller.app import App
+from controller.persistence.models import Backup, Checkpoint, Task, Vault, VaultResource
+from controller.services import runs, tasks
+from tests.state.conftest import NOW, Inventory
+from tests.state.test_vaults import add, make_vault
+
+
+def _checkpoint(app: App, project: str, vault_id: str, online: set[str], **kw: Any
+                ) -> tuple[str, list[runs.Dispatch]]:
+    with app.db.begin() as s:
+        cp, dispatches = runs.create_checkpoint(
+            s, project, vault_id, kw.pop("resource_ids", []), name=kw.pop("name", ""),
+            description="", full=kw.pop("full", False), now=NOW, online=online, **kw)
+        return cp.id, dispatches
+
+
+def _succeed(app: App, task_id: str, stored: int = 1000) -> None:
+    with app.db.begin() as s:
+        task = s.get(Task, task_id)
+        assert task is not None
+        top = str(task.extra_info["backup_id"])
+        ids = [top, *[b.id for b in s.query(Backup).filter(Backup.parent_id == top)]]
+        items = [{"backup_id": i, "stored_bytes": stored, "protected_at": NOW.isoformat()}
+                 for i in ids]
+        done = tasks.finish_task(s, task_id, "success", NOW,
+                                 extra_info={"backups": json.dumps(items)})
+        assert done is not None
+        runs.finish_backup(s, done, True, dict(done.extra_info), NOW)
+
+
+def _fail(app: App, task_id: str) -> None:
+    with app.db.begin() as s:
+        done = tasks.finish_task(s, task_id, "failed", NOW, error_code="BackupService.0503",
+                                 error_message="agent restarted")
+        assert done is not None
+        runs.finish_backup(s, done, False, {}, NOW)
+
+
+def test_a_checkpoint_makes_one_protecting_backup_and_task_per_resource(
+        app: App, project: str, inventory: Inventory) -> None:
+    a, b = inventory.add("vol-a", "disk"), inventory.add("vol-b", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, a, b)
+    cp_id, dispatches = _checkpoint(app, project, vid, {inventory.agent_id})
+    assert len(dispatches) == 2
+    with app.db.begin() as s:
+        backups = s.query(Backup).filter(Backup.checkpoint_id == cp_id).all()
+        assert {x.status for x in backups} == {"protecting"}
+        assert all(x.name.startswith("manualbk_") for x in backups)
+        assert len({x.name for x in backups}) == 1
+        task = s.get(Task, dispatches[0].task_id)
+        assert task is not None and task.operation_type == "backup"
+        assert task.command["backup"]["resourceLocalId"] in ("disk:vol-a", "disk:vol-b")
+        assert "storage" not in task.command["backup"]  # credentials are added at send time
+
+
+def test_a_server_backup_has_one_child_per_disk_and_names_the_system_disk(
+        app: App, project: str, inventory: Inventory) -> None:
+    server = inventory.add("web", "server")
+    vid = make_vault(app, project)
+    add(app, project, vid, server)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    with app.db.begin() as s:
+        task = s.get(Task, d.task_id)
+        assert task is not None
+        disks = task.command["backup"]["disks"]
+        assert [(x["name"], x["systemDisk"]) for x in disks] == [("system", True),
+                                                                  ("data", False)]
+        top = s.get(Backup, task.extra_info["backup_id"])
+        assert top is not None and top.extend_info["contain_system_disk"]
+
+
+def test_resources_of_offline_agents_are_skipped_with_a_code_and_reason(
+        app: App, project: str, inventory: Inventory) -> None:
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, inventory.add("vol", "disk"))
+    cp_id, dispatches = _checkpoint(app, project, vid, online=set())
+    assert dispatches == []
+    with app.db.begin() as s:
+        cp = s.get(Checkpoint, cp_id)
+        assert cp is not None and cp.status == "error"
+        [skipped] = cp.skipped_resources
+        assert skipped["code"] == "BackupService.0503" and "offline" in skipped["reason"]
+
+
+def test_success_makes_backups_available_and_counts_usage_then_next_is_incremental(
+        app: App, project: str, inventory: Inventory) -> None:
+    vol = inventory.add("vol", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, vol)
+    cp_id, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _succeed(app, d.task_id, stored=5000)
+    with app.db.begin() as s:
+        [b] = s.query(Backup).filter(Backup.checkpoint_id == cp_id).all()
+        assert (b.status, b.stored_bytes, b.incremental) == ("available", 5000, False)
+        vault = s.get(Vault, vid)
+        assert vault is not None and vault.used_bytes == 5000
+        resource = s.query(VaultResource).filter(VaultResource.vault_id == vid).one()
+        assert (resource.protect_status, resource.backup_count) == ("available", 1)
+        cp = s.get(Checkpoint, cp_id)
+        assert cp is not None and cp.status == "available"
+    _, [d2] = _checkpoint(app, project, vid, {inventory.agent_id})
+    with app.db.begin() as s:
+        task = s.get(Task, d2.task_id)
+        assert task is not None and task.command["backup"]["parentBackupId"] == b.id
+    _fail(app, d2.task_id)
+    _, [d3] = _checkpoint(app, project, vid, {inventory.agent_id}, full=True)
+    with app.db.begin() as s:
+        task = s.get(Task, d3.task_id)
+        assert task is not None and task.command["backup"]["parentBackupId"] == ""
+
+
+def test_a_failed_task_leaves_its_backups_error_never_available(
+        app: App, project: str, inventory: Inventory) -> None:
+    vid = make_vault(app, project)
+    add(app, project, vid, inventory.add("web", "server"))
+    cp_id, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _fail(app, d.task_id)
+    with app.db.begin() as s:
+        statuses = {b.status for b in s.query(Backup).filter(Backup.checkpoint_id == cp_id)}
+        assert statuses == {"error"}
+
+
+def test_a_resource_being_backed_up_is_skipped_then_refuses_restore_with_2002(
+        app: App, project: str, inventory: Inventory) -> None:
+    vol = inventory.add("vol", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, vol)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _succeed(app, d.task_id)
+    _checkpoint(app, project, vid, {inventory.agent_id})
+    cp3, none = _checkpoint(app, project, vid, {inventory.agent_id})
+    assert none == []
+    with app.db.begin() as s:
+        cp = s.get(Checkpoint, cp3)
+        assert cp is not None and cp.skipped_resources[0]["code"] == "BackupService.2002"
+        done = s.query(Backup).filter(Backup.status == "available").one()
+    with pytest.raises(errors.ResourceBeingBackedUp), app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(done.id), NOW,
+                            {inventory.agent_id})
+
+
+def test_restore_refusals_use_the_reference_codes(
+        app: App, project: str, inventory: Inventory) -> None:
+    big, small = inventory.add("big", "disk"), inventory.add("small", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, big)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    with app.db.begin() as s:
+        backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
+    with pytest.raises(errors.BackupStatusIllegal), app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW,
+                            {inventory.agent_id})
+    _succeed(app, d.task_id)
+    with app.db.begin() as s:
+        target = s.get(Backup, backup_id)
+        assert target is not None
+        target.resource_size_bytes = 40 << 30  # bigger than "small" (30 GiB)
+    with pytest.raises(errors.RestoreTargetTooSmall), app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(backup_id, small), NOW,
+                            {inventory.agent_id})
+    with pytest.raises(errors.AgentUnavailable), app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(
+            backup_id, target_path="/tmp/x.img"), NOW, set())
+    with pytest.raises(errors.InvalidParameter), app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(
+            backup_id, target_path="relative.img"), NOW, {inventory.agent_id})
+
+
+def test_restore_marks_the_backup_restoring_until_the_task_ends(
+        app: App, project: str, inventory: Inventory) -> None:
+    vol = inventory.add("vol", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, vol)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _succeed(app, d.task_id)
+    with app.db.begin() as s:
+        backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
+        dispatch = runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW,
+                                       {inventory.agent_id})
+        restore = s.get(Task, dispatch.task_id)
+        assert restore is not None and restore.command["restore"]["targetPath"]
+        assert s.get(Backup, backup_id).status == "restoring"  # type: ignore[union-attr]
+    with pytest.raises(errors.BackupStatusIllegal), app.db.begin() as s:
+        runs.start_delete(s, project, backup_id, NOW)
+    with app.db.begin() as s:
+        done = tasks.finish_task(s, dispatch.task_id, "success", NOW)
+        assert done is not None
+        runs.finish_restore(s, done, True, NOW)
+        assert s.get(Backup, backup_id).status == "available"  # type: ignore[union-attr]
+
+
+def test_deleting_forgets_the_backup_and_its_usage(
+        app: App, project: str, inventory: Inventory) -> None:
+    vol = inventory.add("vol", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, vol)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _succeed(app, d.task_id, stored=700)
+    with app.db.begin() as s:
+        backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
+        task = runs.start_delete(s, project, backup_id, NOW)
+        assert task.operation_type == "delete" and task.agent_id == ""
+        assert s.get(Backup, backup_id).status == "deleting"  # type: ignore[union-attr]
+    with app.db.begin() as s:
+        assert runs.forget_backup(s, backup_id) == 700
+    with app.db.begin() as s:
+        assert s.get(Backup, backup_id) is None
+        resource = s.query(VaultResource).filter(VaultResource.vault_id == vid).one()
+        assert resource.backup_count == 0
+
+
+def test_a_full_vault_refuses_new_backups_with_6114(
+        app: App, project: str, inventory: Inventory) -> None:
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, inventory.add("vol", "disk"))
+    with app.db.begin() as s:
+        vault = s.get(Vault, vid)
+        assert vault is not None
+        vault.used_bytes = vault.size_gb * 1024**3
+    with pytest.raises(errors.VaultCapacityExceeded):
+        _checkpoint(app, project, vid, {inventory.agent_id})
