@@ -57,7 +57,10 @@ from cbr.repo.tree import (
 )
 
 SMALL_FILE = 256 << 10  # below the chunker's minimum: one chunk, no CDC
-MAX_FILES_IN_FLIGHT = 32
+MAX_FILES_IN_FLIGHT = 8
+READERS_PER_WORKER = 1
+BATCH_FILES = 64
+MAX_PENDING_DIRS = 256
 READ_SIZE = 4 << 20
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -132,13 +135,16 @@ class _TreeBackup:
         self.hasher = repo.hasher()
         self.params = repo.config.chunker
         self.names = _Names()
-        self.pool = ThreadPoolExecutor(max(1, workers), "tree-read")
+        # Reading many small files waits on the disk more than on the CPU:
+        # more readers than cores keep the device busy.
+        self.pool = ThreadPoolExecutor(max(1, workers) * READERS_PER_WORKER, "tree-read")
         self.slots = threading.BoundedSemaphore(MAX_FILES_IN_FLIGHT)
         self.stats = {"bytes_scanned": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_new": 0,
                       "files": 0, "dirs": 0, "files_unchanged": 0, "files_changed_while_read": 0}
         self.warnings: list[str] = []
         self.links: dict[tuple[int, int], list[bytes]] = {}
         self._lock = threading.Lock()
+        self.waiting = 0
 
     # -- file content ------------------------------------------------------------------------
 
@@ -181,6 +187,43 @@ class _TreeBackup:
 
     def _read_file(self, path: bytes, st: os.stat_result) -> _FileResult:
         try:
+            return self._read_any(path, st)
+        finally:
+            self.slots.release()
+
+    def _read_batch(self, items: list[tuple[bytes, os.stat_result]]) -> list[_FileResult]:
+        """Many small files in one job: a thread hand-off per file would cost
+        more than the file's own few syscalls."""
+        try:
+            return [self._read_small(path, st) or self._read_any(path, st)
+                    for path, st in items]
+        finally:
+            self.slots.release()
+
+    def _read_small(self, path: bytes, st: os.stat_result) -> _FileResult | None:
+        """A small dense file in four syscalls; None when anything looks off
+        (it grew, it moved, it is sparse): then the careful path reads it."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, st.st_size + 1)
+            after = os.fstat(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(data) != st.st_size or not _same(st, after) or (
+                after.st_blocks * 512 < after.st_size):
+            return None
+        out = _FileResult(final_stat=after)
+        if data:
+            self._take(out, data)
+        return out
+
+    def _read_any(self, path: bytes, st: os.stat_result) -> _FileResult:
+        try:
             for attempt in range(2):
                 out = _FileResult()
                 try:
@@ -207,8 +250,6 @@ class _TreeBackup:
         except OSError as exc:
             return _FileResult(vanished=True,
                                warning=f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
-        finally:
-            self.slots.release()
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -254,6 +295,15 @@ class _TreeBackup:
     def directory(self, path: bytes, rel: list[bytes], parent_tree: bytes | None,
                   root_dev: int) -> bytes:
         """Stores one directory (and everything below it); its tree id."""
+        return self.scan(path, rel, parent_tree, root_dev).finish()
+
+    def scan(self, path: bytes, rel: list[bytes], parent_tree: bytes | None,
+             root_dev: int) -> _PendingDir:
+        """Lists a directory and hands its files to the readers, then does the
+        same for its subdirectories, without waiting: sibling directories
+        read in parallel, and a directory's tree is stored once all below it
+        is (``finish``). At most ``MAX_PENDING_DIRS`` wait at any time, so
+        memory does not grow with the tree."""
         if self.progress.cancelled.is_set():
             raise Cancelled("the backup was cancelled")
         old = self._parent_entries(parent_tree)
@@ -270,6 +320,7 @@ class _TreeBackup:
             listed = []
         self.stats["dirs"] += 1
         subdirs: list[tuple[TreeEntry, bytes]] = []
+        batch: list[tuple[TreeEntry, bytes, os.stat_result]] = []
         for d in listed:
             name = d.name
             child = path + b"/" + name
@@ -315,15 +366,30 @@ class _TreeBackup:
                 self.stats["files_unchanged"] += 1
                 entries.append(entry)
                 continue
-            self.slots.acquire()
-            pending.append((entry, self.pool.submit(self._read_file, child, st)))
+            if st.st_size <= SMALL_FILE:
+                batch.append((entry, child, st))
+                if len(batch) >= BATCH_FILES:
+                    self._submit_batch(batch, pending)
+                    batch = []
+            else:
+                self.slots.acquire()
+                pending.append((entry, self.pool.submit(self._read_file, child, st)))
+        if batch:
+            self._submit_batch(batch, pending)
+        node = _PendingDir(self, entries, pending)
+        self.waiting += 1
         for entry, child in subdirs:
             prev = old.get(entry.name)
-            entry.subtree = self.directory(
+            node.subdirs.append((entry, self.scan(
                 child, [*rel, entry.name],
                 prev.subtree if prev is not None and prev.type == EntryType.DIR else None,
-                root_dev)
-            entries.append(entry)
+                root_dev)))
+            while self.waiting > MAX_PENDING_DIRS and node.finish_one():
+                pass
+        return node
+
+    def finish(self, entries: list[TreeEntry],
+               pending: list[tuple[TreeEntry, Future[_FileResult]]]) -> bytes:
         for entry, future in pending:
             result = future.result()
             if result.warning:
@@ -351,10 +417,59 @@ class _TreeBackup:
         data = encode_tree(entries)
         tree_id, sent = self.repo.store_blob(BlobType.META, data)
         self.stats["bytes_sent"] += sent
+        self.waiting -= 1
         return tree_id
+
+    def _submit_batch(self, batch: list[tuple[TreeEntry, bytes, os.stat_result]],
+                      pending: list[tuple[TreeEntry, Future[_FileResult]]]) -> None:
+        self.slots.acquire()
+        job = self.pool.submit(self._read_batch, [(child, st) for _e, child, st in batch])
+        for i, (entry, _child, _st) in enumerate(batch):
+            pending.append((entry, _Item(job, i)))  # type: ignore[arg-type]
 
     def _empty_tree(self) -> bytes:
         return self.repo.save_blob(BlobType.META, encode_tree([]))
+
+
+class _PendingDir:
+    """A scanned directory whose files may still be read and whose subdirectories
+    may still be pending."""
+
+    def __init__(self, job: _TreeBackup, entries: list[TreeEntry],
+                 pending: list[tuple[TreeEntry, Future[_FileResult]]]) -> None:
+        self.job = job
+        self.entries = entries
+        self.pending = pending
+        self.subdirs: list[tuple[TreeEntry, _PendingDir | None]] = []
+        self._next = 0
+
+    def finish_one(self) -> bool:
+        """Finishes the oldest unfinished subdirectory; False if none is left."""
+        while self._next < len(self.subdirs):
+            entry, node = self.subdirs[self._next]
+            self._next += 1
+            if node is not None:
+                entry.subtree = node.finish()
+                self.subdirs[self._next - 1] = (entry, None)
+                return True
+        return False
+
+    def finish(self) -> bytes:
+        while self.finish_one():
+            pass
+        entries = self.entries + [entry for entry, _ in self.subdirs]
+        return self.job.finish(entries, self.pending)
+
+
+class _Item:
+    """One file's result inside a batch job, looking like a Future of it."""
+
+    def __init__(self, job: Future[list[_FileResult]], index: int) -> None:
+        self._job = job
+        self._index = index
+
+    def result(self) -> _FileResult:
+        return self._job.result()[self._index]
 
 
 class _Limited:

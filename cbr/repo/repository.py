@@ -82,6 +82,9 @@ class Repository:
         self._data_key = data_keys[config.data_key_id] if config.data_key_id else None
         self.index = Index()
         self._lock = threading.RLock()
+        self._done = threading.Condition(self._lock)
+        self._uploads = 0
+        self._upload_error: BaseException | None = None
         self._writers = {t: self._new_writer(t) for t in BlobType}
         self._pending: dict[tuple[bytes, bytes], EncodedBlob] = {}
         self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
@@ -334,6 +337,8 @@ class Repository:
     ) -> tuple[bytes, int]:
         """Like :meth:`save_blob`; also returns the stored bytes this call added
         (0 when the vault already had the chunk), for progress and usage."""
+        if self._upload_error is not None:
+            raise self._upload_error
         hasher = self.hasher(key_id)
         cid = chunk_id if chunk_id is not None else hasher.chunk_id(data)
         if self.has_blob(cid, hasher.key_id):
@@ -343,39 +348,75 @@ class Repository:
             hasher=hasher, data_key=self._data_key, level=self.config.compression_level,
             chunk_id=cid,
         )
+        closed: list[tuple[FinishedPack, set[tuple[bytes, bytes]]]] = []
         with self._lock:
             if (hasher.key_id, cid) in self._pending or self.index.contains(hasher.key_id, cid):
                 return cid, 0
             writer = self._writers[blob_type]
             if not writer.fits(len(blob.stored)):
-                self._finish_pack(blob_type)
+                closed.append(self._close_pack(blob_type))
                 writer = self._writers[blob_type]
             writer.add(blob)
             self._pending[(hasher.key_id, cid)] = blob
             if writer.size >= writer.target_size:
-                self._finish_pack(blob_type)
+                closed.append(self._close_pack(blob_type))
+        for pack, keys in closed:
+            self._upload(pack, keys)
         return cid, len(blob.stored)
 
-    def _finish_pack(self, blob_type: BlobType) -> None:
+    def _close_pack(self, blob_type: BlobType) -> tuple[FinishedPack, set[tuple[bytes, bytes]]]:
+        """Under the lock: closes the open pack; its blobs stay pending (visible
+        to lookups and reads) until :meth:`_upload` has stored and indexed it."""
         writer = self._writers[blob_type]
-        if writer.count == 0:
-            return
         pack: FinishedPack = writer.finish()
-        self.backend.put_stream(layout.pack_name(pack.pack_id), pack.parts)
         self._writers[blob_type] = self._new_writer(blob_type)
-        self.index.add_pack(pack.pack_id, pack.entries)
-        for key in writer.chunk_ids:
-            self._pending.pop(key, None)
-        self._unindexed.append((pack.pack_id, pack.entries))
-        if len(self._unindexed) >= self._index_every_packs:
-            self._write_index()
+        self._uploads += 1
+        return pack, writer.chunk_ids
+
+    def _upload(self, pack: FinishedPack, keys: set[tuple[bytes, bytes]]) -> None:
+        """Stores a closed pack outside the lock, so other threads keep encoding
+        and filling the next pack while this one travels (several uploads run
+        at once, one per thread that closed a pack)."""
+        try:
+            self.backend.put_stream(layout.pack_name(pack.pack_id), pack.parts)
+        except BaseException as exc:
+            with self._done:
+                self._upload_error = self._upload_error or exc
+                self._uploads -= 1
+                self._done.notify_all()
+            raise
+        with self._done:
+            self.index.add_pack(pack.pack_id, pack.entries)
+            for key in keys:
+                self._pending.pop(key, None)
+            self._unindexed.append((pack.pack_id, pack.entries))
+            self._uploads -= 1
+            self._done.notify_all()
+            if len(self._unindexed) >= self._index_every_packs:
+                self._write_index()
+
+    def _finish_pack(self, blob_type: BlobType) -> None:
+        """Closes and uploads the open pack of a type now (the caller holds no lock)."""
+        with self._lock:
+            if self._writers[blob_type].count == 0:
+                return
+            closed = self._close_pack(blob_type)
+        self._upload(*closed)
 
     def flush(self) -> None:
-        """Uploads the open packs, then the index file describing every pack
-        uploaded since the last index file (section 11, step 3)."""
-        with self._lock:
-            for blob_type in BlobType:
-                self._finish_pack(blob_type)
+        """Uploads the open packs, waits for every upload other threads started,
+        then writes the index file describing every pack uploaded since the last
+        one (section 11, step 3). An upload that failed fails the flush, so no
+        manifest is written over a missing pack."""
+        for blob_type in BlobType:
+            self._finish_pack(blob_type)
+        with self._done:
+            while self._uploads:
+                self._done.wait()
+            if self._upload_error is not None:
+                # Sticky: blobs of the lost pack look stored to this repository
+                # object, so nothing written through it may be trusted again.
+                raise self._upload_error
             self._write_index()
 
     def load_blob(self, chunk_id: bytes, *, key_id: bytes | None = None) -> bytes:
