@@ -18,6 +18,7 @@ temporary name and are renamed into place only when complete and verified.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import grp
@@ -61,6 +62,8 @@ MAX_FILES_IN_FLIGHT = 8
 READERS_PER_WORKER = 1
 BATCH_FILES = 64
 MAX_PENDING_DIRS = 256
+RESTORE_BATCH = 32
+MAX_RESTORE_JOBS = 16
 READ_SIZE = 4 << 20
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -553,7 +556,12 @@ class _TreeRestore:
     def __init__(self, repo: Repository, progress: Progress, workers: int) -> None:
         self.repo = repo
         self.progress = progress
+        # Restoring is mostly small writes and metadata syscalls, which release
+        # the GIL: more threads than cores keep the disk busy.
         self.pool = ThreadPoolExecutor(max(1, workers), "tree-restore")
+        self.jobs: collections.deque[Future[None]] = collections.deque()
+        self.dir_meta: list[tuple[tuple[bytes, ...], TreeEntry]] = []
+        self._lock = threading.Lock()
         self.root_owner = os.geteuid() == 0
         self.stats = {"files": 0, "dirs": 0, "bytes_written": 0}
         self.warnings: list[str] = []
@@ -587,7 +595,7 @@ class _TreeRestore:
             except NotImplementedError:
                 pass
             except OSError as exc:
-                self.warnings.append(f"mode of {os.fsdecode(name)}: {exc.strerror}")
+                self._warn(f"mode of {os.fsdecode(name)}: {exc.strerror}")
         for key, value in e.xattrs.items():
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd) \
@@ -598,9 +606,51 @@ class _TreeRestore:
                     finally:
                         os.close(fd)
             except OSError as exc:
-                self.warnings.append(f"xattr {key} of {os.fsdecode(name)}: {exc.strerror}")
+                self._warn(f"xattr {key} of {os.fsdecode(name)}: {exc.strerror}")
         with contextlib.suppress(OSError, NotImplementedError):
             os.utime(name, ns=(e.atime, e.mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _warn(self, text: str) -> None:
+        with self._lock:
+            self.warnings.append(text)
+
+    def _submit(self, dir_fd: int, batch: list[TreeEntry]) -> None:
+        """Restores a batch of files of one directory on the pool, through its
+        own descriptor of that directory."""
+        fd = os.dup(dir_fd)
+
+        def job() -> None:
+            try:
+                for e in batch:
+                    self.file(fd, e)
+                    self._meta(fd, e.name, e)
+            finally:
+                os.close(fd)
+
+        if all(e.size <= SMALL_FILE for e in batch):
+            # Small files are written right here: a thread hand-off per batch
+            # turns every one of their many short syscalls into a GIL fight.
+            job()
+            return
+        self.jobs.append(self.pool.submit(job))
+        while len(self.jobs) > MAX_RESTORE_JOBS:
+            self.jobs.popleft().result()
+
+    def barrier(self) -> None:
+        """Waits for every file job (before a hardlink, and at the end)."""
+        while self.jobs:
+            self.jobs.popleft().result()
+
+    def finish_dirs(self) -> None:
+        """Directory modes and times, deepest first, once everything inside is
+        written (writing into a directory changes its mtime)."""
+        self.barrier()
+        for parts, e in reversed(self.dir_meta):
+            parent = self._open_parent(parts)
+            try:
+                self._meta(parent, parts[-1], e)
+            finally:
+                os.close(parent)
 
     def _content_ids(self, e: TreeEntry) -> list[bytes]:
         ids = list(e.content)
@@ -619,9 +669,6 @@ class _TreeRestore:
             offset_iter = iter(ranges)
             current = next(offset_iter, (0, 0))
             pos, left = current
-            window: list[Future[bytes]] = []
-            depth = 8
-
             def write(data: bytes) -> None:
                 nonlocal pos, left, current
                 view = memoryview(data)
@@ -636,14 +683,12 @@ class _TreeRestore:
                     view = view[n:]
 
             for cid in ids:
-                window.append(self.pool.submit(self.repo.load_blob, cid))
-                if len(window) > depth:
-                    write(window.pop(0).result())
-            for fut in window:
-                write(fut.result())
+                write(self.repo.load_blob(cid))
             os.ftruncate(fd, e.size)
             written = sum(length for _, length in ranges) if e.extents else e.size
-            self.stats["bytes_written"] += written
+            with self._lock:
+                self.stats["bytes_written"] += written
+                self.stats["files"] += 1
             self.progress.add(scanned=e.size, read=written)
             ok = True
         finally:
@@ -653,10 +698,9 @@ class _TreeRestore:
                     os.unlink(tmp, dir_fd=dir_fd)
         self._replace_slot(dir_fd, e.name)
         os.rename(tmp, e.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        self.stats["files"] += 1
         if e.changed:
-            self.warnings.append(f"{os.fsdecode(e.name)} changed while it was backed up; "
-                                 "its content may be inconsistent")
+            self._warn(f"{os.fsdecode(e.name)} changed while it was backed up; "
+                       "its content may be inconsistent")
 
     def directory(self, dir_fd: int, entries: list[TreeEntry], rel: tuple[bytes, ...]) -> None:
         seen: set[bytes] = set()
@@ -670,6 +714,7 @@ class _TreeRestore:
         # it), and symlinks last, so nothing is ever created through one.
         later: list[TreeEntry] = []
         subdirs: list[TreeEntry] = []
+        batch: list[TreeEntry] = []
         for e in entries:
             if self.progress.cancelled.is_set():
                 raise Cancelled("the restore was cancelled")
@@ -678,15 +723,22 @@ class _TreeRestore:
             elif e.type == EntryType.DIR:
                 subdirs.append(e)
             elif e.type == EntryType.FILE:
-                self.file(dir_fd, e)
-                self._meta(dir_fd, e.name, e)
+                batch.append(e)
+                if len(batch) >= RESTORE_BATCH or e.size > SMALL_FILE:
+                    self._submit(dir_fd, batch)
+                    batch = []
                 self.restored[(*rel, e.name)] = (*rel[len(self.base):], e.name)
             elif e.type == EntryType.HARDLINK:
+                if batch:
+                    self._submit(dir_fd, batch)
+                    batch = []
                 self._hardlink(dir_fd, e, rel)
             elif e.type in (EntryType.FIFO, EntryType.CHARDEV, EntryType.BLOCKDEV):
                 self._special(dir_fd, e)
             else:
                 self.warnings.append(f"socket {os.fsdecode(e.name)} not restored")
+        if batch:
+            self._submit(dir_fd, batch)
         for e in subdirs:
             self._dir(dir_fd, e, rel)
         for e in later:
@@ -704,10 +756,10 @@ class _TreeRestore:
         try:
             self.stats["dirs"] += 1
             children = decode_tree(self.repo.load_blob(e.subtree)) if e.subtree else []
+            self.dir_meta.append(((*rel[len(self.base):], e.name), e))
             self.directory(fd, children, (*rel, e.name))
         finally:
             os.close(fd)
-        self._meta(dir_fd, e.name, e)  # after the contents, so times stay
 
     def _open_parent(self, parts: tuple[bytes, ...]) -> int:
         """The directory holding ``parts`` inside the target, walked name by name
@@ -741,6 +793,7 @@ class _TreeRestore:
             raise UnsafeTarget(f"hardlink {os.fsdecode(e.name)} names "
                                f"{'/'.join(os.fsdecode(p) for p in parts)}, which this restore "
                                "has not created")
+        self.barrier()  # the first name may still be being written
         self._replace_slot(dir_fd, e.name)
         src_fd = self._open_parent(first)
         try:
@@ -748,7 +801,8 @@ class _TreeRestore:
                     follow_symlinks=False)
         finally:
             os.close(src_fd)
-        self.stats["files"] += 1
+        with self._lock:
+            self.stats["files"] += 1
 
     def _special(self, dir_fd: int, e: TreeEntry) -> None:
         self._replace_slot(dir_fd, e.name)
@@ -790,6 +844,7 @@ def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
             job.directory(root_fd, [entry], tuple(path[:-1]))
         else:
             job.directory(root_fd, entries, ())
+        job.finish_dirs()
     except UnsafeName as exc:
         raise UnsafeTarget(f"the backup holds an unsafe entry: {exc}") from exc
     except OSError as exc:

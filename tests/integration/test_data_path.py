@@ -121,8 +121,9 @@ class Host:
 
 def _start(tmp_path: Path, controller_factory: ControllerFactory,
            agent_factory: AgentFactory, *, extra_args: list[str] | None = None,
-           big_mib: int = 0) -> Host:
-    controller = controller_factory("controller", extra_args=[*FAST, *(extra_args or [])])
+           big_mib: int = 0, env: dict[str, str] | None = None) -> Host:
+    controller = controller_factory("controller", extra_args=[*FAST, *(extra_args or [])],
+                                    env=env)
     client = controller.client()
     files = _host(tmp_path / "host", random.Random(7), big_mib)
     config = _config(tmp_path / "agent.toml", controller, files, tmp_path / "agent-state",
