@@ -256,7 +256,8 @@ class _TreeBackup:
 
     # -- entries ---------------------------------------------------------------------------
 
-    def _entry(self, name: bytes, st: os.stat_result, path: bytes) -> TreeEntry:
+    def _entry(self, name: bytes, st: os.stat_result, path: bytes,
+               old: TreeEntry | None = None) -> TreeEntry:
         mode = st.st_mode
         kind = (EntryType.DIR if stat.S_ISDIR(mode) else EntryType.FILE if stat.S_ISREG(mode)
                 else EntryType.SYMLINK if stat.S_ISLNK(mode) else EntryType.FIFO
@@ -269,6 +270,16 @@ class _TreeBackup:
             size=st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0,
             inode=st.st_ino, dev=st.st_dev, nlink=st.st_nlink,
             rdev=st.st_rdev if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else 0)
+        if old is not None and old.ctime == st.st_ctime_ns and old.inode == st.st_ino \
+                and old.dev == st.st_dev:
+            # Setting an xattr or retargeting changes ctime: an unchanged ctime
+            # lets the parent's xattrs and target stand, saving two syscalls.
+            entry.xattrs = dict(old.xattrs)
+            if kind == EntryType.SYMLINK:
+                entry.target = old.target
+                if entry.target is None:
+                    entry.target = os.readlink(path)
+            return entry
         if kind == EntryType.SYMLINK:
             entry.target = os.readlink(path)
         entry.xattrs = _xattrs(path)
@@ -329,7 +340,7 @@ class _TreeBackup:
             child = path + b"/" + name
             try:
                 st = d.stat(follow_symlinks=False)
-                entry = self._entry(name, st, child)
+                entry = self._entry(name, st, child, old.get(name))
             except FileNotFoundError:
                 self.warnings.append(f"vanished: {os.fsdecode(child)}")
                 continue
