@@ -52,6 +52,19 @@ def check_url(url: str) -> str:
     return url
 
 
+@contextmanager
+def _reading(url: str) -> Iterator[None]:
+    """Storage and format failures while reading, as the API's errors."""
+    try:
+        yield
+    except StorageError as exc:
+        raise errors.StorageUnavailable(f"Cannot read vault storage {url}: {exc}",
+                                        storage_url=url) from exc
+    except RepoError as exc:
+        raise errors.DataIntegrityError(f"Vault storage {url}: {exc}",
+                                        storage_url=url) from exc
+
+
 class VaultStorage:
     """Opens vault storage with the controller's credentials.
 
@@ -103,14 +116,8 @@ class VaultStorage:
     @contextmanager
     def repository(self, url: str, *, load_index: bool = True) -> Iterator[Repository]:
         """A freshly opened repository, closed after use."""
-        try:
+        with _reading(url):
             repo = Repository.open(self.backend(url), load_index=load_index)
-        except StorageError as exc:
-            raise errors.StorageUnavailable(f"Cannot read vault storage {url}: {exc}",
-                                            storage_url=url) from exc
-        except RepoError as exc:
-            raise errors.DataIntegrityError(f"Vault storage {url}: {exc}",
-                                            storage_url=url) from exc
         try:
             yield repo
         finally:
@@ -120,7 +127,7 @@ class VaultStorage:
 
     def reader(self, url: str) -> Repository:
         """A cached read-only repository whose index matches the storage's now."""
-        try:
+        with _reading(url):
             backend = self.backend(url)
             probe = Repository.open(backend, load_index=False)
             current = frozenset(probe.list_index_files())
@@ -129,12 +136,6 @@ class VaultStorage:
             if cached is not None and cached[0] == current:
                 return cached[1]
             probe.load_index()
-        except StorageError as exc:
-            raise errors.StorageUnavailable(f"Cannot read vault storage {url}: {exc}",
-                                            storage_url=url) from exc
-        except RepoError as exc:
-            raise errors.DataIntegrityError(f"Vault storage {url}: {exc}",
-                                            storage_url=url) from exc
         with self._lock:
             self._cache[url] = (current, probe)
             if len(self._cache) > 16:

@@ -44,6 +44,17 @@ SKIPPED_COLUMNS: list[Column] = [
 ]
 
 
+def _checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """What `checkpoint create` and `backup create` both take besides the vault."""
+    p.add_argument(
+        "--resource", nargs="+", action="extend", metavar="ID", help="only these (default all)"
+    )
+    p.add_argument("--name", help="backup name (default manualbk_xxxx)")
+    p.add_argument("--description")
+    p.add_argument("--full", action="store_true", help="force a full backup")
+    add_wait(p)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = add_group(sub, "checkpoint", "backup runs of a vault")
     p = add_command(
@@ -54,13 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         rpc="BackupService.CreateCheckpoint",
     )
     p.add_argument("vault_id", metavar="VAULT_ID")
-    p.add_argument(
-        "--resource", nargs="+", action="extend", metavar="ID", help="only these (default all)"
-    )
-    p.add_argument("--name", help="backup name (default manualbk_xxxx)")
-    p.add_argument("--description")
-    p.add_argument("--full", action="store_true", help="force a full backup")
-    add_wait(p)
+    _checkpoint_options(p)
     p = add_command(
         group, "show", cmd_checkpoint_show, "show a checkpoint", rpc="BackupService.GetCheckpoint"
     )
@@ -75,13 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         rpc="BackupService.CreateCheckpoint",
     )
     p.add_argument("--vault", required=True, dest="vault_id", metavar="VAULT_ID")
-    p.add_argument(
-        "--resource", nargs="+", action="extend", metavar="ID", help="only these (default all)"
-    )
-    p.add_argument("--name", help="backup name (default manualbk_xxxx)")
-    p.add_argument("--description")
-    p.add_argument("--full", action="store_true", help="force a full backup")
-    add_wait(p)
+    _checkpoint_options(p)
 
     p = add_command(
         group,
