@@ -70,6 +70,9 @@ def _enroll(cfg: agent_config.AgentConfig, token: str, controller: str, force: b
 
 
 def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
+    from agent.memory import pin_mmap_threshold
+
+    pin_mmap_threshold()
     state = StateDir(cfg.state_dir)
     if not state.enrolled():
         if not token:

@@ -24,6 +24,7 @@ from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk, disk_size, restore_disk
 from agent.dataplane.snapshot import take_snapshots
 from agent.dataplane.tree import backup_tree, restore_tree
+from agent.memory import pin_mmap_threshold
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.locks import Lock
 from cbr.storage.local import LocalBackend
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent")
     p.add_argument("--cbt", action="store_true")
     a = p.parse_args(argv)
+    pin_mmap_threshold()  # as cbr-agent run does
     backend = LocalBackend(Path(a.vault))
     started = time.perf_counter()
     out: dict[str, object] = {}

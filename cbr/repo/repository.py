@@ -51,6 +51,9 @@ from cbr.repo.manifest import Manifest
 from cbr.repo.pack import FinishedPack, PackEntry, PackWriter, read_pack_header
 from cbr.storage.backend import Backend, ObjectNotFound
 
+UPLOADS_IN_FLIGHT = 2
+"""Packs stored at once; each holds up to ``pack_size`` bytes of memory."""
+
 INDEX_EVERY_PACKS = 16
 """An index file is written after this many packs even before ``flush`` (section 7)."""
 
@@ -84,6 +87,7 @@ class Repository:
         self._lock = threading.RLock()
         self._done = threading.Condition(self._lock)
         self._uploads = 0
+        self._upload_slots = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
         self._upload_error: BaseException | None = None
         self._writers = {t: self._new_writer(t) for t in BlobType}
         self._pending: dict[tuple[bytes, bytes], EncodedBlob] = {}
@@ -378,7 +382,8 @@ class Repository:
         and filling the next pack while this one travels (several uploads run
         at once, one per thread that closed a pack)."""
         try:
-            self.backend.put_stream(layout.pack_name(pack.pack_id), pack.parts)
+            with self._upload_slots:
+                self.backend.put_stream(layout.pack_name(pack.pack_id), pack.parts)
         except BaseException as exc:
             with self._done:
                 self._upload_error = self._upload_error or exc
