@@ -1,19 +1,40 @@
-"""Disks into a vault and back (``docs/storage-format.md`` section 8).
+"""Disks into a vault and back (``docs/storage-format.md`` sections 8 and 11).
 
-Backup reads a disk in fixed blocks, skips holes (``SEEK_DATA``/``SEEK_HOLE``)
-and all-zero blocks, and stores every other block as a chunk; the vault's
-index deduplicates blocks it already has, so an incremental backup without
-changed-block tracking still sends only new blocks (it reads and hashes the
-disk, but uploads only what changed). With changed ranges from reflink
-snapshots it reads only those ranges and takes every other block's entry
-from the parent's disk map, after checking the index still has it.
+Public API::
 
-The reading thread does only ``pread``; hashing, compression and storing run
-on a small thread pool (BLAKE3 and zstd release the GIL), with a bounded
-number of blocks in flight, so memory does not grow with the disk and both
-cores work. Restore mirrors this: chunks load and verify in parallel, and
-are written in place with ``pwrite``; blocks the backup does not hold stay
-holes.
+    disk_size(path: Path) -> int
+    data_ranges(fd: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]
+    backup_disk(repo, source, *, size=None, parent=None, changed=None, progress,
+                workers=2, read_log=None) -> BackupResult      # content: DiskContent
+    restore_disk(repo, content, target, *, progress, workers=2) -> RestoreResult
+
+Backup cuts a disk into fixed blocks of ``repo.config.block_size``. Without
+``changed`` it reads every block that holds data (holes found with
+``SEEK_DATA``/``SEEK_HOLE`` are never read) and lets the vault's index
+deduplicate: an incremental backup without changed-block tracking reads and
+hashes the disk but uploads only blocks the vault lacks. With ``changed``
+(byte ranges from reflink snapshots, meaningful only with ``parent``) it
+reads only the blocks those ranges touch and takes every other entry from
+the parent's disk map, reusing whole unchanged segments by id, but only
+entries the index loaded after the lock still holds (section 11): anything
+else is read and stored again, so a prune that raced the parent cannot leave
+the new map pointing at nothing.
+
+Speed: the calling thread only reads, in large sequential ``preadv`` calls
+into a small ring of reusable buffers; hashing, compression and storing run
+on a bounded thread pool (BLAKE3 and zstd are native), and results come back
+in disk order to the disk-map builder. Memory is the ring plus the pool's
+work in flight, never a function of the disk's size. All-zero blocks are
+recognised by their chunk id (the id of a zero block is computed once), so
+they cost the hash that every block needs anyway and no Python-level scan.
+
+Restore loads and verifies chunks in parallel (bounded) and writes them in
+disk order with ``pwrite``. It never writes bytes that failed verification:
+a damaged chunk fails the restore naming it, and a restore to a new file
+writes a temporary name beside it that becomes the target only on success.
+
+This module must not decide *what* changed (``snapshot`` does) nor talk to
+the controller (``agent.commands`` does).
 """
 
 from __future__ import annotations
@@ -28,8 +49,9 @@ import os
 import secrets
 import stat
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,86 +63,293 @@ from agent.dataplane import (
     RestoreResult,
     SourceUnreadable,
     TargetTooSmall,
+    UnsafeTarget,
 )
-from cbr.repo import BlobType, DiskContent, Repository
-from cbr.repo.disk_map import DiskMapBuilder, DiskMapReader, block_count, is_zero
+from cbr.repo import BlobType, DiskContent, RepoError, Repository
+from cbr.repo.disk_map import DiskMapBuilder, DiskMapReader, block_count
 
 BLKGETSIZE64 = 0x80081272
+BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
+READ_SIZE = 2 << 20
+"""Bytes per read call (whole blocks): large enough for sequential throughput
+with the page cache cold, small enough that the ring stays a few MiB."""
+
+IDS_PER_ITEM = 256
+"""Reused parent entries carried per queue item (bounds the queue's memory)."""
+
 
 def disk_size(path: Path) -> int:
-    """Size in bytes of an image file or a block device."""
+    """Size in bytes of an image file or a block device (whose ``st_size`` is 0)."""
     try:
         st = os.stat(path)
         if stat.S_ISBLK(st.st_mode):
-            with open(path, "rb") as fh:
-                buf = fcntl.ioctl(fh.fileno(), BLKGETSIZE64, b"\0" * 8)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
                 return int(struct.unpack("Q", buf)[0])
+            except OSError:
+                return os.lseek(fd, 0, os.SEEK_END)
+            finally:
+                os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceUnreadable(f"disk {path} is neither a regular file nor a block device")
         return st.st_size
     except OSError as exc:
         raise SourceUnreadable(f"cannot read disk {path}: {exc}") from exc
 
 
-def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` ranges that may hold data (everything if the file
-    cannot tell holes apart)."""
-    offset = 0
+def data_ranges(fd: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` ranges from ``start`` on that may hold data, in order.
+
+    Everything is data where the file cannot tell holes apart (block
+    devices, filesystems without ``SEEK_DATA``).
+    """
+    offset = start
     while offset < size:
         try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
+            a = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
-                return  # only a hole up to the end
+                return  # a hole up to the end
             yield offset, size
             return
-        try:
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-        except OSError:
-            end = size
-        end = min(end, size)
-        if start >= size:
+        if a >= size:
             return
-        yield start, end
-        offset = end
+        try:
+            b = min(os.lseek(fd, a, os.SEEK_HOLE), size)
+        except OSError:
+            b = size
+        if b <= a:  # a file that changes under us: read the rest
+            yield a, size
+            return
+        yield a, b
+        offset = b
 
 
-def _blocks_of(ranges: Iterator[tuple[int, int]] | Sequence[tuple[int, int]], block_size: int,
-               total_blocks: int) -> Iterator[int]:
-    """Block numbers overlapping the ranges, increasing, each once."""
-    last = -1
+def _block_runs(ranges: Iterator[tuple[int, int]] | Sequence[tuple[int, int]],
+                block_size: int, first_block: int, end_block: int,
+                max_blocks: int) -> Iterator[tuple[int, int]]:
+    """``(first, count)`` runs of the blocks in ``[first_block, end_block)`` that
+    the byte ranges (sorted by start) overlap, each at most ``max_blocks``
+    long, each block once."""
+    run_start, run_end = -1, -1
     for start, end in ranges:
-        first = max(start // block_size, last + 1)
-        stop = min((end + block_size - 1) // block_size, total_blocks)
-        yield from range(first, stop)
-        if stop - 1 > last:
-            last = stop - 1
+        if end <= start:
+            continue
+        a = max(start // block_size, first_block)
+        b = min(-(-end // block_size), end_block)
+        if a >= b:
+            if start // block_size >= end_block:
+                break
+            continue
+        if run_end >= a:  # touches or overlaps the open run
+            run_end = max(run_end, b)
+            continue
+        if run_end > run_start:
+            yield from _split(run_start, run_end, max_blocks)
+        run_start, run_end = a, b
+    if run_end > run_start:
+        yield from _split(run_start, run_end, max_blocks)
 
 
-class _Pipeline:
-    """Ordered results of work done on a pool, with bounded work in flight."""
+def _split(first: int, end: int, max_blocks: int) -> Iterator[tuple[int, int]]:
+    while first < end:
+        n = min(max_blocks, end - first)
+        yield first, n
+        first += n
 
-    def __init__(self, pool: ThreadPoolExecutor, depth: int) -> None:
-        self._pool = pool
-        self._depth = depth
-        self._queue: collections.deque[tuple[Any, Future[Any]]] = collections.deque()
 
-    def submit(self, tag: Any, fn: Callable[..., Any], *args: Any) -> Iterator[tuple[Any, Any]]:
-        self._queue.append((tag, self._pool.submit(fn, *args)))
-        while len(self._queue) > self._depth:
-            tag0, fut = self._queue.popleft()
-            yield tag0, fut.result()
+# -- backup -------------------------------------------------------------------------------------
 
-    def drain(self) -> Iterator[tuple[Any, Any]]:
-        while self._queue:
-            tag0, fut = self._queue.popleft()
-            yield tag0, fut.result()
+Entry = tuple[int, bytes | None, int, int]
+"""One block's outcome: (block, chunk id or None for a zero block, new bytes, stored bytes)."""
 
-    def cancel(self) -> None:
-        for _tag, fut in self._queue:
-            fut.cancel()
-        self._queue.clear()
+
+@dataclass
+class _Item:
+    """One step of the ordered output: a read batch on the pool, parent entries
+    to reuse, or a whole parent segment to reference."""
+
+    end: int  # byte offset scanned once this item is taken
+    future: Future[list[Entry]] | None = None
+    entries: list[Entry] | None = None
+    segment: tuple[int, bytes, int] | None = None  # number, segment id, stored blocks
+    buffer: bytearray | None = None
+
+
+class _DiskBackup:
+    """One disk backup: the reading loop, the bounded pool, the ordered builder."""
+
+    def __init__(self, repo: Repository, fd: int, source: Path, size: int, progress: Progress,
+                 workers: int, read_log: list[tuple[int, int]] | None) -> None:
+        self.repo = repo
+        self.fd = fd
+        self.source = source
+        self.size = size
+        self.progress = progress
+        self.read_log = read_log
+        self.bs = repo.config.block_size
+        self.entries = repo.config.segment_entries
+        self.total_blocks = block_count(size, self.bs)
+        self.read_blocks = max(1, READ_SIZE // self.bs)
+        self.builder = DiskMapBuilder(repo, size=size, block_size=self.bs,
+                                      segment_entries=self.entries)
+        self.hasher = repo.hasher()
+        self.zero_ids = {self.bs: self.hasher.chunk_id(bytes(self.bs))}
+        tail = size - (self.total_blocks - 1) * self.bs if self.total_blocks else 0
+        if 0 < tail < self.bs:
+            self.zero_ids[tail] = self.hasher.chunk_id(bytes(tail))
+        self.workers = max(1, workers)
+        # Two batches per worker keep the pool busy while the reader waits on
+        # the disk; one more is being filled.
+        self.free = [bytearray(self.read_blocks * self.bs) for _ in range(2 * self.workers + 1)]
+        self.queue: collections.deque[_Item] = collections.deque()
+        self.max_items = 8 * self.workers + 8
+        self.stats = {"bytes_scanned": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_new": 0,
+                      "blocks": 0, "blocks_read": 0}
+
+    # The pool's side: hash, skip zeros, deduplicate, store.
+    def _digest(self, view: memoryview, first: int, count: int) -> list[Entry]:
+        out: list[Entry] = []
+        bs = self.bs
+        for i in range(count):
+            piece = view[i * bs:(i + 1) * bs]
+            block = first + i
+            cid = self.hasher.chunk_id(piece)
+            if cid == self.zero_ids.get(len(piece)):
+                out.append((block, None, 0, 0))
+            elif self.repo.has_blob(cid):
+                out.append((block, cid, 0, 0))
+            else:
+                cid, sent = self.repo.store_blob(BlobType.DATA, piece, chunk_id=cid)
+                out.append((block, cid, len(piece) if sent else 0, sent))
+        return out
+
+    # The reader's side.
+    def _check_cancel(self) -> None:
+        if self.progress.cancelled.is_set():
+            raise Cancelled("the backup was cancelled")
+
+    def _take(self) -> None:
+        item = self.queue.popleft()
+        if item.segment is not None:
+            number, segment_id, stored = item.segment
+            self.builder.reuse_segment(number, segment_id, stored)
+        else:
+            entries = item.future.result() if item.future is not None else item.entries
+            new = sent = 0
+            for block, cid, n, s in entries or ():
+                if cid is not None:
+                    self.builder.add(block, cid)
+                new += n
+                sent += s
+            if new or sent:
+                self.stats["bytes_new"] += new
+                self.stats["bytes_sent"] += sent
+                self.progress.add(new=new, sent=sent)
+        if item.buffer is not None:
+            self.free.append(item.buffer)
+        self._scanned_to(item.end)
+
+    def _scanned_to(self, offset: int) -> None:
+        delta = min(offset, self.size) - self.stats["bytes_scanned"]
+        if delta > 0:
+            self.stats["bytes_scanned"] += delta
+            self.progress.add(scanned=delta)
+
+    def _push(self, item: _Item) -> None:
+        self.queue.append(item)
+        while len(self.queue) > self.max_items:
+            self._take()
+
+    def read(self, pool: ThreadPoolExecutor, first: int, count: int) -> None:
+        """Reads ``count`` blocks from ``first`` into a free buffer and hands
+        them to the pool."""
+        self._check_cancel()
+        while not self.free:
+            self._take()
+        buf = self.free.pop()
+        offset = first * self.bs
+        length = min(count * self.bs, self.size - offset)
+        view = memoryview(buf)[:length]
+        try:
+            got = os.preadv(self.fd, [view], offset)
+            while 0 < got < length:  # a short read is legal; an early end is not
+                more = os.preadv(self.fd, [view[got:]], offset + got)
+                if more == 0:
+                    break
+                got += more
+        except OSError as exc:
+            self.free.append(buf)
+            raise SourceUnreadable(f"cannot read disk {self.source} at byte {offset}: "
+                                   f"{exc}") from exc
+        if got != length:
+            self.free.append(buf)
+            raise SourceUnreadable(f"{self.source}: only {got} of {length} bytes at {offset}; "
+                                   "did the disk shrink while it was read?")
+        self.stats["bytes_read"] += length
+        self.stats["blocks_read"] += count
+        self.progress.add(read=length)
+        if self.read_log is not None:
+            if self.read_log and self.read_log[-1][1] == offset:
+                self.read_log[-1] = (self.read_log[-1][0], offset + length)
+            else:
+                self.read_log.append((offset, offset + length))
+        future = pool.submit(self._digest, view, first, count)
+        self._push(_Item(end=offset + length, future=future, buffer=buf))
+
+    def reuse(self, entries: list[Entry]) -> None:
+        if entries:
+            self._push(_Item(end=(entries[-1][0] + 1) * self.bs, entries=entries))
+
+    def reuse_segment(self, number: int, segment_id: bytes, stored: int) -> None:
+        self._check_cancel()
+        self._push(_Item(end=(number + 1) * self.entries * self.bs,
+                         segment=(number, segment_id, stored)))
+
+    def scan(self, pool: ThreadPoolExecutor, first_block: int, end_block: int) -> None:
+        """Reads every block in the range that holds data (holes skipped)."""
+        start = first_block * self.bs
+        end = min(end_block * self.bs, self.size)
+        ranges = _clip(data_ranges(self.fd, self.size, start), start, end)
+        for first, count in _block_runs(ranges, self.bs, first_block, end_block,
+                                        self.read_blocks):
+            self.read(pool, first, count)
+
+    def drain(self) -> None:
+        while self.queue:
+            self._take()
+
+    def abandon(self) -> None:
+        for item in self.queue:
+            if item.future is not None:
+                item.future.cancel()
+        self.queue.clear()
+
+
+def _clip(ranges: Iterator[tuple[int, int]], start: int, end: int
+          ) -> Iterator[tuple[int, int]]:
+    for a, b in ranges:
+        if a >= end:
+            return
+        yield max(a, start), min(b, end)
+
+
+def _open_source(source: Path) -> int:
+    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        try:
+            fd = os.open(source, flags)
+        except PermissionError:  # O_NOATIME needs ownership
+            fd = os.open(source, flags & ~getattr(os, "O_NOATIME", 0))
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot open disk {source}: {exc}") from exc
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    return fd
 
 
 def backup_disk(repo: Repository, source: Path, *, size: int | None = None,
@@ -128,234 +357,283 @@ def backup_disk(repo: Repository, source: Path, *, size: int | None = None,
                 changed: Sequence[tuple[int, int]] | None = None,
                 progress: Progress, workers: int = 2,
                 read_log: list[tuple[int, int]] | None = None) -> BackupResult:
-    """Backs one disk up; ``changed`` (with ``parent``) limits reading to those ranges."""
-    bs = repo.config.block_size
-    entries = repo.config.segment_entries
+    """Backs one disk up into a complete disk map (restore never needs the parent).
+
+    ``changed`` lists byte ranges ``[start, end)`` that may differ from
+    ``parent``; it is ignored (the whole disk is read) without a parent or
+    when the disk's size or the vault's block layout differs from the
+    parent's. ``read_log``, when given, receives every byte range actually
+    read, merged where contiguous, so callers and tests can see exactly what
+    changed-block tracking saved. Blobs are flushed (packs and index) before
+    returning; writing the manifest is the caller's step.
+    """
     size = disk_size(source) if size is None else size
-    total = block_count(size, bs)
-    builder = DiskMapBuilder(repo, size=size, block_size=bs, segment_entries=entries)
-    stats = {"bytes_scanned": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_new": 0,
-             "blocks": 0, "blocks_read": 0}
-    hasher = repo.hasher()
-    if changed is not None and (parent is None or parent.block_size != bs
-                                or parent.size != size):
-        changed = None  # a resized disk or no parent: read it all
-
-    def store(data: bytes) -> tuple[bytes | None, int, int]:
-        if is_zero(data):
-            return None, 0, 0
-        cid = hasher.chunk_id(data)
-        if repo.has_blob(cid):
-            return cid, 0, 0
-        cid, sent = repo.store_blob(BlobType.DATA, data, chunk_id=cid)
-        return cid, len(data) if sent else 0, sent
-
+    bs = repo.config.block_size
+    usable_parent = (parent is not None and parent.block_size == bs and parent.size == size
+                     and parent.segment_entries == repo.config.segment_entries)
+    if changed is not None and not usable_parent:
+        changed = None
+    fd = _open_source(source)
     try:
-        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
-    except PermissionError:
-        fd = os.open(source, os.O_RDONLY)
-    except OSError as exc:
-        raise SourceUnreadable(f"cannot open disk {source}: {exc}") from exc
-    with contextlib.closing(_FD(fd)), ThreadPoolExecutor(max(1, workers),
-                                                        "disk-hash") as pool:
-        pipe = _Pipeline(pool, depth=4 * max(1, workers))
-
-        def read(block: int) -> bytes:
-            offset = block * bs
-            length = min(bs, size - offset)
-            data = os.pread(fd, length, offset)
-            if len(data) != length:
-                raise SourceUnreadable(f"{source}: short read at {offset} ({len(data)} of "
-                                       f"{length} bytes); did the disk shrink?")
-            stats["bytes_read"] += length
-            stats["blocks_read"] += 1
-            progress.add(read=length)
-            if read_log is not None:
-                if read_log and read_log[-1][1] == offset:
-                    read_log[-1] = (read_log[-1][0], offset + length)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size < size:
+            raise SourceUnreadable(f"{source} has {st.st_size} bytes, not the {size} expected; "
+                                   "did the disk shrink?")
+        job = _DiskBackup(repo, fd, source, size, progress, workers, read_log)
+        with ThreadPoolExecutor(job.workers, "disk-backup") as pool:
+            try:
+                if changed is None:
+                    job.scan(pool, 0, job.total_blocks)
                 else:
-                    read_log.append((offset, offset + length))
-            return data
-
-        def take(results: Iterator[tuple[Any, Any]]) -> None:
-            for block, (cid, new, sent) in results:
-                if cid is not None:
-                    builder.add(block, cid)
-                    stats["blocks"] += 1
-                stats["bytes_new"] += new
-                stats["bytes_sent"] += sent
-                progress.add(new=new, sent=sent)
-
-        def scanned_to(offset: int) -> None:
-            delta = min(offset, size) - stats["bytes_scanned"]
-            if delta > 0:
-                stats["bytes_scanned"] += delta
-                progress.add(scanned=delta)
-
-        try:
-            if changed is None:
-                for block in _blocks_of(data_ranges(fd, size), bs, total):
-                    if progress.cancelled.is_set():
-                        raise Cancelled("the backup was cancelled")
-                    take(pipe.submit(block, store, read(block)))
-                    scanned_to((block + 1) * bs)
-            else:
-                assert parent is not None
-                _backup_changed(repo, parent, changed, builder, pipe, read, store, take,
-                                scanned_to, progress, total, bs, entries)
-            take(pipe.drain())
-            scanned_to(size)
-        except BaseException:
-            pipe.cancel()
-            raise
-    content = builder.finish()
+                    assert parent is not None
+                    _backup_changed(job, pool, parent, changed)
+                job.drain()
+            except BaseException:
+                job.abandon()
+                raise
+    finally:
+        os.close(fd)
+    job._scanned_to(size)
+    content = job.builder.finish()
+    job.stats["blocks"] = job.builder.stored_blocks
     repo.flush()
-    return BackupResult(content, stats)
+    return BackupResult(content, job.stats)
 
 
-def _backup_changed(repo: Repository, parent: DiskContent, changed: Sequence[tuple[int, int]],
-                    builder: DiskMapBuilder, pipe: _Pipeline, read: Callable[[int], bytes],
-                    store: Callable[[bytes], Any], take: Callable[..., None],
-                    scanned_to: Callable[[int], None], progress: Progress, total: int,
-                    bs: int, entries: int) -> None:
-    changed_blocks = collections.defaultdict(list)
-    for block in _blocks_of(sorted(changed), bs, total):
-        changed_blocks[block // entries].append(block)
+def _backup_changed(job: _DiskBackup, pool: ThreadPoolExecutor, parent: DiskContent,
+                    changed: Sequence[tuple[int, int]]) -> None:
+    """Reads only changed blocks; every other entry comes from the parent's map,
+    where the index still holds it (else that block is read again)."""
+    repo, per_segment, total = job.repo, job.entries, job.total_blocks
+    dirty_runs = _block_runs(sorted(changed), job.bs, 0, total, per_segment)
+    run = next(dirty_runs, None)  # (first, count), increasing
     reader = DiskMapReader(repo, parent)
-    segments = dict(parent.segments)
-    for number in range((total + entries - 1) // entries):
-        if progress.cancelled.is_set():
-            raise Cancelled("the backup was cancelled")
-        dirty = changed_blocks.get(number, [])
-        if number in segments and not repo.has_blob(segments[number]):
-            # The parent's map of this segment is gone from the index: nothing
-            # of it can be trusted, so the whole segment is read again.
-            dirty = list(range(number * entries, min(total, (number + 1) * entries)))
-        old = list(reader.segment(number)) if number in segments and repo.has_blob(
-            segments[number]) else []
-        if not dirty and old and repo.has_blob(segments[number]) and all(
-                repo.has_blob(cid) for _b, cid in old):
-            take(pipe.drain())
-            builder.reuse_segment(number, segments[number], len(old))
-            scanned_to((number + 1) * entries * bs)
+    parent_segments = dict(parent.segments)
+    for number in range(-(-total // per_segment)):
+        job._check_cancel()
+        lo, hi = number * per_segment, min(total, (number + 1) * per_segment)
+        dirty: set[int] = set()
+        while run is not None and run[0] < hi:
+            first, end = run[0], run[0] + run[1]
+            dirty.update(range(first, min(end, hi)))
+            run = (hi, end - hi) if end > hi else next(dirty_runs, None)
+        segment_id = parent_segments.get(number)
+        old: list[tuple[int, bytes]] | None = []
+        if segment_id is not None:
+            old = None
+            if repo.has_blob(segment_id):
+                with contextlib.suppress(RepoError):
+                    old = list(reader.segment(number))
+        if old is None:
+            # The parent's map of this segment is not indexed (or damaged):
+            # nothing of it can be trusted, so the segment is read again.
+            job.scan(pool, lo, hi)
             continue
-        dirty_set = set(dirty)
-        plan: dict[int, bytes | None] = {}
-        for block, cid in old:
-            if block not in dirty_set:
-                plan[block] = cid if repo.has_blob(cid) else None  # None: read again
-        for block in dirty:
-            plan[block] = None
-        for block in sorted(plan):
-            known = plan[block]
-            if known is None:
-                take(pipe.submit(block, store, read(block)))
-            else:
-                take(pipe.submit(block, _reuse, known))
-        scanned_to((number + 1) * entries * bs)
+        known = {block: cid for block, cid in old if block not in dirty and repo.has_blob(cid)}
+        if segment_id is not None and not dirty and len(known) == len(old):
+            job.reuse_segment(number, segment_id, len(old))
+            continue
+        blocks = sorted(dirty.union(block for block, _cid in old))
+        batch: list[Entry] = []
+        i = 0
+        while i < len(blocks):
+            block = blocks[i]
+            cid = known.get(block)
+            if cid is not None:
+                batch.append((block, cid, 0, 0))
+                if len(batch) >= IDS_PER_ITEM:
+                    job.reuse(batch)
+                    batch = []
+                i += 1
+                continue
+            job.reuse(batch)  # entries before this read keep their order
+            batch = []
+            count = 1
+            while (i + count < len(blocks) and count < job.read_blocks
+                   and blocks[i + count] == block + count and blocks[i + count] not in known):
+                count += 1
+            job.read(pool, block, count)
+            i += count
+        job.reuse(batch)
 
 
-def _reuse(cid: bytes) -> tuple[bytes, int, int]:
-    return cid, 0, 0
-
-
-class _FD:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
-
+# -- restore ------------------------------------------------------------------------------------
 
 _libc: Any = None
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocates a range of a regular file (it reads as zeros); False where the
+    filesystem cannot."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                                    ctypes.c_int64]
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        lib.fallocate.restype = ctypes.c_int
+        _libc = lib
     return bool(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                                 offset, length) == 0)
 
 
-def _clear(fd: int, start: int, end: int, block_device: bool) -> None:
-    """Makes ``[start, end)`` read as zeros: a hole in a file, zeros on a device."""
-    if start >= end:
-        return
-    if not block_device and _punch_hole(fd, start, end - start):
-        return
-    zeros = bytes(min(end - start, 1 << 20))
-    offset = start
-    while offset < end:
-        n = min(len(zeros), end - offset)
-        os.pwrite(fd, zeros[:n], offset)
-        offset += n
+_ZEROS = bytes(1 << 20)
+
+
+def _write_zeros(fd: int, start: int, end: int) -> None:
+    view = memoryview(_ZEROS)
+    while start < end:
+        start += os.pwrite(fd, view[:min(len(view), end - start)], start)
+
+
+def _zero_device(fd: int, start: int, end: int) -> None:
+    """Zeros a device range, offloaded to the device (BLKZEROOUT) where it can."""
+    aligned_end = end - (end - start) % 512
+    if start % 512 == 0 and aligned_end > start:
+        try:
+            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", start, aligned_end - start))
+            start = aligned_end
+        except OSError:
+            pass
+    _write_zeros(fd, start, end)
+
+
+class _Target:
+    """Where a restore writes, and how it makes a range read as zeros."""
+
+    def __init__(self, target: Path, size: int) -> None:
+        self.path = target
+        self.temporary: Path | None = None
+        self.device = False
+        self.existing = False
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            followed = os.stat(target)  # /dev/disk/by-id/... names are links
+            if not stat.S_ISBLK(followed.st_mode):
+                raise UnsafeTarget(f"restore target {target} is a symbolic link; name the "
+                                   "file itself")
+            st = followed
+        if st is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.temporary = target.parent / f".{target.name}.cbr-partial-{secrets.token_hex(4)}"
+            self.fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        elif stat.S_ISBLK(st.st_mode):
+            self.device = True
+            have = disk_size(target)
+            if have < size:
+                raise TargetTooSmall(f"{target} has {have} bytes; the backup needs {size}")
+            try:
+                # O_EXCL on a block device: refused while it is mounted or claimed.
+                self.fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise UnsafeTarget(f"{target} is in use (mounted?); a restore would "
+                                       "corrupt it") from exc
+                raise DataplaneError(f"cannot open restore target {target}: {exc}") from exc
+        elif stat.S_ISREG(st.st_mode):
+            self.existing = True
+            self.fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            raise UnsafeTarget(f"restore target {target} is neither a regular file nor a "
+                               "block device")
+        self.can_punch = not self.device
+
+    def prepare(self, size: int) -> None:
+        if not self.device:
+            os.ftruncate(self.fd, size)
+
+    def clear(self, start: int, end: int) -> None:
+        """Makes ``[start, end)`` read as zeros. A new file is already sparse."""
+        if start >= end or self.temporary is not None:
+            return
+        if self.device:
+            _zero_device(self.fd, start, end)
+            return
+        if self.can_punch and _punch_hole(self.fd, start, end - start):
+            return
+        self.can_punch = False
+        _write_zeros(self.fd, start, end)
+
+    def finish(self, ok: bool) -> None:
+        try:
+            if ok:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+        if self.temporary is None:
+            return
+        if ok:
+            os.replace(self.temporary, self.path)
+            with contextlib.suppress(OSError):
+                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.temporary.unlink()
 
 
 def restore_disk(repo: Repository, content: DiskContent, target: Path, *,
                  progress: Progress, workers: int = 2) -> RestoreResult:
-    """Writes the disk back byte-identical; blocks the backup lacks read as zeros."""
+    """Writes a disk back byte-identical to what was backed up.
+
+    A missing ``target`` becomes a new sparse file (blocks the backup does
+    not hold stay holes), written under a temporary name and renamed only
+    once complete. An existing regular file is restored in place: truncated
+    or extended to the disk's size, with holes punched (or zeros written)
+    where the backup holds no block. A block device must be at least the
+    disk's size and not in use; absent blocks are zeroed on it.
+    Raises ``IntegrityError``/``ChunkNotFound`` naming the chunk when a
+    block cannot be read back; no byte of it is written.
+    """
     bs = content.block_size
-    stats = {"bytes_written": 0, "blocks": 0}
-    exists = target.exists() or target.is_symlink()
-    block_device = exists and stat.S_ISBLK(os.stat(target).st_mode)
-    if exists and not block_device and not stat.S_ISREG(os.lstat(target).st_mode):
-        raise DataplaneError(f"restore target {target} is neither a regular file nor a "
-                             "block device")
-    temporary: Path | None = None
-    if block_device:
-        if disk_size(target) < content.size:
-            raise TargetTooSmall(f"{target} has {disk_size(target)} bytes; the backup needs "
-                                 f"{content.size}")
-        fd = os.open(target, os.O_WRONLY)
-    elif exists:
-        fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.parent / f".{target.name}.cbr-partial-{secrets.token_hex(4)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    out = _Target(target, content.size)
+    stats = {"bytes_written": 0, "blocks": 0, "bytes_scanned": 0}
     ok = False
     try:
-        if not block_device:
-            os.ftruncate(fd, content.size)
+        out.prepare(content.size)
+        cursor = 0
+        depth = 4 * max(1, workers)
+        queue: collections.deque[tuple[int, Future[bytes]]] = collections.deque()
+
+        def write_one() -> None:
+            nonlocal cursor
+            block, future = queue.popleft()
+            data = future.result()
+            offset = block * bs
+            out.clear(cursor, offset)
+            view = memoryview(data)
+            written = 0
+            while written < len(data):
+                written += os.pwrite(out.fd, view[written:], offset + written)
+            progress.add(scanned=offset + len(data) - cursor, read=len(data))
+            cursor = offset + len(data)
+            stats["bytes_written"] += len(data)
+            stats["blocks"] += 1
+
         with ThreadPoolExecutor(max(1, workers), "disk-restore") as pool:
-            pipe = _Pipeline(pool, depth=4 * max(1, workers))
-            cursor = 0
-
-            def write(results: Iterator[tuple[Any, Any]]) -> None:
-                nonlocal cursor
-                for block, data in results:
-                    offset = block * bs
-                    if exists:
-                        _clear(fd, cursor, offset, block_device)
-                    os.pwrite(fd, data, offset)
-                    progress.add(scanned=offset + len(data) - cursor, read=len(data))
-                    cursor = offset + len(data)
-                    stats["bytes_written"] += len(data)
-                    stats["blocks"] += 1
-
             try:
                 for block, cid in DiskMapReader(repo, content):
                     if progress.cancelled.is_set():
                         raise Cancelled("the restore was cancelled")
-                    write(pipe.submit(block, repo.load_blob, cid))
-                write(pipe.drain())
+                    queue.append((block, pool.submit(repo.load_blob, cid)))
+                    while len(queue) > depth:
+                        write_one()
+                while queue:
+                    write_one()
             except BaseException:
-                pipe.cancel()
+                for _block, future in queue:
+                    future.cancel()
+                queue.clear()
                 raise
-            if exists:
-                _clear(fd, cursor, content.size, block_device)
-            progress.add(scanned=content.size - cursor)
-        os.fsync(fd)
+        out.clear(cursor, content.size)
+        progress.add(scanned=content.size - cursor)
+        stats["bytes_scanned"] = content.size
         ok = True
     finally:
-        os.close(fd)
-        if temporary is not None:
-            if ok:
-                os.replace(temporary, target)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    temporary.unlink()
+        out.finish(ok)
     return RestoreResult(stats)

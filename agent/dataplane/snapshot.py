@@ -1,38 +1,77 @@
 """Point-in-time copies of a server's disks, and what changed between two of them.
 
-Where a disk image lives on a filesystem with reflink (XFS ``reflink=1``,
-Btrfs), the snapshot is a reflink copy (``FICLONE``): instant, and sharing
-every extent with the disk until one of them is written. All of a server's
-disks are copied inside one freeze (pre hook, copies, post hook), so the set
-is crash-consistent and the freeze lasts milliseconds.
+Public API::
 
-The latest snapshot of each disk is kept after a successful backup, named
-after that backup. The next backup of the disk compares the kept snapshot
-with the new one through ``FIEMAP``: a range both map to the same physical
-extent was not written since, so only the other ranges are read. That is
-exact changed-block tracking without a kernel driver.
+    take_snapshots(disks: Sequence[tuple[str, Path]], *, pre_hook=None, post_hook=None,
+                   hook_timeout=60.0) -> SnapshotSet
+    SnapshotSet.source(key) -> Path          # what backup_disk reads
+    SnapshotSet.kind(key) -> "reflink" | "live"
+    SnapshotSet.changed_ranges(key, parent_backup_id) -> list[tuple[int, int]] | None
+    SnapshotSet.kept_backup_id(key) -> str | None
+    SnapshotSet.commit(key, backup_id)       # the new snapshot becomes the kept one
+    SnapshotSet.discard()                    # drops uncommitted new snapshots
+    SnapshotSet.release()                    # runs the post hook if still pending
+    SnapshotSet.freeze_seconds               # pre hook done -> post hook started
+    fiemap(path) -> Iterator[Extent];  changed_ranges(old, new, size) -> list[...]
+    HookFailed (a DataplaneError)
 
-Elsewhere (ext4, block devices) no copy is made: the live disk is read, and
-with hooks the freeze lasts until the read ends (``release``), which is
-correct but not short; the backup says which kind it got.
+``disks`` are ``(key, path)`` pairs; the key names a disk across backups
+(the command layer passes the disk's local id). Use the set as a context
+manager: leaving it discards what was not committed and runs a pending post
+hook, whatever happened inside.
+
+**Reflink.** Where a disk image lives on a filesystem with reflink (XFS
+``reflink=1``, Btrfs), the snapshot is a reflink copy (``FICLONE``) in
+``.cbr-snapshots/`` beside the disk: instant, and sharing every extent with
+the disk until one of them is written. All of a server's disks are copied
+in one step between the pre and post hooks, so the set is crash-consistent
+and the freeze lasts milliseconds.
+
+**Changed-block tracking.** After a successful backup the new snapshot is
+kept, named after that backup (``<key hash>.kept-<backup id>``); older ones
+are removed. The next backup compares the kept snapshot with its new one
+through ``FIEMAP`` (``FIEMAP_FLAG_SYNC``): a logical range is unchanged iff
+both files map it to the same physical bytes (or both have a hole there),
+because a reflink filesystem never overwrites a shared extent in place.
+Everything else (new placement, data that became a hole, a hole that became
+data, extents whose placement says nothing, such as delayed allocation,
+inline or encoded ones) is reported changed. That is exact changed-block
+tracking with no kernel driver; a wrong parent or a missing kept snapshot
+gives ``None`` and the caller falls back to comparing block hashes. The
+kept snapshot costs the space of whatever the disk rewrote since.
+
+**Elsewhere** (no reflink, block devices) no copy is made and the kind is
+``live``: the disk itself is read. With hooks, the post hook then runs only
+at :meth:`SnapshotSet.release` (after the read), so the freeze is as long as
+the backup: correct, but not short, and ``freeze_seconds`` shows it.
+
+**Hooks** are argv lists (no shell) run with a timeout; a hook that times
+out is killed with its whole process group. The post hook runs exactly once
+whenever the pre hook was started, even if the pre hook or the snapshot
+failed, so a partial freeze is always undone.
+
+This module must not read disk contents or touch the vault.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import errno
 import fcntl
 import hashlib
-import itertools
 import logging
 import os
+import re
+import secrets
+import signal
 import stat
 import struct
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from agent.dataplane import DataplaneError
 
@@ -42,187 +81,296 @@ FICLONE = 0x40049409
 FS_IOC_FIEMAP = 0xC020660B
 FIEMAP_FLAG_SYNC = 0x1
 FIEMAP_EXTENT_LAST = 0x1
-# Extents whose placement says nothing reliable about their content.
 FIEMAP_EXTENT_UNKNOWN = 0x2
 FIEMAP_EXTENT_DELALLOC = 0x4
+FIEMAP_EXTENT_ENCODED = 0x8
+FIEMAP_EXTENT_NOT_ALIGNED = 0x100
+FIEMAP_EXTENT_DATA_INLINE = 0x200
+FIEMAP_EXTENT_DATA_TAIL = 0x400
 FIEMAP_EXTENT_UNWRITTEN = 0x800
-_UNRELIABLE = FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC
-_HEADER = struct.Struct("=QQIIII")
-_EXTENT = struct.Struct("=QQQQQIIII")
+# Placement that says nothing reliable about content: never "unchanged".
+_UNRELIABLE = (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_NOT_ALIGNED
+               | FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_DATA_TAIL)
+_HEADER = struct.Struct("=QQIIII")  # start, length, flags, mapped, count, reserved
+_EXTENT = struct.Struct("=QQQQQIIII")  # logical, physical, length, 2 reserved, flags, 3 reserved
 _BATCH = 512
 
 SNAPSHOT_DIR = ".cbr-snapshots"
 REFLINK, LIVE = "reflink", "live"
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+               errno.EBADF, errno.EPERM}
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class HookFailed(DataplaneError):
     """A pre or post snapshot hook failed or timed out."""
 
 
-Extent = tuple[int, int, int, int]  # logical, length, physical, flags
+class Extent(NamedTuple):
+    logical: int
+    length: int
+    physical: int
+    flags: int
+
+    @property
+    def end(self) -> int:
+        return self.logical + self.length
 
 
-def fiemap(path: Path) -> list[Extent]:
-    """The file's extents (logical, length, physical, flags), synced first."""
-    out: list[Extent] = []
-    start = 0
-    with open(path, "rb") as fh:
+# -- FIEMAP -------------------------------------------------------------------------------------
+
+def fiemap(path: Path) -> Iterator[Extent]:
+    """The file's extents in logical order, dirty data synced first.
+
+    Streams in batches so memory does not grow with a fragmented file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        start = 0
+        flags = FIEMAP_FLAG_SYNC
+        buf = bytearray(_HEADER.size + _EXTENT.size * _BATCH)
         while True:
-            buf = bytearray(_HEADER.size + _EXTENT.size * _BATCH)
-            _HEADER.pack_into(buf, 0, start, 2**64 - 1 - start, FIEMAP_FLAG_SYNC, 0, _BATCH, 0)
-            fcntl.ioctl(fh.fileno(), FS_IOC_FIEMAP, buf)
+            buf[:] = bytes(len(buf))
+            _HEADER.pack_into(buf, 0, start, 2**64 - 1 - start, flags, 0, _BATCH, 0)
+            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
             mapped = _HEADER.unpack_from(buf, 0)[3]
             if mapped == 0:
-                return out
-            last = False
+                return
+            last: Extent | None = None
             for i in range(mapped):
-                logical, physical, length, _r1, _r2, flags, _a, _b, _c = _EXTENT.unpack_from(
+                logical, physical, length, _r1, _r2, eflags, _a, _b, _c = _EXTENT.unpack_from(
                     buf, _HEADER.size + i * _EXTENT.size)
-                out.append((logical, length, physical, flags))
-                last = bool(flags & FIEMAP_EXTENT_LAST)
-            if last:
-                return out
-            start = out[-1][0] + out[-1][1]
+                last = Extent(logical, length, physical, eflags)
+                yield last
+            assert last is not None
+            if last.flags & FIEMAP_EXTENT_LAST or last.end <= start:
+                return
+            start = last.end
+            flags = 0  # synced once is enough
+    finally:
+        os.close(fd)
 
 
-def changed_ranges(old: Sequence[Extent], new: Sequence[Extent], size: int
+def _same_bytes(old: Extent, new: Extent) -> bool:
+    """Whether two extents covering the same logical offset store it in the
+    same physical place (so the content is the same)."""
+    if (old.flags | new.flags) & _UNRELIABLE:
+        return False
+    if (old.flags ^ new.flags) & (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_ENCODED):
+        return False
+    if (old.flags | new.flags) & FIEMAP_EXTENT_ENCODED:
+        # Compressed extents report the start of the whole compressed run;
+        # only identical references are known to hold identical bytes.
+        return old == new
+    return old.physical - old.logical == new.physical - new.logical
+
+
+def changed_ranges(old: Iterable[Extent | tuple[int, int, int, int]],
+                   new: Iterable[Extent | tuple[int, int, int, int]], size: int
                    ) -> list[tuple[int, int]]:
-    """Byte ranges ``[start, end)`` of ``new`` whose content may differ from ``old``.
-
-    A range is unchanged when both files map it to the same physical bytes
-    (shared extents of a reflink copy), or when both have a hole there.
-    """
-    def index(extents: Sequence[Extent]) -> tuple[list[int], Sequence[Extent]]:
-        return [e[0] for e in extents], extents
-
-    old_starts, old_ext = index(old)
-    new_starts, new_ext = index(new)
-    points = {0, size}
-    for e in (*old, *new):
-        points.add(min(size, e[0]))
-        points.add(min(size, e[0] + e[1]))
-    bounds = sorted(p for p in points if 0 <= p <= size)
-
-    def at(starts: list[int], extents: Sequence[Extent], offset: int) -> Extent | None:
-        i = bisect.bisect_right(starts, offset) - 1
-        if i >= 0 and extents[i][0] <= offset < extents[i][0] + extents[i][1]:
-            return extents[i]
-        return None
-
+    """Byte ranges ``[start, end)`` below ``size`` whose content in ``new`` may
+    differ from ``old``, merged where adjacent. Extents are
+    ``(logical, length, physical, flags)`` in logical order, as FIEMAP gives."""
+    olds = (Extent(*e) for e in old)
+    news = (Extent(*e) for e in new)
+    o, n = next(olds, None), next(news, None)
     out: list[tuple[int, int]] = []
-    for a, b in itertools.pairwise(bounds):
-        if a >= b:
-            continue
-        o, n = at(old_starts, old_ext, a), at(new_starts, new_ext, a)
+    pos = 0
+    while pos < size:
+        while o is not None and o.end <= pos:
+            o = next(olds, None)
+        while n is not None and n.end <= pos:
+            n = next(news, None)
         if o is None and n is None:
-            continue
-        same = (o is not None and n is not None
-                and not (o[3] | n[3]) & _UNRELIABLE
-                and (o[3] & FIEMAP_EXTENT_UNWRITTEN) == (n[3] & FIEMAP_EXTENT_UNWRITTEN)
-                and o[2] - o[0] == n[2] - n[0])
-        if same:
-            continue
-        if out and out[-1][1] == a:
-            out[-1] = (out[-1][0], b)
-        else:
-            out.append((a, b))
+            break
+        nxt = size
+        for e in (o, n):
+            if e is not None:
+                nxt = min(nxt, e.logical if e.logical > pos else e.end)
+        o_here = o is not None and o.logical <= pos
+        n_here = n is not None and n.logical <= pos
+        if o_here or n_here:
+            same = (o is not None and n is not None and o_here and n_here
+                    and _same_bytes(o, n))
+            if not same:
+                if out and out[-1][1] == pos:
+                    out[-1] = (out[-1][0], nxt)
+                else:
+                    out.append((pos, nxt))
+        pos = nxt
     return out
 
 
 def reflink(src: Path, dst: Path) -> bool:
-    """Clones src to dst (same filesystem); False where reflink is unsupported."""
+    """Clones ``src`` to a new ``dst`` on the same filesystem; False where the
+    filesystem cannot (the caller then reads the live disk)."""
     try:
-        with open(src, "rb") as s, open(dst, "wb") as d:
-            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        log.warning("cannot create snapshot %s (%s); reading the live disk", dst, exc)
+        return False
+    try:
+        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(dfd, FICLONE, sfd)
+        finally:
+            os.close(sfd)
         return True
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in _NO_REFLINK:
+            log.warning("reflink of %s failed (%s); reading the live disk", src, exc)
         with contextlib.suppress(FileNotFoundError):
             dst.unlink()
         return False
+    finally:
+        os.close(dfd)
 
 
-def _run_hook(argv: Sequence[str] | None, timeout: float, which: str) -> None:
-    if not argv:
-        return
+# -- hooks --------------------------------------------------------------------------------------
+
+def _run_hook(argv: Sequence[str], timeout: float, which: str) -> None:
+    """Runs one hook in its own process group; a timeout kills the whole group."""
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise HookFailed(f"{which} hook {argv[0]} failed: {exc}") from exc
-    if done.returncode != 0:
-        raise HookFailed(f"{which} hook {argv[0]} exited {done.returncode}: "
-                         f"{(done.stderr or done.stdout).strip()[-300:]}")
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise HookFailed(f"{which} hook {argv[0]} could not start: {exc}") from exc
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a daemonised child still holds the pipe
+            proc.kill()
+            proc.wait()
+        raise HookFailed(f"{which} hook {argv[0]} did not finish within {timeout:g} s "
+                         "and was killed") from None
+    if proc.returncode != 0:
+        tail = output.decode(errors="replace").strip()[-300:]
+        raise HookFailed(f"{which} hook {argv[0]} exited {proc.returncode}"
+                         + (f": {tail}" if tail else ""))
+
+
+# -- snapshot sets ------------------------------------------------------------------------------
+
+def _stem(key: str) -> str:
+    """File-name-safe name of a disk key (keys are ids, not trusted as names)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _kept_name(stem: str, backup_id: str) -> str:
+    safe = backup_id if _SAFE_ID.match(backup_id) else \
+        "h" + hashlib.sha256(backup_id.encode()).hexdigest()[:32]
+    return f"{stem}.kept-{safe}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SnapshotSet:
-    """The snapshots of one backup run; use as a context manager.
-
-    Leaving the block discards uncommitted new snapshots (a failed backup
-    keeps the previous kept snapshot, whose backup is still the parent) and
-    runs a pending post hook.
-    """
+    """The snapshots of one backup run (see the module docstring)."""
 
     def __init__(self, post_hook: Sequence[str] | None, hook_timeout: float) -> None:
         self._post_hook = list(post_hook or [])
         self._hook_timeout = hook_timeout
         self._post_pending = False
-        self._frozen_at = 0.0
+        self._frozen_at: float | None = None
         self.freeze_seconds = 0.0
         self._live: dict[str, Path] = {}
         self._new: dict[str, Path] = {}
-        self._dirs: dict[str, tuple[Path, str]] = {}
+        self._dirs: dict[str, tuple[Path, str]] = {}  # regular files only
+        self._kinds: dict[str, str] = {}
 
     def source(self, key: str) -> Path:
+        """What to read for this disk: its snapshot, or the disk itself."""
         return self._new.get(key) or self._live[key]
 
     def kind(self, key: str) -> str:
-        return REFLINK if key in self._new else LIVE
+        """How this run saw the disk (it stays so after :meth:`commit`)."""
+        return self._kinds.get(key, LIVE)
 
     def _kept(self, key: str) -> list[Path]:
+        if key not in self._dirs:
+            return []
         directory, stem = self._dirs[key]
-        return sorted(directory.glob(f"{stem}.kept-*"))
+        try:
+            return sorted(p for p in directory.iterdir() if p.name.startswith(f"{stem}.kept-"))
+        except OSError:
+            return []
+
+    def kept_backup_id(self, key: str) -> str | None:
+        """The backup the kept snapshot of this disk belongs to, if any."""
+        kept = self._kept(key)
+        return kept[-1].name.split(".kept-", 1)[1] if kept else None
 
     def changed_ranges(self, key: str, parent_backup_id: str) -> list[tuple[int, int]] | None:
-        """Ranges changed since the kept snapshot of ``parent_backup_id``, or
-        None when there is none (the caller compares block hashes instead)."""
+        """Byte ranges changed since the kept snapshot of ``parent_backup_id``,
+        or None when there is no such snapshot (or FIEMAP cannot tell): the
+        caller then compares block hashes instead."""
         if key not in self._new or not parent_backup_id:
             return None
         directory, stem = self._dirs[key]
-        kept = directory / f"{stem}.kept-{parent_backup_id}"
-        if not kept.exists():
-            return None
+        kept = directory / _kept_name(stem, parent_backup_id)
+        new = self._new[key]
         try:
-            new = self._new[key]
-            return changed_ranges(fiemap(kept), fiemap(new), os.stat(new).st_size)
+            if not kept.exists():
+                return None
+            size = os.stat(new).st_size
+            return changed_ranges(fiemap(kept), fiemap(new), size)
         except OSError as exc:
             log.warning("FIEMAP failed on %s (%s); comparing block hashes instead", kept, exc)
             return None
 
     def commit(self, key: str, backup_id: str) -> None:
-        """The new snapshot becomes the kept one for ``backup_id``; older ones go."""
+        """The new snapshot becomes the kept one of ``backup_id``; older ones go.
+
+        Call it only once the backup's manifest is written: the kept
+        snapshot must describe a backup that exists.
+        """
         new = self._new.pop(key, None)
         if new is None:
             return
         directory, stem = self._dirs[key]
-        old = self._kept(key)
-        os.replace(new, directory / f"{stem}.kept-{backup_id}")
+        target = directory / _kept_name(stem, backup_id)
+        old = [p for p in self._kept(key) if p != target]
+        os.replace(new, target)
         for path in old:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def discard(self) -> None:
-        for path in self._new.values():
+        """Removes new snapshots not committed; kept ones stay (their backup is
+        still the parent of the next one)."""
+        for key, path in self._new.items():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            self._kinds.pop(key, None)
         self._new.clear()
 
+    def _freeze(self) -> None:
+        self._frozen_at = time.monotonic()
+        self._post_pending = True
+
     def _thaw(self) -> None:
-        self.freeze_seconds = time.monotonic() - self._frozen_at
-        self._post_pending = False
-        _run_hook(self._post_hook, self._hook_timeout, "post-snapshot")
+        if self._frozen_at is not None:
+            self.freeze_seconds = time.monotonic() - self._frozen_at
+        if not self._post_pending:
+            return
+        self._post_pending = False  # once, even if the hook fails
+        if self._post_hook:
+            _run_hook(self._post_hook, self._hook_timeout, "post-snapshot")
 
     def release(self) -> None:
-        """Runs the post hook if it still waits (live reads hold the freeze)."""
+        """Runs the post hook if it still waits (a live read held the freeze)."""
         if self._post_pending:
             self._thaw()
 
@@ -233,50 +381,82 @@ class SnapshotSet:
                  tb: TracebackType | None) -> None:
         try:
             self.release()
+        except HookFailed as failed:
+            if exc is None:
+                raise
+            log.error("%s (while failing: %s)", failed, exc)
         finally:
             self.discard()
-
-
-def _stem(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def take_snapshots(disks: Sequence[tuple[str, Path]], *, pre_hook: Sequence[str] | None = None,
                    post_hook: Sequence[str] | None = None, hook_timeout: float = 60.0
                    ) -> SnapshotSet:
-    """Snapshots all ``(key, path)`` disks inside one freeze."""
+    """Snapshots all ``(key, path)`` disks in one step between the hooks.
+
+    Raises :class:`HookFailed` when a hook fails (after running the post
+    hook) and ``DataplaneError`` when a disk cannot be found.
+    """
     snaps = SnapshotSet(post_hook, hook_timeout)
-    plans = []
+    plans: list[tuple[str, Path, Path, str]] = []
     for key, path in disks:
-        snaps._live[key] = path
         try:
-            regular = stat.S_ISREG(os.stat(path).st_mode)
+            mode = os.stat(path).st_mode
         except OSError as exc:
             raise DataplaneError(f"cannot read disk {path}: {exc}") from exc
-        if regular:
-            directory = path.parent / SNAPSHOT_DIR
-            stem = _stem(key)
+        snaps._live[key] = path
+        if stat.S_ISREG(mode):
+            directory, stem = path.parent / SNAPSHOT_DIR, _stem(key)
             snaps._dirs[key] = (directory, stem)
             plans.append((key, path, directory, stem))
-        else:
-            snaps._dirs[key] = (path.parent, _stem(key))
+    made_dirs = []
     for _key, _path, directory, stem in plans:
-        with contextlib.suppress(OSError):
-            directory.mkdir(mode=0o700, exist_ok=True)
-            for stale in directory.glob(f"{stem}.new-*"):
-                stale.unlink()
-    _run_hook(pre_hook, hook_timeout, "pre-snapshot")
-    snaps._frozen_at = time.monotonic()
-    snaps._post_pending = True
+        if not directory.exists():
+            with contextlib.suppress(OSError):
+                directory.mkdir(mode=0o700)
+                made_dirs.append(directory)
+        _remove_stale(directory, stem)
+    if pre_hook:
+        snaps._freeze()
+        try:
+            _run_hook(pre_hook, hook_timeout, "pre-snapshot")
+        except HookFailed as failed:
+            try:
+                snaps._thaw()  # undo whatever part of the freeze took effect
+            except HookFailed as also:
+                raise HookFailed(f"{failed}; then {also}") from failed
+            raise
+    snaps._freeze()  # the freeze proper starts once the pre hook is done
     try:
         for key, path, directory, stem in plans:
-            target = directory / f"{stem}.new-{os.getpid()}"
+            target = directory / f"{stem}.new-{os.getpid()}-{secrets.token_hex(4)}"
             if directory.is_dir() and reflink(path, target):
                 snaps._new[key] = target
+                snaps._kinds[key] = REFLINK
+        if len(snaps._new) == len(disks):
+            snaps._thaw()  # every disk is a copy now: thaw at once
     except BaseException:
         snaps.discard()
-        snaps.release()
+        with contextlib.suppress(HookFailed):
+            snaps.release()
         raise
-    if len(snaps._new) == len(disks):
-        snaps._thaw()  # every disk is a copy now: thaw at once
+    finally:
+        for directory in made_dirs:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty: no reflink here after all
     return snaps
+
+
+def _remove_stale(directory: Path, stem: str) -> None:
+    """Removes new snapshots left by agents that died mid-backup (never those of
+    a live process, which may be another backup of this disk running now)."""
+    try:
+        names = [p for p in directory.iterdir() if p.name.startswith(f"{stem}.new-")]
+    except OSError:
+        return
+    for path in names:
+        pid_text = path.name[len(stem) + 5:].split("-", 1)[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
