@@ -1,13 +1,21 @@
 """One operation of our data path, as the agent runs it, in its own process.
 
-The benchmark runs each backup and restore here so that the wall time
-includes everything an agent does and the peak RSS (reported on stdout as
-JSON) is that of one operation, as a real agent process would see it.
+The benchmark runs each backup and restore in a fresh process so that the
+parent can time it the way a restic run is timed (process start included)
+and so that peak RSS belongs to one operation, not to the whole benchmark.
+The steps mirror ``agent.commands.backup``/``restore``: the storage lock,
+opening the vault, snapshots, the engine, the manifest, then committing the
+kept snapshot. The parent of an incremental is found through the manifest
+in the vault, as the agent finds it, not handed over in memory.
 
     python -m bench.data_worker init VAULT
     python -m bench.data_worker disk-backup VAULT SOURCE ID [--parent ID] [--cbt]
     python -m bench.data_worker tree-backup VAULT SOURCE ID [--parent ID]
     python -m bench.data_worker restore VAULT ID TARGET
+
+The last line on stdout is a JSON object: ``seconds`` (the operation inside
+the process), ``peak_rss_mib`` (VmHWM), the engine's ``stats``, and for disks the
+``method`` used (full, hash-scan or cbt) and the snapshot ``kind``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk, disk_size, restore_disk
@@ -29,67 +38,109 @@ from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.locks import Lock
 from cbr.storage.local import LocalBackend
 
-WORKERS = 2
+WORKERS = 2  # the agent's default; restic gets the same two cores
 
 
 def _manifest(repo: Repository, backup_id: str, content: DiskContent | TreeContent,
-              stats: dict[str, int], parent: str | None) -> Manifest:
+              stats: dict[str, int], parent: str | None, size: int) -> Manifest:
+    kind = "disk" if isinstance(content, DiskContent) else "turbo"
     return Manifest(backup_id=backup_id, name=backup_id, checkpoint_id="bench",
                     vault_id=repo.config.vault_id,
-                    resource=Resource("bench", "bench", "bench", 0),
+                    resource=Resource("bench", "bench", kind, size),
                     created_at=dt.datetime.now(dt.UTC), chunk_key_id=repo.config.chunk_key_id,
                     content=content, incremental=parent is not None, stats=stats)
 
 
+def _disk_backup(repo: Repository, source: Path, backup_id: str, parent_id: str | None,
+                 cbt: bool) -> dict[str, Any]:
+    """Without ``cbt`` the incremental compares block hashes even where the
+    file system could answer FIEMAP, so each method is measured on its own."""
+    parent = repo.load_manifest(parent_id).content if parent_id else None
+    if parent is not None and not isinstance(parent, DiskContent):
+        raise SystemExit(f"data_worker: {parent_id} is not a disk backup")
+    size = disk_size(source)
+    with take_snapshots([("disk", source)]) as snaps:
+        changed = snaps.changed_ranges("disk", parent_id) if cbt and parent_id else None
+        result = backup_disk(repo, snaps.source("disk"), size=size, parent=parent,
+                             changed=changed, progress=Progress(size), workers=WORKERS)
+        repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats,
+                                     parent_id, size))
+        snaps.commit("disk", backup_id)
+        method = "full" if parent is None else ("cbt" if changed is not None else "hash-scan")
+        return {"stats": result.stats, "method": method, "snapshot": snaps.kind("disk"),
+                "warnings": result.warnings}
+
+
+def _tree_backup(repo: Repository, source: Path, backup_id: str,
+                 parent_id: str | None) -> dict[str, Any]:
+    parent = repo.load_manifest(parent_id).content if parent_id else None
+    if parent is not None and not isinstance(parent, TreeContent):
+        raise SystemExit(f"data_worker: {parent_id} is not a tree backup")
+    result = backup_tree(repo, source, parent=parent, progress=Progress(), workers=WORKERS)
+    repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats, parent_id, 0))
+    return {"stats": result.stats, "warnings": result.warnings}
+
+
+def _restore(repo: Repository, backup_id: str, target: Path) -> dict[str, Any]:
+    content = repo.load_manifest(backup_id).content
+    if isinstance(content, DiskContent):
+        result = restore_disk(repo, content, target, progress=Progress(content.size),
+                              workers=WORKERS)
+    elif isinstance(content, TreeContent):
+        result = restore_tree(repo, content, target, progress=Progress(), workers=WORKERS)
+    else:
+        raise SystemExit(f"data_worker: {backup_id} has no content to restore")
+    return {"stats": result.stats, "warnings": result.warnings}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set since its exec (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries the high-water mark of the pre-exec
+    image into it, and the parent that spawned us (vfork, sharing its
+    memory until exec) may have been far larger than we ever are.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python -m bench.data_worker")
     p.add_argument("op", choices=["init", "disk-backup", "tree-backup", "restore"])
-    p.add_argument("vault")
+    p.add_argument("vault", type=Path)
     p.add_argument("args", nargs="*")
     p.add_argument("--parent")
-    p.add_argument("--cbt", action="store_true")
+    p.add_argument("--cbt", action="store_true", help="use changed-block tracking if possible")
     a = p.parse_args(argv)
-    pin_mmap_threshold()  # as cbr-agent run does
-    backend = LocalBackend(Path(a.vault))
+    want = {"init": 0, "disk-backup": 2, "tree-backup": 2, "restore": 2}[a.op]
+    if len(a.args) != want:
+        p.error(f"{a.op} takes {want} arguments after VAULT")
+    pin_mmap_threshold()  # as `cbr-agent run` does before any work
+    backend = LocalBackend(a.vault)
     started = time.perf_counter()
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     if a.op == "init":
         Repository.init(backend, vault_id="bench", encrypted=False)
-    elif a.op in ("disk-backup", "tree-backup"):
-        source, backup_id = Path(a.args[0]), a.args[1]
-        with Lock.acquire(backend, kind="backup"):
-            repo = Repository.open(backend)
-            parent = repo.load_manifest(a.parent).content if a.parent else None
-            if a.op == "disk-backup":
-                with take_snapshots([("disk", source)]) as snaps:
-                    changed = (snaps.changed_ranges("disk", a.parent or "") if a.cbt
-                               else None)
-                    result = backup_disk(repo, snaps.source("disk"), size=disk_size(source),
-                                         parent=parent if isinstance(parent, DiskContent)
-                                         else None, changed=changed,
-                                         progress=Progress(), workers=WORKERS)
-                    out["cbt"] = changed is not None
-                    out["snapshot"] = snaps.kind("disk")
-                    repo.save_manifest(_manifest(repo, backup_id, result.content,
-                                                 result.stats, a.parent))
-                    if a.cbt:
-                        snaps.commit("disk", backup_id)
-            else:
-                result = backup_tree(repo, source, parent=parent if isinstance(
-                    parent, TreeContent) else None, progress=Progress(), workers=WORKERS)
-                repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats,
-                                             a.parent))
-            out["stats"] = result.stats
     else:
-        backup_id, target = a.args[0], Path(a.args[1])
-        repo = Repository.open(backend)
-        content = repo.load_manifest(backup_id).content
-        if isinstance(content, DiskContent):
-            restore_disk(repo, content, target, progress=Progress(), workers=WORKERS)
-        elif isinstance(content, TreeContent):
-            restore_tree(repo, content, target, progress=Progress(), workers=WORKERS)
+        kind = "restore" if a.op == "restore" else "backup"
+        with Lock.acquire(backend, kind=kind):
+            repo = Repository.open(backend)
+            try:
+                if a.op == "disk-backup":
+                    out = _disk_backup(repo, Path(a.args[0]), a.args[1], a.parent, a.cbt)
+                elif a.op == "tree-backup":
+                    out = _tree_backup(repo, Path(a.args[0]), a.args[1], a.parent)
+                else:
+                    out = _restore(repo, a.args[0], Path(a.args[1]))
+            finally:
+                repo.close()
     out["seconds"] = time.perf_counter() - started
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

@@ -12,6 +12,10 @@ Layers, each using only the ones above it in this list:
   names, backup manifests (2, 3, 10).
 - ``repository``: a vault over a ``cbr.storage`` backend; write order (11).
 - ``disk_map``, ``tree``, ``chunker``: disks, file trees, FastCDC (8, 9).
+- ``locks``, ``walk``, ``prune``, ``verify``: vault maintenance: locks, the
+  chunks a backup reaches, deleting backups and freeing space, integrity
+  checks (12, 13). ``prune`` and ``verify`` are modules here (call
+  ``prune.prune`` and ``verify.verify``).
 
 This package must not import ``controller`` or ``agent``; both use it.
 """
@@ -29,8 +33,12 @@ from cbr.repo.errors import (
     UnsupportedVersion,
     VaultExists,
 )
+from cbr.repo.locks import Lock, LockConflict, LockLost
 from cbr.repo.manifest import DiskContent, Manifest, Resource, TreeContent
+from cbr.repo.prune import PruneReport, delete_backup
 from cbr.repo.repository import Repository
+from cbr.repo.verify import Problem, VerifyReport
+from cbr.repo.walk import iter_reachable
 
 __all__ = [
     "BlobType",
@@ -39,9 +47,14 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "KeyUnavailable",
+    "Lock",
+    "LockConflict",
+    "LockLost",
     "Manifest",
     "ManifestExists",
     "ManifestNotFound",
+    "Problem",
+    "PruneReport",
     "RepoError",
     "Repository",
     "Resource",
@@ -49,4 +62,7 @@ __all__ = [
     "UnsafeName",
     "UnsupportedVersion",
     "VaultExists",
+    "VerifyReport",
+    "delete_backup",
+    "iter_reachable",
 ]

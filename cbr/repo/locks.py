@@ -1,11 +1,15 @@
 """Writer and prune locks (``docs/storage-format.md`` section 12).
 
-A lock is a small clear JSON object in ``locks/``, rewritten every
+A lock is a small clear JSON object ``locks/<lock-id>``, rewritten every
 ``LOCK_REFRESH`` by a thread while its holder works. Staleness is judged by
 the object's mtime against the storage's own clock (the mtime of an object
 the reader has just written), so clock skew between hosts does not matter.
 Prune relies on these: it never deletes a pack while a lock that was live
-at its mark is still live.
+at its mark is still live, so a holder that cannot refresh must stop before
+prune could think it gone (:meth:`Lock.check`).
+
+This module owns the lock objects and the one-prune-at-a-time rule. It must
+not decide what a lock protects; prune does.
 """
 
 from __future__ import annotations
@@ -13,20 +17,31 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 from cbr.repo import layout
 from cbr.repo.errors import RepoError
 from cbr.storage import Backend, ObjectNotFound, StorageError
 
 LOCK_REFRESH = dt.timedelta(minutes=5)
+"""How often a holder rewrites its lock."""
 LOCK_STALE = dt.timedelta(minutes=30)
+"""A lock not rewritten for this long (storage clock) counts as gone."""
 KINDS = ("backup", "import", "restore", "verify", "prune")
+_LOCK_ID = re.compile(r"[0-9a-f]{32}")
+_PROBE = "clock-"
+
+Clock = Callable[[], float]
+"""Monotonic seconds (``time.monotonic``); injectable so tests need not sleep."""
 
 
 class LockLost(RepoError):
@@ -40,15 +55,24 @@ class LockConflict(RepoError):
 
 @dataclass(frozen=True)
 class LockInfo:
+    """One lock as a reader sees it: its id, kind, storage mtime and document."""
+
     lock_id: str
     kind: str
     mtime: dt.datetime
-    doc: dict[str, object]
+    doc: dict[str, Any]
+
+    def is_stale(self, now: dt.datetime, stale: dt.timedelta = LOCK_STALE) -> bool:
+        """Whether the holder has not refreshed for ``stale`` (``now`` on the storage's clock)."""
+        return now - self.mtime >= stale
 
 
 def storage_now(backend: Backend) -> dt.datetime:
-    """The storage's clock: the mtime of an object written just now."""
-    name = layout.LOCKS + "clock-" + secrets.token_hex(8)
+    """The storage's clock: the mtime of a probe object written just now.
+
+    A lock holder has a cheaper probe, its own lock (:meth:`Lock.storage_time`).
+    """
+    name = layout.LOCKS + _PROBE + secrets.token_hex(8)
     backend.put(name, b"{}")
     try:
         return backend.stat(name).mtime
@@ -58,92 +82,159 @@ def storage_now(backend: Backend) -> dt.datetime:
 
 
 def list_locks(backend: Backend) -> list[LockInfo]:
+    """Every lock in ``locks/`` (probes and foreign names skipped; a lock
+    deleted while listing is left out)."""
     out = []
     for info in backend.list(layout.LOCKS):
         lock_id = info.name[len(layout.LOCKS):]
-        if lock_id.startswith("clock-"):
+        if not _LOCK_ID.fullmatch(lock_id):
             continue
         try:
             doc = json.loads(backend.get(info.name))
-        except (ObjectNotFound, ValueError):
+        except ObjectNotFound:
             continue
+        except ValueError:
+            doc = {}  # torn or foreign: still a lock until it goes stale
+        if not isinstance(doc, dict):
+            doc = {}
         out.append(LockInfo(lock_id, str(doc.get("kind", "")), info.mtime, doc))
     return out
 
 
-def live_locks(backend: Backend, *, stale_after: dt.timedelta = LOCK_STALE) -> list[LockInfo]:
-    now = storage_now(backend)
-    return [lock for lock in list_locks(backend) if now - lock.mtime < stale_after]
+def live_locks(backend: Backend, *, stale_after: dt.timedelta = LOCK_STALE,
+               now: dt.datetime | None = None) -> list[LockInfo]:
+    """Locks refreshed within ``stale_after`` of ``now`` (default: the storage's clock)."""
+    when = now if now is not None else storage_now(backend)
+    return [lock for lock in list_locks(backend) if not lock.is_stale(when, stale_after)]
 
 
 class Lock:
-    """One held lock, refreshed by a daemon thread until released."""
+    """One held lock, refreshed by a daemon thread until released.
+
+    Use :meth:`acquire` (a context manager) or ``with Lock(...).start():``.
+    Times are injectable: ``refresh`` and ``stale`` set the protocol's
+    intervals and ``clock`` is the monotonic clock :meth:`check` measures with.
+    """
 
     def __init__(self, backend: Backend, kind: str, task_id: str = "", *,
-                 refresh: dt.timedelta = LOCK_REFRESH, stale: dt.timedelta = LOCK_STALE) -> None:
+                 refresh: dt.timedelta = LOCK_REFRESH, stale: dt.timedelta = LOCK_STALE,
+                 clock: Clock = time.monotonic) -> None:
         if kind not in KINDS:
             raise ValueError(f"lock kind {kind!r} is not one of {KINDS}")
+        if refresh >= stale / 2:
+            raise ValueError("a lock must be refreshed well within half its stale time")
         self.backend = backend
         self.kind = kind
+        self.task_id = task_id
         self.lock_id = secrets.token_hex(16)
         self.name = layout.LOCKS + self.lock_id
+        self.created_at = dt.datetime.now(dt.UTC)
         self._doc = json.dumps({
             "kind": kind, "host": socket.gethostname(), "pid": os.getpid(), "task_id": task_id,
-            "created_at": dt.datetime.now(dt.UTC).isoformat()}).encode()
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z")},
+            sort_keys=True).encode()
         self._refresh = refresh
         self._stale = stale
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_refresh = dt.datetime.now(dt.UTC)
-        self._failed_since: dt.datetime | None = None
+        self._state = threading.Lock()
+        self._last_ok = clock()
+        self._lost = False
 
-    def _write(self) -> None:
-        self.backend.put(self.name, self._doc)
+    # -- holding --------------------------------------------------------------------------
 
     def start(self) -> Lock:
-        self._write()
-        self._last_refresh = dt.datetime.now(dt.UTC)
+        """Writes the lock and starts refreshing it."""
+        self.backend.put(self.name, self._doc)
+        with self._state:
+            self._last_ok = self._clock()
         self._thread = threading.Thread(target=self._loop, name=f"lock-{self.kind}",
                                         daemon=True)
         self._thread.start()
         return self
 
+    def refresh(self) -> None:
+        """Rewrites the lock now. A success after a gap of half the stale time
+        does not revive it: prune may have swept meanwhile, so lost is sticky."""
+        started = self._clock()
+        self.backend.put(self.name, self._doc)
+        with self._state:
+            if started - self._last_ok >= self._stale / 2 / dt.timedelta(seconds=1):
+                self._lost = True
+            self._last_ok = self._clock()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self._refresh.total_seconds()):
+        wait = self._refresh.total_seconds()
+        while not self._stop.wait(wait):
             try:
-                self._write()
-                self._last_refresh = dt.datetime.now(dt.UTC)
-                self._failed_since = None
+                self.refresh()
+                wait = self._refresh.total_seconds()
             except StorageError:
-                self._failed_since = self._failed_since or dt.datetime.now(dt.UTC)
+                wait = self._refresh.total_seconds() / 4  # try again sooner
+
+    def storage_time(self) -> dt.datetime:
+        """The storage's clock, read by rewriting this lock (which also refreshes it)."""
+        self.refresh()
+        return self.backend.stat(self.name).mtime
 
     def check(self) -> None:
-        """Raises :class:`LockLost` when the lock has not been refreshed for
-        half the stale time (writers call this before a manifest)."""
-        if dt.datetime.now(dt.UTC) - self._last_refresh >= self._stale / 2:
+        """Raises :class:`LockLost` when the lock has gone unrefreshed for half
+        the stale time. Writers call it before writing a manifest."""
+        with self._state:
+            gap = self._clock() - self._last_ok
+            if gap >= self._stale / 2 / dt.timedelta(seconds=1):
+                self._lost = True
+            lost = self._lost
+        if lost:
             raise LockLost(f"lock {self.lock_id} ({self.kind}) was not refreshed for "
-                           f"{self._stale / 2}; refusing to write on")
+                           f"{self._stale / 2}; prune may treat it as gone, refusing to "
+                           "write on")
 
     def release(self) -> None:
+        """Stops refreshing and deletes the lock (if that fails, it goes stale)."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
-        with suppress(StorageError):  # if not, it goes stale
+        with suppress(StorageError):
             self.backend.delete(self.name)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    # -- taking ---------------------------------------------------------------------------
 
     @classmethod
     @contextmanager
     def acquire(cls, backend: Backend, *, kind: str, task_id: str = "",
-                refresh: dt.timedelta = LOCK_REFRESH,
-                stale: dt.timedelta = LOCK_STALE) -> Iterator[Lock]:
-        lock = cls(backend, kind, task_id, refresh=refresh, stale=stale).start()
+                refresh: dt.timedelta = LOCK_REFRESH, stale: dt.timedelta = LOCK_STALE,
+                clock: Clock = time.monotonic) -> Iterator[Lock]:
+        """Holds a lock of ``kind`` for the ``with`` block.
+
+        A prune lock is exclusive: refused (:class:`LockConflict`) if another
+        live prune lock exists before ours is written, and given back if one
+        exists after (two prunes racing both back off; neither deletes).
+        """
+        lock = cls(backend, kind, task_id, refresh=refresh, stale=stale, clock=clock)
+        if kind == "prune":
+            _refuse_other_prunes(backend, stale, storage_now(backend), "")
+        lock.start()
         try:
             if kind == "prune":
-                others = [x for x in live_locks(backend, stale_after=stale)
-                          if x.kind == "prune" and x.lock_id != lock.lock_id]
-                if others:
-                    raise LockConflict(f"another prune holds this vault (lock "
-                                       f"{others[0].lock_id}); try again later")
+                _refuse_other_prunes(backend, stale, lock.storage_time(), lock.lock_id)
             yield lock
         finally:
             lock.release()
+
+
+def _refuse_other_prunes(backend: Backend, stale: dt.timedelta, now: dt.datetime,
+                         own: str) -> None:
+    others = [x for x in live_locks(backend, stale_after=stale, now=now)
+              if x.kind == "prune" and x.lock_id != own]
+    if others:
+        raise LockConflict(f"another prune holds this vault (lock {others[0].lock_id}, "
+                           f"host {others[0].doc.get('host', '?')}); try again later")

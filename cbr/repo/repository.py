@@ -10,16 +10,25 @@ does, under its own protocol, section 12).
 
 Thread safety: :meth:`Repository.save_blob` may be called from several
 threads; hashing, compression and encryption run outside the lock (in native
-code that releases the GIL), pack bookkeeping and uploads inside it.
+code that releases the GIL), only pack bookkeeping inside it. Closed packs
+are uploaded by a small pool of background threads, so a backup keeps
+reading and encoding while packs travel; the blobs of a pack in flight stay
+*pending* (found by :meth:`has_blob` and :meth:`load_blob`) until the pack
+is stored and in the in-memory index. An upload error is sticky: it is
+raised by the next ``save_blob``/``flush`` and by every one after, so no
+index file or manifest is ever written over a pack that failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
 
 from cbr.repo import layout
 from cbr.repo.blob import BlobType, EncodedBlob, decode_blob, encode_blob
@@ -46,13 +55,25 @@ from cbr.repo.errors import (
     VaultExists,
 )
 from cbr.repo.ids import KEY_ID_SIZE, ChunkHasher, new_chunk_key, new_key_id, object_id
-from cbr.repo.index import MAX_BLOBS_PER_INDEX_FILE, Index, decode_index, encode_index
+from cbr.repo.index import (
+    MAX_BLOBS_PER_INDEX_FILE,
+    Index,
+    Location,
+    decode_index,
+    encode_index,
+)
 from cbr.repo.manifest import Manifest
 from cbr.repo.pack import FinishedPack, PackEntry, PackWriter, read_pack_header
 from cbr.storage.backend import Backend, ObjectNotFound
 
 UPLOADS_IN_FLIGHT = 2
-"""Packs stored at once; each holds up to ``pack_size`` bytes of memory."""
+"""Packs uploaded at once by the background pool. Each holds up to
+``pack_size`` bytes of memory until stored, and a thread that closes one more
+waits (holding that pack) for a free slot, so a writer holds at most the open
+packs (one per type), these, and one closed pack per saving thread. Two hide
+the upload latency of a single-threaded backup (one pack travels while the
+next fills); more only help when the storage is slower per request than the
+reader is per pack."""
 
 INDEX_EVERY_PACKS = 16
 """An index file is written after this many packs even before ``flush`` (section 7)."""
@@ -77,6 +98,7 @@ class Repository:
         data_keys: dict[bytes, DataKey],
         *,
         index_every_packs: int = INDEX_EVERY_PACKS,
+        uploads_in_flight: int = UPLOADS_IN_FLIGHT,
     ) -> None:
         self.backend = layout.sharded(backend)
         self.config = config
@@ -86,8 +108,12 @@ class Repository:
         self.index = Index()
         self._lock = threading.RLock()
         self._done = threading.Condition(self._lock)
-        self._uploads = 0
-        self._upload_slots = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
+        self._uploads = 0  # packs closed and not yet stored (or failed)
+        self._in_flight = 0  # of those, handed to the pool
+        self._index_writes = 0  # index files being written by the pool
+        self._max_in_flight = max(1, uploads_in_flight)
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
         self._upload_error: BaseException | None = None
         self._writers = {t: self._new_writer(t) for t in BlobType}
         self._pending: dict[tuple[bytes, bytes], EncodedBlob] = {}
@@ -160,6 +186,8 @@ class Repository:
         unwrap: UnwrapFn | None = None,
         expect_encrypted: bool | None = None,
         load_index: bool = True,
+        index_every_packs: int = INDEX_EVERY_PACKS,
+        uploads_in_flight: int = UPLOADS_IN_FLIGHT,
     ) -> Repository:
         """Opens a vault: reads ``config`` (refusing newer versions), unwraps
         its keys with ``unwrap`` and loads the index.
@@ -196,7 +224,8 @@ class Repository:
             raise KeyUnavailable(f"chunk-id key {config.chunk_key_id.hex()} missing from keys/")
         if config.data_key_id is not None and config.data_key_id not in data_keys:
             raise KeyUnavailable(f"data key {config.data_key_id.hex()} missing from keys/")
-        repo = cls(backend, config, hashers, data_keys)
+        repo = cls(backend, config, hashers, data_keys, index_every_packs=index_every_packs,
+                   uploads_in_flight=uploads_in_flight)
         if load_index:
             repo.load_index()
         return repo
@@ -215,6 +244,11 @@ class Repository:
         )
         self.backend.put_if_absent(layout.key_name(key_id), key_to_json(wrapped, _now()))
         self._hashers[key_id] = ChunkHasher(key_id, key)
+
+    @property
+    def data_keys(self) -> Mapping[bytes, DataKey]:
+        """The vault's data keys by id (to open pack headers read whole)."""
+        return self._data_keys
 
     def hasher(self, key_id: bytes | None = None) -> ChunkHasher:
         """The chunk hasher of a namespace (the vault's own by default)."""
@@ -245,7 +279,8 @@ class Repository:
                 ids.append(index_id)
         return ids
 
-    def _read_index_file(self, index_id: bytes) -> list[tuple[bytes, list[PackEntry]]]:
+    def read_index_file(self, index_id: bytes) -> list[tuple[bytes, list[PackEntry]]]:
+        """The packs an index file describes, checked against its name."""
         name = layout.index_name(index_id)
         data = self.backend.get(name)
         if object_id(data) != index_id:
@@ -256,22 +291,56 @@ class Repository:
         )
         return decode_index(plain, name)
 
+    _read_index_file = read_index_file
+
+    def write_index_files(self, packs: Iterable[tuple[bytes, list[PackEntry]]]) -> list[bytes]:
+        """Writes index files describing ``packs`` (at most
+        :data:`MAX_BLOBS_PER_INDEX_FILE` blobs each); returns their ids.
+
+        Only for packs already stored: an index is written after the packs it
+        describes (section 11). Touches no in-memory state, so prune can use
+        it to rewrite and resurrect.
+        """
+        written = []
+        batch: list[tuple[bytes, list[PackEntry]]] = []
+        blobs = 0
+        for item in packs:
+            if batch and blobs + len(item[1]) > MAX_BLOBS_PER_INDEX_FILE:
+                written.append(self._put_index(batch))
+                batch, blobs = [], 0
+            batch.append(item)
+            blobs += len(item[1])
+        if batch:
+            written.append(self._put_index(batch))
+        return written
+
+    def _put_index(self, batch: list[tuple[bytes, list[PackEntry]]]) -> bytes:
+        data = seal_envelope(INDEX_MAGIC, encode_index(batch), self._data_key)
+        index_id = object_id(data)
+        self.backend.put(layout.index_name(index_id), data)
+        return index_id
+
     def _write_index(self) -> None:
-        """Writes index files for the packs uploaded since the last one."""
-        while self._unindexed:
-            batch: list[tuple[bytes, list[PackEntry]]] = []
-            blobs = 0
-            while self._unindexed and (not batch or blobs + len(self._unindexed[0][1])
-                                       <= MAX_BLOBS_PER_INDEX_FILE):
-                item = self._unindexed.pop(0)
-                batch.append(item)
-                blobs += len(item[1])
-            data = seal_envelope(INDEX_MAGIC, encode_index(batch), self._data_key)
-            try:
-                self.backend.put(layout.index_name(object_id(data)), data)
-            except BaseException:
+        """Writes index files for the packs stored since the last one.
+
+        The batch is taken under the lock and written outside it (other
+        threads keep saving); on failure it goes back, so the next attempt
+        (at the latest :meth:`flush`) describes it. ``_index_writes`` lets
+        :meth:`flush` wait for a pool thread's write in progress.
+        """
+        with self._lock:
+            batch, self._unindexed = self._unindexed, []
+            self._index_writes += 1
+        try:
+            self.write_index_files(batch)
+        except BaseException:
+            with self._lock:
                 self._unindexed[:0] = batch
-                raise
+            raise
+        finally:
+            with self._done:
+                self._index_writes -= 1
+                self._done.notify_all()
 
     def list_packs(self) -> Iterator[bytes]:
         for info in self.backend.list(layout.DATA):
@@ -297,15 +366,26 @@ class Repository:
         from a backup, since an unindexed pack may be condemned.
         """
         recovered = []
+        found: list[tuple[bytes, list[PackEntry]]] = []
         for pack_id in self.list_unindexed_packs():
-            entries = self.read_pack_header(pack_id)
-            with self._lock:
-                self.index.add_pack(pack_id, entries)
-                self._unindexed.append((pack_id, entries))
+            found.append((pack_id, self.read_pack_header(pack_id)))
             recovered.append(pack_id)
-        with self._lock:
-            self._write_index()
+        self.index_packs(found)
         return recovered
+
+    def index_packs(self, packs: Iterable[tuple[bytes, list[PackEntry]]]) -> list[bytes]:
+        """Writes index files for stored packs this object did not write and
+        adds them to the in-memory index; returns the index file ids.
+
+        Maintenance only (prune's re-indexing and resurrection, under the
+        prune lock): a writer never indexes packs it did not write (section 11).
+        """
+        items = list(packs)
+        written = self.write_index_files(items)
+        with self._lock:
+            for pack_id, entries in items:
+                self.index.add_pack(pack_id, entries)
+        return written
 
     # -- blobs --------------------------------------------------------------------------------
 
@@ -341,8 +421,7 @@ class Repository:
     ) -> tuple[bytes, int]:
         """Like :meth:`save_blob`; also returns the stored bytes this call added
         (0 when the vault already had the chunk), for progress and usage."""
-        if self._upload_error is not None:
-            raise self._upload_error
+        self._raise_upload_error()
         hasher = self.hasher(key_id)
         cid = chunk_id if chunk_id is not None else hasher.chunk_id(data)
         if self.has_blob(cid, hasher.key_id):
@@ -352,77 +431,125 @@ class Repository:
             hasher=hasher, data_key=self._data_key, level=self.config.compression_level,
             chunk_id=cid,
         )
+        if not self._add_encoded(blob, dedup=True):
+            return cid, 0
+        return cid, len(blob.stored)
+
+    def repack_blob(self, blob: EncodedBlob) -> None:
+        """Adds an already encoded blob to a new pack even though the index
+        has it elsewhere (prune copies live blobs out of mostly-dead packs);
+        a blob copied once by this object is not copied again."""
+        self._raise_upload_error()
+        self._add_encoded(blob, dedup=False)
+
+    def _add_encoded(self, blob: EncodedBlob, *, dedup: bool) -> bool:
+        key = (blob.key_id, blob.chunk_id)
         closed: list[tuple[FinishedPack, set[tuple[bytes, bytes]]]] = []
         with self._lock:
-            if (hasher.key_id, cid) in self._pending or self.index.contains(hasher.key_id, cid):
-                return cid, 0
-            writer = self._writers[blob_type]
+            if key in self._pending or (dedup and self.index.contains(*key)):
+                return False
+            writer = self._writers[blob.type]
             if not writer.fits(len(blob.stored)):
-                closed.append(self._close_pack(blob_type))
-                writer = self._writers[blob_type]
+                closed.append(self._close_pack(blob.type))
+                writer = self._writers[blob.type]
             writer.add(blob)
-            self._pending[(hasher.key_id, cid)] = blob
+            self._pending[key] = blob
             if writer.size >= writer.target_size:
-                closed.append(self._close_pack(blob_type))
+                closed.append(self._close_pack(blob.type))
         for pack, keys in closed:
-            self._upload(pack, keys)
-        return cid, len(blob.stored)
+            self._submit(pack, keys)
+        return True
+
+    def _raise_upload_error(self) -> None:
+        if self._upload_error is not None:
+            # Sticky: blobs of the lost pack look stored to this object, so
+            # nothing written through it may be trusted again.
+            raise self._upload_error
 
     def _close_pack(self, blob_type: BlobType) -> tuple[FinishedPack, set[tuple[bytes, bytes]]]:
         """Under the lock: closes the open pack; its blobs stay pending (visible
-        to lookups and reads) until :meth:`_upload` has stored and indexed it."""
+        to lookups and reads) until :meth:`_upload` has stored and indexed it.
+        Counted at once, so a :meth:`flush` racing the hand-over waits for it."""
         writer = self._writers[blob_type]
         pack: FinishedPack = writer.finish()
         self._writers[blob_type] = self._new_writer(blob_type)
         self._uploads += 1
         return pack, writer.chunk_ids
 
+    def _submit(self, pack: FinishedPack, keys: set[tuple[bytes, bytes]]) -> None:
+        """Hands a closed pack to the pool, first waiting for a free slot: the
+        wait is the back-pressure that bounds memory when storage is slower
+        than reading."""
+        with self._done:
+            while self._in_flight >= self._max_in_flight and self._upload_error is None:
+                self._done.wait()
+            if self._upload_error is not None or self._closed:
+                self._uploads -= 1
+                self._done.notify_all()
+                self._raise_upload_error()
+                raise RepoError("repository is closed")
+            self._in_flight += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._max_in_flight,
+                                                thread_name_prefix="pack-upload")
+            pool = self._pool
+        pool.submit(self._upload, pack, keys)
+
     def _upload(self, pack: FinishedPack, keys: set[tuple[bytes, bytes]]) -> None:
-        """Stores a closed pack outside the lock, so other threads keep encoding
-        and filling the next pack while this one travels (several uploads run
-        at once, one per thread that closed a pack)."""
+        """Pool thread: stores one pack, then makes it visible in memory. Never
+        raises: an error is kept for the writer's next call."""
         try:
-            with self._upload_slots:
-                self.backend.put_stream(layout.pack_name(pack.pack_id), pack.parts)
+            self.backend.put_stream(layout.pack_name(pack.pack_id), pack.parts)
         except BaseException as exc:
             with self._done:
                 self._upload_error = self._upload_error or exc
                 self._uploads -= 1
+                self._in_flight -= 1
                 self._done.notify_all()
-            raise
+            return
         with self._done:
             self.index.add_pack(pack.pack_id, pack.entries)
             for key in keys:
                 self._pending.pop(key, None)
             self._unindexed.append((pack.pack_id, pack.entries))
             self._uploads -= 1
+            self._in_flight -= 1
             self._done.notify_all()
-            if len(self._unindexed) >= self._index_every_packs:
+            due = len(self._unindexed) >= self._index_every_packs and self._upload_error is None
+        if due:
+            # On failure the packs stay queued; flush writes them or raises.
+            with contextlib.suppress(Exception):
                 self._write_index()
 
     def _finish_pack(self, blob_type: BlobType) -> None:
-        """Closes and uploads the open pack of a type now (the caller holds no lock)."""
+        """Closes the open pack of a type and hands it to the pool."""
         with self._lock:
             if self._writers[blob_type].count == 0:
                 return
             closed = self._close_pack(blob_type)
-        self._upload(*closed)
+        self._submit(*closed)
 
     def flush(self) -> None:
-        """Uploads the open packs, waits for every upload other threads started,
-        then writes the index file describing every pack uploaded since the last
-        one (section 11, step 3). An upload that failed fails the flush, so no
-        manifest is written over a missing pack."""
+        """Closes the open packs, waits until every pack closed so far is
+        stored, then writes the index file describing every pack stored since
+        the last one (section 11, step 3). An upload that failed fails the
+        flush, so no manifest is written over a missing pack; the packs that
+        were stored are still indexed first (best effort), so the next backup
+        reuses them."""
         for blob_type in BlobType:
-            self._finish_pack(blob_type)
+            if self._upload_error is None:
+                self._finish_pack(blob_type)
+        self._wait_uploads()
+        if self._upload_error is not None:
+            with contextlib.suppress(Exception):  # the upload error is the one to report
+                self._write_index()
+            self._raise_upload_error()
+        self._write_index()
+
+    def _wait_uploads(self) -> None:
         with self._done:
-            while self._uploads:
+            while self._uploads or self._index_writes:
                 self._done.wait()
-            if self._upload_error is not None:
-                # Sticky: blobs of the lost pack look stored to this repository
-                # object, so nothing written through it may be trusted again.
-                raise self._upload_error
-            self._write_index()
 
     def load_blob(self, chunk_id: bytes, *, key_id: bytes | None = None) -> bytes:
         """The verified plaintext of a blob.
@@ -443,6 +570,10 @@ class Repository:
             )
         if location is None:
             raise ChunkNotFound(chunk_id.hex(), hasher.key_id.hex())
+        return self.load_blob_at(location, chunk_id, key_id=hasher.key_id)
+
+    def read_stored_at(self, location: Location, chunk_id: bytes) -> bytes:
+        """The stored (encoded) bytes of a blob at ``location``, length-checked."""
         name = layout.pack_name(location.pack_id)
         try:
             stored = self.backend.get(name, location.offset, location.stored_length)
@@ -456,14 +587,51 @@ class Repository:
                 f"chunk {chunk_id.hex()}: pack {location.pack_id.hex()} is truncated",
                 chunk_id=chunk_id.hex(), pack_id=location.pack_id.hex(),
             )
+        return stored
+
+    def load_blob_at(
+        self, location: Location, chunk_id: bytes, *, key_id: bytes | None = None
+    ) -> bytes:
+        """The verified plaintext of a blob at a known location, which need not
+        be in the loaded index (prune reads condemned packs by their headers)."""
+        return self.decode_stored(self.read_stored_at(location, chunk_id), location, chunk_id,
+                                  key_id=key_id)
+
+    def decode_stored(
+        self, stored: bytes | memoryview, location: Location, chunk_id: bytes, *,
+        key_id: bytes | None = None,
+    ) -> bytes:
+        """Decrypts, decompresses and verifies stored bytes (section 5)."""
         return decode_blob(
             stored, blob_type=location.type, flags=location.flags,
-            raw_length=location.raw_length, chunk_id=chunk_id, hasher=hasher,
+            raw_length=location.raw_length, chunk_id=chunk_id, hasher=self.hasher(key_id),
             data_key=self._data_key, pack_id=location.pack_id,
         )
 
     def close(self) -> None:
-        """Releases what the repository holds (nothing to flush: callers flush)."""
+        """Waits for the uploads in flight and stops the upload threads.
+
+        Does not flush: open packs are dropped and stored packs stay unindexed
+        unless the caller flushed (a closed repository writes nothing more).
+        """
+        with self._done:
+            self._closed = True
+        self._wait_uploads()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- manifests ----------------------------------------------------------------------------
 

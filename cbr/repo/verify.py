@@ -2,9 +2,17 @@
 
 Structure check: every chunk reachable from every manifest is indexed, and
 every indexed pack exists with at least the size its entries imply. With
-``read_data``: every pack's bytes hash to its name and every reachable chunk
-decodes and matches its id. Each problem names the backup, chunk and pack,
-so a person knows which restore points are damaged.
+``read_data``: every indexed pack is read once, its bytes hash to its name,
+its header parses and agrees with the index, and every blob in it decodes
+and matches its id. Each problem names the backups, the chunk and the pack,
+so a person knows which restore points are damaged and what to delete.
+
+Memory: one pack (``read_data``), one segment or directory of a walk, the
+sizes of the stored packs, and the damaged chunks found; never a backup's
+whole chunk list.
+
+This module only reads; it must not repair (prune re-indexes, and deleting
+a damaged backup is the user's call).
 """
 
 from __future__ import annotations
@@ -14,10 +22,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cbr.repo import layout
-from cbr.repo.errors import ChunkNotFound, IntegrityError, RepoError
+from cbr.repo.errors import FormatError, IntegrityError, RepoError
+from cbr.repo.index import Location
+from cbr.repo.pack import TRAILER_SIZE, decode_header, parse_trailer
 from cbr.repo.repository import Repository
 from cbr.repo.walk import complete_manifests, iter_reachable
-from cbr.storage import ObjectNotFound
+from cbr.storage import ObjectNotFound, StorageError
+
+
+@dataclass
+class Problem:
+    """One thing wrong, with everything needed to act on it. ``backups`` are
+    the finished backups that reach the chunk (empty: no backup needs it)."""
+
+    kind: str
+    """``missing-chunk``, ``missing-pack``, ``truncated-pack``, ``pack-hash``,
+    ``pack-header``, ``bad-blob``, ``index-mismatch``, ``bad-manifest``."""
+    message: str
+    backups: list[str] = field(default_factory=list)
+    chunk_id: str = ""
+    pack_id: str = ""
+
+    def __str__(self) -> str:
+        where = []
+        if self.backups:
+            where.append("backup " + ", ".join(self.backups))
+        if self.chunk_id:
+            where.append(f"chunk {self.chunk_id}")
+        if self.pack_id:
+            where.append(f"pack {self.pack_id}")
+        return f"{'; '.join(where)}: {self.message}" if where else self.message
 
 
 @dataclass
@@ -25,8 +59,10 @@ class VerifyReport:
     backups: int = 0
     chunks_checked: int = 0
     packs_checked: int = 0
+    blobs_read: int = 0
     bytes_read: int = 0
-    problems: list[str] = field(default_factory=list)
+    unindexed_packs: int = 0
+    problems: list[Problem] = field(default_factory=list)
     damaged_backups: list[str] = field(default_factory=list)
 
     @property
@@ -35,81 +71,181 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"backups_checked": self.backups, "chunks_checked": self.chunks_checked,
-                "packs_checked": self.packs_checked, "bytes_read": self.bytes_read,
+                "packs_checked": self.packs_checked, "blobs_read": self.blobs_read,
+                "bytes_read": self.bytes_read, "unindexed_packs": self.unindexed_packs,
                 "problems": len(self.problems),
                 "damaged_backups": ",".join(self.damaged_backups),
-                "first_problems": "; ".join(self.problems[:10])}
-
-
-def _check_packs(repo: Repository, report: VerifyReport, read_data: bool) -> set[bytes]:
-    """Pack ids that are missing, short or (read_data) corrupt."""
-    implied: dict[bytes, int] = {}
-    for _key, _cid, loc in repo.index.entries():
-        end = loc.offset + loc.stored_length
-        if end > implied.get(loc.pack_id, 0):
-            implied[loc.pack_id] = end
-    bad: set[bytes] = set()
-    for pack_id, end in implied.items():
-        name = layout.pack_name(pack_id)
-        report.packs_checked += 1
-        try:
-            size = repo.backend.stat(name).size
-        except ObjectNotFound:
-            report.problems.append(f"pack {pack_id.hex()} is missing")
-            bad.add(pack_id)
-            continue
-        if size < end:
-            report.problems.append(f"pack {pack_id.hex()} is truncated ({size} < {end} bytes)")
-            bad.add(pack_id)
-            continue
-        if read_data:
-            h = hashlib.sha256()
-            for part in repo.backend.iter_get(name):
-                h.update(part)
-                report.bytes_read += len(part)
-            if h.digest() != pack_id:
-                report.problems.append(f"pack {pack_id.hex()} does not match its name "
-                                       "(its bytes changed)")
-                bad.add(pack_id)
-    return bad
+                "first_problems": "; ".join(str(p) for p in self.problems[:10])}
 
 
 def verify(repo: Repository, *, read_data: bool = False) -> VerifyReport:
+    """Checks the vault (section 13); see the module docstring. Never raises
+    for damage (it is reported); storage errors propagate."""
     report = VerifyReport()
     repo.load_index()
-    bad_packs = _check_packs(repo, report, read_data)
-    manifests, _unfinished = complete_manifests(repo)
+    stored = {pid: info.size for info in repo.backend.list(layout.DATA)
+              if (pid := layout.id_from_name(info.name, layout.DATA)) is not None}
+    # Pack problems, keyed by pack; chunk problems, keyed by (key id, chunk id),
+    # so a damaged chunk shared by many backups is one problem naming them all.
+    bad_packs = _check_packs(repo, report, stored)
+    bad_chunks: dict[tuple[bytes, bytes], Problem] = {}
+    if read_data:
+        for pack_id in sorted(repo.index.pack_ids()):
+            if pack_id not in bad_packs:
+                _read_pack(repo, report, pack_id, bad_chunks, bad_packs)
+    report.unindexed_packs = sum(1 for p in stored if p not in repo.index.pack_ids())
+    _check_backups(repo, report, bad_packs, bad_chunks)
+    return report
+
+
+def _check_packs(repo: Repository, report: VerifyReport,
+                 stored: dict[bytes, int]) -> dict[bytes, Problem]:
+    """Every indexed pack exists and is long enough for its blobs and trailer."""
+    implied: dict[bytes, int] = {}
+    for _key, _cid, loc in repo.index.entries():
+        end = loc.offset + loc.stored_length + TRAILER_SIZE
+        if end > implied.get(loc.pack_id, 0):
+            implied[loc.pack_id] = end
+    bad: dict[bytes, Problem] = {}
+    for pack_id in sorted(repo.index.pack_ids()):
+        report.packs_checked += 1
+        size = stored.get(pack_id)
+        end = implied.get(pack_id, TRAILER_SIZE)
+        if size is None:
+            bad[pack_id] = Problem("missing-pack", "indexed pack is missing from storage",
+                                   pack_id=pack_id.hex())
+        elif size < end:
+            bad[pack_id] = Problem("truncated-pack",
+                                   f"pack is truncated ({size} bytes, index implies >= {end})",
+                                   pack_id=pack_id.hex())
+    return bad
+
+
+def _read_pack(repo: Repository, report: VerifyReport, pack_id: bytes,
+               bad_chunks: dict[tuple[bytes, bytes], Problem],
+               bad_packs: dict[bytes, Problem]) -> None:
+    """Reads one pack whole (at most ``pack_size`` in memory): hash, header,
+    agreement with the index, and every blob."""
+    hexid = pack_id.hex()
+    try:
+        data = repo.backend.get(layout.pack_name(pack_id))
+    except ObjectNotFound:
+        bad_packs[pack_id] = Problem("missing-pack", "pack vanished while verifying",
+                                     pack_id=hexid)
+        return
+    report.bytes_read += len(data)
+    if hashlib.sha256(data).digest() != pack_id:
+        # Recorded, but the blobs decide which chunks are damaged.
+        report.problems.append(Problem("pack-hash", "pack bytes do not match its name",
+                                       pack_id=hexid))
+    try:
+        trailer = parse_trailer(data[-TRAILER_SIZE:], hexid)
+        start = len(data) - TRAILER_SIZE - trailer.header_length
+        if start < 0:
+            raise FormatError(f"truncated pack {hexid}: header longer than the pack")
+        _kind, entries = decode_header(data[start:len(data) - TRAILER_SIZE], trailer,
+                                       repo.data_keys, hexid)
+    except (FormatError, IntegrityError) as exc:
+        bad_packs[pack_id] = Problem("pack-header", f"header does not parse: {exc}",
+                                     pack_id=hexid)
+        return
+    view = memoryview(data)
+    for e in entries:
+        report.blobs_read += 1
+        key = (e.key_id, e.chunk_id)
+        loc = Location(pack_id, e.type, e.offset, e.stored_length, e.raw_length, e.flags)
+        indexed = repo.index.lookup(e.key_id, e.chunk_id)
+        if indexed is not None and indexed.pack_id == pack_id and (
+                indexed.offset, indexed.stored_length, indexed.type, indexed.flags) != (
+                e.offset, e.stored_length, e.type, e.flags):
+            bad_chunks[key] = Problem("index-mismatch", "index and pack header disagree on "
+                                      "where the blob is", chunk_id=e.chunk_id.hex(),
+                                      pack_id=hexid)
+            continue
+        if e.offset + e.stored_length > start:
+            problem = Problem("bad-blob", "blob runs past the header",
+                              chunk_id=e.chunk_id.hex(), pack_id=hexid)
+        else:
+            try:
+                repo.decode_stored(view[e.offset:e.offset + e.stored_length], loc,
+                                   e.chunk_id, key_id=e.key_id)
+                continue
+            except (IntegrityError, RepoError) as exc:
+                problem = Problem("bad-blob", str(exc).split(": ", 1)[-1],
+                                  chunk_id=e.chunk_id.hex(), pack_id=hexid)
+        # Damaged here; it matters only if this is the copy readers use.
+        if indexed is None or indexed.pack_id == pack_id:
+            bad_chunks[key] = problem
+        else:
+            report.problems.append(problem)
+
+
+def _check_backups(repo: Repository, report: VerifyReport, bad_packs: dict[bytes, Problem],
+                   bad_chunks: dict[tuple[bytes, bytes], Problem]) -> None:
+    """Walks every finished backup and attaches it to the problems of the
+    chunks it reaches."""
+    try:
+        manifests, _unfinished = complete_manifests(repo)
+    except RepoError as exc:
+        report.problems.append(Problem("bad-manifest", f"a manifest cannot be read: {exc}"))
+        manifests = []
+    missing: dict[tuple[bytes, bytes], Problem] = {}
     damaged: set[str] = set()
     for manifest in manifests:
         report.backups += 1
         owner = manifest.parent_id or manifest.backup_id
         key_id = manifest.chunk_key_id
-        seen: set[bytes] = set()
+        hit: list[Problem] = []
         try:
             for _kind, cid in iter_reachable(repo, manifest):
-                if cid in seen:
-                    continue
-                seen.add(cid)
                 report.chunks_checked += 1
                 loc = repo.index.lookup(key_id, cid)
                 if loc is None:
-                    report.problems.append(f"backup {manifest.backup_id}: chunk {cid.hex()} "
-                                           "is in no index (missing)")
-                    damaged.add(owner)
+                    problem = missing.setdefault((key_id, cid), Problem(
+                        "missing-chunk", "chunk is in no index", chunk_id=cid.hex()))
+                elif (key_id, cid) in bad_chunks:
+                    problem = bad_chunks[(key_id, cid)]
+                elif loc.pack_id in bad_packs:
+                    problem = bad_packs[loc.pack_id]
+                else:
                     continue
-                if loc.pack_id in bad_packs:
-                    report.problems.append(f"backup {manifest.backup_id}: chunk {cid.hex()} "
-                                           f"is in damaged pack {loc.pack_id.hex()}")
-                    damaged.add(owner)
-                    continue
-                if read_data:
-                    try:
-                        repo.load_blob(cid, key_id=key_id)
-                    except (IntegrityError, ChunkNotFound) as exc:
-                        report.problems.append(f"backup {manifest.backup_id}: {exc}")
-                        damaged.add(owner)
-        except RepoError as exc:  # a metadata blob could not be read: the walk stops here
-            report.problems.append(f"backup {manifest.backup_id}: {exc}")
+                hit.append(problem)
+                if manifest.backup_id not in problem.backups:
+                    problem.backups.append(manifest.backup_id)
+                if not problem.chunk_id:
+                    problem.chunk_id = cid.hex()  # first chunk lost with the pack
+        except (RepoError, StorageError) as exc:
+            # A metadata blob could not be read: what lies below it is lost.
+            problem = Problem("bad-manifest", f"walk stopped: {exc}",
+                              backups=[manifest.backup_id],
+                              chunk_id=getattr(exc, "chunk_id", "") or "",
+                              pack_id=getattr(exc, "pack_id", "") or "")
+            report.problems.append(problem)
+            hit.append(problem)
+        if hit:
             damaged.add(owner)
+    _locate_missing(repo, missing)
+    listed = {id(p) for p in report.problems}
+    for problem in [*missing.values(), *bad_packs.values(), *bad_chunks.values()]:
+        if id(problem) not in listed:
+            listed.add(id(problem))
+            report.problems.append(problem)
     report.damaged_backups = sorted(damaged)
-    return report
+
+
+def _locate_missing(repo: Repository, missing: dict[tuple[bytes, bytes], Problem]) -> None:
+    """Names the unindexed pack a missing chunk could be recovered from, if any
+    (prune re-indexes such packs)."""
+    if not missing:
+        return
+    for pack_id in repo.list_unindexed_packs():
+        try:
+            entries = repo.read_pack_header(pack_id)
+        except (FormatError, IntegrityError, ObjectNotFound):
+            continue
+        for e in entries:
+            problem = missing.get((e.key_id, e.chunk_id))
+            if problem is not None and not problem.pack_id:
+                problem.pack_id = pack_id.hex()
+                problem.message = ("chunk is in no index; unindexed pack holds it "
+                                   "(prune re-indexes it)")

@@ -2,53 +2,78 @@
 
 Prune marks with it, verify checks with it, replication will send with it.
 It streams: one disk-map segment or one directory at a time, never a whole
-disk's map or a whole tree in memory (the set of subtrees already walked in
-one call is kept, so a tree shared by many directories is walked once).
+disk's map or a whole tree in memory. The only state that grows is the set
+of metadata blobs already walked in one call (or in several calls sharing
+``seen``), so a subtree shared by many directories or backups is walked once.
+
+This module must not decide what a missing chunk means: it yields ids and
+lets loading errors through; prune and verify judge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cbr.repo.blob import BlobType
 from cbr.repo.disk_map import decode_segment
+from cbr.repo.errors import ManifestNotFound
 from cbr.repo.ids import ID_SIZE
 from cbr.repo.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.repository import Repository
 from cbr.repo.tree import decode_chunk_list, decode_tree
 
+BlobLoader = Callable[[bytes, bytes], bytes]
+"""``load(key_id, chunk_id) -> verified plaintext`` of a metadata blob."""
 
-def iter_reachable(repo: Repository, manifest: Manifest,
-                   seen_trees: set[bytes] | None = None) -> Iterator[tuple[BlobType, bytes]]:
+
+def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None = None, *,
+                   load: BlobLoader | None = None) -> Iterator[tuple[BlobType, bytes]]:
     """(blob type, chunk id) of every blob the manifest's content reaches,
-    in the manifest's namespace. Metadata blobs are yielded before they are
-    read, so a caller checking existence sees the id even if reading fails."""
+    in the manifest's namespace (``manifest.chunk_key_id``).
+
+    Metadata blobs (segments, trees, chunk lists) are yielded *before* they
+    are read, so a caller checking existence sees the id even when reading
+    it then fails. A metadata id already in ``seen`` is yielded but not
+    walked again (its contents were yielded before); pass one set to several
+    calls to share that, or none to walk each manifest in full. Data ids may
+    repeat. ``load`` replaces :meth:`Repository.load_blob` (prune reads blobs
+    from packs no index lists any more).
+    """
     key_id = manifest.chunk_key_id
+    walked = seen if seen is not None else set()
+
+    def read(chunk_id: bytes) -> bytes:
+        if load is not None:
+            return load(key_id, chunk_id)
+        return repo.load_blob(chunk_id, key_id=key_id)
+
     content = manifest.content
     if isinstance(content, DiskContent):
         for number, segment_id in content.segments:
             yield BlobType.META, segment_id
-            data = repo.load_blob(segment_id, key_id=key_id)
-            _blocks, ids = decode_segment(data, number, content.segment_entries,
+            if segment_id in walked:
+                continue
+            walked.add(segment_id)
+            _blocks, ids = decode_segment(read(segment_id), number, content.segment_entries,
                                           f"segment {number} ({segment_id.hex()})")
             for i in range(0, len(ids), ID_SIZE):
-                yield BlobType.DATA, ids[i:i + ID_SIZE]
+                yield BlobType.DATA, bytes(ids[i:i + ID_SIZE])
     elif isinstance(content, TreeContent):
-        seen = seen_trees if seen_trees is not None else set()
         stack = [content.root]
         while stack:
             tree_id = stack.pop()
-            if tree_id in seen:
-                continue
-            seen.add(tree_id)
             yield BlobType.META, tree_id
-            for entry in decode_tree(repo.load_blob(tree_id, key_id=key_id),
-                                     f"tree {tree_id.hex()}"):
-                for cid in entry.content:
-                    yield BlobType.DATA, cid
+            if tree_id in walked:
+                continue
+            walked.add(tree_id)
+            for entry in decode_tree(read(tree_id), f"tree {tree_id.hex()}"):
+                yield from ((BlobType.DATA, cid) for cid in entry.content)
                 for list_id in entry.content_list:
                     yield BlobType.META, list_id
-                    for cid in decode_chunk_list(repo.load_blob(list_id, key_id=key_id)):
+                    if list_id in walked:
+                        continue
+                    walked.add(list_id)
+                    for cid in decode_chunk_list(read(list_id), f"chunk list {list_id.hex()}"):
                         yield BlobType.DATA, cid
                 if entry.subtree is not None:
                     stack.append(entry.subtree)
@@ -58,15 +83,21 @@ def complete_manifests(repo: Repository) -> tuple[list[Manifest], list[str]]:
     """Manifests that belong to finished backups, and the ids skipped.
 
     A disk manifest whose server manifest does not exist is part of an
-    unfinished server backup (section 10): it is left out.
+    unfinished server backup (section 10): it is left out, as if deleted.
+    Manifests are small (a 10 TiB disk lists 2,560 segments), so all are held.
+    A manifest that cannot be read raises: what it reaches is unknown.
     """
-    manifests = {}
+    manifests: dict[str, Manifest] = {}
     for backup_id in repo.list_manifests():
-        manifests[backup_id] = repo.load_manifest(backup_id)
+        try:
+            manifests[backup_id] = repo.load_manifest(backup_id)
+        except ManifestNotFound:
+            continue  # deleted while listing
     kept, skipped = [], []
     for m in manifests.values():
         if m.parent_id is not None and m.parent_id not in manifests:
             skipped.append(m.backup_id)
         else:
             kept.append(m)
-    return kept, skipped
+    kept.sort(key=lambda m: m.backup_id)
+    return kept, sorted(skipped)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -19,11 +22,15 @@ from cbr.repo.errors import (
     KeyUnavailable,
     ManifestExists,
     ManifestNotFound,
+    RepoError,
     UnsupportedVersion,
     VaultExists,
 )
 from cbr.repo.manifest import DiskContent, Manifest, Resource, TreeContent
 from cbr.repo.repository import Repository
+from cbr.storage import Backend, StorageError
+from cbr.storage.backend import BackendWrapper
+from cbr.storage.faulty import Fault, FaultyBackend
 from cbr.storage.local import LocalBackend
 
 WRAPPER = AesKeyWrapper("kek-test", new_data_key())
@@ -163,6 +170,7 @@ def test_a_pack_without_its_index_is_invisible_until_recovered(tmp_path: Path) -
     crashed = _init(tmp_path, True, pack_size=1 << 16)
     payload = os.urandom(100_000)
     cid = crashed.save_blob(BlobType.DATA, payload)  # closes a pack at once (> target)
+    crashed._wait_uploads()  # stored in the background
     assert len(_files(tmp_path, "data")) == 1 and not _files(tmp_path, "index")
     # the writer "crashes" here: no flush, no index file
     reader = _open(tmp_path)
@@ -184,8 +192,10 @@ def test_a_pack_without_its_index_is_invisible_until_recovered(tmp_path: Path) -
 def test_index_files_are_written_every_n_packs_before_flush(tmp_path: Path) -> None:
     repo = _init(tmp_path, False, pack_size=1 << 16)
     repo._index_every_packs = 2
+    repo._max_in_flight = 1  # one upload thread: packs are stored in order
     for _ in range(5):
         repo.save_blob(BlobType.DATA, os.urandom(70_000))
+    repo._wait_uploads()
     assert len(_files(tmp_path, "index")) == 2
     assert len(_open(tmp_path).index) == 4
 
@@ -255,3 +265,126 @@ def test_layout_names_are_the_documented_ones() -> None:
     assert layout.pack_name(b"\xab" * 32) == "data/" + "ab" * 32
     with pytest.raises(ValueError):
         layout.manifest_name("../x")
+
+
+# -- pipelined uploads ---------------------------------------------------------------------------
+
+
+class _GatedBackend(BackendWrapper):
+    """Holds every pack upload until ``gate`` is set; records what completed, in order."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+        self.done: list[str] = []
+        self._lock = threading.Lock()
+
+    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+        assert self.gate.wait(10)
+        size = self.inner.put_stream(name, chunks)
+        with self._lock:
+            self.done.append(name)
+        return size
+
+    def put(self, name: str, data: bytes) -> None:
+        self.inner.put(name, data)
+        with self._lock:
+            self.done.append(name)
+
+
+def test_packs_upload_in_the_background_and_flush_waits_for_them(tmp_path: Path) -> None:
+    _init(tmp_path, False, pack_size=1 << 16)
+    gated = _GatedBackend(LocalBackend(tmp_path))
+    repo = Repository.open(gated)
+    payloads = [os.urandom(70_000) for _ in range(2)]
+    ids = [repo.save_blob(BlobType.DATA, p) for p in payloads]  # each closes a pack
+    # save_blob returned while the uploads wait: the blobs are pending, readable.
+    assert repo.has_blob(ids[0]) and repo.load_blob(ids[1]) == payloads[1]
+    assert not _files(tmp_path, "data") and not _files(tmp_path, "index")
+    flushing = threading.Thread(target=repo.flush)
+    flushing.start()
+    time.sleep(0.1)
+    assert flushing.is_alive() and not _files(tmp_path, "index")  # flush waits
+    gated.gate.set()
+    flushing.join(10)
+    assert not flushing.is_alive()
+    again = _open(tmp_path)
+    assert [again.load_blob(c) for c in ids] == payloads
+    repo.close()
+
+
+def test_an_index_file_describes_only_packs_already_stored(tmp_path: Path) -> None:
+    _init(tmp_path, False, pack_size=1 << 16)
+    gated = _GatedBackend(LocalBackend(tmp_path))
+    gated.gate.set()
+    with Repository.open(gated, index_every_packs=2) as repo:
+        for _ in range(7):
+            repo.save_blob(BlobType.DATA, os.urandom(70_000))
+        repo.flush()
+        for position, name in enumerate(gated.done):
+            if name.startswith("index/"):
+                index_id = bytes.fromhex(name[len("index/"):])
+                for pack_id, _entries in repo.read_index_file(index_id):
+                    stored = f"data/{pack_id.hex()[:2]}/{pack_id.hex()}"  # sharded below
+                    assert stored in gated.done[:position]
+
+
+def test_an_upload_error_surfaces_on_the_next_save_and_flush_and_is_never_indexed(
+        tmp_path: Path) -> None:
+    _init(tmp_path, False, pack_size=1 << 16)
+    faulty = FaultyBackend(LocalBackend(tmp_path))
+    faulty.add("put_stream", Fault(error=StorageError("disk on fire"), skip=1))
+    repo = Repository.open(faulty)
+    repo._max_in_flight = 1
+    repo.save_blob(BlobType.DATA, os.urandom(70_000))  # stored
+    lost = repo.save_blob(BlobType.DATA, os.urandom(70_000))  # fails in the background
+    repo._wait_uploads()
+    with pytest.raises(StorageError, match="fire"):
+        repo.save_blob(BlobType.DATA, os.urandom(10))
+    with pytest.raises(StorageError, match="fire"):
+        repo.flush()
+    with pytest.raises(StorageError, match="fire"):
+        repo.save_manifest(_manifest(repo, "b1"))
+    assert not _files(tmp_path, "manifests")
+    again = _open(tmp_path)  # the stored pack was indexed; the lost one never
+    assert len(again.index) == 1 and not again.has_blob(lost)
+    repo.close()
+
+
+def test_concurrent_savers_store_each_chunk_once(tmp_path: Path) -> None:
+    repo = _init(tmp_path, True, pack_size=1 << 18)
+    payloads = [os.urandom(20_000) for _ in range(200)]
+    errors: list[BaseException] = []
+
+    def save(offset: int) -> None:
+        try:
+            for i in range(len(payloads)):
+                repo.save_blob(BlobType.DATA, payloads[(i + offset) % len(payloads)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(k * 25,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    repo.flush()
+    again = _open(tmp_path)
+    assert len(again.index) == len(payloads)
+    stored = sum(len(again.read_pack_header(p)) for p in again.list_packs())
+    assert stored == len(payloads)  # no chunk stored twice
+    assert all(again.load_blob(again.hasher().chunk_id(p)) == p for p in payloads)
+    repo.close()
+
+
+def test_close_stops_the_upload_threads(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    with _init(tmp_path, False, pack_size=1 << 16) as repo:
+        repo.save_blob(BlobType.DATA, os.urandom(70_000))
+        repo.flush()
+        started = set(threading.enumerate()) - before
+        assert any(t.name.startswith("pack-upload") for t in started)
+    assert not any(t.is_alive() for t in started)
+    with pytest.raises(RepoError, match="closed"):
+        repo.save_blob(BlobType.DATA, os.urandom(70_000))
