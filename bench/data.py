@@ -9,8 +9,10 @@ changed-block tracking on a loop-mounted XFS), ``tree_full``,
 
 Fairness: each of our operations is a fresh ``python -m bench.data_worker``
 process timed from the outside, as restic is, with two workers (restic gets
-the machine's cores; this machine has two). Ours and restic alternate which
-goes first, case by case. Every step is timed until its data is on disk (a
+the machine's cores; the reference machine has two) and bytecode cached as
+an installed agent has it. Ours and restic alternate which goes first, case
+by case and round by round (``--repeat N`` reports medians: one round on a
+shared machine moves by 10-20%). Every step is timed until its data is on disk (a
 ``sync`` after the process, inside the timing), because our storage fsyncs
 and restic's restore does not. As root the page cache is dropped before
 every step and then both programs' code is loaded again untimed, so both read
@@ -30,6 +32,7 @@ import json
 import os
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,6 +153,9 @@ class Step:
 # -- running both sides --------------------------------------------------------------------------
 
 class Runner:
+    """Runs and times single steps of either side; it alone touches the
+    page cache, so both sides always get the same treatment."""
+
     def __init__(self, work: Path, *, restic: bool, cold: bool, profile: Path | None) -> None:
         self.work = work
         self.use_restic = restic
@@ -157,12 +163,18 @@ class Runner:
         self.profile = profile
         self.peak_rss = 0.0
         self.ours_first = True
-        self.profiles: dict[str, list[dict[str, Any]]] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
         self.env = {**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD, "PYTHONPATH": str(ROOT),
                     "RESTIC_CACHE_DIR": str(work / "restic-cache")}
         for name in ("RESTIC_REPOSITORY", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND",
                      "RESTIC_PACK_SIZE", "RESTIC_COMPRESSION"):
             self.env.pop(name, None)
+        # An installed agent runs from cached bytecode; compiling every module
+        # in every worker (PYTHONDONTWRITEBYTECODE, set in some shells) would
+        # charge ours ~50 ms a step that no deployment pays. The cache goes to
+        # the work dir, never into the source tree.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
 
     def settle(self, sources: list[Path]) -> None:
         """Puts both programs on equal footing before a timed step: data cold
@@ -170,12 +182,11 @@ class Runner:
         os.sync()
         if self.cold:
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
-            subprocess.run([sys.executable, "-c", "import bench.data_worker"], env=self.env,
-                           cwd=ROOT, check=True)
-            if self.use_restic:
-                subprocess.run(["restic", "version"], env=self.env, capture_output=True,
-                               check=True)
-        else:
+        subprocess.run([sys.executable, "-c", "import bench.data_worker"], env=self.env,
+                       cwd=ROOT, check=True)
+        if self.use_restic:
+            subprocess.run(["restic", "version"], env=self.env, capture_output=True, check=True)
+        if not self.cold:
             for source in sources:
                 for p in [source] if source.is_file() else source.rglob("*"):
                     if p.is_file() and not p.is_symlink():
@@ -361,21 +372,43 @@ def _function(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
-def render_profile(raw: Path, svg: Path, title: str, top: int = 12) -> list[dict[str, Any]]:
-    """Writes a flame graph of py-spy's raw stacks and returns the functions
-    with the most samples of their own (where the time goes, not who called)."""
+# Leaf frames where a thread waits rather than works (py-spy counts a thread
+# blocked in a C call that released the GIL as active): summed apart, so the
+# top list shows work.
+WAITING = ("Condition.wait (", "_worker (concurrent/futures/thread.py", "Event.wait (",
+           "Thread.join (", "Queue.get (", "Lock._loop (")
+
+
+def _kind(frames: tuple[str, ...]) -> str:
+    if frames[-1].startswith(WAITING):
+        return "waiting"
+    if any("<frozen importlib" in f for f in frames):
+        return "imports"
+    return "work"
+
+
+def render_profile(raw: Path, svg: Path, title: str, top: int = 12) -> dict[str, Any]:
+    """Writes a flame graph of py-spy's raw stacks and returns the shares of
+    start-up imports and of waiting threads, and the functions with the most
+    samples of their own otherwise (where the time goes, not who called)."""
     stacks = _stacks(raw)
     total = sum(stacks.values()) or 1
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     for frames, n in stacks.items():
-        own[_function(frames[-1])] += n
+        kind = _kind(frames)
+        kinds[kind] += n
+        if kind == "work":
+            own[_function(frames[-1])] += n
         for fn in {_function(f) for f in frames}:
             inclusive[fn] += n
     write_flamegraph(stacks, svg, title)
-    return [{"function": fn, "self_pct": round(100 * n / total, 1),
-             "total_pct": round(100 * inclusive[fn] / total, 1)}
-            for fn, n in own.most_common(top)]
+    return {"samples": total, "imports_pct": round(100 * kinds["imports"] / total, 1),
+            "waiting_pct": round(100 * kinds["waiting"] / total, 1),
+            "top_self": [{"function": fn, "self_pct": round(100 * n / total, 1),
+                          "total_pct": round(100 * inclusive[fn] / total, 1)}
+                         for fn, n in own.most_common(top)]}
 
 
 def write_flamegraph(stacks: Counter[tuple[str, ...]], svg: Path, title: str) -> None:
@@ -398,7 +431,7 @@ def write_flamegraph(stacks: Counter[tuple[str, ...]], svg: Path, title: str) ->
         for name, kid in sorted(node["kids"].items()):
             w = width * kid["n"] / total
             if w >= 0.5:
-                rects.append((x, depth, w, escape(name), kid["n"]))
+                rects.append((x, depth, w, name, kid["n"]))
                 walk(kid, x, depth + 1)
             x += w
 
@@ -410,11 +443,11 @@ def write_flamegraph(stacks: Counter[tuple[str, ...]], svg: Path, title: str) ->
     for x, depth, w, name, samples in rects:
         y = height - (depth + 1) * row
         hue = 20 + zlib.crc32(name.encode()) % 40
-        label = name[: int(w / 7)] if w > 60 else ""
-        parts.append(f'<g><title>{name} ({samples} samples, {100 * samples / total:.1f}%)'
-                     f'</title><rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" '
-                     f'fill="hsl({hue},80%,60%)"/><text x="{x + 2:.1f}" y="{y + 11}">{label}'
-                     '</text></g>')
+        label = escape(name[: int(w / 7)]) if w > 60 else ""
+        parts.append(f'<g><title>{escape(name)} ({samples} samples, '
+                     f'{100 * samples / total:.1f}%)</title><rect x="{x:.1f}" y="{y}" '
+                     f'width="{w:.1f}" height="{row - 1}" fill="hsl({hue},80%,60%)"/>'
+                     f'<text x="{x + 2:.1f}" y="{y + 11}">{label}</text></g>')
     parts.append("</svg>")
     svg.write_text("\n".join(parts) + "\n")
 
@@ -422,7 +455,8 @@ def write_flamegraph(stacks: Counter[tuple[str, ...]], svg: Path, title: str) ->
 # -- the cases -----------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, *, ours_first: bool = True
+                 ) -> None:
         self.args = args
         self.work = work
         self.scale = float(args.scale)
@@ -431,6 +465,7 @@ class Bench:
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
         self.r = Runner(work, restic=not args.no_restic, cold=cold, profile=profile)
+        self.r.ours_first = ours_first
         self.vault = work / "ours"
         self.restic_repo = work / "restic"
         self.results: dict[str, Any] = {
@@ -439,6 +474,8 @@ class Bench:
                       "code loaded untimed") if cold else
                      "warm: sources read just before every step (no root, or --warm)",
             "timing": "wall time of one process per step, start-up and a final sync included",
+            "ours": "one `python -m bench.data_worker` process per step, 2 workers, bytecode "
+                    "cached in the work dir",
             "workers": 2, "cpus": os.cpu_count()}
 
     def restic(self, *args: str, sources: list[Path], repo: Path | None = None,
@@ -450,7 +487,10 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         if self.r.use_restic:
-            self.results["restic"] = ensure_restic()
+            self.results["restic"] = {
+                "version": ensure_restic(),
+                "options": "defaults (repository v2, compression auto), its cache in the "
+                           "work dir, restore without --sparse (0.14 has none)"}
         log(f"==> corpus (scale {self.scale}) in {self.work}")
         t0 = time.perf_counter()
         disk, tree = self.work / "disk.img", self.work / "tree"
@@ -477,8 +517,7 @@ class Bench:
             self.cbt_case(layout)
         self.results["agent_peak_rss_mib"] = round(self.r.peak_rss, 1)
         if self.r.profiles:
-            self.results["profile"] = {"dir": str(self.args.profile), "top_self": self.r.profiles}
-        self.results["targets"] = targets(self.results, self.r.use_restic)
+            self.results["profile"] = {"dir": str(self.args.profile), "steps": self.r.profiles}
         return self.results
 
     def init(self, vault: Path, restic_repo: Path) -> None:
@@ -512,7 +551,7 @@ class Bench:
             if file_hash(theirs / disk.relative_to("/")) != want:
                 raise BenchFailed("restic's disk restore differs from the source image")
             shutil.rmtree(theirs)
-        log("  both disk restores match the source")
+        log(f"  disk restores match the source ({'ours and restic' if r.use_restic else 'ours'})")
 
     def tree_cases(self, tree: Path) -> None:
         log("==> tree")
@@ -540,7 +579,8 @@ class Bench:
             if diffs:
                 raise BenchFailed("restic's tree restore differs: " + "; ".join(diffs))
             shutil.rmtree(theirs)
-        log("  both tree restores match the source (types, modes, links, contents)")
+        log("  tree restores match the source in types, modes, links and contents "
+            f"({'ours and restic' if r.use_restic else 'ours'})")
 
     def cbt_case(self, layout: corpus.DiskLayout) -> None:
         """The same disk on XFS: a first backup of each (untimed for the table,
@@ -580,6 +620,34 @@ class Bench:
                 raise BenchFailed("the restore of our CBT incremental differs from the image")
             check.unlink()
             log("  the CBT incremental restores to the mutated image")
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds: the median of each side per case (the
+    speedup is the ratio of the medians), every round's pair kept beside it;
+    the largest peak RSS and stored bytes of the last round."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out = dict(rounds[-1])
+    out["rounds"] = len(rounds)
+    for name in CASES:
+        entries = [r[name] for r in rounds if name in r and "skipped" not in r[name]]
+        if not entries:
+            continue
+        ours = statistics.median(e["ours_s"] for e in entries)
+        theirs = [e["restic_s"] for e in entries if e.get("restic_s") is not None]
+        restic = statistics.median(theirs) if theirs else None
+        merged = dict(entries[-1])
+        merged.update({"ours_s": round(ours, 3),
+                       "restic_s": round(restic, 3) if restic is not None else None,
+                       "speedup": round(restic / ours, 2) if restic and ours > 0 else None,
+                       "ours_in_process_s": round(statistics.median(
+                           e["ours_in_process_s"] for e in entries), 3),
+                       "runs": [[e["ours_s"], e.get("restic_s")] for e in entries]})
+        merged.pop("first", None)
+        out[name] = merged
+    out["agent_peak_rss_mib"] = max(r["agent_peak_rss_mib"] for r in rounds)
+    return out
 
 
 def targets(results: dict[str, Any], with_restic: bool) -> dict[str, Any]:
@@ -639,32 +707,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-restic", action="store_true", help="run our side only")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--only", choices=["disk", "tree"], help="run only these cases")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run everything N times on a fresh corpus and report medians "
+                   "(each round starts with the other side first)")
     p.add_argument("--warm", action="store_true",
                    help="keep the page cache warm for both even as root")
-    p.add_argument("--profile", nargs="?", const=str(ROOT / ".bench-profiles"), default=None,
-                   metavar="DIR", help="run our workers under py-spy; flame graphs (SVG) and "
-                   "raw stacks go to DIR (default .bench-profiles); timings then include "
-                   "the sampling overhead")
+    default_profiles = Path(tempfile.gettempdir()) / "cbr-bench-profiles"
+    p.add_argument("--profile", nargs="?", const=str(default_profiles), default=None,
+                   metavar="DIR", help="run our workers under py-spy (first round only); "
+                   f"flame graphs (SVG) and raw stacks go to DIR (default {default_profiles}); "
+                   "those timings include the sampling overhead")
     args = p.parse_args(argv)
-    if args.scale <= 0:
-        p.error("--scale must be positive")
+    if args.scale <= 0 or args.repeat < 1:
+        p.error("--scale must be positive and --repeat at least 1")
     work = Path(args.work_dir).resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        results = Bench(args, work).run()
+        rounds = []
+        for n in range(args.repeat):
+            if n:
+                log(f"==> round {n + 1} of {args.repeat}")
+                shutil.rmtree(work)
+                work.mkdir()
+                args.profile = None  # one profile is enough; keep later rounds unskewed
+            rounds.append(Bench(args, work, ours_first=n % 2 == 0).run())
     except BenchFailed as exc:
         log(f"scripts/bench data: FAILED: {exc}")
         return 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    results = combine(rounds)
+    results["targets"] = targets(results, not args.no_restic)
     log("")
     log(table(results))
     if "profile" in results:
-        for label, top in results["profile"]["top_self"].items():
-            log(f"  profile {label}: " + ", ".join(f"{t['function']} {t['self_pct']}%"
-                                                   for t in top[:5]))
+        log(f"profiles (flame graphs in {results['profile']['dir']}), share of samples:")
+        for label, prof in results["profile"]["steps"].items():
+            log(f"  {label}: imports {prof['imports_pct']}%, waiting {prof['waiting_pct']}%; "
+                + ", ".join(f"{t['function']} {t['self_pct']}%" for t in prof["top_self"][:4]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

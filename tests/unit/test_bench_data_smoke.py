@@ -45,7 +45,8 @@ def test_bench_data_smoke(tmp_path: Path) -> None:
     assert set(targets) == {*CASES, "stored_bytes", "agent_peak_rss_mib"}
     assert all(targets[name]["pass"] is None for name in CASES)  # nothing to compare with
     assert targets["agent_peak_rss_mib"]["pass"] in (True, False)
-    assert "both disk restores match" in done.stdout
+    assert "disk restores match the source (ours)" in done.stdout
+    assert "tree restores match the source" in done.stdout
     assert not work.exists()
     assert not any("bench" in line for line in Path("/proc/mounts").read_text().splitlines()
                    if str(tmp_path) in line)
@@ -81,3 +82,22 @@ def test_corpus_is_deterministic(tmp_path: Path, scale: float) -> None:
     corpus.mutate_disk(one, scale)
     corpus.mutate_disk(two, scale)
     assert data.file_hash(one) == data.file_hash(two)
+
+
+def test_profile_summary_and_flame_graph(tmp_path: Path) -> None:
+    """py-spy's raw stacks become a well-formed SVG (names with <, > and &
+    escaped even when cut short) and a summary that keeps waiting threads
+    and start-up imports out of the top list."""
+    import xml.etree.ElementTree as ET
+
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        "main (a.py:1);<listcomp> (a.py:2);work & more (b.py:3) 6\n"
+        "Thread.run (threading.py:9);_worker (concurrent/futures/thread.py:81) 3\n"
+        "<module> (w.py:1);_find_and_load (<frozen importlib._bootstrap>:1) 1\n")
+    summary = data.render_profile(raw, tmp_path / "p.svg", "t")
+    ET.parse(tmp_path / "p.svg")
+    assert summary["samples"] == 10
+    assert (summary["waiting_pct"], summary["imports_pct"]) == (30.0, 10.0)
+    assert summary["top_self"][0] == {"function": "work & more (b.py)", "self_pct": 60.0,
+                                      "total_pct": 60.0}
