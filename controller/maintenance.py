@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cbr import errors
-from cbr.repo import RepoError, prune, verify
+from cbr.repo import RepoError, prune, verify  # maintenance modules, loaded only by the controller
 from cbr.repo.manifest import Manifest, TreeContent
 from cbr.repo.tree import EntryType, decode_tree
 from cbr.storage import StorageError

@@ -14,8 +14,8 @@ Layers, each using only the ones above it in this list:
 - ``disk_map``, ``tree``, ``chunker``: disks, file trees, FastCDC (8, 9).
 - ``locks``, ``walk``, ``prune``, ``verify``: vault maintenance: locks, the
   chunks a backup reaches, deleting backups and freeing space, integrity
-  checks (12, 13). ``prune`` and ``verify`` are modules here (call
-  ``prune.prune`` and ``verify.verify``).
+  checks (12, 13). They are imported as modules where needed, never here,
+  so a backup does not load them.
 
 This package must not import ``controller`` or ``agent``; both use it.
 """
@@ -33,12 +33,8 @@ from cbr.repo.errors import (
     UnsupportedVersion,
     VaultExists,
 )
-from cbr.repo.locks import Lock, LockConflict, LockLost
 from cbr.repo.manifest import DiskContent, Manifest, Resource, TreeContent
-from cbr.repo.prune import PruneReport, delete_backup
 from cbr.repo.repository import Repository
-from cbr.repo.verify import Problem, VerifyReport
-from cbr.repo.walk import iter_reachable
 
 __all__ = [
     "BlobType",
@@ -47,14 +43,9 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "KeyUnavailable",
-    "Lock",
-    "LockConflict",
-    "LockLost",
     "Manifest",
     "ManifestExists",
     "ManifestNotFound",
-    "Problem",
-    "PruneReport",
     "RepoError",
     "Repository",
     "Resource",
@@ -62,7 +53,4 @@ __all__ = [
     "UnsafeName",
     "UnsupportedVersion",
     "VaultExists",
-    "VerifyReport",
-    "delete_backup",
-    "iter_reachable",
 ]
