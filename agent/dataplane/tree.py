@@ -43,7 +43,7 @@ from agent.dataplane import (
     UnsafeTarget,
 )
 from cbr.repo import BlobType, Repository, TreeContent
-from cbr.repo.chunker import make_chunker
+from cbr.repo.chunker import cut_range, make_chunker, window_size
 from cbr.repo.errors import UnsafeName
 from cbr.repo.tree import (
     EntryType,
@@ -147,6 +147,7 @@ class _TreeBackup:
         self.warnings: list[str] = []
         self.links: dict[tuple[int, int], list[bytes]] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
         self.waiting = 0
 
     # -- file content ------------------------------------------------------------------------
@@ -171,14 +172,24 @@ class _TreeBackup:
         for start, length in ranges:
             if self.progress.cancelled.is_set():
                 raise Cancelled("the backup was cancelled")
-            fh.seek(start)
             if length <= SMALL_FILE:
-                data = fh.read(length)
-                self._take(out, data)
+                fh.seek(start)
+                self._take(out, fh.read(length))
                 continue
-            chunker = make_chunker(self.params, self.hasher)
-            for chunk in chunker.cut_stream(_Limited(fh, length)):
-                self._take(out, chunk.data)
+            chunker, window = self._chunker()
+            for piece in cut_range(chunker, fd, start, length, window):
+                self._take(out, piece)
+
+    def _chunker(self) -> tuple[Any, bytearray]:
+        """This reader thread's chunker and window, made once: a window per
+        thread, not per file, keeps memory flat however many large files
+        pass through."""
+        mine: tuple[Any, bytearray] | None = getattr(self._local, "chunker", None)
+        if mine is None:
+            mine = (make_chunker(self.params, self.hasher),
+                    bytearray(window_size(self.params)))
+            self._local.chunker = mine
+        return mine
 
     def _take(self, out: _FileResult, data: bytes | memoryview) -> None:
         cid, new, sent = self._store(data)
@@ -484,34 +495,6 @@ class _Item:
 
     def result(self) -> _FileResult:
         return self._job.result()[self._index]
-
-
-class _Limited:
-    """A read-only view of the next ``length`` bytes of a file (for the chunker)."""
-
-    def __init__(self, fh: BinaryIO, length: int) -> None:
-        self._fh = fh
-        self._left = length
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n < 0 else min(n, self._left)
-        data = self._fh.read(n)
-        self._left -= len(data)
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf)
-        n = min(len(view), self._left)
-        if n <= 0:
-            return 0
-        got = self._fh.readinto(view[:n])  # type: ignore[attr-defined]
-        self._left -= got or 0
-        return got or 0
-
-    def readable(self) -> bool:
-        return True
 
 
 def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = None,

@@ -45,7 +45,7 @@ class DataKey:
         self.key_id = key_id
         self._aead = AESGCM(key)
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         """``nonce || ciphertext || tag`` with a fresh random nonce."""
         nonce = secrets.token_bytes(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)

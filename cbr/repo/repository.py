@@ -427,7 +427,7 @@ class Repository:
         if self.has_blob(cid, hasher.key_id):
             return cid, 0
         blob = encode_blob(
-            bytes(data) if not isinstance(data, bytes) else data, blob_type=blob_type,
+            data, blob_type=blob_type,
             hasher=hasher, data_key=self._data_key, level=self.config.compression_level,
             chunk_id=cid,
         )
