@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,14 @@ def validate_name(name: str) -> str:
     """Returns ``name`` if it obeys the name rules, else raises :class:`InvalidName`."""
     if not isinstance(name, str):
         raise InvalidName(f"object name must be a str, not {type(name).__name__}")
+    _check_name(name)
+    return name
+
+
+@functools.lru_cache(maxsize=8192)
+def _check_name(name: str) -> None:
+    """The rules, remembered for names that passed: a restore reads one pack
+    name for each of thousands of blobs, twice (sharded and local layers)."""
     if not name:
         raise InvalidName("object name is empty", name)
     if len(name.encode()) > MAX_NAME_LENGTH:
@@ -126,7 +135,6 @@ def validate_name(name: str) -> str:
                 "A-Z a-z 0-9 . _ - and do not start with a dot",
                 name,
             )
-    return name
 
 
 def validate_prefix(prefix: str) -> str:

@@ -95,6 +95,7 @@ class LocalBackend(Backend):
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True):
         self.root = Path(root).absolute()
+        self._root_text = str(self.root)
         self.location = f"file://{self.root}"
         self._fsync = fsync
         if create:
@@ -211,6 +212,8 @@ class LocalBackend(Backend):
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)
+        if length is not None:
+            return self._get_range(name, offset, length)
         with self._open(name) as handle:
             try:
                 if offset:
@@ -228,6 +231,31 @@ class LocalBackend(Backend):
                 return b"".join(chunks)
             except OSError as exc:
                 raise map_os_error(exc, name, "reading") from exc
+
+    def _get_range(self, name: str, offset: int, length: int) -> bytes:
+        """A blob's bytes in three syscalls: restores read tens of thousands of
+        small ranges, where a file object, a seek and an fstat per read cost
+        more than the read. A directory fails the read (EISDIR), so it still
+        is no object."""
+        path = os.path.join(self._root_text, validate_name(name))
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError as exc:
+            raise map_os_error(exc, name, "opening") from exc
+        try:
+            data = os.pread(fd, length, offset)
+            while 0 < len(data) < length:  # a short read is legal; go on until EOF
+                more = os.pread(fd, length - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        except OSError as exc:
+            if exc.errno == errno.EISDIR:
+                raise ObjectNotFound(name) from exc
+            raise map_os_error(exc, name, "reading") from exc
+        finally:
+            os.close(fd)
 
     def iter_get(
         self,

@@ -89,6 +89,34 @@ def test_a_tree_round_trips_with_its_metadata(tmp_path: Path) -> None:
     assert restored.stats["files"] >= 4
 
 
+@pytest.mark.parametrize("target_setgid", [False, True])
+def test_restored_files_get_their_mode_owner_and_times_whichever_way_they_are_made(
+        tmp_path: Path, target_setgid: bool) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    root = os.geteuid() == 0
+    modes = {"plain": 0o644, "exec": 0o755, "private": 0o600, "setuid": 0o4755,
+             "group-writable": 0o664, "sticky": 0o1644}
+    for i, (name, mode) in enumerate(modes.items()):
+        for where in (src, src / "d"):
+            path = where / name
+            path.write_bytes(name.encode() * 10)
+            os.chmod(path, mode)
+            if root and i % 2:
+                os.chown(path, 1234 + i, 5678 + i)
+            os.utime(path, ns=(3_000_000_000 + i, 4_000_000_000 + i))
+    repo = _repo(tmp_path)
+    content = backup_tree(repo, src, progress=Progress()).content
+    out = tmp_path / "out"
+    out.mkdir()
+    if target_setgid:
+        os.chmod(out, 0o2775)
+        if root:
+            os.chown(out, -1, 4321)  # would hand its group down to new files
+    restore_tree(repo, content, out, progress=Progress())
+    assert _snapshot(out) == _snapshot(src)
+
+
 def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
     src = _sample(tmp_path / "src")
     repo = _repo(tmp_path)
