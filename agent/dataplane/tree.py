@@ -6,7 +6,11 @@ subdirectories are done. File contents are cut by FastCDC and read on a
 thread pool (the chunker, BLAKE3 and zstd are native and release the GIL)
 while the walk goes on, with a bound on files in flight. A file whose size,
 mtime, ctime and inode match the parent backup is not read: its chunk list
-is reused, once the index confirms every chunk is still there. A file that
+is reused, once the index confirms every chunk is still there. Names whose
+stat matches the parent's keep the parent's stored entry document as is
+(at most with a new access time), and a directory where every name did so
+keeps the parent's tree id: an incremental decodes and encodes only what
+changed. A file that
 changes while read is read again, and if it changes again it is stored
 flagged ``changed`` with a warning, never silently torn.
 
@@ -50,9 +54,12 @@ from cbr.repo.tree import (
     TreeEntry,
     decode_chunk_list,
     decode_tree,
+    doc_name,
     encode_chunk_list,
     encode_tree,
+    encode_tree_docs,
     split_content,
+    tree_docs,
     validate_link_path,
     validate_name,
 )
@@ -309,13 +316,56 @@ class _TreeBackup:
             ids.extend(decode_chunk_list(self.repo.load_blob(list_id)))
         return all(self.repo.has_blob(cid) for cid in ids)
 
-    def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, TreeEntry]:
+    def _parent_docs(self, tree_id: bytes | None) -> dict[bytes, dict[str, Any]] | None:
+        """The parent backup's entries of this directory, as stored (name ->
+        entry document). Decoded into entries only where something changed:
+        in an incremental almost nothing has, and full decoding and
+        re-encoding of every entry cost more than the walk itself."""
         if tree_id is None or not self.repo.has_blob(tree_id):
-            return {}
+            return None
         try:
-            return {e.name: e for e in decode_tree(self.repo.load_blob(tree_id))}
+            docs = tree_docs(self.repo.load_blob(tree_id))
         except Exception:
-            return {}
+            return None  # damaged: everything below is backed up afresh
+        out: dict[bytes, dict[str, Any]] = {}
+        for doc in docs:
+            name = doc_name(doc)
+            if name is not None:
+                out[name] = doc
+        return out
+
+    def _old_entry(self, doc: dict[str, Any] | None) -> TreeEntry | None:
+        if doc is None:
+            return None
+        try:
+            return TreeEntry.from_doc(doc)
+        except Exception:
+            return None  # a damaged parent entry: back this name up afresh
+
+    def _same(self, doc: dict[str, Any], st: os.stat_result, kind: str) -> bool:
+        """Whether the parent's document of this name still describes it, but
+        for its access time (:func:`_with_atime`), so it can be stored again
+        as is. An unchanged ctime also vouches for xattrs and a symlink's
+        target, which change it."""
+        get = doc.get
+        return (get("type") == kind and not get("changed")
+                and get("ctime", 0) == st.st_ctime_ns and get("mtime", 0) == st.st_mtime_ns
+                and get("inode", 0) == st.st_ino and get("dev", 0) == st.st_dev
+                and get("mode", 0) == stat.S_IMODE(st.st_mode)
+                and get("uid", 0) == st.st_uid and get("gid", 0) == st.st_gid
+                and get("nlink", 0) == st.st_nlink
+                and get("size", 0) == (st.st_size if kind != "dir" else 0)
+                and get("user", "") == self.names.user(st.st_uid)
+                and get("group", "") == self.names.group(st.st_gid)
+                and "rdev" not in doc)
+
+    def _content_indexed(self, doc: dict[str, Any]) -> bool:
+        if "content_list" in doc:
+            return False  # a huge file: the careful path loads and checks its lists
+        try:
+            return all(self.repo.has_blob(bytes.fromhex(c)) for c in doc.get("content", ()))
+        except (TypeError, ValueError):
+            return False
 
     def directory(self, path: bytes, rel: list[bytes], parent_tree: bytes | None,
                   root_dev: int) -> bytes:
@@ -331,8 +381,10 @@ class _TreeBackup:
         memory does not grow with the tree."""
         if self.progress.cancelled.is_set():
             raise Cancelled("the backup was cancelled")
-        old = self._parent_entries(parent_tree)
+        loaded = self._parent_docs(parent_tree)
+        old = loaded or {}
         entries: list[TreeEntry] = []
+        kept: list[tuple[bytes, dict[str, Any]]] = []
         pending: list[tuple[TreeEntry, Future[_FileResult]]] = []
         try:
             with os.scandir(path) as it:
@@ -344,14 +396,44 @@ class _TreeBackup:
             self.warnings.append(f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
             listed = []
         self.stats["dirs"] += 1
-        subdirs: list[tuple[TreeEntry, bytes]] = []
+        subdirs: list[tuple[TreeEntry | dict[str, Any], bytes, bytes | None]] = []
         batch: list[tuple[TreeEntry, bytes, os.stat_result]] = []
+        altered = False  # a kept document got a new access time
         for d in listed:
             name = d.name
             child = path + b"/" + name
+            previous = old.get(name)
             try:
                 st = d.stat(follow_symlinks=False)
-                entry = self._entry(name, st, child, old.get(name))
+                mode = st.st_mode
+                if previous is not None:
+                    # The fast path of an incremental: the stored document is
+                    # kept (at most with a new access time), without building
+                    # an entry.
+                    if stat.S_ISREG(mode):
+                        if st.st_nlink == 1 and self._same(previous, st, "file") \
+                                and self._content_indexed(previous):
+                            self.stats["files"] += 1
+                            self.stats["files_unchanged"] += 1
+                            self.stats["bytes_scanned"] += st.st_size
+                            self.progress.add(scanned=st.st_size)
+                            doc = _with_atime(previous, st)
+                            altered = altered or doc is not previous
+                            kept.append((name, doc))
+                            continue
+                    elif stat.S_ISDIR(mode):
+                        if st.st_dev == root_dev and self._same(previous, st, "dir"):
+                            doc = _with_atime(previous, st)
+                            altered = altered or doc is not previous
+                            subdirs.append((doc, child, _subtree_of(previous)))
+                            continue
+                    elif stat.S_ISLNK(mode) and self._same(previous, st, "symlink"):
+                        doc = _with_atime(previous, st)
+                        altered = altered or doc is not previous
+                        kept.append((name, doc))
+                        continue
+                old_entry = self._old_entry(previous)
+                entry = self._entry(name, st, child, old_entry)
             except FileNotFoundError:
                 self.warnings.append(f"vanished: {os.fsdecode(child)}")
                 continue
@@ -364,7 +446,7 @@ class _TreeBackup:
                     entry.subtree = self._empty_tree()
                     entries.append(entry)
                     continue
-                subdirs.append((entry, child))
+                subdirs.append((entry, child, _subtree_of(previous)))
                 continue
             if entry.type != EntryType.FILE:
                 entries.append(entry)
@@ -382,12 +464,11 @@ class _TreeBackup:
                     entries.append(entry)
                     continue
                 self.links[key] = [*rel, name]
-            previous = old.get(name)
-            if self._unchanged(previous, st):
-                assert previous is not None
-                entry.content = list(previous.content)
-                entry.content_list = list(previous.content_list)
-                entry.extents = list(previous.extents)
+            if self._unchanged(old_entry, st):
+                assert old_entry is not None
+                entry.content = list(old_entry.content)
+                entry.content_list = list(old_entry.content_list)
+                entry.extents = list(old_entry.extents)
                 self.stats["files_unchanged"] += 1
                 entries.append(entry)
                 continue
@@ -401,20 +482,26 @@ class _TreeBackup:
                 pending.append((entry, self.pool.submit(self._read_file, child, st)))
         if batch:
             self._submit_batch(batch, pending)
-        node = _PendingDir(self, entries, pending)
+        unchanged = (loaded is not None and not altered and not entries and not pending
+                     and len(kept) + len(subdirs) == len(old)
+                     and not any(isinstance(e, TreeEntry) for e, _c, _s in subdirs))
+        node = _PendingDir(self, entries, kept, pending,
+                           parent_tree if unchanged and loaded is not None else None)
         self.waiting += 1
-        for entry, child in subdirs:
-            prev = old.get(entry.name)
-            node.subdirs.append((entry, self.scan(
-                child, [*rel, entry.name],
-                prev.subtree if prev is not None and prev.type == EntryType.DIR else None,
-                root_dev)))
+        for entry_or_doc, child, old_subtree in subdirs:
+            name = child.rsplit(b"/", 1)[1]
+            node.subdirs.append((entry_or_doc, old_subtree, self.scan(
+                child, [*rel, name], old_subtree, root_dev)))
             while self.waiting > MAX_PENDING_DIRS and node.finish_one():
                 pass
         return node
 
-    def finish(self, entries: list[TreeEntry],
-               pending: list[tuple[TreeEntry, Future[_FileResult]]]) -> bytes:
+    def finish(self, entries: list[TreeEntry], kept: list[tuple[bytes, dict[str, Any]]],
+               pending: list[tuple[TreeEntry, Future[_FileResult]]],
+               same_as: bytes | None) -> bytes:
+        if same_as is not None and not pending and not entries:
+            self.waiting -= 1
+            return same_as
         for entry, future in pending:
             result = future.result()
             if result.warning:
@@ -439,7 +526,10 @@ class _TreeBackup:
             else:
                 entry.content = result.content
             entries.append(entry)
-        data = encode_tree(entries)
+        for entry in entries:
+            if entry.link is not None:
+                validate_link_path(entry.link)
+        data = encode_tree_docs([*kept, *((e.name, e.to_doc()) for e in entries)])
         tree_id, sent = self.repo.store_blob(BlobType.META, data)
         self.stats["bytes_sent"] += sent
         self.waiting -= 1
@@ -458,32 +548,58 @@ class _TreeBackup:
 
 class _PendingDir:
     """A scanned directory whose files may still be read and whose subdirectories
-    may still be pending."""
+    may still be pending.
+
+    ``kept`` holds the parent backup's documents of names that did not
+    change; ``same_as`` is the parent's tree id while the whole directory
+    may still turn out unchanged (then that id is the result, and nothing
+    is encoded or stored)."""
 
     def __init__(self, job: _TreeBackup, entries: list[TreeEntry],
-                 pending: list[tuple[TreeEntry, Future[_FileResult]]]) -> None:
+                 kept: list[tuple[bytes, dict[str, Any]]],
+                 pending: list[tuple[TreeEntry, Future[_FileResult]]],
+                 same_as: bytes | None) -> None:
         self.job = job
         self.entries = entries
+        self.kept = kept
         self.pending = pending
-        self.subdirs: list[tuple[TreeEntry, _PendingDir | None]] = []
+        self.same_as = same_as
+        self.subdirs: list[tuple[TreeEntry | dict[str, Any], bytes | None,
+                                 _PendingDir | None]] = []
         self._next = 0
 
     def finish_one(self) -> bool:
         """Finishes the oldest unfinished subdirectory; False if none is left."""
         while self._next < len(self.subdirs):
-            entry, node = self.subdirs[self._next]
+            i = self._next
             self._next += 1
-            if node is not None:
-                entry.subtree = node.finish()
-                self.subdirs[self._next - 1] = (entry, None)
-                return True
+            entry, old_subtree, node = self.subdirs[i]
+            if node is None:
+                continue
+            subtree = node.finish()
+            if isinstance(entry, TreeEntry):
+                entry.subtree = subtree
+                self.same_as = None
+            elif subtree != old_subtree:
+                entry = {**entry, "subtree": subtree.hex()}
+                self.same_as = None
+            self.subdirs[i] = (entry, old_subtree, None)
+            return True
         return False
 
     def finish(self) -> bytes:
         while self.finish_one():
             pass
-        entries = self.entries + [entry for entry, _ in self.subdirs]
-        return self.job.finish(entries, self.pending)
+        entries = list(self.entries)
+        kept = list(self.kept)
+        for entry, _old, _node in self.subdirs:
+            if isinstance(entry, TreeEntry):
+                entries.append(entry)
+            else:
+                name = doc_name(entry)
+                assert name is not None  # it was found under this name
+                kept.append((name, entry))
+        return self.job.finish(entries, kept, self.pending, self.same_as)
 
 
 class _Item:
@@ -859,6 +975,31 @@ class _TreeRestore:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_atime(doc: dict[str, Any], st: os.stat_result) -> dict[str, Any]:
+    """``doc`` with the access time of ``st`` (a copy only if it differs): a
+    read elsewhere changes nothing else, and must not send a file or a
+    directory down the slow path."""
+    if doc.get("atime", 0) == st.st_atime_ns:
+        return doc
+    changed = dict(doc)
+    if st.st_atime_ns:
+        changed["atime"] = st.st_atime_ns
+    else:
+        changed.pop("atime", None)
+    return changed
+
+
+def _subtree_of(doc: dict[str, Any] | None) -> bytes | None:
+    """The parent backup's subtree id of a directory document, if it has one."""
+    if doc is None or doc.get("type") != EntryType.DIR.value:
+        return None
+    try:
+        subtree = bytes.fromhex(doc["subtree"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return subtree if len(subtree) == 32 else None
 
 
 def _plain_group(dir_fd: int) -> bool:

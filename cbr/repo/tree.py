@@ -191,19 +191,30 @@ class TreeEntry:
 
 def encode_tree(entries: Iterable[TreeEntry]) -> bytes:
     """Deterministic tree-blob plaintext; refuses unsafe or duplicate names."""
-    ordered = sorted(entries, key=lambda e: e.name)
-    for i, entry in enumerate(ordered):
-        validate_name(entry.name)
-        if i and ordered[i - 1].name == entry.name:
-            raise UnsafeName(f"duplicate entry name {entry.name!r}")
+    named = []
+    for entry in entries:
         if entry.link is not None:
             validate_link_path(entry.link)
-    doc = {"v": TREE_VERSION, "entries": [e.to_doc() for e in ordered]}
+        named.append((entry.name, entry.to_doc()))
+    return encode_tree_docs(named)
+
+
+def encode_tree_docs(named: Iterable[tuple[bytes, dict[str, Any]]]) -> bytes:
+    """Deterministic tree-blob plaintext of entry documents, each given with
+    its name; the same bytes :func:`encode_tree` makes of the same entries,
+    so an incremental can keep a parent's documents without decoding them."""
+    ordered = sorted(named, key=lambda item: item[0])
+    for i, (name, _doc) in enumerate(ordered):
+        validate_name(name)
+        if i and ordered[i - 1][0] == name:
+            raise UnsafeName(f"duplicate entry name {name!r}")
+    doc = {"v": TREE_VERSION, "entries": [d for _name, d in ordered]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode_tree(data: bytes, label: str = "tree") -> list[TreeEntry]:
-    """Entries of a tree blob, each name checked (:class:`UnsafeName`), no duplicates."""
+def tree_docs(data: bytes, label: str = "tree") -> list[dict[str, Any]]:
+    """The entry documents of a tree blob, undecoded (:func:`decode_tree`
+    checks and decodes them)."""
     try:
         doc = json.loads(data)
         version = doc["v"]
@@ -212,6 +223,22 @@ def decode_tree(data: bytes, label: str = "tree") -> list[TreeEntry]:
         raise FormatError(f"{label}: not a tree ({exc})") from None
     if version > TREE_VERSION:
         raise UnsupportedVersion(f"{label}: version {version} is newer than {TREE_VERSION}")
+    if not isinstance(raw_entries, list) or not all(isinstance(e, dict) for e in raw_entries):
+        raise FormatError(f"{label}: entries are not a list of objects")
+    return raw_entries
+
+
+def doc_name(doc: dict[str, Any]) -> bytes | None:
+    """The name of an entry document; None if it has none or a malformed one."""
+    try:
+        return _dec_name("name", doc)
+    except (ValueError, TypeError):
+        return None
+
+
+def decode_tree(data: bytes, label: str = "tree") -> list[TreeEntry]:
+    """Entries of a tree blob, each name checked (:class:`UnsafeName`), no duplicates."""
+    raw_entries = tree_docs(data, label)
     try:
         entries = [TreeEntry.from_doc(e) for e in raw_entries]
     except (KeyError, TypeError, ValueError) as exc:

@@ -127,6 +127,83 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
     assert second.stats["files_unchanged"] >= 3
 
 
+def _entries(repo: Repository, tree_id: bytes,
+             prefix: bytes = b"") -> dict[bytes, dict[str, object]]:
+    """Every entry below a tree, by path, as its stored fields (access times
+    of directories and symlinks left out: listing or reading one may update
+    them)."""
+    from cbr.repo.tree import decode_tree
+
+    out: dict[bytes, dict[str, object]] = {}
+    for e in decode_tree(repo.load_blob(tree_id)):
+        fields = {f: getattr(e, f) for f in e.__slots__ if f not in ("subtree",)}
+        if e.type in ("dir", "symlink"):
+            fields.pop("atime")
+        if e.type == "dir":
+            assert e.subtree is not None
+            out.update(_entries(repo, e.subtree, prefix + e.name + b"/"))
+        out[prefix + e.name] = fields
+    return out
+
+
+def test_an_unchanged_tree_is_the_parent_tree_and_nothing_is_read(tmp_path: Path) -> None:
+    src = _sample(tmp_path / "src")
+    repo = _repo(tmp_path)
+    first = backup_tree(repo, src, progress=Progress())
+    second = backup_tree(repo, src, parent=first.content, progress=Progress())
+    third = backup_tree(repo, src, parent=second.content, progress=Progress())
+    assert third.content == second.content
+    assert third.stats["bytes_read"] == 0 and third.stats["bytes_sent"] == 0
+    # A read elsewhere moves only the access time (where the mount keeps
+    # them): the new tree records it, and nothing is read.
+    small = src / "a" / "small.txt"
+    before = os.stat(small).st_atime_ns
+    small.read_bytes()
+    after = os.stat(small).st_atime_ns
+    if after != before:
+        fourth = backup_tree(repo, src, parent=third.content, progress=Progress())
+        assert fourth.content != third.content and fourth.stats["bytes_read"] == 0
+        assert isinstance(fourth.content, TreeContent)
+        assert _entries(repo, fourth.content.root)[b"a/small.txt"]["atime"] == after
+
+
+def test_incremental_keeps_unchanged_entries_exactly_as_a_full_decode_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _sample(tmp_path / "src")
+    (src / "a" / "b" / "c" / "deep.txt").write_text("deep")
+    (src / "moved-from").mkdir()
+    (src / "moved-from" / "x").write_text("x")
+    (src / "quiet" / "deeper").mkdir(parents=True)
+    (src / "quiet" / "deeper" / "f.txt").write_text("same size 1")
+    repo = _repo(tmp_path)
+    # A second backup first: listing a directory the first time since it
+    # changed updates its access time, which would hide the fast path.
+    first = backup_tree(repo, src, parent=backup_tree(repo, src, progress=Progress()).content,
+                        progress=Progress())
+    # Only a file's content changes here: its directories keep their stat,
+    # so their stored documents are kept with new subtree ids.
+    (src / "quiet" / "deeper" / "f.txt").write_text("same size 2")
+    (src / "a" / "small.txt").write_text("changed")
+    os.chmod(src / "a" / "b" / "c" / "deep.txt", 0o600)
+    (src / "a" / "b" / "c" / "new.txt").write_text("new")
+    (src / "hard").unlink()
+    os.rename(src / "moved-from", src / "moved-to")
+    os.unlink(src / "a" / "rel-link")
+    os.symlink("elsewhere", src / "a" / "rel-link")
+    with contextlib.suppress(OSError):
+        os.setxattr(src / "empty", "user.added", b"1")
+    fast = backup_tree(repo, src, parent=first.content, progress=Progress())
+    # The same backup once more, every name through the careful path.
+    monkeypatch.setattr(_TreeBackup, "_same", lambda *_args: False)
+    slow = backup_tree(repo, src, parent=first.content, progress=Progress())
+    assert isinstance(fast.content, TreeContent) and isinstance(slow.content, TreeContent)
+    assert _entries(repo, fast.content.root) == _entries(repo, slow.content.root)
+    assert fast.stats["files_unchanged"] == slow.stats["files_unchanged"]
+    out = tmp_path / "out"
+    restore_tree(repo, fast.content, out, progress=Progress())
+    assert _snapshot(out) == _snapshot(src)
+
+
 def test_inserting_bytes_mid_file_restores_only_nearby_chunks(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
