@@ -7,6 +7,7 @@ replicas sharing the key cut identically. It must not hash or store chunks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -64,6 +65,11 @@ def cut_range(chunker: pyfastcdc.FastCDC, fd: int, start: int, length: int,
             filled += got
             offset += got
             left -= got
+        if left:
+            # The next window's pages are read by the kernel while this one
+            # is cut, hashed and compressed.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, offset, min(left, len(view)), os.POSIX_FADV_WILLNEED)
         done = 0
         for chunk in chunker.cut_buf(view[:filled]):
             if left and filled - chunk.offset < limit:

@@ -249,15 +249,16 @@ def test_a_vanished_file_is_a_warning_not_a_failure(tmp_path: Path) -> None:
     (src / "stays").write_text("x")
     repo = _repo(tmp_path)
     job = _TreeBackup(repo, Progress(), 1)
-    real = job._read_small
+    real = job._read_batch
 
-    def vanish(path: bytes, st: os.stat_result) -> object:
-        if path.endswith(b"goes"):
-            os.unlink(path)
-        return real(path, st)
+    def vanish(items: list[tuple[bytes, os.stat_result]]) -> object:
+        for path, _st in items:
+            if path.endswith(b"goes"):
+                os.unlink(path)  # listed, then gone before it is opened
+        return real(items)
 
     (src / "goes").write_text("y")
-    job._read_small = vanish  # type: ignore[method-assign]
+    job._read_batch = vanish  # type: ignore[method-assign]
     job.directory(os.fsencode(src), [], None, os.stat(src).st_dev)
     job.pool.shutdown()
     assert any(w.startswith("vanished:") for w in job.warnings)
