@@ -82,12 +82,14 @@ def _tree_backup(repo: Repository, source: Path, backup_id: str,
 
 
 def _restore(repo: Repository, backup_id: str, target: Path) -> dict[str, Any]:
-    content = repo.load_manifest(backup_id).content
+    manifest = repo.load_manifest(backup_id)
+    content, key_id = manifest.content, manifest.chunk_key_id
     if isinstance(content, DiskContent):
         result = restore_disk(repo, content, target, progress=Progress(content.size),
-                              workers=WORKERS)
+                              workers=WORKERS, key_id=key_id)
     elif isinstance(content, TreeContent):
-        result = restore_tree(repo, content, target, progress=Progress(), workers=WORKERS)
+        result = restore_tree(repo, content, target, progress=Progress(), workers=WORKERS,
+                              key_id=key_id)
     else:
         raise SystemExit(f"data_worker: {backup_id} has no content to restore")
     return {"stats": result.stats, "warnings": result.warnings}

@@ -67,19 +67,22 @@ def _restore(repo: Repository, command: Any, progress: Progress) -> list[Restore
             content = children[child_id].content
             if not isinstance(content, DiskContent):
                 raise DataplaneError(f"backup {child_id} holds no disk")
-            results.append(disk_engine.restore_disk(repo, content, _absolute(path),
-                                                    progress=progress))
+            results.append(disk_engine.restore_disk(
+                repo, content, _absolute(path), progress=progress,
+                key_id=children[child_id].chunk_key_id))
         return results
     content = manifest.content
     target = _absolute(command.target_path)
     if isinstance(content, DiskContent):
         progress.set_total(content.size)
-        return [disk_engine.restore_disk(repo, content, target, progress=progress)]
+        return [disk_engine.restore_disk(repo, content, target, progress=progress,
+                                         key_id=manifest.chunk_key_id)]
     if isinstance(content, TreeContent):
         progress.set_total(int(manifest.stats.get("bytes_scanned", 0)))
         path = [p.encode("utf-8", "surrogateescape")
                 for p in command.source_path.split("/") if p]
         target.mkdir(parents=True, exist_ok=True)
-        return [tree_engine.restore_tree(repo, content, target, path=path, progress=progress)]
+        return [tree_engine.restore_tree(repo, content, target, path=path, progress=progress,
+                                         key_id=manifest.chunk_key_id)]
     raise DataplaneError(f"backup {command.backup_id} is a server backup; restore its disks "
                          "with disk targets")

@@ -578,7 +578,8 @@ class _Target:
 
 
 def restore_disk(repo: Repository, content: DiskContent, target: Path, *,
-                 progress: Progress, workers: int = 2) -> RestoreResult:
+                 progress: Progress, workers: int = 2,
+                 key_id: bytes | None = None) -> RestoreResult:
     """Writes a disk back byte-identical to what was backed up.
 
     A missing ``target`` becomes a new sparse file (blocks the backup does
@@ -617,10 +618,10 @@ def restore_disk(repo: Repository, content: DiskContent, target: Path, *,
 
         with ThreadPoolExecutor(max(1, workers), "disk-restore") as pool:
             try:
-                for block, cid in DiskMapReader(repo, content):
+                for block, cid in DiskMapReader(repo, content, key_id=key_id):
                     if progress.cancelled.is_set():
                         raise Cancelled("the restore was cancelled")
-                    queue.append((block, pool.submit(repo.load_blob, cid)))
+                    queue.append((block, pool.submit(repo.load_blob, cid, key_id=key_id)))
                     while len(queue) > depth:
                         write_one()
                 while queue:

@@ -652,10 +652,10 @@ def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = No
 # -- listing ---------------------------------------------------------------------------------
 
 
-def _walk_to(repo: Repository, content: TreeContent, path: Sequence[bytes]
-             ) -> tuple[list[TreeEntry], TreeEntry | None]:
+def _walk_to(repo: Repository, content: TreeContent, path: Sequence[bytes],
+             key_id: bytes | None = None) -> tuple[list[TreeEntry], TreeEntry | None]:
     """(entries of the directory at ``path``, None) or ([], the entry) for a non-directory."""
-    entries = decode_tree(repo.load_blob(content.root))
+    entries = decode_tree(repo.load_blob(content.root, key_id=key_id))
     for i, name in enumerate(path):
         validate_name(name)
         entry = next((e for e in entries if e.name == name), None)
@@ -666,13 +666,15 @@ def _walk_to(repo: Repository, content: TreeContent, path: Sequence[bytes]
             if i == len(path) - 1:
                 return [], entry
             raise PathNotInBackup(f"{where} is not a directory")
-        entries = decode_tree(repo.load_blob(entry.subtree))
+        entries = decode_tree(repo.load_blob(entry.subtree, key_id=key_id))
     return entries, None
 
 
 def list_tree(repo: Repository, content: TreeContent,
-              path: Sequence[bytes] = ()) -> list[TreeEntry]:
-    entries, single = _walk_to(repo, content, path)
+              path: Sequence[bytes] = (), key_id: bytes | None = None) -> list[TreeEntry]:
+    """The entries at ``path``; ``key_id`` is the backup's namespace (its
+    manifest's ``chunk_key_id``; the vault's own when None)."""
+    entries, single = _walk_to(repo, content, path, key_id)
     return [single] if single is not None else entries
 
 
@@ -704,6 +706,7 @@ class _TreeRestore:
         # What is restored: the backup path of the subtree or file (empty: all).
         self.top: tuple[bytes, ...] = ()
         self.content: TreeContent | None = None
+        self.key_id: bytes | None = None  # the backup's namespace
 
     def _replace_slot(self, dir_fd: int, name: bytes) -> None:
         """Removes what sits at ``name`` unless it is a real directory; never
@@ -787,7 +790,7 @@ class _TreeRestore:
     def _content_ids(self, e: TreeEntry) -> list[bytes]:
         ids = list(e.content)
         for list_id in e.content_list:
-            ids.extend(decode_chunk_list(self.repo.load_blob(list_id)))
+            ids.extend(decode_chunk_list(self.repo.load_blob(list_id, key_id=self.key_id)))
         return ids
 
     def file(self, dir_fd: int, e: TreeEntry, fresh: bool = False) -> bool:
@@ -802,7 +805,7 @@ class _TreeRestore:
         content goes to a temporary name and is renamed into place once
         complete."""
         if fresh and len(e.content) <= 1 and not e.content_list and not e.extents:
-            data = self.repo.load_blob(e.content[0]) if e.content else b""
+            data = self.repo.load_blob(e.content[0], key_id=self.key_id) if e.content else b""
             direct = not e.xattrs and e.mode & ~0o777 == 0 and e.mode & self.umask == 0
             try:
                 fd = os.open(e.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
@@ -852,7 +855,7 @@ class _TreeRestore:
                     view = view[n:]
 
             for cid in ids:
-                write(self.repo.load_blob(cid))
+                write(self.repo.load_blob(cid, key_id=self.key_id))
             os.ftruncate(fd, e.size)
             written = sum(length for _, length in ranges) if e.extents else e.size
             with self._lock:
@@ -930,7 +933,8 @@ class _TreeRestore:
         try:
             fresh = fresh and _plain_group(fd)
             self.stats["dirs"] += 1
-            children = decode_tree(self.repo.load_blob(e.subtree)) if e.subtree else []
+            children = (decode_tree(self.repo.load_blob(e.subtree, key_id=self.key_id))
+                        if e.subtree else [])
             self.dir_meta.append(((*rel[len(self.base):], e.name), e))
             self.directory(fd, children, (*rel, e.name), fresh)
         finally:
@@ -956,7 +960,7 @@ class _TreeRestore:
         if first is None and self.content is not None and parts[:len(self.top)] != self.top:
             # A partial restore: the first name lies outside what is restored,
             # so this name gets its own copy of the content.
-            _, source = _walk_to(self.repo, self.content, parts)
+            _, source = _walk_to(self.repo, self.content, parts, self.key_id)
             if source is None or source.type != EntryType.FILE:
                 raise UnsafeTarget(f"hardlink {os.fsdecode(e.name)} names no file")
             copy = TreeEntry(**{**{f: getattr(source, f) for f in source.__slots__},
@@ -1027,10 +1031,12 @@ def _plain_group(dir_fd: int) -> bool:
 
 def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
                  path: Sequence[bytes] = (), progress: Progress,
-                 workers: int = 2) -> RestoreResult:
-    """Restores the whole tree, or the file or directory at ``path``, into ``target``."""
+                 workers: int = 2, key_id: bytes | None = None) -> RestoreResult:
+    """Restores the whole tree, or the file or directory at ``path``, into
+    ``target``; ``key_id`` is the backup's namespace (a replica's is its
+    source's)."""
     try:
-        entries, single = _walk_to(repo, content, path)
+        entries, single = _walk_to(repo, content, path, key_id)
     except UnsafeName as exc:
         raise UnsafeTarget(f"the backup holds an unsafe entry: {exc}") from exc
     os.makedirs(target, exist_ok=True)
@@ -1041,13 +1047,14 @@ def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
     except OSError as exc:
         raise UnsafeTarget(f"restore target {target} is not a directory: {exc}") from exc
     job = _TreeRestore(repo, progress, workers)
+    job.key_id = key_id
     job.root_fd = root_fd
     job.base = tuple(path[:-1])
     job.top = tuple(path)
     job.content = content
     try:
         if single is not None or path:
-            parent_entries, _ = _walk_to(repo, content, path[:-1])
+            parent_entries, _ = _walk_to(repo, content, path[:-1], key_id)
             entry = next(e for e in parent_entries if e.name == path[-1])
             job.directory(root_fd, [entry], tuple(path[:-1]))
         else:

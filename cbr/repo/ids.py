@@ -47,6 +47,12 @@ class ChunkHasher:
         # system time than it saves (measured: 20 s of sys in a tree restore).
         return blake3.blake3(data, key=self._key).digest()
 
+    @property
+    def key(self) -> bytes:
+        """The chunk-id key itself: replication hands it to the target vault
+        (section 4.2); nothing else should need it."""
+        return self._key
+
     def chunker_seed(self) -> int:
         """The FastCDC gear seed of this namespace (63 bits, section 4.1)."""
         digest = blake3.blake3(_SEED_CONTEXT, key=self._key).digest()

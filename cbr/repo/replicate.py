@@ -1,0 +1,248 @@
+"""Copying backups into another vault (``docs/storage-format.md`` section 15).
+
+The source side walks a backup and sends the chunks the target lacks; the
+target side (:class:`VaultImporter`, run by an importer agent) checks and
+stores them and writes the replica's manifests only once everything they
+reach is indexed. The two talk through :class:`ReplicaTarget`, so the same
+steps run in one process (tests, tools) or across clouds over gRPC.
+
+This module must not know about controllers, credentials or the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zstandard
+
+from cbr.repo.blob import BlobType, compress, decompress, pays
+from cbr.repo.crypto import KeyWrapper
+from cbr.repo.errors import IntegrityError, KeyUnavailable, RepoError
+from cbr.repo.manifest import Manifest
+from cbr.repo.repository import Repository
+from cbr.repo.walk import iter_reachable
+
+QUERY_BATCH = 512
+"""Ids asked about at once: one round trip per batch, bounded memory."""
+
+PUT_BYTES = 8 << 20
+"""Wire bytes of chunks sent in one put: big enough to amortize a round trip,
+small enough to bound the memory of both sides."""
+
+IMPORT_INDEX_EVERY_PACKS = 1
+"""The importer indexes every pack it stores, so a cut transfer resumes
+without sending what reached storage (section 15, step 4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireChunk:
+    """One chunk as it crosses to the target: plaintext, compressed where it
+    pays, never encrypted with a source key."""
+
+    type: BlobType
+    chunk_id: bytes
+    raw_length: int
+    compressed: bool
+    body: bytes
+
+    @property
+    def wire_length(self) -> int:
+        return len(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSource:
+    """What a replica's manifests say about where they came from."""
+
+    cloud: str = ""
+    region: str = ""
+    project_id: str = ""
+
+    def doc(self, manifest: Manifest) -> dict[str, Any]:
+        return {"backup_id": manifest.backup_id, "vault_id": manifest.vault_id,
+                "cloud": self.cloud, "region": self.region, "project_id": self.project_id}
+
+
+class ReplicaTarget(Protocol):
+    """The importer's side of a replication, as the source sees it."""
+
+    def begin(self, source_vault_id: str, key_id: bytes, chunk_key: bytes) -> None:
+        """Makes the source's namespace known to the target vault."""
+
+    def missing(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        """The ids of ``chunk_ids`` the target vault lacks."""
+
+    def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
+        """Checks and stores chunks; the bytes this added to storage."""
+
+    def commit(self, manifests: Sequence[Manifest]) -> None:
+        """Writes the replica's manifests once all they reach is stored."""
+
+
+@dataclass
+class ReplicationStats:
+    chunks_walked: int = 0
+    chunks_sent: int = 0
+    raw_bytes_sent: int = 0
+    wire_bytes_sent: int = 0
+    bytes_stored: int = 0
+
+
+def export_chunk(repo: Repository, key_id: bytes, blob_type: BlobType,
+                 chunk_id: bytes, level: int) -> WireChunk:
+    """A chunk of ``repo`` for the wire, verified as it is read."""
+    plain = repo.load_blob(chunk_id, key_id=key_id)
+    packed = compress(plain, level) if plain else b""
+    if plain and pays(len(plain), len(packed)):
+        return WireChunk(blob_type, chunk_id, len(plain), True, packed)
+    return WireChunk(blob_type, chunk_id, len(plain), False, plain)
+
+
+def backup_manifests(repo: Repository, backup_id: str) -> list[Manifest]:
+    """A backup's manifests in the order a replica is written: a server's
+    disks before the server."""
+    top = repo.load_manifest(backup_id)
+    children = [repo.load_manifest(child) for child in top.children]
+    return [*children, top]
+
+
+def replica_manifests(manifests: Sequence[Manifest], ids: dict[str, str], *,
+                      vault_id: str, checkpoint_id: str,
+                      source: ReplicaSource) -> list[Manifest]:
+    """The replica's manifests: new ids (``ids`` maps every source backup id
+    of the set), the target vault, and where they came from."""
+    out = []
+    for m in manifests:
+        missing = {m.backup_id, *m.children} - ids.keys()
+        if m.parent_id is not None and m.parent_id in {x.backup_id for x in manifests}:
+            missing |= {m.parent_id} - ids.keys()
+        if missing:
+            raise ValueError(f"no replica id for source backup(s) {sorted(missing)}")
+        out.append(dataclasses.replace(
+            m, backup_id=ids[m.backup_id], vault_id=vault_id, checkpoint_id=checkpoint_id,
+            parent_id=ids.get(m.parent_id) if m.parent_id is not None else None,
+            children=[ids[c] for c in m.children], image_type="replication",
+            source=source.doc(m)))
+    return out
+
+
+def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTarget, *,
+              replicas: Sequence[Manifest],
+              progress: Callable[[ReplicationStats], None] | None = None) -> ReplicationStats:
+    """Sends every chunk ``manifests`` reach that ``target`` lacks, then
+    commits ``replicas`` (their rewritten manifests, same order).
+
+    Safe to call again after any failure: what reached the target's storage
+    is not sent again, and no replica manifest exists until the commit.
+    """
+    if len(manifests) != len(replicas):
+        raise ValueError("one replica manifest per source manifest")
+    key_ids = {m.chunk_key_id for m in manifests}
+    stats = ReplicationStats()
+    level = repo.config.compression_level
+    for key_id in sorted(key_ids):
+        target.begin(repo.config.vault_id, key_id, repo.hasher(key_id).key)
+    seen: set[bytes] = set()
+    for manifest in manifests:
+        key_id = manifest.chunk_key_id
+        batch: dict[bytes, BlobType] = {}
+
+        def flush_batch(batch: dict[bytes, BlobType], key_id: bytes = key_id) -> None:
+            wanted = target.missing(key_id, list(batch))
+            chunks: list[WireChunk] = []
+            size = 0
+            for chunk_id in wanted:
+                if chunk_id not in batch:
+                    raise RepoError(f"the target asked for chunk {chunk_id.hex()}, "
+                                    "which was not offered")
+                chunk = export_chunk(repo, key_id, batch[chunk_id], chunk_id, level)
+                chunks.append(chunk)
+                size += chunk.wire_length
+                stats.chunks_sent += 1
+                stats.raw_bytes_sent += chunk.raw_length
+                stats.wire_bytes_sent += chunk.wire_length
+                if size >= PUT_BYTES:
+                    stats.bytes_stored += target.put(key_id, chunks)
+                    chunks, size = [], 0
+                    if progress is not None:
+                        progress(stats)
+            if chunks:
+                stats.bytes_stored += target.put(key_id, chunks)
+            if progress is not None:
+                progress(stats)
+
+        # No set of ids sent so far: it would grow with the disk. A chunk met
+        # again in a later batch is asked about again, and the target, which
+        # sees chunks it has not indexed yet, says it has it.
+        for blob_type, chunk_id in iter_reachable(repo, manifest, seen):
+            stats.chunks_walked += 1
+            if chunk_id in batch:
+                continue
+            batch[chunk_id] = blob_type
+            if len(batch) >= QUERY_BATCH:
+                flush_batch(batch)
+                batch = {}
+        if batch:
+            flush_batch(batch)
+    target.commit(replicas)
+    return stats
+
+
+class VaultImporter:
+    """The target side over a vault the importer has opened (with
+    ``index_every_packs=IMPORT_INDEX_EVERY_PACKS``, under a backup lock)."""
+
+    def __init__(self, repo: Repository, *, wrapper: KeyWrapper | None = None) -> None:
+        self.repo = repo
+        self.wrapper = wrapper
+
+    def begin(self, source_vault_id: str, key_id: bytes, chunk_key: bytes) -> None:
+        try:
+            known = self.repo.hasher(key_id)
+        except KeyUnavailable:
+            self.repo.add_chunk_key(key_id, chunk_key, source_vault_id=source_vault_id,
+                                    wrapper=self.wrapper)
+            return
+        if known.key != chunk_key:
+            raise IntegrityError(f"chunk-id key {key_id.hex()} differs from the one the "
+                                 "target vault holds under that id; refusing to mix them")
+
+    def missing(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        self.repo.hasher(key_id)  # an unknown namespace is an error, not "all missing"
+        return [cid for cid in chunk_ids if not self.repo.has_blob(cid, key_id)]
+
+    def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
+        hasher = self.repo.hasher(key_id)
+        stored = 0
+        for chunk in chunks:
+            if chunk.compressed:
+                try:
+                    plain = decompress(chunk.body, chunk.raw_length)
+                except zstandard.ZstdError as exc:
+                    raise IntegrityError(f"chunk {chunk.chunk_id.hex()}: cannot decompress "
+                                         f"({exc})", chunk_id=chunk.chunk_id.hex()) from None
+            else:
+                plain = chunk.body
+            if len(plain) != chunk.raw_length or hasher.chunk_id(plain) != chunk.chunk_id:
+                raise IntegrityError(f"chunk {chunk.chunk_id.hex()} does not match its id; "
+                                     "refused", chunk_id=chunk.chunk_id.hex())
+            _cid, added = self.repo.store_blob(chunk.type, plain, key_id=key_id,
+                                               chunk_id=chunk.chunk_id)
+            stored += added
+        return stored
+
+    def commit(self, manifests: Sequence[Manifest]) -> None:
+        self.repo.flush()
+        for manifest in manifests:
+            key_id = manifest.chunk_key_id
+            for _type, chunk_id in iter_reachable(self.repo, manifest):
+                if not self.repo.index.contains(key_id, chunk_id):
+                    raise IntegrityError(
+                        f"replica {manifest.backup_id} is incomplete: chunk {chunk_id.hex()} "
+                        "is not in the target vault; nothing was committed",
+                        chunk_id=chunk_id.hex())
+        for manifest in manifests:
+            self.repo.save_manifest(manifest)
