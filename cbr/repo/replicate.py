@@ -28,9 +28,10 @@ from cbr.repo.walk import iter_reachable
 QUERY_BATCH = 512
 """Ids asked about at once: one round trip per batch, bounded memory."""
 
-PUT_BYTES = 8 << 20
-"""Wire bytes of chunks sent in one put: big enough to amortize a round trip,
-small enough to bound the memory of both sides."""
+PUT_BYTES = 4 << 20
+"""Wire bytes of chunks after which a put is sent: big enough to amortize a
+round trip, small enough to bound the memory of both sides. A put then holds
+less than this plus one maximal chunk (8 MiB with the default chunker)."""
 
 IMPORT_INDEX_EVERY_PACKS = 1
 """The importer indexes every pack it stores, so a cut transfer resumes

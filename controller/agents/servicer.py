@@ -23,10 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cbr import errors
+from cbr.status import status_of
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 from controller.agents import convert, pki, service
 from controller.api.caller import current_caller
-from controller.api.interceptors import status_of
 from controller.app import App
 from controller.services import paging, tasks
 

@@ -1,0 +1,253 @@
+"""The importer's side of replication: ``ImporterService`` on an importer agent.
+
+The target controller announces each import it allows as an
+:class:`ImportGrant`: the digest of a random bearer token (the token itself
+goes to the source side through the credentialed API), the replication
+vault, its storage, the replica backup ids the source may write, and an
+expiry. A source agent opens an ``Import`` stream with the token; the
+importer opens the vault under a backup lock and runs the format layer's
+:class:`~cbr.repo.replicate.VaultImporter` step by step. The grant stays
+valid until it expires or its replica is committed, so a cut stream resumes
+by opening again.
+
+Nothing a stream sends is trusted: the token must match a live grant, every
+chunk is checked against its keyed id, and the committed manifests must be
+replicas into the granted vault with the granted ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from agent.commands.storage import open_storage
+from agent.replication import chunk_from_pb
+from cbr import errors
+from cbr.repo import Manifest, Repository
+from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable, RepoError
+from cbr.repo.locks import Lock
+from cbr.repo.replicate import IMPORT_INDEX_EVERY_PACKS, VaultImporter
+from cbr.status import status_of
+from cbr.storage import StorageError, StorageFull
+from cbr.v1 import importer_pb2, importer_pb2_grpc
+
+log = logging.getLogger("cbr.agent.importer")
+
+Clock = Callable[[], dt.datetime]
+
+MAX_MESSAGE_BYTES = 16 << 20
+"""Largest import step an importer accepts: a put holds up to
+``cbr.repo.replicate.PUT_BYTES`` plus one maximal chunk, with room to spare."""
+
+
+def server_options() -> list[tuple[str, int]]:
+    """gRPC options of a server that hosts ImporterService."""
+    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass
+class ImportGrant:
+    """One replication the target controller allows into one vault."""
+
+    replication_id: str
+    token_sha256: bytes
+    vault_id: str
+    storage: Any  # a StorageAccess: url and, for S3, keys (memory only)
+    replica_ids: frozenset[str]
+    expires_at: dt.datetime
+    committed: bool = False
+    streams: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    commit_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ImportGrants:
+    """The grants this importer holds, found by token (compared in constant time)."""
+
+    def __init__(self, clock: Clock = _utcnow) -> None:
+        self._lock = threading.Lock()
+        self._grants: dict[str, ImportGrant] = {}
+        self._clock = clock
+
+    def expect(self, grant: ImportGrant) -> None:
+        with self._lock:
+            self._grants[grant.replication_id] = grant
+
+    def forget(self, replication_id: str) -> None:
+        with self._lock:
+            self._grants.pop(replication_id, None)
+
+    def get(self, replication_id: str) -> ImportGrant | None:
+        with self._lock:
+            return self._grants.get(replication_id)
+
+    @contextlib.contextmanager
+    def redeem(self, token: str) -> Iterator[ImportGrant]:
+        """The live grant of ``token``, held by this stream until the block ends."""
+        digest = token_digest(token)
+        now = self._clock()
+        with self._lock:
+            for grant in list(self._grants.values()):
+                if grant.expires_at <= now and not grant.streams:
+                    del self._grants[grant.replication_id]
+            found = next((g for g in self._grants.values()
+                          if hmac.compare_digest(g.token_sha256, digest)), None)
+            if found is None or found.expires_at <= now:
+                raise errors.Unauthenticated(
+                    "The import token is unknown or expired; ask the target cloud for a "
+                    "new replication.")
+            if found.committed:
+                raise errors.Conflict(f"Replication {found.replication_id} is already "
+                                      "committed on the target.")
+            # A source that lost its stream may open a new one before this side
+            # noticed: both may run (what both send is stored once), and only
+            # one commit can win (``commit_lock``).
+            found.streams += 1
+        try:
+            yield found
+        finally:
+            with self._lock:
+                found.streams -= 1
+
+
+def _as_cbr(exc: BaseException) -> errors.CbrError:
+    if isinstance(exc, errors.CbrError):
+        return exc
+    if isinstance(exc, IntegrityError):
+        return errors.DataIntegrityError(str(exc), chunk_id=exc.chunk_id)
+    if isinstance(exc, KeyUnavailable):
+        return errors.InvalidParameter(str(exc), field="chunk_key_id")
+    if isinstance(exc, FormatError):
+        return errors.InvalidParameter(f"malformed replica data: {exc}")
+    if isinstance(exc, StorageFull):
+        return errors.VaultCapacityExceeded(f"the replication vault's storage is full: {exc}")
+    if isinstance(exc, StorageError):
+        return errors.StorageUnavailable(f"replication vault storage: {exc}")
+    if isinstance(exc, RepoError):
+        return errors.DataIntegrityError(str(exc))
+    return errors.InternalError()
+
+
+class ImporterServicer(importer_pb2_grpc.ImporterServiceServicer):
+    def __init__(self, grants: ImportGrants) -> None:
+        self.grants = grants
+
+    def Import(self, request_iterator: Iterator[importer_pb2.ImportRequest],
+               context: grpc.ServicerContext) -> Iterator[importer_pb2.ImportResponse]:
+        try:
+            yield from self._import(request_iterator)
+        except grpc.RpcError:
+            log.info("an import stream ended from the source side")  # cut or cancelled
+        except Exception as exc:
+            err = _as_cbr(exc)
+            if isinstance(err, errors.InternalError):
+                log.exception("import stream failed", exc_info=exc)
+            else:
+                log.warning("import stream refused: %s", err.message)
+            context.abort_with_status(status_of(err))
+
+    def _import(self, requests: Iterator[importer_pb2.ImportRequest]
+                ) -> Iterator[importer_pb2.ImportResponse]:
+        first = next(requests, None)
+        if first is None:
+            return
+        if first.WhichOneof("step") != "open":
+            raise errors.InvalidParameter("An import stream starts with an open step.")
+        with self.grants.redeem(first.open.import_token) as grant:
+            backend = open_storage(grant.storage)
+            with Lock.acquire(backend, kind="backup", task_id=grant.replication_id):
+                repo = Repository.open(backend, index_every_packs=IMPORT_INDEX_EVERY_PACKS)
+                try:
+                    yield from _Session(grant, repo).run(first, requests)
+                finally:
+                    if not grant.committed:
+                        # A cut stream: keep every chunk that arrived, so the
+                        # resumed stream does not send it again.
+                        with contextlib.suppress(Exception):
+                            repo.flush()
+                    repo.close()
+
+
+class _Session:
+    def __init__(self, grant: ImportGrant, repo: Repository) -> None:
+        self.grant = grant
+        self.repo = repo
+        self.importer = VaultImporter(repo)
+
+    def run(self, first: importer_pb2.ImportRequest,
+            requests: Iterator[importer_pb2.ImportRequest]
+            ) -> Iterator[importer_pb2.ImportResponse]:
+        yield self._open(first.open)
+        for request in requests:
+            step = request.WhichOneof("step")
+            if step == "open":
+                if not hmac.compare_digest(token_digest(request.open.import_token),
+                                           self.grant.token_sha256):
+                    raise errors.Unauthenticated("A stream cannot switch import tokens.")
+                yield self._open(request.open)
+            elif step == "query":
+                missing = self.importer.missing(bytes(request.query.chunk_key_id),
+                                                [bytes(c) for c in request.query.chunk_ids])
+                yield importer_pb2.ImportResponse(
+                    missing=importer_pb2.ChunkQueryResult(chunk_ids=missing))
+            elif step == "chunks":
+                stored = self.importer.put(bytes(request.chunks.chunk_key_id),
+                                           [chunk_from_pb(c) for c in request.chunks.chunks])
+                self.grant.stats["bytes_stored"] = \
+                    self.grant.stats.get("bytes_stored", 0) + stored
+                self.grant.stats["chunks_received"] = \
+                    self.grant.stats.get("chunks_received", 0) + len(request.chunks.chunks)
+                yield importer_pb2.ImportResponse(
+                    stored=importer_pb2.ChunkBatchStored(stored_bytes=stored))
+            elif step == "commit":
+                ids = self._commit(request.commit)
+                yield importer_pb2.ImportResponse(
+                    committed=importer_pb2.ImportCommitted(backup_ids=ids))
+                return
+            else:
+                raise errors.InvalidParameter("Unknown import step.")
+
+    def _open(self, msg: importer_pb2.ImportOpen) -> importer_pb2.ImportResponse:
+        if not msg.source_vault_id:
+            raise errors.InvalidParameter("source_vault_id is required.",
+                                          field="source_vault_id")
+        self.importer.begin(msg.source_vault_id, bytes(msg.chunk_key_id), bytes(msg.chunk_key))
+        return importer_pb2.ImportResponse(
+            opened=importer_pb2.ImportOpened(target_vault_id=self.grant.vault_id))
+
+    def _commit(self, msg: importer_pb2.ImportCommit) -> list[str]:
+        manifests = [Manifest.from_json(bytes(data), "replica manifest")
+                     for data in msg.manifests]
+        if not manifests:
+            raise errors.InvalidParameter("A commit names at least one manifest.")
+        for m in manifests:
+            if m.vault_id != self.grant.vault_id or m.image_type != "replication":
+                raise errors.PermissionDenied(
+                    f"Manifest {m.backup_id} is not a replica into vault {self.grant.vault_id}.")
+            if m.backup_id not in self.grant.replica_ids:
+                raise errors.PermissionDenied(
+                    f"Backup id {m.backup_id} was not granted to this replication.")
+        with self.grant.commit_lock:
+            if self.grant.committed:
+                raise errors.Conflict(f"Replication {self.grant.replication_id} is already "
+                                      "committed on the target.")
+            self.importer.commit(manifests)
+            self.grant.committed = True
+        return [m.backup_id for m in manifests]
