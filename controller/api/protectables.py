@@ -57,7 +57,7 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
         """Rows of _ROWS (the protectable and its agent's name)."""
         vault_of = {r.protectable_id: r.vault_id
                     for r in s.execute(_VAULT_OF, {"ids": [p.id for p in rows]})}
-        online = agent_status.online_agent_ids(self.app, s)
+        online = agent_status.online_among(self.app, s, {p.agent_id for p in rows})
         return [convert.protectable(p, agent_name=p.agent_name, agent_online=p.agent_id in online,
                                     vault_id=vault_of.get(p.id, "")) for p in rows]
 

@@ -36,3 +36,12 @@ def online_agent_ids(app: Any, session: Session | Connection) -> set[str]:
     since = app.clock.now() - dt.timedelta(seconds=app.config.agent_offline_after)
     return set(session.scalars(select(Agent.id).where(
         Agent.connected.is_(True), Agent.revoked.is_(False), Agent.last_seen_at >= since)))
+
+
+def online_among(app: Any, session: Session | Connection, agent_ids: set[str]) -> set[str]:
+    """Which of ``agent_ids`` are online: a page of results asks about its
+    own few agents, not every stream the controller holds."""
+    hub = getattr(app, "hub", None)
+    if hub is not None:
+        return {a for a in agent_ids if hub.is_online(a)}
+    return online_agent_ids(app, session) & agent_ids
