@@ -157,10 +157,11 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
                                freeze_ms=round(snaps.freeze_seconds * 1000)))
         snaps.release()  # thaw: a live (non-reflink) read held the freeze until now
         lock.check()
-        for manifest in manifests:
-            repo.save_manifest(manifest)
+        digests = {m.backup_id: repo.save_manifest(m) for m in manifests}
+        for item in items:
+            item["manifest_sha256"] = digests[item["backup_id"]]
         has_system = any(c.system_disk for c, _ in wanted)
-        repo.save_manifest(_manifest(
+        server_digest = repo.save_manifest(_manifest(
             command, repo, backup_id=command.backup_id, name=command.name,
             resource=Resource(command.resource_id, command.resource_name,
                               RESOURCE_TYPES["server"], int(command.resource_size_bytes)),
@@ -172,7 +173,7 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
         for child, _disk in wanted:
             snaps.commit(child.disk_local_id, child.backup_id)
     items.append(_item(command.backup_id, None, protected_at,
-                       app_consistent=bool(spec.pre_snapshot)))
+                       app_consistent=bool(spec.pre_snapshot), manifest_sha256=server_digest))
     return items
 
 
@@ -186,7 +187,7 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
         result, method = _disk_backup(repo, snaps, spec.local_id, command.parent_backup_id,
                                       size, progress)
         lock.check()
-        repo.save_manifest(_manifest(
+        digest = repo.save_manifest(_manifest(
             command, repo, backup_id=command.backup_id, name=command.name,
             resource=Resource(command.resource_id, command.resource_name,
                               RESOURCE_TYPES["disk"], size),
@@ -196,7 +197,7 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
             protected_at=protected_at))
         snaps.commit(spec.local_id, command.backup_id)
     return [_item(command.backup_id, result, protected_at, snapshot=snaps.kind(spec.local_id),
-                  method=method)]
+                  method=method, manifest_sha256=digest)]
 
 
 def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any,
@@ -210,13 +211,13 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
     protected_at = dt.datetime.now(dt.UTC)
     result = tree_engine.backup_tree(repo, root, parent=parent, progress=progress)
     lock.check()
-    repo.save_manifest(_manifest(
+    digest = repo.save_manifest(_manifest(
         command, repo, backup_id=command.backup_id, name=command.name,
         resource=Resource(command.resource_id, command.resource_name, RESOURCE_TYPES["turbo"],
                           int(command.resource_size_bytes)),
         content=result.content, result=result, incremental=parent is not None,
         protected_at=protected_at))
-    return [_item(command.backup_id, result, protected_at)]
+    return [_item(command.backup_id, result, protected_at, manifest_sha256=digest)]
 
 
 __all__ = ["DataplaneError", "run"]
