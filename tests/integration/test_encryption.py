@@ -203,6 +203,9 @@ def _back_up_everything_twice(host: Host) -> dict[str, Any]:
     (share / SECRET_DIR / "added-later.bin").write_bytes(MARKER * 3 + os.urandom(9000))
     second = {kind: _backup(host, kind) for kind in ("server", "turbo")}
     assert second["server"].incremental and second["turbo"].incremental
+    # Deduplication works on sealed chunks: only the changed block is stored again.
+    assert sum(c.stored_bytes for c in second["server"].children) < 2 * MiB
+    assert second["turbo"].stored_bytes < MiB
     assert all(b.extend_info.encrypted for b in (*first.values(), *second.values())
                if b.vault_id != host.vaults["plain"].id)
     return {**{f"{k}1": v for k, v in first.items()}, **{f"{k}2": v for k, v in second.items()}}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from cbr import errors
+from controller.agents import wiring
+from controller.agents.hub import AgentHub
 from controller.app import App
-from controller.persistence.models import Account, Key, Task, Vault
+from controller.persistence.models import Account, Backup, Key, Task, Vault
 from controller.services import keys, runs, vaults
 from tests.state.conftest import NOW, Inventory
 from tests.state.test_runs import _checkpoint, _succeed
@@ -193,3 +196,40 @@ def test_encrypted_backups_restore_only_into_encrypted_targets(
     with app.db.begin() as s:
         runs.create_restore(s, project, runs.RestoreRequest(
             backup_id, target_path="/restore/vol.img", encrypted=True), NOW, online)
+
+
+def test_a_command_carries_the_vault_keys_only_when_sent_and_a_disabled_key_fails_it(
+        app: App, project: str, inventory: Inventory, tmp_path: Path) -> None:
+    hub = AgentHub(app)
+    wiring.register_result_handlers(hub, app)
+    key_id = _key(app, project)
+    vol = inventory.add("vol", "disk")
+    vid = make_vault(app, project, object_type="disk", encrypted=True, kms_key_id=key_id)
+    with app.db.begin() as s:
+        vault = s.get(Vault, vid)
+        assert vault is not None
+        vault.storage_url = str(tmp_path / "vault")
+        app.storage.init_vault(vault.storage_url, vid, NOW,
+                               keys.vault_key(s, app.root_key, vault, NOW))
+    add(app, project, vid, vol, inventory.add("vol2", "disk"))
+    _, [first, second] = _checkpoint(app, project, vid, {inventory.agent_id})
+    with app.db.begin() as s:
+        task = s.get(Task, first.task_id)
+        assert task is not None
+        command = hub._command_or_fail(s, task, NOW)
+        assert command is not None
+        access = command.backup.storage
+        assert access.encrypted and {k.purpose for k in access.keys} == {"chunk-id", "data"}
+        assert all(len(k.key) == 32 and k.vault_id == vid for k in access.keys)
+        assert "storage" not in task.command["backup"]  # never in the task row
+        keys.disable_key(s, project, key_id, NOW)
+    with app.db.begin() as s:
+        task = s.get(Task, second.task_id)
+        assert task is not None
+        assert hub._command_or_fail(s, task, NOW) is None
+    with app.db.begin() as s:
+        task = s.get(Task, second.task_id)
+        assert task is not None and task.status == "failed"
+        assert task.error_code == errors.KeyNotUsable.code and key_id in task.error_message
+        backup = s.get(Backup, str(task.extra_info["backup_id"]))
+        assert backup is not None and backup.status == "error"
