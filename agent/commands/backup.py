@@ -28,7 +28,7 @@ from agent.dataplane import disk as disk_engine
 from agent.dataplane import snapshot as snapshots
 from agent.dataplane import tree as tree_engine
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
-from cbr.repo.errors import ManifestNotFound
+from cbr.repo.errors import IntegrityError, ManifestNotFound
 
 log = logging.getLogger("cbr.agent")
 
@@ -46,13 +46,19 @@ def _find(config: AgentConfig, local_id: str) -> ServerSpec | SingleDiskSpec | F
                            "configuration and sync")
 
 
-def _parent_content(repo: Repository, parent_id: str) -> Any:
+def _parent_content(repo: Repository, parent_id: str, digest: str = "") -> Any:
+    """The parent's content, or None (a full backup). A parent manifest that
+    differs from the catalog's record is not trusted: changed-block tracking
+    against a replayed older map would store a wrong disk."""
     if not parent_id:
         return None
     try:
-        return repo.load_manifest(parent_id).content
+        return repo.load_manifest(parent_id, expected_sha256=digest).content
     except ManifestNotFound:
         log.info("parent backup %s has no manifest (deleted); taking a full backup", parent_id)
+        return None
+    except IntegrityError as exc:
+        log.warning("parent backup %s: %s; taking a full backup", parent_id, exc)
         return None
 
 
@@ -109,9 +115,9 @@ def _item(backup_id: str, result: BackupResult | None, protected_at: dt.datetime
             "protected_at": protected_at.isoformat(), **extra}
 
 
-def _disk_backup(repo: Repository, snaps: Any, key: str, parent_id: str, size: int,
-                 progress: Progress) -> tuple[BackupResult, str]:
-    parent = _parent_content(repo, parent_id)
+def _disk_backup(repo: Repository, snaps: Any, key: str, parent_id: str, parent_digest: str,
+                 size: int, progress: Progress) -> tuple[BackupResult, str]:
+    parent = _parent_content(repo, parent_id, parent_digest)
     if not isinstance(parent, DiskContent):
         parent = None
     changed = snaps.changed_ranges(key, parent_id) if parent is not None else None
@@ -143,7 +149,8 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
         for child, disk in wanted:
             size = sizes[child.backup_id]
             result, method = _disk_backup(repo, snaps, child.disk_local_id,
-                                          child.parent_backup_id, size, progress)
+                                          child.parent_backup_id, child.parent_manifest_sha256,
+                                          size, progress)
             extend = {"system_disk": bool(child.system_disk), "disk_id": child.disk_local_id,
                       "snapshot": snaps.kind(child.disk_local_id), "method": method}
             manifests.append(_manifest(
@@ -185,7 +192,7 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
                                   post_hook=None, hook_timeout=60.0) as snaps:
         protected_at = dt.datetime.now(dt.UTC)
         result, method = _disk_backup(repo, snaps, spec.local_id, command.parent_backup_id,
-                                      size, progress)
+                                      command.parent_manifest_sha256, size, progress)
         lock.check()
         digest = repo.save_manifest(_manifest(
             command, repo, backup_id=command.backup_id, name=command.name,
@@ -205,7 +212,7 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
     root = Path(spec.path)
     if not root.is_dir():
         raise SourceUnreadable(f"file system {spec.name}: {root} is not a directory")
-    parent = _parent_content(repo, command.parent_backup_id)
+    parent = _parent_content(repo, command.parent_backup_id, command.parent_manifest_sha256)
     if not isinstance(parent, TreeContent):
         parent = None
     protected_at = dt.datetime.now(dt.UTC)

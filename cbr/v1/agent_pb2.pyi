@@ -288,23 +288,25 @@ class StorageAccess(_message.Message):
     def __init__(self, url: _Optional[str] = ..., access_key: _Optional[str] = ..., secret_key: _Optional[str] = ..., encrypted: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[_key_pb2.TaskKey, _Mapping]]] = ...) -> None: ...
 
 class DiskBackupSpec(_message.Message):
-    __slots__ = ("backup_id", "disk_local_id", "name", "system_disk", "parent_backup_id", "size_bytes")
+    __slots__ = ("backup_id", "disk_local_id", "name", "system_disk", "parent_backup_id", "size_bytes", "parent_manifest_sha256")
     BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
     DISK_LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
     PARENT_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     backup_id: str
     disk_local_id: str
     name: str
     system_disk: bool
     parent_backup_id: str
     size_bytes: int
-    def __init__(self, backup_id: _Optional[str] = ..., disk_local_id: _Optional[str] = ..., name: _Optional[str] = ..., system_disk: _Optional[bool] = ..., parent_backup_id: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    parent_manifest_sha256: str
+    def __init__(self, backup_id: _Optional[str] = ..., disk_local_id: _Optional[str] = ..., name: _Optional[str] = ..., system_disk: _Optional[bool] = ..., parent_backup_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., parent_manifest_sha256: _Optional[str] = ...) -> None: ...
 
 class BackupCommand(_message.Message):
-    __slots__ = ("storage", "vault_id", "checkpoint_id", "backup_id", "name", "description", "resource_id", "resource_local_id", "resource_name", "resource_type", "resource_size_bytes", "parent_backup_id", "disks", "auto_trigger", "created_at")
+    __slots__ = ("storage", "vault_id", "checkpoint_id", "backup_id", "name", "description", "resource_id", "resource_local_id", "resource_name", "resource_type", "resource_size_bytes", "parent_backup_id", "disks", "auto_trigger", "created_at", "parent_manifest_sha256")
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     VAULT_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +322,7 @@ class BackupCommand(_message.Message):
     DISKS_FIELD_NUMBER: _ClassVar[int]
     AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     storage: StorageAccess
     vault_id: str
     checkpoint_id: str
@@ -335,7 +338,8 @@ class BackupCommand(_message.Message):
     disks: _containers.RepeatedCompositeFieldContainer[DiskBackupSpec]
     auto_trigger: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., vault_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_local_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_size_bytes: _Optional[int] = ..., parent_backup_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[DiskBackupSpec, _Mapping]]] = ..., auto_trigger: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    parent_manifest_sha256: str
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., vault_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_local_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_size_bytes: _Optional[int] = ..., parent_backup_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[DiskBackupSpec, _Mapping]]] = ..., auto_trigger: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parent_manifest_sha256: _Optional[str] = ...) -> None: ...
 
 class RestoreCommand(_message.Message):
     __slots__ = ("storage", "backup_id", "resource_type", "target_path", "source_path", "disk_targets", "manifest_sha256")

@@ -154,6 +154,7 @@ def _start_backup(
         "resourceType": f"OBJECT_TYPE_{protectable.object_type.upper()}",
         "resourceSizeBytes": str(protectable.size_bytes),
         "parentBackupId": parent.id if parent is not None else "",
+        "parentManifestSha256": parent.manifest_sha256 if parent is not None else "",
         "autoTrigger": auto_trigger, "createdAt": _rfc3339(now),
     }
     if protectable.object_type == "server":
@@ -180,6 +181,8 @@ def _start_backup(
             disks.append({"backupId": child.id, "diskLocalId": disk["id"],
                           "name": disk["name"], "systemDisk": bool(disk["system_disk"]),
                           "parentBackupId": previous.id if previous is not None else "",
+                          "parentManifestSha256": (previous.manifest_sha256
+                                                   if previous is not None else ""),
                           "sizeBytes": str(int(disk["size_bytes"]))})
         backup.extend_info = {**backup.extend_info, "contain_system_disk": has_system}
         command["disks"] = disks
