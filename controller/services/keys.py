@@ -19,7 +19,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
@@ -291,7 +291,3 @@ def vault_key(session: Session, root: RootKey, vault: Vault, now: dt.datetime
     key = check_vault_key(session, vault, now)
     return customer_key(root, key) if key is not None else None
 
-
-def count_vaults(session: Session, key_id: str) -> int:
-    return int(session.scalar(select(func.count()).select_from(Vault).where(
-        Vault.kms_key_id == key_id)) or 0)
