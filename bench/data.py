@@ -19,6 +19,14 @@ every step and then both programs' code is loaded again untimed, so both read
 their *data* cold and neither pays for a cold interpreter or binary; without
 root both run warm, their sources read once just before each step.
 
+``--encrypted`` makes our vault encrypted (AES-256-GCM, keys wrapped by a
+bench KEK standing in for the key service; restic always encrypts) and runs
+each first backup four times, each into a fresh vault, timed the same way:
+plain, encrypted (the case itself), encrypted, plain.
+``encrypted_vs_plain_first_backup`` is the encrypted throughput over the
+unencrypted one (mean plain time over mean encrypted time; target >= 0.85),
+per case in ``encrypted_vs_plain_first_backup_cases``.
+
 Every restore, ours and restic's, is compared with its source (disk: BLAKE3
 of the image; tree: types, modes, symlink targets and file contents); a
 mismatch ends the run with an error.
@@ -57,6 +65,7 @@ TARGETS = {"disk_full": 3.0, "disk_incremental": 5.0, "disk_incremental_cbt": 20
            "tree_full": 1.5, "tree_incremental": 3.0, "restore_disk": 1.0,
            "restore_tree": 1.0}
 RSS_TARGET_MIB = 150.0
+ENCRYPTED_RATIO_TARGET = 0.85
 LABELS = {"disk_full": "disk, first backup", "disk_incremental": "disk, incremental (hashes)",
           "disk_incremental_cbt": "disk, incremental (CBT/XFS)",
           "tree_full": "tree, first backup", "tree_incremental": "tree, incremental",
@@ -466,6 +475,12 @@ class Bench:
             profile.mkdir(parents=True, exist_ok=True)
         self.r = Runner(work, restic=not args.no_restic, cold=cold, profile=profile)
         self.r.ours_first = ours_first
+        self.encrypted = bool(args.encrypted)
+        if self.encrypted:
+            kek = work / "bench.kek"
+            kek.write_bytes(os.urandom(32))
+            kek.chmod(0o600)
+            self.r.env["CBR_BENCH_KEK_FILE"] = str(kek)
         self.vault = work / "ours"
         self.restic_repo = work / "restic"
         self.results: dict[str, Any] = {
@@ -476,7 +491,8 @@ class Bench:
             "timing": "wall time of one process per step, start-up and a final sync included",
             "ours": "one `python -m bench.data_worker` process per step, 2 workers, bytecode "
                     "cached in the work dir",
-            "workers": 2, "cpus": os.cpu_count()}
+            "workers": 2, "cpus": os.cpu_count(),
+            "vault": "encrypted (AES-256-GCM)" if self.encrypted else "unencrypted"}
 
     def restic(self, *args: str, sources: list[Path], repo: Path | None = None,
                ) -> Callable[[], Step] | None:
@@ -515,23 +531,28 @@ class Bench:
             "ours": du(self.vault), "restic": du(self.restic_repo) if self.r.use_restic else None}
         if layout is not None:
             self.cbt_case(layout)
+        if self.encrypted:
+            self.results.update(encryption_ratio(self.results))
         self.results["agent_peak_rss_mib"] = round(self.r.peak_rss, 1)
         if self.r.profiles:
             self.results["profile"] = {"dir": str(self.args.profile), "steps": self.r.profiles}
         return self.results
 
     def init(self, vault: Path, restic_repo: Path) -> None:
-        self.r.ours("init", "init", str(vault), sources=[], profile=False)
+        self.r.ours("init", "init", str(vault), *(["--encrypted"] if self.encrypted else []),
+                    sources=[], profile=False)
         if self.r.use_restic:
             self.r.restic(restic_repo, "init", sources=[])
 
     def disk_cases(self, disk: Path) -> None:
         log("==> disk")
         r, res, v = self.r, self.results, str(self.vault)
+        plain = self.plain_first_backup("disk_full", "disk-backup", disk)
         r.pair(res, "disk_full",
                lambda: r.ours("disk_full", "disk-backup", v, str(disk), "disk1",
                               sources=[disk]),
                self.restic("backup", "--tag", "disk", str(disk), sources=[disk]))
+        plain()
         corpus.mutate_disk(disk, self.scale)
         r.pair(res, "disk_incremental",
                lambda: r.ours("disk_incremental", "disk-backup", v, str(disk), "disk2",
@@ -556,9 +577,11 @@ class Bench:
     def tree_cases(self, tree: Path) -> None:
         log("==> tree")
         r, res, v = self.r, self.results, str(self.vault)
+        plain = self.plain_first_backup("tree_full", "tree-backup", tree)
         r.pair(res, "tree_full",
                lambda: r.ours("tree_full", "tree-backup", v, str(tree), "tree1", sources=[tree]),
                self.restic("backup", "--tag", "tree", str(tree), sources=[tree]))
+        plain()
         res["tree_mutation"] = corpus.mutate_tree(tree, self.scale)
         r.pair(res, "tree_incremental",
                lambda: r.ours("tree_incremental", "tree-backup", v, str(tree), "tree2",
@@ -581,6 +604,53 @@ class Bench:
             shutil.rmtree(theirs)
         log("  tree restores match the source in types, modes, links and contents "
             f"({'ours and restic' if r.use_restic else 'ours'})")
+
+    def plain_first_backup(self, case: str, op: str, source: Path) -> Callable[[], None]:
+        """With --encrypted: the first backup also into an unencrypted vault,
+        for the encrypted/plain throughput ratio, in the order plain, encrypted
+        (the case itself, run between this call and the returned function),
+        encrypted again, plain again, each into a fresh vault. The first step
+        after a new corpus runs slower whichever it is; the symmetric order
+        cancels that and any drift, where alternating by round would not with
+        an odd number of rounds."""
+        if not self.encrypted:
+            return lambda: None
+        times: dict[str, list[Step]] = {"plain": [], "encrypted": []}
+
+        def step(kind: str) -> None:
+            n = len(times[kind])
+            vault = self.work / f"ratio-{case}-{kind}-{n}"
+            if kind == "encrypted":
+                self.r.ours("init", "init", str(vault), "--encrypted", sources=[],
+                            profile=False)
+            else:
+                self.r.ours("init", "init", str(vault), sources=[], profile=False)
+            done = self.r.ours(f"{case}_{kind}_{n}", op, str(vault), str(source),
+                               f"{case}-{kind}", sources=[source], profile=False)
+            times[kind].append(done)
+            log(f"  {case:22s} again into a fresh {kind} vault {done.wall:7.2f} s")
+            shutil.rmtree(vault)
+
+        def finish() -> None:
+            step("encrypted")
+            step("plain")
+            mine = times["encrypted"]
+            plain = times["plain"]
+            entry = self.results[case]
+            entry["ratio_steps"] = {
+                "plain_s": [round(s.wall, 3) for s in plain],
+                "encrypted_s": [round(entry["ours_s"], 3), *(round(s.wall, 3) for s in mine)]}
+            entry["plain_s"] = round(sum(s.wall for s in plain) / len(plain), 3)
+            entry["encrypted_s"] = round((entry["ours_s"] + sum(s.wall for s in mine))
+                                         / (1 + len(mine)), 3)
+            entry["plain_in_process_s"] = round(
+                sum(float(s.out["seconds"]) for s in plain) / len(plain), 3)
+            entry["encrypted_in_process_s"] = round(
+                (entry["ours_in_process_s"] + sum(float(s.out["seconds"]) for s in mine))
+                / (1 + len(mine)), 3)
+
+        step("plain")
+        return finish
 
     def cbt_case(self, layout: corpus.DiskLayout) -> None:
         """The same disk on XFS: a first backup of each (untimed for the table,
@@ -622,6 +692,31 @@ class Bench:
             log("  the CBT incremental restores to the mutated image")
 
 
+FIRST_BACKUPS = ("disk_full", "tree_full")
+
+
+def encryption_ratio(results: dict[str, Any]) -> dict[str, Any]:
+    """Encrypted over unencrypted throughput of the first backups (plain time
+    over encrypted time, same bytes): per case, and over all of them."""
+    cases: dict[str, Any] = {}
+    plain_total = encrypted_total = 0.0
+    for case in FIRST_BACKUPS:
+        entry = results.get(case, {})
+        if "plain_s" not in entry:
+            continue
+        plain, enc = float(entry["plain_s"]), float(entry["encrypted_s"])
+        enc_in = float(entry["encrypted_in_process_s"])
+        cases[case] = {"plain_s": plain, "encrypted_s": enc, "steps": entry["ratio_steps"],
+                       "ratio": round(plain / enc, 3) if enc > 0 else None,
+                       "in_process_ratio": round(float(entry["plain_in_process_s"]) / enc_in, 3)
+                       if enc_in > 0 else None}
+        plain_total += plain
+        encrypted_total += enc
+    ratio = round(plain_total / encrypted_total, 3) if encrypted_total > 0 else None
+    return {"encrypted_vs_plain_first_backup": ratio,
+            "encrypted_vs_plain_first_backup_cases": cases}
+
+
 def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several rounds: the median of each side per case (the
     speedup is the ratio of the medians), every round's pair kept beside it;
@@ -647,6 +742,11 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         merged.pop("first", None)
         out[name] = merged
     out["agent_peak_rss_mib"] = max(r["agent_peak_rss_mib"] for r in rounds)
+    ratios = [r["encrypted_vs_plain_first_backup"] for r in rounds
+              if r.get("encrypted_vs_plain_first_backup") is not None]
+    if ratios:
+        out["encrypted_vs_plain_first_backup"] = round(statistics.median(ratios), 3)
+        out["encrypted_vs_plain_first_backup_runs"] = ratios
     return out
 
 
@@ -668,6 +768,11 @@ def targets(results: dict[str, Any], with_restic: bool) -> dict[str, Any]:
     rss = results.get("agent_peak_rss_mib", 0.0)
     out["agent_peak_rss_mib"] = {"target": f"<= {RSS_TARGET_MIB:g} MiB", "value": rss,
                                  "pass": rss <= RSS_TARGET_MIB}
+    ratio = results.get("encrypted_vs_plain_first_backup")
+    if ratio is not None:
+        out["encrypted_vs_plain_first_backup"] = {
+            "target": f">= {ENCRYPTED_RATIO_TARGET:g}", "value": ratio,
+            "pass": ratio >= ENCRYPTED_RATIO_TARGET}
     return out
 
 
@@ -693,6 +798,10 @@ def table(results: dict[str, Any]) -> str:
                     f"| {mark[t['stored_bytes']['pass']]} |")
     rows.append(f"| agent peak RSS | {results['agent_peak_rss_mib']:.0f} MiB | | | <= 150 MiB "
                 f"| {mark[t['agent_peak_rss_mib']['pass']]} |")
+    if "encrypted_vs_plain_first_backup" in t:
+        e = t["encrypted_vs_plain_first_backup"]
+        rows.append(f"| encrypted / plain first-backup throughput | {e['value']:.2f} | | | "
+                    f"{e['target']} | {mark[e['pass']]} |")
     return "\n".join(rows)
 
 
@@ -707,6 +816,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-restic", action="store_true", help="run our side only")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--only", choices=["disk", "tree"], help="run only these cases")
+    p.add_argument("--encrypted", action="store_true",
+                   help="our vault is encrypted; the first backups also run into an "
+                   "unencrypted vault for encrypted_vs_plain_first_backup")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="run everything N times on a fresh corpus and report medians "
                    "(each round starts with the other side first)")

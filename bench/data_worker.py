@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import resource
 import sys
 import time
@@ -35,6 +36,7 @@ from agent.dataplane.snapshot import take_snapshots
 from agent.dataplane.tree import backup_tree, restore_tree
 from agent.memory import pin_mmap_threshold
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
+from cbr.repo.crypto import AesKeyWrapper
 from cbr.repo.locks import Lock
 from cbr.storage.local import LocalBackend
 
@@ -111,6 +113,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+KEK_ENV = "CBR_BENCH_KEK_FILE"
+
+
+def bench_kek() -> AesKeyWrapper | None:
+    """The benchmark's key-encryption key, standing in for the controller's
+    key service (which unwraps a vault's keys once per task, as here)."""
+    path = os.environ.get(KEK_ENV)
+    return AesKeyWrapper("bench-kek", Path(path).read_bytes()) if path else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.data_worker")
     p.add_argument("op", choices=["init", "disk-backup", "tree-backup", "restore"])
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs="*")
     p.add_argument("--parent")
     p.add_argument("--cbt", action="store_true", help="use changed-block tracking if possible")
+    p.add_argument("--encrypted", action="store_true",
+                   help="init: an encrypted vault, its keys wrapped by the bench KEK")
     a = p.parse_args(argv)
     want = {"init": 0, "disk-backup": 2, "tree-backup": 2, "restore": 2}[a.op]
     if len(a.args) != want:
@@ -126,12 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     backend = LocalBackend(a.vault)
     started = time.perf_counter()
     out: dict[str, Any] = {}
+    kek = bench_kek()
     if a.op == "init":
-        Repository.init(backend, vault_id="bench", encrypted=False)
+        if a.encrypted and kek is None:
+            p.error(f"--encrypted needs {KEK_ENV} (a file of 32 random bytes)")
+        Repository.init(backend, vault_id="bench", encrypted=a.encrypted,
+                        key_wrapper=kek if a.encrypted else None)
     else:
         kind = "restore" if a.op == "restore" else "backup"
         with Lock.acquire(backend, kind=kind):
-            repo = Repository.open(backend)
+            repo = Repository.open(backend, unwrap=kek.unwrap if kek is not None else None)
             try:
                 if a.op == "disk-backup":
                     out = _disk_backup(repo, Path(a.args[0]), a.args[1], a.parent, a.cbt)

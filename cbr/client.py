@@ -24,6 +24,7 @@ from cbr.v1 import (
     cloud_pb2_grpc,
     credential_pb2_grpc,
     iam_pb2_grpc,
+    key_pb2_grpc,
     policy_pb2_grpc,
     protectable_pb2_grpc,
     replication_pb2_grpc,
@@ -136,6 +137,7 @@ class Client:
         self.iam = iam_pb2_grpc.IamServiceStub(ch)
         self.agents = agent_pb2_grpc.AgentServiceStub(ch)
         self.cloud = cloud_pb2_grpc.CloudServiceStub(ch)
+        self.keys = key_pb2_grpc.KeyServiceStub(ch)
 
     def close(self) -> None:
         self._raw.close()

@@ -214,6 +214,51 @@ class InternalError(CbrError):
     status = grpc.StatusCode.INTERNAL
 
 
+# -- keys and encryption (our codes) -------------------------------------------
+
+
+class KeyNotFound(CbrError):
+    """The key does not exist."""
+
+    code = "BackupService.7001"
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class KeyNotUsable(CbrError):
+    """The key is not enabled, so the vaults it encrypts cannot be backed up or restored."""
+
+    code = "BackupService.7002"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class KeyStateIllegal(CbrError):
+    """The key state does not allow this operation."""
+
+    code = "BackupService.7003"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class VaultEncryptionImmutable(CbrError):
+    """The encryption of a vault cannot change after it is created."""
+
+    code = "BackupService.7004"
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class SharedKeyNotAllowed(CbrError):
+    """A key shared from another account cannot encrypt a replication vault."""
+
+    code = "BackupService.7005"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class EncryptedRestoreTarget(CbrError):
+    """Encrypted backups can only create encrypted servers or file systems."""
+
+    code = "BackupService.7006"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 def _all_subclasses(cls: type[CbrError]) -> list[type[CbrError]]:
     out: list[type[CbrError]] = []
     for sub in cls.__subclasses__():

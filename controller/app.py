@@ -13,6 +13,7 @@ from typing import Any
 from cbr.clock import Clock
 from controller.config import Config
 from controller.keyring import Keyring
+from controller.kms import ROOT_KEY_FILE, RootKey
 from controller.persistence.db import Database
 from controller.storage import VaultStorage
 
@@ -31,9 +32,21 @@ class App:
     maintenance: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     storage: VaultStorage = field(init=False)
+    _root_key: RootKey | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.storage = VaultStorage(self.config)
+
+    @property
+    def root_key(self) -> RootKey:
+        """The key service's root key: ``CBR_ROOT_KEY`` or ``root.key`` in the data dir.
+
+        Loaded on first use, so a controller that never touches a key needs
+        none (and tests that build an App without one keep working)."""
+        if self._root_key is None:
+            self._root_key = (RootKey.from_text(self.config.root_key) if self.config.root_key
+                              else RootKey.load_or_create(self.config.data_dir / ROOT_KEY_FILE))
+        return self._root_key
 
     @property
     def data_dir(self) -> Path:

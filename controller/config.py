@@ -70,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
             "each command, never stored in the database)."),
     Setting("storage_secret_key", "", "S3 secret key for storage_url. Prefer the environment "
             "variable to a flag, which other users can see."),
+    Setting("root_key", "", "Base64 of the 32-byte root key that seals the key service's "
+            "master keys. Give it by the environment variable, never a flag. Default: "
+            "root.key in the data dir (mode 0600, made on first start)."),
 )
 
 
@@ -89,6 +92,7 @@ class Config:
     storage_url: str = ""
     storage_access_key: str = ""
     storage_secret_key: str = ""
+    root_key: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property

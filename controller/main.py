@@ -25,6 +25,7 @@ from controller import config as config_mod
 from controller.api.server import build_public_server
 from controller.app import App
 from controller.keyring import Keyring
+from controller.kms import RootKeyError
 from controller.persistence import migrate
 from controller.persistence.db import Database
 from controller.services import iam
@@ -56,6 +57,7 @@ def build_app(cfg: config_mod.Config) -> App:
     migrate.upgrade(db.engine)
     keyring = Keyring.load_or_create(cfg.data_dir / "master.key")
     app = App(config=cfg, db=db, clock=SystemClock(), keyring=keyring)
+    _ = app.root_key  # refuse to start with a malformed or world-readable root key
     from controller.maintenance import Maintenance
 
     app.maintenance = Maintenance(app)
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         run(cfg, stop)
-    except OSError as exc:
+    except (OSError, RootKeyError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     except sqlalchemy.exc.OperationalError as exc:

@@ -14,6 +14,7 @@ resuming its condemned sets).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import queue
 import threading
@@ -23,18 +24,40 @@ from typing import Any
 from sqlalchemy import select
 
 from cbr import errors
-from cbr.repo import RepoError, prune, verify  # maintenance modules, loaded only by the controller
+
+# prune and verify are maintenance modules, loaded only by the controller
+from cbr.repo import RepoError, layout, prune, verify
 from cbr.repo.manifest import Manifest, TreeContent
 from cbr.repo.tree import EntryType, decode_tree
 from cbr.storage import StorageError
 from cbr.v1 import backup_pb2
 from controller.app import App
-from controller.persistence.models import Backup, Checkpoint, Task, Vault
-from controller.services import runs, tasks, vaults
+from controller.kms import CustomerKey
+from controller.persistence.models import Backup, Checkpoint, Key, Task, Vault
+from controller.services import keys, runs, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
 OPERATIONS = ("delete", "prune", "verify")
+
+
+# Backups whose manifests verify checks against the catalog's digest.
+CATALOGUED = ("available", "restoring")
+
+
+@dataclass
+class _Opener:
+    """A vault's storage, key and catalog facts for one maintenance task."""
+
+    app: App
+    url: str
+    key: CustomerKey | None
+    encrypted: bool
+    expected_manifests: dict[str, str]
+
+    def open(self, *, load_index: bool = True) -> Any:
+        return self.app.storage.repository(self.url, load_index=load_index, key=self.key,
+                                           expect_encrypted=self.encrypted)
 
 
 @dataclass
@@ -104,12 +127,13 @@ class Maintenance:
             return
         log.info("running %s task %s on %s", operation, task_id, url)
         try:
+            opener = self._opener(task_id)
             if operation == "delete":
-                self._delete(task_id, url, str(info.get("backup_id", "")))
+                self._delete(task_id, opener, str(info.get("backup_id", "")))
             elif operation == "prune":
-                self._prune(task_id, url)
+                self._prune(task_id, opener)
             elif operation == "verify":
-                self._verify(task_id, url, bool(info.get("read_data", False)))
+                self._verify(task_id, opener, bool(info.get("read_data", False)))
         except errors.CbrError as exc:
             self._finish(task_id, "failed", exc.code, exc.message, {})
         except StorageError as exc:
@@ -133,8 +157,23 @@ class Maintenance:
 
     # -- operations -----------------------------------------------------------------------
 
-    def _delete(self, task_id: str, url: str, backup_id: str) -> None:
-        with self._app.storage.repository(url, load_index=False) as repo:
+    def _opener(self, task_id: str) -> _Opener:
+        """How to open the task's vault: its URL, and its key when encrypted,
+        checked now (a disabled or deleted key stops the task, naming it)."""
+        with self._app.db.begin() as s:
+            task = s.get(Task, task_id)
+            vault = s.get(Vault, task.vault_id) if task is not None else None
+            if vault is None:
+                raise errors.VaultNotFound("The vault is gone.")
+            key = keys.vault_key(s, self._app.root_key, vault, self._app.clock.now())
+            expected = {} if task is None or task.operation_type != "verify" else dict(
+                s.execute(select(Backup.id, Backup.manifest_sha256).where(
+                    Backup.vault_id == vault.id, Backup.status.in_(CATALOGUED),
+                    Backup.manifest_sha256 != "")).tuples().all())
+            return _Opener(self._app, vault.storage_url, key, bool(vault.encrypted), expected)
+
+    def _delete(self, task_id: str, opener: _Opener, backup_id: str) -> None:
+        with opener.open(load_index=False) as repo:
             deleted = prune.delete_backup(repo, backup_id)
         with self._app.db.begin() as s:
             task = s.get(Task, task_id)
@@ -142,15 +181,16 @@ class Maintenance:
             vault = s.get(Vault, task.vault_id) if task is not None else None
             if vault is not None:
                 vault.used_bytes = max(0, vault.used_bytes - freed)
-        report = self._prune_storage(url)
+        report = self._prune_storage(opener)
         self._finish(task_id, "success", "", "", {
             "manifests_deleted": len(deleted), **report})
 
-    def _prune(self, task_id: str, url: str) -> None:
-        self._finish(task_id, "success", "", "", self._prune_storage(url))
+    def _prune(self, task_id: str, opener: _Opener) -> None:
+        self._finish(task_id, "success", "", "", self._prune_storage(opener))
 
-    def _prune_storage(self, url: str) -> dict[str, Any]:
-        with self._app.storage.repository(url) as repo:
+    def _prune_storage(self, opener: _Opener) -> dict[str, Any]:
+        url = opener.url
+        with opener.open() as repo:
             report = prune.prune(repo, task_id="controller")
             used = sum(info.size for info in repo.backend.list("data/"))
         with self._app.db.begin() as s:
@@ -159,9 +199,10 @@ class Maintenance:
                 vault.used_bytes = used
         return {**report.to_dict(), "vault_used_bytes": used}
 
-    def _verify(self, task_id: str, url: str, read_data: bool) -> None:
-        with self._app.storage.repository(url) as repo:
-            report = verify.verify(repo, read_data=read_data)
+    def _verify(self, task_id: str, opener: _Opener, read_data: bool) -> None:
+        with opener.open() as repo:
+            report = verify.verify(repo, read_data=read_data,
+                                   expected_manifests=opener.expected_manifests)
         extra = report.to_dict()
         if report.ok:
             self._finish(task_id, "success", "", "", extra)
@@ -174,9 +215,16 @@ class Maintenance:
     # -- synchronous calls ----------------------------------------------------------------
 
     def list_files(self, url: str, backup_id: str, path: str) -> list[backup_pb2.BackupFile]:
-        repo = self._app.storage.reader(url)
+        with self._app.db.begin() as s:
+            vault = s.scalars(select(Vault).where(Vault.storage_url == url)).first()
+            backup = s.get(Backup, backup_id)
+            key = (keys.vault_key(s, self._app.root_key, vault, self._app.clock.now())
+                   if vault is not None else None)
+            encrypted = bool(vault.encrypted) if vault is not None else None
+            expected = backup.manifest_sha256 if backup is not None else ""
+        repo = self._app.storage.reader(url, key=key, expect_encrypted=encrypted)
         try:
-            manifest = repo.load_manifest(backup_id)
+            manifest = repo.load_manifest(backup_id, expected_sha256=expected)
             if not isinstance(manifest.content, TreeContent):
                 raise errors.InvalidParameter(f"Backup {backup_id} holds no file tree.",
                                               field="backup_id")
@@ -201,19 +249,41 @@ class Maintenance:
                                             backup_id=backup_id) from exc
 
     def import_storage(self, project_id: str, url: str, name: str,
-                       size_gb: int) -> ImportResult:
-        """Rebuilds a vault and its catalog from the manifests in its storage."""
+                       size_gb: int, kms_key_id: str = "") -> ImportResult:
+        """Rebuilds a vault and its catalog from the manifests in its storage.
+
+        An encrypted storage needs ``kms_key_id``: a key here (owned or
+        shared in) whose material wraps the storage's keys, e.g. the same
+        material imported into this controller's key service."""
         from controller.storage import check_url
 
         check_url(url)
         now = self._app.clock.now()
-        with self._app.storage.repository(url, load_index=False) as repo:
+        with self._app.db.begin() as s:
+            key = None
+            if kms_key_id:
+                keys.key_for_new_vault(s, project_id, kms_key_id, "backup", now)
+                key = keys.customer_key(self._app.root_key, s.get(Key, kms_key_id))  # type: ignore[arg-type]
+        encrypted = self._app.storage.config(url).encrypted
+        if encrypted and key is None:
+            raise errors.InvalidParameter(
+                f"The storage {url} is encrypted; name the key that protects it "
+                "(kms_key_id).", field="kms_key_id")
+        if key is not None and not encrypted:
+            raise errors.InvalidParameter(f"The storage {url} is not encrypted; import it "
+                                          "without kms_key_id.", field="kms_key_id")
+        with self._app.storage.repository(url, load_index=False, key=key,
+                                          expect_encrypted=encrypted) as repo:
             vault_id = repo.config.vault_id
             manifests: list[Manifest] = []
             warnings: list[str] = []
+            digests: dict[str, str] = {}
             for backup_id in sorted(repo.list_manifests()):
                 try:
                     manifests.append(repo.load_manifest(backup_id))
+                    # Trusted from now on: later restores and verifies refuse another.
+                    digests[backup_id] = hashlib.sha256(
+                        repo.backend.get(layout.manifest_name(backup_id))).hexdigest()
                 except RepoError as exc:
                     warnings.append(f"{backup_id}: {exc}")
         by_id = {m.backup_id: m for m in manifests}
@@ -231,7 +301,8 @@ class Maintenance:
             spec = vaults.VaultSpec(
                 name=name or f"imported-{vault_id[:8]}", object_type=object_type,
                 protect_type="backup", consistent_level="crash_consistent",
-                size_gb=size_gb or 1024)
+                size_gb=size_gb or 1024, encrypted=encrypted,
+                kms_key_id=kms_key_id if encrypted else "")
             # The stored vault id is kept, so manifests and catalog agree.
             vault = vaults.create_vault(s, project_id, self._app.config.region, spec, now,
                                         vault_id=vault_id)
@@ -251,7 +322,10 @@ class Maintenance:
                                      skipped_resources=[], created_at=m.created_at))
                     checkpoints.add(m.checkpoint_id)
                 for b in (m, *kids):
-                    s.add(_backup_from_manifest(b, project_id, vault_id, now))
+                    row = _backup_from_manifest(b, project_id, vault_id, now)
+                    row.manifest_sha256 = digests.get(b.backup_id, "")
+                    row.extend_info = {**row.extend_info, "encrypted": encrypted}
+                    s.add(row)
                 s.flush()
                 imported += 1
             vault.used_bytes = sum(int(b.stats.get("bytes_sent", 0)) for b in manifests)

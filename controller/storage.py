@@ -10,6 +10,7 @@ written to the database, so a database dump does not leak them.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import threading
@@ -19,9 +20,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cbr import errors
-from cbr.repo import RepoError, Repository
+from cbr.repo import RepoError, Repository, layout
+from cbr.repo.config import VaultConfig, key_from_json
+from cbr.repo.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
 from cbr.repo.errors import VaultExists
-from cbr.storage import Backend, StorageError, open_backend
+from cbr.storage import Backend, ObjectNotFound, StorageError, open_backend
 from controller.config import Config
 
 log = logging.getLogger("cbr.controller.storage")
@@ -101,10 +104,13 @@ class VaultStorage:
             raise errors.StorageUnavailable(f"Cannot open vault storage {url}: {exc}",
                                             storage_url=url) from exc
 
-    def init_vault(self, url: str, vault_id: str, now: dt.datetime) -> None:
-        """Writes the vault's config and keys (before the catalog points at it)."""
+    def init_vault(self, url: str, vault_id: str, now: dt.datetime,
+                   key: KeyWrapper | None = None) -> None:
+        """Writes the vault's config and keys (before the catalog points at it);
+        with ``key`` the vault is encrypted and its keys are wrapped by it."""
         try:
-            Repository.init(self.backend(url), vault_id=vault_id, encrypted=False, now=now)
+            Repository.init(self.backend(url), vault_id=vault_id, encrypted=key is not None,
+                            key_wrapper=key, now=now)
         except VaultExists:
             raise errors.Conflict(
                 f"The storage {url} already holds a vault; import it with "
@@ -113,11 +119,49 @@ class VaultStorage:
             raise errors.StorageUnavailable(f"Cannot write vault storage {url}: {exc}",
                                             storage_url=url) from exc
 
-    @contextmanager
-    def repository(self, url: str, *, load_index: bool = True) -> Iterator[Repository]:
-        """A freshly opened repository, closed after use."""
+    def config(self, url: str) -> VaultConfig:
+        """The vault's ``config`` alone (it is clear; no key needed)."""
         with _reading(url):
-            repo = Repository.open(self.backend(url), load_index=load_index)
+            try:
+                return VaultConfig.from_json(layout.sharded(self.backend(url)).get(layout.CONFIG))
+            except ObjectNotFound:
+                raise RepoError(f"no vault in {url}: config missing") from None
+
+    def task_keys(self, url: str, vault_id: str, key: KeyWrapper) -> list[dict[str, str]]:
+        """An encrypted vault's keys, unwrapped with ``key``, as ``TaskKey``
+        dicts (JSON field names) for one agent command.
+
+        Refuses a config naming another vault and a data key made for
+        another vault: a key file copied in from elsewhere must not make a
+        reader accept that vault's objects (storage format section 4.3).
+        """
+        out: list[dict[str, str]] = []
+        with _reading(url):
+            backend = layout.sharded(self.backend(url))
+            config = VaultConfig.from_json(backend.get(layout.CONFIG))
+            if config.vault_id != vault_id:
+                raise RepoError(f"config names vault {config.vault_id}, not {vault_id}")
+            for info in backend.list(layout.KEYS):
+                wrapped = key_from_json(backend.get(info.name), info.name)
+                if wrapped.purpose == PURPOSE_DATA and wrapped.vault_id != vault_id:
+                    raise RepoError(f"{info.name}: a data key of vault {wrapped.vault_id}")
+                if not wrapped.is_wrapped:
+                    continue
+                clear = unwrap_key(wrapped, key.unwrap)
+                out.append({"keyId": wrapped.key_id.hex(), "purpose": wrapped.purpose,
+                            "vaultId": wrapped.vault_id,
+                            "key": base64.b64encode(clear).decode()})
+        return out
+
+    @contextmanager
+    def repository(self, url: str, *, load_index: bool = True, key: KeyWrapper | None = None,
+                   expect_encrypted: bool | None = None) -> Iterator[Repository]:
+        """A freshly opened repository, closed after use; ``key`` unwraps the
+        keys of an encrypted vault."""
+        with _reading(url):
+            repo = Repository.open(self.backend(url), load_index=load_index,
+                                   unwrap=key.unwrap if key is not None else None,
+                                   expect_encrypted=expect_encrypted)
         try:
             yield repo
         finally:
@@ -125,11 +169,17 @@ class VaultStorage:
             if close is not None:
                 close()
 
-    def reader(self, url: str) -> Repository:
-        """A cached read-only repository whose index matches the storage's now."""
+    def reader(self, url: str, *, key: KeyWrapper | None = None,
+               expect_encrypted: bool | None = None) -> Repository:
+        """A cached read-only repository whose index matches the storage's now.
+
+        The caller checks that an encrypted vault's key may be used before
+        every call; a cached repository holds its vault's keys in memory."""
         with _reading(url):
             backend = self.backend(url)
-            probe = Repository.open(backend, load_index=False)
+            probe = Repository.open(backend, load_index=False,
+                                    unwrap=key.unwrap if key is not None else None,
+                                    expect_encrypted=expect_encrypted)
             current = frozenset(probe.list_index_files())
             with self._lock:
                 cached = self._cache.get(url)

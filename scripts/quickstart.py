@@ -243,9 +243,11 @@ def data_path(work: Path, images: Path, vault_ids: dict[str, str]) -> None:
     for name, b in second.items():
         t0 = time.time()
         target = out / name
+        info: dict[str, object] = b.get("extend_info", {})  # type: ignore[assignment]
+        encrypted = ["--encrypted"] if info.get("encrypted") else []
         cbr("source", "backup", "restore", str(b["id"]), "--to",
             str(target if b["resource_type"] != "OBJECT_TYPE_DISK" else out / f"{name}.img"),
-            "--wait")
+            *encrypted, "--wait")
         took = time.time() - t0
         if b["resource_type"] == "OBJECT_TYPE_SERVER":
             ok = all(same_disk(target / f"{disk}.img", images / f"{name}-{disk}.img")
@@ -307,13 +309,20 @@ def main() -> int:
         for p in items:
             by_type.setdefault(p["type"], []).append(p["id"])
 
-        say("a vault of each type, with the resources associated")
+        say("a key in the key service, for an encrypted vault")
+        key = cbr_json("source", "key", "create", "--alias", "quickstart-key")
+        assert isinstance(key, dict)
+        key_id = str(key.get("key", key)["id"])
+        cbr("source", "key", "list")
+
+        say("a vault of each type, with the resources associated (files: encrypted)")
         vault_ids: dict[str, str] = {}
         for name, kind, type_key in (("servers", "server", "OBJECT_TYPE_SERVER"),
                                      ("disks", "disk", "OBJECT_TYPE_DISK"),
                                      ("files", "turbo", "OBJECT_TYPE_TURBO")):
+            encrypt = ["--kms-key", key_id] if kind == "turbo" else []
             vault = cbr_json("source", "vault", "create", "--name", name, "--type", kind,
-                             "--size-gb", "100")
+                             "--size-gb", "100", *encrypt)
             assert isinstance(vault, dict)
             vid = vault.get("vault", vault)["id"]
             vault_ids[kind] = vid

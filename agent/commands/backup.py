@@ -28,7 +28,7 @@ from agent.dataplane import disk as disk_engine
 from agent.dataplane import snapshot as snapshots
 from agent.dataplane import tree as tree_engine
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
-from cbr.repo.errors import ManifestNotFound
+from cbr.repo.errors import IntegrityError, ManifestNotFound
 
 log = logging.getLogger("cbr.agent")
 
@@ -46,13 +46,19 @@ def _find(config: AgentConfig, local_id: str) -> ServerSpec | SingleDiskSpec | F
                            "configuration and sync")
 
 
-def _parent_content(repo: Repository, parent_id: str) -> Any:
+def _parent_content(repo: Repository, parent_id: str, digest: str = "") -> Any:
+    """The parent's content, or None (a full backup). A parent manifest that
+    differs from the catalog's record is not trusted: changed-block tracking
+    against a replayed older map would store a wrong disk."""
     if not parent_id:
         return None
     try:
-        return repo.load_manifest(parent_id).content
+        return repo.load_manifest(parent_id, expected_sha256=digest).content
     except ManifestNotFound:
         log.info("parent backup %s has no manifest (deleted); taking a full backup", parent_id)
+        return None
+    except IntegrityError as exc:
+        log.warning("parent backup %s: %s; taking a full backup", parent_id, exc)
         return None
 
 
@@ -109,9 +115,9 @@ def _item(backup_id: str, result: BackupResult | None, protected_at: dt.datetime
             "protected_at": protected_at.isoformat(), **extra}
 
 
-def _disk_backup(repo: Repository, snaps: Any, key: str, parent_id: str, size: int,
-                 progress: Progress) -> tuple[BackupResult, str]:
-    parent = _parent_content(repo, parent_id)
+def _disk_backup(repo: Repository, snaps: Any, key: str, parent_id: str, parent_digest: str,
+                 size: int, progress: Progress) -> tuple[BackupResult, str]:
+    parent = _parent_content(repo, parent_id, parent_digest)
     if not isinstance(parent, DiskContent):
         parent = None
     changed = snaps.changed_ranges(key, parent_id) if parent is not None else None
@@ -143,7 +149,8 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
         for child, disk in wanted:
             size = sizes[child.backup_id]
             result, method = _disk_backup(repo, snaps, child.disk_local_id,
-                                          child.parent_backup_id, size, progress)
+                                          child.parent_backup_id, child.parent_manifest_sha256,
+                                          size, progress)
             extend = {"system_disk": bool(child.system_disk), "disk_id": child.disk_local_id,
                       "snapshot": snaps.kind(child.disk_local_id), "method": method}
             manifests.append(_manifest(
@@ -157,10 +164,11 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
                                freeze_ms=round(snaps.freeze_seconds * 1000)))
         snaps.release()  # thaw: a live (non-reflink) read held the freeze until now
         lock.check()
-        for manifest in manifests:
-            repo.save_manifest(manifest)
+        digests = {m.backup_id: repo.save_manifest(m) for m in manifests}
+        for item in items:
+            item["manifest_sha256"] = digests[item["backup_id"]]
         has_system = any(c.system_disk for c, _ in wanted)
-        repo.save_manifest(_manifest(
+        server_digest = repo.save_manifest(_manifest(
             command, repo, backup_id=command.backup_id, name=command.name,
             resource=Resource(command.resource_id, command.resource_name,
                               RESOURCE_TYPES["server"], int(command.resource_size_bytes)),
@@ -172,7 +180,7 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
         for child, _disk in wanted:
             snaps.commit(child.disk_local_id, child.backup_id)
     items.append(_item(command.backup_id, None, protected_at,
-                       app_consistent=bool(spec.pre_snapshot)))
+                       app_consistent=bool(spec.pre_snapshot), manifest_sha256=server_digest))
     return items
 
 
@@ -184,9 +192,9 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
                                   post_hook=None, hook_timeout=60.0) as snaps:
         protected_at = dt.datetime.now(dt.UTC)
         result, method = _disk_backup(repo, snaps, spec.local_id, command.parent_backup_id,
-                                      size, progress)
+                                      command.parent_manifest_sha256, size, progress)
         lock.check()
-        repo.save_manifest(_manifest(
+        digest = repo.save_manifest(_manifest(
             command, repo, backup_id=command.backup_id, name=command.name,
             resource=Resource(command.resource_id, command.resource_name,
                               RESOURCE_TYPES["disk"], size),
@@ -196,7 +204,7 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
             protected_at=protected_at))
         snaps.commit(spec.local_id, command.backup_id)
     return [_item(command.backup_id, result, protected_at, snapshot=snaps.kind(spec.local_id),
-                  method=method)]
+                  method=method, manifest_sha256=digest)]
 
 
 def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any,
@@ -204,19 +212,19 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
     root = Path(spec.path)
     if not root.is_dir():
         raise SourceUnreadable(f"file system {spec.name}: {root} is not a directory")
-    parent = _parent_content(repo, command.parent_backup_id)
+    parent = _parent_content(repo, command.parent_backup_id, command.parent_manifest_sha256)
     if not isinstance(parent, TreeContent):
         parent = None
     protected_at = dt.datetime.now(dt.UTC)
     result = tree_engine.backup_tree(repo, root, parent=parent, progress=progress)
     lock.check()
-    repo.save_manifest(_manifest(
+    digest = repo.save_manifest(_manifest(
         command, repo, backup_id=command.backup_id, name=command.name,
         resource=Resource(command.resource_id, command.resource_name, RESOURCE_TYPES["turbo"],
                           int(command.resource_size_bytes)),
         content=result.content, result=result, incremental=parent is not None,
         protected_at=protected_at))
-    return [_item(command.backup_id, result, protected_at)]
+    return [_item(command.backup_id, result, protected_at, manifest_sha256=digest)]
 
 
 __all__ = ["DataplaneError", "run"]

@@ -51,9 +51,12 @@ def _absolute(path: str) -> Path:
 
 
 def _restore(repo: Repository, command: Any, progress: Progress) -> list[RestoreResult]:
-    manifest = repo.load_manifest(command.backup_id)
+    expected = dict(command.manifest_sha256)
+    manifest = repo.load_manifest(command.backup_id,
+                                  expected_sha256=expected.get(command.backup_id, ""))
     if command.disk_targets:
-        children = {c: repo.load_manifest(c) for c in manifest.children} \
+        children = {c: repo.load_manifest(c, expected_sha256=expected.get(c, ""))
+                    for c in manifest.children} \
             if manifest.children else {manifest.backup_id: manifest}
         unknown = set(command.disk_targets) - set(children)
         if unknown:

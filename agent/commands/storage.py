@@ -12,13 +12,40 @@ from typing import Any
 
 from agent.commands import CommandContext, Outcome
 from agent.dataplane import DataplaneError, Progress
+from cbr import errors
 from cbr.repo import RepoError, Repository
-from cbr.repo.errors import ChunkNotFound, IntegrityError
+from cbr.repo.crypto import key_context
+from cbr.repo.errors import ChunkNotFound, IntegrityError, KeyUnavailable
 from cbr.storage import Backend, StorageError, StorageFull, open_backend
 
 log = logging.getLogger("cbr.agent")
 
 PROGRESS_EVERY_S = 1.0
+
+
+class TaskKeys:
+    """The vault keys the controller unwrapped for this task, as the format
+    layer's unwrap callback.
+
+    A key is given out only for the exact context (vault, key id, purpose)
+    its key file names, so a key file swapped in storage finds nothing.
+    The keys live in this object only: never written, never logged (the
+    repr names key ids alone).
+    """
+
+    def __init__(self, task_keys: Any) -> None:
+        self._keys = {key_context(k.vault_id, bytes.fromhex(k.key_id), k.purpose): bytes(k.key)
+                      for k in task_keys}
+
+    def unwrap(self, kek_id: str, wrapped: bytes, context: bytes) -> bytes:
+        try:
+            return self._keys[context]
+        except KeyError:
+            raise KeyUnavailable("the controller sent no key for "
+                                 f"{context.decode(errors='replace')}") from None
+
+    def __repr__(self) -> str:
+        return f"TaskKeys({len(self._keys)} keys)"
 
 
 def open_storage(access: Any) -> Backend:
@@ -38,7 +65,8 @@ def locked_repository(access: Any, *, kind: str, task_id: str) -> Iterator[tuple
 
     backend = open_storage(access)
     with Lock.acquire(backend, kind=kind, task_id=task_id) as lock:
-        repo = Repository.open(backend)
+        repo = Repository.open(backend, unwrap=TaskKeys(access.keys).unwrap,
+                               expect_encrypted=bool(access.encrypted))
         try:
             yield repo, lock
         finally:
@@ -74,6 +102,8 @@ def failure(exc: BaseException, what: str) -> Outcome:
         return Outcome(False, "BackupService.6114", f"{what}: the vault storage is full: {exc}")
     if isinstance(exc, StorageError):
         return Outcome(False, "BackupService.0504", f"{what}: vault storage error: {exc}")
+    if isinstance(exc, KeyUnavailable):
+        return Outcome(False, errors.KeyNotUsable.code, f"{what}: vault key unavailable: {exc}")
     if isinstance(exc, IntegrityError | ChunkNotFound):
         return Outcome(False, "BackupService.0505", f"{what}: damaged vault data: {exc}")
     if isinstance(exc, RepoError):

@@ -148,6 +148,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="servers: where each disk backup goes",
     )
     p.add_argument("--power-on", action="store_true", help="power the server off and on around it")
+    p.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="the new server or file system is encrypted (needed for encrypted backups "
+        "restored to a new place)",
+    )
     add_wait(p)
 
 
@@ -200,6 +206,7 @@ def build_restore_request(args: argparse.Namespace) -> backup_pb2.RestoreBackupR
         mappings=dict(args.mapping or ()),
         power_on=args.power_on,
         source_path=args.source_path or "",
+        encrypted=args.encrypted,
     )
 
 

@@ -22,6 +22,7 @@ from cbr.cli import (
     configure_cmd,
     credential_cmd,
     iam_cmd,
+    key_cmd,
     policy_cmd,
     protectable_cmd,
     replication_cmd,
@@ -33,6 +34,7 @@ from cbr.cli._common import CliError, Context, Output, global_options, rpc_error
 MODULES = (
     configure_cmd,
     vault_cmd,
+    key_cmd,
     protectable_cmd,
     backup_cmd,
     policy_cmd,

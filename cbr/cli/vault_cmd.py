@@ -45,6 +45,7 @@ COLUMNS: list[Column] = [
     ("STATUS", "status"),
     ("SIZE", "size_gb"),
     ("USED", "used_bytes"),
+    ("ENCRYPTED", "encrypted"),
     ("RESOURCES", "resources"),
     ("POLICY", "backup_policy_id"),
     ("CREATED", "created_at"),
@@ -89,6 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--storage-url",
         help="where the vault keeps its data (default: the controller's storage_url + vault id)",
     )
+    p.add_argument(
+        "--kms-key",
+        metavar="KEY_ID",
+        help="encrypt the vault with this key (see `cbr key list`); fixed for the vault's life",
+    )
 
     p = add_command(
         group,
@@ -121,6 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("storage_url", metavar="STORAGE_URL")
     p.add_argument("--name", help="vault name here (default imported-<id>)")
     p.add_argument("--size-gb", type=positive_int, help="capacity in GB (default 1024)")
+    p.add_argument("--kms-key", metavar="KEY_ID",
+                   help="encrypted storage: the key here whose material protects it")
 
     p = add_command(group, "list", cmd_list, "list vaults", rpc="VaultService.ListVaults")
     p.add_argument("--name", help="only vaults with this name")
@@ -250,6 +258,8 @@ def build_create_request(args: argparse.Namespace) -> vault_pb2.CreateVaultReque
         resources=[vault_pb2.ResourceSpec(id=r) for r in args.resource or ()],
         backup_policy_id=args.policy or "",
         storage_url=args.storage_url or "",
+        encrypted=bool(args.kms_key),
+        kms_key_id=args.kms_key or "",
     )
 
 
@@ -394,7 +404,8 @@ def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_import_storage(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.vaults.ImportVaultStorage(
         vault_pb2.ImportVaultStorageRequest(
-            storage_url=args.storage_url, name=args.name or "", size_gb=args.size_gb or 0
+            storage_url=args.storage_url, name=args.name or "", size_gb=args.size_gb or 0,
+            kms_key_id=args.kms_key or "",
         ),
         timeout=ctx.stream_timeout,
     )

@@ -58,7 +58,7 @@ class EncodedBlob:
     type: BlobType
     key_id: bytes
     chunk_id: bytes
-    stored: bytes
+    stored: bytes  # a bytearray at run time when sealed (DataKey.seal_buffer)
     flags: int
     raw_length: int
 
@@ -128,8 +128,11 @@ def encode_blob(
             body, flags = packed, FLAG_COMPRESSED
     if data_key is not None:
         flags |= FLAG_ENCRYPTED
-        body = data_key.seal(body, blob_aad(blob_type, flags, hasher.key_id, cid))
-    return EncodedBlob(blob_type, hasher.key_id, cid, bytes(body), flags, len(plaintext))
+        # Sealed into one fresh buffer, which the blob keeps: no copy.
+        stored = data_key.seal_buffer(body, blob_aad(blob_type, flags, hasher.key_id, cid))
+    else:
+        stored = bytes(body)
+    return EncodedBlob(blob_type, hasher.key_id, cid, stored, flags, len(plaintext))
 
 
 def decode_blob(

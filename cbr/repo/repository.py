@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -635,8 +636,9 @@ class Repository:
 
     # -- manifests ----------------------------------------------------------------------------
 
-    def save_manifest(self, manifest: Manifest) -> None:
-        """Flushes, then writes ``manifests/<backup_id>`` once.
+    def save_manifest(self, manifest: Manifest) -> str:
+        """Flushes, then writes ``manifests/<backup_id>`` once; returns the hex
+        SHA-256 of the object written, for the catalog to record (section 10).
 
         Raises :class:`ManifestExists` if that backup id is already stored;
         the stored manifest is left untouched.
@@ -646,13 +648,20 @@ class Repository:
         data = seal_envelope(MANIFEST_MAGIC, manifest.to_json(), self._data_key, name.encode())
         if not self.backend.put_if_absent(name, data):
             raise ManifestExists(f"backup {manifest.backup_id} already has a manifest")
+        return hashlib.sha256(data).hexdigest()
 
-    def load_manifest(self, backup_id: str) -> Manifest:
+    def load_manifest(self, backup_id: str, *, expected_sha256: str = "") -> Manifest:
+        """The manifest of a backup. With ``expected_sha256`` (the catalog's
+        record), a stored object that differs is refused: replaced or
+        replayed, even if it is a valid manifest of this vault."""
         name = layout.manifest_name(backup_id)
         try:
             data = self.backend.get(name)
         except ObjectNotFound:
             raise ManifestNotFound(f"no manifest for backup {backup_id}") from None
+        if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+            raise IntegrityError(f"{name}: differs from the manifest the catalog recorded "
+                                 "for this backup (replaced or replayed); refusing it")
         plain = open_envelope(
             MANIFEST_MAGIC, data, self._data_keys, label=name, binding=name.encode(),
             require_encryption=self.config.encrypted,

@@ -18,6 +18,7 @@ a damaged backup is the user's call).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +79,17 @@ class VerifyReport:
                 "first_problems": "; ".join(str(p) for p in self.problems[:10])}
 
 
-def verify(repo: Repository, *, read_data: bool = False) -> VerifyReport:
+def verify(repo: Repository, *, read_data: bool = False,
+           expected_manifests: Mapping[str, str] | None = None) -> VerifyReport:
     """Checks the vault (section 13); see the module docstring. Never raises
-    for damage (it is reported); storage errors propagate."""
+    for damage (it is reported); storage errors propagate.
+
+    ``expected_manifests`` (backup id -> hex SHA-256, the catalog's record)
+    adds a check that each of those manifests is in storage unchanged: a
+    manifest replaced or replayed is reported naming the backup.
+    """
     report = VerifyReport()
+    _check_manifest_digests(repo, report, expected_manifests or {})
     repo.load_index()
     stored = {pid: info.size for info in repo.backend.list(layout.DATA)
               if (pid := layout.id_from_name(info.name, layout.DATA)) is not None}
@@ -96,6 +104,24 @@ def verify(repo: Repository, *, read_data: bool = False) -> VerifyReport:
     report.unindexed_packs = sum(1 for p in stored if p not in repo.index.pack_ids())
     _check_backups(repo, report, bad_packs, bad_chunks)
     return report
+
+
+def _check_manifest_digests(repo: Repository, report: VerifyReport,
+                            expected: Mapping[str, str]) -> None:
+    for backup_id, digest in sorted(expected.items()):
+        name = layout.manifest_name(backup_id)
+        try:
+            data = repo.backend.get(name)
+        except ObjectNotFound:
+            report.problems.append(Problem("missing-manifest", f"{name} is missing",
+                                           backups=[backup_id]))
+            report.damaged_backups.append(backup_id)
+            continue
+        if hashlib.sha256(data).hexdigest() != digest:
+            report.problems.append(Problem(
+                "manifest-digest", f"{name} differs from the manifest the catalog recorded "
+                "(replaced or replayed)", backups=[backup_id]))
+            report.damaged_backups.append(backup_id)
 
 
 def _check_packs(repo: Repository, report: VerifyReport,
@@ -230,7 +256,7 @@ def _check_backups(repo: Repository, report: VerifyReport, bad_packs: dict[bytes
         if id(problem) not in listed:
             listed.add(id(problem))
             report.problems.append(problem)
-    report.damaged_backups = sorted(damaged)
+    report.damaged_backups = sorted(damaged | set(report.damaged_backups))
 
 
 def _locate_missing(repo: Repository, missing: dict[tuple[bytes, bytes], Problem]) -> None:

@@ -1,6 +1,7 @@
 import datetime
 
 from cbr.v1 import common_pb2 as _common_pb2
+from cbr.v1 import key_pb2 as _key_pb2
 from cbr.v1 import protectable_pb2 as _protectable_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -273,33 +274,39 @@ class SyncCommand(_message.Message):
     def __init__(self) -> None: ...
 
 class StorageAccess(_message.Message):
-    __slots__ = ("url", "access_key", "secret_key")
+    __slots__ = ("url", "access_key", "secret_key", "encrypted", "keys")
     URL_FIELD_NUMBER: _ClassVar[int]
     ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
     SECRET_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     url: str
     access_key: str
     secret_key: str
-    def __init__(self, url: _Optional[str] = ..., access_key: _Optional[str] = ..., secret_key: _Optional[str] = ...) -> None: ...
+    encrypted: bool
+    keys: _containers.RepeatedCompositeFieldContainer[_key_pb2.TaskKey]
+    def __init__(self, url: _Optional[str] = ..., access_key: _Optional[str] = ..., secret_key: _Optional[str] = ..., encrypted: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[_key_pb2.TaskKey, _Mapping]]] = ...) -> None: ...
 
 class DiskBackupSpec(_message.Message):
-    __slots__ = ("backup_id", "disk_local_id", "name", "system_disk", "parent_backup_id", "size_bytes")
+    __slots__ = ("backup_id", "disk_local_id", "name", "system_disk", "parent_backup_id", "size_bytes", "parent_manifest_sha256")
     BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
     DISK_LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
     PARENT_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     backup_id: str
     disk_local_id: str
     name: str
     system_disk: bool
     parent_backup_id: str
     size_bytes: int
-    def __init__(self, backup_id: _Optional[str] = ..., disk_local_id: _Optional[str] = ..., name: _Optional[str] = ..., system_disk: _Optional[bool] = ..., parent_backup_id: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    parent_manifest_sha256: str
+    def __init__(self, backup_id: _Optional[str] = ..., disk_local_id: _Optional[str] = ..., name: _Optional[str] = ..., system_disk: _Optional[bool] = ..., parent_backup_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., parent_manifest_sha256: _Optional[str] = ...) -> None: ...
 
 class BackupCommand(_message.Message):
-    __slots__ = ("storage", "vault_id", "checkpoint_id", "backup_id", "name", "description", "resource_id", "resource_local_id", "resource_name", "resource_type", "resource_size_bytes", "parent_backup_id", "disks", "auto_trigger", "created_at")
+    __slots__ = ("storage", "vault_id", "checkpoint_id", "backup_id", "name", "description", "resource_id", "resource_local_id", "resource_name", "resource_type", "resource_size_bytes", "parent_backup_id", "disks", "auto_trigger", "created_at", "parent_manifest_sha256")
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     VAULT_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +322,7 @@ class BackupCommand(_message.Message):
     DISKS_FIELD_NUMBER: _ClassVar[int]
     AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     storage: StorageAccess
     vault_id: str
     checkpoint_id: str
@@ -330,11 +338,19 @@ class BackupCommand(_message.Message):
     disks: _containers.RepeatedCompositeFieldContainer[DiskBackupSpec]
     auto_trigger: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., vault_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_local_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_size_bytes: _Optional[int] = ..., parent_backup_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[DiskBackupSpec, _Mapping]]] = ..., auto_trigger: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    parent_manifest_sha256: str
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., vault_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_local_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_size_bytes: _Optional[int] = ..., parent_backup_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[DiskBackupSpec, _Mapping]]] = ..., auto_trigger: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parent_manifest_sha256: _Optional[str] = ...) -> None: ...
 
 class RestoreCommand(_message.Message):
-    __slots__ = ("storage", "backup_id", "resource_type", "target_path", "source_path", "disk_targets")
+    __slots__ = ("storage", "backup_id", "resource_type", "target_path", "source_path", "disk_targets", "manifest_sha256")
     class DiskTargetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ManifestSha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -347,13 +363,15 @@ class RestoreCommand(_message.Message):
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
     DISK_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     storage: StorageAccess
     backup_id: str
     resource_type: _common_pb2.ObjectType
     target_path: str
     source_path: str
     disk_targets: _containers.ScalarMap[str, str]
-    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., target_path: _Optional[str] = ..., source_path: _Optional[str] = ..., disk_targets: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    manifest_sha256: _containers.ScalarMap[str, str]
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., target_path: _Optional[str] = ..., source_path: _Optional[str] = ..., disk_targets: _Optional[_Mapping[str, str]] = ..., manifest_sha256: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("task_id", "sync", "backup", "restore")

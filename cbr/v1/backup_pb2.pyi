@@ -252,7 +252,7 @@ class DeleteBackupResponse(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class RestoreBackupRequest(_message.Message):
-    __slots__ = ("backup_id", "target_resource_id", "target_agent_id", "target_path", "mappings", "power_on", "source_path")
+    __slots__ = ("backup_id", "target_resource_id", "target_agent_id", "target_path", "mappings", "power_on", "source_path", "encrypted")
     class MappingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,7 @@ class RestoreBackupRequest(_message.Message):
     MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     POWER_ON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     backup_id: str
     target_resource_id: str
     target_agent_id: str
@@ -274,7 +275,8 @@ class RestoreBackupRequest(_message.Message):
     mappings: _containers.ScalarMap[str, str]
     power_on: bool
     source_path: str
-    def __init__(self, backup_id: _Optional[str] = ..., target_resource_id: _Optional[str] = ..., target_agent_id: _Optional[str] = ..., target_path: _Optional[str] = ..., mappings: _Optional[_Mapping[str, str]] = ..., power_on: _Optional[bool] = ..., source_path: _Optional[str] = ...) -> None: ...
+    encrypted: bool
+    def __init__(self, backup_id: _Optional[str] = ..., target_resource_id: _Optional[str] = ..., target_agent_id: _Optional[str] = ..., target_path: _Optional[str] = ..., mappings: _Optional[_Mapping[str, str]] = ..., power_on: _Optional[bool] = ..., source_path: _Optional[str] = ..., encrypted: _Optional[bool] = ...) -> None: ...
 
 class RestoreBackupResponse(_message.Message):
     __slots__ = ("task_id",)

@@ -61,7 +61,7 @@ PROTECT_STATUS_RESTORING: ProtectStatus
 PROTECT_STATUS_REMOVING: ProtectStatus
 
 class Vault(_message.Message):
-    __slots__ = ("id", "name", "description", "object_type", "protect_type", "consistent_level", "status", "size_gb", "used_bytes", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "replication_policy_id", "destination_vault_id", "project_id", "region", "created_at", "updated_at", "storage_url")
+    __slots__ = ("id", "name", "description", "object_type", "protect_type", "consistent_level", "status", "size_gb", "used_bytes", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "replication_policy_id", "destination_vault_id", "project_id", "region", "created_at", "updated_at", "storage_url", "encrypted", "kms_key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,8 @@ class Vault(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    KMS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -110,7 +112,9 @@ class Vault(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     storage_url: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_url: _Optional[str] = ...) -> None: ...
+    encrypted: bool
+    kms_key_id: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_url: _Optional[str] = ..., encrypted: _Optional[bool] = ..., kms_key_id: _Optional[str] = ...) -> None: ...
 
 class VaultResource(_message.Message):
     __slots__ = ("id", "name", "type", "resource_type", "protect_status", "size_bytes", "backup_size_bytes", "backup_count", "exclude_volumes", "include_volumes")
@@ -137,7 +141,7 @@ class VaultResource(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_type: _Optional[str] = ..., protect_status: _Optional[_Union[ProtectStatus, str]] = ..., size_bytes: _Optional[int] = ..., backup_size_bytes: _Optional[int] = ..., backup_count: _Optional[int] = ..., exclude_volumes: _Optional[_Iterable[str]] = ..., include_volumes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateVaultRequest(_message.Message):
-    __slots__ = ("name", "description", "object_type", "protect_type", "consistent_level", "size_gb", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "storage_url")
+    __slots__ = ("name", "description", "object_type", "protect_type", "consistent_level", "size_gb", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "storage_url", "encrypted", "kms_key_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +157,8 @@ class CreateVaultRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     BACKUP_POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    KMS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     object_type: _common_pb2.ObjectType
@@ -168,7 +174,9 @@ class CreateVaultRequest(_message.Message):
     resources: _containers.RepeatedCompositeFieldContainer[ResourceSpec]
     backup_policy_id: str
     storage_url: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., size_gb: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[ResourceSpec, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., storage_url: _Optional[str] = ...) -> None: ...
+    encrypted: bool
+    kms_key_id: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., size_gb: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[ResourceSpec, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., storage_url: _Optional[str] = ..., encrypted: _Optional[bool] = ..., kms_key_id: _Optional[str] = ...) -> None: ...
 
 class ResourceSpec(_message.Message):
     __slots__ = ("id", "exclude_volumes", "include_volumes")
@@ -333,14 +341,16 @@ class VerifyVaultResponse(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class ImportVaultStorageRequest(_message.Message):
-    __slots__ = ("storage_url", "name", "size_gb")
+    __slots__ = ("storage_url", "name", "size_gb", "kms_key_id")
     STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_GB_FIELD_NUMBER: _ClassVar[int]
+    KMS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     storage_url: str
     name: str
     size_gb: int
-    def __init__(self, storage_url: _Optional[str] = ..., name: _Optional[str] = ..., size_gb: _Optional[int] = ...) -> None: ...
+    kms_key_id: str
+    def __init__(self, storage_url: _Optional[str] = ..., name: _Optional[str] = ..., size_gb: _Optional[int] = ..., kms_key_id: _Optional[str] = ...) -> None: ...
 
 class ImportVaultStorageResponse(_message.Message):
     __slots__ = ("vault", "imported_backups", "warnings")

@@ -29,11 +29,12 @@ from google.protobuf import json_format
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.agents import convert, service
 from controller.app import App
 from controller.persistence.models import Agent, Task, UtcDateTime, Vault
-from controller.services import tasks
+from controller.services import keys, tasks
 
 log = logging.getLogger("cbr.controller.agents.hub")
 
@@ -288,8 +289,10 @@ class AgentHub:
             commands = []
             for task in pending:
                 if task.status == "waiting" and task.command:
-                    commands.append(self._command(session, task))
-                    tasks.start_task(session, task.id, now)
+                    command = self._command_or_fail(session, task, now)
+                    if command is not None:
+                        commands.append(command)
+                        tasks.start_task(session, task.id, now)
                 elif task.status == "running" and task.id not in alive:
                     self._finish(session, task.id, "failed", now,
                                  "BackupService.0503",
@@ -361,6 +364,34 @@ class AgentHub:
 
     # -- commands to agents ----------------------------------------------------
 
+    def _storage_access(self, session: Session, vault: Vault | None) -> dict[str, Any]:
+        """StorageAccess of a vault; for an encrypted vault with its keys,
+        unwrapped now for this one command. Raises the key's error (naming
+        it) when the vault's key may not be used."""
+        url = vault.storage_url if vault is not None else ""
+        access: dict[str, Any] = dict(self._app.storage.access(url))
+        if vault is not None and vault.encrypted:
+            key = keys.vault_key(session, self._app.root_key, vault, self._clock.now())
+            assert key is not None
+            access["encrypted"] = True
+            access["keys"] = self._app.storage.task_keys(url, vault.id, key)
+        return access
+
+    def _command_or_fail(self, session: Session, task: Task, now: dt.datetime) -> Any | None:
+        """The task's command, or None after failing the task (and, through
+        the result handlers, its backups) when it cannot be built: a key that
+        may not be used, storage that cannot be read, an unencodable body."""
+        try:
+            command = self._command(session, task)
+        except errors.CbrError as exc:
+            log.warning("task %s not sent: %s", task.id, exc.message)
+            self._finish(session, task.id, "failed", now, exc.code, exc.message, {})
+            return None
+        if command is None:
+            self._finish(session, task.id, "failed", now, "BackupService.0501",
+                         "This controller cannot encode the task's command for agents.", {})
+        return command
+
     def _command(self, session: Session, task: Task) -> Any | None:
         """The Command message of a task's stored command dict, e.g. {"sync": {}}.
 
@@ -371,8 +402,7 @@ class AgentHub:
         for action in ("backup", "restore"):
             if action in body:
                 vault = session.get(Vault, task.vault_id)
-                url = vault.storage_url if vault is not None else ""
-                body[action] = {**body[action], "storage": self._app.storage.access(url)}
+                body[action] = {**body[action], "storage": self._storage_access(session, vault)}
         try:
             return json_format.ParseDict({"task_id": task.id, **body}, agent_pb2.Command())
         except json_format.ParseError as exc:
@@ -392,11 +422,8 @@ class AgentHub:
             task = session.get(Task, task_id)
             if task is None or task.status in tasks.FINAL_STATUSES or not task.command:
                 return False
-            command = self._command(session, task)
+            command = self._command_or_fail(session, task, now)
             if command is None:
-                tasks.finish_task(session, task_id, "failed", now, error_code="BackupService.0501",
-                                  error_message="This controller cannot encode the task's "
-                                  "command for agents.")
                 return False
             if stream is None or stream.closed.is_set():
                 return False

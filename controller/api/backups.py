@@ -89,7 +89,8 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
         req = runs.RestoreRequest(
             backup_id=request.backup_id, target_resource_id=request.target_resource_id,
             target_agent_id=request.target_agent_id, target_path=request.target_path,
-            mappings=dict(request.mappings), source_path=request.source_path)
+            mappings=dict(request.mappings), source_path=request.source_path,
+            encrypted=request.encrypted)
         with self.app.db.begin() as s:
             dispatch = runs.create_restore(s, self.project_id, req, self.now(), self._online())
         self._dispatch([dispatch])

@@ -22,6 +22,7 @@ from cbr.v1 import (
     common_pb2,
     credential_pb2,
     iam_pb2,
+    key_pb2,
     policy_pb2,
     protectable_pb2,
     replication_pb2,
@@ -131,7 +132,7 @@ def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
         auto_bind=v.auto_bind, bind_rules=tags_to_pb(v.bind_rules),
         resources=[vault_resource(r) for r in resources], project_id=v.project_id,
         region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at),
-        storage_url=v.storage_url)
+        storage_url=v.storage_url, encrypted=bool(v.encrypted), kms_key_id=v.kms_key_id)
     for binding in bindings:
         if binding.operation_type == "backup":
             out.backup_policy_id = binding.policy_id
@@ -271,3 +272,14 @@ def grant(g: models.Grant) -> iam_pb2.Grant:
                          created_at=ts(g.created_at))
 
 
+
+
+def key(view: Any) -> key_pb2.Key:
+    """A key as one account sees it (a ``controller.services.keys.KeyView``)."""
+    k = view.key
+    return key_pb2.Key(
+        id=k.id, alias=k.alias, description=k.description,
+        state=enum_number(key_pb2.KeyState, view.state), project_id=k.project_id,
+        shared_in=view.shared_in, shared_with=view.shared_with, origin=k.origin,
+        created_at=ts(k.created_at), updated_at=ts(k.updated_at),
+        deletion_at=ts(k.deletion_at))

@@ -24,6 +24,8 @@ from cbr.v1 import (
     credential_pb2_grpc,
     iam_pb2,
     iam_pb2_grpc,
+    key_pb2,
+    key_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     protectable_pb2,
@@ -40,6 +42,7 @@ from controller.api.cloud import CloudServicer
 from controller.api.credentials import CredentialServicer
 from controller.api.iam import IamServicer
 from controller.api.interceptors import server_interceptors
+from controller.api.keys import KeyServicer
 from controller.api.policies import PolicyServicer
 from controller.api.protectables import ProtectableServicer
 from controller.api.replication import ReplicationServicer
@@ -48,7 +51,7 @@ from controller.api.vaults import VaultServicer
 from controller.app import App
 
 SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
-                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2)
+                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2)
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
@@ -78,6 +81,7 @@ def build_public_server(app: App, max_workers: int = 32) -> tuple[grpc.Server, i
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(app),
                                                                   server)
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
+    key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(app), server)
     iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
     cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
     from controller.agents import wiring

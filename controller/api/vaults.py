@@ -12,7 +12,7 @@ from cbr import errors
 from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.services import vaults
+from controller.services import keys, vaults
 
 
 def _resources(specs: Any) -> list[vaults.ResourceRequest]:
@@ -44,14 +44,16 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             backup_name_prefix=request.backup_name_prefix,
             tags=convert.tags_from_pb(request.tags), auto_bind=request.auto_bind,
             bind_rules=convert.tags_from_pb(request.bind_rules),
-            resources=_resources(request.resources), backup_policy_id=request.backup_policy_id)
+            resources=_resources(request.resources), backup_policy_id=request.backup_policy_id,
+            encrypted=request.encrypted, kms_key_id=request.kms_key_id)
         with self.app.db.begin() as s:
             vault = vaults.create_vault(s, self.project_id, self.app.config.region, spec,
                                         self.now())
             # The storage is written first; the catalog row commits only after.
             vault.storage_url = self.app.storage.url_for_new_vault(vault.id,
                                                                    request.storage_url)
-            self.app.storage.init_vault(vault.storage_url, vault.id, self.now())
+            key = keys.vault_key(s, self.app.root_key, vault, self.now())
+            self.app.storage.init_vault(vault.storage_url, vault.id, self.now(), key)
             return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))
 
     def GetVault(self, request: vault_pb2.GetVaultRequest,
@@ -81,6 +83,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                     context: grpc.ServicerContext) -> vault_pb2.UpdateVaultResponse:
         changes: dict[str, Any] = {}
         v = request.vault
+        vaults.refuse_encryption_change(set(request.update_mask.paths), request.vault_id)
         for path in request.update_mask.paths:
             if path in ("tags", "bind_rules"):
                 changes[path] = convert.tags_from_pb(getattr(v, path))
@@ -164,7 +167,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             self, request: vault_pb2.ImportVaultStorageRequest,
             context: grpc.ServicerContext) -> vault_pb2.ImportVaultStorageResponse:
         result = self.app.maintenance.import_storage(
-            self.project_id, request.storage_url, request.name, request.size_gb)
+            self.project_id, request.storage_url, request.name, request.size_gb,
+            request.kms_key_id)
         with self.app.db.read() as conn:
             vault = _vault_pb(conn, self.project_id, result.vault_id)
         return vault_pb2.ImportVaultStorageResponse(

@@ -203,6 +203,9 @@ class Vault(Base):
     # Where the vault's data is (a storage URL without credentials); fixed at
     # creation so a later change of the controller's storage_url orphans nothing.
     storage_url: Mapped[str] = mapped_column(Text, default="")
+    # Fixed at creation: the vault's data keys are wrapped by key kms_key_id.
+    encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    kms_key_id: Mapped[str] = mapped_column(String(36), default="")
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     # The API reads vaults through controller.services.vaults.vault_views (a few
@@ -283,6 +286,40 @@ class Credential(Base):
     updated_at: Mapped[dt.datetime]
 
 
+# -- key service ---------------------------------------------------------------
+
+
+class Key(Base):
+    """A customer master key. Its material is stored sealed by the root key
+    (bound to the key id), and dropped when the key is destroyed."""
+
+    __tablename__ = "keys"
+    __table_args__ = (UniqueConstraint("project_id", "alias"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    # enabled | disabled | pending_deletion | deleted
+    state: Mapped[str] = mapped_column(String(24))
+    origin: Mapped[str] = mapped_column(String(16), default="cbr")
+    material_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    deletion_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class KeyShare(Base):
+    """Another account allowed to use (not manage) a key."""
+
+    __tablename__ = "key_shares"
+    __table_args__ = (UniqueConstraint("key_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("keys.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    created_at: Mapped[dt.datetime]
+
+
 # -- tasks, checkpoints, backups, replication records --------------------------
 
 
@@ -345,6 +382,9 @@ class Backup(Base):
     image_type: Mapped[str] = mapped_column(String(16), default="backup")
     incremental: Mapped[bool] = mapped_column(Boolean, default=False)
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # SHA-256 (hex) of the manifest object the agent wrote; restore and verify
+    # refuse a manifest in storage that differs (replaced or replayed).
+    manifest_sha256: Mapped[str] = mapped_column(String(64), default="")
     extend_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     protected_at: Mapped[dt.datetime | None]
     expired_at: Mapped[dt.datetime | None]

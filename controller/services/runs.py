@@ -31,7 +31,7 @@ from controller.persistence.models import (
     Vault,
     VaultResource,
 )
-from controller.services import backups, tasks, validation, vaults
+from controller.services import backups, keys, tasks, validation, vaults
 
 RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
                   "turbo": "OS::Sfs::Turbo"}
@@ -87,6 +87,7 @@ def create_checkpoint(
     """
     backups.check_checkpoint_request(session, project_id, vault_id, resource_ids)
     vault = vaults.get_vault(session, project_id, vault_id)
+    keys.check_vault_key(session, vault, now)
     if name:
         validation.name(name)
     if description:
@@ -142,7 +143,8 @@ def _start_backup(
         resource_name=protectable.name, resource_type=protectable.object_type,
         resource_size_bytes=protectable.size_bytes, status="protecting",
         image_type="backup", incremental=parent is not None, stored_bytes=0,
-        extend_info={"auto_trigger": auto_trigger}, created_at=now, updated_at=now)
+        extend_info={"auto_trigger": auto_trigger, "encrypted": bool(vault.encrypted)},
+        created_at=now, updated_at=now)
     session.add(backup)
     session.flush()
     command: dict[str, Any] = {
@@ -152,6 +154,7 @@ def _start_backup(
         "resourceType": f"OBJECT_TYPE_{protectable.object_type.upper()}",
         "resourceSizeBytes": str(protectable.size_bytes),
         "parentBackupId": parent.id if parent is not None else "",
+        "parentManifestSha256": parent.manifest_sha256 if parent is not None else "",
         "autoTrigger": auto_trigger, "createdAt": _rfc3339(now),
     }
     if protectable.object_type == "server":
@@ -168,7 +171,7 @@ def _start_backup(
                 resource_size_bytes=int(disk["size_bytes"]), status="protecting",
                 image_type="backup", stored_bytes=0,
                 extend_info={"disk_id": disk["id"], "system_disk": bool(disk["system_disk"]),
-                             "auto_trigger": auto_trigger},
+                             "auto_trigger": auto_trigger, "encrypted": bool(vault.encrypted)},
                 created_at=now, updated_at=now)
             previous = parent_children.get(disk["id"])
             child.incremental = previous is not None
@@ -178,6 +181,8 @@ def _start_backup(
             disks.append({"backupId": child.id, "diskLocalId": disk["id"],
                           "name": disk["name"], "systemDisk": bool(disk["system_disk"]),
                           "parentBackupId": previous.id if previous is not None else "",
+                          "parentManifestSha256": (previous.manifest_sha256
+                                                   if previous is not None else ""),
                           "sizeBytes": str(int(disk["size_bytes"]))})
         backup.extend_info = {**backup.extend_info, "contain_system_disk": has_system}
         command["disks"] = disks
@@ -255,6 +260,7 @@ def finish_backup(session: Session, task: Task, success: bool, extra: dict[str, 
         item = results.get(b.id, {})
         b.status = "available"
         b.stored_bytes = int(item.get("stored_bytes", 0))
+        b.manifest_sha256 = str(item.get("manifest_sha256", ""))
         if "protected_at" in item:
             b.protected_at = dt.datetime.fromisoformat(str(item["protected_at"]))
         else:
@@ -287,6 +293,7 @@ class RestoreRequest:
     target_path: str = ""
     mappings: dict[str, str] | None = None
     source_path: str = ""
+    encrypted: bool = False
 
 
 def _safe_source_path(path: str) -> str:
@@ -307,15 +314,27 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
             backup_id=backup.id)
     kind = backup.resource_type
     children = backups.children(session, backup.id)
+    vault = session.get(Vault, backup.vault_id)
+    if vault is not None:
+        keys.check_vault_key(session, vault, now)
+    encrypted = bool(backup.extend_info.get("encrypted")) or bool(vault and vault.encrypted)
     source_path = _safe_source_path(req.source_path)
     if source_path and kind != "turbo":
         raise errors.InvalidParameter("source_path is only for file-system backups.",
                                       field="source_path")
     command: dict[str, Any] = {"backupId": backup.id,
                                "resourceType": f"OBJECT_TYPE_{kind.upper()}",
-                               "sourcePath": source_path}
+                               "sourcePath": source_path,
+                               "manifestSha256": {b.id: b.manifest_sha256
+                                                  for b in (backup, *children)
+                                                  if b.manifest_sha256}}
     target_resource: Protectable | None = None
     if req.target_agent_id or req.target_path or req.mappings:
+        if encrypted and not req.encrypted:
+            raise errors.EncryptedRestoreTarget(
+                f"Backup {backup.id} is in encrypted vault {vault.name if vault else ''!r}; "
+                "restore it to a new place only as an encrypted server or file system "
+                "(set encrypted, with the target on encrypted storage).", backup_id=backup.id)
         agent_id = req.target_agent_id
         if not agent_id:
             source = session.get(Protectable, backup.resource_id)
@@ -363,6 +382,8 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
             raise errors.ResourceTypeMismatch(
                 f"A {kind} backup cannot restore into {target_resource.object_type} "
                 f"{target_resource.name}.", resource_id=rid)
+        if encrypted and target_resource.id != backup.resource_id:
+            _require_encrypted_target(session, backup, target_resource)
         busy = _busy(session, target_resource.id)
         if busy is not None:
             raise errors.ResourceBeingBackedUp(
@@ -414,6 +435,20 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                     "target": (target_resource.id if target_resource is not None
                                else req.target_path or json.dumps(req.mappings or {}))})
     return Dispatch(agent_id, task.id)
+
+
+def _require_encrypted_target(session: Session, backup: Backup,
+                              target: Protectable) -> None:
+    """Another existing resource is an encrypted one when the vault that
+    protects it is encrypted (its data is kept only encrypted)."""
+    held = session.scalars(select(VaultResource).where(
+        VaultResource.protectable_id == target.id)).first()
+    target_vault = session.get(Vault, held.vault_id) if held is not None else None
+    if target_vault is None or not target_vault.encrypted:
+        raise errors.EncryptedRestoreTarget(
+            f"Backup {backup.id} is encrypted; {target.name} is not protected by an "
+            "encrypted vault, so it cannot receive it.", backup_id=backup.id,
+            resource_id=target.id)
 
 
 def _absolute(path: str, field: str) -> str:

@@ -27,7 +27,7 @@ from controller.persistence.models import (
     VaultPolicy,
     VaultResource,
 )
-from controller.services import paging, tasks, validation
+from controller.services import keys, paging, tasks, validation
 
 OBJECT_TYPES = ("server", "disk", "turbo")
 PROTECT_TYPES = ("backup", "replication")
@@ -60,6 +60,8 @@ class VaultSpec:
     bind_rules: list[dict[str, str]] = field(default_factory=list)
     resources: list[ResourceRequest] = field(default_factory=list)
     backup_policy_id: str = ""
+    encrypted: bool = False
+    kms_key_id: str = ""
 
 
 def _check_status(vault: Vault, allowed: tuple[str, ...], doing: str) -> None:
@@ -107,6 +109,11 @@ def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec
         raise errors.InvalidParameter(
             "A replication vault receives replicas; it takes no resources and no auto_bind.",
             field="resources")
+    if spec.kms_key_id and not spec.encrypted:
+        raise errors.InvalidParameter("kms_key_id is for encrypted vaults; set encrypted too.",
+                                      field="kms_key_id")
+    if spec.encrypted:
+        keys.key_for_new_vault(session, project_id, spec.kms_key_id, spec.protect_type, now)
     taken = select(Vault.id).where(Vault.project_id == project_id, Vault.name == spec.name)
     if session.scalar(taken) is not None:
         raise errors.DuplicateVault(f"A vault named {spec.name!r} exists in this account.",
@@ -117,7 +124,8 @@ def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec
         consistent_level=spec.consistent_level, status="available", size_gb=spec.size_gb,
         used_bytes=0, auto_expand=spec.auto_expand, threshold=threshold,
         backup_name_prefix=spec.backup_name_prefix, tags=spec.tags, auto_bind=spec.auto_bind,
-        bind_rules=spec.bind_rules, region=region, created_at=now, updated_at=now)
+        bind_rules=spec.bind_rules, region=region, encrypted=spec.encrypted,
+        kms_key_id=spec.kms_key_id if spec.encrypted else "", created_at=now, updated_at=now)
     if vault_id:
         vault.id = vault_id
     session.add(vault)
@@ -174,11 +182,23 @@ def list_vaults(conn: Session | Connection, project_id: str, f: VaultFilter, pag
 
 UPDATABLE = frozenset({"name", "description", "size_gb", "auto_expand", "threshold", "tags",
                        "auto_bind", "bind_rules", "backup_name_prefix", "status"})
+# Fixed at creation: changing them would strand data encrypted under the old
+# setting (or leave new data unencrypted in a vault that promises otherwise).
+IMMUTABLE_ENCRYPTION = frozenset({"encrypted", "kms_key_id"})
+
+
+def refuse_encryption_change(fields: set[str] | frozenset[str], vault_id: str) -> None:
+    named = sorted(set(fields) & IMMUTABLE_ENCRYPTION)
+    if named:
+        raise errors.VaultEncryptionImmutable(
+            f"{', '.join(named)} cannot change after creation; create a new vault with the "
+            "encryption you want and back up into it.", vault_id=vault_id, field=named[0])
 
 
 def update_vault(session: Session, project_id: str, vault_id: str, changes: dict[str, Any],
                  now: dt.datetime) -> Vault:
     """Applies changes (field -> new value, already of domain types)."""
+    refuse_encryption_change(set(changes), vault_id)
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise errors.InvalidParameter(

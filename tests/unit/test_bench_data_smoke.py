@@ -52,6 +52,28 @@ def test_bench_data_smoke(tmp_path: Path) -> None:
                    if str(tmp_path) in line)
 
 
+def test_bench_data_encrypted_reports_the_encrypted_over_plain_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "data.json"
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "data", "--scale", "0.01", "--no-restic",
+         "--encrypted", "--work-dir", str(work), "--json", str(out), "--keep"],
+        capture_output=True, text=True, timeout=240, check=False,
+        env={**os.environ, "PYTHON": "python3"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert json.loads((work / "ours" / "config").read_text())["encryption"] == "aes-256-gcm"
+    cases = results["encrypted_vs_plain_first_backup_cases"]
+    assert set(cases) == {"disk_full", "tree_full"}
+    for case in cases.values():
+        assert case["plain_s"] > 0 and case["encrypted_s"] > 0
+        assert len(case["steps"]["plain_s"]) == 2 and len(case["steps"]["encrypted_s"]) == 2
+    assert results["encrypted_vs_plain_first_backup"] > 0
+    target = results["targets"]["encrypted_vs_plain_first_backup"]
+    assert target["target"] == ">= 0.85" and target["pass"] in (True, False)
+    assert "disk restores match the source (ours)" in done.stdout
+
+
 def test_tree_differences_sees_modes_links_and_contents(tmp_path: Path) -> None:
     """The restore check is what makes the benchmark fail loudly on wrong
     data, so it must catch each kind of difference."""

@@ -58,6 +58,7 @@ def test_every_public_rpc_of_every_service_is_reachable_from_a_command() -> None
         "cloud",
         "credential",
         "iam",
+        "key",
         "policy",
         "protectable",
         "replication",
