@@ -30,6 +30,8 @@ class App:
     hub: Any = None
     # Vault maintenance (controller.maintenance.Maintenance), set by build_app.
     maintenance: Any = None
+    # The policy loop (controller.scheduler.PolicyScheduler), set by build_app.
+    scheduler: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     storage: VaultStorage = field(init=False)
     _root_key: RootKey | None = field(default=None, init=False, repr=False)

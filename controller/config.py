@@ -70,6 +70,14 @@ SETTINGS: tuple[Setting, ...] = (
             "each command, never stored in the database)."),
     Setting("storage_secret_key", "", "S3 secret key for storage_url. Prefer the environment "
             "variable to a flag, which other users can see."),
+    Setting("scheduler_grace", 600.0, "Seconds a scheduled policy run may start late (the "
+            "controller was down or busy) and still run; older runs are recorded as missed.",
+            float),
+    Setting("scheduler_lease", 15.0, "Seconds a controller's lead of the policy loop lasts "
+            "unless renewed; among controllers sharing a database another takes over within "
+            "this and a third of it more.", float),
+    Setting("scheduler_tick", 0.0, "Tests only: when > 0, every backup policy runs every "
+            "this many seconds instead of by its trigger rules.", float),
     Setting("root_key", "", "Base64 of the 32-byte root key that seals the key service's "
             "master keys. Give it by the environment variable, never a flag. Default: "
             "root.key in the data dir (mode 0600, made on first start)."),
@@ -93,6 +101,9 @@ class Config:
     storage_access_key: str = ""
     storage_secret_key: str = ""
     root_key: str = ""
+    scheduler_grace: float = 600.0
+    scheduler_lease: float = 15.0
+    scheduler_tick: float = 0.0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property

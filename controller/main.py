@@ -61,6 +61,9 @@ def build_app(cfg: config_mod.Config) -> App:
     from controller.maintenance import Maintenance
 
     app.maintenance = Maintenance(app)
+    from controller.scheduler import PolicyScheduler
+
+    app.scheduler = PolicyScheduler(app)
     return app
 
 
@@ -75,6 +78,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now())
     public.start()
     app.maintenance.start()
+    app.scheduler.start()
     # Everything built so far lives as long as the process; keep it out of the
     # collector's way, so a full collection does not pause every call.
     gc.freeze()
@@ -86,6 +90,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
              app.db.engine.url.render_as_string(hide_password=True))
     stop.wait()
     log.info("stopping")
+    app.scheduler.stop()
     public.stop(grace=5).wait(10)
     agent_endpoint.stop()
     if app.hub is not None:

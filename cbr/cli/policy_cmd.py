@@ -121,6 +121,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("policy_id", metavar="POLICY_ID")
 
+    p = add_command(group, "run-now", cmd_run_now,
+                    "run a backup policy now on each of its vaults",
+                    rpc="PolicyService.RunPolicyNow")
+    p.add_argument("policy_id", metavar="POLICY_ID")
+
+    p = add_command(group, "runs", cmd_runs,
+                    "the runs of a policy: dispatched, skipped or missed",
+                    rpc="PolicyService.ListPolicyRuns")
+    p.add_argument("policy_id", metavar="POLICY_ID")
+    add_paging(p)
+
 
 def build_create_request(args: argparse.Namespace) -> policy_pb2.CreatePolicyRequest:
     return policy_pb2.CreatePolicyRequest(
@@ -213,4 +224,30 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
         policy_pb2.DeletePolicyRequest(policy_id=args.policy_id), timeout=ctx.timeout
     )
     ctx.out.deleted("policy", args.policy_id)
+    return 0
+
+
+RUN_COLUMNS: list[Column] = [
+    ("SCHEDULED", "scheduled_at"),
+    ("VAULT", "vault_id"),
+    ("STATUS", "status"),
+    ("MANUAL", "manual"),
+    ("FULL", "full"),
+    ("CHECKPOINT", lambda r: r.checkpoint_id or "-"),
+    ("DETAIL", lambda r: r.detail or "-"),
+]
+
+
+def cmd_run_now(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.policies.RunPolicyNow(
+        policy_pb2.RunPolicyNowRequest(policy_id=args.policy_id), timeout=ctx.timeout
+    )
+    ctx.out.show(resp)
+    return 0
+
+
+def cmd_runs(ctx: Context, args: argparse.Namespace) -> int:
+    request = policy_pb2.ListPolicyRunsRequest(policy_id=args.policy_id)
+    items = list_pages(ctx, ctx.client.policies.ListPolicyRuns, request, "runs")
+    ctx.out.items(items, RUN_COLUMNS)
     return 0

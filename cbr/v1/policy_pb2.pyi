@@ -53,7 +53,7 @@ class Trigger(_message.Message):
     def __init__(self, pattern: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("id", "name", "operation_type", "enabled", "operation_definition", "trigger", "vault_ids", "project_id", "created_at", "updated_at")
+    __slots__ = ("id", "name", "operation_type", "enabled", "operation_definition", "trigger", "vault_ids", "project_id", "created_at", "updated_at", "next_run_times")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPERATION_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Policy(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_TIMES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     operation_type: PolicyOperationType
@@ -74,7 +75,8 @@ class Policy(_message.Message):
     project_id: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., operation_type: _Optional[_Union[PolicyOperationType, str]] = ..., enabled: _Optional[bool] = ..., operation_definition: _Optional[_Union[OperationDefinition, _Mapping]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., vault_ids: _Optional[_Iterable[str]] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    next_run_times: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., operation_type: _Optional[_Union[PolicyOperationType, str]] = ..., enabled: _Optional[bool] = ..., operation_definition: _Optional[_Union[OperationDefinition, _Mapping]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., vault_ids: _Optional[_Iterable[str]] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
     __slots__ = ("name", "operation_type", "enabled", "operation_definition", "trigger")
@@ -155,3 +157,53 @@ class DeletePolicyRequest(_message.Message):
 class DeletePolicyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RunPolicyNowRequest(_message.Message):
+    __slots__ = ("policy_id",)
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    policy_id: str
+    def __init__(self, policy_id: _Optional[str] = ...) -> None: ...
+
+class RunPolicyNowResponse(_message.Message):
+    __slots__ = ("checkpoint_ids",)
+    CHECKPOINT_IDS_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checkpoint_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PolicyRun(_message.Message):
+    __slots__ = ("policy_id", "vault_id", "scheduled_at", "status", "manual", "full", "checkpoint_id", "detail")
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MANUAL_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    policy_id: str
+    vault_id: str
+    scheduled_at: _timestamp_pb2.Timestamp
+    status: str
+    manual: bool
+    full: bool
+    checkpoint_id: str
+    detail: str
+    def __init__(self, policy_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., manual: _Optional[bool] = ..., full: _Optional[bool] = ..., checkpoint_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListPolicyRunsRequest(_message.Message):
+    __slots__ = ("policy_id", "page_size", "page_token")
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    policy_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, policy_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPolicyRunsResponse(_message.Message):
+    __slots__ = ("runs", "next_page_token")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[PolicyRun]
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[PolicyRun, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

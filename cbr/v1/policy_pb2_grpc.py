@@ -60,6 +60,16 @@ class PolicyServiceStub:
                 request_serializer=cbr_dot_v1_dot_policy__pb2.DeletePolicyRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_policy__pb2.DeletePolicyResponse.FromString,
                 _registered_method=True)
+        self.RunPolicyNow = channel.unary_unary(
+                '/cbr.v1.PolicyService/RunPolicyNow',
+                request_serializer=cbr_dot_v1_dot_policy__pb2.RunPolicyNowRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_policy__pb2.RunPolicyNowResponse.FromString,
+                _registered_method=True)
+        self.ListPolicyRuns = channel.unary_unary(
+                '/cbr.v1.PolicyService/ListPolicyRuns',
+                request_serializer=cbr_dot_v1_dot_policy__pb2.ListPolicyRunsRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_policy__pb2.ListPolicyRunsResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -97,6 +107,22 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunPolicyNow(self, request, context):
+        """Runs a backup policy now on each vault associated with it (a checkpoint
+        per vault, named autobk_xxxx like scheduled runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyRuns(self, request, context):
+        """The runs of a policy in the order they were recorded: dispatched,
+        skipped or missed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +150,16 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.DeletePolicy,
                     request_deserializer=cbr_dot_v1_dot_policy__pb2.DeletePolicyRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_policy__pb2.DeletePolicyResponse.SerializeToString,
+            ),
+            'RunPolicyNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunPolicyNow,
+                    request_deserializer=cbr_dot_v1_dot_policy__pb2.RunPolicyNowRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_policy__pb2.RunPolicyNowResponse.SerializeToString,
+            ),
+            'ListPolicyRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyRuns,
+                    request_deserializer=cbr_dot_v1_dot_policy__pb2.ListPolicyRunsRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_policy__pb2.ListPolicyRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +298,60 @@ class PolicyService:
             '/cbr.v1.PolicyService/DeletePolicy',
             cbr_dot_v1_dot_policy__pb2.DeletePolicyRequest.SerializeToString,
             cbr_dot_v1_dot_policy__pb2.DeletePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunPolicyNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.PolicyService/RunPolicyNow',
+            cbr_dot_v1_dot_policy__pb2.RunPolicyNowRequest.SerializeToString,
+            cbr_dot_v1_dot_policy__pb2.RunPolicyNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.PolicyService/ListPolicyRuns',
+            cbr_dot_v1_dot_policy__pb2.ListPolicyRunsRequest.SerializeToString,
+            cbr_dot_v1_dot_policy__pb2.ListPolicyRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import grpc
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from cbr.v1 import agent_pb2_grpc
@@ -26,7 +27,7 @@ from controller.agents.servicer import (
 )
 from controller.app import App
 from controller.persistence.models import Task
-from controller.services import runs
+from controller.services import policy_runs, runs
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -109,8 +110,17 @@ def register_result_handlers(hub: AgentHub, app: App) -> None:
     """What the end of each kind of agent task changes in the catalog."""
 
     def backup_done(session: Session, task: Task, _result: Any) -> None:
-        runs.finish_backup(session, task, task.status == "success", dict(task.extra_info),
-                           app.clock.now())
+        now = app.clock.now()
+        runs.finish_backup(session, task, task.status == "success", dict(task.extra_info), now)
+        if task.status != "success":
+            return
+        # Retention after each successful automatic backup; the deletions
+        # start once this transaction (which marks them) is committed.
+        deletions = policy_runs.apply_retention(session, task, now)
+        if deletions and app.maintenance is not None:
+            maintenance = app.maintenance
+            event.listen(session, "after_commit",
+                         lambda _s: [maintenance.submit(t) for t in deletions], once=True)
 
     def restore_done(session: Session, task: Task, _result: Any) -> None:
         runs.finish_restore(session, task, task.status == "success", app.clock.now())

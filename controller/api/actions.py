@@ -52,6 +52,8 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.PolicyService/ListPolicies": "cbr:policies:list",
     "/cbr.v1.PolicyService/UpdatePolicy": "cbr:policies:update",
     "/cbr.v1.PolicyService/DeletePolicy": "cbr:policies:delete",
+    "/cbr.v1.PolicyService/RunPolicyNow": "cbr:policies:run",
+    "/cbr.v1.PolicyService/ListPolicyRuns": "cbr:policies:get",
     "/cbr.v1.CredentialService/CreateCredential": "cbr:credentials:create",
     "/cbr.v1.CredentialService/GetCredential": "cbr:credentials:get",
     "/cbr.v1.CredentialService/ListCredentials": "cbr:credentials:list",

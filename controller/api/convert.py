@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -183,7 +184,8 @@ def task(t: Any) -> task_pb2.Task:
         updated_at=ts(t.updated_at))
 
 
-def policy(p: models.Policy, vault_ids: list[str]) -> policy_pb2.Policy:
+def policy(p: models.Policy, vault_ids: list[str],
+           next_runs: Sequence[dt.datetime] = ()) -> policy_pb2.Policy:
     od = p.operation_definition
     return policy_pb2.Policy(
         id=p.id, name=p.name,
@@ -191,7 +193,15 @@ def policy(p: models.Policy, vault_ids: list[str]) -> policy_pb2.Policy:
         enabled=p.enabled,
         operation_definition=policy_pb2.OperationDefinition(**od),
         trigger=policy_pb2.Trigger(pattern=p.trigger_patterns), vault_ids=vault_ids,
-        project_id=p.project_id, created_at=ts(p.created_at), updated_at=ts(p.updated_at))
+        project_id=p.project_id, created_at=ts(p.created_at), updated_at=ts(p.updated_at),
+        next_run_times=[stamp for t in next_runs if (stamp := ts(t)) is not None])
+
+
+def policy_run(r: models.PolicyRun) -> policy_pb2.PolicyRun:
+    return policy_pb2.PolicyRun(
+        policy_id=r.policy_id, vault_id=r.vault_id, scheduled_at=ts(r.scheduled_at),
+        status=r.status, manual=r.manual, full=r.full, checkpoint_id=r.checkpoint_id,
+        detail=r.detail)
 
 
 def operation_definition(od: policy_pb2.OperationDefinition) -> dict[str, Any]:

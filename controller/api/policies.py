@@ -11,11 +11,24 @@ from cbr import errors
 from cbr.v1 import policy_pb2, policy_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Policy, VaultPolicy
-from controller.services import paging, policies
+from controller.persistence.models import Policy, PolicyRun, VaultPolicy
+from controller.services import paging, policies, policy_runs
+
+NEXT_RUNS_SHOWN = 5
 
 
 class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
+    def _pb(self, s: Any, p: Policy) -> policy_pb2.Policy:
+        return convert.policy(p, policies.vault_ids(s, p.id),
+                              policy_runs.next_runs(p, self.now(), NEXT_RUNS_SHOWN))
+
+    def _changed(self) -> None:
+        """The policy loop follows at once (in the leading controller; others
+        follow within its reconcile interval)."""
+        scheduler = getattr(self.app, "scheduler", None)
+        if scheduler is not None:
+            scheduler.reconcile()
+
     def CreatePolicy(self, request: policy_pb2.CreatePolicyRequest,
                      context: grpc.ServicerContext) -> policy_pb2.CreatePolicyResponse:
         op = convert.require_enum(policy_pb2.PolicyOperationType, request.operation_type,
@@ -25,14 +38,15 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                 s, self.project_id, request.name, op, request.enabled,
                 convert.operation_definition(request.operation_definition),
                 list(request.trigger.pattern), self.now())
-            return policy_pb2.CreatePolicyResponse(policy=convert.policy(p, []))
+            response = policy_pb2.CreatePolicyResponse(policy=self._pb(s, p))
+        self._changed()
+        return response
 
     def GetPolicy(self, request: policy_pb2.GetPolicyRequest,
                   context: grpc.ServicerContext) -> policy_pb2.GetPolicyResponse:
         with self.app.db.begin() as s:
             p = policies.get_policy(s, self.project_id, request.policy_id)
-            return policy_pb2.GetPolicyResponse(
-                policy=convert.policy(p, policies.vault_ids(s, p.id)))
+            return policy_pb2.GetPolicyResponse(policy=self._pb(s, p))
 
     def ListPolicies(self, request: policy_pb2.ListPoliciesRequest,
                      context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
@@ -48,7 +62,7 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
             items, token, total = paging.paginate(s, stmt, Policy, request.page_size,
                                                   request.page_token)
             return policy_pb2.ListPoliciesResponse(
-                policies=[convert.policy(p, policies.vault_ids(s, p.id)) for p in items],
+                policies=[self._pb(s, p) for p in items],
                 next_page_token=token, total_count=total)
 
     def UpdatePolicy(self, request: policy_pb2.UpdatePolicyRequest,
@@ -71,11 +85,41 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
         with self.app.db.begin() as s:
             p = policies.update_policy(s, self.project_id, request.policy_id, changes,
                                        self.now())
-            return policy_pb2.UpdatePolicyResponse(
-                policy=convert.policy(p, policies.vault_ids(s, p.id)))
+            response = policy_pb2.UpdatePolicyResponse(policy=self._pb(s, p))
+        self._changed()
+        return response
 
     def DeletePolicy(self, request: policy_pb2.DeletePolicyRequest,
                      context: grpc.ServicerContext) -> policy_pb2.DeletePolicyResponse:
         with self.app.db.begin() as s:
             policies.delete_policy(s, self.project_id, request.policy_id)
+        self._changed()
         return policy_pb2.DeletePolicyResponse()
+
+    def RunPolicyNow(self, request: policy_pb2.RunPolicyNowRequest,
+                     context: grpc.ServicerContext) -> policy_pb2.RunPolicyNowResponse:
+        with self.app.db.begin() as s:
+            p = policies.get_policy(s, self.project_id, request.policy_id)
+            if p.operation_type != "backup":
+                raise errors.InvalidParameter(
+                    f"Policy {p.name!r} is a {p.operation_type} policy; run-now runs backup "
+                    "policies.", field="policy_id")
+            if not policies.vault_ids(s, p.id):
+                raise errors.InvalidParameter(
+                    f"Policy {p.name!r} has no vaults; associate it with a vault first.",
+                    field="policy_id")
+        scheduler = getattr(self.app, "scheduler", None)
+        if scheduler is None:
+            raise errors.AgentUnavailable("The policy loop is not running in this controller.")
+        checkpoints = scheduler.run(request.policy_id, self.now(), manual=True)
+        return policy_pb2.RunPolicyNowResponse(checkpoint_ids=checkpoints)
+
+    def ListPolicyRuns(self, request: policy_pb2.ListPolicyRunsRequest,
+                       context: grpc.ServicerContext) -> policy_pb2.ListPolicyRunsResponse:
+        with self.app.db.begin() as s:
+            policies.get_policy(s, self.project_id, request.policy_id)
+            stmt = select(PolicyRun).where(PolicyRun.policy_id == request.policy_id)
+            items, token, _total = paging.paginate(s, stmt, PolicyRun, request.page_size,
+                                                   request.page_token)
+            return policy_pb2.ListPolicyRunsResponse(
+                runs=[convert.policy_run(r) for r in items], next_page_token=token)

@@ -27,6 +27,13 @@ def _vault_pb(session: Session | Connection, project_id: str, vault_id: str) -> 
     return convert.vault(view.vault, view.resources, view.bindings)
 
 
+def _policies_changed(app: Any) -> None:
+    """The policy loop follows a new or removed association at once."""
+    scheduler = getattr(app, "scheduler", None)
+    if scheduler is not None:
+        scheduler.reconcile()
+
+
 class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
     def CreateVault(self, request: vault_pb2.CreateVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.CreateVaultResponse:
@@ -135,8 +142,10 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             vault = vaults.associate_policy(s, self.project_id, request.vault_id,
                                             request.policy_id, request.destination_vault_id,
                                             self.now())
-            return vault_pb2.AssociateVaultPolicyResponse(
+            response = vault_pb2.AssociateVaultPolicyResponse(
                 vault=_vault_pb(s, self.project_id, vault.id))
+        _policies_changed(self.app)
+        return response
 
     def DissociateVaultPolicy(
             self, request: vault_pb2.DissociateVaultPolicyRequest,
@@ -144,8 +153,10 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.dissociate_policy(s, self.project_id, request.vault_id,
                                              request.policy_id, self.now())
-            return vault_pb2.DissociateVaultPolicyResponse(
+            response = vault_pb2.DissociateVaultPolicyResponse(
                 vault=_vault_pb(s, self.project_id, vault.id))
+        _policies_changed(self.app)
+        return response
 
     def VerifyVault(self, request: vault_pb2.VerifyVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.VerifyVaultResponse:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    Unicode,
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
@@ -268,6 +270,51 @@ class VaultPolicy(Base):
     created_at: Mapped[dt.datetime]
     vault: Mapped[Vault] = relationship(back_populates="policy_bindings")
     policy: Mapped[Policy] = relationship()
+
+
+class PolicyRun(Base):
+    """One scheduled (or run-now) run of a policy on one vault.
+
+    Unique on (policy, vault, scheduled time) and inserted in the same
+    transaction as the run's checkpoint: a second controller, a retried job
+    or a restart that fires the same run again finds the row and does
+    nothing, so each run happens at most once. Runs missed beyond the grace
+    time are recorded here too (status ``missed``), never run late."""
+
+    __tablename__ = "policy_runs"
+    __table_args__ = (UniqueConstraint("policy_id", "vault_id", "scheduled_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"))
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"),
+                                          index=True)
+    scheduled_at: Mapped[dt.datetime]
+    # dispatched | missed | skipped (nothing could run: see detail)
+    status: Mapped[str] = mapped_column(String(16))
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime]
+
+
+class SchedulerLease(Base):
+    """Who runs the policy loop: one row, taken and renewed with conditional
+    updates, so among controllers sharing a database one leads at a time."""
+
+    __tablename__ = "scheduler_leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime]
+
+
+class PolicyJob(Base):
+    """APScheduler's job store table (``SQLAlchemyJobStore``), declared so the
+    migrations create it and the schema check knows it."""
+
+    __tablename__ = "policy_jobs"
+    id: Mapped[str] = mapped_column(Unicode(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
+    job_state: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Credential(Base):

@@ -6,6 +6,7 @@ an agent would report; the rules under test are the controller's.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -28,13 +29,15 @@ def _checkpoint(app: App, project: str, vault_id: str, online: set[str], **kw: A
         return cp.id, dispatches
 
 
-def _succeed(app: App, task_id: str, stored: int = 1000) -> None:
+def _succeed(app: App, task_id: str, stored: int = 1000,
+             protected_at: dt.datetime = NOW) -> None:
     with app.db.begin() as s:
         task = s.get(Task, task_id)
         assert task is not None
         top = str(task.extra_info["backup_id"])
         ids = [top, *[b.id for b in s.query(Backup).filter(Backup.parent_id == top)]]
-        items = [{"backup_id": i, "stored_bytes": stored, "protected_at": NOW.isoformat()}
+        items = [{"backup_id": i, "stored_bytes": stored,
+                  "protected_at": protected_at.isoformat()}
                  for i in ids]
         done = tasks.finish_task(s, task_id, "success", NOW,
                                  extra_info={"backups": json.dumps(items)})

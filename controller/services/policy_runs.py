@@ -1,0 +1,169 @@
+"""Policy runs: a checkpoint per bound vault, at most once per scheduled time,
+and retention after each successful automatic backup.
+
+Exactly once rests on the database, not on the scheduler: a run inserts its
+``PolicyRun`` row (unique on policy, vault and scheduled time) in the
+transaction that creates its checkpoint. Another controller, a retried job
+or a restart that fires the same run finds the row and does nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cbr import errors
+from controller.persistence.models import (
+    Backup,
+    Checkpoint,
+    Policy,
+    PolicyRun,
+    Task,
+    VaultPolicy,
+)
+from controller.services import retention, runs
+from controller.services.schedule import Schedule
+
+log = logging.getLogger("cbr.controller.policies")
+
+
+def schedule_of(policy: Policy) -> Schedule:
+    od = policy.operation_definition or {}
+    return Schedule.of(list(policy.trigger_patterns or []), str(od.get("timezone", "")),
+                       policy.created_at)
+
+
+def next_runs(policy: Policy, after: dt.datetime, count: int) -> list[dt.datetime]:
+    """The next ``count`` run times of an enabled policy (none when disabled)."""
+    if not policy.enabled:
+        return []
+    schedule = schedule_of(policy)
+    out: list[dt.datetime] = []
+    when: dt.datetime | None = after
+    while len(out) < count and when is not None:
+        when = schedule.next_after(when)
+        if when is not None:
+            out.append(when)
+    return out
+
+
+def bound_vaults(session: Session, policy_id: str) -> list[str]:
+    return list(session.scalars(select(VaultPolicy.vault_id).where(
+        VaultPolicy.policy_id == policy_id).order_by(VaultPolicy.vault_id)))
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    vault_id: str
+    run_id: int
+    checkpoint_id: str
+    dispatches: list[runs.Dispatch]
+    full: bool
+
+
+def _full_due(session: Session, policy: Policy, vault_id: str) -> bool:
+    """``full_backup_interval`` N: the first run and every Nth after it are full."""
+    interval = int((policy.operation_definition or {}).get("full_backup_interval", -1) or -1)
+    if interval <= 0:
+        return False
+    done = session.scalar(select(func.count()).select_from(PolicyRun).where(
+        PolicyRun.policy_id == policy.id, PolicyRun.vault_id == vault_id,
+        PolicyRun.status == "dispatched"))
+    return int(done or 0) % interval == 0
+
+
+def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: dt.datetime,
+                 *, now: dt.datetime, online: set[str], manual: bool = False
+                 ) -> RunOutcome | None:
+    """One run of a backup policy on one vault; None if that run already
+    happened (or is happening) anywhere. The caller commits."""
+    full = _full_due(session, policy, vault_id)
+    run = PolicyRun(policy_id=policy.id, vault_id=vault_id, scheduled_at=scheduled_at,
+                    status="dispatched", manual=manual, full=full, checkpoint_id="",
+                    detail="", created_at=now)
+    try:
+        with session.begin_nested():
+            session.add(run)
+            session.flush()
+    except IntegrityError:
+        return None
+    try:
+        checkpoint, dispatches = runs.create_checkpoint(
+            session, policy.project_id, vault_id, [], name="", description="",
+            full=full, now=now, online=online, auto_trigger=True, policy_id=policy.id)
+    except errors.CbrError as exc:
+        # The vault refuses backups now (full, frozen, its key disabled):
+        # the run is recorded as skipped with the reason, and not retried.
+        run.status = "skipped"
+        run.detail = f"{exc.code}: {exc.message}"
+        log.warning("policy %s on vault %s at %s skipped: %s", policy.id, vault_id,
+                    scheduled_at.isoformat(), run.detail)
+        return RunOutcome(vault_id, run.id, "", [], full)
+    run.checkpoint_id = checkpoint.id
+    skipped = checkpoint.skipped_resources or []
+    if skipped:
+        run.detail = "; ".join(f"{s.get('resource_id', '')}: {s.get('code', '')} "
+                               f"{s.get('reason', '')}".strip() for s in skipped)
+    return RunOutcome(vault_id, run.id, checkpoint.id, dispatches, full)
+
+
+def record_missed(session: Session, policy_id: str, scheduled_at: dt.datetime,
+                  now: dt.datetime) -> int:
+    """Records a run the controller could not make in time, once per vault;
+    it is never run late. Returns how many vaults it was recorded for."""
+    count = 0
+    for vault_id in bound_vaults(session, policy_id):
+        try:
+            with session.begin_nested():
+                session.add(PolicyRun(
+                    policy_id=policy_id, vault_id=vault_id, scheduled_at=scheduled_at,
+                    status="missed", manual=False, full=False, checkpoint_id="",
+                    detail="the controller was not running within the grace time",
+                    created_at=now))
+                session.flush()
+            count += 1
+        except IntegrityError:
+            continue
+    return count
+
+
+def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]:
+    """After an automatic backup succeeded: starts deleting what its policy's
+    retention rules expire for that resource. Returns the delete task ids
+    (the caller hands them to maintenance once committed)."""
+    backup_id = str(task.extra_info.get("backup_id", ""))
+    backup = session.get(Backup, backup_id)
+    if backup is None or backup.status != "available":
+        return []
+    checkpoint = session.get(Checkpoint, backup.checkpoint_id)
+    if checkpoint is None or not checkpoint.auto_trigger or not checkpoint.policy_id:
+        return []
+    policy = session.get(Policy, checkpoint.policy_id)
+    if policy is None:
+        return []
+    od = dict(policy.operation_definition or {})
+    rows = session.execute(select(
+        Backup.id, Backup.resource_id, Backup.protected_at, Backup.created_at, Backup.status,
+        Backup.extend_info).where(
+        Backup.vault_id == backup.vault_id, Backup.resource_id == backup.resource_id,
+        Backup.parent_id.is_(None), Backup.image_type == "backup")).all()
+    candidates = [retention.Candidate(
+        backup_id=r.id, resource_id=r.resource_id,
+        protected_at=r.protected_at or r.created_at,
+        auto=bool((r.extend_info or {}).get("auto_trigger", False)), status=r.status)
+        for r in rows]
+    task_ids = []
+    for expired in retention.select_expired(
+            candidates, od, now, include_manual=bool(od.get("include_manual", False))):
+        delete = runs.start_delete(session, policy.project_id, expired.backup_id, now)
+        delete.extra_info = {**delete.extra_info, "policy_id": policy.id,
+                             "retention_rule": expired.rule}
+        log.info("retention of policy %s deletes backup %s (%s)", policy.id,
+                 expired.backup_id, expired.rule)
+        task_ids.append(delete.id)
+    return task_ids
