@@ -1,4 +1,4 @@
-"""Copying backups into another vault (``docs/storage-format.md`` section 15).
+"""Copying backups into another vault (``docs/storage-format.md`` section 16).
 
 The source side walks a backup and sends the chunks the target lacks; the
 target side (:class:`VaultImporter`, run by an importer agent) checks and
@@ -35,7 +35,7 @@ less than this plus one maximal chunk (8 MiB with the default chunker)."""
 
 IMPORT_INDEX_EVERY_PACKS = 1
 """The importer indexes every pack it stores, so a cut transfer resumes
-without sending what reached storage (section 15, step 4)."""
+without sending what reached storage (section 16, step 4)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ class ImporterServiceStub:
     import token the target controller issued for that replication, asks which
     chunks the target vault lacks, sends only those, and commits the replica's
     manifests, which the importer writes only once everything they reach is
-    stored (docs/storage-format.md section 15). A cut stream is resumed by
+    stored (docs/storage-format.md section 16). A cut stream is resumed by
     opening again with the same token: what reached storage is not sent twice.
     """
 
@@ -54,7 +54,7 @@ class ImporterServiceServicer:
     import token the target controller issued for that replication, asks which
     chunks the target vault lacks, sends only those, and commits the replica's
     manifests, which the importer writes only once everything they reach is
-    stored (docs/storage-format.md section 15). A cut stream is resumed by
+    stored (docs/storage-format.md section 16). A cut stream is resumed by
     opening again with the same token: what reached storage is not sent twice.
     """
 
@@ -86,7 +86,7 @@ class ImporterService:
     import token the target controller issued for that replication, asks which
     chunks the target vault lacks, sends only those, and commits the replica's
     manifests, which the importer writes only once everything they reach is
-    stored (docs/storage-format.md section 15). A cut stream is resumed by
+    stored (docs/storage-format.md section 16). A cut stream is resumed by
     opening again with the same token: what reached storage is not sent twice.
     """
 
