@@ -312,7 +312,7 @@ class Worker:
     """One ``bench.simagents`` process and the latest of what it reported."""
 
     def __init__(self, index: int, api: str, first: int, count: int, run_id: str,
-                 keys: common.Keys, log_path: Path) -> None:
+                 keys: common.Keys, log_path: Path, disks: int = 1) -> None:
         self.index = index
         self.count = count
         env = controller.child_env()
@@ -323,7 +323,7 @@ class Worker:
         self._stderr = open(log_path, "ab")  # noqa: SIM115 - open while the process runs
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.simagents", "--api", api, "--count", str(count),
-             "--first", str(first), "--run-id", run_id],
+             "--first", str(first), "--run-id", run_id, "--disks", str(disks)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
             start_new_session=True)
         controller.track(self.proc)

@@ -135,13 +135,17 @@ async def enroll_one(channel: grpc.aio.Channel, keys: Keys, api: str, run_id: st
                     response.server_name, key_pem, response.certificate_pem.encode(), ca_pem)
 
 
-def _inventory(index: int) -> Any:
-    disk = protectable_pb2.ProtectableDisk(
-        id=f"disk-{index}", name="data", path="/dev/vdb", size_bytes=DISK_BYTES,
-        device_type="block")
-    return agent_pb2.Inventory(protectables=[agent_pb2.ReportedProtectable(
-        local_id=f"disk-{index}", name=f"sim-{index:04d}-data", type=common_pb2.OBJECT_TYPE_DISK,
-        size_bytes=DISK_BYTES, disks=[disk], path="/dev/vdb")])
+def _inventory(index: int, disks: int = 1) -> Any:
+    reported = []
+    for d in range(disks):
+        local = f"disk-{index}" if d == 0 else f"disk-{index}-{d}"
+        path = f"/dev/vd{chr(ord('b') + d % 24)}{d // 24 or ''}"
+        disk = protectable_pb2.ProtectableDisk(
+            id=local, name="data", path=path, size_bytes=DISK_BYTES, device_type="block")
+        reported.append(agent_pb2.ReportedProtectable(
+            local_id=local, name=f"sim-{index:04d}-data{'' if d == 0 else f'-{d}'}",
+            type=common_pb2.OBJECT_TYPE_DISK, size_bytes=DISK_BYTES, disks=[disk], path=path))
+    return agent_pb2.Inventory(protectables=reported)
 
 
 def _heartbeat() -> Any:
@@ -151,7 +155,7 @@ def _heartbeat() -> Any:
 
 
 async def hold_stream(agent: Enrolled, counters: Counters, stop: asyncio.Event,
-                      welcomed: asyncio.Event) -> None:
+                      welcomed: asyncio.Event, disks: int = 1) -> None:
     """One agent's Connect stream for the whole run, reconnecting if it breaks."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=agent.ca_pem, private_key=agent.key_pem,
@@ -166,7 +170,7 @@ async def hold_stream(agent: Enrolled, counters: Counters, stop: asyncio.Event,
             call = stub.Connect()
             await call.write(agent_pb2.ConnectRequest(hello=agent_pb2.Hello(
                 agent_id=agent.agent_id, version=__version__, hostname=f"sim-{agent.index:04d}")))
-            await call.write(agent_pb2.ConnectRequest(inventory=_inventory(agent.index)))
+            await call.write(agent_pb2.ConnectRequest(inventory=_inventory(agent.index, disks)))
             response = await asyncio.wait_for(call.read(), CONNECT_TIMEOUT_S)
             if response is EOF_MARK or response.WhichOneof("message") != "welcome":
                 raise RuntimeError("the stream's first response was not a Welcome")
@@ -263,7 +267,7 @@ async def run(args: argparse.Namespace, keys: Keys) -> int:
          started=started, finished=finished)
 
     welcomes = [asyncio.Event() for _ in agents]
-    tasks = [asyncio.ensure_future(hold_stream(a, counters, stop, w))
+    tasks = [asyncio.ensure_future(hold_stream(a, counters, stop, w, args.disks))
              for a, w in zip(agents, welcomes, strict=True)]
     waiting = [asyncio.ensure_future(w.wait()) for w in welcomes]
     if waiting:
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8,
                    help="enrollments in flight at once in this worker")
     p.add_argument("--run-id", default="run", help="part of every agent name")
+    p.add_argument("--disks", type=int, default=1, help="disks each agent reports")
     args = p.parse_args(argv)
     keys = Keys(os.environ[ENV_ACCESS_KEY], os.environ[ENV_SECRET_KEY])
     return asyncio.run(run(args, keys))

@@ -237,21 +237,33 @@ class PolicyScheduler:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
 
-    def reconcile(self) -> None:
+    def reconcile(self, policy_id: str | None = None) -> None:
         """Makes the jobs match the policies: one per enabled backup policy
-        with trigger rules and vaults, rebuilt when its rules change."""
+        with trigger rules and vaults, rebuilt when its rules change. With
+        ``policy_id``, only that policy's job (what an API change needs: a
+        full pass per call would make creating N policies cost N squared)."""
         with self._lock:
             scheduler = self._scheduler
             if scheduler is None:
                 return
             with self.app.db.begin() as s:
-                policies = list(s.scalars(select(Policy).where(
-                    Policy.operation_type == "backup", Policy.enabled.is_(True))))
-                bound = set(s.scalars(select(VaultPolicy.policy_id).distinct()))
+                query = select(Policy).where(Policy.operation_type == "backup",
+                                             Policy.enabled.is_(True))
+                bound_query = select(VaultPolicy.policy_id).distinct()
+                if policy_id is not None:
+                    query = query.where(Policy.id == policy_id)
+                    bound_query = bound_query.where(VaultPolicy.policy_id == policy_id)
+                policies = list(s.scalars(query))
+                bound = set(s.scalars(bound_query))
                 wanted = {p.id: p for p in policies if p.id in bound and p.trigger_patterns}
                 s.expunge_all()
+            if policy_id is None:
+                jobs = scheduler.get_jobs()
+            else:
+                one = scheduler.get_job(policy_id)
+                jobs = [one] if one is not None else []
             current: set[str] = set()
-            for job in scheduler.get_jobs():
+            for job in jobs:
                 policy = wanted.get(job.id)
                 if policy is None or tuple(job.args[1:]) != (_signature(policy, self.tick),):
                     scheduler.remove_job(job.id)  # gone, disabled, unbound or changed

@@ -269,6 +269,25 @@ def data_path(work: Path, images: Path, vault_ids: dict[str, str]) -> None:
     cbr("source", "vault", "list")
 
 
+def policies(vault_ids: dict[str, str]) -> None:
+    """A nightly policy with long-term retention on the server vault: its next
+    run times, then one run now and its record."""
+    say("a backup policy on the server vault: scheduled runs and retention")
+    policy = cbr_json("source", "policy", "create", "--name", "nightly", "--type", "backup",
+                      "--pattern", "FREQ=DAILY;INTERVAL=1;BYHOUR=2;BYMINUTE=00",
+                      "--max-backups", "7", "--week-backups", "4", "--month-backups", "12",
+                      "--timezone", "UTC+08:00")
+    assert isinstance(policy, dict)
+    pid = str(policy.get("policy", policy)["id"])
+    cbr("source", "vault", "associate-policy", vault_ids["server"], pid)
+    shown = cbr_json("source", "policy", "show", pid, quiet=True)
+    assert isinstance(shown, dict)
+    runs = shown.get("policy", shown).get("next_run_times", [])
+    print("next runs (UTC): " + ", ".join(str(t) for t in runs))
+    cbr("source", "policy", "run-now", pid)
+    cbr("source", "policy", "runs", pid)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work-dir", default=str(ROOT / ".quickstart"),
@@ -333,6 +352,7 @@ def main() -> int:
         cbr("target", "vault", "list")
 
         data_path(work, images, vault_ids)
+        policies(vault_ids)
         say(f"done in {time.time() - started:.1f} s; logs in {work / 'logs'}")
         return 0
     finally:

@@ -37,6 +37,13 @@ def test_reference_trigger_examples_are_accepted(app: App, project: str,
     ("FREQ=DAILY;BYHOUR=1;BYMINUTE=0;COUNT=3", "COUNT not supported"),
     ("FREQ=DAILY;BYHOUR=1,2;BYMINUTE=0,30", "at least one hour"),
     ("garbage", "not KEY=VALUE"),
+    ("FREQ=DAILY;INTERVAL=0;BYHOUR=1;BYMINUTE=0", "INTERVAL 0"),
+    ("FREQ=DAILY;BYHOUR=1;BYMINUTE=-1", "BYMINUTE -1"),
+    ("FREQ=WEEKLY;BYDAY=MO;INTERVAL=2;BYHOUR=1;BYMINUTE=0", "INTERVAL .days. goes with"),
+    ("FREQ=DAILY;BYDAY=MO;BYHOUR=1;BYMINUTE=0", "BYDAY goes with FREQ=WEEKLY"),
+    ("FREQ=DAILY;FREQ=DAILY;BYHOUR=1;BYMINUTE=0", "sets FREQ twice"),
+    ("FREQ=DAILY;BYHOUR=" + ",".join(map(str, range(24))) + ";BYMINUTE=0,30",
+     "48 times on MO; at most 24 runs a day"),
 ])
 def test_triggers_outside_the_reference_limits_are_refused(app: App, project: str, rule: str,
                                                            why: str) -> None:
