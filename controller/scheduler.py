@@ -35,7 +35,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controller.app import App
-from controller.persistence.models import Policy, PolicyRun, SchedulerLease, VaultPolicy
+from controller.persistence.models import (
+    Agent,
+    Policy,
+    PolicyRun,
+    SchedulerLease,
+    VaultPolicy,
+)
 from controller.services import policy_runs
 from controller.services.schedule import Schedule
 
@@ -43,6 +49,7 @@ log = logging.getLogger("cbr.controller.scheduler")
 
 LEASE_NAME = "policy-loop"
 RECONCILE_S = 5.0
+ONLINE_CACHE_S = 1.0
 MAX_MISSED_RECORDED = 100
 """Missed runs recorded per vault in one catch-up (a long outage of a policy
 that runs hourly would otherwise write thousands of rows)."""
@@ -144,6 +151,7 @@ class PolicyScheduler:
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._online_cache: tuple[dt.datetime, set[str]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -282,6 +290,26 @@ class PolicyScheduler:
 
     # -- runs ---------------------------------------------------------------------------------
 
+    def _online(self) -> set[str]:
+        """Agents heard from recently: on this controller's streams, or through
+        the database on another controller sharing it (whose hub then sends
+        them their waiting tasks). Read at most once a second, so a thousand
+        policies due together share one query."""
+        now = self.app.clock.now()
+        with self._lock:
+            cached = self._online_cache
+        if cached is not None and (now - cached[0]).total_seconds() < ONLINE_CACHE_S:
+            return cached[1]
+        hub = self.app.hub
+        online = set(hub.online_agent_ids()) if hub is not None else set()
+        since = now - dt.timedelta(seconds=self.app.config.agent_offline_after)
+        with self.app.db.begin() as s:
+            online |= set(s.scalars(select(Agent.id).where(
+                Agent.revoked.is_(False), Agent.last_seen_at >= since)))
+        with self._lock:
+            self._online_cache = (now, online)
+        return online
+
     def _schedule(self, policy: Policy) -> AnySchedule:
         if self.tick > 0:
             return TickSchedule(self.tick)
@@ -343,7 +371,7 @@ class PolicyScheduler:
         started: list[str] = []
         with self.app.db.begin() as s:
             vault_ids = policy_runs.bound_vaults(s, policy_id)
-        online = self.app.hub.online_agent_ids() if self.app.hub is not None else set()
+        online = self._online()
         for vault_id in vault_ids:
             with self.app.db.begin() as s:
                 policy = s.get(Policy, policy_id)

@@ -437,8 +437,27 @@ class AgentHub:
             try:
                 self._close_silent_streams()
                 self.flush()
+                self.send_waiting()
             except Exception:
                 log.exception("agent hub: flushing agent state failed; retrying")
+
+    def send_waiting(self) -> int:
+        """Sends the waiting tasks of agents whose stream this controller holds.
+
+        Another controller sharing the database (the one leading the policy
+        loop) makes tasks for agents connected here; its own dispatch cannot
+        reach them, so they go out from here within a flush interval. Returns
+        how many were sent.
+        """
+        with self._lock:
+            local = set(self._streams)
+        if not local:
+            return 0
+        with self._app.db.read() as conn:
+            rows = conn.execute(select(Task.id, Task.agent_id).where(
+                Task.status == "waiting", Task.agent_id != "")).all()
+        return sum(1 for task_id, agent_id in rows
+                   if agent_id in local and self.dispatch(agent_id, task_id))
 
     def _close_silent_streams(self) -> None:
         now = self._clock.time()

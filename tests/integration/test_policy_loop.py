@@ -14,15 +14,16 @@ import itertools
 import shutil
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cbr.client import Client
-from cbr.v1 import backup_pb2, common_pb2, policy_pb2, vault_pb2
+from cbr.v1 import agent_pb2, backup_pb2, common_pb2, policy_pb2, protectable_pb2, vault_pb2
 from tests.integration.test_data_path import _start
 from tests.support.pg import fresh_database
-from tests.support.processes import AgentFactory, ControllerFactory, wait_until
+from tests.support.processes import AgentFactory, ControllerFactory, enroll, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +158,57 @@ def test_two_controllers_share_the_loop_and_the_survivor_takes_over(
         _assert_each_tick_once(runs)
         client.close()
         survivor.stop()
+
+
+@pytest.mark.postgres
+def test_runs_of_the_leader_reach_an_agent_connected_to_the_other_controller(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    with fresh_database() as url:
+        leader = controller_factory("leader", database_url=url, extra_args=_loop())
+        leader.wait_for_log("leads the policy loop", timeout=20)
+        other = controller_factory("other", database_url=url, extra_args=_loop(), start=False)
+        other.data_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("master.key", "root.key"):
+            if (leader.data_dir / name).exists():
+                shutil.copy2(leader.data_dir / name, other.data_dir / name)
+        shutil.copytree(leader.data_dir / "ca", other.data_dir / "ca")
+        other.start()
+        creds = leader.admin_credentials
+        client = Client(other.api_endpoint, creds["access_key"], creds["secret_key"])
+        share = tmp_path / "share"
+        share.mkdir()
+        (share / "file.txt").write_text("policy data\n")
+        config = tmp_path / "agent.toml"
+        config.write_text(f"""
+[agent]
+name = "host-b"
+controller = "{other.api_endpoint}"
+state_dir = "{tmp_path / 'agent-state'}"
+
+[[file_systems]]
+name = "share"
+path = "{share}"
+""")
+        token = client.agents.CreateEnrollmentToken(
+            agent_pb2.CreateEnrollmentTokenRequest()).token
+        assert enroll(config, token).returncode == 0
+        agent_factory(config, "agent").wait_for_log("connected to")
+        [resource] = wait_until(lambda: list(client.protectables.ListProtectables(
+            protectable_pb2.ListProtectablesRequest()).protectables), timeout=30)
+        vault = client.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+            name="files", object_type=common_pb2.OBJECT_TYPE_TURBO, size_gb=10,
+            resources=[vault_pb2.ResourceSpec(id=resource.id)])).vault
+        _policy(client, vault.id)
+
+        def available() -> int:
+            return sum(1 for b in client.backups.ListBackups(backup_pb2.ListBackupsRequest(
+                vault_id=vault.id, page_size=500)).backups
+                if b.status == backup_pb2.BACKUP_STATUS_AVAILABLE)
+
+        # The leader makes the runs; the other controller holds the agent's
+        # stream and sends them.
+        wait_until(lambda: available() >= 2, timeout=60, interval=0.5,
+                   message="backups from the leader's runs, sent by the other controller")
+        assert "leads the policy loop" not in other.log_text()
+        client.close()
