@@ -60,7 +60,7 @@ def test_an_offline_agent_is_listed_as_skipped_on_the_run(
     assert outcome is not None and outcome.dispatches == []
     with app.db.begin() as s:
         run = s.scalars(select(PolicyRun)).one()
-        assert "BackupService.0001" in run.detail or "offline" in run.detail.lower()
+        assert "BackupService.0503" in run.detail and "offline" in run.detail
 
 
 def test_full_backup_interval_forces_every_nth_run_full(
