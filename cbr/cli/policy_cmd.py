@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from google.protobuf import field_mask_pb2
 
@@ -43,8 +44,16 @@ COLUMNS: list[Column] = [
     ("CREATED", "created_at"),
 ]
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1"):
+        return True
+    if text.lower() in ("no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not yes or no")
+
+
 # (flag, field of OperationDefinition, type, help)
-_DEFINITION_FLAGS: list[tuple[str, str, type, str]] = [
+_DEFINITION_FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
     ("--max-backups", "max_backups", int, "-1 (no count rule) or 0..99999"),
     ("--retention-days", "retention_duration_days", int, "-1 or 1..99999"),
     ("--day-backups", "day_backups", int, "long-term: latest of each of N days (needs --timezone)"),
@@ -56,6 +65,8 @@ _DEFINITION_FLAGS: list[tuple[str, str, type, str]] = [
     ("--destination-project-id", "destination_project_id", str, "replication: target account"),
     ("--credential", "credential_id", str, "replication: credential id for the target"),
     ("--full-backup-interval", "full_backup_interval", int, "-1 (never) to 100"),
+    ("--include-manual-backups", "include_manual_backups", _yes_no,
+     "yes: retention may delete manual backups too (default no)"),
 ]
 
 

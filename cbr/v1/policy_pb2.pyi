@@ -21,7 +21,7 @@ POLICY_OPERATION_TYPE_BACKUP: PolicyOperationType
 POLICY_OPERATION_TYPE_REPLICATION: PolicyOperationType
 
 class OperationDefinition(_message.Message):
-    __slots__ = ("max_backups", "retention_duration_days", "day_backups", "week_backups", "month_backups", "year_backups", "timezone", "destination_region", "destination_project_id", "full_backup_interval", "credential_id")
+    __slots__ = ("max_backups", "retention_duration_days", "day_backups", "week_backups", "month_backups", "year_backups", "timezone", "destination_region", "destination_project_id", "full_backup_interval", "credential_id", "include_manual_backups")
     MAX_BACKUPS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DURATION_DAYS_FIELD_NUMBER: _ClassVar[int]
     DAY_BACKUPS_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class OperationDefinition(_message.Message):
     DESTINATION_PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     FULL_BACKUP_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_MANUAL_BACKUPS_FIELD_NUMBER: _ClassVar[int]
     max_backups: int
     retention_duration_days: int
     day_backups: int
@@ -44,7 +45,8 @@ class OperationDefinition(_message.Message):
     destination_project_id: str
     full_backup_interval: int
     credential_id: str
-    def __init__(self, max_backups: _Optional[int] = ..., retention_duration_days: _Optional[int] = ..., day_backups: _Optional[int] = ..., week_backups: _Optional[int] = ..., month_backups: _Optional[int] = ..., year_backups: _Optional[int] = ..., timezone: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_project_id: _Optional[str] = ..., full_backup_interval: _Optional[int] = ..., credential_id: _Optional[str] = ...) -> None: ...
+    include_manual_backups: bool
+    def __init__(self, max_backups: _Optional[int] = ..., retention_duration_days: _Optional[int] = ..., day_backups: _Optional[int] = ..., week_backups: _Optional[int] = ..., month_backups: _Optional[int] = ..., year_backups: _Optional[int] = ..., timezone: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_project_id: _Optional[str] = ..., full_backup_interval: _Optional[int] = ..., credential_id: _Optional[str] = ..., include_manual_backups: _Optional[bool] = ...) -> None: ...
 
 class Trigger(_message.Message):
     __slots__ = ("pattern",)

@@ -159,7 +159,7 @@ def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]
         for r in rows]
     task_ids = []
     for expired in retention.select_expired(
-            candidates, od, now, include_manual=bool(od.get("include_manual", False))):
+            candidates, od, now, include_manual=bool(od.get("include_manual_backups", False))):
         delete = runs.start_delete(session, policy.project_id, expired.backup_id, now)
         delete.extra_info = {**delete.extra_info, "policy_id": policy.id,
                              "retention_rule": expired.rule}

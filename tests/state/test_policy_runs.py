@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from controller.app import App
 from controller.persistence.models import Backup, Checkpoint, Policy, PolicyRun, Task
-from controller.services import policies, policy_runs, vaults
+from controller.services import policies, policy_runs, runs, vaults
 from tests.state.conftest import NOW, Inventory
 from tests.state.test_runs import _succeed
 from tests.state.test_vaults import add, make_vault
@@ -114,3 +114,29 @@ def test_retention_after_a_successful_run_deletes_the_oldest_automatic_backups(
         delete_tasks = s.scalars(select(Task).where(Task.operation_type == "delete")).all()
         assert {t.extra_info["retention_rule"] for t in delete_tasks} == {"max_backups"}
         assert sum(1 for st in statuses.values() if st == "available") == 2
+
+
+def test_manual_backups_are_kept_unless_the_policy_includes_them(
+        app: App, project: str, inventory: Inventory) -> None:
+    for include in (False, True):
+        vid = make_vault(app, project, name=f"v-{include}", object_type="disk")
+        add(app, project, vid, inventory.add(f"vol-{include}", "disk"))
+        with app.db.begin() as s:
+            pid = policies.create_policy(s, project, f"p-{include}", "backup", True,
+                                         {"max_backups": 1, "include_manual_backups": include},
+                                         [DAILY], NOW).id
+            vaults.associate_policy(s, project, vid, pid, "", NOW)
+        with app.db.begin() as s:
+            _cp, [manual] = runs.create_checkpoint(
+                s, project, vid, [], name="", description="", full=False, now=NOW,
+                online={inventory.agent_id})
+        _succeed(app, manual.task_id, protected_at=NOW)
+        outcome = _run(app, pid, vid, NOW + dt.timedelta(days=1), {inventory.agent_id})
+        assert outcome is not None
+        [auto] = outcome.dispatches
+        _succeed(app, auto.task_id, protected_at=NOW + dt.timedelta(days=1))
+        with app.db.begin() as s:
+            task = s.get(Task, auto.task_id)
+            assert task is not None
+            deleted = policy_runs.apply_retention(s, task, NOW + dt.timedelta(days=1))
+        assert len(deleted) == (1 if include else 0)
