@@ -26,6 +26,7 @@ from cbr.storage.backend import (
     StoragePermissionDenied,
 )
 from cbr.storage.local import TEMP_PREFIX, LocalBackend, map_os_error
+from tests.support.environment import unavailable
 
 NOBODY = 65534
 
@@ -43,7 +44,7 @@ def _tmpfs(size: str, *options: str) -> Iterator[Path]:
     )
     if result.returncode != 0:
         mountpoint.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); ENOSPC not triggerable")
+        unavailable(f"cannot mount a tmpfs here ({result.stderr.strip()}); ENOSPC not triggerable")
     try:
         yield mountpoint
     finally:

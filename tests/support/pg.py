@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-import pytest
 from psycopg import sql
+
+from tests.support.environment import unavailable
 
 PG_HOST = os.environ.get("CBR_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("CBR_TEST_PG_PORT", "5432"))
@@ -64,9 +65,7 @@ def fresh_database() -> Iterator[str]:
         admin, user = _connect_admin()
     except Exception as exc:  # any failure to connect means "not reachable"
         reason = f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}: {exc}"
-        if postgres_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason, must=postgres_required())
     name = f"cbr_test_{secrets.token_hex(6)}"
     try:
         with admin:

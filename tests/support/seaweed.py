@@ -38,13 +38,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import boto3
 import botocore.config
-import pytest
 
 from cbr.storage.s3 import S3Backend
+from tests.support.environment import unavailable
 from tests.support.processes import ManagedProcess
 
 ADMIN_KEY = "cbr-test-admin"
@@ -79,10 +79,8 @@ def s3_required() -> bool:
     return os.environ.get("CI") == "true" or os.environ.get("CBR_REQUIRE_S3") == "1"
 
 
-def skip_or_fail(reason: str) -> None:
-    if s3_required():
-        pytest.fail(reason)
-    pytest.skip(reason)
+def skip_or_fail(reason: str) -> NoReturn:
+    unavailable(reason, must=s3_required())
 
 
 def weed_binary() -> Path | None:
@@ -115,7 +113,6 @@ def check_weed() -> Path:
         )
     except OSError as exc:
         skip_or_fail(f"SeaweedFS `weed` at {path} cannot run here: {exc}")
-        raise  # unreachable: skip_or_fail raises
     if result.returncode != 0:
         skip_or_fail(f"`{path} version` failed ({result.returncode}): {result.stderr.strip()}")
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agent import config, inventory
 from cbr.v1 import common_pb2
+from tests.support.environment import unavailable
 
 
 def _config(tmp_path: Path) -> config.AgentConfig:
@@ -74,8 +75,7 @@ def test_block_device_size_is_read_by_seeking_to_its_end() -> None:
     devices = [p for p in ("/dev/loop0", "/dev/sda", "/dev/vda", "/dev/nvme0n1")
                if os.path.exists(p) and os.access(p, os.R_OK)]
     if not devices:
-        import pytest
-        pytest.skip("no readable block device on this host")
+        unavailable("no readable block device on this host")
     size = inventory.device_size(devices[0])
     assert size.device_type == "block" and size.size_bytes >= 0
 

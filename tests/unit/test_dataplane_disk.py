@@ -37,6 +37,7 @@ from cbr.repo import (
 )
 from cbr.repo.disk_map import DiskMapReader
 from cbr.storage.local import LocalBackend
+from tests.support.environment import unavailable
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -448,7 +449,7 @@ def test_data_ranges_skip_holes(tmp_path: Path) -> None:
 def loop_devices(tmp_path: Path) -> Iterator[list[Path]]:
     """Two loop devices (8 MiB and 4 MiB) over files, detached afterwards."""
     if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("loop devices need root and losetup")
+        unavailable("loop devices need root and losetup")
     devices: list[Path] = []
     try:
         for name, size in (("big", 8 * MiB), ("small", 4 * MiB)):
@@ -456,7 +457,7 @@ def loop_devices(tmp_path: Path) -> Iterator[list[Path]]:
             done = subprocess.run(["losetup", "--find", "--show", str(backing)],
                                   capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                pytest.skip(f"cannot attach a loop device here: {done.stderr.strip()}")
+                unavailable(f"cannot attach a loop device here: {done.stderr.strip()}")
             devices.append(Path(done.stdout.strip()))
         yield devices
     finally:
