@@ -43,7 +43,7 @@ from controller.persistence.models import (
     VaultPolicy,
 )
 from controller.services import policy_runs
-from controller.services.schedule import Schedule
+from controller.services.schedule import Schedule, runs_between
 
 log = logging.getLogger("cbr.controller.scheduler")
 
@@ -72,12 +72,7 @@ class TickSchedule:
         return self._at(int(when.timestamp() // self.seconds))
 
     def runs_between(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
-        out = []
-        run = self.next_after(start)
-        while run <= end:
-            out.append(run)
-            run = self.next_after(run)
-        return out
+        return runs_between(self, start, end)
 
 
 AnySchedule = Schedule | TickSchedule
@@ -339,18 +334,9 @@ class PolicyScheduler:
                 due = [t for t in schedule.runs_between(since, now)
                        if running is None or t < running]
                 for t in due[-MAX_MISSED_RECORDED:]:
-                    try:
-                        with s.begin_nested():
-                            s.add(PolicyRun(
-                                policy_id=policy_id, vault_id=binding.vault_id,
-                                scheduled_at=t, status="missed", manual=False, full=False,
-                                checkpoint_id="", created_at=now,
-                                detail="the controller was not running at that time and "
-                                       "a later run was due; runs are never made late"))
-                    except IntegrityError:
-                        continue  # recorded (or run) by another controller
-                    log.warning("policy %s run at %s on vault %s missed", policy_id,
-                                t.isoformat(), binding.vault_id)
+                    if policy_runs.record_missed(s, policy_id, t, now, [binding.vault_id]):
+                        log.warning("policy %s run at %s on vault %s missed", policy_id,
+                                    t.isoformat(), binding.vault_id)
 
     def run_due(self, policy_id: str) -> None:
         """The job body: the latest due run of the policy, on every bound vault."""

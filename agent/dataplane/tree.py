@@ -359,7 +359,7 @@ class _TreeBackup:
         except Exception:
             return None  # a damaged parent entry: back this name up afresh
 
-    def _same(self, doc: dict[str, Any], st: os.stat_result, kind: str) -> bool:
+    def _doc_holds(self, doc: dict[str, Any], st: os.stat_result, kind: str) -> bool:
         """Whether the parent's document of this name still describes it, but
         for its access time (:func:`_with_atime`), so it can be stored again
         as is. An unchanged ctime also vouches for xattrs and a symlink's
@@ -428,7 +428,7 @@ class _TreeBackup:
                     # kept (at most with a new access time), without building
                     # an entry.
                     if stat.S_ISREG(mode):
-                        if st.st_nlink == 1 and self._same(previous, st, "file") \
+                        if st.st_nlink == 1 and self._doc_holds(previous, st, "file") \
                                 and self._content_indexed(previous):
                             self.stats["files"] += 1
                             self.stats["files_unchanged"] += 1
@@ -439,12 +439,12 @@ class _TreeBackup:
                             kept.append((name, doc))
                             continue
                     elif stat.S_ISDIR(mode):
-                        if st.st_dev == root_dev and self._same(previous, st, "dir"):
+                        if st.st_dev == root_dev and self._doc_holds(previous, st, "dir"):
                             doc = _with_atime(previous, st)
                             altered = altered or doc is not previous
                             subdirs.append((doc, child, _subtree_of(previous)))
                             continue
-                    elif stat.S_ISLNK(mode) and self._same(previous, st, "symlink"):
+                    elif stat.S_ISLNK(mode) and self._doc_holds(previous, st, "symlink"):
                         doc = _with_atime(previous, st)
                         altered = altered or doc is not previous
                         kept.append((name, doc))

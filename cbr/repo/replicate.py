@@ -115,13 +115,11 @@ def replica_manifests(manifests: Sequence[Manifest], ids: dict[str, str], *,
                       source: ReplicaSource) -> list[Manifest]:
     """The replica's manifests: new ids (``ids`` maps every source backup id
     of the set), the target vault, and where they came from."""
+    missing = {x for m in manifests for x in (m.backup_id, *m.children)} - ids.keys()
+    if missing:
+        raise ValueError(f"no replica id for source backup(s) {sorted(missing)}")
     out = []
     for m in manifests:
-        missing = {m.backup_id, *m.children} - ids.keys()
-        if m.parent_id is not None and m.parent_id in {x.backup_id for x in manifests}:
-            missing |= {m.parent_id} - ids.keys()
-        if missing:
-            raise ValueError(f"no replica id for source backup(s) {sorted(missing)}")
         out.append(dataclasses.replace(
             m, backup_id=ids[m.backup_id], vault_id=vault_id, checkpoint_id=checkpoint_id,
             parent_id=ids.get(m.parent_id) if m.parent_id is not None else None,

@@ -455,9 +455,8 @@ class AgentHub:
             return 0
         with self._app.db.read() as conn:
             rows = conn.execute(select(Task.id, Task.agent_id).where(
-                Task.status == "waiting", Task.agent_id != "")).all()
-        return sum(1 for task_id, agent_id in rows
-                   if agent_id in local and self.dispatch(agent_id, task_id))
+                Task.status == "waiting", Task.agent_id.in_(local))).all()
+        return sum(1 for task_id, agent_id in rows if self.dispatch(agent_id, task_id))
 
     def _close_silent_streams(self) -> None:
         now = self._clock.time()

@@ -20,5 +20,12 @@ class Servicer:
     def project_id(self) -> str:
         return current_caller().account_id
 
+    def policy_changed(self, policy_id: str) -> None:
+        """The policy loop follows a changed policy or association at once
+        (in the leading controller; others follow within its reconcile
+        interval)."""
+        if self.app.scheduler is not None:
+            self.app.scheduler.reconcile(policy_id)
+
     def now(self) -> dt.datetime:
         return self.app.clock.now()

@@ -22,13 +22,6 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
         return convert.policy(p, policies.vault_ids(s, p.id),
                               policy_runs.next_runs(p, self.now(), NEXT_RUNS_SHOWN))
 
-    def _changed(self, policy_id: str) -> None:
-        """The policy loop follows at once (in the leading controller; others
-        follow within its reconcile interval)."""
-        scheduler = getattr(self.app, "scheduler", None)
-        if scheduler is not None:
-            scheduler.reconcile(policy_id)
-
     def CreatePolicy(self, request: policy_pb2.CreatePolicyRequest,
                      context: grpc.ServicerContext) -> policy_pb2.CreatePolicyResponse:
         op = convert.require_enum(policy_pb2.PolicyOperationType, request.operation_type,
@@ -39,7 +32,7 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                 convert.operation_definition(request.operation_definition),
                 list(request.trigger.pattern), self.now())
             response = policy_pb2.CreatePolicyResponse(policy=self._pb(s, p))
-        self._changed(response.policy.id)
+        self.policy_changed(response.policy.id)
         return response
 
     def GetPolicy(self, request: policy_pb2.GetPolicyRequest,
@@ -86,14 +79,14 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
             p = policies.update_policy(s, self.project_id, request.policy_id, changes,
                                        self.now())
             response = policy_pb2.UpdatePolicyResponse(policy=self._pb(s, p))
-        self._changed(request.policy_id)
+        self.policy_changed(request.policy_id)
         return response
 
     def DeletePolicy(self, request: policy_pb2.DeletePolicyRequest,
                      context: grpc.ServicerContext) -> policy_pb2.DeletePolicyResponse:
         with self.app.db.begin() as s:
             policies.delete_policy(s, self.project_id, request.policy_id)
-        self._changed(request.policy_id)
+        self.policy_changed(request.policy_id)
         return policy_pb2.DeletePolicyResponse()
 
     def RunPolicyNow(self, request: policy_pb2.RunPolicyNowRequest,

@@ -27,13 +27,6 @@ def _vault_pb(session: Session | Connection, project_id: str, vault_id: str) -> 
     return convert.vault(view.vault, view.resources, view.bindings)
 
 
-def _policies_changed(app: Any, policy_id: str) -> None:
-    """The policy loop follows a new or removed association at once."""
-    scheduler = getattr(app, "scheduler", None)
-    if scheduler is not None:
-        scheduler.reconcile(policy_id)
-
-
 class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
     def CreateVault(self, request: vault_pb2.CreateVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.CreateVaultResponse:
@@ -144,7 +137,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                                             self.now())
             response = vault_pb2.AssociateVaultPolicyResponse(
                 vault=_vault_pb(s, self.project_id, vault.id))
-        _policies_changed(self.app, request.policy_id)
+        self.policy_changed(request.policy_id)
         return response
 
     def DissociateVaultPolicy(
@@ -155,7 +148,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                                              request.policy_id, self.now())
             response = vault_pb2.DissociateVaultPolicyResponse(
                 vault=_vault_pb(s, self.project_id, vault.id))
-        _policies_changed(self.app, request.policy_id)
+        self.policy_changed(request.policy_id)
         return response
 
     def VerifyVault(self, request: vault_pb2.VerifyVaultRequest,

@@ -113,17 +113,19 @@ def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: 
 
 
 def record_missed(session: Session, policy_id: str, scheduled_at: dt.datetime,
-                  now: dt.datetime) -> int:
-    """Records a run the controller could not make in time, once per vault;
-    it is never run late. Returns how many vaults it was recorded for."""
+                  now: dt.datetime, vault_ids: list[str] | None = None) -> int:
+    """Records a run the controller could not make in time, once per vault
+    (all bound vaults unless named); it is never run late. Returns how many
+    vaults it was recorded for (not those another controller recorded)."""
     count = 0
-    for vault_id in bound_vaults(session, policy_id):
+    for vault_id in bound_vaults(session, policy_id) if vault_ids is None else vault_ids:
         try:
             with session.begin_nested():
                 session.add(PolicyRun(
                     policy_id=policy_id, vault_id=vault_id, scheduled_at=scheduled_at,
                     status="missed", manual=False, full=False, checkpoint_id="",
-                    detail="the controller was not running within the grace time",
+                    detail="the controller was not running at that time and a later run "
+                           "was due; runs are never made late",
                     created_at=now))
                 session.flush()
             count += 1

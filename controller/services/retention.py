@@ -95,7 +95,8 @@ def select_expired(backups: Sequence[Candidate], od: dict[str, Any], now: dt.dat
     out: list[Expired] = []
     for resource_id, items in by_resource.items():
         items.sort(key=_age, reverse=True)
-        counted = [b for b in items if b.backup_id not in _long_term(items, od)]
+        long_term = _long_term(items, od)
+        counted = [b for b in items if b.backup_id not in long_term]
         doomed: dict[str, str] = {}
         if max_backups:
             for b in counted[max_backups:]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from controller.services.policies import parse_rule
 
@@ -89,10 +90,19 @@ class Schedule:
         return None
 
     def runs_between(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
-        """Runs in ``(start, end]``, in order."""
-        out = []
-        run = self.next_after(start)
-        while run is not None and run <= end:
-            out.append(run)
-            run = self.next_after(run)
-        return out
+        return runs_between(self, start, end)
+
+
+class _NextAfter(Protocol):
+    def next_after(self, when: dt.datetime) -> dt.datetime | None: ...
+
+
+def runs_between(schedule: _NextAfter, start: dt.datetime,
+                 end: dt.datetime) -> list[dt.datetime]:
+    """Runs of any schedule in ``(start, end]``, in order."""
+    out = []
+    run = schedule.next_after(start)
+    while run is not None and run <= end:
+        out.append(run)
+        run = schedule.next_after(run)
+    return out

@@ -194,7 +194,7 @@ def test_incremental_keeps_unchanged_entries_exactly_as_a_full_decode_would(
         os.setxattr(src / "empty", "user.added", b"1")
     fast = backup_tree(repo, src, parent=first.content, progress=Progress())
     # The same backup once more, every name through the careful path.
-    monkeypatch.setattr(_TreeBackup, "_same", lambda *_args: False)
+    monkeypatch.setattr(_TreeBackup, "_doc_holds", lambda *_args: False)
     slow = backup_tree(repo, src, parent=first.content, progress=Progress())
     assert isinstance(fast.content, TreeContent) and isinstance(slow.content, TreeContent)
     assert _entries(repo, fast.content.root) == _entries(repo, slow.content.root)
