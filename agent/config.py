@@ -21,6 +21,7 @@ from cbr import limits
 DEFAULT_CONFIG = "/etc/cbr/agent.toml"
 DEFAULT_RESCAN_INTERVAL = 60.0
 ROLES = ("host", "importer")
+DEFAULT_IMPORTER_LISTEN = "0.0.0.0:7444"
 
 
 class ConfigError(Exception):
@@ -83,13 +84,18 @@ class AgentConfig:
     # Overrides the agent endpoint the controller gave at enrollment.
     agent_endpoint: str = ""
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
+    # Importers: where ImporterService listens, and the host:port source
+    # agents should dial when that differs (NAT, a load balancer).
+    importer_listen: str = DEFAULT_IMPORTER_LISTEN
+    importer_advertise: str = ""
     servers: tuple[ServerSpec, ...] = ()
     disks: tuple[SingleDiskSpec, ...] = ()
     file_systems: tuple[FileSystemSpec, ...] = ()
     source: str = ""
 
 
-_AGENT_KEYS = {"name", "controller", "state_dir", "role", "agent_endpoint", "rescan_interval"}
+_AGENT_KEYS = {"name", "controller", "state_dir", "role", "agent_endpoint", "rescan_interval",
+               "importer_listen", "importer_advertise"}
 _TOP_KEYS = {"agent", "servers", "disks", "file_systems"}
 
 
@@ -254,6 +260,9 @@ def parse(data: dict[str, Any], *, source: str = "", base_dir: Path | None = Non
         controller=controller,
         state_dir=state_dir,
         role=role,
+        importer_listen=_str("[agent]", agent, "importer_listen", required=False,
+                             default=DEFAULT_IMPORTER_LISTEN),
+        importer_advertise=_str("[agent]", agent, "importer_advertise", required=False),
         agent_endpoint=_str("[agent]", agent, "agent_endpoint", required=False),
         rescan_interval=float(rescan),
         servers=tuple(servers),

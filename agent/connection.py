@@ -127,6 +127,9 @@ class Connection:
         self._latest_digest = ""
         self._heartbeat_s = DEFAULT_HEARTBEAT_S
         self.executor = Executor(journal, self._context, self.send)
+        # Importers: the grants of their ImporterService, and where it listens.
+        self.grants: Any = None  # agent.importer.ImportGrants
+        self._importer: Any = None  # agent.importer.ImporterServer
 
     # -- outbound --------------------------------------------------------------
 
@@ -164,7 +167,8 @@ class Connection:
             self.send(agent_pb2.ConnectRequest(progress=agent_pb2.CommandProgress(
                 task_id=task_id, progress=percent, message=message, counters=counters or {})))
 
-        return CommandContext(self._config, self._report_inventory, progress, task_id)
+        return CommandContext(self._config, self._report_inventory, progress, task_id,
+                              grants=self.grants)
 
     # -- life ------------------------------------------------------------------
 
@@ -184,9 +188,24 @@ class Connection:
                 log.exception("rescanning the protectables failed")
             self._stop.wait(self._config.rescan_interval)
 
+    def _start_importer(self) -> None:
+        """Importers serve ImporterService before they say Hello, so the
+        endpoint they report already answers."""
+        from agent.importer import ImporterServer, ImportGrants  # the data path, loaded lazily
+
+        creds = self._state.credentials()
+        self.grants = ImportGrants()
+        self._importer = ImporterServer(self.grants, self._config.importer_listen,
+                                        key_pem=creds.key_pem,
+                                        certificate_pem=creds.certificate_pem,
+                                        advertise=self._config.importer_advertise)
+        self._importer.start()
+
     def run(self) -> None:
         """Connects and reconnects until stop(); returns after a clean stop."""
         identity = self._state.identity()
+        if self._config.role == "importer":
+            self._start_importer()
         threading.Thread(target=self._scanner, name="rescan", daemon=True).start()
         delay = BACKOFF_INITIAL_S
         attempt = 0
@@ -202,7 +221,11 @@ class Connection:
                         self._endpoint(identity), reason, sleep, attempt)
             self._stop.wait(sleep)
             delay = next_delay(delay)
+        # Import commands stay unfinished (never journaled as failed): the
+        # controller sends them again when this importer is back.
         self.executor.wait(timeout=5)
+        if self._importer is not None:
+            self._importer.stop()
         log.info("stopped")
 
     def _endpoint(self, identity: Identity) -> str:
@@ -225,6 +248,7 @@ class Connection:
             agent_id=identity.agent_id, version=__version__, hostname=socket.gethostname(),
             finished_task_ids=[e.task_id for e in recent],
             running_task_ids=self._journal.running(),
+            importer_endpoint=self._importer.endpoint if self._importer is not None else "",
         ))
         return [hello, *(result_message(e) for e in recent)]
 
@@ -254,6 +278,10 @@ class Connection:
                     welcomed = True
                 elif kind == "command":
                     self.executor.handle(response.command)
+                elif kind == "abort_import" and self.grants is not None \
+                        and self.grants.abort(response.abort_import.import_id):
+                    log.info("import %s aborted by the controller",
+                                 response.abort_import.import_id)
             return welcomed, "the controller ended the stream"
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None

@@ -76,6 +76,10 @@ class ImportGrant:
     streams: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set when the replica is committed or the import is aborted.
+    ended: threading.Event = field(default_factory=threading.Event)
+    aborted: bool = False
+    manifest_sha256: dict[str, str] = field(default_factory=dict)
 
 
 class ImportGrants:
@@ -94,6 +98,21 @@ class ImportGrants:
         with self._lock:
             self._grants.pop(replication_id, None)
 
+    def abort(self, replication_id: str) -> bool:
+        """Ends a grant that is not committed: no new stream opens with it
+        and its import command returns."""
+        with self._lock:
+            grant = self._grants.get(replication_id)
+            if grant is None or grant.committed:
+                return False
+            grant.aborted = True
+        grant.ended.set()
+        return True
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._grants)
+
     def get(self, replication_id: str) -> ImportGrant | None:
         with self._lock:
             return self._grants.get(replication_id)
@@ -109,7 +128,7 @@ class ImportGrants:
                     del self._grants[grant.replication_id]
             found = next((g for g in self._grants.values()
                           if hmac.compare_digest(g.token_sha256, digest)), None)
-            if found is None or found.expires_at <= now:
+            if found is None or found.expires_at <= now or found.aborted:
                 raise errors.Unauthenticated(
                     "The import token is unknown or expired; ask the target cloud for a "
                     "new replication.")
@@ -210,6 +229,10 @@ class _Session:
             elif step == "chunks":
                 stored = self.importer.put(bytes(request.chunks.chunk_key_id),
                                            [chunk_from_pb(c) for c in request.chunks.chunks])
+                # Answer only once the batch is in storage and indexed: what
+                # the source saw acknowledged survives a killed importer, so a
+                # fault costs at most the one batch in flight.
+                self.repo.flush()
                 self.grant.stats["bytes_stored"] = \
                     self.grant.stats.get("bytes_stored", 0) + stored
                 self.grant.stats["chunks_received"] = \
@@ -217,9 +240,9 @@ class _Session:
                 yield importer_pb2.ImportResponse(
                     stored=importer_pb2.ChunkBatchStored(stored_bytes=stored))
             elif step == "commit":
-                ids = self._commit(request.commit)
-                yield importer_pb2.ImportResponse(
-                    committed=importer_pb2.ImportCommitted(backup_ids=ids))
+                digests = self._commit(request.commit)
+                yield importer_pb2.ImportResponse(committed=importer_pb2.ImportCommitted(
+                    backup_ids=list(digests), manifest_sha256=digests))
                 return
             else:
                 raise errors.InvalidParameter("Unknown import step.")
@@ -232,7 +255,7 @@ class _Session:
         return importer_pb2.ImportResponse(
             opened=importer_pb2.ImportOpened(target_vault_id=self.grant.vault_id))
 
-    def _commit(self, msg: importer_pb2.ImportCommit) -> list[str]:
+    def _commit(self, msg: importer_pb2.ImportCommit) -> dict[str, str]:
         manifests = [Manifest.from_json(bytes(data), "replica manifest")
                      for data in msg.manifests]
         if not manifests:
@@ -245,9 +268,63 @@ class _Session:
                 raise errors.PermissionDenied(
                     f"Backup id {m.backup_id} was not granted to this replication.")
         with self.grant.commit_lock:
+            if self.grant.aborted:
+                raise errors.Conflict(f"Replication {self.grant.replication_id} was aborted "
+                                      "by the target cloud.")
             if self.grant.committed:
                 raise errors.Conflict(f"Replication {self.grant.replication_id} is already "
                                       "committed on the target.")
-            self.importer.commit(manifests)
+            if set(self.grant.replica_ids) - {m.backup_id for m in manifests}:
+                raise errors.InvalidParameter(
+                    "A commit names every replica of the grant: "
+                    f"{', '.join(sorted(self.grant.replica_ids))}.")
+            digests = self.importer.commit(manifests)
+            self.grant.manifest_sha256 = digests
             self.grant.committed = True
-        return [m.backup_id for m in manifests]
+        self.grant.ended.set()
+        return digests
+
+
+class ImporterServer:
+    """The importer's ImporterService over TLS, with the certificate the
+    target controller issued at enrollment (it names the importer by
+    ``<agent id>.importer.cbr``, which source agents verify)."""
+
+    def __init__(self, grants: ImportGrants, listen: str, *, key_pem: bytes,
+                 certificate_pem: bytes, advertise: str = "") -> None:
+        self.grants = grants
+        self._listen = listen
+        self._advertise = advertise
+        self._key_pem = key_pem
+        self._cert_pem = certificate_pem
+        self._server: grpc.Server | None = None
+        self.endpoint = ""
+
+    def start(self) -> str:
+        """Starts serving; returns host:port as source agents should dial it."""
+        from concurrent import futures
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16,
+                                                        thread_name_prefix="import"),
+                             options=server_options())
+        importer_pb2_grpc.add_ImporterServiceServicer_to_server(ImporterServicer(self.grants),
+                                                                server)
+        creds = grpc.ssl_server_credentials([(self._key_pem, self._cert_pem)])
+        port = server.add_secure_port(self._listen, creds)
+        if port == 0:
+            raise OSError(f"cannot listen on {self._listen} for imports")
+        server.start()
+        self._server = server
+        host = self._listen.rpartition(":")[0]
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            import socket
+
+            host = socket.getfqdn()
+        self.endpoint = self._advertise or f"{host}:{port}"
+        log.info("importer serving ImporterService on %s (TLS)", self.endpoint)
+        return self.endpoint
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            self._server.stop(grace).wait(grace + 3)
+            self._server = None

@@ -10,6 +10,7 @@ SIGTERM and SIGINT stop ``run`` cleanly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE",
                    default=os.environ.get("CBR_AGENT_CONFIG", agent_config.DEFAULT_CONFIG),
                    help="TOML configuration (env CBR_AGENT_CONFIG; default %(default)s).")
+    p.add_argument("--role", choices=agent_config.ROLES, default=None,
+                   help="host (protects this host) or importer (writes replicas into this "
+                   "cloud's vaults); overrides [agent] role.")
+    p.add_argument("--importer-listen", metavar="HOST:PORT", default=None,
+                   help="Importers: where ImporterService listens (overrides [agent] "
+                   f"importer_listen; default {agent_config.DEFAULT_IMPORTER_LISTEN}).")
     p.add_argument("--log-level", default=os.environ.get("CBR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default %(default)s).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except agent_config.ConfigError as exc:
         print(f"cbr-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.role is not None:
+        cfg = dataclasses.replace(cfg, role=args.role)
+    if args.importer_listen is not None:
+        cfg = dataclasses.replace(cfg, importer_listen=args.importer_listen)
     if args.command == "enroll":
         return _enroll(cfg, args.token, args.controller, args.force)
     if args.command == "inventory":

@@ -50,6 +50,8 @@ class GrpcReplicaTarget:
         self._call = stub.Import(self._feed(), timeout=timeout_s)
         self._responses: Iterator[importer_pb2.ImportResponse] = iter(self._call)
         self.target_vault_id = ""
+        # Serialized bytes of every step sent: what crossed, resends included.
+        self.bytes_sent = 0
 
     def _feed(self) -> Iterator[importer_pb2.ImportRequest]:
         while True:
@@ -59,6 +61,7 @@ class GrpcReplicaTarget:
             yield item
 
     def _step(self, request: importer_pb2.ImportRequest, want: str) -> Any:
+        self.bytes_sent += request.ByteSize()
         self._requests.put(request)
         try:
             response = next(self._responses)
@@ -87,9 +90,10 @@ class GrpcReplicaTarget:
             chunk_key_id=key_id, chunks=[chunk_to_pb(c) for c in chunks])), "stored")
         return int(stored.stored_bytes)
 
-    def commit(self, manifests: Sequence[Manifest]) -> None:
-        self._step(importer_pb2.ImportRequest(commit=importer_pb2.ImportCommit(
+    def commit(self, manifests: Sequence[Manifest]) -> dict[str, str]:
+        committed = self._step(importer_pb2.ImportRequest(commit=importer_pb2.ImportCommit(
             manifests=[m.to_json() for m in manifests])), "committed")
+        return dict(committed.manifest_sha256)
 
     def close(self) -> None:
         self._requests.put(_END)

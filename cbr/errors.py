@@ -64,6 +64,34 @@ class ReplicationNotAllowedForType(CbrError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotEcsBackup(CbrError):
+    """Replication is not allowed because the backup source is not an ECS."""
+
+    code = "BackupService.1003"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class RegionNotSupported(CbrError):
+    """The destination region does not support replication."""
+
+    code = "BackupService.1005"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyReplicated(CbrError):
+    """The backup is being replicated or has been replicated to the destination region."""
+
+    code = "BackupService.1009"
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ProjectNotSupported(CbrError):
+    """The destination project does not support replication."""
+
+    code = "BackupService.1011"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class RestoreTargetTooSmall(CbrError):
     """The restore target is smaller than the backup."""
 
@@ -257,6 +285,30 @@ class EncryptedRestoreTarget(CbrError):
 
     code = "BackupService.7006"
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ReplicaEncryptionMismatch(CbrError):
+    """The replication vault's encryption does not match the backup's other replicas."""
+
+    code = "BackupService.7007"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+# -- cross-cloud (our codes) ----------------------------------------------------
+
+
+class TargetCloudUnavailable(CbrError):
+    """The target cloud cannot be reached."""
+
+    code = "BackupService.8001"
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class NoImporter(CbrError):
+    """No importer agent of the target cloud is online to receive replicas."""
+
+    code = "BackupService.8002"
+    status = grpc.StatusCode.UNAVAILABLE
 
 
 def _all_subclasses(cls: type[CbrError]) -> list[type[CbrError]]:

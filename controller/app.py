@@ -32,6 +32,8 @@ class App:
     maintenance: Any = None
     # The policy loop (controller.scheduler.PolicyScheduler), set by build_app.
     scheduler: Any = None
+    # Cross-cloud replication (controller.replication.Replicator), set by build_app.
+    replicator: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     storage: VaultStorage = field(init=False)
     _root_key: RootKey | None = field(default=None, init=False, repr=False)

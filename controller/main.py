@@ -64,6 +64,9 @@ def build_app(cfg: config_mod.Config) -> App:
     from controller.scheduler import PolicyScheduler
 
     app.scheduler = PolicyScheduler(app)
+    from controller.replication import Replicator
+
+    app.replicator = Replicator(app)
     return app
 
 
@@ -79,6 +82,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     public.start()
     app.maintenance.start()
     app.scheduler.start()
+    app.replicator.start()
     # Everything built so far lives as long as the process; keep it out of the
     # collector's way, so a full collection does not pause every call.
     gc.freeze()
@@ -91,6 +95,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     stop.wait()
     log.info("stopping")
     app.scheduler.stop()
+    app.replicator.stop()
     public.stop(grace=5).wait(10)
     agent_endpoint.stop()
     if app.hub is not None:

@@ -33,6 +33,8 @@ class CommandContext:
     # Sends CommandProgress(progress 0..100, message, counters) for the running task.
     progress: Callable[..., None]
     task_id: str = ""
+    # Importers: the grants their ImporterService honours (agent.importer.ImportGrants).
+    grants: Any = None
 
 
 CommandFunction = Callable[[CommandContext, Any], Outcome]
@@ -52,4 +54,5 @@ def _lazy(module: str) -> CommandFunction:
 def registry() -> dict[str, CommandFunction]:
     from agent.commands import sync
 
-    return {"sync": sync.run, "backup": _lazy("backup"), "restore": _lazy("restore")}
+    return {"sync": sync.run, "backup": _lazy("backup"), "restore": _lazy("restore"),
+            "import": _lazy("imports"), "replicate": _lazy("replicate")}

@@ -90,6 +90,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("record_id", metavar="RECORD_ID")
 
+    p = add_command(
+        group,
+        "check-access",
+        cmd_check_access,
+        "on a target cloud: may these keys receive replicas? (what a source's credential checks)",
+        rpc="ReplicationService.CheckReplicationAccess",
+    )
+    p.add_argument("--destination-region", help="also say whether this region accepts replicas")
+
 
 def build_replicate_backup_request(
     args: argparse.Namespace,
@@ -162,4 +171,14 @@ def cmd_record_show(ctx: Context, args: argparse.Namespace) -> int:
         timeout=ctx.timeout,
     )
     ctx.out.show(resp.replication_record)
+    return 0
+
+
+def cmd_check_access(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.replication.CheckReplicationAccess(
+        replication_pb2.CheckReplicationAccessRequest(
+            destination_region=args.destination_region or ""),
+        timeout=ctx.timeout,
+    )
+    ctx.out.show(resp)
     return 0

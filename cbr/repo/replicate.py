@@ -12,15 +12,17 @@ This module must not know about controllers, credentials or the network.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zstandard
 
+from cbr.repo import layout
 from cbr.repo.blob import BlobType, compress, decompress, pays
 from cbr.repo.crypto import KeyWrapper
-from cbr.repo.errors import IntegrityError, KeyUnavailable, RepoError
+from cbr.repo.errors import IntegrityError, KeyUnavailable, ManifestExists, RepoError
 from cbr.repo.manifest import Manifest
 from cbr.repo.repository import Repository
 from cbr.repo.walk import iter_reachable
@@ -79,8 +81,9 @@ class ReplicaTarget(Protocol):
     def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
         """Checks and stores chunks; the bytes this added to storage."""
 
-    def commit(self, manifests: Sequence[Manifest]) -> None:
-        """Writes the replica's manifests once all they reach is stored."""
+    def commit(self, manifests: Sequence[Manifest]) -> dict[str, str]:
+        """Writes the replica's manifests once all they reach is stored;
+        their SHA-256 by backup id."""
 
 
 @dataclass
@@ -90,6 +93,7 @@ class ReplicationStats:
     raw_bytes_sent: int = 0
     wire_bytes_sent: int = 0
     bytes_stored: int = 0
+    manifest_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def export_chunk(repo: Repository, key_id: bytes, blob_type: BlobType,
@@ -186,7 +190,7 @@ def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTa
                 batch = {}
         if batch:
             flush_batch(batch)
-    target.commit(replicas)
+    stats.manifest_sha256 = target.commit(replicas)
     return stats
 
 
@@ -233,7 +237,12 @@ class VaultImporter:
             stored += added
         return stored
 
-    def commit(self, manifests: Sequence[Manifest]) -> None:
+    def commit(self, manifests: Sequence[Manifest]) -> dict[str, str]:
+        """Writes the manifests once all they reach is stored; returns each
+        one's SHA-256 for the catalog. Committing again (a commit whose
+        answer was lost, or cut half-way) finds the same manifests and
+        returns their digests; a different manifest under a replica's id is
+        refused."""
         self.repo.flush()
         for manifest in manifests:
             key_id = manifest.chunk_key_id
@@ -243,5 +252,18 @@ class VaultImporter:
                         f"replica {manifest.backup_id} is incomplete: chunk {chunk_id.hex()} "
                         "is not in the target vault; nothing was committed",
                         chunk_id=chunk_id.hex())
+        digests: dict[str, str] = {}
         for manifest in manifests:
-            self.repo.save_manifest(manifest)
+            try:
+                digests[manifest.backup_id] = self.repo.save_manifest(manifest)
+            except ManifestExists:
+                digests[manifest.backup_id] = self._same_manifest(manifest)
+        return digests
+
+    def _same_manifest(self, manifest: Manifest) -> str:
+        name = layout.manifest_name(manifest.backup_id)
+        stored = self.repo.load_manifest(manifest.backup_id)
+        if stored.to_json() != manifest.to_json():
+            raise IntegrityError(f"{name}: a different manifest is stored under replica id "
+                                 f"{manifest.backup_id}; refusing to replace it")
+        return hashlib.sha256(self.repo.backend.get(name)).hexdigest()

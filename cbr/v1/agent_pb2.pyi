@@ -184,18 +184,20 @@ class ReportedProtectable(_message.Message):
     def __init__(self, local_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., size_bytes: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_protectable_pb2.ProtectableDisk, _Mapping]]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "version", "hostname", "finished_task_ids", "running_task_ids")
+    __slots__ = ("agent_id", "version", "hostname", "finished_task_ids", "running_task_ids", "importer_endpoint")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     version: str
     hostname: str
     finished_task_ids: _containers.RepeatedScalarFieldContainer[str]
     running_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., finished_task_ids: _Optional[_Iterable[str]] = ..., running_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    importer_endpoint: str
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., finished_task_ids: _Optional[_Iterable[str]] = ..., running_task_ids: _Optional[_Iterable[str]] = ..., importer_endpoint: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at",)
@@ -373,22 +375,97 @@ class RestoreCommand(_message.Message):
     manifest_sha256: _containers.ScalarMap[str, str]
     def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., target_path: _Optional[str] = ..., source_path: _Optional[str] = ..., disk_targets: _Optional[_Mapping[str, str]] = ..., manifest_sha256: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class ImportCommand(_message.Message):
+    __slots__ = ("storage", "import_id", "vault_id", "token_sha256", "replica_ids", "expires_at")
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    storage: StorageAccess
+    import_id: str
+    vault_id: str
+    token_sha256: bytes
+    replica_ids: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., import_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., token_sha256: _Optional[bytes] = ..., replica_ids: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReplicateCommand(_message.Message):
+    __slots__ = ("storage", "backup_id", "manifest_sha256", "replica_ids", "destination_vault_id", "destination_checkpoint_id", "importer_endpoint", "importer_server_name", "ca_certificate_pem", "import_token", "source_cloud", "source_region", "source_project_id", "expires_at", "replication_record_id")
+    class ManifestSha256Entry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ReplicaIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPORTER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTER_SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_REGION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    storage: StorageAccess
+    backup_id: str
+    manifest_sha256: _containers.ScalarMap[str, str]
+    replica_ids: _containers.ScalarMap[str, str]
+    destination_vault_id: str
+    destination_checkpoint_id: str
+    importer_endpoint: str
+    importer_server_name: str
+    ca_certificate_pem: str
+    import_token: str
+    source_cloud: str
+    source_region: str
+    source_project_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    replication_record_id: str
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., manifest_sha256: _Optional[_Mapping[str, str]] = ..., replica_ids: _Optional[_Mapping[str, str]] = ..., destination_vault_id: _Optional[str] = ..., destination_checkpoint_id: _Optional[str] = ..., importer_endpoint: _Optional[str] = ..., importer_server_name: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., import_token: _Optional[str] = ..., source_cloud: _Optional[str] = ..., source_region: _Optional[str] = ..., source_project_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replication_record_id: _Optional[str] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("task_id", "sync", "backup", "restore")
+    __slots__ = ("task_id", "sync", "backup", "restore", "replicate")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
     BACKUP_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_FIELD_NUMBER: _ClassVar[int]
+    REPLICATE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     sync: SyncCommand
     backup: BackupCommand
     restore: RestoreCommand
-    def __init__(self, task_id: _Optional[str] = ..., sync: _Optional[_Union[SyncCommand, _Mapping]] = ..., backup: _Optional[_Union[BackupCommand, _Mapping]] = ..., restore: _Optional[_Union[RestoreCommand, _Mapping]] = ...) -> None: ...
+    replicate: ReplicateCommand
+    def __init__(self, task_id: _Optional[str] = ..., sync: _Optional[_Union[SyncCommand, _Mapping]] = ..., backup: _Optional[_Union[BackupCommand, _Mapping]] = ..., restore: _Optional[_Union[RestoreCommand, _Mapping]] = ..., replicate: _Optional[_Union[ReplicateCommand, _Mapping]] = ..., **kwargs) -> None: ...
+
+class AbortImport(_message.Message):
+    __slots__ = ("import_id",)
+    IMPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    import_id: str
+    def __init__(self, import_id: _Optional[str] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "command")
+    __slots__ = ("welcome", "command", "abort_import")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ABORT_IMPORT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     command: Command
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
+    abort_import: AbortImport
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., abort_import: _Optional[_Union[AbortImport, _Mapping]] = ...) -> None: ...

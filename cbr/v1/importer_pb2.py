@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x62r/v1/importer.proto\x12\x06\x63\x62r.v1\"\xae\x01\n\rImportRequest\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.cbr.v1.ImportOpenH\x00\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x12.cbr.v1.ChunkQueryH\x00\x12$\n\x06\x63hunks\x18\x03 \x01(\x0b\x32\x12.cbr.v1.ChunkBatchH\x00\x12&\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x14.cbr.v1.ImportCommitH\x00\x42\x06\n\x04step\"d\n\nImportOpen\x12\x14\n\x0cimport_token\x18\x01 \x01(\t\x12\x17\n\x0fsource_vault_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hunk_key_id\x18\x03 \x01(\x0c\x12\x11\n\tchunk_key\x18\x04 \x01(\x0c\"5\n\nChunkQuery\x12\x14\n\x0c\x63hunk_key_id\x18\x01 \x01(\x0c\x12\x11\n\tchunk_ids\x18\x02 \x03(\x0c\"f\n\tWireChunk\x12\x11\n\tblob_type\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\x0c\x12\x12\n\nraw_length\x18\x03 \x01(\x04\x12\x12\n\ncompressed\x18\x04 \x01(\x08\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\"E\n\nChunkBatch\x12\x14\n\x0c\x63hunk_key_id\x18\x01 \x01(\x0c\x12!\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x11.cbr.v1.WireChunk\"!\n\x0cImportCommit\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\"\xc7\x01\n\x0eImportResponse\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.cbr.v1.ImportOpenedH\x00\x12+\n\x07missing\x18\x02 \x01(\x0b\x32\x18.cbr.v1.ChunkQueryResultH\x00\x12*\n\x06stored\x18\x03 \x01(\x0b\x32\x18.cbr.v1.ChunkBatchStoredH\x00\x12,\n\tcommitted\x18\x04 \x01(\x0b\x32\x17.cbr.v1.ImportCommittedH\x00\x42\x06\n\x04step\"\'\n\x0cImportOpened\x12\x17\n\x0ftarget_vault_id\x18\x01 \x01(\t\"%\n\x10\x43hunkQueryResult\x12\x11\n\tchunk_ids\x18\x01 \x03(\x0c\"(\n\x10\x43hunkBatchStored\x12\x14\n\x0cstored_bytes\x18\x01 \x01(\x04\"%\n\x0fImportCommitted\x12\x12\n\nbackup_ids\x18\x01 \x03(\t2N\n\x0fImporterService\x12;\n\x06Import\x12\x15.cbr.v1.ImportRequest\x1a\x16.cbr.v1.ImportResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x62r/v1/importer.proto\x12\x06\x63\x62r.v1\"\xae\x01\n\rImportRequest\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.cbr.v1.ImportOpenH\x00\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x12.cbr.v1.ChunkQueryH\x00\x12$\n\x06\x63hunks\x18\x03 \x01(\x0b\x32\x12.cbr.v1.ChunkBatchH\x00\x12&\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x14.cbr.v1.ImportCommitH\x00\x42\x06\n\x04step\"d\n\nImportOpen\x12\x14\n\x0cimport_token\x18\x01 \x01(\t\x12\x17\n\x0fsource_vault_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hunk_key_id\x18\x03 \x01(\x0c\x12\x11\n\tchunk_key\x18\x04 \x01(\x0c\"5\n\nChunkQuery\x12\x14\n\x0c\x63hunk_key_id\x18\x01 \x01(\x0c\x12\x11\n\tchunk_ids\x18\x02 \x03(\x0c\"f\n\tWireChunk\x12\x11\n\tblob_type\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\x0c\x12\x12\n\nraw_length\x18\x03 \x01(\x04\x12\x12\n\ncompressed\x18\x04 \x01(\x08\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\"E\n\nChunkBatch\x12\x14\n\x0c\x63hunk_key_id\x18\x01 \x01(\x0c\x12!\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x11.cbr.v1.WireChunk\"!\n\x0cImportCommit\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\"\xc7\x01\n\x0eImportResponse\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.cbr.v1.ImportOpenedH\x00\x12+\n\x07missing\x18\x02 \x01(\x0b\x32\x18.cbr.v1.ChunkQueryResultH\x00\x12*\n\x06stored\x18\x03 \x01(\x0b\x32\x18.cbr.v1.ChunkBatchStoredH\x00\x12,\n\tcommitted\x18\x04 \x01(\x0b\x32\x17.cbr.v1.ImportCommittedH\x00\x42\x06\n\x04step\"\'\n\x0cImportOpened\x12\x17\n\x0ftarget_vault_id\x18\x01 \x01(\t\"%\n\x10\x43hunkQueryResult\x12\x11\n\tchunk_ids\x18\x01 \x03(\x0c\"(\n\x10\x43hunkBatchStored\x12\x14\n\x0cstored_bytes\x18\x01 \x01(\x04\"\xa2\x01\n\x0fImportCommitted\x12\x12\n\nbackup_ids\x18\x01 \x03(\t\x12\x44\n\x0fmanifest_sha256\x18\x02 \x03(\x0b\x32+.cbr.v1.ImportCommitted.ManifestSha256Entry\x1a\x35\n\x13ManifestSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32N\n\x0fImporterService\x12;\n\x06Import\x12\x15.cbr.v1.ImportRequest\x1a\x16.cbr.v1.ImportResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.importer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_IMPORTCOMMITTED_MANIFESTSHA256ENTRY']._loaded_options = None
+  _globals['_IMPORTCOMMITTED_MANIFESTSHA256ENTRY']._serialized_options = b'8\001'
   _globals['_IMPORTREQUEST']._serialized_start=34
   _globals['_IMPORTREQUEST']._serialized_end=208
   _globals['_IMPORTOPEN']._serialized_start=210
@@ -51,8 +53,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNKQUERYRESULT']._serialized_end=857
   _globals['_CHUNKBATCHSTORED']._serialized_start=859
   _globals['_CHUNKBATCHSTORED']._serialized_end=899
-  _globals['_IMPORTCOMMITTED']._serialized_start=901
-  _globals['_IMPORTCOMMITTED']._serialized_end=938
-  _globals['_IMPORTERSERVICE']._serialized_start=940
-  _globals['_IMPORTERSERVICE']._serialized_end=1018
+  _globals['_IMPORTCOMMITTED']._serialized_start=902
+  _globals['_IMPORTCOMMITTED']._serialized_end=1064
+  _globals['_IMPORTCOMMITTED_MANIFESTSHA256ENTRY']._serialized_start=1011
+  _globals['_IMPORTCOMMITTED_MANIFESTSHA256ENTRY']._serialized_end=1064
+  _globals['_IMPORTERSERVICE']._serialized_start=1066
+  _globals['_IMPORTERSERVICE']._serialized_end=1144
 # @@protoc_insertion_point(module_scope)

@@ -97,7 +97,16 @@ class ChunkBatchStored(_message.Message):
     def __init__(self, stored_bytes: _Optional[int] = ...) -> None: ...
 
 class ImportCommitted(_message.Message):
-    __slots__ = ("backup_ids",)
+    __slots__ = ("backup_ids", "manifest_sha256")
+    class ManifestSha256Entry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BACKUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     backup_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, backup_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    manifest_sha256: _containers.ScalarMap[str, str]
+    def __init__(self, backup_ids: _Optional[_Iterable[str]] = ..., manifest_sha256: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -148,3 +148,128 @@ class ListReplicationRecordsResponse(_message.Message):
     next_page_token: str
     total_count: int
     def __init__(self, replication_records: _Optional[_Iterable[_Union[ReplicationRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class CheckReplicationAccessRequest(_message.Message):
+    __slots__ = ("destination_region",)
+    DESTINATION_REGION_FIELD_NUMBER: _ClassVar[int]
+    destination_region: str
+    def __init__(self, destination_region: _Optional[str] = ...) -> None: ...
+
+class CheckReplicationAccessResponse(_message.Message):
+    __slots__ = ("cloud", "account_id", "user_id", "region_supported")
+    CLOUD_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    cloud: str
+    account_id: str
+    user_id: str
+    region_supported: bool
+    def __init__(self, cloud: _Optional[str] = ..., account_id: _Optional[str] = ..., user_id: _Optional[str] = ..., region_supported: _Optional[bool] = ...) -> None: ...
+
+class ImportedBackup(_message.Message):
+    __slots__ = ("source_backup_id", "name", "description", "resource_id", "resource_name", "resource_type", "resource_size_bytes", "system_disk", "incremental", "protected_at", "children")
+    SOURCE_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
+    INCREMENTAL_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    source_backup_id: str
+    name: str
+    description: str
+    resource_id: str
+    resource_name: str
+    resource_type: str
+    resource_size_bytes: int
+    system_disk: bool
+    incremental: bool
+    protected_at: _timestamp_pb2.Timestamp
+    children: _containers.RepeatedCompositeFieldContainer[ImportedBackup]
+    def __init__(self, source_backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_size_bytes: _Optional[int] = ..., system_disk: _Optional[bool] = ..., incremental: _Optional[bool] = ..., protected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., children: _Optional[_Iterable[_Union[ImportedBackup, _Mapping]]] = ...) -> None: ...
+
+class PrepareImportRequest(_message.Message):
+    __slots__ = ("source_record_id", "source_cloud", "source_region", "source_project_id", "source_vault_id", "source_checkpoint_id", "destination_region", "destination_vault_id", "backup", "encrypted", "auto_trigger")
+    SOURCE_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_REGION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_REGION_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    source_record_id: str
+    source_cloud: str
+    source_region: str
+    source_project_id: str
+    source_vault_id: str
+    source_checkpoint_id: str
+    destination_region: str
+    destination_vault_id: str
+    backup: ImportedBackup
+    encrypted: bool
+    auto_trigger: bool
+    def __init__(self, source_record_id: _Optional[str] = ..., source_cloud: _Optional[str] = ..., source_region: _Optional[str] = ..., source_project_id: _Optional[str] = ..., source_vault_id: _Optional[str] = ..., source_checkpoint_id: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., backup: _Optional[_Union[ImportedBackup, _Mapping]] = ..., encrypted: _Optional[bool] = ..., auto_trigger: _Optional[bool] = ...) -> None: ...
+
+class PrepareImportResponse(_message.Message):
+    __slots__ = ("import_id", "task_id", "destination_checkpoint_id", "replica_ids", "importer_endpoint", "importer_server_name", "ca_certificate_pem", "import_token", "expires_at", "destination_project_id")
+    class ReplicaIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IMPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTER_SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    import_id: str
+    task_id: str
+    destination_checkpoint_id: str
+    replica_ids: _containers.ScalarMap[str, str]
+    importer_endpoint: str
+    importer_server_name: str
+    ca_certificate_pem: str
+    import_token: str
+    expires_at: _timestamp_pb2.Timestamp
+    destination_project_id: str
+    def __init__(self, import_id: _Optional[str] = ..., task_id: _Optional[str] = ..., destination_checkpoint_id: _Optional[str] = ..., replica_ids: _Optional[_Mapping[str, str]] = ..., importer_endpoint: _Optional[str] = ..., importer_server_name: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., import_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destination_project_id: _Optional[str] = ...) -> None: ...
+
+class GetImportRequest(_message.Message):
+    __slots__ = ("import_id",)
+    IMPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    import_id: str
+    def __init__(self, import_id: _Optional[str] = ...) -> None: ...
+
+class GetImportResponse(_message.Message):
+    __slots__ = ("replication_record",)
+    REPLICATION_RECORD_FIELD_NUMBER: _ClassVar[int]
+    replication_record: ReplicationRecord
+    def __init__(self, replication_record: _Optional[_Union[ReplicationRecord, _Mapping]] = ...) -> None: ...
+
+class AbortImportRequest(_message.Message):
+    __slots__ = ("import_id", "reason")
+    IMPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    import_id: str
+    reason: str
+    def __init__(self, import_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbortImportResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -55,6 +55,26 @@ class ReplicationServiceStub:
                 request_serializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsResponse.FromString,
                 _registered_method=True)
+        self.CheckReplicationAccess = channel.unary_unary(
+                '/cbr.v1.ReplicationService/CheckReplicationAccess',
+                request_serializer=cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessResponse.FromString,
+                _registered_method=True)
+        self.PrepareImport = channel.unary_unary(
+                '/cbr.v1.ReplicationService/PrepareImport',
+                request_serializer=cbr_dot_v1_dot_replication__pb2.PrepareImportRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_replication__pb2.PrepareImportResponse.FromString,
+                _registered_method=True)
+        self.GetImport = channel.unary_unary(
+                '/cbr.v1.ReplicationService/GetImport',
+                request_serializer=cbr_dot_v1_dot_replication__pb2.GetImportRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_replication__pb2.GetImportResponse.FromString,
+                _registered_method=True)
+        self.AbortImport = channel.unary_unary(
+                '/cbr.v1.ReplicationService/AbortImport',
+                request_serializer=cbr_dot_v1_dot_replication__pb2.AbortImportRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_replication__pb2.AbortImportResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -87,6 +107,41 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckReplicationAccess(self, request, context):
+        """The calls below are the target cloud's side. A source cloud makes them
+        with a credential's access key; the user behind it must hold every
+        action of reference rule 11, and a missing one is named in the refusal.
+
+        Checks a credential: who it is, and that it may receive replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareImport(self, request, context):
+        """Allows one replication into a replication vault: checks the target's
+        rules, picks an importer, and returns where and with which token the
+        source agent streams. Repeating it for the same source record returns
+        the same import.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImport(self, request, context):
+        """Where an import stands; the replica exists once its status is success.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortImport(self, request, context):
+        """Gives up an import that is not committed; nothing of it becomes a backup.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +164,26 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.ListReplicationRecords,
                     request_deserializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsResponse.SerializeToString,
+            ),
+            'CheckReplicationAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckReplicationAccess,
+                    request_deserializer=cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessResponse.SerializeToString,
+            ),
+            'PrepareImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareImport,
+                    request_deserializer=cbr_dot_v1_dot_replication__pb2.PrepareImportRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_replication__pb2.PrepareImportResponse.SerializeToString,
+            ),
+            'GetImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImport,
+                    request_deserializer=cbr_dot_v1_dot_replication__pb2.GetImportRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_replication__pb2.GetImportResponse.SerializeToString,
+            ),
+            'AbortImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortImport,
+                    request_deserializer=cbr_dot_v1_dot_replication__pb2.AbortImportRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_replication__pb2.AbortImportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +295,114 @@ class ReplicationService:
             '/cbr.v1.ReplicationService/ListReplicationRecords',
             cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsRequest.SerializeToString,
             cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckReplicationAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.ReplicationService/CheckReplicationAccess',
+            cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessRequest.SerializeToString,
+            cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.ReplicationService/PrepareImport',
+            cbr_dot_v1_dot_replication__pb2.PrepareImportRequest.SerializeToString,
+            cbr_dot_v1_dot_replication__pb2.PrepareImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.ReplicationService/GetImport',
+            cbr_dot_v1_dot_replication__pb2.GetImportRequest.SerializeToString,
+            cbr_dot_v1_dot_replication__pb2.GetImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.ReplicationService/AbortImport',
+            cbr_dot_v1_dot_replication__pb2.AbortImportRequest.SerializeToString,
+            cbr_dot_v1_dot_replication__pb2.AbortImportResponse.FromString,
             options,
             channel_credentials,
             insecure,

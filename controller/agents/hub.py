@@ -33,8 +33,8 @@ from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.agents import convert, service
 from controller.app import App
-from controller.persistence.models import Agent, Task, UtcDateTime, Vault
-from controller.services import keys, tasks
+from controller.persistence.models import Agent, ReplicationRecord, Task, UtcDateTime, Vault
+from controller.services import keys, replication, tasks
 
 log = logging.getLogger("cbr.controller.agents.hub")
 
@@ -279,7 +279,7 @@ class AgentHub:
         now = self._clock.now()
         with self._app.db.begin() as session:
             service.update_identity(session, stream.agent_id, hostname=hello.hostname,
-                                    version=hello.version)
+                                    version=hello.version, endpoint=hello.importer_endpoint)
             pending = session.scalars(
                 select(Task)
                 .where(Task.agent_id == stream.agent_id,
@@ -293,6 +293,15 @@ class AgentHub:
                     if command is not None:
                         commands.append(command)
                         tasks.start_task(session, task.id, now)
+                elif task.status == "running" and task.id not in alive \
+                        and "import" in task.command:
+                    # An import survives its importer: what reached storage
+                    # stays, and the source resumes once the grant is back.
+                    command = self._command_or_fail(session, task, now)
+                    if command is not None:
+                        commands.append(command)
+                        log.info("agent %s restarted during import task %s; sent again",
+                                 stream.agent_id, task.id)
                 elif task.status == "running" and task.id not in alive:
                     self._finish(session, task.id, "failed", now,
                                  "BackupService.0503",
@@ -399,10 +408,17 @@ class AgentHub:
         credentials added here, at send time, so the task row never holds them.
         """
         body = dict(task.command)
-        for action in ("backup", "restore"):
+        for action in ("backup", "restore", "import", "replicate"):
             if action in body:
                 vault = session.get(Vault, task.vault_id)
                 body[action] = {**body[action], "storage": self._storage_access(session, vault)}
+        if "replicate" in body:
+            record = session.get(ReplicationRecord,
+                                 str(task.extra_info.get("replication_record_id", "")))
+            if record is None:
+                raise errors.ResourceNotFound("The task's replication record is gone.")
+            body["replicate"]["importToken"] = replication.unseal_token(self._app.keyring,
+                                                                        record)
         try:
             return json_format.ParseDict({"task_id": task.id, **body}, agent_pb2.Command())
         except json_format.ParseError as exc:
@@ -429,6 +445,15 @@ class AgentHub:
                 return False
             tasks.start_task(session, task_id, now)
         return stream.send(agent_pb2.ConnectResponse(command=command))
+
+    def abort_import(self, agent_id: str, import_id: str) -> bool:
+        """Tells an importer to drop an import's grant now (it would expire anyway)."""
+        with self._lock:
+            stream = self._streams.get(agent_id)
+        if stream is None:
+            return False
+        return stream.send(agent_pb2.ConnectResponse(
+            abort_import=agent_pb2.AbortImport(import_id=import_id)))
 
     # -- background ------------------------------------------------------------
 

@@ -40,6 +40,12 @@ BACKDATE = dt.timedelta(minutes=5)
 AGENT_URI_PREFIX = "urn:cbr:agent:"
 
 
+def importer_server_name(agent_id: str) -> str:
+    """The DNS name in an importer's certificate: source agents dial its
+    address and verify this name, so no address needs to be in the certificate."""
+    return f"{agent_id}.importer.cbr"
+
+
 def fingerprint_der(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
@@ -217,13 +223,16 @@ class CertificateAuthority:
         _write_public(cert_path, _pem(cert))
         return ServerIdentity(_key_pem(key), _pem(cert))
 
-    def issue_client_certificate(self, csr_pem: bytes | str, agent_id: str) -> bytes:
+    def issue_client_certificate(self, csr_pem: bytes | str, agent_id: str, *,
+                                 importer: bool = False) -> bytes:
         """A one-year client certificate for agent_id over the CSR's key.
 
         Refuses (InvalidParameter) a CSR that does not parse, whose signature
         does not verify (the requester does not hold the key) or whose key is
         not EC P-256. The subject the agent asked for is ignored: the
-        certificate names the agent id the controller chose.
+        certificate names the agent id the controller chose. An importer's
+        certificate also serves its ImporterService to source agents, under
+        the name :func:`importer_server_name` gives.
         """
         data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
         try:
@@ -250,11 +259,13 @@ class CertificateAuthority:
             .add_extension(
                 x509.SubjectAlternativeName(
                     [x509.UniformResourceIdentifier(AGENT_URI_PREFIX + agent_id)]
+                    + ([x509.DNSName(importer_server_name(agent_id))] if importer else [])
                 ),
                 critical=False,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH]
+                + ([ExtendedKeyUsageOID.SERVER_AUTH] if importer else [])), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         return _pem(cert)

@@ -163,7 +163,7 @@ def enroll(
     )
     session.add(agent)
     session.flush()
-    cert_pem = ca.issue_client_certificate(csr_pem, agent.id)
+    cert_pem = ca.issue_client_certificate(csr_pem, agent.id, importer=agent.role == "importer")
     agent.certificate_fingerprint = certificate_fingerprint(cert_pem)
     spent = session.execute(
         update(EnrollmentToken)
@@ -348,12 +348,14 @@ def authenticate_stream(session: Session, agent_id: str, fingerprint: str) -> Ag
 
 
 def update_identity(
-    session: Session, agent_id: str, *, hostname: str, version: str
+    session: Session, agent_id: str, *, hostname: str, version: str, endpoint: str = ""
 ) -> None:
     """Records what the agent says of itself in Hello, writing only on change."""
     agent = session.get(Agent, agent_id)
     if agent is None:
         return
+    if agent.role == "importer" and agent.endpoint != endpoint[:255]:
+        agent.endpoint = endpoint[:255]
     if hostname and agent.hostname != hostname[:255]:
         agent.hostname = hostname[:255]
     if version and agent.version != version[:32]:

@@ -27,7 +27,7 @@ from controller.agents.servicer import (
 )
 from controller.app import App
 from controller.persistence.models import Task
-from controller.services import policy_runs, runs
+from controller.services import imports, policy_runs, replication, runs
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -125,7 +125,18 @@ def register_result_handlers(hub: AgentHub, app: App) -> None:
     def restore_done(session: Session, task: Task, _result: Any) -> None:
         runs.finish_restore(session, task, task.status == "success", app.clock.now())
 
+    def replication_done(session: Session, task: Task, _result: Any) -> None:
+        now = app.clock.now()
+        if "import" in task.command:  # this cloud is the target: the importer's end
+            imports.finish_import(session, task, now)
+            return
+        record = replication.transfer_done(session, task, now)
+        if record is not None and app.replicator is not None:
+            replicator = app.replicator
+            event.listen(session, "after_commit", lambda _s: replicator.wake(), once=True)
+
     hub.register_result_handler("backup", backup_done)
+    hub.register_result_handler("replication", replication_done)
     hub.register_result_handler("restore", restore_done)
 
 

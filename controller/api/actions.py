@@ -63,6 +63,11 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.ReplicationService/ReplicateVault": "cbr:vaults:replicate",
     "/cbr.v1.ReplicationService/GetReplicationRecord": "cbr:replicationRecords:get",
     "/cbr.v1.ReplicationService/ListReplicationRecords": "cbr:replicationRecords:list",
+    # The target's side: each also requires every action of rule 11.
+    "/cbr.v1.ReplicationService/CheckReplicationAccess": "cbr:vaults:get",
+    "/cbr.v1.ReplicationService/PrepareImport": "cbr:backups:import",
+    "/cbr.v1.ReplicationService/GetImport": "cbr::listThirdAuth",
+    "/cbr.v1.ReplicationService/AbortImport": "cbr::updateSnapshotMetadata",
     "/cbr.v1.KeyService/CreateKey": "cbr:keys:create",
     "/cbr.v1.KeyService/GetKey": "cbr:keys:get",
     "/cbr.v1.KeyService/ListKeys": "cbr:keys:list",
@@ -97,8 +102,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.IamService/DeleteGrant": "iam:grants:delete",
 }
 
-# Actions the replication issue checks on the target (reference rule 11);
-# they name no RPC yet but must be grantable.
+# Actions the target checks for every import call (reference rule 11).
 REPLICATION_TARGET_ACTIONS = (
     "cbr:vaults:get",
     "cbr:backups:get",

@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from sqlalchemy import select
 
+from cbr import errors
 from cbr.v1 import credential_pb2, credential_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Credential
+from controller.replication import Replicator
 from controller.services import credentials, paging
 
 
 class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer):
+    """Creating or changing a credential asks the target cloud whether it works
+    (controller.replication.Replicator.check_access) before anything is stored."""
+
+    def _replicator(self) -> Replicator:
+        if self.app.replicator is None:
+            raise errors.NotImplementedYet("This controller runs without replication.")
+        return cast(Replicator, self.app.replicator)
+
     def CreateCredential(self, request: credential_pb2.CreateCredentialRequest,
                          context: grpc.ServicerContext
                          ) -> credential_pb2.CreateCredentialResponse:
+        if not request.target_endpoint:
+            raise errors.InvalidParameter("target_endpoint is required: HOST:PORT of the "
+                                          "target cloud's controller.", field="target_endpoint")
+        with self.app.db.read() as conn:  # refuse bad input before calling another cloud
+            credentials.check_new(conn, self.project_id, request.name)
+        self._replicator().check_access(
+            name=request.name, endpoint=request.target_endpoint,
+            access_key_id=request.access_key_id, secret=request.secret_access_key,
+            target_account_id=request.target_account_id, target_cloud=request.target_cloud)
         with self.app.db.begin() as s:
             c = credentials.create_credential(
                 s, self.app.keyring, self.project_id, name=request.name,
@@ -48,6 +69,20 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
     def UpdateCredential(self, request: credential_pb2.UpdateCredentialRequest,
                          context: grpc.ServicerContext
                          ) -> credential_pb2.UpdateCredentialResponse:
+        if request.target_endpoint or request.access_key_id or request.secret_access_key:
+            with self.app.db.begin() as s:
+                current = credentials.get_credential(s, self.project_id, request.credential_id)
+                if request.access_key_id and not request.secret_access_key:
+                    raise errors.InvalidParameter(
+                        "A new access key needs its secret key.", field="secret_access_key")
+                check = {"name": current.name,
+                         "endpoint": request.target_endpoint or current.target_endpoint,
+                         "access_key_id": request.access_key_id or current.access_key_id,
+                         "secret": request.secret_access_key or self.app.keyring.unseal(
+                             current.secret_sealed, current.id.encode()).decode(),
+                         "target_account_id": current.target_account_id,
+                         "target_cloud": current.target_cloud}
+            self._replicator().check_access(**check)
         with self.app.db.begin() as s:
             c = credentials.update_credential(
                 s, self.app.keyring, self.project_id, request.credential_id,

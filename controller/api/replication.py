@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import cast
+
 import grpc
+from google.protobuf import json_format
 from sqlalchemy import select
 
 from cbr import errors
 from cbr.v1 import replication_pb2, replication_pb2_grpc
+from controller.agents import pki
+from controller.agents.servicer import certificate_authority
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Backup, ReplicationRecord
-from controller.services import backups, credentials, paging, tasks, vaults
+from controller.replication import Replicator
+from controller.services import agent_status, credentials, imports, paging, tasks, vaults
 
 
 class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServicer):
+    """Thin: the rules live in controller.services.replication (source side) and
+    controller.services.imports (target side); the conversation between the two
+    clouds in controller.replication."""
+
+    @property
+    def replicator(self) -> Replicator:
+        if self.app.replicator is None:
+            raise errors.NotImplementedYet("This controller runs without replication.")
+        return cast(Replicator, self.app.replicator)
+
     def ReplicateBackup(self, request: replication_pb2.ReplicateBackupRequest,
                         context: grpc.ServicerContext
                         ) -> replication_pb2.ReplicateBackupResponse:
-        with self.app.db.begin() as s:
-            backups.get_backup(s, self.project_id, request.backup_id)
-            credentials.get_credential(s, self.project_id, request.credential_id)
-        raise errors.NotImplementedYet(backups.REPLICATION_PENDING)
+        started = self.replicator.replicate_backup(
+            self.project_id, request.backup_id, request.credential_id,
+            request.destination_region, request.destination_vault_id,
+            request.destination_project_id)
+        return replication_pb2.ReplicateBackupResponse(
+            task_id=started.task_id, replication_record_id=started.record_id)
 
     def ReplicateVault(self, request: replication_pb2.ReplicateVaultRequest,
                        context: grpc.ServicerContext) -> replication_pb2.ReplicateVaultResponse:
@@ -43,7 +62,78 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                     extra_info={"destination_region": request.destination_region,
                                 "reason": "the vault has no backups to replicate"})
                 return replication_pb2.ReplicateVaultResponse(task_ids=[task.id])
-        raise errors.NotImplementedYet(backups.REPLICATION_PENDING)
+        task_ids = self.replicator.replicate_vault(
+            self.project_id, request.vault_id, request.credential_id,
+            request.destination_region, request.destination_vault_id,
+            request.destination_project_id)
+        return replication_pb2.ReplicateVaultResponse(task_ids=task_ids)
+
+    # -- the target's side ---------------------------------------------------------------
+
+    def CheckReplicationAccess(self, request: replication_pb2.CheckReplicationAccessRequest,
+                               context: grpc.ServicerContext
+                               ) -> replication_pb2.CheckReplicationAccessResponse:
+        imports.require_replication_actions(self.caller.actions)
+        regions = self.app.config.all_regions
+        return replication_pb2.CheckReplicationAccessResponse(
+            cloud=self.app.config.cloud_name, account_id=self.project_id,
+            user_id=self.caller.user_id,
+            region_supported=imports.region_supported(regions, request.destination_region))
+
+    def PrepareImport(self, request: replication_pb2.PrepareImportRequest,
+                      context: grpc.ServicerContext) -> replication_pb2.PrepareImportResponse:
+        imports.require_replication_actions(self.caller.actions)
+        if not request.source_record_id or not request.HasField("backup"):
+            raise errors.InvalidParameter("source_record_id and backup are required.",
+                                          field="backup")
+        req = imports.ImportRequest(
+            source_record_id=request.source_record_id, source_cloud=request.source_cloud,
+            source_region=request.source_region, source_project_id=request.source_project_id,
+            source_vault_id=request.source_vault_id,
+            source_checkpoint_id=request.source_checkpoint_id,
+            destination_region=request.destination_region,
+            destination_vault_id=request.destination_vault_id,
+            backup=json_format.MessageToDict(request.backup), encrypted=request.encrypted,
+            auto_trigger=request.auto_trigger)
+        with self.app.db.begin() as s:
+            plan = imports.prepare_import(
+                s, self.app.keyring, self.project_id, req,
+                regions=self.app.config.all_regions,
+                online=agent_status.online_agent_ids(self.app, s), now=self.now())
+            record, task_id = plan.record, plan.task.id
+            response = replication_pb2.PrepareImportResponse(
+                import_id=record.id, task_id=task_id,
+                destination_checkpoint_id=record.destination_checkpoint_id,
+                replica_ids=dict(record.extra_info["replica_ids"]),
+                importer_endpoint=plan.importer.endpoint,
+                importer_server_name=pki.importer_server_name(plan.importer.id),
+                ca_certificate_pem=certificate_authority(self.app).certificate_pem.decode(),
+                import_token=plan.token, destination_project_id=self.project_id)
+            response.expires_at.FromDatetime(
+                dt.datetime.fromisoformat(str(record.extra_info["expires_at"])))
+            importer_id = plan.importer.id
+        if self.app.hub is not None:
+            self.app.hub.dispatch(importer_id, task_id)
+        return response
+
+    def GetImport(self, request: replication_pb2.GetImportRequest,
+                  context: grpc.ServicerContext) -> replication_pb2.GetImportResponse:
+        imports.require_replication_actions(self.caller.actions)
+        with self.app.db.begin() as s:
+            record = imports.get_import(s, self.project_id, request.import_id)
+            return replication_pb2.GetImportResponse(
+                replication_record=convert.replication_record(record))
+
+    def AbortImport(self, request: replication_pb2.AbortImportRequest,
+                    context: grpc.ServicerContext) -> replication_pb2.AbortImportResponse:
+        imports.require_replication_actions(self.caller.actions)
+        with self.app.db.begin() as s:
+            task = imports.abort_import(s, self.project_id, request.import_id,
+                                        request.reason, self.now())
+            importer_id = task.agent_id if task is not None else ""
+        if importer_id and self.app.hub is not None:
+            self.app.hub.abort_import(importer_id, request.import_id)
+        return replication_pb2.AbortImportResponse()
 
     def GetReplicationRecord(self, request: replication_pb2.GetReplicationRecordRequest,
                              context: grpc.ServicerContext

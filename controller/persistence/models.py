@@ -146,6 +146,8 @@ class Agent(Base):
     name: Mapped[str] = mapped_column(String(64))
     hostname: Mapped[str] = mapped_column(String(255), default="")
     role: Mapped[str] = mapped_column(String(16))  # host | importer
+    # Importers: host:port of their ImporterService, as they last said.
+    endpoint: Mapped[str] = mapped_column(String(255), default="")
     version: Mapped[str] = mapped_column(String(32), default="")
     certificate_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     enrolled_at: Mapped[dt.datetime]

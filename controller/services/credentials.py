@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from cbr import errors
@@ -32,6 +33,15 @@ def _endpoint(value: str) -> str:
             f"target_endpoint {value!r} must be HOST:PORT of the target controller.",
             field="target_endpoint")
     return value
+
+
+def check_new(conn: Session | Connection, project_id: str, name: str) -> None:
+    """The checks of a new credential that need no other cloud."""
+    validation.name(name)
+    taken = select(Credential.id).where(Credential.project_id == project_id,
+                                        Credential.name == name)
+    if conn.scalar(taken) is not None:
+        raise errors.AlreadyExists(f"A credential named {name!r} exists.", name=name)
 
 
 def create_credential(session: Session, keyring: Keyring, project_id: str, *, name: str,

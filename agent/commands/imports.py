@@ -1,0 +1,85 @@
+"""The ``import`` command, run by importers: accept one replication.
+
+The command registers a grant with the importer's ImporterService and then
+waits, for as long as the grant lives, for the source agent to commit the
+replica; its result tells the target controller the manifests' digests, and
+the controller registers the replica in the same transaction that ends the
+task. An importer restarted mid-import gets the command again and takes the
+grant up where storage has it: chunks that arrived are not asked for again,
+and a replica whose manifests were all written before the restart is
+reported committed at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from typing import Any
+
+from agent.commands import CommandContext, Outcome
+from agent.commands.storage import failure, open_storage
+from agent.importer import ImportGrant, ImportGrants
+from cbr.repo import layout
+from cbr.storage import ObjectNotFound
+
+log = logging.getLogger("cbr.agent.importer")
+
+WAIT_SLICE_S = 5.0
+
+
+def _stored_digests(command: Any) -> dict[str, str] | None:
+    """The digests of the replica's manifests when every one is in storage."""
+    backend = open_storage(command.storage)
+    digests = {}
+    for replica_id in command.replica_ids:
+        try:
+            data = backend.get(layout.manifest_name(replica_id))
+        except ObjectNotFound:
+            return None
+        digests[replica_id] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def _committed(digests: dict[str, str], stats: dict[str, int]) -> Outcome:
+    return Outcome(True, extra_info={
+        "manifests": json.dumps(digests, sort_keys=True),
+        "bytes_stored": str(stats.get("bytes_stored", 0)),
+        "chunks_received": str(stats.get("chunks_received", 0))})
+
+
+def run(context: CommandContext, command: Any) -> Outcome:
+    grants: ImportGrants | None = context.grants
+    if grants is None:
+        return Outcome(False, "BackupService.0501",
+                       "This agent is not an importer; run it with --role importer.")
+    try:
+        done = _stored_digests(command)
+    except Exception as exc:
+        return failure(exc, f"import {command.import_id}")
+    if done is not None:
+        log.info("import %s was committed before this process started", command.import_id)
+        return _committed(done, {})
+    expires = command.expires_at.ToDatetime(tzinfo=dt.UTC)
+    grant = ImportGrant(replication_id=command.import_id,
+                        token_sha256=bytes(command.token_sha256), vault_id=command.vault_id,
+                        storage=command.storage, replica_ids=frozenset(command.replica_ids),
+                        expires_at=expires)
+    grants.expect(grant)
+    log.info("import %s into vault %s allowed until %s", command.import_id, command.vault_id,
+             expires.isoformat())
+    try:
+        while not grant.ended.wait(WAIT_SLICE_S):
+            if dt.datetime.now(dt.UTC) >= expires:
+                break
+    finally:
+        grants.forget(grant.replication_id)
+    if grant.committed:
+        return _committed(grant.manifest_sha256, grant.stats)
+    if grant.aborted:
+        return Outcome(False, "BackupService.0412",
+                       f"import {command.import_id} was aborted by the target cloud")
+    return Outcome(False, "BackupService.0412",
+                   f"import {command.import_id}: the source did not commit the replica before "
+                   f"the grant expired at {expires.isoformat()}")

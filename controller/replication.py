@@ -1,0 +1,311 @@
+"""The source controller's conversation with target clouds.
+
+``Replicator`` asks a target (signed with a credential's key) to allow an
+import, then records the replication and hands the transfer to a source host
+agent in one transaction. Calls to another cloud never run inside a database
+transaction. A background thread finishes what the agents leave: a committed
+transfer is confirmed with the target (the record turns ``success`` when the
+replica is in the target's catalog), a failed one is aborted there so no
+grant lingers. It works from the records alone, so a controller restarted at
+any point picks up where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from sqlalchemy import select
+
+from cbr import errors
+from cbr.client import Client, error_from_rpc
+from cbr.v1 import replication_pb2
+from controller.app import App
+from controller.persistence.models import Backup, Credential, ReplicationRecord, Vault
+from controller.services import agent_status, backups, credentials, replication, vaults
+
+log = logging.getLogger("cbr.controller.replication")
+
+TARGET_TIMEOUT_S = 30.0
+CONFIRM_EVERY_S = 2.0
+
+
+def target_client(app: App, cred: Credential) -> Client:
+    secret = app.keyring.unseal(cred.secret_sealed, cred.id.encode()).decode()
+    return Client(cred.target_endpoint, cred.access_key_id, secret)
+
+
+@contextmanager
+def calling_target(cred_name: str, endpoint: str) -> Iterator[None]:
+    """A target's refusal comes back as the same error class it raised;
+    a target that cannot be reached is TargetCloudUnavailable."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        err = error_from_rpc(exc)
+        if err is not None:
+            raise err from None
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            raise errors.Unauthenticated(
+                f"The target cloud refused credential {cred_name!r}: "
+                f"{exc.details() if isinstance(exc, grpc.Call) else exc}") from None
+        raise errors.TargetCloudUnavailable(
+            f"{endpoint} (credential {cred_name!r}): "
+            f"{exc.details() if isinstance(exc, grpc.Call) else exc}") from None
+
+
+@dataclass(frozen=True)
+class Started:
+    task_id: str
+    record_id: str
+
+
+class Replicator:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- checking a credential ----------------------------------------------------------
+
+    def check_access(self, *, name: str, endpoint: str, access_key_id: str, secret: str,
+                     target_account_id: str, target_cloud: str
+                     ) -> replication_pb2.CheckReplicationAccessResponse:
+        """Asks the target who a key is and whether it may receive replicas
+        (rule 11 is checked there); refuses a key whose account or cloud is
+        not the one the credential names."""
+        client = Client(endpoint, access_key_id, secret)
+        try:
+            with calling_target(name, endpoint):
+                answer: replication_pb2.CheckReplicationAccessResponse = \
+                    client.replication.CheckReplicationAccess(
+                        replication_pb2.CheckReplicationAccessRequest(), timeout=TARGET_TIMEOUT_S)
+        finally:
+            client.close()
+        if answer.account_id != target_account_id:
+            raise errors.InvalidParameter(
+                f"The key belongs to account {answer.account_id} of the target cloud, not "
+                f"{target_account_id}.", field="target_account_id")
+        if answer.cloud != target_cloud:
+            raise errors.InvalidParameter(
+                f"The endpoint {endpoint} is cloud {answer.cloud!r}, not {target_cloud!r}.",
+                field="target_cloud")
+        return answer
+
+    # -- starting -------------------------------------------------------------------------
+
+    def replicate_backup(self, project_id: str, backup_id: str, credential_id: str,
+                         region: str, destination_vault_id: str, destination_project_id: str,
+                         *, auto_trigger: bool = False, via: str = "backup",
+                         policy_id: str = "") -> Started:
+        if not region:
+            raise errors.InvalidParameter("destination_region is required.",
+                                          field="destination_region")
+        if not destination_vault_id:
+            raise errors.InvalidParameter("destination_vault_id is required: a replication "
+                                          "vault of the target account.",
+                                          field="destination_vault_id")
+        record_id = str(uuid.uuid4())
+        with self.app.db.begin() as s:
+            backup = backups.get_backup(s, project_id, backup_id)
+            cred = credentials.get_credential(s, project_id, credential_id)
+            if destination_project_id and destination_project_id != cred.target_account_id:
+                raise errors.ProjectNotSupported(
+                    f"Credential {cred.name!r} is for account {cred.target_account_id}, not "
+                    f"{destination_project_id}.")
+            replication.check_replicable(s, backup, cred, region)
+            agent_id = replication.pick_source_agent(
+                s, backup, agent_status.online_agent_ids(self.app, s))
+            request = replication_pb2.PrepareImportRequest(
+                source_record_id=record_id, source_cloud=self.app.config.cloud_name,
+                source_region=self.app.config.region, source_project_id=project_id,
+                source_vault_id=backup.vault_id, source_checkpoint_id=backup.checkpoint_id,
+                destination_region=region, destination_vault_id=destination_vault_id,
+                encrypted=bool(backup.extend_info.get("encrypted")), auto_trigger=auto_trigger)
+            json_format.ParseDict(replication.imported_backup(s, backup), request.backup)
+            cred_id, cred_name, endpoint = cred.id, cred.name, cred.target_endpoint
+            client = target_client(self.app, cred)
+        try:
+            with calling_target(cred_name, endpoint):
+                answer = client.replication.PrepareImport(request, timeout=TARGET_TIMEOUT_S)
+        finally:
+            client.close()
+        plan = replication.Plan(
+            import_id=answer.import_id, target_task_id=answer.task_id,
+            destination_checkpoint_id=answer.destination_checkpoint_id,
+            destination_project_id=answer.destination_project_id,
+            replica_ids=dict(answer.replica_ids), importer_endpoint=answer.importer_endpoint,
+            importer_server_name=answer.importer_server_name,
+            ca_certificate_pem=answer.ca_certificate_pem, import_token=answer.import_token,
+            expires_at=json_format.MessageToDict(answer)["expiresAt"]
+            if answer.HasField("expires_at") else "")
+        now = self.app.clock.now()
+        try:
+            with self.app.db.begin() as s:
+                backup = backups.get_backup(s, project_id, backup_id)
+                vault = s.get(Vault, backup.vault_id)
+                cred = credentials.get_credential(s, project_id, cred_id)
+                assert vault is not None
+                record, task = replication.start(
+                    s, self.app.keyring, record_id=record_id, backup=backup, vault=vault,
+                    credential=cred, region=region, source_region=self.app.config.region,
+                    destination_vault_id=destination_vault_id, agent_id=agent_id, plan=plan,
+                    auto_trigger=auto_trigger, via=via, now=now, policy_id=policy_id,
+                    source_cloud=self.app.config.cloud_name)
+                started = Started(task.id, record.id)
+        except errors.CbrError as exc:
+            self._abort_target(cred_id, project_id, plan.import_id, exc.message)
+            raise
+        if self.app.hub is not None:
+            self.app.hub.dispatch(agent_id, started.task_id)
+        log.info("replicating backup %s to %s (record %s, task %s, import %s)", backup_id,
+                 region, started.record_id, started.task_id, plan.import_id)
+        return started
+
+    def replicate_vault(self, project_id: str, vault_id: str, credential_id: str, region: str,
+                        destination_vault_id: str, destination_project_id: str, *,
+                        auto_trigger: bool = False, policy_id: str = "") -> list[str]:
+        """Every backup of the vault not yet sent to ``region``; a backup a
+        rule keeps back gets a ``skip`` record naming the rule. Returns task ids."""
+        with self.app.db.begin() as s:
+            vault = vaults.get_vault(s, project_id, vault_id)
+            if vault.object_type == "disk":
+                raise errors.ReplicationNotAllowedForType(
+                    "Disk vaults cannot replicate; only server and file-system vaults.")
+            cred = credentials.get_credential(s, project_id, credential_id)
+            candidates = [(b.id, b.status) for b in replication.vault_backups(s, vault)
+                          if not replication.vault_replicated_before(s, b, region)]
+            target_account = cred.target_account_id
+        task_ids: list[str] = []
+        for backup_id, status in candidates:
+            if status != "available":
+                continue
+            try:
+                started = self.replicate_backup(
+                    project_id, backup_id, credential_id, region, destination_vault_id,
+                    destination_project_id, auto_trigger=auto_trigger, via="vault",
+                    policy_id=policy_id)
+            except (errors.TargetCloudUnavailable, errors.Unauthenticated, errors.NoImporter,
+                    errors.AgentUnavailable):
+                raise
+            except errors.CbrError as exc:
+                now = self.app.clock.now()
+                with self.app.db.begin() as s:
+                    skipped = s.get(Backup, backup_id)
+                    home = s.get(Vault, vault_id)
+                    if skipped is not None and home is not None:
+                        replication.skip_record(
+                            s, backup=skipped, vault=home, region=region,
+                            destination_vault_id=destination_vault_id,
+                            destination_project_id=target_account,
+                            source_region=self.app.config.region, code=exc.code,
+                            reason=exc.message, auto_trigger=auto_trigger, now=now)
+                log.info("vault %s: backup %s skipped: %s", vault_id, backup_id, exc.message)
+                continue
+            task_ids.append(started.task_id)
+        return task_ids
+
+    # -- finishing ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.settle()
+            except Exception:
+                log.exception("replicator: settling records failed; retrying")
+            self._wake.wait(CONFIRM_EVERY_S)
+            self._wake.clear()
+
+    def settle(self) -> int:
+        """Confirms committed transfers and aborts failed ones on their
+        targets; returns how many records it settled."""
+        with self.app.db.read() as conn:
+            rows = conn.execute(select(ReplicationRecord.id, ReplicationRecord.project_id,
+                                       ReplicationRecord.extra_info).where(
+                ReplicationRecord.status.in_(("replicating", "fail")))).all()
+        settled = 0
+        for record_id, project_id, extra in rows:
+            stage = (extra or {}).get("stage")
+            if stage not in ("committed", "aborting") or extra.get("side") != "source":
+                continue
+            cred_id = str(extra.get("credential_id", ""))
+            import_id = str(extra.get("import_id", ""))
+            if stage == "aborting":
+                self._abort_target(cred_id, project_id, import_id,
+                                   str(extra.get("fail_reason", "")))
+                with self.app.db.begin() as s:
+                    replication.aborted(s, record_id, self.app.clock.now())
+                settled += 1
+                continue
+            answer = self._target_record(cred_id, project_id, import_id)
+            if answer is None:
+                continue
+            with self.app.db.begin() as s:
+                replication.confirmed(s, record_id, answer, self.app.clock.now())
+            settled += 1
+        return settled
+
+    def _target_record(self, cred_id: str, project_id: str, import_id: str
+                       ) -> dict[str, Any] | None:
+        with self.app.db.begin() as s:
+            cred = s.get(Credential, cred_id)
+            if cred is None or cred.project_id != project_id:
+                return {"status": "fail", "fail_code": "BackupService.0404",
+                        "fail_reason": "the credential was deleted before the target "
+                                       "confirmed the replica"}
+            client = target_client(self.app, cred)
+        try:
+            answer = client.replication.GetImport(
+                replication_pb2.GetImportRequest(import_id=import_id),
+                timeout=TARGET_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            log.info("target not reachable to confirm import %s (%s); retrying", import_id,
+                     exc.code() if isinstance(exc, grpc.Call) else exc)
+            return None
+        finally:
+            client.close()
+        r = answer.replication_record
+        status = replication_pb2.ReplicationStatus.Name(r.status)
+        return {"status": status.removeprefix("REPLICATION_STATUS_").lower(),
+                "destination_backup_id": r.destination_backup_id,
+                "destination_checkpoint_id": r.destination_checkpoint_id,
+                "fail_code": r.fail_code, "fail_reason": r.fail_reason}
+
+    def _abort_target(self, cred_id: str, project_id: str, import_id: str,
+                      reason: str) -> None:
+        with self.app.db.begin() as s:
+            cred = s.get(Credential, cred_id)
+            if cred is None or cred.project_id != project_id or not import_id:
+                return
+            client = target_client(self.app, cred)
+        try:
+            client.replication.AbortImport(
+                replication_pb2.AbortImportRequest(import_id=import_id, reason=reason[:500]),
+                timeout=TARGET_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            log.warning("could not abort import %s on the target: %s", import_id,
+                        exc.details() if isinstance(exc, grpc.Call) else exc)
+        finally:
+            client.close()

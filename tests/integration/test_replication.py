@@ -1,0 +1,343 @@
+"""Cross-cloud replication end to end: two clouds, each a real controller with
+its own database, accounts and storage; a host agent on the source, an importer
+and a host agent on the target. Backups replicate, only missing chunks cross,
+replicas restore on the target byte for byte, and the rules refuse with the
+reference's codes.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cbr import errors
+from cbr.client import Client, error_from_rpc
+from cbr.v1 import (
+    agent_pb2,
+    backup_pb2,
+    common_pb2,
+    credential_pb2,
+    iam_pb2,
+    replication_pb2,
+    task_pb2,
+    vault_pb2,
+)
+from tests.integration.test_data_path import (
+    FAST,
+    Host,
+    MiB,
+    _backup,
+    _sha,
+    _start,
+    _tree,
+    _wait_task,
+    _write_at,
+)
+from tests.support.processes import (
+    AgentFactory,
+    AgentProcess,
+    ControllerFactory,
+    ControllerProcess,
+    enroll,
+    wait_until,
+)
+from tests.support.proxy import CuttingProxy
+
+pytestmark = pytest.mark.integration
+
+SUCCESS = replication_pb2.REPLICATION_STATUS_SUCCESS
+FAIL = replication_pb2.REPLICATION_STATUS_FAIL
+
+
+@dataclass
+class Target:
+    controller: ControllerProcess
+    client: Client
+    importer: AgentProcess
+    host_agent_id: str
+    account_id: str
+    vaults: dict[str, str]
+
+
+@dataclass
+class Clouds:
+    source: Host
+    target: Target
+    credential_id: str
+
+
+def _agent_config(path: Path, controller: ControllerProcess, state: Path, *,
+                  role: str = "host", listen: str = "127.0.0.1:0", advertise: str = "") -> Path:
+    extra = f'importer_listen = "{listen}"\nimporter_advertise = "{advertise}"\n' \
+        if role == "importer" else ""
+    path.write_text(f"""
+[agent]
+name = "{path.stem}"
+controller = "{controller.api_endpoint}"
+state_dir = "{state}"
+role = "{role}"
+{extra}""")
+    return path
+
+
+def _start_agent(tmp_path: Path, controller: ControllerProcess, agent_factory: AgentFactory,
+                 name: str, role: str, **config: str) -> tuple[AgentProcess, str]:
+    client = controller.client()
+    path = _agent_config(tmp_path / f"{name}.toml", controller, tmp_path / f"{name}-state",
+                         role=role, **config)
+    token = client.agents.CreateEnrollmentToken(agent_pb2.CreateEnrollmentTokenRequest()).token
+    done = enroll(path, token)
+    assert done.returncode == 0, done.stderr
+    agent = agent_factory(path, name)
+    agent.wait_for_log("connected to")
+    role_pb = agent_pb2.AGENT_ROLE_IMPORTER if role == "importer" else agent_pb2.AGENT_ROLE_HOST
+    [found] = wait_until(lambda: [a for a in client.agents.ListAgents(
+        agent_pb2.ListAgentsRequest(role=role_pb)).agents])
+    return agent, found.id
+
+
+def _replication_vault(client: Client, name: str, obj: int, region: str) -> str:
+    return str(client.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name=name, object_type=obj, size_gb=100,
+        protect_type=vault_pb2.PROTECT_TYPE_REPLICATION)).vault.id)
+
+
+def _clouds(tmp_path: Path, controller_factory: ControllerFactory,
+            agent_factory: AgentFactory, **importer: str) -> Clouds:
+    source = _start(tmp_path / "a", controller_factory, agent_factory,
+                    extra_args=["--cloud-name", "cloud-a", "--region", "region-a"])
+    target_controller = controller_factory("target", extra_args=[
+        *FAST, "--cloud-name", "cloud-b", "--region", "region-b",
+        "--regions", "region-b,region-c:noreplication"])
+    client = target_controller.client()
+    (tmp_path / "b").mkdir()
+    importer, _ = _start_agent(tmp_path / "b", target_controller, agent_factory, "importer",
+                               "importer", **importer)
+    _, host_id = _start_agent(tmp_path / "b", target_controller, agent_factory, "target-host",
+                              "host")
+    account = client.iam.GetCallerIdentity(iam_pb2.GetCallerIdentityRequest()).account.id
+    vaults = {"server": _replication_vault(client, "r-server", common_pb2.OBJECT_TYPE_SERVER,
+                                           "region-b"),
+              "turbo": _replication_vault(client, "r-turbo", common_pb2.OBJECT_TYPE_TURBO,
+                                          "region-b")}
+    creds = target_controller.admin_credentials
+    credential = source.client.credentials.CreateCredential(
+        credential_pb2.CreateCredentialRequest(
+            name="to-b", target_cloud="cloud-b", target_endpoint=target_controller.api_endpoint,
+            target_account_id=account, access_key_id=creds["access_key"],
+            secret_access_key=creds["secret_key"])).credential
+    return Clouds(source, Target(target_controller, client, importer, host_id, account, vaults),
+                  credential.id)
+
+
+@pytest.fixture
+def clouds(tmp_path: Path, controller_factory: ControllerFactory,
+           agent_factory: AgentFactory) -> Clouds:
+    return _clouds(tmp_path, controller_factory, agent_factory)
+
+
+def _replicate(clouds: Clouds, backup_id: str, kind: str) -> Any:
+    resp = clouds.source.client.replication.ReplicateBackup(
+        replication_pb2.ReplicateBackupRequest(
+            backup_id=backup_id, credential_id=clouds.credential_id,
+            destination_region="region-b", destination_vault_id=clouds.target.vaults[kind]))
+    task = _wait_task(clouds.source.client, resp.task_id, timeout=120)
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    record = wait_until(lambda: (r := clouds.source.client.replication.GetReplicationRecord(
+        replication_pb2.GetReplicationRecordRequest(
+            replication_record_id=resp.replication_record_id)).replication_record).status
+        in (SUCCESS, FAIL) and r, timeout=30, message="the record settles")
+    assert record.status == SUCCESS, record
+    return task, record
+
+
+def _target_restore(clouds: Clouds, backup_id: str, path: Path) -> None:
+    task_id = clouds.target.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
+        backup_id=backup_id, target_agent_id=clouds.target.host_agent_id,
+        target_path=str(path))).task_id
+    task = _wait_task(clouds.target.client, task_id)
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+
+
+def test_server_and_file_system_backups_replicate_incrementally_and_restore_on_the_target(
+        clouds: Clouds, tmp_path: Path) -> None:
+    src = clouds.source
+    images, share = src.files["images"], src.files["share"]
+    server = _backup(src, "server", "web-1")
+    tree = _backup(src, "turbo", "share")
+    want_sys, want_data, want_tree = _sha(images / "sys.img"), _sha(images / "data.img"), \
+        _tree(share)
+
+    task, record = _replicate(clouds, server.id, "server")
+    first_wire = int(task.extra_info["bytes_sent"])
+    assert first_wire > 3 * MiB  # the data crossed
+    _replicate(clouds, tree.id, "turbo")
+
+    # The replica is a backup of the target's catalog, marked as a replica.
+    replica = clouds.target.client.backups.GetBackup(
+        backup_pb2.GetBackupRequest(backup_id=record.destination_backup_id)).backup
+    assert replica.image_type == backup_pb2.IMAGE_TYPE_REPLICATION
+    assert replica.vault_id == clouds.target.vaults["server"]
+
+    # Change the data, back up and replicate again: only the new chunks cross.
+    rng = random.Random(11)
+    _write_at(images / "data.img", 2 * MiB, rng.randbytes(256 * 1024))
+    (share / "docs" / "new.bin").write_bytes(rng.randbytes(512 * 1024))
+    server2 = _backup(src, "server", "web-1")
+    tree2 = _backup(src, "turbo", "share")
+    task2, record2 = _replicate(clouds, server2.id, "server")
+    # Only the new chunks cross: what the incremental backup stored, and
+    # message overhead (the disk's block size makes the 256 KiB change 1 MiB).
+    wire2 = int(task2.extra_info["bytes_sent"])
+    new_bytes = server2.stored_bytes + sum(c.stored_bytes for c in server2.children)
+    assert wire2 <= 1.1 * new_bytes + 64 * 1024, (wire2, new_bytes)
+    assert wire2 < first_wire / 4
+    _, tree_record2 = _replicate(clouds, tree2.id, "turbo")
+
+    # Replicas restore on the target as the source was at backup time.
+    out = tmp_path / "restored"
+    out.mkdir()
+    _target_restore(clouds, record.destination_backup_id, out / "server1")
+    assert _sha(out / "server1" / "system.img") == want_sys
+    assert _sha(out / "server1" / "data.img") == want_data
+    _target_restore(clouds, record2.destination_backup_id, out / "server2")
+    assert _sha(out / "server2" / "data.img") == _sha(images / "data.img")
+    _target_restore(clouds, tree_record2.destination_backup_id, out / "share2")
+    assert _tree(out / "share2") == _tree(share)
+    assert want_tree != _tree(share)
+
+    # Both sides keep a record; the target's names the source backup.
+    listed = clouds.target.client.replication.ListReplicationRecords(
+        replication_pb2.ListReplicationRecordsRequest(source_backup_id=server.id))
+    [target_record] = listed.replication_records
+    assert target_record.status == SUCCESS
+    assert target_record.destination_backup_id == record.destination_backup_id
+
+
+def _refused(call: Any) -> errors.CbrError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    err = error_from_rpc(info.value)
+    assert err is not None, info.value
+    return err
+
+
+def test_replication_rules_refuse_with_the_reference_codes(clouds: Clouds) -> None:
+    src = clouds.source
+    disk = _backup(src, "disk", "vol-1")
+    server = _backup(src, "server", "web-1")
+
+    def replicate(backup_id: str, region: str = "region-b", kind: str = "server") -> Any:
+        return lambda: src.client.replication.ReplicateBackup(
+            replication_pb2.ReplicateBackupRequest(
+                backup_id=backup_id, credential_id=clouds.credential_id,
+                destination_region=region, destination_vault_id=clouds.target.vaults[kind]))
+
+    # Rule 1: disk backups do not replicate.
+    assert _refused(replicate(disk.id)).code == "BackupService.1002"
+    # Rule 4: only to regions that accept replicas.
+    assert _refused(replicate(server.id, "region-c")).code == "BackupService.1005"
+    # The vault must hold the backup's type.
+    assert _refused(replicate(server.id, kind="turbo")).code == "BackupService.6102"
+    # Rule 6: one replica per region.
+    _replicate(clouds, server.id, "server")
+    assert _refused(replicate(server.id)).code == "BackupService.1009"
+    # ... and again by hand once the replica is deleted on the target.
+    [target_record] = clouds.target.client.replication.ListReplicationRecords(
+        replication_pb2.ListReplicationRecordsRequest(source_backup_id=server.id)
+    ).replication_records
+    delete = clouds.target.client.backups.DeleteBackup(backup_pb2.DeleteBackupRequest(
+        backup_id=target_record.destination_backup_id))
+    _wait_task(clouds.target.client, delete.task_id)
+    _replicate(clouds, server.id, "server")
+
+
+def test_credentials_are_checked_against_the_target(clouds: Clouds) -> None:
+    target = clouds.target
+    user = target.client.iam.CreateUser(iam_pb2.CreateUserRequest(name="replicator")).user
+    for action in ("cbr:vaults:get", "cbr:backups:get", "cbr:tasks:get", "cbr:backups:import",
+                   "cbr:backups:delete", "cbr:snapshotMetadata:create",
+                   "cbr::updateSnapshotMetadata", "cbr:thirdAuth:create"):
+        target.client.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id,
+                                                                  action=action))
+    key = target.client.iam.CreateAccessKey(iam_pb2.CreateAccessKeyRequest(
+        user_id=user.id)).access_key
+
+    def create(name: str, **kw: Any) -> Any:
+        fields = {"name": name, "target_cloud": "cloud-b",
+                  "target_endpoint": target.controller.api_endpoint,
+                  "target_account_id": target.account_id,
+                  "access_key_id": key.access_key_id,
+                  "secret_access_key": key.secret_access_key, **kw}
+        return lambda: clouds.source.client.credentials.CreateCredential(
+            credential_pb2.CreateCredentialRequest(**fields))
+
+    # Rule 11: the missing ninth action is named.
+    err = _refused(create("partial"))
+    assert isinstance(err, errors.PermissionDenied)
+    assert "cbr::listThirdAuth" in err.message
+    target.client.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id,
+                                                              action="cbr:thirdAuth:list"))
+    # A new grant takes effect within the access-key cache's two seconds.
+    made = wait_until(lambda: create("full")().credential, ignore=(grpc.RpcError,),
+                      timeout=10, message="the credential is accepted")
+    assert made.access_key_id == key.access_key_id
+    # The key's account and cloud must be the ones named.
+    assert _refused(create("wrong-cloud", target_cloud="cloud-z")).code == "BackupService.9900"
+    assert _refused(create("wrong-secret", secret_access_key="x" * 40)).status \
+        == grpc.StatusCode.UNAUTHENTICATED
+    # Rule 12: the target account never changes; the secret is never returned.
+    err = _refused(lambda: clouds.source.client.credentials.UpdateCredential(
+        credential_pb2.UpdateCredentialRequest(credential_id=made.id,
+                                               target_account_id="someone-else")))
+    assert err.code == "BackupService.9900"
+    shown = clouds.source.client.credentials.GetCredential(
+        credential_pb2.GetCredentialRequest(credential_id=made.id)).credential
+    assert "secret" not in str(shown).lower()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_cut_streams_and_a_killed_importer_resume_without_resending(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    port = _free_port()
+    proxy = CuttingProxy(("127.0.0.1", port), cut_after=[12 * MiB])
+    try:
+        clouds = _clouds(tmp_path, controller_factory, agent_factory,
+                         listen=f"127.0.0.1:{port}", advertise=proxy.endpoint)
+        images = clouds.source.files["images"]
+        _write_at(images / "sys.img", 8 * MiB, random.Random(5).randbytes(48 * MiB))
+        server = _backup(clouds.source, "server", "web-1")
+        chunk_bytes = server.stored_bytes + sum(c.stored_bytes for c in server.children)
+        killed = threading.Event()
+
+        def kill_importer() -> None:
+            clouds.target.importer.kill()
+            killed.set()
+            clouds.target.importer.start()
+
+        # The first stream is cut at 12 MiB; the importer is killed at 30 MiB.
+        proxy.when_total_exceeds(30 * MiB, kill_importer)
+        task, record = _replicate(clouds, server.id, "server")
+        assert proxy.cuts >= 1 and killed.is_set()
+        assert int(task.extra_info["attempts"]) >= 3, task.extra_info
+        sent = int(task.extra_info["bytes_sent"])
+        assert sent < 1.2 * chunk_bytes, (sent, chunk_bytes)
+        out = tmp_path / "restored"
+        _target_restore(clouds, record.destination_backup_id, out)
+        assert _sha(out / "system.img") == _sha(images / "sys.img")
+        assert _sha(out / "data.img") == _sha(images / "data.img")
+    finally:
+        proxy.close()
