@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from agent.commands.storage import open_storage
+from agent.commands.storage import TaskKeys, open_storage
 from agent.replication import chunk_from_pb
 from cbr import errors
 from cbr.repo import Manifest, Repository
@@ -192,7 +192,9 @@ class ImporterServicer(importer_pb2_grpc.ImporterServiceServicer):
         with self.grants.redeem(first.open.import_token) as grant:
             backend = open_storage(grant.storage)
             with Lock.acquire(backend, kind="backup", task_id=grant.replication_id):
-                repo = Repository.open(backend, index_every_packs=IMPORT_INDEX_EVERY_PACKS)
+                repo = Repository.open(backend, index_every_packs=IMPORT_INDEX_EVERY_PACKS,
+                                       unwrap=TaskKeys(grant.storage.keys).unwrap,
+                                       expect_encrypted=bool(grant.storage.encrypted))
                 try:
                     yield from _Session(grant, repo).run(first, requests)
                 finally:

@@ -29,7 +29,14 @@ from cbr.client import Client, error_from_rpc
 from cbr.v1 import replication_pb2
 from controller.app import App
 from controller.persistence.models import Backup, Credential, ReplicationRecord, Vault
-from controller.services import agent_status, backups, credentials, replication, vaults
+from controller.services import (
+    agent_status,
+    backups,
+    credentials,
+    keys,
+    replication,
+    vaults,
+)
 
 log = logging.getLogger("cbr.controller.replication")
 
@@ -132,9 +139,16 @@ class Replicator:
                 destination_region=region, destination_vault_id=destination_vault_id,
                 encrypted=bool(backup.extend_info.get("encrypted")), auto_trigger=auto_trigger)
             json_format.ParseDict(replication.imported_backup(s, backup), request.backup)
+            vault = s.get(Vault, backup.vault_id)
+            assert vault is not None
+            cmk = keys.vault_key(s, self.app.root_key, vault, self.app.clock.now())
+            url, manifest_sha256 = vault.storage_url, backup.manifest_sha256
             cred_id, cred_name, endpoint = cred.id, cred.name, cred.target_endpoint
             client = target_client(self.app, cred)
         try:
+            for key_id, material in self.app.storage.chunk_keys(url, backup_id, cmk,
+                                                                manifest_sha256).items():
+                request.chunk_keys.add(key_id=key_id, key=material)
             with calling_target(cred_name, endpoint):
                 answer = client.replication.PrepareImport(request, timeout=TARGET_TIMEOUT_S)
         finally:

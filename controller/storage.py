@@ -23,7 +23,7 @@ from cbr import errors
 from cbr.repo import RepoError, Repository, layout
 from cbr.repo.config import VaultConfig, key_from_json
 from cbr.repo.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
-from cbr.repo.errors import VaultExists
+from cbr.repo.errors import KeyUnavailable, VaultExists
 from cbr.storage import Backend, ObjectNotFound, StorageError, open_backend
 from controller.config import Config
 
@@ -152,6 +152,36 @@ class VaultStorage:
                             "vaultId": wrapped.vault_id,
                             "key": base64.b64encode(clear).decode()})
         return out
+
+    def chunk_keys(self, url: str, backup_id: str, key: KeyWrapper | None,
+                   expected_sha256: str) -> dict[bytes, bytes]:
+        """The chunk-id keys a backup's manifests use, by key id: what a
+        replica of it needs in its vault (storage format section 16)."""
+        with _reading(url), self.repository(url, load_index=False, key=key,
+                                            expect_encrypted=key is not None) as repo:
+            top = repo.load_manifest(backup_id, expected_sha256=expected_sha256)
+            ids = {top.chunk_key_id}
+            for child in top.children:
+                ids.add(repo.load_manifest(child).chunk_key_id)
+            return {kid: repo.hasher(kid).key for kid in ids}
+
+    def add_chunk_keys(self, url: str, keys: dict[bytes, bytes], source_vault_id: str,
+                       key: KeyWrapper | None) -> None:
+        """Stores another lineage's chunk-id keys in a vault, wrapped by the
+        vault's master key when it is encrypted; a key already there must be
+        the same key."""
+        with _reading(url), self.repository(url, load_index=False, key=key,
+                                            expect_encrypted=key is not None) as repo:
+            for key_id, material in keys.items():
+                try:
+                    known = repo.hasher(key_id).key
+                except KeyUnavailable:
+                    repo.add_chunk_key(key_id, material, source_vault_id=source_vault_id,
+                                       wrapper=key)
+                    continue
+                if known != material:
+                    raise RepoError(f"chunk-id key {key_id.hex()} differs from the one the "
+                                    "vault holds under that id")
 
     @contextmanager
     def repository(self, url: str, *, load_index: bool = True, key: KeyWrapper | None = None,

@@ -194,7 +194,7 @@ class ImportedBackup(_message.Message):
     def __init__(self, source_backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_size_bytes: _Optional[int] = ..., system_disk: _Optional[bool] = ..., incremental: _Optional[bool] = ..., protected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., children: _Optional[_Iterable[_Union[ImportedBackup, _Mapping]]] = ...) -> None: ...
 
 class PrepareImportRequest(_message.Message):
-    __slots__ = ("source_record_id", "source_cloud", "source_region", "source_project_id", "source_vault_id", "source_checkpoint_id", "destination_region", "destination_vault_id", "backup", "encrypted", "auto_trigger")
+    __slots__ = ("source_record_id", "source_cloud", "source_region", "source_project_id", "source_vault_id", "source_checkpoint_id", "destination_region", "destination_vault_id", "backup", "encrypted", "auto_trigger", "chunk_keys")
     SOURCE_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_CLOUD_FIELD_NUMBER: _ClassVar[int]
     SOURCE_REGION_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class PrepareImportRequest(_message.Message):
     BACKUP_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_KEYS_FIELD_NUMBER: _ClassVar[int]
     source_record_id: str
     source_cloud: str
     source_region: str
@@ -217,7 +218,16 @@ class PrepareImportRequest(_message.Message):
     backup: ImportedBackup
     encrypted: bool
     auto_trigger: bool
-    def __init__(self, source_record_id: _Optional[str] = ..., source_cloud: _Optional[str] = ..., source_region: _Optional[str] = ..., source_project_id: _Optional[str] = ..., source_vault_id: _Optional[str] = ..., source_checkpoint_id: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., backup: _Optional[_Union[ImportedBackup, _Mapping]] = ..., encrypted: _Optional[bool] = ..., auto_trigger: _Optional[bool] = ...) -> None: ...
+    chunk_keys: _containers.RepeatedCompositeFieldContainer[ChunkIdKey]
+    def __init__(self, source_record_id: _Optional[str] = ..., source_cloud: _Optional[str] = ..., source_region: _Optional[str] = ..., source_project_id: _Optional[str] = ..., source_vault_id: _Optional[str] = ..., source_checkpoint_id: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., backup: _Optional[_Union[ImportedBackup, _Mapping]] = ..., encrypted: _Optional[bool] = ..., auto_trigger: _Optional[bool] = ..., chunk_keys: _Optional[_Iterable[_Union[ChunkIdKey, _Mapping]]] = ...) -> None: ...
+
+class ChunkIdKey(_message.Message):
+    __slots__ = ("key_id", "key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: bytes
+    key: bytes
+    def __init__(self, key_id: _Optional[bytes] = ..., key: _Optional[bytes] = ...) -> None: ...
 
 class PrepareImportResponse(_message.Message):
     __slots__ = ("import_id", "task_id", "destination_checkpoint_id", "replica_ids", "importer_endpoint", "importer_server_name", "ca_certificate_pem", "import_token", "expires_at", "destination_project_id")

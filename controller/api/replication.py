@@ -15,9 +15,17 @@ from controller.agents import pki
 from controller.agents.servicer import certificate_authority
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Backup, ReplicationRecord
+from controller.persistence.models import Backup, ReplicationRecord, Vault
 from controller.replication import Replicator
-from controller.services import agent_status, credentials, imports, paging, tasks, vaults
+from controller.services import (
+    agent_status,
+    credentials,
+    imports,
+    keys,
+    paging,
+    tasks,
+    vaults,
+)
 
 
 class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServicer):
@@ -83,6 +91,10 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
     def PrepareImport(self, request: replication_pb2.PrepareImportRequest,
                       context: grpc.ServicerContext) -> replication_pb2.PrepareImportResponse:
         imports.require_replication_actions(self.caller.actions)
+        if not request.chunk_keys or len(request.chunk_keys) > 16 or any(
+                len(k.key_id) != 16 or len(k.key) != 32 for k in request.chunk_keys):
+            raise errors.InvalidParameter("chunk_keys: one to 16 keys, each a 16-byte id and "
+                                          "a 32-byte key.", field="chunk_keys")
         if not request.source_record_id or not request.HasField("backup"):
             raise errors.InvalidParameter("source_record_id and backup are required.",
                                           field="backup")
@@ -101,6 +113,14 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                 regions=self.app.config.all_regions,
                 online=agent_status.online_agent_ids(self.app, s), now=self.now())
             record, task_id = plan.record, plan.task.id
+            vault = s.get(Vault, record.destination_vault_id)
+            assert vault is not None
+            # The lineage's chunk-id keys go into the vault before any chunk
+            # does, wrapped by the vault's own master key when it is encrypted.
+            self.app.storage.add_chunk_keys(
+                vault.storage_url, {bytes(k.key_id): bytes(k.key) for k in request.chunk_keys},
+                request.source_vault_id,
+                keys.vault_key(s, self.app.root_key, vault, self.now()))
             response = replication_pb2.PrepareImportResponse(
                 import_id=record.id, task_id=task_id,
                 destination_checkpoint_id=record.destination_checkpoint_id,

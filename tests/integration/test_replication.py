@@ -25,6 +25,7 @@ from cbr.v1 import (
     common_pb2,
     credential_pb2,
     iam_pb2,
+    key_pb2,
     replication_pb2,
     task_pb2,
     vault_pb2,
@@ -341,3 +342,83 @@ def test_cut_streams_and_a_killed_importer_resume_without_resending(
         assert _sha(out / "data.img") == _sha(images / "data.img")
     finally:
         proxy.close()
+
+
+def _encrypted_vault(client: Client, name: str, obj: int, key_id: str, *,
+                     replication: bool, members: list[str] | None = None) -> str:
+    return str(client.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name=name, object_type=obj, size_gb=100, encrypted=True, kms_key_id=key_id,
+        protect_type=vault_pb2.PROTECT_TYPE_REPLICATION if replication
+        else vault_pb2.PROTECT_TYPE_BACKUP,
+        resources=[vault_pb2.ResourceSpec(id=m) for m in members or []])).vault.id)
+
+
+def test_encryption_rules_hold_across_clouds(clouds: Clouds, tmp_path: Path) -> None:
+    src, target = clouds.source, clouds.target
+    share = src.protectables["share"].id
+    src_key = src.client.keys.CreateKey(key_pb2.CreateKeyRequest(alias="src")).key
+    src.client.vaults.RemoveVaultResources(vault_pb2.RemoveVaultResourcesRequest(
+        vault_id=src.vaults["turbo"], resource_ids=[share]))
+    src.vaults["sealed"] = _encrypted_vault(src.client, "v-sealed", common_pb2.OBJECT_TYPE_TURBO,
+                                            src_key.id, replication=False, members=[share])
+    k1 = target.client.keys.CreateKey(key_pb2.CreateKeyRequest(alias="k1")).key
+    k2 = target.client.keys.CreateKey(key_pb2.CreateKeyRequest(alias="k2")).key
+    target.vaults["turbo-k1"] = _encrypted_vault(target.client, "r-turbo-k1",
+                                                 common_pb2.OBJECT_TYPE_TURBO, k1.id,
+                                                 replication=True)
+    target.vaults["turbo-k2"] = _encrypted_vault(target.client, "r-turbo-k2",
+                                                 common_pb2.OBJECT_TYPE_TURBO, k2.id,
+                                                 replication=True)
+    target.vaults["server-k1"] = _encrypted_vault(target.client, "r-server-k1",
+                                                  common_pb2.OBJECT_TYPE_SERVER, k1.id,
+                                                  replication=True)
+    tree = _backup(src, "sealed", "share")
+
+    def replicate(backup_id: str, kind: str) -> Any:
+        return lambda: src.client.replication.ReplicateBackup(
+            replication_pb2.ReplicateBackupRequest(
+                backup_id=backup_id, credential_id=clouds.credential_id,
+                destination_region="region-b", destination_vault_id=target.vaults[kind]))
+
+    # Rule 10: an encrypted backup goes only to an encrypted vault.
+    assert _refused(replicate(tree.id, "turbo")).code == "BackupService.7007"
+    # Decrypted at the source, encrypted again with the target's key.
+    _, record = _replicate(clouds, tree.id, "turbo-k1")
+    out = tmp_path / "restored"
+    task_id = target.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
+        backup_id=record.destination_backup_id, target_agent_id=target.host_agent_id,
+        target_path=str(out), encrypted=True)).task_id
+    task = _wait_task(target.client, task_id)
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    assert _tree(out) == _tree(src.files["share"])
+    # Rule 8: the resource's later backups go only to vaults with that same key.
+    tree2 = _backup(src, "sealed", "share")
+    assert _refused(replicate(tree2.id, "turbo-k2")).code == "BackupService.7007"
+    # ... and a vault replication that would break it skips that backup.
+    src.client.replication.ReplicateVault(replication_pb2.ReplicateVaultRequest(
+        vault_id=src.vaults["sealed"], credential_id=clouds.credential_id,
+        destination_region="region-b", destination_vault_id=target.vaults["turbo-k2"]))
+    [skipped] = src.client.replication.ListReplicationRecords(
+        replication_pb2.ListReplicationRecordsRequest(
+            source_backup_id=tree2.id)).replication_records
+    assert skipped.status == replication_pb2.REPLICATION_STATUS_SKIP
+    assert skipped.fail_code == "BackupService.7007"
+    # Rule 8 the other way: after an unencrypted replica, no encrypted vault.
+    server = _backup(src, "server", "web-1")
+    _replicate(clouds, server.id, "server")
+    server2 = _backup(src, "server", "web-1")
+    assert _refused(replicate(server2.id, "server-k1")).code == "BackupService.7007"
+    # Rule 9: a key shared in from another account cannot encrypt a replication vault.
+    other = target.client.iam.CreateAccount(iam_pb2.CreateAccountRequest(
+        name="other", admin_user_name="other-admin"))
+    target.client.keys.ShareKey(key_pb2.ShareKeyRequest(key_id=k1.id,
+                                                         account_id=other.account.id))
+    other_client = Client(target.controller.api_endpoint, other.access_key.access_key_id,
+                          other.access_key.secret_access_key)
+    try:
+        err = _refused(lambda: _encrypted_vault(other_client, "shared",
+                                                common_pb2.OBJECT_TYPE_TURBO, k1.id,
+                                                replication=True))
+        assert err.code == "BackupService.7005"
+    finally:
+        other_client.close()
