@@ -422,3 +422,108 @@ def test_encryption_rules_hold_across_clouds(clouds: Clouds, tmp_path: Path) -> 
         assert err.code == "BackupService.7005"
     finally:
         other_client.close()
+
+
+def _credential(client: Client, name: str, cloud: str, controller: ControllerProcess,
+                account_id: str, access_key: str, secret_key: str) -> str:
+    return str(client.credentials.CreateCredential(credential_pb2.CreateCredentialRequest(
+        name=name, target_cloud=cloud, target_endpoint=controller.api_endpoint,
+        target_account_id=account_id, access_key_id=access_key,
+        secret_access_key=secret_key)).credential.id)
+
+
+def test_vault_replication_goes_once_per_region_and_backups_to_one_account(
+        clouds: Clouds) -> None:
+    src, target = clouds.source, clouds.target
+    # Rule 3: an empty vault is skipped, not failed.
+    empty = src.client.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="v-empty", object_type=common_pb2.OBJECT_TYPE_SERVER, size_gb=10)).vault
+    [task_id] = src.client.replication.ReplicateVault(replication_pb2.ReplicateVaultRequest(
+        vault_id=empty.id, credential_id=clouds.credential_id, destination_region="region-b",
+        destination_vault_id=target.vaults["server"])).task_ids
+    assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SKIPPED
+
+    first = _backup(src, "server", "web-1")
+
+    def replicate_vault() -> list[str]:
+        return list(src.client.replication.ReplicateVault(replication_pb2.ReplicateVaultRequest(
+            vault_id=src.vaults["server"], credential_id=clouds.credential_id,
+            destination_region="region-b",
+            destination_vault_id=target.vaults["server"])).task_ids)
+
+    [task_id] = replicate_vault()
+    assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
+    [record] = wait_until(lambda: [r for r in src.client.replication.ListReplicationRecords(
+        replication_pb2.ListReplicationRecordsRequest(source_backup_id=first.id)
+    ).replication_records if r.status == SUCCESS], message="the record settles")
+    # Rule 6: once a vault went to a region, its backups never go there again
+    # by vault replication, even after the replica is deleted; new ones do.
+    delete = target.client.backups.DeleteBackup(backup_pb2.DeleteBackupRequest(
+        backup_id=record.destination_backup_id))
+    _wait_task(target.client, delete.task_id)
+    assert replicate_vault() == []
+    second = _backup(src, "server", "web-1")
+    [task_id] = replicate_vault()
+    assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
+
+    # Rule 5: a backup replicates to one account only.
+    other = target.client.iam.CreateAccount(iam_pb2.CreateAccountRequest(
+        name="second", admin_user_name="second-admin"))
+    other_cred = _credential(src.client, "to-b-second", "cloud-b", target.controller,
+                             other.account.id, other.access_key.access_key_id,
+                             other.access_key.secret_access_key)
+    err = _refused(lambda: src.client.replication.ReplicateBackup(
+        replication_pb2.ReplicateBackupRequest(
+            backup_id=second.id, credential_id=other_cred, destination_region="region-b",
+            destination_vault_id=target.vaults["server"])))
+    assert err.code == "BackupService.1011"
+
+
+def test_replicas_go_back_to_their_source_but_not_onward(
+        clouds: Clouds, controller_factory: ControllerFactory, agent_factory: AgentFactory,
+        tmp_path: Path) -> None:
+    src, target = clouds.source, clouds.target
+    (tmp_path / "a-importer").mkdir()
+    _start_agent(tmp_path / "a-importer", src.controller, agent_factory, "a-importer",
+                 "importer")
+    server = _backup(src, "server", "web-1")
+    _, record = _replicate(clouds, server.id, "server")
+    # The target's account gets credentials for the source cloud and a third cloud.
+    src_account = src.client.iam.GetCallerIdentity(iam_pb2.GetCallerIdentityRequest()).account.id
+    creds = src.controller.admin_credentials
+    back = _credential(target.client, "back-to-a", "cloud-a", src.controller, src_account,
+                       creds["access_key"], creds["secret_key"])
+    third = controller_factory("third", extra_args=[*FAST, "--cloud-name", "cloud-c",
+                                                    "--region", "region-c"])
+    third_creds = third.admin_credentials
+    third_account = third.client().iam.GetCallerIdentity(
+        iam_pb2.GetCallerIdentityRequest()).account.id
+    onward = _credential(target.client, "to-c", "cloud-c", third, third_account,
+                         third_creds["access_key"], third_creds["secret_key"])
+    home_vault = _replication_vault(src.client, "a-returns", common_pb2.OBJECT_TYPE_SERVER,
+                                    "region-a")
+    # Rule 7: not onward to a third cloud ...
+    err = _refused(lambda: target.client.replication.ReplicateBackup(
+        replication_pb2.ReplicateBackupRequest(
+            backup_id=record.destination_backup_id, credential_id=onward,
+            destination_region="region-c", destination_vault_id="any")))
+    assert err.code == "BackupService.1002"
+    # ... but back to the source, where the copy restores like the original.
+    resp = target.client.replication.ReplicateBackup(replication_pb2.ReplicateBackupRequest(
+        backup_id=record.destination_backup_id, credential_id=back,
+        destination_region="region-a", destination_vault_id=home_vault))
+    task = _wait_task(target.client, resp.task_id, timeout=120)
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    returned = wait_until(lambda: (r := target.client.replication.GetReplicationRecord(
+        replication_pb2.GetReplicationRecordRequest(
+            replication_record_id=resp.replication_record_id)).replication_record).status
+        == SUCCESS and r, message="the record settles")
+    copy = src.client.backups.GetBackup(backup_pb2.GetBackupRequest(
+        backup_id=returned.destination_backup_id)).backup
+    assert copy.image_type == backup_pb2.IMAGE_TYPE_REPLICATION
+    assert copy.vault_id == home_vault
+    out = tmp_path / "returned"
+    task_id = src.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
+        backup_id=copy.id, target_agent_id=src.agent_id, target_path=str(out))).task_id
+    assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
+    assert _sha(out / "system.img") == _sha(src.files["images"] / "sys.img")
