@@ -13,6 +13,7 @@ any point picks up where it was.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,12 +29,13 @@ from cbr import errors
 from cbr.client import Client, error_from_rpc
 from cbr.v1 import replication_pb2
 from controller.app import App
-from controller.persistence.models import Backup, Credential, ReplicationRecord, Vault
+from controller.persistence.models import Backup, Credential, Policy, ReplicationRecord, Vault
 from controller.services import (
     agent_status,
     backups,
     credentials,
     keys,
+    policy_runs,
     replication,
     vaults,
 )
@@ -81,6 +83,9 @@ class Replicator:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Vaults whose automatic backup just finished and whose replication
+        # policy should send it now: (project, vault, policy).
+        self._follow: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
 
     # -- checking a credential ----------------------------------------------------------
 
@@ -243,8 +248,40 @@ class Replicator:
     def wake(self) -> None:
         self._wake.set()
 
+    def follow_backup(self, project_id: str, vault_id: str, policy_id: str) -> None:
+        """A replication policy runs after the vault's backups: the vault's
+        new backups go now, not only at the policy's next scheduled time."""
+        self._follow.put((project_id, vault_id, policy_id))
+        self._wake.set()
+
+    def _replicate_followed(self) -> None:
+        while True:
+            try:
+                project_id, vault_id, policy_id = self._follow.get_nowait()
+            except queue.Empty:
+                return
+            with self.app.db.begin() as s:
+                policy = s.get(Policy, policy_id)
+                if policy is None or not policy.enabled:
+                    continue
+                where = policy_runs.replication_target(s, policy, vault_id)
+            try:
+                started = self.replicate_vault(
+                    project_id, vault_id, where["credential_id"], where["region"],
+                    where["destination_vault_id"], where["destination_project_id"],
+                    auto_trigger=True, policy_id=policy_id)
+                log.info("replication policy %s after a backup of vault %s: %d started",
+                         policy_id, vault_id, len(started))
+            except errors.CbrError as exc:
+                log.warning("replication policy %s after a backup of vault %s: %s", policy_id,
+                            vault_id, exc.message)
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            try:
+                self._replicate_followed()
+            except Exception:
+                log.exception("replicator: replicating after a backup failed")
             try:
                 self.settle()
             except Exception:

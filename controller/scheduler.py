@@ -34,6 +34,7 @@ from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from cbr import errors
 from controller.app import App
 from controller.persistence.models import (
     Agent,
@@ -250,8 +251,7 @@ class PolicyScheduler:
             if scheduler is None:
                 return
             with self.app.db.begin() as s:
-                query = select(Policy).where(Policy.operation_type == "backup",
-                                             Policy.enabled.is_(True))
+                query = select(Policy).where(Policy.enabled.is_(True))
                 bound_query = select(VaultPolicy.policy_id).distinct()
                 if policy_id is not None:
                     query = query.where(Policy.id == policy_id)
@@ -305,6 +305,42 @@ class PolicyScheduler:
             self._online_cache = (now, online)
         return online
 
+    def _replicate(self, policy_id: str, vault_id: str, scheduled: dt.datetime, *,
+                   manual: bool) -> list[str]:
+        """One run of a replication policy on one vault: every backup of it
+        not yet sent to the destination region (rule 6), each a task."""
+        with self.app.db.begin() as s:
+            policy = s.get(Policy, policy_id)
+            if policy is None:
+                return []
+            run = policy_runs.claim_run(s, policy, vault_id, scheduled,
+                                        now=self.app.clock.now(), manual=manual)
+            if run is None:
+                return []
+            run_id, project_id = run.id, policy.project_id
+            where = policy_runs.replication_target(s, policy, vault_id)
+        detail = ""
+        task_ids: list[str] = []
+        try:
+            if self.app.replicator is None:
+                raise errors.NotImplementedYet("this controller runs without replication")
+            task_ids = self.app.replicator.replicate_vault(
+                project_id, vault_id, where["credential_id"], where["region"],
+                where["destination_vault_id"], where["destination_project_id"],
+                auto_trigger=True, policy_id=policy_id)
+            detail = f"{len(task_ids)} backups replicating to {where['region']}"
+        except errors.CbrError as exc:
+            detail = f"{exc.code}: {exc.message}"
+            log.warning("replication policy %s on vault %s at %s: %s", policy_id, vault_id,
+                        scheduled.isoformat(), detail)
+        with self.app.db.begin() as s:
+            row = s.get(PolicyRun, run_id)
+            if row is not None:
+                row.detail = detail[:2000]
+                if not task_ids and detail.startswith("BackupService"):
+                    row.status = "skipped"
+        return task_ids
+
     def _schedule(self, policy: Policy) -> AnySchedule:
         if self.tick > 0:
             return TickSchedule(self.tick)
@@ -353,12 +389,21 @@ class PolicyScheduler:
 
     def run(self, policy_id: str, scheduled: dt.datetime, *, manual: bool) -> list[str]:
         """Runs the policy once for ``scheduled`` on each bound vault, each in
-        its own transaction; returns the checkpoint ids started."""
+        its own transaction; returns the checkpoint ids (backup policies) or
+        replication task ids (replication policies) started."""
         started: list[str] = []
         with self.app.db.begin() as s:
             vault_ids = policy_runs.bound_vaults(s, policy_id)
         online = self._online()
         for vault_id in vault_ids:
+            with self.app.db.begin() as s:
+                policy = s.get(Policy, policy_id)
+                if policy is None:
+                    return started
+                replicating = policy.operation_type == "replication"
+            if replicating:
+                started.extend(self._replicate(policy_id, vault_id, scheduled, manual=manual))
+                continue
             with self.app.db.begin() as s:
                 policy = s.get(Policy, policy_id)
                 if policy is None:

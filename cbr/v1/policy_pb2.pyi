@@ -167,10 +167,12 @@ class RunPolicyNowRequest(_message.Message):
     def __init__(self, policy_id: _Optional[str] = ...) -> None: ...
 
 class RunPolicyNowResponse(_message.Message):
-    __slots__ = ("checkpoint_ids",)
+    __slots__ = ("checkpoint_ids", "task_ids")
     CHECKPOINT_IDS_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     checkpoint_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, checkpoint_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checkpoint_ids: _Optional[_Iterable[str]] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicyRun(_message.Message):
     __slots__ = ("policy_id", "vault_id", "scheduled_at", "status", "manual", "full", "checkpoint_id", "detail")

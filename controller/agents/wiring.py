@@ -26,7 +26,7 @@ from controller.agents.servicer import (
     certificate_authority,
 )
 from controller.app import App
-from controller.persistence.models import Task
+from controller.persistence.models import Checkpoint, Task
 from controller.services import imports, policy_runs, replication, runs
 
 log = logging.getLogger("cbr.controller.agents")
@@ -121,6 +121,15 @@ def register_result_handlers(hub: AgentHub, app: App) -> None:
             maintenance = app.maintenance
             event.listen(session, "after_commit",
                          lambda _s: [maintenance.submit(t) for t in deletions], once=True)
+        checkpoint = session.get(Checkpoint, task.checkpoint_id)
+        follow = policy_runs.replication_policy_of(session, task.vault_id) \
+            if checkpoint is not None and checkpoint.auto_trigger else None
+        if follow is not None and app.replicator is not None:
+            replicator, project_id, vault_id, policy_id = \
+                app.replicator, task.project_id, task.vault_id, follow.id
+            event.listen(session, "after_commit",
+                         lambda _s: replicator.follow_backup(project_id, vault_id, policy_id),
+                         once=True)
 
     def restore_done(session: Session, task: Task, _result: Any) -> None:
         runs.finish_restore(session, task, task.status == "success", app.clock.now())

@@ -93,10 +93,7 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                      context: grpc.ServicerContext) -> policy_pb2.RunPolicyNowResponse:
         with self.app.db.begin() as s:
             p = policies.get_policy(s, self.project_id, request.policy_id)
-            if p.operation_type != "backup":
-                raise errors.InvalidParameter(
-                    f"Policy {p.name!r} is a {p.operation_type} policy; run-now runs backup "
-                    "policies.", field="policy_id")
+            replication = p.operation_type == "replication"
             if not policies.vault_ids(s, p.id):
                 raise errors.InvalidParameter(
                     f"Policy {p.name!r} has no vaults; associate it with a vault first.",
@@ -104,8 +101,10 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
         scheduler = getattr(self.app, "scheduler", None)
         if scheduler is None:
             raise errors.AgentUnavailable("The policy loop is not running in this controller.")
-        checkpoints = scheduler.run(request.policy_id, self.now(), manual=True)
-        return policy_pb2.RunPolicyNowResponse(checkpoint_ids=checkpoints)
+        started = scheduler.run(request.policy_id, self.now(), manual=True)
+        if replication:
+            return policy_pb2.RunPolicyNowResponse(task_ids=started)
+        return policy_pb2.RunPolicyNowResponse(checkpoint_ids=started)
 
     def ListPolicyRuns(self, request: policy_pb2.ListPolicyRunsRequest,
                        context: grpc.ServicerContext) -> policy_pb2.ListPolicyRunsResponse:

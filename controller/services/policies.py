@@ -144,6 +144,10 @@ def validate_definition(op: str, od: dict[str, Any]) -> dict[str, Any]:
             raise errors.InvalidParameter(
                 "A replication policy needs destination_project_id (the target account id).",
                 field="destination_project_id")
+        if not od.get("credential_id"):
+            raise errors.InvalidParameter(
+                "A replication policy needs credential_id: the credential of the target "
+                "account (`cbr credential list`).", field="credential_id")
     else:
         for key in replication_fields:
             if od.get(key):

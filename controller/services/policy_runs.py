@@ -77,12 +77,10 @@ def _full_due(session: Session, policy: Policy, vault_id: str) -> bool:
     return int(done or 0) % interval == 0
 
 
-def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: dt.datetime,
-                 *, now: dt.datetime, online: set[str], manual: bool = False
-                 ) -> RunOutcome | None:
-    """One run of a backup policy on one vault; None if that run already
-    happened (or is happening) anywhere. The caller commits."""
-    full = _full_due(session, policy, vault_id)
+def claim_run(session: Session, policy: Policy, vault_id: str, scheduled_at: dt.datetime,
+              *, now: dt.datetime, manual: bool, full: bool = False) -> PolicyRun | None:
+    """The run's row, or None when another controller or an earlier try
+    already made this run (the row is unique on policy, vault and time)."""
     run = PolicyRun(policy_id=policy.id, vault_id=vault_id, scheduled_at=scheduled_at,
                     status="dispatched", manual=manual, full=full, checkpoint_id="",
                     detail="", created_at=now)
@@ -91,6 +89,18 @@ def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: 
             session.add(run)
             session.flush()
     except IntegrityError:
+        return None
+    return run
+
+
+def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: dt.datetime,
+                 *, now: dt.datetime, online: set[str], manual: bool = False
+                 ) -> RunOutcome | None:
+    """One run of a backup policy on one vault; None if that run already
+    happened (or is happening) anywhere. The caller commits."""
+    full = _full_due(session, policy, vault_id)
+    run = claim_run(session, policy, vault_id, scheduled_at, now=now, manual=manual, full=full)
+    if run is None:
         return None
     try:
         checkpoint, dispatches = runs.create_checkpoint(
@@ -169,3 +179,22 @@ def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]
                  expired.backup_id, expired.rule)
         task_ids.append(delete.id)
     return task_ids
+
+
+def replication_target(session: Session, policy: Policy, vault_id: str) -> dict[str, str]:
+    """Where a replication policy sends one vault's backups."""
+    od = policy.operation_definition or {}
+    binding = session.scalars(select(VaultPolicy).where(
+        VaultPolicy.policy_id == policy.id, VaultPolicy.vault_id == vault_id)).first()
+    return {"credential_id": str(od.get("credential_id", "")),
+            "region": str(od.get("destination_region", "")),
+            "destination_project_id": str(od.get("destination_project_id", "")),
+            "destination_vault_id": binding.destination_vault_id if binding else ""}
+
+
+def replication_policy_of(session: Session, vault_id: str) -> Policy | None:
+    """The enabled replication policy bound to a vault, if any."""
+    return session.scalars(select(Policy).join(VaultPolicy, VaultPolicy.policy_id == Policy.id)
+                           .where(VaultPolicy.vault_id == vault_id,
+                                  Policy.operation_type == "replication",
+                                  Policy.enabled.is_(True))).first()

@@ -377,6 +377,11 @@ def associate_policy(session: Session, project_id: str, vault_id: str, policy_id
         if vault.protect_type == "replication":
             raise errors.ReplicationNotAllowedForType("A replication vault's replicas are not "
                                            "replicated onward.")
+        if not destination_vault_id:
+            raise errors.InvalidParameter(
+                "A replication policy's vault needs destination_vault_id: the replication "
+                "vault in the target account that receives its replicas.",
+                field="destination_vault_id")
     elif vault.protect_type == "replication":
         raise errors.InvalidParameter("A replication vault takes no backup policy.",
                                       field="policy_id")

@@ -26,6 +26,7 @@ from cbr.v1 import (
     credential_pb2,
     iam_pb2,
     key_pb2,
+    policy_pb2,
     replication_pb2,
     task_pb2,
     vault_pb2,
@@ -527,3 +528,49 @@ def test_replicas_go_back_to_their_source_but_not_onward(
         backup_id=copy.id, target_agent_id=src.agent_id, target_path=str(out))).task_id
     assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
     assert _sha(out / "system.img") == _sha(src.files["images"] / "sys.img")
+
+
+def test_a_replication_policy_follows_the_vault_backups_and_runs_on_demand(
+        clouds: Clouds) -> None:
+    src, target = clouds.source, clouds.target
+    daily = "FREQ=DAILY;INTERVAL=1;BYHOUR=3;BYMINUTE=0"
+    backup_policy = src.client.policies.CreatePolicy(policy_pb2.CreatePolicyRequest(
+        name="nightly", operation_type=policy_pb2.POLICY_OPERATION_TYPE_BACKUP, enabled=True,
+        trigger=policy_pb2.Trigger(pattern=[daily]),
+        operation_definition=policy_pb2.OperationDefinition(max_backups=10))).policy
+    replication_policy = src.client.policies.CreatePolicy(policy_pb2.CreatePolicyRequest(
+        name="to-b", operation_type=policy_pb2.POLICY_OPERATION_TYPE_REPLICATION, enabled=True,
+        trigger=policy_pb2.Trigger(pattern=[daily]),
+        operation_definition=policy_pb2.OperationDefinition(
+            max_backups=10, destination_region="region-b",
+            destination_project_id=target.account_id,
+            credential_id=clouds.credential_id))).policy
+    vault = src.vaults["server"]
+    src.client.vaults.AssociateVaultPolicy(vault_pb2.AssociateVaultPolicyRequest(
+        vault_id=vault, policy_id=backup_policy.id))
+    src.client.vaults.AssociateVaultPolicy(vault_pb2.AssociateVaultPolicyRequest(
+        vault_id=vault, policy_id=replication_policy.id,
+        destination_vault_id=target.vaults["server"]))
+
+    def records() -> list[Any]:
+        return list(src.client.replication.ListReplicationRecords(
+            replication_pb2.ListReplicationRecordsRequest(vault_id=vault)).replication_records)
+
+    # A policy backup is replicated as soon as it is available.
+    [checkpoint_id] = src.client.policies.RunPolicyNow(policy_pb2.RunPolicyNowRequest(
+        policy_id=backup_policy.id)).checkpoint_ids
+    auto = wait_until(lambda: src.client.backups.GetCheckpoint(backup_pb2.GetCheckpointRequest(
+        checkpoint_id=checkpoint_id)).checkpoint.backup_ids, message="the checkpoint's backup")
+    [record] = wait_until(lambda: [r for r in records() if r.status == SUCCESS],
+                          timeout=60, message="the policy backup is replicated")
+    assert record.source_backup_id == auto[0] and record.auto_trigger
+    # A manual backup waits for the replication policy's run, which sends
+    # only what has not gone to the region yet.
+    manual = _backup(src, "server", "web-1")
+    [task_id] = src.client.policies.RunPolicyNow(policy_pb2.RunPolicyNowRequest(
+        policy_id=replication_policy.id)).task_ids
+    assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
+    wait_until(lambda: {r.source_backup_id for r in records() if r.status == SUCCESS}
+               == {auto[0], manual.id}, message="both replicated")
+    assert list(src.client.policies.RunPolicyNow(policy_pb2.RunPolicyNowRequest(
+        policy_id=replication_policy.id)).task_ids) == []

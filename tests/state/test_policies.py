@@ -90,8 +90,11 @@ def test_operation_definitions_outside_limits_are_refused(app: App, project: str
 def test_a_replication_policy_needs_its_destination(app: App, project: str) -> None:
     with pytest.raises(errors.InvalidParameter, match="destination_region"):
         create(app, project, [DAILY], op="replication")
+    with pytest.raises(errors.InvalidParameter, match="credential_id"):
+        create(app, project, [DAILY], op="replication", destination_region="r2",
+               destination_project_id="acct")
     create(app, project, [DAILY], op="replication", destination_region="r2",
-           destination_project_id="acct")
+           destination_project_id="acct", credential_id="c1")
 
 
 def test_long_term_retention_with_a_timezone_is_accepted(app: App, project: str) -> None:

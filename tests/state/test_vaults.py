@@ -246,7 +246,7 @@ def test_a_disk_vault_refuses_a_replication_policy_with_1002(app: App, project: 
     with app.db.begin() as s:
         pid = policies.create_policy(
             s, project, "rep", "replication", True,
-            {"destination_region": "r2", "destination_project_id": "acc"},
+            {"destination_region": "r2", "destination_project_id": "acc", "credential_id": "c"},
             ["FREQ=DAILY;INTERVAL=1;BYHOUR=6;BYMINUTE=00"], NOW).id
     with app.db.begin() as s, pytest.raises(errors.ReplicationNotAllowedForType) as exc:
         vaults.associate_policy(s, project, vid, pid, "", NOW)
