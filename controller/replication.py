@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from cbr import errors
 from cbr.client import Client, error_from_rpc
-from cbr.v1 import replication_pb2
+from cbr.v1 import backup_pb2, replication_pb2
 from controller.app import App
 from controller.persistence.models import Backup, Credential, Policy, ReplicationRecord, Vault
 from controller.services import (
@@ -316,7 +316,49 @@ class Replicator:
             with self.app.db.begin() as s:
                 replication.confirmed(s, record_id, answer, self.app.clock.now())
             settled += 1
+            if answer.get("status") == "success" and extra.get("policy_id"):
+                try:
+                    self._replica_retention(record_id, str(extra["policy_id"]))
+                except Exception:
+                    log.exception("retention of replicas after record %s failed", record_id)
         return settled
+
+    def _replica_retention(self, record_id: str, policy_id: str) -> int:
+        """The replication policy's retention on the target, after one of its
+        replicas arrived; deletes go through the credential (rule 11 grants
+        ``cbr:backups:delete``). Returns how many replicas it deleted."""
+        now = self.app.clock.now()
+        with self.app.db.begin() as s:
+            record = s.get(ReplicationRecord, record_id)
+            policy = s.get(Policy, policy_id)
+            if record is None or policy is None:
+                return 0
+            doomed = replication.expired_replicas(s, record, dict(policy.operation_definition
+                                                                  or {}), now)
+            cred = s.get(Credential, str(record.extra_info.get("credential_id", "")))
+            if not doomed or cred is None:
+                return 0
+            client = target_client(self.app, cred)
+        deleted = 0
+        try:
+            for doomed_record, replica_id, rule in doomed:
+                try:
+                    client.backups.DeleteBackup(backup_pb2.DeleteBackupRequest(
+                        backup_id=replica_id), timeout=TARGET_TIMEOUT_S)
+                except grpc.RpcError as exc:
+                    err = error_from_rpc(exc)
+                    if err is None or not isinstance(err, errors.ResourceNotFound):
+                        log.warning("could not delete replica %s (%s): %s", replica_id, rule,
+                                    err.message if err is not None else exc)
+                        continue
+                with self.app.db.begin() as s:
+                    replication.replica_deleted(s, doomed_record, rule, now)
+                deleted += 1
+                log.info("replica %s deleted on the target by retention (%s)", replica_id,
+                         rule)
+        finally:
+            client.close()
+        return deleted
 
     def _target_record(self, cred_id: str, project_id: str, import_id: str
                        ) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
-from controller.services import backups, tasks
+from controller.services import backups, retention, tasks
 
 ACTIVE = ("replicating", "success")
 
@@ -171,7 +171,7 @@ def start(session: Session, keyring: Keyring, *, record_id: str, backup: Backup,
     record.extra_info = {
         "side": "source", "credential_id": credential.id, "import_id": plan.import_id,
         "target_task_id": plan.target_task_id, "auto_trigger": auto_trigger, "via": via,
-        "target_cloud": credential.target_cloud, "progress": 0,
+        "target_cloud": credential.target_cloud, "progress": 0, "policy_id": policy_id,
         "token_sealed": base64.b64encode(keyring.seal(
             plan.import_token.encode(), f"replicate:{record_id}".encode())).decode()}
     session.add(record)
@@ -289,3 +289,40 @@ def fail_record(session: Session, record_id: str, code: str, reason: str,
     record.extra_info = {**record.extra_info, "stage": "done", "fail_code": code,
                          "fail_reason": reason}
     record.updated_at = now
+
+
+def expired_replicas(session: Session, record: ReplicationRecord, od: dict[str, Any],
+                     now: dt.datetime) -> list[tuple[str, str, str]]:
+    """The replication policy's retention over the replicas it made of one
+    vault in one destination vault: (record id, replica id, rule) to delete
+    on the target. The rules are the backup policy's, applied to the
+    replicas by the protected time of their source backups."""
+    records = session.scalars(select(ReplicationRecord).where(
+        ReplicationRecord.project_id == record.project_id,
+        ReplicationRecord.vault_id == record.vault_id,
+        ReplicationRecord.destination_vault_id == record.destination_vault_id,
+        ReplicationRecord.status == "success")).all()
+    candidates: list[retention.Candidate] = []
+    by_replica: dict[str, ReplicationRecord] = {}
+    for r in records:
+        extra = r.extra_info
+        if extra.get("side") != "source" or extra.get("replica_deleted") \
+                or not r.destination_backup_id:
+            continue
+        source = session.get(Backup, r.source_backup_id)
+        protected = (source.protected_at if source is not None and source.protected_at
+                     else r.created_at)
+        resource = source.resource_id if source is not None else r.source_backup_id
+        by_replica[r.destination_backup_id] = r
+        candidates.append(retention.Candidate(
+            backup_id=r.destination_backup_id, resource_id=resource, protected_at=protected,
+            auto=bool(extra.get("auto_trigger"))))
+    return [(by_replica[e.backup_id].id, e.backup_id, e.rule)
+            for e in retention.select_expired(candidates, od, now)]
+
+
+def replica_deleted(session: Session, record_id: str, rule: str, now: dt.datetime) -> None:
+    record = session.get(ReplicationRecord, record_id)
+    if record is not None:
+        record.extra_info = {**record.extra_info, "replica_deleted": rule}
+        record.updated_at = now

@@ -542,7 +542,7 @@ def test_a_replication_policy_follows_the_vault_backups_and_runs_on_demand(
         name="to-b", operation_type=policy_pb2.POLICY_OPERATION_TYPE_REPLICATION, enabled=True,
         trigger=policy_pb2.Trigger(pattern=[daily]),
         operation_definition=policy_pb2.OperationDefinition(
-            max_backups=10, destination_region="region-b",
+            max_backups=1, destination_region="region-b",
             destination_project_id=target.account_id,
             credential_id=clouds.credential_id))).policy
     vault = src.vaults["server"]
@@ -574,3 +574,13 @@ def test_a_replication_policy_follows_the_vault_backups_and_runs_on_demand(
                == {auto[0], manual.id}, message="both replicated")
     assert list(src.client.policies.RunPolicyNow(policy_pb2.RunPolicyNowRequest(
         policy_id=replication_policy.id)).task_ids) == []
+    # The policy's retention (max_backups 1) applies to the replicas it made
+    # on the target, deleting through the credential: the newest stays.
+
+    def replicas() -> set[str]:
+        return {b.id for b in target.client.backups.ListBackups(backup_pb2.ListBackupsRequest(
+            vault_id=target.vaults["server"],
+            status=backup_pb2.BACKUP_STATUS_AVAILABLE)).backups}
+
+    newest = next(r.destination_backup_id for r in records() if r.source_backup_id == manual.id)
+    wait_until(lambda: replicas() == {newest}, timeout=30, message="retention on the target")
