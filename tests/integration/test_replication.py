@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,13 @@ from tests.support.processes import (
     wait_until,
 )
 from tests.support.proxy import CuttingProxy
+from tests.support.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
 
 SUCCESS = replication_pb2.REPLICATION_STATUS_SUCCESS
+# A cloud's storage: controller arguments and environment, by cloud name.
+Storage = Callable[[str], tuple[list[str], dict[str, str] | None]]
 FAIL = replication_pb2.REPLICATION_STATUS_FAIL
 
 
@@ -112,12 +116,17 @@ def _replication_vault(client: Client, name: str, obj: int, region: str) -> str:
 
 
 def _clouds(tmp_path: Path, controller_factory: ControllerFactory,
-            agent_factory: AgentFactory, **importer: str) -> Clouds:
+            agent_factory: AgentFactory, *, storage: Storage | None = None,
+            **importer: str) -> Clouds:
+    """Two clouds; with ``storage``, each keeps its vaults in its own S3 bucket."""
+    a_args, a_env = storage("a") if storage is not None else ([], None)
+    b_args, b_env = storage("b") if storage is not None else ([], None)
     source = _start(tmp_path / "a", controller_factory, agent_factory,
-                    extra_args=["--cloud-name", "cloud-a", "--region", "region-a"])
+                    extra_args=["--cloud-name", "cloud-a", "--region", "region-a", *a_args],
+                    env=a_env)
     target_controller = controller_factory("target", extra_args=[
         *FAST, "--cloud-name", "cloud-b", "--region", "region-b",
-        "--regions", "region-b,region-c:noreplication"])
+        "--regions", "region-b,region-c:noreplication", *b_args], env=b_env)
     client = target_controller.client()
     (tmp_path / "b").mkdir()
     importer, _ = _start_agent(tmp_path / "b", target_controller, agent_factory, "importer",
@@ -168,8 +177,7 @@ def _target_restore(clouds: Clouds, backup_id: str, path: Path) -> None:
     assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
 
 
-def test_server_and_file_system_backups_replicate_incrementally_and_restore_on_the_target(
-        clouds: Clouds, tmp_path: Path) -> None:
+def _replicate_incrementally_and_restore(clouds: Clouds, tmp_path: Path) -> None:
     src = clouds.source
     images, share = src.files["images"], src.files["share"]
     server = _backup(src, "server", "web-1")
@@ -221,6 +229,29 @@ def test_server_and_file_system_backups_replicate_incrementally_and_restore_on_t
     [target_record] = listed.replication_records
     assert target_record.status == SUCCESS
     assert target_record.destination_backup_id == record.destination_backup_id
+
+
+def test_server_and_file_system_backups_replicate_incrementally_and_restore_on_the_target(
+        clouds: Clouds, tmp_path: Path) -> None:
+    _replicate_incrementally_and_restore(clouds, tmp_path)
+
+
+def test_replication_between_clouds_whose_vaults_are_on_s3(
+        tmp_path: Path, seaweed: SeaweedServer, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    creds = seaweed.credentials()
+
+    def on_s3(cloud: str) -> tuple[list[str], dict[str, str] | None]:
+        url = (f"s3://{seaweed.bucket_name()}/{cloud}?endpoint={seaweed.endpoint}"
+               "&region=us-east-1&addressing_style=path&create_bucket=1")
+        return (["--storage-url", url], {"CBR_STORAGE_ACCESS_KEY": creds["access_key"],
+                                          "CBR_STORAGE_SECRET_KEY": creds["secret_key"]})
+
+    clouds = _clouds(tmp_path, controller_factory, agent_factory, storage=on_s3)
+    vault = clouds.target.client.vaults.GetVault(vault_pb2.GetVaultRequest(
+        vault_id=clouds.target.vaults["server"])).vault
+    assert vault.storage_url.startswith("s3://")
+    _replicate_incrementally_and_restore(clouds, tmp_path)
 
 
 def _refused(call: Any) -> errors.CbrError:
