@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli import task_cmd
+from cbr.cli import replication_cmd, task_cmd
 from cbr.cli._common import (
     Column,
     Context,
@@ -18,7 +18,7 @@ from cbr.cli._common import (
     key_value,
     list_pages,
 )
-from cbr.v1 import backup_pb2, common_pb2
+from cbr.v1 import backup_pb2, common_pb2, replication_pb2
 
 STATUS = enum_names(backup_pb2.BackupStatus.DESCRIPTOR)
 IMAGE_TYPE = enum_names(backup_pb2.ImageType.DESCRIPTOR)
@@ -104,6 +104,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = add_command(group, "show", cmd_show, "show a backup", rpc="BackupService.GetBackup")
     p.add_argument("backup_id", metavar="BACKUP_ID")
+
+    p = add_command(
+        group,
+        "replicate",
+        replication_cmd.cmd_replicate_backup,
+        "replicate a backup to a replication vault of another cloud",
+        rpc="ReplicationService.ReplicateBackup",
+    )
+    p.add_argument("backup_id", metavar="BACKUP_ID")
+    replication_cmd.add_destination(p)
+    p.add_argument("--name", help="name of the replica")
+    p.add_argument("--description")
+    add_wait(p)
 
     p = add_command(
         group, "update", cmd_update, "rename or describe a backup", rpc="BackupService.UpdateBackup"
@@ -273,6 +286,16 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.backups.GetBackup(
         backup_pb2.GetBackupRequest(backup_id=args.backup_id), timeout=ctx.timeout
     )
+    if resp.backup.replication_record_ids:
+        records = ctx.client.replication.ListReplicationRecords(
+            replication_pb2.ListReplicationRecordsRequest(source_backup_id=args.backup_id),
+            timeout=ctx.timeout,
+        ).replication_records
+        ctx.out.show(resp.backup, subtables=[
+            ("children", resp.backup.children, COLUMNS),
+            ("replication records", records, replication_cmd.COLUMNS),
+        ])
+        return 0
     _show_backup(ctx, resp.backup)
     return 0
 

@@ -33,11 +33,21 @@ COLUMNS: list[Column] = [
 ]
 
 
-def _destination(p: argparse.ArgumentParser) -> None:
+def add_destination(p: argparse.ArgumentParser) -> None:
+    """Where a replication goes; ``--region`` and ``--vault`` are short forms."""
     p.add_argument("--credential", required=True, help="credential id for the target cloud")
-    p.add_argument("--destination-region", required=True)
+    p.add_argument("--destination-region", "--region", dest="destination_region", required=True)
     p.add_argument("--destination-project-id", help="target account (default: the credential's)")
-    p.add_argument("--destination-vault-id", help="the receiving replication vault")
+    p.add_argument("--destination-vault-id", "--vault", dest="destination_vault_id",
+                   required=True, help="the replication vault of the target that receives it")
+
+
+def _record_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vault", help="only records of this vault id")
+    p.add_argument("--backup", help="only records of this source backup id")
+    p.add_argument("--destination-region")
+    enum_arg(p, "--status", STATUS, "only this status")
+    add_paging(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         rpc="ReplicationService.ReplicateBackup",
     )
     p.add_argument("backup_id", metavar="BACKUP_ID")
-    _destination(p)
+    add_destination(p)
     p.add_argument("--name", help="name of the replica")
     p.add_argument("--description")
     add_wait(p)
@@ -64,8 +74,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         rpc="ReplicationService.ReplicateVault",
     )
     p.add_argument("vault_id", metavar="VAULT_ID")
-    _destination(p)
+    add_destination(p)
     add_wait(p)
+
+    p = add_command(
+        group,
+        "list",
+        cmd_record_list,
+        "list replication records (the same as `replication record list`)",
+        rpc="ReplicationService.ListReplicationRecords",
+    )
+    _record_filters(p)
 
     records = add_group(group, "record", "replication history")
     p = add_command(
@@ -75,11 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "list replication records",
         rpc="ReplicationService.ListReplicationRecords",
     )
-    p.add_argument("--vault", help="only records of this vault id")
-    p.add_argument("--backup", help="only records of this source backup id")
-    p.add_argument("--destination-region")
-    enum_arg(p, "--status", STATUS, "only this status")
-    add_paging(p)
+    _record_filters(p)
 
     p = add_command(
         records,

@@ -6,7 +6,7 @@ import argparse
 
 from google.protobuf import field_mask_pb2
 
-from cbr.cli import task_cmd
+from cbr.cli import replication_cmd, task_cmd
 from cbr.cli._common import (
     Column,
     Context,
@@ -138,6 +138,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--policy", help="only vaults associated with this policy id")
     p.add_argument("--resource", help="only the vault holding this resource id")
     add_paging(p)
+
+    p = add_command(
+        group,
+        "replicate",
+        replication_cmd.cmd_replicate_vault,
+        "replicate every backup of a vault not yet in the destination region",
+        rpc="ReplicationService.ReplicateVault",
+    )
+    p.add_argument("vault_id", metavar="VAULT_ID")
+    replication_cmd.add_destination(p)
+    add_wait(p)
 
     p = add_command(group, "show", cmd_show, "show a vault", rpc="VaultService.GetVault")
     p.add_argument("vault_id", metavar="VAULT_ID")

@@ -439,11 +439,20 @@ def test_replication_requests() -> None:
         backup_id="b1", credential_id="c", destination_region="r2", destination_vault_id="dv"
     )
     v = replication_cmd.build_replicate_vault_request(
-        parse("repl", "replicate-vault", "v1", "--credential", "c", "--destination-region", "r2")
+        parse("repl", "replicate-vault", "v1", "--credential", "c", "--destination-region", "r2",
+              "--vault", "dv")
     )
     assert v == replication_pb2.ReplicateVaultRequest(
-        vault_id="v1", credential_id="c", destination_region="r2"
+        vault_id="v1", credential_id="c", destination_region="r2", destination_vault_id="dv"
     )
+    # The short forms the README uses: `cbr backup replicate`, `cbr vault replicate`.
+    short = replication_cmd.build_replicate_backup_request(
+        parse("backup", "replicate", "b1", "--credential", "c", "--region", "r2", "--vault", "dv")
+    )
+    assert short == b
+    assert replication_cmd.build_replicate_vault_request(
+        parse("vault", "replicate", "v1", "--credential", "c", "--region", "r2", "--vault", "dv")
+    ) == v
     r = replication_cmd.build_record_list_request(
         parse("replication", "record", "list", "--status", "waiting_replicate", "--backup", "b1")
     )
