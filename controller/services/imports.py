@@ -328,8 +328,7 @@ def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
     try:
         manifests = {str(k): str(v) for k, v in
                      json.loads(str(task.extra_info.get("manifests", "{}"))).items()}
-        stored = {str(k): int(v) for k, v in
-                  json.loads(str(task.extra_info.get("stored", "{}"))).items()}
+        added = int(task.extra_info.get("bytes_stored", 0) or 0)
     except (ValueError, TypeError, AttributeError):
         _fail(record, "BackupService.0500", "the importer's report is malformed", now)
         return
@@ -349,14 +348,16 @@ def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
         id=record.destination_checkpoint_id, project_id=record.project_id, vault_id=vault.id,
         name=str(doc.get("name", ""))[:64], description=str(doc.get("description", ""))[:255],
         status="available", auto_trigger=auto, created_at=now))
-    top = _replica_row(record, vault, doc, ids, manifests, stored, None, now)
+    # What the import added to storage is the replica's own; its disks share
+    # one transfer, so the server's backup carries the whole amount.
+    top = _replica_row(record, vault, doc, ids, manifests, None, now)
+    top.stored_bytes = added
     session.add(top)
     session.flush()
     for child in doc.get("children", []):
-        row = _replica_row(record, vault, child, ids, manifests, stored, top.id, now)
+        row = _replica_row(record, vault, child, ids, manifests, top.id, now)
         row.resource_id = top.resource_id  # a disk's backup names its server, as at the source
         session.add(row)
-    added = sum(stored.values())
     vault.used_bytes += added
     record.status = "success"
     record.extra_info = {**info, "progress": 100}
@@ -364,8 +365,8 @@ def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
 
 
 def _replica_row(record: ReplicationRecord, vault: Vault, doc: dict[str, Any],
-                 ids: dict[str, str], manifests: dict[str, str], stored: dict[str, int],
-                 parent_id: str | None, now: dt.datetime) -> Backup:
+                 ids: dict[str, str], manifests: dict[str, str], parent_id: str | None,
+                 now: dt.datetime) -> Backup:
     source_id = str(doc["sourceBackupId"])
     replica_id = ids[source_id]
     protected = doc.get("protectedAt")
@@ -389,7 +390,7 @@ def _replica_row(record: ReplicationRecord, vault: Vault, doc: dict[str, Any],
         resource_type="disk" if parent_id is not None else str(doc["resourceType"]),
         resource_size_bytes=int(doc.get("resourceSizeBytes", 0) or 0), status="available",
         image_type="replication", incremental=bool(doc.get("incremental")),
-        stored_bytes=stored.get(replica_id, 0), manifest_sha256=manifests[replica_id],
+        stored_bytes=0, manifest_sha256=manifests[replica_id],
         extend_info=info,
         protected_at=dt.datetime.fromisoformat(str(protected).replace("Z", "+00:00"))
         if protected else now,

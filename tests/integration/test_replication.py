@@ -195,6 +195,7 @@ def _replicate_incrementally_and_restore(clouds: Clouds, tmp_path: Path) -> None
         backup_pb2.GetBackupRequest(backup_id=record.destination_backup_id)).backup
     assert replica.image_type == backup_pb2.IMAGE_TYPE_REPLICATION
     assert replica.vault_id == clouds.target.vaults["server"]
+    assert replica.stored_bytes > 3 * MiB  # what the import added to the target's storage
 
     # Change the data, back up and replicate again: only the new chunks cross.
     rng = random.Random(11)
