@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             "this and a third of it more.", float),
     Setting("scheduler_tick", 0.0, "Tests only: when > 0, every backup policy runs every "
             "this many seconds instead of by its trigger rules.", float),
+    Setting("replication_retry", 600.0, "Seconds a replication transfer keeps reconnecting to "
+            "the target's importer (a cut connection, an importer or target restart) before "
+            "it fails.", float),
     Setting("root_key", "", "Base64 of the 32-byte root key that seals the key service's "
             "master keys. Give it by the environment variable, never a flag. Default: "
             "root.key in the data dir (mode 0600, made on first start)."),
@@ -104,6 +107,7 @@ class Config:
     scheduler_grace: float = 600.0
     scheduler_lease: float = 15.0
     scheduler_tick: float = 0.0
+    replication_retry: float = 600.0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -179,7 +179,8 @@ class Replicator:
                     credential=cred, region=region, source_region=self.app.config.region,
                     destination_vault_id=destination_vault_id, agent_id=agent_id, plan=plan,
                     auto_trigger=auto_trigger, via=via, now=now, policy_id=policy_id,
-                    source_cloud=self.app.config.cloud_name)
+                    source_cloud=self.app.config.cloud_name,
+                    retry_seconds=self.app.config.replication_retry)
                 started = Started(task.id, record.id)
         except errors.CbrError as exc:
             self._abort_target(cred_id, project_id, plan.import_id, exc.message)

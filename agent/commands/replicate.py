@@ -31,7 +31,8 @@ from cbr.repo.replicate import ReplicaSource, ReplicationStats, replica_manifest
 log = logging.getLogger("cbr.agent")
 
 RETRY_FOR_S = 600.0
-"""How long a transfer keeps trying to reach its importer before it fails."""
+"""How long a transfer keeps trying to reach its importer before it fails,
+unless the command says (the controller's ``--replication-retry``)."""
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 15.0
 
@@ -95,7 +96,8 @@ class _Totals:
 
 def _transfer(repo: Repository, command: Any, context: CommandContext,
               manifests: list[Manifest], replicas: list[Manifest], totals: _Totals) -> None:
-    deadline = time.monotonic() + RETRY_FOR_S
+    retry_for = command.retry_seconds or RETRY_FOR_S
+    outage_since: float | None = None  # the first failed attempt since data last moved
     delay = BACKOFF_FIRST_S
     while True:
         totals.attempts += 1
@@ -134,12 +136,20 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
             if target is not None:
                 target.close()
             channel.close()
+        moved = totals.last.bytes_stored > 0 or totals.last.chunks_sent > 0
         totals.wire_bytes += target.bytes_sent if target is not None else 0
         totals.attempt_ended()
-        if time.monotonic() + delay > deadline:
+        now = time.monotonic()
+        if moved or outage_since is None:
+            # Data moved since the last failure: a new outage, with a fresh
+            # retry window and backoff (a long transfer may meet several).
+            outage_since = now
+            if moved:
+                delay = BACKOFF_FIRST_S
+        if now + delay - outage_since > retry_for:
             raise TransferFailed("BackupService.8001",
                                  f"the importer at {command.importer_endpoint} could not be "
-                                 f"reached for {RETRY_FOR_S:.0f} s ({reason})")
+                                 f"reached for {retry_for:.0f} s ({reason})")
         log.warning("replication of %s: stream to %s broke (%s); resuming in %.1f s",
                     command.backup_id, command.importer_endpoint, reason, delay)
         context.progress(totals.percent(), f"resuming after: {reason}"[:200],

@@ -392,7 +392,7 @@ class ImportCommand(_message.Message):
     def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., import_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., token_sha256: _Optional[bytes] = ..., replica_ids: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReplicateCommand(_message.Message):
-    __slots__ = ("storage", "backup_id", "manifest_sha256", "replica_ids", "destination_vault_id", "destination_checkpoint_id", "importer_endpoint", "importer_server_name", "ca_certificate_pem", "import_token", "source_cloud", "source_region", "source_project_id", "expires_at", "replication_record_id")
+    __slots__ = ("storage", "backup_id", "manifest_sha256", "replica_ids", "destination_vault_id", "destination_checkpoint_id", "importer_endpoint", "importer_server_name", "ca_certificate_pem", "import_token", "source_cloud", "source_region", "source_project_id", "expires_at", "replication_record_id", "retry_seconds")
     class ManifestSha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -422,6 +422,7 @@ class ReplicateCommand(_message.Message):
     SOURCE_PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     storage: StorageAccess
     backup_id: str
     manifest_sha256: _containers.ScalarMap[str, str]
@@ -437,7 +438,8 @@ class ReplicateCommand(_message.Message):
     source_project_id: str
     expires_at: _timestamp_pb2.Timestamp
     replication_record_id: str
-    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., manifest_sha256: _Optional[_Mapping[str, str]] = ..., replica_ids: _Optional[_Mapping[str, str]] = ..., destination_vault_id: _Optional[str] = ..., destination_checkpoint_id: _Optional[str] = ..., importer_endpoint: _Optional[str] = ..., importer_server_name: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., import_token: _Optional[str] = ..., source_cloud: _Optional[str] = ..., source_region: _Optional[str] = ..., source_project_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replication_record_id: _Optional[str] = ...) -> None: ...
+    retry_seconds: float
+    def __init__(self, storage: _Optional[_Union[StorageAccess, _Mapping]] = ..., backup_id: _Optional[str] = ..., manifest_sha256: _Optional[_Mapping[str, str]] = ..., replica_ids: _Optional[_Mapping[str, str]] = ..., destination_vault_id: _Optional[str] = ..., destination_checkpoint_id: _Optional[str] = ..., importer_endpoint: _Optional[str] = ..., importer_server_name: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., import_token: _Optional[str] = ..., source_cloud: _Optional[str] = ..., source_region: _Optional[str] = ..., source_project_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replication_record_id: _Optional[str] = ..., retry_seconds: _Optional[float] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("task_id", "sync", "backup", "restore", "replicate")

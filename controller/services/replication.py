@@ -154,7 +154,7 @@ class Plan:
 def start(session: Session, keyring: Keyring, *, record_id: str, backup: Backup,
           vault: Vault, credential: Credential, region: str, source_region: str,
           destination_vault_id: str, agent_id: str, plan: Plan, auto_trigger: bool, via: str,
-          now: dt.datetime, source_cloud: str, policy_id: str = ""
+          now: dt.datetime, source_cloud: str, retry_seconds: float, policy_id: str = ""
           ) -> tuple[ReplicationRecord, Task]:
     """The source record and the agent's task, once the target said yes."""
     check_replicable(session, backup, credential, region)
@@ -184,7 +184,7 @@ def start(session: Session, keyring: Keyring, *, record_id: str, backup: Backup,
         "importerEndpoint": plan.importer_endpoint,
         "importerServerName": plan.importer_server_name,
         "caCertificatePem": plan.ca_certificate_pem, "sourceRegion": source_region,
-        "sourceCloud": source_cloud,
+        "sourceCloud": source_cloud, "retrySeconds": retry_seconds,
         "sourceProjectId": backup.project_id, "replicationRecordId": record.id,
         "expiresAt": plan.expires_at}
     task = tasks.create_task(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cbr.v1 import backup_pb2, task_pb2, vault_pb2
+from cbr.v1 import agent_pb2, backup_pb2, task_pb2, vault_pb2
 from tests.integration.test_data_path import (
     AVAILABLE,
     ERROR,
@@ -51,6 +51,11 @@ def test_controller_killed_mid_backup_the_backup_completes_once_it_is_back(
     assert backup.status == AVAILABLE
     out = tmp_path / "big-restored.img"
     host.client = client
+    # The backup may have finished before the kill; the agent then reconnects
+    # to the new controller with backoff, and a restore needs it online.
+    wait_until(lambda: client.agents.GetAgent(agent_pb2.GetAgentRequest(
+        agent_id=host.agent_id)).agent.status == agent_pb2.AGENT_STATUS_ONLINE,
+        timeout=30, message="the agent is back")
     task = _restore(host, backup_id, target_path=str(out))
     assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
     assert _sha(out) == _sha(host.files["images"] / "big.img")

@@ -117,12 +117,13 @@ def _replication_vault(client: Client, name: str, obj: int, region: str) -> str:
 
 def _clouds(tmp_path: Path, controller_factory: ControllerFactory,
             agent_factory: AgentFactory, *, storage: Storage | None = None,
-            **importer: str) -> Clouds:
+            source_args: tuple[str, ...] = (), **importer: str) -> Clouds:
     """Two clouds; with ``storage``, each keeps its vaults in its own S3 bucket."""
     a_args, a_env = storage("a") if storage is not None else ([], None)
     b_args, b_env = storage("b") if storage is not None else ([], None)
     source = _start(tmp_path / "a", controller_factory, agent_factory,
-                    extra_args=["--cloud-name", "cloud-a", "--region", "region-a", *a_args],
+                    extra_args=["--cloud-name", "cloud-a", "--region", "region-a", *a_args,
+                                *source_args],
                     env=a_env)
     target_controller = controller_factory("target", extra_args=[
         *FAST, "--cloud-name", "cloud-b", "--region", "region-b",
@@ -362,7 +363,9 @@ def test_cut_streams_and_a_killed_importer_resume_without_resending(
             killed.set()
             clouds.target.importer.start()
 
-        # The first stream is cut at 12 MiB; the importer is killed at 30 MiB.
+        # The first stream is cut at 12 MiB, the target controller restarts at
+        # 20 MiB (the importer keeps its grant), the importer is killed at 30 MiB.
+        proxy.when_total_exceeds(20 * MiB, clouds.target.controller.restart)
         proxy.when_total_exceeds(30 * MiB, kill_importer)
         task, record = _replicate(clouds, server.id, "server")
         assert proxy.cuts >= 1 and killed.is_set()
@@ -616,3 +619,43 @@ def test_a_replication_policy_follows_the_vault_backups_and_runs_on_demand(
 
     newest = next(r.destination_backup_id for r in records() if r.source_backup_id == manual.id)
     wait_until(lambda: replicas() == {newest}, timeout=30, message="retention on the target")
+
+
+def test_a_replication_that_gives_up_fails_and_leaves_no_replica(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    port = _free_port()
+    proxy = CuttingProxy(("127.0.0.1", port))
+    try:
+        clouds = _clouds(tmp_path, controller_factory, agent_factory,
+                         source_args=("--replication-retry", "3"),
+                         listen=f"127.0.0.1:{port}", advertise=proxy.endpoint)
+        images = clouds.source.files["images"]
+        _write_at(images / "sys.img", 8 * MiB, random.Random(6).randbytes(24 * MiB))
+        server = _backup(clouds.source, "server", "web-1")
+        # The importer dies mid-transfer and does not come back.
+        proxy.when_total_exceeds(8 * MiB, clouds.target.importer.kill)
+        resp = clouds.source.client.replication.ReplicateBackup(
+            replication_pb2.ReplicateBackupRequest(
+                backup_id=server.id, credential_id=clouds.credential_id,
+                destination_region="region-b", destination_vault_id=clouds.target.vaults["server"]))
+        task = _wait_task(clouds.source.client, resp.task_id, timeout=120)
+        assert task.status == task_pb2.TASK_STATUS_FAILED
+        assert task.error_info.code == "BackupService.8001", task.error_info
+        assert "could not be reached" in task.error_info.message
+        record = clouds.source.client.replication.GetReplicationRecord(
+            replication_pb2.GetReplicationRecordRequest(
+                replication_record_id=resp.replication_record_id)).replication_record
+        assert record.status == FAIL and record.fail_code == "BackupService.8001"
+        # The target aborted the import: its record failed and no replica shows.
+        [target_record] = wait_until(lambda: [
+            r for r in clouds.target.client.replication.ListReplicationRecords(
+                replication_pb2.ListReplicationRecordsRequest(
+                    source_backup_id=server.id)).replication_records if r.status == FAIL],
+            timeout=30, message="the target's record fails")
+        assert target_record.fail_code == "BackupService.0412"
+        listed = clouds.target.client.backups.ListBackups(backup_pb2.ListBackupsRequest(
+            vault_id=clouds.target.vaults["server"])).backups
+        assert list(listed) == []
+    finally:
+        proxy.close()
