@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import cast
 
 import grpc
 from google.protobuf import json_format
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import replication_pb2, replication_pb2_grpc
@@ -15,7 +17,7 @@ from controller.agents import pki
 from controller.agents.servicer import certificate_authority
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Backup, ReplicationRecord, Vault
+from controller.persistence.models import Backup, ReplicationRecord, Task, Vault
 from controller.replication import Replicator
 from controller.services import (
     agent_status,
@@ -26,6 +28,22 @@ from controller.services import (
     tasks,
     vaults,
 )
+
+
+def _with_progress(session: Session, records: Sequence[ReplicationRecord]
+                   ) -> list[replication_pb2.ReplicationRecord]:
+    """Records as messages; one still replicating shows its transfer task's progress."""
+    task_ids = {str(r.extra_info.get("task_id")) for r in records
+                if r.status == "replicating" and r.extra_info.get("task_id")}
+    progress = dict(session.execute(select(Task.id, Task.progress).where(
+        Task.id.in_(task_ids))).tuples().all()) if task_ids else {}
+    out = []
+    for r in records:
+        msg = convert.replication_record(r)
+        if r.status == "replicating":
+            msg.progress = max(msg.progress, progress.get(str(r.extra_info.get("task_id")), 0))
+        out.append(msg)
+    return out
 
 
 class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServicer):
@@ -165,7 +183,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                 raise errors.ResourceNotFound(
                     f"No replication record {request.replication_record_id!r}.")
             return replication_pb2.GetReplicationRecordResponse(
-                replication_record=convert.replication_record(r))
+                replication_record=_with_progress(s, [r])[0])
 
     def ListReplicationRecords(self, request: replication_pb2.ListReplicationRecordsRequest,
                                context: grpc.ServicerContext
@@ -184,5 +202,5 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
             items, token, total = paging.paginate(s, stmt, ReplicationRecord,
                                                   request.page_size, request.page_token)
             return replication_pb2.ListReplicationRecordsResponse(
-                replication_records=[convert.replication_record(r) for r in items],
+                replication_records=_with_progress(s, items),
                 next_page_token=token, total_count=total)
