@@ -410,6 +410,16 @@ def replication(work: Path, images: Path, vault_ids: dict[str, str],
               f"{'identical to the source at backup time' if ok else 'DIFFERENT'}", flush=True)
         if not ok:
             raise SystemExit(f"quickstart: the {label} replicas differ from the source")
+    image_file = out / "web-1-image.img"
+    cbr("target", "image", "create", "--backup", str(again["web-1"]["destination_backup_id"]),
+        "--name", "web-1-from-cloud-a", "--target-agent", host_id, "--to", str(image_file),
+        "--wait")
+    cbr("target", "image", "list")
+    ok = same_disk(image_file, images / "web-1-system.img")
+    print(f"image of web-1's system disk on cloud-b: {'identical' if ok else 'DIFFERENT'}",
+          flush=True)
+    if not ok:
+        raise SystemExit("quickstart: the image differs from the source's system disk")
     total = sum(int(str(r["wire"])) for r in (*first.values(), *again.values()))
     print(f"crossed the network: first {human(sum(int(str(r['wire'])) for r in first.values()))}"
           f", incremental {human(sum(int(str(r['wire'])) for r in again.values()))}, "

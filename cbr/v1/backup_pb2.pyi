@@ -11,6 +11,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ImageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_STATUS_UNSPECIFIED: _ClassVar[ImageStatus]
+    IMAGE_STATUS_CREATING: _ClassVar[ImageStatus]
+    IMAGE_STATUS_AVAILABLE: _ClassVar[ImageStatus]
+    IMAGE_STATUS_ERROR: _ClassVar[ImageStatus]
+
 class BackupStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BACKUP_STATUS_UNSPECIFIED: _ClassVar[BackupStatus]
@@ -28,6 +35,10 @@ class ImageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_TYPE_UNSPECIFIED: _ClassVar[ImageType]
     IMAGE_TYPE_BACKUP: _ClassVar[ImageType]
     IMAGE_TYPE_REPLICATION: _ClassVar[ImageType]
+IMAGE_STATUS_UNSPECIFIED: ImageStatus
+IMAGE_STATUS_CREATING: ImageStatus
+IMAGE_STATUS_AVAILABLE: ImageStatus
+IMAGE_STATUS_ERROR: ImageStatus
 BACKUP_STATUS_UNSPECIFIED: BackupStatus
 BACKUP_STATUS_AVAILABLE: BackupStatus
 BACKUP_STATUS_PROTECTING: BackupStatus
@@ -40,6 +51,102 @@ BACKUP_STATUS_WAITING_RESTORE: BackupStatus
 IMAGE_TYPE_UNSPECIFIED: ImageType
 IMAGE_TYPE_BACKUP: ImageType
 IMAGE_TYPE_REPLICATION: ImageType
+
+class Image(_message.Message):
+    __slots__ = ("id", "name", "description", "status", "backup_id", "disk_backup_id", "agent_id", "path", "size_bytes", "task_id", "source_backup_id", "source_cloud", "created_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    DISK_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    description: str
+    status: ImageStatus
+    backup_id: str
+    disk_backup_id: str
+    agent_id: str
+    path: str
+    size_bytes: int
+    task_id: str
+    source_backup_id: str
+    source_cloud: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., backup_id: _Optional[str] = ..., disk_backup_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., task_id: _Optional[str] = ..., source_backup_id: _Optional[str] = ..., source_cloud: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateImageRequest(_message.Message):
+    __slots__ = ("backup_id", "name", "description", "target_agent_id", "target_path", "encrypted")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    name: str
+    description: str
+    target_agent_id: str
+    target_path: str
+    encrypted: bool
+    def __init__(self, backup_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., target_agent_id: _Optional[str] = ..., target_path: _Optional[str] = ..., encrypted: _Optional[bool] = ...) -> None: ...
+
+class CreateImageResponse(_message.Message):
+    __slots__ = ("image", "task_id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    task_id: str
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class GetImageRequest(_message.Message):
+    __slots__ = ("image_id",)
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    def __init__(self, image_id: _Optional[str] = ...) -> None: ...
+
+class GetImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "backup_id")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    backup_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., backup_id: _Optional[str] = ...) -> None: ...
+
+class ListImagesResponse(_message.Message):
+    __slots__ = ("images", "next_page_token")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    next_page_token: str
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteImageRequest(_message.Message):
+    __slots__ = ("image_id",)
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    def __init__(self, image_id: _Optional[str] = ...) -> None: ...
+
+class DeleteImageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class BackupExtendInfo(_message.Message):
     __slots__ = ("auto_trigger", "contain_system_disk", "encrypted", "system_disk", "snapshot_id", "server_type", "app_consistent")

@@ -75,6 +75,26 @@ class BackupServiceStub:
                 request_serializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.FromString,
                 _registered_method=True)
+        self.CreateImage = channel.unary_unary(
+                '/cbr.v1.BackupService/CreateImage',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.CreateImageRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.CreateImageResponse.FromString,
+                _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/cbr.v1.BackupService/GetImage',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.GetImageResponse.FromString,
+                _registered_method=True)
+        self.ListImages = channel.unary_unary(
+                '/cbr.v1.BackupService/ListImages',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.DeleteImage = channel.unary_unary(
+                '/cbr.v1.BackupService/DeleteImage',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.DeleteImageRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.DeleteImageResponse.FromString,
+                _registered_method=True)
 
 
 class BackupServiceServicer:
@@ -133,6 +153,33 @@ class BackupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateImage(self, request, context):
+        """Makes an image from a server backup (a replica too): its system disk
+        written to a new image file on an agent, and registered here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImage(self, request, context):
+        """Forgets an image; the file stays where it was written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackupServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +222,26 @@ def add_BackupServiceServicer_to_server(servicer, server):
                     servicer.ListBackupFiles,
                     request_deserializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.SerializeToString,
+            ),
+            'CreateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateImage,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.CreateImageRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.CreateImageResponse.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.GetImageRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.GetImageResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.ListImagesRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'DeleteImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImage,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.DeleteImageRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.DeleteImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +461,114 @@ class BackupService:
             '/cbr.v1.BackupService/ListBackupFiles',
             cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.SerializeToString,
             cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.BackupService/CreateImage',
+            cbr_dot_v1_dot_backup__pb2.CreateImageRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.CreateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.BackupService/GetImage',
+            cbr_dot_v1_dot_backup__pb2.GetImageRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.GetImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.BackupService/ListImages',
+            cbr_dot_v1_dot_backup__pb2.ListImagesRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.BackupService/DeleteImage',
+            cbr_dot_v1_dot_backup__pb2.DeleteImageRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.DeleteImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ from controller.agents.servicer import (
 )
 from controller.app import App
 from controller.persistence.models import Checkpoint, Task
-from controller.services import imports, policy_runs, replication, runs
+from controller.services import images, imports, policy_runs, replication, runs
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -133,6 +133,7 @@ def register_result_handlers(hub: AgentHub, app: App) -> None:
 
     def restore_done(session: Session, task: Task, _result: Any) -> None:
         runs.finish_restore(session, task, task.status == "success", app.clock.now())
+        images.finish_image(session, task, app.clock.now())
 
     def replication_done(session: Session, task: Task, _result: Any) -> None:
         now = app.clock.now()

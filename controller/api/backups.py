@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import grpc
+from sqlalchemy import select
 
 from cbr import errors
 from cbr.v1 import backup_pb2, backup_pb2_grpc, common_pb2
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Backup, Vault
-from controller.services import backups, paging, runs
+from controller.persistence.models import Backup, Image, Vault
+from controller.services import backups, images, paging, runs
 
 
 class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
@@ -95,6 +96,46 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
             dispatch = runs.create_restore(s, self.project_id, req, self.now(), self._online())
         self._dispatch([dispatch])
         return backup_pb2.RestoreBackupResponse(task_id=dispatch.task_id)
+
+    def CreateImage(self, request: backup_pb2.CreateImageRequest,
+                    context: grpc.ServicerContext) -> backup_pb2.CreateImageResponse:
+        with self.app.db.begin() as s:
+            image, dispatch = images.create_image(
+                s, self.project_id, backup_id=request.backup_id, name=request.name,
+                description=request.description, target_agent_id=request.target_agent_id,
+                target_path=request.target_path, encrypted=request.encrypted, now=self.now(),
+                online=self._online())
+            response = backup_pb2.CreateImageResponse(image=convert.image(image),
+                                                       task_id=dispatch.task_id)
+        self._dispatch([dispatch])
+        return response
+
+    def GetImage(self, request: backup_pb2.GetImageRequest,
+                 context: grpc.ServicerContext) -> backup_pb2.GetImageResponse:
+        with self.app.db.begin() as s:
+            return backup_pb2.GetImageResponse(image=convert.image(
+                images.get_image(s, self.project_id, request.image_id)))
+
+    def ListImages(self, request: backup_pb2.ListImagesRequest,
+                   context: grpc.ServicerContext) -> backup_pb2.ListImagesResponse:
+        stmt = select(Image).where(Image.project_id == self.project_id)
+        if request.backup_id:
+            stmt = stmt.where(Image.backup_id == request.backup_id)
+        with self.app.db.begin() as s:
+            items, token, _total = paging.paginate(s, stmt, Image, request.page_size,
+                                                   request.page_token)
+            return backup_pb2.ListImagesResponse(images=[convert.image(i) for i in items],
+                                                 next_page_token=token)
+
+    def DeleteImage(self, request: backup_pb2.DeleteImageRequest,
+                    context: grpc.ServicerContext) -> backup_pb2.DeleteImageResponse:
+        with self.app.db.begin() as s:
+            image = images.get_image(s, self.project_id, request.image_id)
+            if image.status == "creating":
+                raise errors.Conflict(f"Image {image.id} is being written; delete it after "
+                                      f"task {image.task_id} ends.")
+            s.delete(image)
+        return backup_pb2.DeleteImageResponse()
 
     def ListBackupFiles(self, request: backup_pb2.ListBackupFilesRequest,
                         context: grpc.ServicerContext) -> backup_pb2.ListBackupFilesResponse:

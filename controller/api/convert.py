@@ -244,6 +244,15 @@ def checkpoint(c: models.Checkpoint, backup_ids: list[str],
         auto_trigger=c.auto_trigger, policy_id=c.policy_id, created_at=ts(c.created_at))
 
 
+def image(i: models.Image) -> backup_pb2.Image:
+    return backup_pb2.Image(
+        id=i.id, name=i.name, description=i.description,
+        status=enum_number(backup_pb2.ImageStatus, i.status), backup_id=i.backup_id,
+        disk_backup_id=i.disk_backup_id, agent_id=i.agent_id, path=i.path,
+        size_bytes=i.size_bytes, task_id=i.task_id, source_backup_id=i.source_backup_id,
+        source_cloud=i.source_cloud, created_at=ts(i.created_at), updated_at=ts(i.updated_at))
+
+
 def replication_record(r: models.ReplicationRecord) -> replication_pb2.ReplicationRecord:
     extra = r.extra_info
     return replication_pb2.ReplicationRecord(

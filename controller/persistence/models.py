@@ -441,6 +441,27 @@ class Backup(Base):
     updated_at: Mapped[dt.datetime]
 
 
+class Image(Base):
+    """A server's system disk written to an image file from a backup."""
+
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16))  # creating | available | error
+    backup_id: Mapped[str] = mapped_column(String(36), index=True)
+    disk_backup_id: Mapped[str] = mapped_column(String(36))
+    agent_id: Mapped[str] = mapped_column(String(36))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    task_id: Mapped[str] = mapped_column(String(36), index=True)
+    source_backup_id: Mapped[str] = mapped_column(String(36), default="")
+    source_cloud: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
 class ReplicationRecord(Base):
     __tablename__ = "replication_records"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

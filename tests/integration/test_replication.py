@@ -219,6 +219,17 @@ def _replicate_incrementally_and_restore(clouds: Clouds, tmp_path: Path) -> None
     _target_restore(clouds, record.destination_backup_id, out / "server1")
     assert _sha(out / "server1" / "system.img") == want_sys
     assert _sha(out / "server1" / "data.img") == want_data
+    # An image from the replica: its system disk, registered on the target.
+    made = clouds.target.client.backups.CreateImage(backup_pb2.CreateImageRequest(
+        backup_id=record.destination_backup_id, name="web-1-image",
+        target_agent_id=clouds.target.host_agent_id, target_path=str(out / "web-1.img")))
+    task = _wait_task(clouds.target.client, made.task_id)
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    image = clouds.target.client.backups.GetImage(backup_pb2.GetImageRequest(
+        image_id=made.image.id)).image
+    assert image.status == backup_pb2.IMAGE_STATUS_AVAILABLE
+    assert (image.source_backup_id, image.source_cloud) == (server.id, "cloud-a")
+    assert _sha(out / "web-1.img") == want_sys
     _target_restore(clouds, record2.destination_backup_id, out / "server2")
     assert _sha(out / "server2" / "data.img") == _sha(images / "data.img")
     _target_restore(clouds, tree_record2.destination_backup_id, out / "share2")
