@@ -105,6 +105,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("record_id", metavar="RECORD_ID")
 
+    add_command(
+        group,
+        "capabilities",
+        cmd_capabilities,
+        "this cloud's name and regions, and which accept replicas",
+        rpc="ReplicationService.GetReplicationCapabilities",
+    )
+
     p = add_command(
         group,
         "check-access",
@@ -194,6 +202,14 @@ def cmd_check_access(ctx: Context, args: argparse.Namespace) -> int:
         replication_pb2.CheckReplicationAccessRequest(
             destination_region=args.destination_region or ""),
         timeout=ctx.timeout,
+    )
+    ctx.out.show(resp)
+    return 0
+
+
+def cmd_capabilities(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.replication.GetReplicationCapabilities(
+        replication_pb2.GetReplicationCapabilitiesRequest(), timeout=ctx.timeout
     )
     ctx.out.show(resp)
     return 0

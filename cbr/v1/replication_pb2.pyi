@@ -1,5 +1,6 @@
 import datetime
 
+from cbr.v1 import cloud_pb2 as _cloud_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -283,3 +284,15 @@ class AbortImportRequest(_message.Message):
 class AbortImportResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetReplicationCapabilitiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetReplicationCapabilitiesResponse(_message.Message):
+    __slots__ = ("cloud", "regions")
+    CLOUD_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    cloud: str
+    regions: _containers.RepeatedCompositeFieldContainer[_cloud_pb2.Region]
+    def __init__(self, cloud: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[_cloud_pb2.Region, _Mapping]]] = ...) -> None: ...

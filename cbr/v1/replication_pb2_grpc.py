@@ -55,6 +55,11 @@ class ReplicationServiceStub:
                 request_serializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsResponse.FromString,
                 _registered_method=True)
+        self.GetReplicationCapabilities = channel.unary_unary(
+                '/cbr.v1.ReplicationService/GetReplicationCapabilities',
+                request_serializer=cbr_dot_v1_dot_replication__pb2.GetReplicationCapabilitiesRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_replication__pb2.GetReplicationCapabilitiesResponse.FromString,
+                _registered_method=True)
         self.CheckReplicationAccess = channel.unary_unary(
                 '/cbr.v1.ReplicationService/CheckReplicationAccess',
                 request_serializer=cbr_dot_v1_dot_replication__pb2.CheckReplicationAccessRequest.SerializeToString,
@@ -107,12 +112,19 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CheckReplicationAccess(self, request, context):
+    def GetReplicationCapabilities(self, request, context):
         """The calls below are the target cloud's side. A source cloud makes them
         with a credential's access key; the user behind it must hold every
         action of reference rule 11, and a missing one is named in the refusal.
 
-        Checks a credential: who it is, and that it may receive replicas.
+        This cloud's name and regions, and which of them accept replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckReplicationAccess(self, request, context):
+        """Checks a credential: who it is, and that it may receive replicas.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +176,11 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.ListReplicationRecords,
                     request_deserializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsResponse.SerializeToString,
+            ),
+            'GetReplicationCapabilities': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplicationCapabilities,
+                    request_deserializer=cbr_dot_v1_dot_replication__pb2.GetReplicationCapabilitiesRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_replication__pb2.GetReplicationCapabilitiesResponse.SerializeToString,
             ),
             'CheckReplicationAccess': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckReplicationAccess,
@@ -295,6 +312,33 @@ class ReplicationService:
             '/cbr.v1.ReplicationService/ListReplicationRecords',
             cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsRequest.SerializeToString,
             cbr_dot_v1_dot_replication__pb2.ListReplicationRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReplicationCapabilities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.ReplicationService/GetReplicationCapabilities',
+            cbr_dot_v1_dot_replication__pb2.GetReplicationCapabilitiesRequest.SerializeToString,
+            cbr_dot_v1_dot_replication__pb2.GetReplicationCapabilitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

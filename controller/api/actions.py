@@ -67,6 +67,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.ReplicationService/ReplicateVault": "cbr:vaults:replicate",
     "/cbr.v1.ReplicationService/GetReplicationRecord": "cbr:replicationRecords:get",
     "/cbr.v1.ReplicationService/ListReplicationRecords": "cbr:replicationRecords:list",
+    "/cbr.v1.ReplicationService/GetReplicationCapabilities": "cbr:cloud:get",
     # The target's side: each also requires every action of rule 11.
     "/cbr.v1.ReplicationService/CheckReplicationAccess": "cbr:vaults:get",
     "/cbr.v1.ReplicationService/PrepareImport": "cbr:backups:import",

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
-from cbr.v1 import replication_pb2, replication_pb2_grpc
+from cbr.v1 import cloud_pb2, replication_pb2, replication_pb2_grpc
 from controller.agents import pki
 from controller.agents.servicer import certificate_authority
 from controller.api import convert
@@ -95,6 +95,14 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
         return replication_pb2.ReplicateVaultResponse(task_ids=task_ids)
 
     # -- the target's side ---------------------------------------------------------------
+
+    def GetReplicationCapabilities(
+            self, request: replication_pb2.GetReplicationCapabilitiesRequest,
+            context: grpc.ServicerContext) -> replication_pb2.GetReplicationCapabilitiesResponse:
+        return replication_pb2.GetReplicationCapabilitiesResponse(
+            cloud=self.app.config.cloud_name,
+            regions=[cloud_pb2.Region(id=r, replication_supported=ok)
+                     for r, ok in self.app.config.all_regions])
 
     def CheckReplicationAccess(self, request: replication_pb2.CheckReplicationAccessRequest,
                                context: grpc.ServicerContext

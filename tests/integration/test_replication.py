@@ -286,6 +286,12 @@ def test_replication_rules_refuse_with_the_reference_codes(clouds: Clouds) -> No
                 backup_id=backup_id, credential_id=clouds.credential_id,
                 destination_region=region, destination_vault_id=clouds.target.vaults[kind]))
 
+    # The target publishes which of its regions take replicas.
+    caps = clouds.target.client.replication.GetReplicationCapabilities(
+        replication_pb2.GetReplicationCapabilitiesRequest())
+    assert caps.cloud == "cloud-b"
+    assert {r.id: r.replication_supported for r in caps.regions} == {"region-b": True,
+                                                                      "region-c": False}
     # Rule 1: disk backups do not replicate.
     assert _refused(replicate(disk.id)).code == "BackupService.1002"
     # Rule 4: only to regions that accept replicas.
