@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,65 @@ Clock = Callable[[], dt.datetime]
 MAX_MESSAGE_BYTES = 16 << 20
 """Largest import step an importer accepts: a put holds up to
 ``cbr.repo.replicate.PUT_BYTES`` plus one maximal chunk, with room to spare."""
+
+
+READ_AHEAD = 3
+"""Requests of a stream received while the importer still works on an
+earlier one: with the source's puts in flight, receiving (TLS, parsing) then
+overlaps verifying and storing, and each side waits less for the other.
+Each may hold a put of ``PUT_BYTES``."""
+
+_END = object()
+
+
+class _ReadAhead:
+    """A stream's requests, received on a thread of its own into a bounded
+    queue; ends (or raises what the stream raised) where the stream does."""
+
+    def __init__(self, requests: Iterator[importer_pb2.ImportRequest], depth: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._finished = False
+        threading.Thread(target=self._receive, args=(requests,), name="import-read-ahead",
+                         daemon=True).start()
+
+    def _receive(self, requests: Iterator[importer_pb2.ImportRequest]) -> None:
+        try:
+            for request in requests:
+                if not self._offer(request):
+                    return
+            self._offer(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._offer(exc)
+
+    def _offer(self, item: object) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _ReadAhead:
+        return self
+
+    def __next__(self) -> importer_pb2.ImportRequest:
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        request: importer_pb2.ImportRequest = item
+        return request
+
+    def close(self) -> None:
+        """Lets the receiving thread go once the session no longer reads."""
+        self._closed.set()
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -170,8 +230,9 @@ class ImporterServicer(importer_pb2_grpc.ImporterServiceServicer):
 
     def Import(self, request_iterator: Iterator[importer_pb2.ImportRequest],
                context: grpc.ServicerContext) -> Iterator[importer_pb2.ImportResponse]:
+        requests = _ReadAhead(request_iterator, READ_AHEAD)
         try:
-            yield from self._import(request_iterator)
+            yield from self._import(requests)
         except grpc.RpcError:
             log.info("an import stream ended from the source side")  # cut or cancelled
         except Exception as exc:
@@ -181,6 +242,8 @@ class ImporterServicer(importer_pb2_grpc.ImporterServiceServicer):
             else:
                 log.warning("import stream refused: %s", err.message)
             context.abort_with_status(status_of(err))
+        finally:
+            requests.close()
 
     def _import(self, requests: Iterator[importer_pb2.ImportRequest]
                 ) -> Iterator[importer_pb2.ImportResponse]:

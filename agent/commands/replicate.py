@@ -108,12 +108,12 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
 
             def progress(stats: ReplicationStats, target: GrpcReplicaTarget = target) -> None:
                 totals.last = stats
-                sent = target.bytes_sent
+                sent = target.request_bytes
                 context.progress(totals.percent(), "sending chunks",
                                  {**totals.counters(), "bytes_sent": totals.wire_bytes + sent})
 
             replicate(repo, manifests, target, replicas=replicas, progress=progress)
-            totals.wire_bytes += target.bytes_sent
+            totals.wire_bytes += target.request_bytes
             totals.attempt_ended()
             return
         except grpc.RpcError as exc:
@@ -121,7 +121,7 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
             err = error_from_rpc(exc)
             if err is not None and err.code == "BackupService.0412" \
                     and "already committed" in err.message:
-                totals.wire_bytes += target.bytes_sent if target is not None else 0
+                totals.wire_bytes += target.request_bytes if target is not None else 0
                 totals.attempt_ended()
                 return  # the commit landed; only its answer was lost
             if code not in _RETRY or (err is not None and code != grpc.StatusCode.UNAUTHENTICATED
@@ -137,7 +137,7 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
                 target.close()
             channel.close()
         moved = totals.last.bytes_stored > 0 or totals.last.chunks_sent > 0
-        totals.wire_bytes += target.bytes_sent if target is not None else 0
+        totals.wire_bytes += target.request_bytes if target is not None else 0
         totals.attempt_ended()
         now = time.monotonic()
         if moved or outage_since is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zstandard
@@ -111,11 +112,15 @@ def encode_blob(
     level: int = DEFAULT_COMPRESSION_LEVEL,
     chunk_id: bytes | None = None,
     compress_data: bool = True,
+    packed: bytes | memoryview | None = None,
 ) -> EncodedBlob:
     """Hashes, compresses if that pays, and seals ``plaintext``.
 
     ``chunk_id`` may be passed when the caller already computed it (it is
-    not re-checked here; :func:`decode_blob` always checks).
+    not re-checked here; :func:`decode_blob` always checks). So may
+    ``packed``, a zstd frame of ``plaintext`` the caller already holds and
+    has decompressed (a replica's chunk as it arrived, section 16): kept
+    when it pays, so an importer does not compress every chunk a second time.
     """
     cid = chunk_id if chunk_id is not None else hasher.chunk_id(plaintext)
     # A view is compressed and hashed where it lies: only a blob stored raw
@@ -123,7 +128,8 @@ def encode_blob(
     body: bytes | bytearray | memoryview = plaintext
     flags = 0
     if compress_data and len(plaintext):
-        packed = compress(plaintext, level)
+        if packed is None or not pays(len(plaintext), len(packed)):
+            packed = compress(plaintext, level)
         if pays(len(plaintext), len(packed)):
             body, flags = packed, FLAG_COMPRESSED
     if data_key is not None:
@@ -133,6 +139,60 @@ def encode_blob(
     else:
         stored = bytes(body)
     return EncodedBlob(blob_type, hasher.key_id, cid, stored, flags, len(plaintext))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobBody:
+    """A stored blob opened but not decoded: ``body`` is the zstd frame of the
+    chunk when ``compressed``, its plaintext otherwise, and nothing has checked
+    it against the chunk id yet."""
+
+    type: BlobType
+    raw_length: int
+    compressed: bool
+    body: bytes | memoryview
+
+
+def _failure(chunk_id: bytes, pack_id: bytes) -> Callable[[str], IntegrityError]:
+    cid, pid = chunk_id.hex(), pack_id.hex()
+
+    def fail(what: str) -> IntegrityError:
+        where = f" in pack {pid}" if pid else ""
+        return IntegrityError(f"chunk {cid}{where}: {what}", chunk_id=cid, pack_id=pid)
+
+    return fail
+
+
+def open_blob(
+    stored: bytes | memoryview,
+    *,
+    blob_type: int,
+    flags: int,
+    key_id: bytes,
+    chunk_id: bytes,
+    data_key: DataKey | None,
+    pack_id: bytes = b"",
+) -> bytes | memoryview:
+    """The body of a stored blob: authenticated and decrypted in an encrypted
+    vault, as stored otherwise; still compressed if ``flags`` say so.
+
+    Only the first step of the verification on read; :func:`decode_blob`
+    goes on with the rest. Alone it serves a caller that hands the body to
+    someone who verifies it, as a replica's source does (section 16), which
+    then never decompresses.
+    """
+    check_flags(flags)
+    if flags & FLAG_ENCRYPTED:
+        if data_key is None:
+            raise _failure(chunk_id, pack_id)("blob is encrypted and no data key is loaded")
+        try:
+            return data_key.open(stored, blob_aad(blob_type, flags, key_id, chunk_id))
+        except DecryptFailed:
+            raise _failure(chunk_id, pack_id)(
+                "authentication failed (damaged or altered blob)") from None
+    if data_key is not None:
+        raise _failure(chunk_id, pack_id)("blob is not encrypted in an encrypted vault")
+    return stored
 
 
 def decode_blob(
@@ -152,23 +212,9 @@ def decode_blob(
     fails authentication, decompression, its length or its id; no byte of a
     bad blob is returned.
     """
-    cid, pid = chunk_id.hex(), pack_id.hex()
-
-    def fail(what: str) -> IntegrityError:
-        where = f" in pack {pid}" if pid else ""
-        return IntegrityError(f"chunk {cid}{where}: {what}", chunk_id=cid, pack_id=pid)
-
-    check_flags(flags)
-    body: bytes | memoryview = stored
-    if flags & FLAG_ENCRYPTED:
-        if data_key is None:
-            raise fail("blob is encrypted and no data key is loaded")
-        try:
-            body = data_key.open(stored, blob_aad(blob_type, flags, hasher.key_id, chunk_id))
-        except DecryptFailed:
-            raise fail("authentication failed (damaged or altered blob)") from None
-    elif data_key is not None:
-        raise fail("blob is not encrypted in an encrypted vault")
+    fail = _failure(chunk_id, pack_id)
+    body = open_blob(stored, blob_type=blob_type, flags=flags, key_id=hasher.key_id,
+                     chunk_id=chunk_id, data_key=data_key, pack_id=pack_id)
     if flags & FLAG_COMPRESSED:
         try:
             body = decompress(body, raw_length)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zstandard
 
 from cbr.repo import layout
-from cbr.repo.blob import BlobType, compress, decompress, pays
+from cbr.repo.blob import BlobType, decompress
 from cbr.repo.crypto import KeyWrapper
 from cbr.repo.errors import IntegrityError, KeyUnavailable, ManifestExists, RepoError
 from cbr.repo.manifest import Manifest
@@ -42,14 +42,14 @@ without sending what reached storage (section 16, step 4)."""
 
 @dataclass(frozen=True, slots=True)
 class WireChunk:
-    """One chunk as it crosses to the target: plaintext, compressed where it
-    pays, never encrypted with a source key."""
+    """One chunk as it crosses to the target: its plaintext or zstd frame, as
+    the source vault stores it, never encrypted with a source key."""
 
     type: BlobType
     chunk_id: bytes
     raw_length: int
     compressed: bool
-    body: bytes
+    body: bytes | memoryview  # a view into what the source read (no copy), or received bytes
 
     @property
     def wire_length(self) -> int:
@@ -79,7 +79,14 @@ class ReplicaTarget(Protocol):
         """The ids of ``chunk_ids`` the target vault lacks."""
 
     def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
-        """Checks and stores chunks; the bytes this added to storage."""
+        """Checks and stores chunks; the bytes added to storage. A target
+        may answer later than it returns (a stream with puts in flight): it
+        then returns what earlier puts added, and raises their errors from a
+        later call."""
+
+    def drain(self) -> int:
+        """Waits until every put so far is stored; the bytes they added that
+        ``put`` has not returned yet."""
 
     def commit(self, manifests: Sequence[Manifest]) -> dict[str, str]:
         """Writes the replica's manifests once all they reach is stored;
@@ -96,14 +103,19 @@ class ReplicationStats:
     manifest_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def export_chunk(repo: Repository, key_id: bytes, blob_type: BlobType,
-                 chunk_id: bytes, level: int) -> WireChunk:
-    """A chunk of ``repo`` for the wire, verified as it is read."""
-    plain = repo.load_blob(chunk_id, key_id=key_id)
-    packed = compress(plain, level) if plain else b""
-    if plain and pays(len(plain), len(packed)):
-        return WireChunk(blob_type, chunk_id, len(plain), True, packed)
-    return WireChunk(blob_type, chunk_id, len(plain), False, plain)
+def export_chunks(repo: Repository, key_id: bytes,
+                  chunks: dict[bytes, BlobType]) -> Iterator[WireChunk]:
+    """Chunks of ``repo`` for the wire in their stored form (section 16,
+    step 3), in the order they lie in storage (neighbours read at once).
+
+    Not verified here: the importer decompresses and checks every chunk
+    against its keyed id before storing it, so checking on this side too
+    would only double the work (a damaged blob fails the transfer there).
+    An encrypted vault still authenticates each blob as it decrypts it.
+    """
+    for chunk_id, opened in repo.load_blob_bodies(list(chunks), key_id=key_id):
+        yield WireChunk(chunks[chunk_id], chunk_id, opened.raw_length, opened.compressed,
+                        opened.body)
 
 
 def backup_manifests(repo: Repository, backup_id: str) -> list[Manifest]:
@@ -145,7 +157,6 @@ def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTa
         raise ValueError("one replica manifest per source manifest")
     key_ids = {m.chunk_key_id for m in manifests}
     stats = ReplicationStats()
-    level = repo.config.compression_level
     for key_id in sorted(key_ids):
         target.begin(repo.config.vault_id, key_id, repo.hasher(key_id).key)
     seen: set[bytes] = set()
@@ -161,7 +172,7 @@ def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTa
                 if chunk_id not in batch:
                     raise RepoError(f"the target asked for chunk {chunk_id.hex()}, "
                                     "which was not offered")
-                chunk = export_chunk(repo, key_id, batch[chunk_id], chunk_id, level)
+            for chunk in export_chunks(repo, key_id, {cid: batch[cid] for cid in wanted}):
                 chunks.append(chunk)
                 size += chunk.wire_length
                 stats.chunks_sent += 1
@@ -190,6 +201,7 @@ def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTa
                 batch = {}
         if batch:
             flush_batch(batch)
+    stats.bytes_stored += target.drain()
     stats.manifest_sha256 = target.commit(replicas)
     return stats
 
@@ -217,23 +229,32 @@ class VaultImporter:
         self.repo.hasher(key_id)  # an unknown namespace is an error, not "all missing"
         return [cid for cid in chunk_ids if not self.repo.has_blob(cid, key_id)]
 
+    def drain(self) -> int:
+        return 0  # every put stored before it returned
+
     def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
         hasher = self.repo.hasher(key_id)
         stored = 0
         for chunk in chunks:
+            packed: bytes | memoryview | None = None
+            plain: bytes | memoryview
             if chunk.compressed:
                 try:
                     plain = decompress(chunk.body, chunk.raw_length)
                 except zstandard.ZstdError as exc:
                     raise IntegrityError(f"chunk {chunk.chunk_id.hex()}: cannot decompress "
                                          f"({exc})", chunk_id=chunk.chunk_id.hex()) from None
+                packed = chunk.body
             else:
                 plain = chunk.body
             if len(plain) != chunk.raw_length or hasher.chunk_id(plain) != chunk.chunk_id:
                 raise IntegrityError(f"chunk {chunk.chunk_id.hex()} does not match its id; "
                                      "refused", chunk_id=chunk.chunk_id.hex())
+            # Not compressed again (section 16, step 3): a frame is kept as it
+            # came, and the source found compressing a raw chunk does not pay.
             _cid, added = self.repo.store_blob(chunk.type, plain, key_id=key_id,
-                                               chunk_id=chunk.chunk_id)
+                                               chunk_id=chunk.chunk_id, packed=packed,
+                                               compress=chunk.compressed)
             stored += added
         return stored
 

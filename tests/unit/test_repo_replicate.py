@@ -14,7 +14,18 @@ import pytest
 from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk, restore_disk
 from agent.dataplane.tree import backup_tree, restore_tree
-from cbr.repo import DiskContent, IntegrityError, Manifest, Repository, Resource, TreeContent
+from cbr.repo import (
+    DiskContent,
+    IntegrityError,
+    Manifest,
+    Repository,
+    Resource,
+    TreeContent,
+    blob,
+    layout,
+)
+from cbr.repo.blob import FLAG_COMPRESSED, BlobType
+from cbr.repo.crypto import AesKeyWrapper, new_data_key
 from cbr.repo.manifest import Content
 from cbr.repo.replicate import (
     IMPORT_INDEX_EVERY_PACKS,
@@ -25,6 +36,7 @@ from cbr.repo.replicate import (
     replica_manifests,
     replicate,
 )
+from cbr.repo.walk import iter_reachable
 from cbr.storage.local import LocalBackend
 
 MiB = 1 << 20
@@ -250,3 +262,97 @@ def test_a_replica_with_a_chunk_missing_is_not_committed(tmp_path: Path) -> None
     with pytest.raises(IntegrityError, match="incomplete"):
         replicate(source, manifests, Forgetful(target), replicas=replicas)
     assert list(target.list_manifests()) == []
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["zstd-frame", "raw"])
+def test_a_blob_damaged_in_the_source_fails_the_transfer_and_leaves_no_replica(
+        tmp_path: Path, compressed: bool) -> None:
+    # The source sends stored bodies without decompressing or hashing them;
+    # the importer's check is what stands between a flipped bit and a replica.
+    source = _vault(tmp_path / "source", "vault-a")
+    _vault(tmp_path / "target", "vault-b").close()
+    img = _image(tmp_path / "disk.img")
+    disk = backup_disk(source, img, progress=Progress())
+    _manifest(source, "b1", disk.content)
+    key_id = source.config.chunk_key_id
+    victim, loc = next((cid, loc) for cid, loc in (
+        (cid, source.index.lookup(key_id, cid))
+        for _t, cid in iter_reachable(source, source.load_manifest("b1")))
+        if loc is not None and loc.type == BlobType.DATA
+        and bool(loc.flags & FLAG_COMPRESSED) == compressed)
+    name = layout.pack_name(loc.pack_id)
+    pack = bytearray(source.backend.get(name))
+    pack[loc.offset + loc.stored_length // 2] ^= 0x40
+    source.backend.put(name, bytes(pack))
+    manifests = backup_manifests(source, "b1")
+    replicas = replica_manifests(manifests, {"b1": "r1"}, vault_id="vault-b",
+                                 checkpoint_id="cp", source=SOURCE)
+
+    target = _target(tmp_path / "target")
+    with pytest.raises(IntegrityError, match=victim.hex()):
+        replicate(source, manifests, VaultImporter(target), replicas=replicas)
+    target.flush()
+    assert list(target.list_manifests()) == []
+    assert not target.has_blob(victim, key_id)
+
+
+def test_chunks_cross_and_are_stored_as_the_source_stores_them_never_compressed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _vault(tmp_path / "source", "vault-a")
+    _vault(tmp_path / "target", "vault-b").close()
+    img = _image(tmp_path / "disk.img")
+    disk = backup_disk(source, img, progress=Progress())
+    _manifest(source, "b1", disk.content)
+    key_id = source.config.chunk_key_id
+    stored = {cid: source.index.lookup(key_id, cid)
+              for _t, cid in iter_reachable(source, source.load_manifest("b1"))}
+    assert {bool(loc.flags & FLAG_COMPRESSED) for loc in stored.values() if loc} == {True, False}
+    compressions: list[int] = []
+    real = blob.compress
+
+    def counting(data: bytes | bytearray | memoryview, level: int = 1) -> bytes:
+        compressions.append(len(data))
+        return real(data, level)
+
+    monkeypatch.setattr(blob, "compress", counting)
+    stats, target = _replicate(source, "b1", tmp_path / "target", "r1")
+    # Neither side compresses: a frame crosses and is stored as it is, and a
+    # chunk its source stored raw (compressing did not pay) is stored raw.
+    assert compressions == []
+    assert stats["wire_bytes_sent"] == sum(
+        loc.stored_length for loc in stored.values() if loc is not None)
+    target.flush()
+    for cid, loc in stored.items():
+        assert loc is not None
+        there = target.index.lookup(key_id, cid)
+        assert there is not None and there.flags == loc.flags
+        assert target.read_stored_at(there, cid) == source.read_stored_at(loc, cid)
+    replica = target.load_manifest("r1")
+    assert isinstance(replica.content, DiskContent)
+    restore_disk(target, replica.content, tmp_path / "out.img", progress=Progress(),
+                 key_id=replica.chunk_key_id)
+    assert _same_file(tmp_path / "out.img", img)
+
+
+def test_an_encrypted_source_sends_its_blobs_decrypted_and_an_encrypted_target_seals_them(
+        tmp_path: Path) -> None:
+    kek = AesKeyWrapper("kek-test", new_data_key())
+    source = Repository.init(LocalBackend(tmp_path / "source"), vault_id="vault-a",
+                             encrypted=True, key_wrapper=kek)
+    Repository.init(LocalBackend(tmp_path / "target"), vault_id="vault-b", encrypted=True,
+                    key_wrapper=kek).close()
+    img = _image(tmp_path / "disk.img")
+    disk = backup_disk(source, img, progress=Progress())
+    _manifest(source, "b1", disk.content)
+    target = Repository.open(LocalBackend(tmp_path / "target"), unwrap=kek.unwrap,
+                             index_every_packs=IMPORT_INDEX_EVERY_PACKS)
+    manifests = backup_manifests(source, "b1")
+    replicas = replica_manifests(manifests, {"b1": "r1"}, vault_id="vault-b",
+                                 checkpoint_id="cp", source=SOURCE)
+    stats = replicate(source, manifests, VaultImporter(target, wrapper=kek), replicas=replicas)
+    assert 0 < stats.wire_bytes_sent < stats.raw_bytes_sent
+    replica = target.load_manifest("r1")
+    assert isinstance(replica.content, DiskContent)
+    restore_disk(target, replica.content, tmp_path / "out.img", progress=Progress(),
+                 key_id=replica.chunk_key_id)
+    assert _same_file(tmp_path / "out.img", img)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cbr.repo import layout
+from cbr.repo import blob, layout
 from cbr.repo.blob import BlobType
 from cbr.repo.crypto import AesKeyWrapper, new_data_key
 from cbr.repo.errors import (
@@ -388,3 +388,40 @@ def test_close_stops_the_upload_threads(tmp_path: Path) -> None:
     assert not any(t.is_alive() for t in started)
     with pytest.raises(RepoError, match="closed"):
         repo.save_blob(BlobType.DATA, os.urandom(70_000))
+
+
+class _CountingReads(BackendWrapper):
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.reads = 0
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.reads += name.startswith(layout.DATA)
+        return self.inner.get(name, offset, length)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_blob_bodies_come_as_stored_and_neighbours_in_a_pack_are_read_at_once(
+        tmp_path: Path, encrypted: bool) -> None:
+    repo = _init(tmp_path, encrypted)
+    texts = {repo.save_blob(BlobType.DATA, b"line %d\n" % n * 400): b"line %d\n" % n * 400
+             for n in range(50)}
+    noise = {repo.save_blob(BlobType.DATA, os.urandom(3000)) for _ in range(5)}
+    pending = repo.save_blob(BlobType.DATA, b"not flushed yet " * 100)
+    repo.flush()
+    late = repo.save_blob(BlobType.DATA, b"still pending " * 100)
+    counting = _CountingReads(LocalBackend(tmp_path))
+    repo.backend = layout.sharded(counting)
+    wanted = [*texts, *noise, pending, late]
+    got = dict(repo.load_blob_bodies(wanted))
+    assert set(got) == set(wanted)
+    assert counting.reads == 1  # 56 blobs of one pack, one read; the pending one from memory
+    for cid, text in texts.items():
+        body = got[cid]
+        assert body.compressed and body.raw_length == len(text)
+        assert blob.decompress(body.body, body.raw_length) == text
+    assert all(not got[cid].compressed for cid in noise)
+    assert got[late].compressed
+    with pytest.raises(ChunkNotFound):
+        list(repo.load_blob_bodies([*texts, b"\x01" * 32]))
+    repo.close()
