@@ -104,6 +104,19 @@ class _ReadAhead:
         request: importer_pb2.ImportRequest = item
         return request
 
+    def received(self) -> Iterator[importer_pb2.ImportRequest]:
+        """The requests already received and not yet read, without waiting
+        for more."""
+        while not self._finished:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _END or isinstance(item, BaseException):
+                self._finished = True
+                return
+            yield item
+
     def close(self) -> None:
         """Lets the receiving thread go once the session no longer reads."""
         self._closed.set()
@@ -245,8 +258,7 @@ class ImporterServicer(importer_pb2_grpc.ImporterServiceServicer):
         finally:
             requests.close()
 
-    def _import(self, requests: Iterator[importer_pb2.ImportRequest]
-                ) -> Iterator[importer_pb2.ImportResponse]:
+    def _import(self, requests: _ReadAhead) -> Iterator[importer_pb2.ImportResponse]:
         first = next(requests, None)
         if first is None:
             return
@@ -276,8 +288,36 @@ class _Session:
         self.importer = VaultImporter(repo)
 
     def run(self, first: importer_pb2.ImportRequest,
-            requests: Iterator[importer_pb2.ImportRequest]
-            ) -> Iterator[importer_pb2.ImportResponse]:
+            requests: _ReadAhead) -> Iterator[importer_pb2.ImportResponse]:
+        try:
+            yield from self._run(first, requests)
+        except GeneratorExit:
+            # gRPC drops a stream's generator when the stream breaks: store the
+            # batches that arrived before the break, so the resumed stream
+            # need not send them again.
+            self._store_received(requests)
+            raise
+
+    def _store_received(self, requests: _ReadAhead) -> None:
+        for request in requests.received():
+            if request.WhichOneof("step") != "chunks":
+                return
+            try:
+                self._put(request.chunks)
+            except Exception as exc:  # e.g. a damaged chunk: the resumed stream sends it again
+                log.info("a batch received before the stream broke was not stored: %s", exc)
+                return
+
+    def _put(self, batch: importer_pb2.ChunkBatch) -> int:
+        stored = self.importer.put(bytes(batch.chunk_key_id),
+                                   [chunk_from_pb(c) for c in batch.chunks])
+        self.grant.stats["bytes_stored"] = self.grant.stats.get("bytes_stored", 0) + stored
+        self.grant.stats["chunks_received"] = \
+            self.grant.stats.get("chunks_received", 0) + len(batch.chunks)
+        return stored
+
+    def _run(self, first: importer_pb2.ImportRequest,
+             requests: _ReadAhead) -> Iterator[importer_pb2.ImportResponse]:
         yield self._open(first.open)
         for request in requests:
             step = request.WhichOneof("step")
@@ -292,16 +332,13 @@ class _Session:
                 yield importer_pb2.ImportResponse(
                     missing=importer_pb2.ChunkQueryResult(chunk_ids=missing))
             elif step == "chunks":
-                stored = self.importer.put(bytes(request.chunks.chunk_key_id),
-                                           [chunk_from_pb(c) for c in request.chunks.chunks])
-                # Answer only once the batch is in storage and indexed: what
-                # the source saw acknowledged survives a killed importer, so a
-                # fault costs at most the one batch in flight.
-                self.repo.flush()
-                self.grant.stats["bytes_stored"] = \
-                    self.grant.stats.get("bytes_stored", 0) + stored
-                self.grant.stats["chunks_received"] = \
-                    self.grant.stats.get("chunks_received", 0) + len(request.chunks.chunks)
+                stored = self._put(request.chunks)
+                # Each batch goes to storage in packs of its own, each indexed
+                # once stored, while the next batch arrives: a killed importer
+                # loses at most the packs still uploading (the pool holds two)
+                # besides the batches in flight, and waiting here for storage
+                # would leave the stream idle for every write.
+                self.repo.close_packs()
                 yield importer_pb2.ImportResponse(
                     stored=importer_pb2.ChunkBatchStored(stored_bytes=stored))
             elif step == "commit":

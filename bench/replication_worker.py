@@ -149,7 +149,8 @@ def _send(plan: dict[str, Any], source: Path, port: int, step: str) -> dict[str,
                     sent += target.request_bytes + GRPC_MESSAGE_PREFIX * target.requests
                     requests += target.requests
                     for key, value in vars(stats).items():
-                        totals[key] = totals.get(key, 0) + value
+                        if isinstance(value, int):  # not the manifests' digests
+                            totals[key] = totals.get(key, 0) + value
         finally:
             repo.close()
             channel.close()

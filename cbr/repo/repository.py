@@ -554,6 +554,17 @@ class Repository:
             closed = self._close_pack(blob_type)
         self._submit(*closed)
 
+    def close_packs(self) -> None:
+        """Closes the open packs and hands them to the upload pool without
+        waiting for them (beyond the pool's back-pressure): a writer that wants
+        what it has saved to reach storage soon, yet keep working meanwhile.
+        With ``index_every_packs=1`` each is indexed as soon as it is stored."""
+        for blob_type in BlobType:
+            if self._upload_error is None:
+                self._finish_pack(blob_type)
+        if self._upload_error is not None:
+            self._raise_upload_error()
+
     def flush(self) -> None:
         """Closes the open packs, waits until every pack closed so far is
         stored, then writes the index file describing every pack stored since

@@ -18,8 +18,12 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.replication import PUTS_IN_FLIGHT
 from cbr import errors
 from cbr.client import Client, error_from_rpc
+from cbr.repo.config import CHUNKER_MAX
+from cbr.repo.replicate import PUT_BYTES
+from cbr.repo.repository import UPLOADS_IN_FLIGHT
 from cbr.v1 import (
     agent_pb2,
     backup_pb2,
@@ -365,12 +369,15 @@ def test_cut_streams_and_a_killed_importer_resume_without_resending(
         tmp_path: Path, controller_factory: ControllerFactory,
         agent_factory: AgentFactory) -> None:
     port = _free_port()
-    proxy = CuttingProxy(("127.0.0.1", port), cut_after=[12 * MiB])
+    proxy = CuttingProxy(("127.0.0.1", port), cut_after=[40 * MiB])
     try:
         clouds = _clouds(tmp_path, controller_factory, agent_factory,
                          listen=f"127.0.0.1:{port}", advertise=proxy.endpoint)
         images = clouds.source.files["images"]
-        _write_at(images / "sys.img", 8 * MiB, random.Random(5).randbytes(48 * MiB))
+        # Large enough that the puts in flight when a stream breaks (what a
+        # fault may cost, see below) are small beside the backup, as they are
+        # beside any real one.
+        _write_at(images / "sys.img", 8 * MiB, random.Random(5).randbytes(144 * MiB))
         server = _backup(clouds.source, "server", "web-1")
         chunk_bytes = server.stored_bytes + sum(c.stored_bytes for c in server.children)
         killed = threading.Event()
@@ -380,15 +387,22 @@ def test_cut_streams_and_a_killed_importer_resume_without_resending(
             killed.set()
             clouds.target.importer.start()
 
-        # The first stream is cut at 12 MiB, the target controller restarts at
-        # 20 MiB (the importer keeps its grant), the importer is killed at 30 MiB.
-        proxy.when_total_exceeds(20 * MiB, clouds.target.controller.restart)
-        proxy.when_total_exceeds(30 * MiB, kill_importer)
+        # The first stream is cut at 40 MiB, the target controller restarts at
+        # 70 MiB (the importer keeps its grant), the importer is killed at 100 MiB.
+        proxy.when_total_exceeds(70 * MiB, clouds.target.controller.restart)
+        proxy.when_total_exceeds(100 * MiB, kill_importer)
         task, record = _replicate(clouds, server.id, "server")
         assert proxy.cuts >= 1 and killed.is_set()
         assert int(task.extra_info["attempts"]) >= 3, task.extra_info
         sent = int(task.extra_info["bytes_sent"])
         assert sent < 1.2 * chunk_bytes, (sent, chunk_bytes)
+        # What a broken stream may cost: the puts sent and not yet answered,
+        # and, when the importer dies, the answered ones whose packs were
+        # still uploading (each put is closed into packs of its own, indexed
+        # once stored), each at most PUT_BYTES plus its last chunk;
+        # everything else crosses once.
+        window = (PUTS_IN_FLIGHT + 1 + UPLOADS_IN_FLIGHT) * (PUT_BYTES + CHUNKER_MAX)
+        assert sent - chunk_bytes < (proxy.cuts + 1) * window, (sent, chunk_bytes, proxy.cuts)
         out = tmp_path / "restored"
         _target_restore(clouds, record.destination_backup_id, out)
         assert _sha(out / "system.img") == _sha(images / "sys.img")

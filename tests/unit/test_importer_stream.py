@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from cbr.repo.blob import BlobType
 from cbr.repo.replicate import (
     ReplicaSource,
     ReplicationStats,
+    VaultImporter,
     WireChunk,
     backup_manifests,
     replica_manifests,
@@ -218,6 +221,52 @@ def test_a_cut_stream_resumes_with_the_same_token_and_sends_only_the_rest(
     again = _send(clouds, "b1", "t1", "r1")
     # The importer kept the 32 chunks that arrived before the cut.
     assert 0 < again.chunks_sent <= 41 - 32
+    assert _restored(clouds, "r1", tmp_path / "r1.img") == img.read_bytes()
+
+
+def test_batches_received_before_a_break_are_stored_though_not_answered(
+        clouds: Clouds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(os.urandom(20 * MiB))  # five puts of 4 MiB
+    _disk_backup(clouds, img, "b1")
+    _grant(clouds, "t1", ["r1"])
+    broken = threading.Event()
+    real_put = VaultImporter.put
+
+    def slow_put(self: VaultImporter, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
+        broken.wait(30)  # the importer is busy with the first batch when the line drops
+        return real_put(self, key_id, chunks)
+
+    monkeypatch.setattr(VaultImporter, "put", slow_put)
+    sent: list[int] = []
+
+    class Break(GrpcReplicaTarget):
+        def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
+            if len(sent) == 3:
+                # open, query, three puts
+                wait_until(lambda: self.requests >= 5, message="three puts on the wire")
+                time.sleep(0.5)  # let them arrive
+                self._call.cancel()
+                broken.set()
+                raise ConnectionError("cut")
+            sent.append(len(chunks))
+            return super().put(key_id, chunks)
+
+    with pytest.raises(ConnectionError):
+        manifests = backup_manifests(clouds.source, "b1")
+        replicas = replica_manifests(manifests, {"b1": "r1"}, vault_id="vault-b",
+                                     checkpoint_id="target-cp", source=SOURCE)
+        with Break(clouds.channel, "t1", timeout_s=60, puts_in_flight=8) as target:
+            replicate(clouds.source, manifests, target, replicas=replicas)
+    grant = clouds.grants.get("rep-t1")
+    assert grant is not None
+    wait_until(lambda: grant.streams == 0, message="the importer ends the broken stream")
+    # None of the three was answered, yet all reached storage: the resumed
+    # stream sends only the rest.
+    assert grant.stats["chunks_received"] == sum(sent)
+    monkeypatch.setattr(VaultImporter, "put", real_put)
+    again = _send(clouds, "b1", "t1", "r1")
+    assert again.chunks_sent == again.chunks_walked - sum(sent)
     assert _restored(clouds, "r1", tmp_path / "r1.img") == img.read_bytes()
 
 
