@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -103,7 +103,9 @@ class GrpcReplicaTarget:
                  puts_in_flight: int = PUTS_IN_FLIGHT) -> None:
         self._token = import_token
         self._requests: queue.Queue[Any] = queue.Queue()
-        self._awaiting: deque[tuple[str, str]] = deque()  # (step sent, answer wanted)
+        # (step sent, answer wanted, where the answer goes) of each request
+        # not yet answered, oldest first
+        self._awaiting: deque[tuple[str, str, list[Any] | None]] = deque()
         self._puts_in_flight = max(0, puts_in_flight)
         self._stored = 0  # bytes answered by puts and not yet returned
         self.request_bytes = 0
@@ -127,15 +129,17 @@ class GrpcReplicaTarget:
                 return
             yield item
 
-    def _send(self, request: importer_pb2.ImportRequest | bytes, want: str) -> None:
-        """Queues a request (a message, or a put already serialized) for the stream."""
+    def _send(self, request: importer_pb2.ImportRequest | bytes, want: str,
+              slot: list[Any] | None = None) -> None:
+        """Queues a request (a message, or a put already serialized) for the
+        stream; its answer goes into ``slot`` when it comes."""
         step = "chunks" if isinstance(request, bytes) else request.WhichOneof("step") or ""
-        self._awaiting.append((step, want))
+        self._awaiting.append((step, want, slot))
         self._requests.put(request)
 
     def _receive(self) -> Any:
         """The answer to the oldest step still waiting for one."""
-        sent, want = self._awaiting.popleft()
+        sent, want, slot = self._awaiting.popleft()
         try:
             response = next(self._responses)
         except StopIteration:
@@ -146,6 +150,8 @@ class GrpcReplicaTarget:
         answer = getattr(response, want)
         if want == "stored":
             self._stored += int(answer.stored_bytes)
+        if slot is not None:
+            slot.append(answer)
         return answer
 
     def _step(self, request: importer_pb2.ImportRequest, want: str) -> Any:
@@ -167,6 +173,18 @@ class GrpcReplicaTarget:
         result = self._step(importer_pb2.ImportRequest(query=importer_pb2.ChunkQuery(
             chunk_key_id=key_id, chunk_ids=list(chunk_ids))), "missing")
         return [bytes(c) for c in result.chunk_ids]
+
+    def ask(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> Callable[[], list[bytes]]:
+        """Sends a query without waiting; what the returned function waits for."""
+        slot: list[Any] = []
+        self._send(importer_pb2.ImportRequest(query=importer_pb2.ChunkQuery(
+            chunk_key_id=key_id, chunk_ids=list(chunk_ids))), "missing", slot)
+
+        def answer() -> list[bytes]:
+            while not slot:
+                self._receive()
+            return [bytes(c) for c in slot[0].chunk_ids]
+        return answer
 
     def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
         """Sends the chunks without waiting for their answer unless

@@ -78,6 +78,11 @@ class ReplicaTarget(Protocol):
     def missing(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> list[bytes]:
         """The ids of ``chunk_ids`` the target vault lacks."""
 
+    def ask(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> Callable[[], list[bytes]]:
+        """Asks :meth:`missing` now and returns what waits for the answer:
+        the answer reflects the puts made before the question, not those
+        made while it was on its way."""
+
     def put(self, key_id: bytes, chunks: Sequence[WireChunk]) -> int:
         """Checks and stores chunks; the bytes added to storage. A target
         may answer later than it returns (a stream with puts in flight): it
@@ -144,6 +149,33 @@ def replica_manifests(manifests: Sequence[Manifest], ids: dict[str, str], *,
     return out
 
 
+def _batches(repo: Repository, manifests: Sequence[Manifest],
+             stats: ReplicationStats) -> Iterator[tuple[bytes, dict[bytes, BlobType]]]:
+    """The chunks the manifests reach, in batches of :data:`QUERY_BATCH`
+    under one chunk-id key.
+
+    No set of ids sent so far: it would grow with the disk. A chunk met
+    again in a later batch is asked about again, and the target, which sees
+    chunks it has not indexed yet, says it has it."""
+    seen: set[bytes] = set()
+    for manifest in manifests:
+        batch: dict[bytes, BlobType] = {}
+        for blob_type, chunk_id in iter_reachable(repo, manifest, seen, check_trees=False):
+            stats.chunks_walked += 1
+            if chunk_id in batch:
+                continue
+            batch[chunk_id] = blob_type
+            if len(batch) >= QUERY_BATCH:
+                yield manifest.chunk_key_id, batch
+                batch = {}
+        if batch:
+            yield manifest.chunk_key_id, batch
+
+
+def _same_key(sent: tuple[bytes, set[bytes]], key_id: bytes) -> set[bytes]:
+    return sent[1] if sent[0] == key_id else set()  # ids of another key never collide
+
+
 def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTarget, *,
               replicas: Sequence[Manifest],
               progress: Callable[[ReplicationStats], None] | None = None) -> ReplicationStats:
@@ -159,48 +191,49 @@ def replicate(repo: Repository, manifests: Sequence[Manifest], target: ReplicaTa
     stats = ReplicationStats()
     for key_id in sorted(key_ids):
         target.begin(repo.config.vault_id, key_id, repo.hasher(key_id).key)
-    seen: set[bytes] = set()
-    for manifest in manifests:
-        key_id = manifest.chunk_key_id
-        batch: dict[bytes, BlobType] = {}
 
-        def flush_batch(batch: dict[bytes, BlobType], key_id: bytes = key_id) -> None:
-            wanted = target.missing(key_id, list(batch))
-            chunks: list[WireChunk] = []
-            size = 0
-            for chunk_id in wanted:
-                if chunk_id not in batch:
-                    raise RepoError(f"the target asked for chunk {chunk_id.hex()}, "
-                                    "which was not offered")
-            for chunk in export_chunks(repo, key_id, {cid: batch[cid] for cid in wanted}):
-                chunks.append(chunk)
-                size += chunk.wire_length
-                stats.chunks_sent += 1
-                stats.raw_bytes_sent += chunk.raw_length
-                stats.wire_bytes_sent += chunk.wire_length
-                if size >= PUT_BYTES:
-                    stats.bytes_stored += target.put(key_id, chunks)
-                    chunks, size = [], 0
-                    if progress is not None:
-                        progress(stats)
-            if chunks:
+    def send(key_id: bytes, batch: dict[bytes, BlobType], answer: Callable[[], list[bytes]],
+             in_flight: set[bytes]) -> set[bytes]:
+        """Sends what the target lacks of a batch; the ids sent."""
+        wanted = answer()
+        for chunk_id in wanted:
+            if chunk_id not in batch:
+                raise RepoError(f"the target asked for chunk {chunk_id.hex()}, "
+                                "which was not offered")
+        # The answer did not see the previous batch's puts (they were sent
+        # after the question): what they carry is not sent again.
+        wanted = [cid for cid in wanted if cid not in in_flight]
+        chunks: list[WireChunk] = []
+        size = 0
+        for chunk in export_chunks(repo, key_id, {cid: batch[cid] for cid in wanted}):
+            chunks.append(chunk)
+            size += chunk.wire_length
+            stats.chunks_sent += 1
+            stats.raw_bytes_sent += chunk.raw_length
+            stats.wire_bytes_sent += chunk.wire_length
+            if size >= PUT_BYTES:
                 stats.bytes_stored += target.put(key_id, chunks)
-            if progress is not None:
-                progress(stats)
+                chunks, size = [], 0
+                if progress is not None:
+                    progress(stats)
+        if chunks:
+            stats.bytes_stored += target.put(key_id, chunks)
+        if progress is not None:
+            progress(stats)
+        return set(wanted)
 
-        # No set of ids sent so far: it would grow with the disk. A chunk met
-        # again in a later batch is asked about again, and the target, which
-        # sees chunks it has not indexed yet, says it has it.
-        for blob_type, chunk_id in iter_reachable(repo, manifest, seen):
-            stats.chunks_walked += 1
-            if chunk_id in batch:
-                continue
-            batch[chunk_id] = blob_type
-            if len(batch) >= QUERY_BATCH:
-                flush_batch(batch)
-                batch = {}
-        if batch:
-            flush_batch(batch)
+    # Each batch's question goes out before the previous batch's chunks, so
+    # its answer is on its way while they are sent: neither side waits for
+    # the other between batches.
+    pending: tuple[bytes, dict[bytes, BlobType], Callable[[], list[bytes]]] | None = None
+    previous: tuple[bytes, set[bytes]] = (b"", set())  # the last batch sent: its key, its ids
+    for key_id, batch in _batches(repo, manifests, stats):
+        answer = target.ask(key_id, list(batch))
+        if pending is not None:
+            previous = (pending[0], send(*pending, in_flight=_same_key(previous, pending[0])))
+        pending = (key_id, batch, answer)
+    if pending is not None:
+        send(*pending, in_flight=_same_key(previous, pending[0]))
     stats.bytes_stored += target.drain()
     stats.manifest_sha256 = target.commit(replicas)
     return stats
@@ -228,6 +261,10 @@ class VaultImporter:
     def missing(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> list[bytes]:
         self.repo.hasher(key_id)  # an unknown namespace is an error, not "all missing"
         return [cid for cid in chunk_ids if not self.repo.has_blob(cid, key_id)]
+
+    def ask(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> Callable[[], list[bytes]]:
+        answer = self.missing(key_id, chunk_ids)
+        return lambda: answer
 
     def drain(self) -> int:
         return 0  # every put stored before it returned
@@ -267,7 +304,7 @@ class VaultImporter:
         self.repo.flush()
         for manifest in manifests:
             key_id = manifest.chunk_key_id
-            for _type, chunk_id in iter_reachable(self.repo, manifest):
+            for _type, chunk_id in iter_reachable(self.repo, manifest, check_trees=False):
                 if not self.repo.index.contains(key_id, chunk_id):
                     raise IntegrityError(
                         f"replica {manifest.backup_id} is incomplete: chunk {chunk_id.hex()} "

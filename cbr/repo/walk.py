@@ -12,7 +12,7 @@ lets loading errors through; prune and verify judge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from cbr.repo.blob import BlobType
 from cbr.repo.disk_map import decode_segment
@@ -20,14 +20,21 @@ from cbr.repo.errors import ManifestNotFound
 from cbr.repo.ids import ID_SIZE
 from cbr.repo.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.repository import Repository
-from cbr.repo.tree import decode_chunk_list, decode_tree
+from cbr.repo.tree import (
+    TreeEntry,
+    TreeRefs,
+    decode_chunk_list,
+    decode_tree,
+    decode_tree_refs,
+)
 
 BlobLoader = Callable[[bytes, bytes], bytes]
 """``load(key_id, chunk_id) -> verified plaintext`` of a metadata blob."""
 
 
 def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None = None, *,
-                   load: BlobLoader | None = None) -> Iterator[tuple[BlobType, bytes]]:
+                   load: BlobLoader | None = None,
+                   check_trees: bool = True) -> Iterator[tuple[BlobType, bytes]]:
     """(blob type, chunk id) of every blob the manifest's content reaches,
     in the manifest's namespace (``manifest.chunk_key_id``).
 
@@ -37,7 +44,9 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
     walked again (its contents were yielded before); pass one set to several
     calls to share that, or none to walk each manifest in full. Data ids may
     repeat. ``load`` replaces :meth:`Repository.load_blob` (prune reads blobs
-    from packs no index lists any more).
+    from packs no index lists any more). ``check_trees=False`` reads only
+    the references of tree entries (:func:`decode_tree_refs`), for walks
+    that copy blobs and never restore from what they read.
     """
     key_id = manifest.chunk_key_id
     walked = seen if seen is not None else set()
@@ -66,7 +75,11 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
             if tree_id in walked:
                 continue
             walked.add(tree_id)
-            for entry in decode_tree(read(tree_id), f"tree {tree_id.hex()}"):
+            label = f"tree {tree_id.hex()}"
+            entries: Sequence[TreeEntry | TreeRefs] = \
+                decode_tree(read(tree_id), label) if check_trees \
+                else decode_tree_refs(read(tree_id), label)
+            for entry in entries:
                 yield from ((BlobType.DATA, cid) for cid in entry.content)
                 for list_id in entry.content_list:
                     yield BlobType.META, list_id

@@ -24,6 +24,7 @@ from cbr.repo import (
     blob,
     layout,
 )
+from cbr.repo import replicate as replicate_module
 from cbr.repo.blob import FLAG_COMPRESSED, BlobType
 from cbr.repo.crypto import AesKeyWrapper, new_data_key
 from cbr.repo.manifest import Content
@@ -124,6 +125,31 @@ def test_disk_and_tree_replicas_restore_identical_and_say_where_they_came_from(
     # A fresh open reads the replica's namespace key from the target's keys/.
     reopened = Repository.open(LocalBackend(tmp_path / "target"))
     assert reopened.has_blob(disk.content.segments[0][1], source.config.chunk_key_id)
+
+
+def test_a_chunk_met_again_while_the_previous_batch_is_in_flight_crosses_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches of three, each question asked before the previous batch's
+    # chunks are stored: files with the same content in neighbouring batches
+    # must not make their chunk cross twice.
+    monkeypatch.setattr(replicate_module, "QUERY_BATCH", 3)
+    source = _vault(tmp_path / "source", "vault-a")
+    _vault(tmp_path / "target", "vault-b").close()
+    tree_src = tmp_path / "tree"
+    tree_src.mkdir()
+    same = os.urandom(64 * 1024)
+    for i in range(12):
+        (tree_src / f"f{i:02}").write_bytes(same if i % 2 else os.urandom(64 * 1024))
+    tree = backup_tree(source, tree_src, progress=Progress())
+    manifest = _manifest(source, "tree-1", tree.content)
+    distinct = {cid for _type, cid in iter_reachable(source, manifest)}
+    stats, target = _replicate(source, "tree-1", tmp_path / "target", "replica")
+    assert stats["chunks_sent"] == len(distinct) < stats["chunks_walked"]
+    replica = target.load_manifest("replica")
+    assert isinstance(replica.content, TreeContent)
+    restore_tree(target, replica.content, tmp_path / "out", progress=Progress(),
+                 key_id=replica.chunk_key_id)
+    assert all(_same_file(tmp_path / "out" / f.name, f) for f in tree_src.iterdir())
 
 
 def test_an_incremental_replica_sends_only_the_chunks_the_target_lacks(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from cbr.repo.tree import (
     TreeEntry,
     decode_chunk_list,
     decode_tree,
+    decode_tree_refs,
     encode_chunk_list,
     encode_tree,
     split_content,
@@ -92,6 +93,19 @@ def test_malformed_or_newer_trees_are_refused() -> None:
         decode_tree(b'{"v":1,"entries":[{"name":"d","type":"dir"}]}')  # dir without subtree
     with pytest.raises(FormatError, match="newer"):
         decode_tree(b'{"v":99,"entries":[]}')
+
+
+def test_the_references_of_a_tree_are_those_its_full_decoding_gives() -> None:
+    encoded = encode_tree(_entries())
+    refs = decode_tree_refs(encoded)
+    assert [(r.content, r.content_list, r.subtree) for r in refs] == \
+        [(e.content, e.content_list, e.subtree) for e in decode_tree(encoded)]
+    for bad in (b"not json", b'{"v":99,"entries":[]}',
+                b'{"v":1,"entries":[{"name":"f","type":"file","content":["zz"]}]}',
+                b'{"v":1,"entries":[{"name":"d","type":"dir","subtree":7}]}',
+                b'{"v":1,"entries":[{"name":"f","type":"file","content":"' + b"a" * 64 + b'"}]}'):
+        with pytest.raises(FormatError):
+            decode_tree_refs(bad)
 
 
 def test_chunk_lists_round_trip_for_huge_files() -> None:
