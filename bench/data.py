@@ -805,6 +805,30 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+
+def run_rounds(name: str, args: argparse.Namespace, work: Path,
+               run: Callable[[bool], dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``args.repeat`` rounds, each on a fresh work dir and with the other
+    side first (``run(ours_first)``); None, said why, when one failed."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        rounds = []
+        for n in range(args.repeat):
+            if n:
+                log(f"==> round {n + 1} of {args.repeat}")
+                shutil.rmtree(work)
+                work.mkdir()
+                args.profile = None  # one profile is enough; keep later rounds unskewed
+            rounds.append(run(n % 2 == 0))
+    except BenchFailed as exc:
+        log(f"scripts/bench {name}: FAILED: {exc}")
+        return None
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return rounds
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -833,23 +857,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale <= 0 or args.repeat < 1:
         p.error("--scale must be positive and --repeat at least 1")
     work = Path(args.work_dir).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        rounds = []
-        for n in range(args.repeat):
-            if n:
-                log(f"==> round {n + 1} of {args.repeat}")
-                shutil.rmtree(work)
-                work.mkdir()
-                args.profile = None  # one profile is enough; keep later rounds unskewed
-            rounds.append(Bench(args, work, ours_first=n % 2 == 0).run())
-    except BenchFailed as exc:
-        log(f"scripts/bench data: FAILED: {exc}")
+    rounds = run_rounds("data", args, work,
+                        lambda ours_first: Bench(args, work, ours_first=ours_first).run())
+    if rounds is None:
         return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     results = combine(rounds)
     results["targets"] = targets(results, not args.no_restic)
     log("")

@@ -68,6 +68,7 @@ from bench.data import (
     log,
     profiler,
     render_profile,
+    run_rounds,
     tree_differences,
 )
 from bench.replication_worker import make_tls
@@ -455,23 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale <= 0 or args.repeat < 1:
         p.error("--scale must be positive and --repeat at least 1")
     work = Path(args.work_dir).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        rounds = []
-        for n in range(args.repeat):
-            if n:
-                log(f"==> round {n + 1} of {args.repeat}")
-                shutil.rmtree(work)
-                work.mkdir()
-                args.profile = None  # one profile is enough; keep later rounds unskewed
-            rounds.append(Bench(args, work, ours_first=n % 2 == 0).run())
-    except BenchFailed as exc:
-        log(f"scripts/bench replication: FAILED: {exc}")
+    rounds = run_rounds("replication", args, work,
+                        lambda ours_first: Bench(args, work, ours_first=ours_first).run())
+    if rounds is None:
         return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     results = combine(rounds)
     results["targets"] = targets(results)
     log("")
