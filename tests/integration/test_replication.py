@@ -377,7 +377,9 @@ def test_cut_streams_and_a_killed_importer_resume_without_resending(
         # Large enough that the puts in flight when a stream breaks (what a
         # fault may cost, see below) are small beside the backup, as they are
         # beside any real one.
-        _write_at(images / "sys.img", 8 * MiB, random.Random(5).randbytes(144 * MiB))
+        rng = random.Random(5)
+        for offset in (8 * MiB, 152 * MiB):  # 288 MiB, in two (randbytes stops at 256)
+            _write_at(images / "sys.img", offset, rng.randbytes(144 * MiB))
         server = _backup(clouds.source, "server", "web-1")
         chunk_bytes = server.stored_bytes + sum(c.stored_bytes for c in server.children)
         killed = threading.Event()
