@@ -89,6 +89,14 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
+def _restores_as(target: Repository, replica_id: str, out: Path, img: Path) -> bool:
+    """Whether a disk replica restores to ``out`` identical to ``img``."""
+    replica = target.load_manifest(replica_id)
+    assert isinstance(replica.content, DiskContent)
+    restore_disk(target, replica.content, out, progress=Progress(), key_id=replica.chunk_key_id)
+    return _same_file(out, img)
+
+
 def test_disk_and_tree_replicas_restore_identical_and_say_where_they_came_from(
         tmp_path: Path) -> None:
     source = _vault(tmp_path / "source", "vault-a")
@@ -238,11 +246,7 @@ def test_a_cut_transfer_resumes_without_sending_what_reached_storage(tmp_path: P
     # 16 MiB packs of incompressible 1 MiB blocks: two full packs (30 blocks)
     # were stored and indexed before the cut; only the rest crosses again.
     assert stats.chunks_sent <= 49 - 30
-    replica = target.load_manifest("r1")
-    assert isinstance(replica.content, DiskContent)
-    restore_disk(target, replica.content, tmp_path / "out.img", progress=Progress(),
-                 key_id=replica.chunk_key_id)
-    assert _same_file(tmp_path / "out.img", img)
+    assert _restores_as(target, "r1", tmp_path / "out.img", img)
 
 
 def test_a_chunk_that_does_not_match_its_id_is_refused_and_nothing_is_committed(
@@ -353,11 +357,7 @@ def test_chunks_cross_and_are_stored_as_the_source_stores_them_never_compressed_
         there = target.index.lookup(key_id, cid)
         assert there is not None and there.flags == loc.flags
         assert target.read_stored_at(there, cid) == source.read_stored_at(loc, cid)
-    replica = target.load_manifest("r1")
-    assert isinstance(replica.content, DiskContent)
-    restore_disk(target, replica.content, tmp_path / "out.img", progress=Progress(),
-                 key_id=replica.chunk_key_id)
-    assert _same_file(tmp_path / "out.img", img)
+    assert _restores_as(target, "r1", tmp_path / "out.img", img)
 
 
 def test_an_encrypted_source_sends_its_blobs_decrypted_and_an_encrypted_target_seals_them(
@@ -377,8 +377,4 @@ def test_an_encrypted_source_sends_its_blobs_decrypted_and_an_encrypted_target_s
                                  checkpoint_id="cp", source=SOURCE)
     stats = replicate(source, manifests, VaultImporter(target, wrapper=kek), replicas=replicas)
     assert 0 < stats.wire_bytes_sent < stats.raw_bytes_sent
-    replica = target.load_manifest("r1")
-    assert isinstance(replica.content, DiskContent)
-    restore_disk(target, replica.content, tmp_path / "out.img", progress=Progress(),
-                 key_id=replica.chunk_key_id)
-    assert _same_file(tmp_path / "out.img", img)
+    assert _restores_as(target, "r1", tmp_path / "out.img", img)
