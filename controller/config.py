@@ -32,6 +32,13 @@ class Setting:
         return "CBR_" + self.name.upper()
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text!r} is not a positive number")
+    return value
+
+
 def _regions(text: str) -> tuple[tuple[str, bool], ...]:
     """'r1,r2:noreplication' -> (('r1', True), ('r2', False))."""
     out = []
@@ -81,6 +88,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replication_retry", 600.0, "Seconds a replication transfer keeps reconnecting to "
             "the target's importer (a cut connection, an importer or target restart) before "
             "it fails.", float),
+    Setting("import_ttl", 24.0, "Hours a replication into this cloud may take from its "
+            "start to its commit; an import not committed by then fails and its grant is "
+            "forgotten. Raise it for first replications of large backups over slow links.",
+            _positive),
     Setting("root_key", "", "Base64 of the 32-byte root key that seals the key service's "
             "master keys. Give it by the environment variable, never a flag. Default: "
             "root.key in the data dir (mode 0600, made on first start)."),
@@ -108,6 +119,7 @@ class Config:
     scheduler_lease: float = 15.0
     scheduler_tick: float = 0.0
     replication_retry: float = 600.0
+    import_ttl: float = 24.0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property

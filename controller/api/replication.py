@@ -137,7 +137,8 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
             plan = imports.prepare_import(
                 s, self.app.keyring, self.project_id, req,
                 regions=self.app.config.all_regions,
-                online=agent_status.online_agent_ids(self.app, s), now=self.now())
+                online=agent_status.online_agent_ids(self.app, s), now=self.now(),
+                ttl=dt.timedelta(hours=self.app.config.import_ttl))
             record, task_id = plan.record, plan.task.id
             vault = s.get(Vault, record.destination_vault_id)
             assert vault is not None

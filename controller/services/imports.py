@@ -41,7 +41,8 @@ from controller.services import keys, tasks
 
 IMPORT_TTL = dt.timedelta(hours=24)
 """How long a source may take to commit one import before the importer
-forgets its grant and the import fails."""
+forgets its grant and the import fails, unless the controller's
+``--import-ttl`` says otherwise."""
 
 _KIND = {"server": "server", "turbo": "turbo"}
 
@@ -217,7 +218,7 @@ def unseal_token(keyring: Keyring, record: ReplicationRecord) -> str:
 
 def prepare_import(session: Session, keyring: Keyring, project_id: str, req: ImportRequest, *,
                    regions: tuple[tuple[str, bool], ...], online: set[str],
-                   now: dt.datetime) -> ImportPlan:
+                   now: dt.datetime, ttl: dt.timedelta = IMPORT_TTL) -> ImportPlan:
     """Checks the target's rules and allows one import (the same one again
     for a source record it has seen)."""
     previous = session.scalars(select(ReplicationRecord).where(
@@ -250,7 +251,7 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
     importer = pick_importer(session, online)
     replica_ids = {str(item["sourceBackupId"]): str(uuid.uuid4()) for item in _walk(req.backup)}
     checkpoint_id = str(uuid.uuid4())
-    expires = now + IMPORT_TTL
+    expires = now + ttl
     token = secrets.token_urlsafe(32)
     record = ReplicationRecord(
         id=str(uuid.uuid4()), project_id=project_id, status="replicating", vault_id=vault.id,

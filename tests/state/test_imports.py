@@ -3,6 +3,7 @@ imports it allows, and how a committed import becomes a replica."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -59,10 +60,10 @@ def _request(vault_id: str, doc: dict[str, Any] | None = None, *, record: str = 
 
 
 def _prepare(app: App, project: str, req: imports.ImportRequest,
-             online: set[str]) -> imports.ImportPlan:
+             online: set[str], **kw: Any) -> imports.ImportPlan:
     with app.db.begin() as s:
         plan = imports.prepare_import(s, app.keyring, project, req, regions=REGIONS,
-                                      online=online, now=NOW)
+                                      online=online, now=NOW, **kw)
         s.flush()
         s.expunge_all()
         return plan
@@ -108,6 +109,18 @@ def test_the_same_source_record_gets_the_same_import(app: App, project: str,
     # Another record for the same source backup while the first is on its way: rule 6.
     with pytest.raises(errors.AlreadyReplicated):
         _prepare(app, project, _request(vault, record="rec-2"), {importer})
+
+
+def test_an_import_lives_as_long_as_the_controller_allows(app: App, project: str,
+                                                          importer: str) -> None:
+    vault = _vault(app, project)
+    default = _prepare(app, project, _request(vault), {importer})
+    assert default.record.extra_info["expires_at"] == (NOW + imports.IMPORT_TTL).isoformat()
+    longer = _prepare(app, project, _request(vault, record="rec-2",
+                                             doc=_server_doc("src-server-2")),
+                      {importer}, ttl=dt.timedelta(hours=96))
+    assert longer.record.extra_info["expires_at"] == \
+        (NOW + dt.timedelta(hours=96)).isoformat()
 
 
 def _commit(app: App, plan: imports.ImportPlan, *, success: bool = True) -> None:

@@ -37,6 +37,14 @@ def test_unknown_settings_in_the_file_are_refused(tmp_path: Path) -> None:
         config.load(["--config", str(toml)], environ={})
 
 
+def test_an_import_lifetime_must_be_positive(tmp_path: Path) -> None:
+    assert config.load(["--data-dir", str(tmp_path)], environ={}).import_ttl == 24.0
+    assert config.load(["--data-dir", str(tmp_path)],
+                       environ={"CBR_IMPORT_TTL": "96"}).import_ttl == 96.0
+    with pytest.raises(SystemExit, match=r"import_ttl.*not a positive number"):
+        config.load(["--data-dir", str(tmp_path), "--import-ttl", "0"], environ={})
+
+
 def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     cfg = config.load(["--data-dir", str(tmp_path)], environ={})
     assert cfg.effective_database_url == f"sqlite:///{tmp_path.resolve()}/controller.db"
