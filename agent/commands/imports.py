@@ -69,10 +69,18 @@ def run(context: CommandContext, command: Any) -> Outcome:
     grants.expect(grant)
     log.info("import %s into vault %s allowed until %s", command.import_id, command.vault_id,
              expires.isoformat())
+    keys = ("bytes_stored", "chunks_received")
+    reported = dict.fromkeys(keys, 0)
     try:
         while not grant.ended.wait(WAIT_SLICE_S):
             if dt.datetime.now(dt.UTC) >= expires:
                 break
+            # What has arrived so far, on the target's task: the importer
+            # cannot know how much is still to come, so no percentage.
+            counters = {k: int(grant.stats.get(k, 0)) for k in keys}
+            if counters != reported:
+                context.progress(0, "receiving chunks", counters)
+                reported = counters
     finally:
         grants.forget(grant.replication_id)
     if grant.committed:
