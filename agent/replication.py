@@ -170,9 +170,7 @@ class GrpcReplicaTarget:
         self.target_vault_id = opened.target_vault_id
 
     def missing(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> list[bytes]:
-        result = self._step(importer_pb2.ImportRequest(query=importer_pb2.ChunkQuery(
-            chunk_key_id=key_id, chunk_ids=list(chunk_ids))), "missing")
-        return [bytes(c) for c in result.chunk_ids]
+        return self.ask(key_id, chunk_ids)()
 
     def ask(self, key_id: bytes, chunk_ids: Sequence[bytes]) -> Callable[[], list[bytes]]:
         """Sends a query without waiting; what the returned function waits for."""

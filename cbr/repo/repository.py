@@ -559,11 +559,15 @@ class Repository:
         waiting for them (beyond the pool's back-pressure): a writer that wants
         what it has saved to reach storage soon, yet keep working meanwhile.
         With ``index_every_packs=1`` each is indexed as soon as it is stored."""
+        self._finish_packs()
+        if self._upload_error is not None:
+            self._raise_upload_error()
+
+    def _finish_packs(self) -> None:
+        """Hands every open pack to the pool, unless an upload already failed."""
         for blob_type in BlobType:
             if self._upload_error is None:
                 self._finish_pack(blob_type)
-        if self._upload_error is not None:
-            self._raise_upload_error()
 
     def flush(self) -> None:
         """Closes the open packs, waits until every pack closed so far is
@@ -572,9 +576,7 @@ class Repository:
         flush, so no manifest is written over a missing pack; the packs that
         were stored are still indexed first (best effort), so the next backup
         reuses them."""
-        for blob_type in BlobType:
-            if self._upload_error is None:
-                self._finish_pack(blob_type)
+        self._finish_packs()
         self._wait_uploads()
         if self._upload_error is not None:
             with contextlib.suppress(Exception):  # the upload error is the one to report

@@ -85,6 +85,15 @@ def _image(path: Path) -> Path:
     return path
 
 
+def _disk_vaults(tmp_path: Path) -> tuple[Repository, Path]:
+    """A source vault holding backup b1 of a disk image, and an empty target."""
+    source = _vault(tmp_path / "source", "vault-a")
+    _vault(tmp_path / "target", "vault-b").close()
+    img = _image(tmp_path / "disk.img")
+    _manifest(source, "b1", backup_disk(source, img, progress=Progress()).content)
+    return source, img
+
+
 def _same_file(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
@@ -299,11 +308,7 @@ def test_a_blob_damaged_in_the_source_fails_the_transfer_and_leaves_no_replica(
         tmp_path: Path, compressed: bool) -> None:
     # The source sends stored bodies without decompressing or hashing them;
     # the importer's check is what stands between a flipped bit and a replica.
-    source = _vault(tmp_path / "source", "vault-a")
-    _vault(tmp_path / "target", "vault-b").close()
-    img = _image(tmp_path / "disk.img")
-    disk = backup_disk(source, img, progress=Progress())
-    _manifest(source, "b1", disk.content)
+    source, _img = _disk_vaults(tmp_path)
     key_id = source.config.chunk_key_id
     victim, loc = next((cid, loc) for cid, loc in (
         (cid, source.index.lookup(key_id, cid))
@@ -328,11 +333,7 @@ def test_a_blob_damaged_in_the_source_fails_the_transfer_and_leaves_no_replica(
 
 def test_chunks_cross_and_are_stored_as_the_source_stores_them_never_compressed_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _vault(tmp_path / "source", "vault-a")
-    _vault(tmp_path / "target", "vault-b").close()
-    img = _image(tmp_path / "disk.img")
-    disk = backup_disk(source, img, progress=Progress())
-    _manifest(source, "b1", disk.content)
+    source, img = _disk_vaults(tmp_path)
     key_id = source.config.chunk_key_id
     stored = {cid: source.index.lookup(key_id, cid)
               for _t, cid in iter_reachable(source, source.load_manifest("b1"))}
