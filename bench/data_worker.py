@@ -12,21 +12,33 @@ in the vault, as the agent finds it, not handed over in memory.
     python -m bench.data_worker disk-backup VAULT SOURCE ID [--parent ID] [--cbt]
     python -m bench.data_worker tree-backup VAULT SOURCE ID [--parent ID]
     python -m bench.data_worker restore VAULT ID TARGET
+    python -m bench.data_worker serve
 
 The last line on stdout is a JSON object: ``seconds`` (the operation inside
 the process), ``peak_rss_mib`` (VmHWM), the engine's ``stats``, and for disks the
 ``method`` used (full, hash-scan or cbt) and the snapshot ``kind``.
+
+``serve`` is the running agent: one process that takes operations, one JSON
+array of the arguments above per line on stdin, and answers each with one
+such JSON line (``{"error": ...}`` if it failed). A deployed agent runs
+every backup and restore in its long-lived process (``agent.executor``), so
+it pays neither interpreter start-up nor imports per task; this mode
+measures that, beside the fresh process per step that times like a CLI.
+Its ``peak_rss_mib`` is the peak during the operation (VmHWM reset before
+it), which includes whatever the process kept from earlier operations.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import resource
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +73,18 @@ def _disk_backup(repo: Repository, source: Path, backup_id: str, parent_id: str 
     if parent is not None and not isinstance(parent, DiskContent):
         raise SystemExit(f"data_worker: {parent_id} is not a disk backup")
     size = disk_size(source)
-    with take_snapshots([("disk", source)]) as snaps:
-        changed = snaps.changed_ranges("disk", parent_id) if cbt and parent_id else None
-        result = backup_disk(repo, snaps.source("disk"), size=size, parent=parent,
+    # The kept snapshot belongs to this vault's backups: two vaults backing
+    # up one image (a fresh process and a running agent) each keep their own.
+    key = f"disk:{repo.config.vault_id}:{repo.backend.location}"
+    with take_snapshots([(key, source)]) as snaps:
+        changed = snaps.changed_ranges(key, parent_id) if cbt and parent_id else None
+        result = backup_disk(repo, snaps.source(key), size=size, parent=parent,
                              changed=changed, progress=Progress(size), workers=WORKERS)
         repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats,
                                      parent_id, size))
-        snaps.commit("disk", backup_id)
+        snaps.commit(key, backup_id)
         method = "full" if parent is None else ("cbt" if changed is not None else "hash-scan")
-        return {"stats": result.stats, "method": method, "snapshot": snaps.kind("disk"),
+        return {"stats": result.stats, "method": method, "snapshot": snaps.kind(key),
                 "warnings": result.warnings}
 
 
@@ -95,6 +110,13 @@ def _restore(repo: Repository, backup_id: str, target: Path) -> dict[str, Any]:
     else:
         raise SystemExit(f"data_worker: {backup_id} has no content to restore")
     return {"stats": result.stats, "warnings": result.warnings}
+
+
+def reset_peak_rss() -> None:
+    """Starts VmHWM afresh at the current RSS (``clear_refs`` 5, Linux >= 4.0),
+    so a running agent's peak is that of its current operation."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5\n")
 
 
 def peak_rss_mib() -> float:
@@ -123,20 +145,27 @@ def bench_kek() -> AesKeyWrapper | None:
     return AesKeyWrapper("bench-kek", Path(path).read_bytes()) if path else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.data_worker")
-    p.add_argument("op", choices=["init", "disk-backup", "tree-backup", "restore"])
-    p.add_argument("vault", type=Path)
+    p.add_argument("op", choices=["init", "disk-backup", "tree-backup", "restore", "serve"])
+    p.add_argument("vault", type=Path, nargs="?")
     p.add_argument("args", nargs="*")
     p.add_argument("--parent")
     p.add_argument("--cbt", action="store_true", help="use changed-block tracking if possible")
     p.add_argument("--encrypted", action="store_true",
                    help="init: an encrypted vault, its keys wrapped by the bench KEK")
+    return p
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """One operation, timed inside this process; its report."""
+    p = _parser()
     a = p.parse_args(argv)
+    if a.op == "serve" or a.vault is None:
+        p.error(f"{a.op} needs a VAULT" if a.op != "serve" else "serve takes no arguments here")
     want = {"init": 0, "disk-backup": 2, "tree-backup": 2, "restore": 2}[a.op]
     if len(a.args) != want:
         p.error(f"{a.op} takes {want} arguments after VAULT")
-    pin_mmap_threshold()  # as `cbr-agent run` does before any work
     backend = LocalBackend(a.vault)
     started = time.perf_counter()
     out: dict[str, Any] = {}
@@ -161,7 +190,32 @@ def main(argv: list[str] | None = None) -> int:
                 repo.close()
     out["seconds"] = time.perf_counter() - started
     out["peak_rss_mib"] = peak_rss_mib()
-    sys.stdout.write(json.dumps(out) + "\n")
+    return out
+
+
+def serve() -> int:
+    """The running agent: operations from stdin, one report line each."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        reset_peak_rss()
+        try:
+            out = run([str(arg) for arg in json.loads(line)])
+        except SystemExit as exc:  # argparse said no
+            out = {"error": f"bad request {line.strip()}: exit {exc.code}"}
+        except Exception:
+            out = {"error": traceback.format_exc()}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    pin_mmap_threshold()  # as `cbr-agent run` does before any work
+    if args[:1] == ["serve"]:
+        return serve()
+    sys.stdout.write(json.dumps(run(args)) + "\n")
     return 0
 
 

@@ -36,15 +36,21 @@ def test_bench_data_smoke(tmp_path: Path) -> None:
             continue
         assert entry["ours_s"] > 0
         assert entry["restic_s"] is None and entry["speedup"] is None
+        # the same case run by the long-lived agent process, into its own vault
+        assert entry["ours_running_s"] > 0 and entry["speedup_running"] is None
     if "skipped" not in results["disk_incremental_cbt"]:
         assert results["disk_incremental_cbt"]["method"] == "cbt"
+        assert results["disk_incremental_cbt"]["method_running"] == "cbt"
     assert results["disk_incremental"]["method"] == "hash-scan"
+    assert results["disk_incremental"]["method_running"] == "hash-scan"
+    assert 0 < results["agent_peak_rss_mib_running"] < 1000
     assert results["stored_bytes"]["ours"] > 0 and results["stored_bytes"]["restic"] is None
     assert 0 < results["agent_peak_rss_mib"] < 1000
     targets = results["targets"]
     assert set(targets) == {*CASES, "stored_bytes", "agent_peak_rss_mib"}
     assert all(targets[name]["pass"] is None for name in CASES)  # nothing to compare with
     assert targets["agent_peak_rss_mib"]["pass"] in (True, False)
+    assert all(targets[name]["pass_running"] is None for name in CASES)
     assert "disk restores match the source (ours)" in done.stdout
     assert "tree restores match the source" in done.stdout
     assert not work.exists()
