@@ -77,6 +77,10 @@ READ_SIZE = 2 << 20
 """Bytes per read call (whole blocks): large enough for sequential throughput
 with the page cache cold, small enough that the ring stays a few MiB."""
 
+ADVISE_AHEAD = 64 << 20
+"""Bytes of planned reads the kernel is asked to fetch ahead of the reader
+(changed-block tracking only): the page cache it may fill, at most."""
+
 IDS_PER_ITEM = 256
 """Reused parent entries carried per queue item (bounds the queue's memory)."""
 
@@ -164,6 +168,45 @@ def _split(first: int, end: int, max_blocks: int) -> Iterator[tuple[int, int]]:
 
 # -- backup -------------------------------------------------------------------------------------
 
+class _Advisor:
+    """Tells the kernel which byte ranges the reader will want next
+    (``POSIX_FADV_WILLNEED``), at most ``window`` bytes ahead of it.
+
+    Changed blocks are scattered; read one after the other, each waits for
+    its own round trip to the device. Advised ahead, the device has them
+    all in its queue at once: a CBT incremental read its 95 MiB about 15%
+    faster so on this project's benchmark machine. The reads themselves stay
+    in order in the reader, so nothing changes but when the bytes arrive.
+    A full sequential scan does not use it: there the kernel's own
+    read-ahead did better (advising 64 MiB ahead made the hash scan about
+    20% slower).
+    """
+
+    def __init__(self, fd: int, ranges: Iterator[tuple[int, int]], window: int) -> None:
+        self.fd = fd
+        self.ranges = ranges
+        self.window = window
+        self.advised: collections.deque[tuple[int, int]] = collections.deque()
+        self.done = False
+
+    def reading(self, offset: int) -> None:
+        """The reader is about to read at ``offset``."""
+        while self.advised and self.advised[0][1] <= offset:
+            self.advised.popleft()
+        ahead = sum(end - max(start, offset) for start, end in self.advised)
+        while ahead < self.window and not self.done:
+            nxt = next(self.ranges, None)
+            if nxt is None:
+                self.done = True
+                break
+            start, end = nxt
+            if end <= offset:
+                continue
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
+            self.advised.append((start, end))
+            ahead += end - max(start, offset)
+
 Entry = tuple[int, bytes | None, int, int]
 """One block's outcome: (block, chunk id or None for a zero block, new bytes, stored bytes)."""
 
@@ -207,6 +250,7 @@ class _DiskBackup:
         # the disk; one more is being filled.
         self.free = [bytearray(self.read_blocks * self.bs) for _ in range(2 * self.workers + 1)]
         self.queue: collections.deque[_Item] = collections.deque()
+        self.advisor: _Advisor | None = None
         self.max_items = 8 * self.workers + 8
         self.stats = {"bytes_scanned": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_new": 0,
                       "blocks": 0, "blocks_read": 0}
@@ -274,6 +318,8 @@ class _DiskBackup:
         buf = self.free.pop()
         offset = first * self.bs
         length = min(count * self.bs, self.size - offset)
+        if self.advisor is not None:
+            self.advisor.reading(offset)
         view = memoryview(buf)[:length]
         try:
             got = os.preadv(self.fd, [view], offset)
@@ -405,6 +451,11 @@ def _backup_changed(job: _DiskBackup, pool: ThreadPoolExecutor, parent: DiskCont
     """Reads only changed blocks; every other entry comes from the parent's map,
     where the index still holds it (else that block is read again)."""
     repo, per_segment, total = job.repo, job.entries, job.total_blocks
+    bs, size = job.bs, job.size
+    job.advisor = _Advisor(job.fd, ((first * bs, min((first + count) * bs, size)) for first, count
+                                    in _block_runs(sorted(changed), bs, 0, total,
+                                                   max(1, ADVISE_AHEAD // bs // 4))),
+                           ADVISE_AHEAD)
     dirty_runs = _block_runs(sorted(changed), job.bs, 0, total, per_segment)
     run = next(dirty_runs, None)  # (first, count), increasing
     reader = DiskMapReader(repo, parent)

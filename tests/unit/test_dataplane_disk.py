@@ -25,6 +25,7 @@ from agent.dataplane import (
     SourceUnreadable,
     TargetTooSmall,
     UnsafeTarget,
+    disk,
 )
 from agent.dataplane.disk import backup_disk, data_ranges, disk_size, restore_disk
 from cbr.repo import (
@@ -246,6 +247,42 @@ def test_changed_ranges_read_exactly_the_blocks_they_touch(tmp_path: Path) -> No
     assert second.stats["bytes_read"] == 6 * BS + 100
     # Blocks 3, 15, 33, 45 and 61 are new in the map, 20 is gone (zeros).
     assert second.stats["blocks"] == first.stats["blocks"] + 5 - 1
+    _restored_equal(repo, second.content, img, tmp_path / "out.img")
+
+
+def test_changed_blocks_are_asked_of_the_kernel_ahead_within_the_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CBT tells the kernel which blocks it will read (so the device gets them
+    all queued), only those, and never more than the window ahead of the
+    reader; what is read and stored does not change."""
+    img = _image(tmp_path / "d.img", 64 * BS)
+    for b in range(64):
+        _write(img, b * BS, os.urandom(BS))
+    repo = _small(tmp_path / "vault")
+    first = backup_disk(repo, img, progress=Progress())
+    dirty = [2, 3, 9, 17, 30, 31, 32, 50, 63]
+    for b in dirty:
+        _write(img, b * BS + 7, b"x" * 100)
+    monkeypatch.setattr(disk, "ADVISE_AHEAD", 4 * BS)
+    advised: list[tuple[int, int]] = []
+    log: list[tuple[int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_WILLNEED:
+            advised.append((offset, offset + length))
+            # asked for but not yet read: the window, plus the run that crossed it
+            waiting = sum(b - a for a, b in advised) - sum(b - a for a, b in log)
+            assert waiting <= 4 * BS + BS
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(disk.os, "posix_fadvise", fadvise)
+    second = backup_disk(repo, img, parent=first.content,
+                         changed=[(b * BS + 7, b * BS + 107) for b in dirty],
+                         progress=Progress(), read_log=log)
+    assert _blocks_read(advised, BS) == dirty
+    assert _blocks_read(log, BS) == dirty
+    assert second.stats["blocks_read"] == len(dirty)
     _restored_equal(repo, second.content, img, tmp_path / "out.img")
 
 
