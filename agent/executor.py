@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.commands import CommandContext, CommandFunction, Outcome, registry
 from agent.journal import Entry, Journal
+from agent.memory import release_free_memory
 from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent")
@@ -77,6 +78,8 @@ class Executor:
         except Exception as exc:
             log.exception("task %s (%s) failed", task_id, action)
             outcome = Outcome(False, "BackupService.0500", f"{type(exc).__name__}: {exc}")
+        finally:
+            release_free_memory()  # an idle agent does not keep a task's peak
         try:
             entry = self._journal.finish(Entry(
                 task_id=task_id, action=action, success=outcome.success,

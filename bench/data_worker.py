@@ -46,7 +46,7 @@ from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk, disk_size, restore_disk
 from agent.dataplane.snapshot import take_snapshots
 from agent.dataplane.tree import backup_tree, restore_tree
-from agent.memory import pin_mmap_threshold
+from agent.memory import pin_mmap_threshold, release_free_memory
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.crypto import AesKeyWrapper
 from cbr.repo.locks import Lock
@@ -117,6 +117,15 @@ def reset_peak_rss() -> None:
     so a running agent's peak is that of its current operation."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5\n")
+
+
+def resident_mib() -> float:
+    """This process's resident set now (VmRSS), 0 where /proc cannot tell."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def peak_rss_mib() -> float:
@@ -198,6 +207,7 @@ def serve() -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
+        resident = resident_mib()
         reset_peak_rss()
         try:
             out = run([str(arg) for arg in json.loads(line)])
@@ -205,6 +215,8 @@ def serve() -> int:
             out = {"error": f"bad request {line.strip()}: exit {exc.code}"}
         except Exception:
             out = {"error": traceback.format_exc()}
+        out["rss_before_mib"] = resident
+        release_free_memory()  # as the agent's executor does after each task
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
     return 0
