@@ -380,7 +380,7 @@ class _TreeBackup:
         if "content_list" in doc:
             return False  # a huge file: the careful path loads and checks its lists
         try:
-            return all(self.repo.has_blob(bytes.fromhex(c)) for c in doc.get("content", ()))
+            return self.repo.has_blobs([bytes.fromhex(c) for c in doc.get("content", ())])
         except (TypeError, ValueError):
             return False
 

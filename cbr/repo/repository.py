@@ -415,6 +415,14 @@ class Repository:
         with self._lock:
             return (kid, chunk_id) in self._pending or self.index.contains(kid, chunk_id)
 
+    def has_blobs(self, chunk_ids: Sequence[bytes], key_id: bytes | None = None) -> bool:
+        """Whether every one of ``chunk_ids`` is stored or being stored: one
+        lock for a file's whole chunk list, not one per chunk."""
+        kid = key_id or self.config.chunk_key_id
+        with self._lock:
+            pending, contains = self._pending, self.index.contains
+            return all((kid, cid) in pending or contains(kid, cid) for cid in chunk_ids)
+
     def save_blob(
         self,
         blob_type: BlobType,

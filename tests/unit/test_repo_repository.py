@@ -425,3 +425,17 @@ def test_blob_bodies_come_as_stored_and_neighbours_in_a_pack_are_read_at_once(
     with pytest.raises(ChunkNotFound):
         list(repo.load_blob_bodies([*texts, b"\x01" * 32]))
     repo.close()
+
+
+def test_has_blobs_is_true_only_when_every_chunk_is_stored_or_being_stored(
+        tmp_path: Path) -> None:
+    repo = _init(tmp_path, False)
+    stored = repo.save_blob(BlobType.DATA, b"indexed")
+    repo.flush()
+    pending = repo.save_blob(BlobType.DATA, b"in an open pack")
+    missing = repo.hasher().chunk_id(b"never stored")
+    assert repo.has_blobs([stored, pending])
+    assert repo.has_blobs([])
+    assert not repo.has_blobs([stored, missing, pending])
+    # another namespace does not hold this vault's chunks
+    assert not repo.has_blobs([stored], key_id=b"\x01" * len(repo.config.chunk_key_id))
