@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.dataplane import Progress
+from agent.dataplane.changes import WATCHES, TreeWatches, track
 from agent.dataplane.disk import backup_disk, disk_size, restore_disk
 from agent.dataplane.snapshot import take_snapshots
 from agent.dataplane.tree import backup_tree, restore_tree
@@ -89,13 +90,21 @@ def _disk_backup(repo: Repository, source: Path, backup_id: str, parent_id: str 
 
 
 def _tree_backup(repo: Repository, source: Path, backup_id: str,
-                 parent_id: str | None) -> dict[str, Any]:
+                 parent_id: str | None, watches: TreeWatches | None) -> dict[str, Any]:
+    """A running agent keeps its change journal of the tree between
+    backups (``watches``); a fresh process has none and walks it all."""
     parent = repo.load_manifest(parent_id).content if parent_id else None
     if parent is not None and not isinstance(parent, TreeContent):
         raise SystemExit(f"data_worker: {parent_id} is not a tree backup")
-    result = backup_tree(repo, source, parent=parent, progress=Progress(), workers=WORKERS)
+    tracking = track(source, parent_id if parent is not None else None, watches)
+    result = backup_tree(repo, source, parent=parent, progress=Progress(), workers=WORKERS,
+                         changed=tracking.changed)
     repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats, parent_id, 0))
-    return {"stats": result.stats, "warnings": result.warnings}
+    tracking.commit(backup_id, result.hardlinked_dirs)
+    method = "full" if parent is None else ("journal" if tracking.changed is not None else "walk")
+    why = tracking.watch.reason if tracking.watch is not None else "no change journal"
+    return {"stats": result.stats, "warnings": result.warnings, "method": method,
+            **({"full_walk_reason": why} if method == "walk" else {})}
 
 
 def _restore(repo: Repository, backup_id: str, target: Path) -> dict[str, Any]:
@@ -166,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: list[str]) -> dict[str, Any]:
+def run(argv: list[str], watches: TreeWatches | None = None) -> dict[str, Any]:
     """One operation, timed inside this process; its report."""
     p = _parser()
     a = p.parse_args(argv)
@@ -192,7 +201,7 @@ def run(argv: list[str]) -> dict[str, Any]:
                 if a.op == "disk-backup":
                     out = _disk_backup(repo, Path(a.args[0]), a.args[1], a.parent, a.cbt)
                 elif a.op == "tree-backup":
-                    out = _tree_backup(repo, Path(a.args[0]), a.args[1], a.parent)
+                    out = _tree_backup(repo, Path(a.args[0]), a.args[1], a.parent, watches)
                 else:
                     out = _restore(repo, a.args[0], Path(a.args[1]))
             finally:
@@ -210,7 +219,7 @@ def serve() -> int:
         resident = resident_mib()
         reset_peak_rss()
         try:
-            out = run([str(arg) for arg in json.loads(line)])
+            out = run([str(arg) for arg in json.loads(line)], WATCHES)
         except SystemExit as exc:  # argparse said no
             out = {"error": f"bad request {line.strip()}: exit {exc.code}"}
         except Exception:

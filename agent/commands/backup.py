@@ -23,7 +23,7 @@ from typing import Any
 from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, locked_repository, reporting
 from agent.config import AgentConfig, DiskSpec, FileSystemSpec, ServerSpec, SingleDiskSpec
-from agent.dataplane import BackupResult, DataplaneError, Progress, SourceUnreadable
+from agent.dataplane import BackupResult, DataplaneError, Progress, SourceUnreadable, changes
 from agent.dataplane import disk as disk_engine
 from agent.dataplane import snapshot as snapshots
 from agent.dataplane import tree as tree_engine
@@ -216,15 +216,24 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
     if not isinstance(parent, TreeContent):
         parent = None
     protected_at = dt.datetime.now(dt.UTC)
-    result = tree_engine.backup_tree(repo, root, parent=parent, progress=progress)
+    tracking = changes.track(root, command.parent_backup_id if parent is not None else None)
+    if parent is not None and tracking.changed is None:
+        log.info("file system %s: walking the whole tree (%s)", spec.name,
+                 tracking.watch.reason if tracking.watch is not None
+                 else changes.WATCHES.why_not(root))
+    result = tree_engine.backup_tree(repo, root, parent=parent, progress=progress,
+                                     changed=tracking.changed)
+    method = "full" if parent is None else "journal" if tracking.changed is not None else "walk"
     lock.check()
     digest = repo.save_manifest(_manifest(
         command, repo, backup_id=command.backup_id, name=command.name,
         resource=Resource(command.resource_id, command.resource_name, RESOURCE_TYPES["turbo"],
                           int(command.resource_size_bytes)),
         content=result.content, result=result, incremental=parent is not None,
-        protected_at=protected_at))
-    return [_item(command.backup_id, result, protected_at, manifest_sha256=digest)]
+        protected_at=protected_at, extend={"method": method}))
+    tracking.commit(command.backup_id, result.hardlinked_dirs)
+    return [_item(command.backup_id, result, protected_at, manifest_sha256=digest,
+                  method=method)]
 
 
 __all__ = ["DataplaneError", "run"]

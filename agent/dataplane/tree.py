@@ -46,6 +46,7 @@ from agent.dataplane import (
     SourceUnreadable,
     UnsafeTarget,
 )
+from agent.dataplane.changes import WATCHES, ChangedDirs
 from cbr.repo import BlobType, Repository, TreeContent
 from cbr.repo.chunker import cut_range, make_chunker, window_size
 from cbr.repo.errors import UnsafeName
@@ -139,9 +140,15 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 class _TreeBackup:
-    def __init__(self, repo: Repository, progress: Progress, workers: int) -> None:
+    def __init__(self, repo: Repository, progress: Progress, workers: int,
+                 changed: ChangedDirs | None = None) -> None:
         self.repo = repo
         self.progress = progress
+        # With a change journal: the directories to visit (the rest are the
+        # parent's) and, in each, the names to look at again.
+        self.changed = changed
+        self.needed = changed.needed() if changed is not None else None
+        self.linked: set[tuple[bytes, ...]] = set()  # directories holding hard-linked files
         self.hasher = repo.hasher()
         self.params = repo.config.chunker
         self.names = _Names()
@@ -150,7 +157,8 @@ class _TreeBackup:
         self.pool = ThreadPoolExecutor(max(1, workers) * READERS_PER_WORKER, "tree-read")
         self.slots = threading.BoundedSemaphore(MAX_FILES_IN_FLIGHT)
         self.stats = {"bytes_scanned": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_new": 0,
-                      "files": 0, "dirs": 0, "files_unchanged": 0, "files_changed_while_read": 0}
+                      "files": 0, "dirs": 0, "files_unchanged": 0, "files_changed_while_read": 0,
+                      "dirs_unchanged_by_journal": 0}
         self.warnings: list[str] = []
         self.links: dict[tuple[int, int], list[bytes]] = {}
         self._lock = threading.Lock()
@@ -403,25 +411,42 @@ class _TreeBackup:
         entries: list[TreeEntry] = []
         kept: list[tuple[bytes, dict[str, Any]]] = []
         pending: list[tuple[TreeEntry, Future[_FileResult]]] = []
-        try:
-            with os.scandir(path) as it:
-                listed = sorted(it, key=lambda e: e.name)
-        except FileNotFoundError:
-            self.warnings.append(f"vanished: {os.fsdecode(path)}")
-            listed = []
-        except OSError as exc:
-            self.warnings.append(f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
-            listed = []
+        # With a change journal, only the names it reports are looked at
+        # again; the parent's documents of the others stand as they are.
+        names = (self.changed.names(tuple(rel))
+                 if self.changed is not None and loaded is not None else None)
+        listed: list[tuple[bytes, os.DirEntry[bytes] | None]] = []
+        if names is not None:
+            listed = [(name, None) for name in sorted(old.keys() | names)]
+        else:
+            try:
+                with os.scandir(path) as it:
+                    listed = [(d.name, d) for d in sorted(it, key=lambda e: e.name)]
+            except FileNotFoundError:
+                self.warnings.append(f"vanished: {os.fsdecode(path)}")
+            except OSError as exc:
+                self.warnings.append(f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
         self.stats["dirs"] += 1
         subdirs: list[tuple[TreeEntry | dict[str, Any], bytes, bytes | None]] = []
         batch: list[tuple[TreeEntry, bytes, os.stat_result]] = []
         altered = False  # a kept document got a new access time
-        for d in listed:
-            name = d.name
+        for name, d in listed:
             child = path + b"/" + name
             previous = old.get(name)
+            if (d is None and names is not None and name not in names and previous is not None
+                    and not previous.get("changed")):
+                kind = previous.get("type")
+                if kind == "dir":
+                    subdirs.append((previous, child, _subtree_of(previous)))
+                    continue
+                if kind == "file":
+                    self.stats["files"] += 1
+                    self.stats["files_unchanged"] += 1
+                    self.stats["bytes_scanned"] += int(previous.get("size", 0))
+                kept.append((name, previous))
+                continue
             try:
-                st = d.stat(follow_symlinks=False)
+                st = d.stat(follow_symlinks=False) if d is not None else os.lstat(child)
                 mode = st.st_mode
                 if previous is not None:
                     # The fast path of an incremental: the stored document is
@@ -452,7 +477,8 @@ class _TreeBackup:
                 old_entry = self._old_entry(previous)
                 entry = self._entry(name, st, child, old_entry)
             except FileNotFoundError:
-                self.warnings.append(f"vanished: {os.fsdecode(child)}")
+                if d is not None:  # listed, then gone; a journal's name may be a deletion
+                    self.warnings.append(f"vanished: {os.fsdecode(child)}")
                 continue
             except OSError as exc:
                 self.warnings.append(f"unreadable: {os.fsdecode(child)}: {exc.strerror}")
@@ -472,6 +498,7 @@ class _TreeBackup:
             self.stats["bytes_scanned"] += st.st_size
             self.progress.add(scanned=st.st_size)
             if st.st_nlink > 1:
+                self.linked.add(tuple(rel))
                 key = (st.st_dev, st.st_ino)
                 first = self.links.get(key)
                 if first is not None:
@@ -507,6 +534,13 @@ class _TreeBackup:
         self.waiting += 1
         for entry_or_doc, child, old_subtree in subdirs:
             name = child.rsplit(b"/", 1)[1]
+            if (self.needed is not None and old_subtree is not None
+                    and not isinstance(entry_or_doc, TreeEntry)
+                    and (*rel, name) not in self.needed and self.repo.has_blob(old_subtree)):
+                # The journal saw nothing change below: the parent's subtree stands.
+                self.stats["dirs_unchanged_by_journal"] += 1
+                node.subdirs.append((entry_or_doc, old_subtree, None))
+                continue
             node.subdirs.append((entry_or_doc, old_subtree, self.scan(
                 child, [*rel, name], old_subtree, root_dev)))
             while self.waiting > MAX_PENDING_DIRS and node.finish_one():
@@ -631,22 +665,26 @@ class _Item:
 
 
 def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = None,
-                progress: Progress, workers: int = 2) -> BackupResult:
-    """Backs a directory tree up; unchanged files of ``parent`` are not read."""
+                progress: Progress, workers: int = 2,
+                changed: ChangedDirs | None = None) -> BackupResult:
+    """Backs a directory tree up; unchanged files of ``parent`` are not read.
+    With ``changed`` (the change journal's answer since ``parent`` began),
+    only those directories are scanned: the rest are ``parent``'s subtrees."""
     try:
         st = os.stat(root)
     except OSError as exc:
         raise SourceUnreadable(f"cannot read {root}: {exc}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise SourceUnreadable(f"{root} is not a directory")
-    job = _TreeBackup(repo, progress, workers)
+    job = _TreeBackup(repo, progress, workers, changed if parent is not None else None)
     try:
         root_id = job.directory(os.fsencode(root), [], parent.root if parent else None,
                                 st.st_dev)
     finally:
         job.pool.shutdown(wait=True, cancel_futures=True)
     repo.flush()
-    return BackupResult(TreeContent(root_id), job.stats, job.warnings)
+    return BackupResult(TreeContent(root_id), job.stats, job.warnings,
+                        hardlinked_dirs=sorted(job.linked))
 
 
 # -- listing ---------------------------------------------------------------------------------
@@ -1046,6 +1084,9 @@ def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise UnsafeTarget(f"restore target {target} is not a directory: {exc}") from exc
+    # This process's own writes are not in a change journal: a watched tree
+    # restored into is walked in full at its next backup.
+    WATCHES.wrote_into(target)
     job = _TreeRestore(repo, progress, workers)
     job.key_id = key_id
     job.root_fd = root_fd
@@ -1069,4 +1110,5 @@ def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
     finally:
         job.close()
         os.close(root_fd)
+        WATCHES.wrote_into(target)
     return RestoreResult(job.stats, job.warnings)

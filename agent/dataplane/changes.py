@@ -1,0 +1,546 @@
+"""A change journal for file-system backups: the kernel's fanotify events
+on a tree, so an incremental looks again only at the names that changed.
+
+A full incremental walk lists and ``lstat``s every entry of the tree; with
+the metadata cold that alone costs more than everything else an incremental
+does on a tree that barely changed. A long-lived agent instead holds a
+fanotify mark on the tree's file system from the tree's first backup in the
+process on. Each event names a directory (by file handle) and a name in it;
+the handle is turned into the directory's path in the tree as the event is
+read, while the kernel has the names at hand, and events outside the tree
+are dropped. Each backup starts a new *generation* of events, so what
+changed since a parent backup began is the union of the generations from
+its own on. The backup then visits only the directories with changes and
+their ancestors, and in each looks again only at the changed names; every
+other entry and subtree is the parent backup's, as it was.
+
+It is for trees what reflink changed-block tracking is for disks, with the
+same rule: when in doubt, walk everything. The answer is "walk everything"
+(``None``, with a ``reason``) when
+
+- fanotify is not available (not root, an old kernel, a file system without
+  file handles, such as most network and FUSE file systems);
+- the agent restarted, or the parent backup was not taken under this watch;
+- the kernel's queue overflowed, or a generation changed too many names to
+  keep;
+- a file's link count changed (a hard link made or removed, which names no
+  directory) and at the backup it still has several names, or one we cannot
+  be sure of: its names in the tree may have been written through a name
+  outside it, which reports a change outside it;
+- this process wrote into the tree (a restore): its own events are not
+  recorded, since its own writes to vaults on the same file system would
+  drown the journal;
+- the tree's root is no longer the directory the watch was set on;
+- the last full walk of this chain is older than ``full_walk_interval``.
+
+Directories holding files with several links are always listed again, for
+the same reason as above. A renamed directory is a new name in its new
+parent, so it is walked in full there.
+
+What the kernel does not report, no journal can: a file written through a
+shared memory mapping after it was closed, and access times (reading a file
+is not a change). The periodic full walk picks both up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import stat
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# <sys/fanotify.h>
+_FAN_CLOEXEC = 0x1
+_FAN_NONBLOCK = 0x2
+_FAN_CLASS_NOTIF = 0x0
+_FAN_REPORT_FID = 0x200
+_FAN_REPORT_DIR_FID = 0x400
+_FAN_REPORT_NAME = 0x800
+_FAN_MARK_ADD = 0x1
+_FAN_MARK_FILESYSTEM = 0x100
+_FAN_MODIFY = 0x2
+_FAN_ATTRIB = 0x4
+_FAN_CLOSE_WRITE = 0x8
+_FAN_MOVED_FROM = 0x40
+_FAN_MOVED_TO = 0x80
+_FAN_CREATE = 0x100
+_FAN_DELETE = 0x200
+_FAN_DELETE_SELF = 0x400
+_FAN_MOVE_SELF = 0x800
+_FAN_Q_OVERFLOW = 0x4000
+_FAN_ONDIR = 0x40000000
+_INFO_FID = 1
+_INFO_DFID_NAME = 2
+_INFO_DFID = 3
+_AT_FDCWD = -100
+_METADATA = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
+_INFO_HEADER = struct.Struct("=BBH")  # info_type, pad, len; then fsid (8 bytes), file_handle
+_HANDLE_HEADER = struct.Struct("=Ii")  # handle_bytes, handle_type
+
+#: Every change to a name, its content or its metadata, on files and directories.
+WATCHED = (_FAN_MODIFY | _FAN_ATTRIB | _FAN_CLOSE_WRITE | _FAN_MOVED_FROM | _FAN_MOVED_TO
+           | _FAN_CREATE | _FAN_DELETE | _FAN_DELETE_SELF | _FAN_MOVE_SELF | _FAN_ONDIR)
+#: A generation that changed more distinct names than this (on the whole file
+#: system) is not kept: the next backup walks everything.
+MAX_CHANGES_PER_GENERATION = 200_000
+#: Backups whose journal state is kept per tree (a parent is nearly always
+#: the latest, or one of the last few after failures).
+KEPT_BACKUPS = 8
+FULL_WALK_INTERVAL = 24 * 3600.0
+
+
+RelPath = tuple[bytes, ...]  # a directory relative to the tree's root; () is the root
+
+
+@dataclass(frozen=True)
+class ChangedDirs:
+    """What changed in a tree since the parent backup began: for each
+    directory with changes, the names in it that changed (created, deleted,
+    written, renamed, their metadata changed), or None where the whole
+    directory must be listed again. Every other name is as the parent
+    backup recorded it."""
+
+    dirty: dict[RelPath, frozenset[bytes] | None]
+
+    def needed(self) -> frozenset[RelPath]:
+        """The directories to visit: the dirty ones and all their ancestors
+        (whose trees change with them)."""
+        out: set[RelPath] = {()}
+        for path in self.dirty:
+            for i in range(len(path), 0, -1):
+                prefix = path[:i]
+                if prefix in out:
+                    break
+                out.add(prefix)
+        return frozenset(out)
+
+    def names(self, path: RelPath) -> frozenset[bytes] | None:
+        """The names to look at again in ``path`` (None: list it all)."""
+        return self.dirty.get(path, frozenset())
+
+
+@dataclass
+class _Generation:
+    # (directory, name) of every name in the tree that changed
+    names: set[tuple[RelPath, bytes]] = field(default_factory=set)
+    # files that had several names when their link count changed: where
+    # they are is asked again at the backup (module docstring)
+    linked: set[bytes] = field(default_factory=set)
+    lost: str = ""  # why this generation cannot be trusted, if it cannot
+
+
+@dataclass(frozen=True)
+class _Kept:
+    generation: int
+    linked: frozenset[tuple[bytes, ...]]
+    full_walk_at: float
+
+
+class _Libc:
+    """The three calls Python's ``os`` lacks, through ctypes."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self.fanotify_init = libc.fanotify_init
+        self.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        self.fanotify_init.restype = ctypes.c_int
+        self.fanotify_mark = libc.fanotify_mark
+        self.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64,
+                                       ctypes.c_int, ctypes.c_char_p]
+        self.fanotify_mark.restype = ctypes.c_int
+        self.open_by_handle_at = libc.open_by_handle_at
+        self.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.open_by_handle_at.restype = ctypes.c_int
+
+
+_libc: _Libc | None = None
+
+
+def _lib() -> _Libc:
+    global _libc
+    if _libc is None:
+        _libc = _Libc()
+    return _libc
+
+
+class Unavailable(Exception):
+    """This tree cannot be watched here; its backups walk it in full."""
+
+
+class TreeWatch:
+    """The fanotify journal of one tree's file system, split into
+    generations: each backup starts a new one (:meth:`begin`), so the
+    changes since a backup began are the union of the generations from
+    its own on."""
+
+    def __init__(self, root: Path, *, full_walk_interval: float = FULL_WALK_INTERVAL) -> None:
+        self.root = os.fsencode(os.path.realpath(root))
+        self.full_walk_interval = full_walk_interval
+        st = os.stat(self.root)
+        self._root_id = (st.st_dev, st.st_ino)
+        try:
+            lib = _lib()
+        except (OSError, AttributeError) as exc:
+            raise Unavailable(f"no fanotify in this C library: {exc}") from exc
+        fd = lib.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK | _FAN_REPORT_FID
+                               | _FAN_REPORT_DIR_FID | _FAN_REPORT_NAME, os.O_RDONLY)
+        if fd < 0:
+            raise Unavailable(f"fanotify_init: {os.strerror(ctypes.get_errno())}")
+        self._fd = fd
+        # Events are attributed relative to this mount of the file system.
+        self._mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if lib.fanotify_mark(fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, WATCHED, _AT_FDCWD,
+                             self.root) < 0:
+            error = ctypes.get_errno()
+            self.close()
+            raise Unavailable(f"fanotify_mark {os.fsdecode(self.root)}: {os.strerror(error)}")
+        self._lock = threading.Lock()
+        self._generations: dict[int, _Generation] = {0: _Generation()}
+        self._current = 0
+        self._kept: dict[str, _Kept] = {}
+        self._pid = os.getpid()
+        # Directory handle -> its path in the tree (None: outside it), told
+        # when its events are read, while the kernel has the names at hand.
+        self._places: dict[bytes, RelPath | None] = {}
+        self.reason = ""  # why the last changed_since said to walk everything
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="tree-watch", daemon=True)
+        self._reader.start()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while not self._closed.is_set():
+            try:
+                if not poller.poll(500):
+                    continue
+                with self._lock:
+                    self._drain()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                with self._lock:
+                    self._generations[self._current].lost = "the journal could not be read"
+                time.sleep(0.5)
+
+    def _drain(self) -> None:
+        """Reads every queued event into the current generation (the lock held)."""
+        while True:
+            try:
+                buf = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return
+            if not buf:
+                return
+            self._parse(buf)
+
+    def _parse(self, buf: bytes) -> None:
+        gen = self._generations[self._current]
+        off = 0
+        while off + _METADATA.size <= len(buf):
+            length, _vers, _res, meta_len, mask, fd, pid = _METADATA.unpack_from(buf, off)
+            if length < _METADATA.size:
+                gen.lost = "a malformed event"
+                return
+            if fd >= 0:
+                os.close(fd)
+            if pid == self._pid and not mask & _FAN_Q_OVERFLOW:
+                pass  # the agent's own writes: its vaults (a restore into the tree says so)
+            elif mask & _FAN_Q_OVERFLOW:
+                gen.lost = "the kernel's event queue overflowed"
+            else:
+                self._record(gen, buf, off + meta_len, off + length, mask)
+            off += length
+        if len(gen.names) + len(gen.linked) > MAX_CHANGES_PER_GENERATION:
+            gen.lost = "too many changes to keep track of"
+            gen.names.clear()
+            gen.linked.clear()
+
+    def _record(self, gen: _Generation, buf: bytes, pos: int, end: int, mask: int) -> None:
+        directory: tuple[bytes, bytes] | None = None
+        obj: bytes | None = None
+        while pos + _INFO_HEADER.size <= end:
+            kind, _pad, size = _INFO_HEADER.unpack_from(buf, pos)
+            if size < 20 or pos + size > end:
+                gen.lost = "a malformed event"
+                return
+            handle_bytes, _type = _HANDLE_HEADER.unpack_from(buf, pos + 12)
+            handle = bytes(buf[pos + 12:pos + 20 + handle_bytes])
+            if kind in (_INFO_DFID_NAME, _INFO_DFID):
+                name = buf[pos + 20 + handle_bytes:pos + size].split(b"\0", 1)[0]
+                directory = (handle, name)
+            elif kind == _INFO_FID:
+                obj = handle
+            pos += size
+        if mask & _FAN_ONDIR and mask & (_FAN_MOVED_FROM | _FAN_MOVED_TO | _FAN_MOVE_SELF):
+            self._places.clear()  # a directory moved: paths below it changed
+        if directory is not None:
+            handle, name = directory
+            path = self._place(handle)
+            if path is None:
+                return  # outside the tree, or gone (its parent's event says so)
+            if name not in (b".", b""):
+                gen.names.add((path, name))
+            elif path:  # the root's own metadata is in no parent's tree
+                gen.names.add((path[:-1], path[-1]))
+        elif obj is not None:
+            if mask & _FAN_ONDIR:
+                path = self._place(obj)
+                if path:
+                    gen.names.add((path[:-1], path[-1]))
+            else:
+                # Only a link count changes a file without naming its
+                # directory: a hard link came or went. A file left with one
+                # name is where that name is, which is told now, while the
+                # kernel still has the name at hand; one with several may
+                # have names in the tree written through names outside it.
+                links, where = self._locate(obj)
+                if links > 1:
+                    gen.linked.add(obj)
+                elif links == 1 and where is None:
+                    gen.lost = "a hard link was made or removed"
+                elif where is not None and where.startswith(self.root + b"/"):
+                    parts = tuple(where[len(self.root) + 1:].split(b"/"))
+                    gen.names.add((parts[:-1], parts[-1]))
+        else:
+            gen.lost = "an event that names no file"
+
+    # -- backups -------------------------------------------------------------------------------
+
+    def begin(self) -> int:
+        """Starts a backup: every change made before this call is in the
+        generations before the one returned, everything later in it or after."""
+        with self._lock:
+            self._drain()
+            self._current += 1
+            self._generations[self._current] = _Generation()
+            self._places.clear()
+            return self._current
+
+    def changed_since(self, parent_backup_id: str | None) -> ChangedDirs | None:
+        """The directories to scan for an incremental on ``parent_backup_id``,
+        or None to walk everything (module docstring)."""
+        if not parent_backup_id:
+            return self._walk_all("a first backup")
+        with self._lock:
+            kept = self._kept.get(parent_backup_id)
+            if kept is None:
+                return self._walk_all("the parent backup was not taken under this watch")
+            if time.time() - kept.full_walk_at > self.full_walk_interval:
+                return self._walk_all("the periodic full walk is due")
+            self._drain()
+            names: set[tuple[RelPath, bytes]] = set()
+            linked: set[bytes] = set()
+            for number in range(kept.generation, self._current + 1):
+                gen = self._generations.get(number)
+                if gen is None or gen.lost:
+                    return self._walk_all(gen.lost if gen else "the journal was pruned")
+                names |= gen.names
+                linked |= gen.linked
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            return self._walk_all(f"the root cannot be read: {exc.strerror}")
+        if (st.st_dev, st.st_ino) != self._root_id:
+            return self._walk_all("the root is not the directory the watch was set on")
+        changed: dict[RelPath, set[bytes] | None] = {path: None for path in kept.linked}
+
+        def add(path: RelPath, name: bytes) -> None:
+            if path not in changed:
+                changed[path] = set()
+            listed = changed[path]
+            if listed is not None:
+                listed.add(name)
+
+        for path, name in names:
+            add(path, name)
+        for handle in linked:
+            links, where = self._locate(handle)
+            if links > 1 or (links == 1 and where is None):
+                return self._walk_all("a hard link was made or removed")
+            if where is not None and where.startswith(self.root + b"/"):
+                parts = tuple(where[len(self.root) + 1:].split(b"/"))
+                add(parts[:-1], parts[-1])
+        # A directory whose entries changed has a new modification time,
+        # which its parent records.
+        for path in [p for p in changed if p]:
+            add(path[:-1], path[-1])
+        self.reason = ""
+        return ChangedDirs({path: None if listed is None else frozenset(listed)
+                            for path, listed in changed.items()})
+
+    def _walk_all(self, reason: str) -> ChangedDirs | None:
+        self.reason = reason
+        return None
+
+    def commit(self, backup_id: str, generation: int, linked: Iterable[tuple[bytes, ...]],
+               *, parent_backup_id: str | None, full_walk: bool) -> None:
+        """Records a finished backup: begun at ``generation``; ``linked``,
+        the directories holding files with several links."""
+        with self._lock:
+            parent = self._kept.get(parent_backup_id or "")
+            walked_at = (time.time() if full_walk or parent is None
+                         else parent.full_walk_at)
+            links = frozenset(linked)
+            if not full_walk and parent is not None:
+                links |= parent.linked
+            self._kept[backup_id] = _Kept(generation, links, walked_at)
+            while len(self._kept) > KEPT_BACKUPS:
+                del self._kept[next(iter(self._kept))]
+            oldest = min(k.generation for k in self._kept.values())
+            for number in [n for n in self._generations if n < oldest]:
+                del self._generations[number]
+
+    def invalidate(self, reason: str) -> None:
+        """Makes every backup's next incremental walk the whole tree."""
+        with self._lock:
+            self._drain()
+            self._generations[self._current].lost = reason
+
+    def _open(self, handle: bytes) -> int:
+        fd: int = _lib().open_by_handle_at(self._mount_fd, handle, os.O_PATH | os.O_CLOEXEC)
+        return fd
+
+    def _place(self, handle: bytes) -> RelPath | None:
+        if handle in self._places:
+            return self._places[handle]
+        if len(self._places) >= 4096:
+            self._places.clear()
+        path = self._places[handle] = self._resolve(handle)
+        return path
+
+    def _resolve(self, handle: bytes) -> tuple[bytes, ...] | None:
+        """A directory's path in the tree now; None if it is gone or elsewhere."""
+        fd = self._open(handle)
+        if fd < 0:
+            return None  # ESTALE: deleted since; its parent's entry change covers it
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode) or st.st_nlink == 0:
+                return None
+            path = os.readlink(f"/proc/self/fd/{fd}".encode())
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if path == self.root:
+            return ()
+        if not path.startswith(self.root + b"/"):
+            return None
+        return tuple(path[len(self.root) + 1:].split(b"/"))
+
+    def _locate(self, handle: bytes) -> tuple[int, bytes | None]:
+        """A file's link count now and, if it has one name we can be sure of,
+        that path: (0, None) if it is gone, (2, None) when it cannot be told."""
+        fd = self._open(handle)
+        if fd < 0:
+            return (0, None) if ctypes.get_errno() in (errno.ESTALE, errno.ENOENT) else (2, None)
+        try:
+            st = os.fstat(fd)
+            if st.st_nlink != 1:
+                return st.st_nlink, None
+            path = os.readlink(f"/proc/self/fd/{fd}".encode())
+            # A handle's dentry may be disconnected; trust the path only if
+            # it leads back to this very inode.
+            there = os.lstat(path) if path.startswith(b"/") else None
+        except OSError:
+            return 1, None
+        finally:
+            os.close(fd)
+        if there is None or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+            return 1, None
+        return 1, path
+
+    def close(self) -> None:
+        closed = getattr(self, "_closed", None)
+        if closed is not None:
+            closed.set()
+            self._reader.join(timeout=2)
+        for fd in (getattr(self, "_fd", -1), getattr(self, "_mount_fd", -1)):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._mount_fd = -1
+
+
+class TreeWatches:
+    """The agent's watches, one per tree root, started at a tree's first
+    backup in this process and kept while the process runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: dict[bytes, TreeWatch | None] = {}
+        self.reasons: dict[bytes, str] = {}
+
+    def watch(self, root: Path) -> TreeWatch | None:
+        key = os.fsencode(os.path.realpath(root))
+        with self._lock:
+            if key not in self._watches:
+                try:
+                    self._watches[key] = TreeWatch(root)
+                except (Unavailable, OSError) as exc:
+                    self._watches[key] = None
+                    self.reasons[key] = str(exc)
+            return self._watches[key]
+
+    def why_not(self, root: Path) -> str:
+        """Why ``root`` has no watch, if it has none."""
+        return self.reasons.get(os.fsencode(os.path.realpath(root)), "no change journal")
+
+    def wrote_into(self, path: Path) -> None:
+        """This process wrote into ``path`` (a restore): its own events are
+        not recorded, so every watched tree that overlaps it is walked in
+        full at its next backup."""
+        key = os.fsencode(os.path.realpath(path))
+        with self._lock:
+            watches = [w for w in self._watches.values() if w is not None and (
+                key == w.root or key.startswith(w.root + b"/") or w.root.startswith(key + b"/"))]
+        for watch in watches:
+            watch.invalidate("a restore wrote into the tree")
+
+    def close(self) -> None:
+        with self._lock:
+            for watch in self._watches.values():
+                if watch is not None:
+                    watch.close()
+            self._watches.clear()
+
+
+#: The running agent's watches.
+WATCHES = TreeWatches()
+
+
+class Tracking:
+    """One tree backup's use of its watch: begun before the walk, committed
+    once the backup's manifest is stored (a failed backup is never a parent
+    the journal answers for)."""
+
+    def __init__(self, watch: TreeWatch | None, parent_backup_id: str | None) -> None:
+        self.watch = watch
+        self.parent_backup_id = parent_backup_id
+        self.generation = watch.begin() if watch is not None else 0
+        self.changed = watch.changed_since(parent_backup_id) if watch is not None else None
+
+    def commit(self, backup_id: str, hardlinked_dirs: Iterable[tuple[bytes, ...]]) -> None:
+        if self.watch is not None:
+            self.watch.commit(backup_id, self.generation, hardlinked_dirs,
+                              parent_backup_id=self.parent_backup_id,
+                              full_walk=self.changed is None)
+
+
+def track(root: Path, parent_backup_id: str | None,
+          watches: TreeWatches | None = WATCHES) -> Tracking:
+    """Starts tracking one backup of ``root`` (its watch is set on the
+    tree's first backup in this process); ``watches`` None tracks nothing."""
+    return Tracking(watches.watch(root) if watches is not None else None, parent_backup_id)

@@ -1,0 +1,244 @@
+"""The change journal of trees (fanotify): an incremental looks again at
+exactly the names that changed, gives the tree a full walk would, and falls
+back to the full walk whenever the journal cannot be trusted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.dataplane import Progress
+from agent.dataplane.changes import (
+    _FAN_Q_OVERFLOW,
+    _METADATA,
+    ChangedDirs,
+    TreeWatch,
+    TreeWatches,
+    Unavailable,
+    track,
+)
+from agent.dataplane.tree import backup_tree, restore_tree
+from cbr.repo import Repository, TreeContent
+from cbr.repo.tree import decode_tree
+from cbr.storage.local import LocalBackend
+
+from .test_dataplane_tree import _snapshot
+
+
+@pytest.fixture
+def watches(tmp_path: Path) -> Iterator[TreeWatches]:
+    try:
+        TreeWatch(tmp_path).close()
+    except Unavailable as exc:
+        pytest.skip(f"fanotify cannot watch {tmp_path} here: {exc}")
+    ws = TreeWatches()
+    yield ws
+    ws.close()
+
+
+def _elsewhere(code: str) -> None:
+    """Changes made by another process, as users make them: the journal
+    leaves out the agent's own writes."""
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True)
+
+
+def _tree(root: Path) -> Path:
+    for d in ("d1", "d2/sub", "d3", "d5/deep"):
+        (root / d).mkdir(parents=True)
+    for f in ("d1/f1", "d1/f2", "d1/f3", "d2/g1", "d2/sub/h1", "d3/k1", "d5/deep/z", "top"):
+        (root / f).write_text(f"content of {f}\n")
+    os.symlink("d1/f1", root / "link")
+    return root
+
+
+def _backup(repo: Repository, root: Path, backup_id: str, parent: TreeContent | None,
+            watches: TreeWatches, parent_id: str | None) -> tuple[TreeContent,
+                                                                  ChangedDirs | None, Any]:
+    tracking = track(root, parent_id, watches)
+    result = backup_tree(repo, root, parent=parent, progress=Progress(),
+                         changed=tracking.changed)
+    tracking.commit(backup_id, result.hardlinked_dirs)
+    assert isinstance(result.content, TreeContent)
+    return result.content, tracking.changed, result
+
+
+def _flat(repo: Repository, tree_id: bytes, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Every entry of a stored tree, but for access times (a journal does not
+    see reads) and subtree ids (which hold access times below)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in decode_tree(repo.load_blob(tree_id)):
+        path = prefix + os.fsdecode(e.name)
+        doc = e.to_doc()
+        for volatile in ("atime", "subtree"):
+            doc.pop(volatile, None)
+        out[path] = doc
+        if e.subtree is not None:
+            out.update(_flat(repo, e.subtree, path + "/"))
+    return out
+
+
+def test_an_incremental_looks_again_at_exactly_the_changed_names(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, changed, _ = _backup(repo, root, "b1", None, watches, None)
+    assert changed is None  # a first backup walks everything
+    _elsewhere(f"""
+        import os
+        root = {str(root)!r}
+        open(root + "/d1/f2", "a").write("appended\\n")
+        os.chmod(root + "/d1/f3", 0o600)
+        open(root + "/d2/sub/new", "w").write("new file\\n")
+        os.unlink(root + "/d3/k1")
+        os.mkdir(root + "/d4")
+        open(root + "/d4/x", "w").write("in a new directory\\n")
+    """)
+    second, changed, result = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None, watches.watch(root).reason  # type: ignore[union-attr]
+    assert changed.dirty == {
+        (b"d1",): {b"f2", b"f3"},
+        (b"d2", b"sub"): {b"new"},
+        (b"d2",): {b"sub"},  # the new file changed sub's mtime, which d2 records
+        (b"d3",): {b"k1"},
+        (b"d4",): {b"x"},
+        (): {b"d1", b"d3", b"d4"},
+    }
+    # d5 saw nothing: its subtree is the parent's, not visited
+    assert result.stats["dirs_unchanged_by_journal"] == 1
+    walked = backup_tree(repo, root, parent=first, progress=Progress())
+    assert isinstance(walked.content, TreeContent)
+    assert _flat(repo, second.root) == _flat(repo, walked.content.root)
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+
+
+def test_a_renamed_directory_is_walked_in_full_where_it_is_now(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    _elsewhere(f"""
+        import os
+        root = {str(root)!r}
+        os.rename(root + "/d2", root + "/moved")
+        open(root + "/moved/sub/h1", "w").write("written after the move\\n")
+        os.rename(root + "/d5/deep", root + "/d1/deep")
+    """)
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None
+    assert changed.names(()) is not None and {b"d2", b"moved"} <= changed.names(())
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+
+
+def test_changes_made_while_a_backup_runs_are_in_the_next_one(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    tracking = track(root, None, watches)
+    result = backup_tree(repo, root, progress=Progress())
+    _elsewhere(f"open({str(root / 'd3' / 'k1')!r}, 'w').write('during the backup')")
+    tracking.commit("b1", result.hardlinked_dirs)
+    assert isinstance(result.content, TreeContent)
+    second, changed, _ = _backup(repo, root, "b2", result.content, watches, "b1")
+    assert changed is not None and changed.names((b"d3",)) == {b"k1"}
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert (tmp_path / "out" / "d3" / "k1").read_text() == "during the backup"
+
+
+def test_a_hard_link_kept_outside_the_tree_makes_the_next_backup_walk_it_all(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    outside = tmp_path / "outside"
+    _elsewhere(f"""
+        import os
+        os.link({str(root / 'd5' / 'deep' / 'z')!r}, {str(outside)!r})
+        open({str(outside)!r}, "a").write("written through a name outside the tree")
+    """)
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is None
+    assert watches.watch(root).reason == "a hard link was made or removed"  # type: ignore[union-attr]
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert (tmp_path / "out" / "d5" / "deep" / "z").read_text().endswith("outside the tree")
+
+
+def test_a_hard_link_made_and_removed_outside_marks_the_file_it_touched(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    outside = tmp_path / "outside"
+    _elsewhere(f"""
+        import os
+        os.link({str(root / 'd5' / 'deep' / 'z')!r}, {str(outside)!r})
+        open({str(outside)!r}, "a").write("written through a name outside the tree")
+        os.unlink({str(outside)!r})
+    """)
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None and changed.names((b"d5", b"deep")) == {b"z"}
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+
+
+def test_directories_with_hard_linked_files_are_always_listed_again(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    os.link(root / "d1" / "f1", root / "d3" / "also-f1")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    _elsewhere(f"open({str(root / 'top')!r}, 'a').write('x')")
+    _, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None
+    assert changed.names((b"d1",)) is None and changed.names((b"d3",)) is None
+
+
+def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
+        tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.dataplane.tree as tree_module
+
+    monkeypatch.setattr(tree_module, "WATCHES", watches)
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    (root / "d1" / "f1").write_text("changed by this very process")
+    restore_tree(repo, first, root / "d2", progress=Progress())
+    _, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is None
+    assert watches.watch(root).reason == "a restore wrote into the tree"  # type: ignore[union-attr]
+
+
+def test_an_overflowed_queue_makes_the_next_backup_walk_it_all(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    watch = watches.watch(root)
+    assert watch is not None
+    with watch._lock:
+        watch._parse(_METADATA.pack(_METADATA.size, 3, 0, _METADATA.size, _FAN_Q_OVERFLOW,
+                                    -1, 1))
+    _, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is None and watch.reason == "the kernel's event queue overflowed"
+
+
+def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    _, changed, _ = _backup(repo, root, "b2", first, watches, "elsewhere")
+    assert changed is None
+    watch = watches.watch(root)
+    assert watch is not None and "not taken under this watch" in watch.reason
+    watch.full_walk_interval = 0
+    _, changed, _ = _backup(repo, root, "b3", first, watches, "b1")
+    assert changed is None and watch.reason == "the periodic full walk is due"
