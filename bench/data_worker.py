@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import resource
@@ -163,7 +164,10 @@ def bench_kek() -> AesKeyWrapper | None:
     return AesKeyWrapper("bench-kek", Path(path).read_bytes()) if path else None
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
+    """Built once: a running agent takes many requests, and building an
+    argparse parser looks up message catalogs on disk (cold, ~10 ms)."""
     p = argparse.ArgumentParser(prog="python -m bench.data_worker")
     p.add_argument("op", choices=["init", "disk-backup", "tree-backup", "restore", "serve"])
     p.add_argument("vault", type=Path, nargs="?")

@@ -27,6 +27,9 @@ _FILE_HEADER = struct.Struct("<4sB3xI")  # magic, key count, reserved, pack coun
 _PACK_HEADER = struct.Struct("<32sI")
 _RECORD = struct.Struct("<BBBxIII32s")
 RECORD_SIZE = _RECORD.size  # 48
+# The same record cut where a location (_LOC) needs its parts: type and
+# flags, key ordinal, the three lengths, chunk id.
+_SPLIT = struct.Struct("<2sBx12s32s")
 
 _LOC = struct.Struct("<IIIIBB")  # pack ordinal, offset, stored, raw, type, flags
 LOC_SIZE = _LOC.size  # 18
@@ -193,8 +196,15 @@ class ChunkTable:
         new_locs = bytearray()
         for k, bucket in enumerate(buckets):
             buckets[k] = array("I")  # free the bucket once sorted
-            for i in sorted(bucket, key=prefix.__getitem__):
-                p = prefix[i]
+            order = sorted(bucket, key=prefix.__getitem__)
+            keys = [prefix[i] for i in order]
+            if len(set(keys)) == len(keys):
+                # No two ids share a prefix here (the usual case): no duplicates.
+                new_prefix.extend(keys)
+                new_ids += b"".join([ids[i * ID_SIZE : (i + 1) * ID_SIZE] for i in order])
+                new_locs += b"".join([locs[i * LOC_SIZE : (i + 1) * LOC_SIZE] for i in order])
+                continue
+            for i, p in zip(order, keys, strict=True):
                 cid = ids[i * ID_SIZE : (i + 1) * ID_SIZE]
                 if new_prefix and new_prefix[-1] == p and self._dup(cid, new_ids, new_prefix):
                     continue
@@ -256,6 +266,69 @@ class Index:
                 table.stage(e.chunk_id, loc)
             else:
                 table.add(e.chunk_id, loc)
+
+    def merge_encoded(self, data: bytes, label: str = "index") -> None:
+        """Stages every blob of an index file's plaintext, as
+        ``merge_file(decode_index(data))`` does and refusing what it refuses,
+        but without an object per blob: opening a vault reads every index
+        file, and per-blob objects made that most of an incremental's start.
+        Nothing is staged unless the whole file is valid."""
+        if len(data) < _FILE_HEADER.size:
+            raise FormatError(f"{label}: truncated")
+        magic, key_count, pack_count = _FILE_HEADER.unpack_from(data)
+        if magic != INDEX_PLAIN_MAGIC:
+            raise FormatError(f"{label}: bad magic")
+        pos = _FILE_HEADER.size
+        keys = [data[pos + i * KEY_ID_SIZE : pos + (i + 1) * KEY_ID_SIZE] for i in range(key_count)]
+        pos += KEY_ID_SIZE * key_count
+        staged_ids = [bytearray() for _ in keys]
+        staged_locs = [bytearray() for _ in keys]
+        new_packs: dict[bytes, int] = {}
+        with memoryview(data) as view:
+            for _ in range(pack_count):
+                if pos + _PACK_HEADER.size > len(data):
+                    raise FormatError(f"{label}: truncated pack list")
+                pack_id, count = _PACK_HEADER.unpack_from(data, pos)
+                pos += _PACK_HEADER.size
+                end = pos + count * RECORD_SIZE
+                if end > len(data):
+                    raise FormatError(f"{label}: truncated records of pack {pack_id.hex()}")
+                records = data[pos:end]
+                for kind in set(records[0::RECORD_SIZE]):
+                    parse_blob_type(kind)
+                for flags in set(records[1::RECORD_SIZE]):
+                    check_flags(flags)
+                ordinals = set(records[2::RECORD_SIZE])
+                if ordinals and max(ordinals) >= key_count:
+                    raise FormatError(f"{label}: key ordinal {max(ordinals)} out of range")
+                # A location is the pack's ordinal, then the record's offset,
+                # stored and raw lengths, then its type and flags (_LOC).
+                ordinal = self._pack_ordinals.get(pack_id)
+                if ordinal is None:
+                    ordinal = new_packs.setdefault(pack_id, len(self._packs) + len(new_packs))
+                head = ordinal.to_bytes(4, "little")
+                split = _SPLIT.iter_unpack(view[pos:end])
+                if len(ordinals) == 1:
+                    (k,) = ordinals
+                    ids, locs = staged_ids[k], staged_locs[k]
+                    for kind_flags, _key, lengths, chunk_id in split:
+                        ids += chunk_id
+                        locs += head + lengths + kind_flags
+                else:
+                    for kind_flags, k, lengths, chunk_id in split:
+                        staged_ids[k] += chunk_id
+                        staged_locs[k] += head + lengths + kind_flags
+                pos = end
+        if pos != len(data):
+            raise FormatError(f"{label}: {len(data) - pos} trailing bytes")
+        for pack_id, ordinal in new_packs.items():  # in ordinal order
+            self._pack_ordinals[pack_id] = ordinal
+            self._packs.append(pack_id)
+        for key_id, ids, locs in zip(keys, staged_ids, staged_locs, strict=True):
+            if ids:
+                table = self._table(key_id)
+                table._stage_ids += ids
+                table._stage_locs += locs
 
     def merge_file(self, packs: Iterable[tuple[bytes, list[PackEntry]]]) -> None:
         """Stages every pack of a decoded index file (call :meth:`compact` after the last)."""

@@ -282,7 +282,7 @@ class Repository:
         """(Re)loads every index file into a fresh in-memory index."""
         index = Index()
         for index_id in self.list_index_files():
-            index.merge_file(self._read_index_file(index_id))
+            index.merge_encoded(self._read_index_plain(index_id), layout.index_name(index_id))
         index.compact()
         with self._lock:
             self.index = index
@@ -299,17 +299,18 @@ class Repository:
 
     def read_index_file(self, index_id: bytes) -> list[tuple[bytes, list[PackEntry]]]:
         """The packs an index file describes, checked against its name."""
+        return decode_index(self._read_index_plain(index_id), layout.index_name(index_id))
+
+    def _read_index_plain(self, index_id: bytes) -> bytes:
+        """An index file's plaintext, checked against its name and opened."""
         name = layout.index_name(index_id)
         data = self.backend.get(name)
         if object_id(data) != index_id:
             raise IntegrityError(f"{name}: content does not match its name")
-        plain = open_envelope(
+        return open_envelope(
             INDEX_MAGIC, data, self._data_keys, label=name,
             require_encryption=self.config.encrypted,
         )
-        return decode_index(plain, name)
-
-    _read_index_file = read_index_file
 
     def write_index_files(self, packs: Iterable[tuple[bytes, list[PackEntry]]]) -> list[bytes]:
         """Writes index files describing ``packs`` (at most

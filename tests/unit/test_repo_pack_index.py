@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cbr.repo.blob import BlobType, encode_blob
+from cbr.repo.blob import FLAG_COMPRESSED, BlobType, encode_blob
 from cbr.repo.crypto import DataKey, new_data_key
 from cbr.repo.errors import FormatError
 from cbr.repo.ids import ChunkHasher, new_chunk_key, new_key_id, object_id_of_parts
@@ -117,3 +117,53 @@ def test_index_holds_many_chunks_in_flat_arrays() -> None:
     loc = index.lookup(HASHER.key_id, ids[30_000])
     assert loc is not None and loc.pack_id == b"\2" * 32 and loc.offset == 30_000
     assert BYTES_PER_CHUNK == 58
+
+
+def _lookups(index: Index, entries: list[tuple[bytes, PackEntry]]) -> list[object]:
+    return [index.lookup(e.key_id, e.chunk_id) for _p, e in entries]
+
+
+def test_an_index_file_merged_encoded_is_the_index_merged_decoded() -> None:
+    p1, _ = _pack(30)
+    p2, _ = _pack(5)
+    other = ChunkHasher(new_key_id(), new_chunk_key())
+    mixed = [*p2.entries, PackEntry(BlobType.META, other.key_id, other.chunk_id(b"m"), 7, 10, 9,
+                                    FLAG_COMPRESSED)]
+    files = [encode_index([(p1.pack_id, p1.entries), (p2.pack_id, mixed)]),
+             encode_index([(p1.pack_id, p1.entries[:3])])]  # a pack again: kept once
+    decoded, encoded = Index(), Index()
+    for data in files:
+        decoded.merge_file(decode_index(data))
+        encoded.merge_encoded(data)
+    decoded.compact()
+    encoded.compact()
+    everything = [(p1.pack_id, e) for e in p1.entries] + [(p2.pack_id, e) for e in mixed]
+    assert len(encoded) == len(decoded) == 36
+    assert _lookups(encoded, everything) == _lookups(decoded, everything)
+    assert encoded.pack_ids() == {p1.pack_id, p2.pack_id}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "trailing", "type", "flags", "ordinal", "magic"])
+def test_a_damaged_index_file_merges_nothing_and_says_why(damage: str) -> None:
+    p1, _ = _pack(4)
+    data = bytearray(encode_index([(p1.pack_id, p1.entries)]))
+    first_record = 12 + 16 + 36  # file header, one key id, pack header
+    if damage == "truncated":
+        data = data[:-1]
+    elif damage == "trailing":
+        data += b"\0"
+    elif damage == "type":
+        data[first_record + 48] = 9
+    elif damage == "flags":
+        data[first_record + 1] = 0x80
+    elif damage == "ordinal":
+        data[first_record + 2] = 1
+    else:
+        data[0:4] = b"XXXX"
+    index = Index()
+    with pytest.raises(FormatError):
+        decode_index(bytes(data))
+    with pytest.raises(FormatError):
+        index.merge_encoded(bytes(data))
+    index.compact()
+    assert len(index) == 0 and index.pack_ids() == set()
