@@ -344,6 +344,11 @@ def record(results: dict[str, Any], name: str, mine: Step, theirs: Step | None,
             "ours_running_rss_mib": round(agent.rss_mib, 1)})
         if "method" in agent.out:
             entry["method_running"] = agent.out["method"]
+        if "full_walk_reason" in agent.out:
+            entry["full_walk_reason_running"] = agent.out["full_walk_reason"]
+        if "dirs_unchanged_by_journal" in agent.out.get("stats", {}):
+            entry["dirs_unchanged_by_journal_running"] = \
+                agent.out["stats"]["dirs_unchanged_by_journal"]
         speed_running = (f"{entry['speedup_running']:6.2f}x" if entry["speedup_running"]
                          else "     -")
         running = f"   running agent {agent.wall:7.2f} s {speed_running}"

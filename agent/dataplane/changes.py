@@ -130,8 +130,9 @@ class ChangedDirs:
 
 @dataclass
 class _Generation:
-    # (directory, name) of every name in the tree that changed
-    names: set[tuple[RelPath, bytes]] = field(default_factory=set)
+    # (directory, name) of every name in the tree that changed; a name of
+    # None: something in that directory, list it again
+    names: set[tuple[RelPath, bytes | None]] = field(default_factory=set)
     # files that had several names when their link count changed: where
     # they are is asked again at the backup (module docstring)
     linked: set[bytes] = field(default_factory=set)
@@ -223,27 +224,29 @@ class TreeWatch:
         poller.register(self._fd, select.POLLIN)
         while not self._closed.is_set():
             try:
-                if not poller.poll(500):
-                    continue
+                ready = poller.poll(500)
+            except OSError:
+                ready = []
+                time.sleep(0.5)
+            if ready and not self._closed.is_set():
                 with self._lock:
                     self._drain()
-            except OSError:
-                if self._closed.is_set():
-                    return
-                with self._lock:
-                    self._generations[self._current].lost = "the journal could not be read"
-                time.sleep(0.5)
 
     def _drain(self) -> None:
-        """Reads every queued event into the current generation (the lock held)."""
-        while True:
-            try:
-                buf = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                return
-            if not buf:
-                return
-            self._parse(buf)
+        """Reads every queued event into the current generation (the lock
+        held). Whatever goes wrong here costs a full walk, never a backup
+        and never a missed change."""
+        try:
+            while True:
+                try:
+                    buf = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    return
+                if not buf:
+                    return
+                self._parse(buf)
+        except Exception as exc:
+            self._generations[self._current].lost = f"the journal could not be read: {exc}"
 
     def _parse(self, buf: bytes) -> None:
         gen = self._generations[self._current]
@@ -268,7 +271,7 @@ class TreeWatch:
             gen.linked.clear()
 
     def _record(self, gen: _Generation, buf: bytes, pos: int, end: int, mask: int) -> None:
-        directory: tuple[bytes, bytes] | None = None
+        directory: tuple[bytes, bytes | None] | None = None
         obj: bytes | None = None
         while pos + _INFO_HEADER.size <= end:
             kind, _pad, size = _INFO_HEADER.unpack_from(buf, pos)
@@ -277,20 +280,23 @@ class TreeWatch:
                 return
             handle_bytes, _type = _HANDLE_HEADER.unpack_from(buf, pos + 12)
             handle = bytes(buf[pos + 12:pos + 20 + handle_bytes])
-            if kind in (_INFO_DFID_NAME, _INFO_DFID):
-                name = buf[pos + 20 + handle_bytes:pos + size].split(b"\0", 1)[0]
-                directory = (handle, name)
+            if kind == _INFO_DFID_NAME:
+                directory = (handle, buf[pos + 20 + handle_bytes:pos + size].split(b"\0", 1)[0])
+            elif kind == _INFO_DFID:
+                directory = (handle, None)  # a change somewhere in the directory
             elif kind == _INFO_FID:
                 obj = handle
             pos += size
         if mask & _FAN_ONDIR and mask & (_FAN_MOVED_FROM | _FAN_MOVED_TO | _FAN_MOVE_SELF):
             self._places.clear()  # a directory moved: paths below it changed
         if directory is not None:
-            handle, name = directory
+            handle, name = directory[0], directory[1]
             path = self._place(handle)
             if path is None:
                 return  # outside the tree, or gone (its parent's event says so)
-            if name not in (b".", b""):
+            if name is None:
+                gen.names.add((path, None))  # list it again
+            elif name not in (b".", b""):
                 gen.names.add((path, name))
             elif path:  # the root's own metadata is in no parent's tree
                 gen.names.add((path[:-1], path[-1]))
@@ -333,6 +339,8 @@ class TreeWatch:
         or None to walk everything (module docstring)."""
         if not parent_backup_id:
             return self._walk_all("a first backup")
+        if not self._reader.is_alive():
+            return self._walk_all("the journal's reader stopped")
         with self._lock:
             kept = self._kept.get(parent_backup_id)
             if kept is None:
@@ -340,7 +348,7 @@ class TreeWatch:
             if time.time() - kept.full_walk_at > self.full_walk_interval:
                 return self._walk_all("the periodic full walk is due")
             self._drain()
-            names: set[tuple[RelPath, bytes]] = set()
+            names: set[tuple[RelPath, bytes | None]] = set()
             linked: set[bytes] = set()
             for number in range(kept.generation, self._current + 1):
                 gen = self._generations.get(number)
@@ -356,11 +364,13 @@ class TreeWatch:
             return self._walk_all("the root is not the directory the watch was set on")
         changed: dict[RelPath, set[bytes] | None] = {path: None for path in kept.linked}
 
-        def add(path: RelPath, name: bytes) -> None:
+        def add(path: RelPath, name: bytes | None) -> None:
             if path not in changed:
                 changed[path] = set()
             listed = changed[path]
-            if listed is not None:
+            if name is None:
+                changed[path] = None
+            elif listed is not None:
                 listed.add(name)
 
         for path, name in names:
@@ -478,19 +488,27 @@ class TreeWatches:
     """The agent's watches, one per tree root, started at a tree's first
     backup in this process and kept while the process runs."""
 
+    #: A tree that could not be watched is tried again after this long.
+    RETRY_AFTER = 600.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watches: dict[bytes, TreeWatch | None] = {}
+        self._failed_at: dict[bytes, float] = {}
         self.reasons: dict[bytes, str] = {}
 
     def watch(self, root: Path) -> TreeWatch | None:
         key = os.fsencode(os.path.realpath(root))
         with self._lock:
-            if key not in self._watches:
+            failed = self._failed_at.get(key)
+            if key not in self._watches or (
+                    failed is not None and time.monotonic() - failed > self.RETRY_AFTER):
                 try:
                     self._watches[key] = TreeWatch(root)
+                    self._failed_at.pop(key, None)
                 except (Unavailable, OSError) as exc:
                     self._watches[key] = None
+                    self._failed_at[key] = time.monotonic()
                     self.reasons[key] = str(exc)
             return self._watches[key]
 

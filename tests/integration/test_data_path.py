@@ -18,7 +18,10 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.dataplane.changes import TreeWatch, Unavailable
 from cbr.client import Client
+from cbr.repo import Repository
+from cbr.storage.local import LocalBackend
 from cbr.v1 import agent_pb2, backup_pb2, common_pb2, protectable_pb2, task_pb2, vault_pb2
 from tests.support.processes import (
     AgentFactory,
@@ -211,6 +214,14 @@ def _tree(root: Path) -> dict[str, tuple[str, int, str]]:
     return out
 
 
+def _journal_works(root: Path) -> bool:
+    try:
+        TreeWatch(root).close()
+    except Unavailable:
+        return False
+    return True
+
+
 def test_server_disk_and_file_system_back_up_incrementally_and_restore_identical(
         tmp_path: Path, controller_factory: ControllerFactory,
         agent_factory: AgentFactory) -> None:
@@ -242,6 +253,12 @@ def test_server_disk_and_file_system_back_up_incrementally_and_restore_identical
     assert sum(c.stored_bytes for c in server2.children) < 2 * MiB
     assert disk2.stored_bytes < 2 * MiB
     assert tree2.stored_bytes < MiB
+    # The running agent knew what changed in the tree from its change journal.
+    storage = host.client.vaults.GetVault(vault_pb2.GetVaultRequest(
+        vault_id=host.vaults["turbo"])).vault.storage_url
+    repo = Repository.open(LocalBackend(Path(storage.removeprefix("file://"))))
+    assert repo.load_manifest(tree2.id).extend_info["method"] == (
+        "journal" if _journal_works(share) else "walk")
 
     # Restore both generations to new places, byte for byte.
     out = tmp_path / "restored"

@@ -216,18 +216,25 @@ def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
     assert watches.watch(root).reason == "a restore wrote into the tree"  # type: ignore[union-attr]
 
 
-def test_an_overflowed_queue_makes_the_next_backup_walk_it_all(
-        tmp_path: Path, watches: TreeWatches) -> None:
+@pytest.mark.parametrize(("event", "reason"), [
+    (_METADATA.pack(_METADATA.size, 3, 0, _METADATA.size, _FAN_Q_OVERFLOW, -1, 1),
+     "the kernel's event queue overflowed"),
+    (_METADATA.pack(8, 3, 0, _METADATA.size, 0, -1, 1), "a malformed event"),
+    # an info record that claims more bytes than its event holds
+    (_METADATA.pack(_METADATA.size + 4, 3, 0, _METADATA.size, 2, -1, 1) + b"\x02\0\xff\0",
+     "a malformed event"),
+])
+def test_an_overflowed_or_unreadable_journal_makes_the_next_backup_walk_it_all(
+        tmp_path: Path, watches: TreeWatches, event: bytes, reason: str) -> None:
     root = _tree(tmp_path / "src")
     repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
     first, _, _ = _backup(repo, root, "b1", None, watches, None)
     watch = watches.watch(root)
     assert watch is not None
     with watch._lock:
-        watch._parse(_METADATA.pack(_METADATA.size, 3, 0, _METADATA.size, _FAN_Q_OVERFLOW,
-                                    -1, 1))
+        watch._parse(event)
     _, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
-    assert changed is None and watch.reason == "the kernel's event queue overflowed"
+    assert changed is None and watch.reason == reason
 
 
 def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
