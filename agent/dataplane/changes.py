@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import select
@@ -150,7 +149,8 @@ class _Libc:
     """The three calls Python's ``os`` lacks, through ctypes."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The process's own C library (find_library would run ldconfig).
+        libc = ctypes.CDLL(None, use_errno=True)
         self.fanotify_init = libc.fanotify_init
         self.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
         self.fanotify_init.restype = ctypes.c_int
