@@ -197,6 +197,13 @@ def same_tree(a: Path, b: Path) -> bool:
     return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
+def detection(backup: dict[str, object]) -> str:
+    """How the agent found what changed: full, cbt or hash-scan (disks),
+    journal or walk (file systems)."""
+    info = backup.get("extend_info")
+    return str(info.get("change_detection", "")) if isinstance(info, dict) else ""
+
+
 def backup_all(vault_ids: dict[str, str], label: str) -> dict[str, dict[str, object]]:
     """Backs up every vault, waits, and returns the backups by resource name."""
     out: dict[str, dict[str, object]] = {}
@@ -215,9 +222,11 @@ def backup_all(vault_ids: dict[str, str], label: str) -> dict[str, dict[str, obj
             children: list[dict[str, object]] = b.get("children", [])  # type: ignore[assignment]
             stored = int(str(b.get("stored_bytes", 0))) + sum(
                 int(str(c.get("stored_bytes", 0))) for c in children)
+            found = sorted({detection(x) for x in [b, *children]} - {""})
             print(f"{label} backup of {name}: {human(stored)} stored, "
-                  f"incremental={bool(b.get('incremental'))}, {took:.1f} s for the vault",
-                  flush=True)
+                  f"incremental={bool(b.get('incremental'))}"
+                  f"{', changes found by ' + '+'.join(found) if found else ''}, "
+                  f"{took:.1f} s for the vault", flush=True)
             out[name] = b
     return out
 

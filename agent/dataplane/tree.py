@@ -1084,9 +1084,18 @@ def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise UnsafeTarget(f"restore target {target} is not a directory: {exc}") from exc
-    # This process's own writes are not in a change journal: a watched tree
-    # restored into is walked in full at its next backup.
-    WATCHES.wrote_into(target)
+    # A change journal leaves this process's own writes out: a watched tree
+    # restored into is walked in full at its next backup, and watches on the
+    # same file system pause meanwhile (module agent.dataplane.changes).
+    with WATCHES.restoring(target):
+        return _restore_into(repo, content, target, root_fd, path, entries, single, empty,
+                             progress=progress, workers=workers, key_id=key_id)
+
+
+def _restore_into(repo: Repository, content: TreeContent, target: Path, root_fd: int,
+                  path: Sequence[bytes], entries: list[TreeEntry], single: TreeEntry | None,
+                  empty: bool, *, progress: Progress, workers: int,
+                  key_id: bytes | None) -> RestoreResult:
     job = _TreeRestore(repo, progress, workers)
     job.key_id = key_id
     job.root_fd = root_fd
@@ -1110,5 +1119,4 @@ def restore_tree(repo: Repository, content: TreeContent, target: Path, *,
     finally:
         job.close()
         os.close(root_fd)
-        WATCHES.wrote_into(target)
     return RestoreResult(job.stats, job.warnings)

@@ -269,6 +269,8 @@ def finish_backup(session: Session, task: Task, success: bool, extra: dict[str, 
         for key in ("warnings", "snapshot", "app_consistent", "freeze_ms", "bytes_scanned"):
             if key in item:
                 info[key] = item[key]
+        if "method" in item:
+            info["change_detection"] = item["method"]
         b.extend_info = info
         b.updated_at = now
         added += b.stored_bytes

@@ -249,3 +249,34 @@ def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
     watch.full_walk_interval = 0
     _, changed, _ = _backup(repo, root, "b3", first, watches, "b1")
     assert changed is None and watch.reason == "the periodic full walk is due"
+
+
+def test_a_restore_elsewhere_on_the_file_system_pauses_the_journal_then_it_resumes(
+        tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.dataplane.tree as tree_module
+
+    monkeypatch.setattr(tree_module, "WATCHES", watches)
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    restore_tree(repo, first, tmp_path / "elsewhere", progress=Progress())
+    _elsewhere(f"open({str(root / 'top')!r}, 'a').write('after the restore')")
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    watch = watches.watch(root)
+    assert watch is not None
+    assert changed is None and watch.reason == "a restore ran on the tree's file system"
+    _elsewhere(f"open({str(root / 'd3' / 'k1')!r}, 'a').write('and later')")
+    third, changed, _ = _backup(repo, root, "b3", second, watches, "b2")
+    assert changed is not None and changed.names((b"d3",)) == {b"k1"}
+    restore_tree(repo, third, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+
+
+def test_a_replaced_root_directory_gets_a_new_watch(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root = _tree(tmp_path / "src")
+    old = watches.watch(root)
+    (tmp_path / "src").rename(tmp_path / "old")
+    _tree(tmp_path / "src")
+    new = watches.watch(root)
+    assert old is not None and new is not None and new is not old and new.same_root()
