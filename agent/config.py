@@ -69,6 +69,9 @@ class FileSystemSpec:
     name: str
     path: str
     tags: dict[str, str] = field(default_factory=dict)
+    # Incrementals from the kernel's change journal (agent.dataplane.changes);
+    # false: every incremental walks the whole tree, and no watch is set.
+    change_journal: bool = True
 
     @property
     def local_id(self) -> str:
@@ -240,9 +243,12 @@ def parse(data: dict[str, Any], *, source: str = "", base_dir: Path | None = Non
     file_systems: list[FileSystemSpec] = []
     for i, table in enumerate(_tables("file_systems", data.get("file_systems", []))):
         where = f"file_systems[{i}]"
-        _unknown(where, table, {"name", "path", "tags"})
+        _unknown(where, table, {"name", "path", "tags", "change_journal"})
+        journal = table.get("change_journal", True)
+        if not isinstance(journal, bool):
+            raise ConfigError(f"{where}: change_journal must be true or false")
         file_systems.append(FileSystemSpec(_name(where, table), _path(where, table),
-                                           _tags(where, table)))
+                                           _tags(where, table), journal))
 
     _unique("servers", [s.name for s in servers])
     _unique("disks", [d.name for d in single])

@@ -101,7 +101,7 @@ def _tree_backup(repo: Repository, source: Path, backup_id: str,
     result = backup_tree(repo, source, parent=parent, progress=Progress(), workers=WORKERS,
                          changed=tracking.changed)
     repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats, parent_id, 0))
-    tracking.commit(backup_id, result.hardlinked_dirs)
+    tracking.commit(backup_id, result.recheck_dirs)
     method = "full" if parent is None else ("journal" if tracking.changed is not None else "walk")
     why = tracking.watch.reason if tracking.watch is not None else "no change journal"
     return {"stats": result.stats, "warnings": result.warnings, "method": method,

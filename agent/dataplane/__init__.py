@@ -105,9 +105,10 @@ class BackupResult:
     content: DiskContent | TreeContent
     stats: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # Trees: directories holding files with several links, which a change
-    # journal must always scan (agent.dataplane.changes).
-    hardlinked_dirs: list[tuple[bytes, ...]] = field(default_factory=list)
+    # Trees: directories a change journal must list again at the next backup
+    # (agent.dataplane.changes): they hold files with several links, or
+    # something in them could not be read.
+    recheck_dirs: list[tuple[bytes, ...]] = field(default_factory=list)
 
 
 @dataclass

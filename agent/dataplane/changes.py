@@ -34,7 +34,9 @@ same rule: when in doubt, walk everything. The answer is "walk everything"
 - the last full walk of this chain is older than ``full_walk_interval``.
 
 Directories holding files with several links are always listed again, for
-the same reason as above. A renamed directory is a new name in its new
+the same reason as above, and so are directories where something could not
+be read (an unreadable file left out of one backup is tried again, and
+warned about again, at the next). A renamed directory is a new name in its new
 parent, so it is walked in full there.
 
 What the kernel does not report, no journal can: a file written through a
@@ -143,7 +145,7 @@ class _Generation:
 @dataclass(frozen=True)
 class _Kept:
     generation: int
-    linked: frozenset[tuple[bytes, ...]]
+    recheck: frozenset[tuple[bytes, ...]]
     full_walk_at: float
 
 
@@ -376,7 +378,7 @@ class TreeWatch:
             return self._walk_all(f"the root cannot be read: {exc.strerror}")
         if (st.st_dev, st.st_ino) != self._root_id:
             return self._walk_all("the root is not the directory the watch was set on")
-        changed: dict[RelPath, set[bytes] | None] = {path: None for path in kept.linked}
+        changed: dict[RelPath, set[bytes] | None] = {path: None for path in kept.recheck}
 
         def add(path: RelPath, name: bytes | None) -> None:
             if path not in changed:
@@ -408,18 +410,19 @@ class TreeWatch:
         self.reason = reason
         return None
 
-    def commit(self, backup_id: str, generation: int, linked: Iterable[tuple[bytes, ...]],
+    def commit(self, backup_id: str, generation: int, recheck: Iterable[tuple[bytes, ...]],
                *, parent_backup_id: str | None, full_walk: bool) -> None:
-        """Records a finished backup: begun at ``generation``; ``linked``,
-        the directories holding files with several links."""
+        """Records a finished backup: begun at ``generation``; ``recheck``,
+        the directories to list again next time (hard-linked files in them,
+        or entries that could not be read)."""
         with self._lock:
             parent = self._kept.get(parent_backup_id or "")
             walked_at = (time.time() if full_walk or parent is None
                          else parent.full_walk_at)
-            links = frozenset(linked)
+            again = frozenset(recheck)
             if not full_walk and parent is not None:
-                links |= parent.linked
-            self._kept[backup_id] = _Kept(generation, links, walked_at)
+                again |= parent.recheck  # until a full walk lists everything anyway
+            self._kept[backup_id] = _Kept(generation, again, walked_at)
             while len(self._kept) > KEPT_BACKUPS:
                 del self._kept[next(iter(self._kept))]
             oldest = min(k.generation for k in self._kept.values())
@@ -622,9 +625,9 @@ class Tracking:
         self.generation = watch.begin() if watch is not None else 0
         self.changed = watch.changed_since(parent_backup_id) if watch is not None else None
 
-    def commit(self, backup_id: str, hardlinked_dirs: Iterable[tuple[bytes, ...]]) -> None:
+    def commit(self, backup_id: str, recheck_dirs: Iterable[tuple[bytes, ...]]) -> None:
         if self.watch is not None:
-            self.watch.commit(backup_id, self.generation, hardlinked_dirs,
+            self.watch.commit(backup_id, self.generation, recheck_dirs,
                               parent_backup_id=self.parent_backup_id,
                               full_walk=self.changed is None)
 

@@ -148,7 +148,9 @@ class _TreeBackup:
         # parent's) and, in each, the names to look at again.
         self.changed = changed
         self.needed = changed.needed() if changed is not None else None
-        self.linked: set[tuple[bytes, ...]] = set()  # directories holding hard-linked files
+        # Directories a change journal must list again next time: they hold
+        # hard-linked files, or something in them could not be read.
+        self.recheck: set[tuple[bytes, ...]] = set()
         self.hasher = repo.hasher()
         self.params = repo.config.chunker
         self.names = _Names()
@@ -426,6 +428,7 @@ class _TreeBackup:
                 self.warnings.append(f"vanished: {os.fsdecode(path)}")
             except OSError as exc:
                 self.warnings.append(f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
+                self.recheck.add(tuple(rel))
         self.stats["dirs"] += 1
         subdirs: list[tuple[TreeEntry | dict[str, Any], bytes, bytes | None]] = []
         batch: list[tuple[TreeEntry, bytes, os.stat_result]] = []
@@ -482,6 +485,7 @@ class _TreeBackup:
                 continue
             except OSError as exc:
                 self.warnings.append(f"unreadable: {os.fsdecode(child)}: {exc.strerror}")
+                self.recheck.add(tuple(rel))
                 continue
             if entry.type == EntryType.DIR:
                 if st.st_dev != root_dev:
@@ -498,7 +502,7 @@ class _TreeBackup:
             self.stats["bytes_scanned"] += st.st_size
             self.progress.add(scanned=st.st_size)
             if st.st_nlink > 1:
-                self.linked.add(tuple(rel))
+                self.recheck.add(tuple(rel))
                 key = (st.st_dev, st.st_ino)
                 first = self.links.get(key)
                 if first is not None:
@@ -530,7 +534,8 @@ class _TreeBackup:
                      and len(kept) + len(subdirs) == len(old)
                      and not any(isinstance(e, TreeEntry) for e, _c, _s in subdirs))
         node = _PendingDir(self, entries, kept, pending,
-                           parent_tree if unchanged and loaded is not None else None)
+                           parent_tree if unchanged and loaded is not None else None,
+                           tuple(rel))
         self.waiting += 1
         for entry_or_doc, child, old_subtree in subdirs:
             name = child.rsplit(b"/", 1)[1]
@@ -549,7 +554,7 @@ class _TreeBackup:
 
     def finish(self, entries: list[TreeEntry], kept: list[tuple[bytes, dict[str, Any]]],
                pending: list[tuple[TreeEntry, Future[_FileResult]]],
-               same_as: bytes | None) -> bytes:
+               same_as: bytes | None, rel: tuple[bytes, ...]) -> bytes:
         if same_as is not None and not pending and not entries:
             self.waiting -= 1
             return same_as
@@ -559,6 +564,8 @@ class _TreeBackup:
                 with self._lock:
                     self.warnings.append(result.warning)
             if result.vanished:
+                with self._lock:
+                    self.recheck.add(rel)
                 continue
             if result.changed:
                 self.stats["files_changed_while_read"] += 1
@@ -609,8 +616,9 @@ class _PendingDir:
     def __init__(self, job: _TreeBackup, entries: list[TreeEntry],
                  kept: list[tuple[bytes, dict[str, Any]]],
                  pending: list[tuple[TreeEntry, Future[_FileResult]]],
-                 same_as: bytes | None) -> None:
+                 same_as: bytes | None, rel: tuple[bytes, ...] = ()) -> None:
         self.job = job
+        self.rel = rel
         self.entries = entries
         self.kept = kept
         self.pending = pending
@@ -650,7 +658,7 @@ class _PendingDir:
                 name = doc_name(entry)
                 assert name is not None  # it was found under this name
                 kept.append((name, entry))
-        return self.job.finish(entries, kept, self.pending, self.same_as)
+        return self.job.finish(entries, kept, self.pending, self.same_as, self.rel)
 
 
 class _Item:
@@ -684,7 +692,7 @@ def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = No
         job.pool.shutdown(wait=True, cancel_futures=True)
     repo.flush()
     return BackupResult(TreeContent(root_id), job.stats, job.warnings,
-                        hardlinked_dirs=sorted(job.linked))
+                        recheck_dirs=sorted(job.recheck))
 
 
 # -- listing ---------------------------------------------------------------------------------

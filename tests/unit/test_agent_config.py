@@ -49,6 +49,14 @@ def test_a_full_config_loads_with_stable_local_ids(tmp_path: Path) -> None:
     assert server.tags == {"env": "prod"}
     assert cfg.disks[0].local_id == "disk:vol-1"
     assert cfg.file_systems[0].local_id == "turbo:share"
+    assert cfg.file_systems[0].change_journal
+
+
+def test_a_file_system_can_do_without_the_change_journal() -> None:
+    cfg = _parse(GOOD.replace('path = "/srv/share"', 'path = "/srv/share"\nchange_journal = false'))
+    assert not cfg.file_systems[0].change_journal
+    with pytest.raises(config.ConfigError, match="change_journal must be true or false"):
+        _parse(GOOD.replace('path = "/srv/share"', 'path = "/srv/share"\nchange_journal = 1'))
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import agent.dataplane.tree as tree_module
 from agent.dataplane import Progress
 from agent.dataplane.changes import (
     _FAN_Q_OVERFLOW,
@@ -64,7 +65,7 @@ def _backup(repo: Repository, root: Path, backup_id: str, parent: TreeContent | 
     tracking = track(root, parent_id, watches)
     result = backup_tree(repo, root, parent=parent, progress=Progress(),
                          changed=tracking.changed)
-    tracking.commit(backup_id, result.hardlinked_dirs)
+    tracking.commit(backup_id, result.recheck_dirs)
     assert isinstance(result.content, TreeContent)
     return result.content, tracking.changed, result
 
@@ -145,7 +146,7 @@ def test_changes_made_while_a_backup_runs_are_in_the_next_one(
     tracking = track(root, None, watches)
     result = backup_tree(repo, root, progress=Progress())
     _elsewhere(f"open({str(root / 'd3' / 'k1')!r}, 'w').write('during the backup')")
-    tracking.commit("b1", result.hardlinked_dirs)
+    tracking.commit("b1", result.recheck_dirs)
     assert isinstance(result.content, TreeContent)
     second, changed, _ = _backup(repo, root, "b2", result.content, watches, "b1")
     assert changed is not None and changed.names((b"d3",)) == {b"k1"}
@@ -203,7 +204,7 @@ def test_directories_with_hard_linked_files_are_always_listed_again(
 
 def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.dataplane.tree as tree_module
+
 
     monkeypatch.setattr(tree_module, "WATCHES", watches)
     root = _tree(tmp_path / "src")
@@ -253,7 +254,7 @@ def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
 
 def test_a_restore_elsewhere_on_the_file_system_pauses_the_journal_then_it_resumes(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.dataplane.tree as tree_module
+
 
     monkeypatch.setattr(tree_module, "WATCHES", watches)
     root = _tree(tmp_path / "src")
@@ -280,3 +281,29 @@ def test_a_replaced_root_directory_gets_a_new_watch(
     _tree(tmp_path / "src")
     new = watches.watch(root)
     assert old is not None and new is not None and new is not old and new.same_root()
+
+
+def test_a_directory_where_something_could_not_be_read_is_listed_again(
+        tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    blocked = os.fsencode(root / "d5" / "deep" / "z")
+    read_small, read_any = tree_module._TreeBackup._read_small, tree_module._TreeBackup._read_any
+
+    def small(self: Any, fd: int, st: os.stat_result) -> Any:
+        return None if os.fstat(fd).st_ino == os.stat(blocked).st_ino else read_small(self, fd, st)
+
+    def careful(self: Any, path: bytes, st: os.stat_result) -> Any:
+        if path == blocked:
+            return tree_module._FileResult(vanished=True, warning="unreadable: z: denied")
+        return read_any(self, path, st)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tree_module._TreeBackup, "_read_small", small)
+        patch.setattr(tree_module._TreeBackup, "_read_any", careful)
+        first, _, result = _backup(repo, root, "b1", None, watches, None)
+    assert result.warnings == ["unreadable: z: denied"]
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None and changed.names((b"d5", b"deep")) is None
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert (tmp_path / "out" / "d5" / "deep" / "z").read_text() == "content of d5/deep/z\n"
