@@ -75,8 +75,9 @@ def encode_index(packs: Iterable[tuple[bytes, list[PackEntry]]]) -> bytes:
     return b"".join(parts)
 
 
-def decode_index(data: bytes, label: str = "index") -> list[tuple[bytes, list[PackEntry]]]:
-    """Inverse of :func:`encode_index`; :class:`FormatError` on any inconsistency."""
+def _layout(data: bytes, label: str) -> tuple[list[bytes], list[tuple[bytes, int, int]]]:
+    """An index file's key ids and, per pack, (pack id, start, end) of its
+    records; :class:`FormatError` if it is truncated or has bytes left over."""
     if len(data) < _FILE_HEADER.size:
         raise FormatError(f"{label}: truncated")
     magic, key_count, pack_count = _FILE_HEADER.unpack_from(data)
@@ -85,7 +86,7 @@ def decode_index(data: bytes, label: str = "index") -> list[tuple[bytes, list[Pa
     pos = _FILE_HEADER.size
     keys = [data[pos + i * KEY_ID_SIZE : pos + (i + 1) * KEY_ID_SIZE] for i in range(key_count)]
     pos += KEY_ID_SIZE * key_count
-    out: list[tuple[bytes, list[PackEntry]]] = []
+    packs = []
     for _ in range(pack_count):
         if pos + _PACK_HEADER.size > len(data):
             raise FormatError(f"{label}: truncated pack list")
@@ -94,21 +95,30 @@ def decode_index(data: bytes, label: str = "index") -> list[tuple[bytes, list[Pa
         end = pos + count * RECORD_SIZE
         if end > len(data):
             raise FormatError(f"{label}: truncated records of pack {pack_id.hex()}")
+        packs.append((pack_id, pos, end))
+        pos = end
+    if pos != len(data):
+        raise FormatError(f"{label}: {len(data) - pos} trailing bytes")
+    return keys, packs
+
+
+def decode_index(data: bytes, label: str = "index") -> list[tuple[bytes, list[PackEntry]]]:
+    """Inverse of :func:`encode_index`; :class:`FormatError` on any inconsistency."""
+    keys, packs = _layout(data, label)
+    out: list[tuple[bytes, list[PackEntry]]] = []
+    for pack_id, start, end in packs:
         entries = []
         for kind, flags, ordinal, offset, stored, raw, chunk_id in _RECORD.iter_unpack(
-            data[pos:end]
+            data[start:end]
         ):
             check_flags(flags)
-            if ordinal >= key_count:
+            if ordinal >= len(keys):
                 raise FormatError(f"{label}: key ordinal {ordinal} out of range")
             entries.append(
                 PackEntry(parse_blob_type(kind), keys[ordinal], chunk_id, offset, stored, raw,
                           flags)
             )
         out.append((pack_id, entries))
-        pos = end
-    if pos != len(data):
-        raise FormatError(f"{label}: {len(data) - pos} trailing bytes")
     return out
 
 
@@ -273,33 +283,19 @@ class Index:
         but without an object per blob: opening a vault reads every index
         file, and per-blob objects made that most of an incremental's start.
         Nothing is staged unless the whole file is valid."""
-        if len(data) < _FILE_HEADER.size:
-            raise FormatError(f"{label}: truncated")
-        magic, key_count, pack_count = _FILE_HEADER.unpack_from(data)
-        if magic != INDEX_PLAIN_MAGIC:
-            raise FormatError(f"{label}: bad magic")
-        pos = _FILE_HEADER.size
-        keys = [data[pos + i * KEY_ID_SIZE : pos + (i + 1) * KEY_ID_SIZE] for i in range(key_count)]
-        pos += KEY_ID_SIZE * key_count
+        keys, packs = _layout(data, label)
         staged_ids = [bytearray() for _ in keys]
         staged_locs = [bytearray() for _ in keys]
         new_packs: dict[bytes, int] = {}
         with memoryview(data) as view:
-            for _ in range(pack_count):
-                if pos + _PACK_HEADER.size > len(data):
-                    raise FormatError(f"{label}: truncated pack list")
-                pack_id, count = _PACK_HEADER.unpack_from(data, pos)
-                pos += _PACK_HEADER.size
-                end = pos + count * RECORD_SIZE
-                if end > len(data):
-                    raise FormatError(f"{label}: truncated records of pack {pack_id.hex()}")
-                records = data[pos:end]
+            for pack_id, start, end in packs:
+                records = data[start:end]
                 for kind in set(records[0::RECORD_SIZE]):
                     parse_blob_type(kind)
                 for flags in set(records[1::RECORD_SIZE]):
                     check_flags(flags)
                 ordinals = set(records[2::RECORD_SIZE])
-                if ordinals and max(ordinals) >= key_count:
+                if ordinals and max(ordinals) >= len(keys):
                     raise FormatError(f"{label}: key ordinal {max(ordinals)} out of range")
                 # A location is the pack's ordinal, then the record's offset,
                 # stored and raw lengths, then its type and flags (_LOC).
@@ -307,7 +303,7 @@ class Index:
                 if ordinal is None:
                     ordinal = new_packs.setdefault(pack_id, len(self._packs) + len(new_packs))
                 head = ordinal.to_bytes(4, "little")
-                split = _SPLIT.iter_unpack(view[pos:end])
+                split = _SPLIT.iter_unpack(view[start:end])
                 if len(ordinals) == 1:
                     (k,) = ordinals
                     ids, locs = staged_ids[k], staged_locs[k]
@@ -318,9 +314,6 @@ class Index:
                     for kind_flags, k, lengths, chunk_id in split:
                         staged_ids[k] += chunk_id
                         staged_locs[k] += head + lengths + kind_flags
-                pos = end
-        if pos != len(data):
-            raise FormatError(f"{label}: {len(data) - pos} trailing bytes")
         for pack_id, ordinal in new_packs.items():  # in ordinal order
             self._pack_ordinals[pack_id] = ordinal
             self._packs.append(pack_id)

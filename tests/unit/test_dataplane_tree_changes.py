@@ -154,8 +154,10 @@ def test_changes_made_while_a_backup_runs_are_in_the_next_one(
     assert (tmp_path / "out" / "d3" / "k1").read_text() == "during the backup"
 
 
-def test_a_hard_link_kept_outside_the_tree_makes_the_next_backup_walk_it_all(
-        tmp_path: Path, watches: TreeWatches) -> None:
+def _write_through_a_link_outside(tmp_path: Path, watches: TreeWatches, *, keep_link: bool
+                                  ) -> tuple[Path, ChangedDirs | None]:
+    """A file of the tree linked from outside it and written through that
+    name, which reports a change outside the tree."""
     root = _tree(tmp_path / "src")
     repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
     first, _, _ = _backup(repo, root, "b1", None, watches, None)
@@ -164,30 +166,27 @@ def test_a_hard_link_kept_outside_the_tree_makes_the_next_backup_walk_it_all(
         import os
         os.link({str(root / 'd5' / 'deep' / 'z')!r}, {str(outside)!r})
         open({str(outside)!r}, "a").write("written through a name outside the tree")
+        if not {keep_link}:
+            os.unlink({str(outside)!r})
     """)
     second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+    return root, changed
+
+
+def test_a_hard_link_kept_outside_the_tree_makes_the_next_backup_walk_it_all(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root, changed = _write_through_a_link_outside(tmp_path, watches, keep_link=True)
     assert changed is None
     assert watches.watch(root).reason == "a hard link was made or removed"  # type: ignore[union-attr]
-    restore_tree(repo, second, tmp_path / "out", progress=Progress())
     assert (tmp_path / "out" / "d5" / "deep" / "z").read_text().endswith("outside the tree")
 
 
 def test_a_hard_link_made_and_removed_outside_marks_the_file_it_touched(
         tmp_path: Path, watches: TreeWatches) -> None:
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
-    outside = tmp_path / "outside"
-    _elsewhere(f"""
-        import os
-        os.link({str(root / 'd5' / 'deep' / 'z')!r}, {str(outside)!r})
-        open({str(outside)!r}, "a").write("written through a name outside the tree")
-        os.unlink({str(outside)!r})
-    """)
-    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    _, changed = _write_through_a_link_outside(tmp_path, watches, keep_link=False)
     assert changed is not None and changed.names((b"d5", b"deep")) == {b"z"}
-    restore_tree(repo, second, tmp_path / "out", progress=Progress())
-    assert _snapshot(tmp_path / "out") == _snapshot(root)
 
 
 def test_directories_with_hard_linked_files_are_always_listed_again(
