@@ -102,10 +102,8 @@ def _tree_backup(repo: Repository, source: Path, backup_id: str,
                          changed=tracking.changed)
     repo.save_manifest(_manifest(repo, backup_id, result.content, result.stats, parent_id, 0))
     tracking.commit(backup_id, result.recheck_dirs)
-    method = "full" if parent is None else ("journal" if tracking.changed is not None else "walk")
-    why = tracking.watch.reason if tracking.watch is not None else "no change journal"
-    return {"stats": result.stats, "warnings": result.warnings, "method": method,
-            **({"full_walk_reason": why} if method == "walk" else {})}
+    return {"stats": result.stats, "warnings": result.warnings, "method": tracking.method,
+            **({"full_walk_reason": tracking.reason} if tracking.method == "walk" else {})}
 
 
 def _restore(repo: Repository, backup_id: str, target: Path) -> dict[str, Any]:

@@ -218,24 +218,20 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
     protected_at = dt.datetime.now(dt.UTC)
     tracking = changes.track(root, command.parent_backup_id if parent is not None else None,
                              changes.WATCHES if spec.change_journal else None)
-    if parent is not None and tracking.changed is None:
-        log.info("file system %s: walking the whole tree (%s)", spec.name,
-                 tracking.watch.reason if tracking.watch is not None
-                 else changes.WATCHES.why_not(root) if spec.change_journal
-                 else "change_journal = false")
+    if tracking.method == "walk":
+        log.info("file system %s: walking the whole tree (%s)", spec.name, tracking.reason)
     result = tree_engine.backup_tree(repo, root, parent=parent, progress=progress,
                                      changed=tracking.changed)
-    method = "full" if parent is None else "journal" if tracking.changed is not None else "walk"
     lock.check()
     digest = repo.save_manifest(_manifest(
         command, repo, backup_id=command.backup_id, name=command.name,
         resource=Resource(command.resource_id, command.resource_name, RESOURCE_TYPES["turbo"],
                           int(command.resource_size_bytes)),
         content=result.content, result=result, incremental=parent is not None,
-        protected_at=protected_at, extend={"method": method}))
+        protected_at=protected_at, extend={"method": tracking.method}))
     tracking.commit(command.backup_id, result.recheck_dirs)
     return [_item(command.backup_id, result, protected_at, manifest_sha256=digest,
-                  method=method)]
+                  method=tracking.method)]
 
 
 __all__ = ["DataplaneError", "run"]

@@ -372,12 +372,8 @@ class TreeWatch:
                     return self._walk_all(gen.lost if gen else "the journal was pruned")
                 names |= gen.names
                 linked |= gen.linked
-        try:
-            st = os.stat(self.root)
-        except OSError as exc:
-            return self._walk_all(f"the root cannot be read: {exc.strerror}")
-        if (st.st_dev, st.st_ino) != self._root_id:
-            return self._walk_all("the root is not the directory the watch was set on")
+        if not self.same_root():
+            return self._walk_all("the root is gone or is not the directory the watch was set on")
         changed: dict[RelPath, set[bytes] | None] = {path: None for path in kept.recheck}
 
         def add(path: RelPath, name: bytes | None) -> None:
@@ -619,11 +615,21 @@ class Tracking:
     once the backup's manifest is stored (a failed backup is never a parent
     the journal answers for)."""
 
-    def __init__(self, watch: TreeWatch | None, parent_backup_id: str | None) -> None:
+    def __init__(self, watch: TreeWatch | None, parent_backup_id: str | None,
+                 why_no_watch: str = "no change journal") -> None:
         self.watch = watch
         self.parent_backup_id = parent_backup_id
         self.generation = watch.begin() if watch is not None else 0
         self.changed = watch.changed_since(parent_backup_id) if watch is not None else None
+        self.reason = watch.reason if watch is not None else why_no_watch
+
+    @property
+    def method(self) -> str:
+        """How this backup finds its changes: full (no parent), journal or
+        walk (``reason`` says why)."""
+        if self.parent_backup_id is None:
+            return "full"
+        return "journal" if self.changed is not None else "walk"
 
     def commit(self, backup_id: str, recheck_dirs: Iterable[tuple[bytes, ...]]) -> None:
         if self.watch is not None:
@@ -636,4 +642,7 @@ def track(root: Path, parent_backup_id: str | None,
           watches: TreeWatches | None = WATCHES) -> Tracking:
     """Starts tracking one backup of ``root`` (its watch is set on the
     tree's first backup in this process); ``watches`` None tracks nothing."""
-    return Tracking(watches.watch(root) if watches is not None else None, parent_backup_id)
+    if watches is None:
+        return Tracking(None, parent_backup_id, "change_journal = false")
+    watch = watches.watch(root)
+    return Tracking(watch, parent_backup_id, watches.why_not(root) if watch is None else "")

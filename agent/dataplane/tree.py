@@ -616,7 +616,7 @@ class _PendingDir:
     def __init__(self, job: _TreeBackup, entries: list[TreeEntry],
                  kept: list[tuple[bytes, dict[str, Any]]],
                  pending: list[tuple[TreeEntry, Future[_FileResult]]],
-                 same_as: bytes | None, rel: tuple[bytes, ...] = ()) -> None:
+                 same_as: bytes | None, rel: tuple[bytes, ...]) -> None:
         self.job = job
         self.rel = rel
         self.entries = entries
