@@ -11,7 +11,9 @@ module must not invent primitives, and must never write a data key anywhere.
 
 from __future__ import annotations
 
+import os
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -32,6 +34,42 @@ PURPOSE_CHUNK_ID = "chunk-id"
 PURPOSE_DATA = "data"
 
 
+class _Nonces:
+    """Random nonces drawn from the OS's CSPRNG a thousand at a time.
+
+    One ``getrandom`` per blob released the GIL once per blob, and on a
+    tree of small files every release is a hand-off between threads (a
+    futex wake and a context switch). Drawn in bulk they are the same
+    random bytes; each is handed out once (under a lock), and a forked
+    child drops the parent's unused ones, so no nonce is ever used twice.
+    """
+
+    BATCH = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._pos = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            if self._pos >= len(self._pool):
+                self._pool = secrets.token_bytes(NONCE_SIZE * self.BATCH)
+                self._pos = 0
+            start = self._pos
+            self._pos += NONCE_SIZE
+            return self._pool[start:self._pos]
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._pos = 0
+
+
+_NONCES = _Nonces()
+os.register_at_fork(after_in_child=_NONCES.forget)
+
+
 class DecryptFailed(IntegrityError):
     """AES-GCM authentication failed: wrong key, or the bytes were altered."""
 
@@ -49,7 +87,7 @@ class DataKey:
 
     def seal(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         """``nonce || ciphertext || tag`` with a fresh random nonce."""
-        nonce = secrets.token_bytes(NONCE_SIZE)
+        nonce = _NONCES.take()
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def seal_buffer(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
@@ -62,7 +100,7 @@ class DataKey:
         pack writer, SHA-256, storage writes, decoding) take any bytes-like
         object, and converting it would be the very copy this avoids.
         """
-        nonce = secrets.token_bytes(NONCE_SIZE)
+        nonce = _NONCES.take()
         if not _ENCRYPT_INTO:  # cryptography before 44
             return nonce + self._aead.encrypt(nonce, plaintext, aad)
         out = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)

@@ -34,6 +34,9 @@ PACK_VERSION = 1
 PACK_MAGIC = b"CBRPACK\x00"
 HEADER_MAGIC = b"CBRH"
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+RUN_BLOB_MAX = 64 * 1024
+"""Stored blobs smaller than this are copied into a run (see :class:`PackWriter`)."""
+RUN_SIZE = 256 * 1024
 TAIL_READ = 64 * 1024
 """Bytes read from a pack's end in the first range request."""
 
@@ -66,7 +69,7 @@ class FinishedPack:
     """A closed pack: upload ``parts`` (in order) as ``data/<hex(pack_id)>``."""
 
     pack_id: bytes
-    parts: list[bytes]
+    parts: list[bytes | memoryview]
     size: int
     blob_type: BlobType
     entries: list[PackEntry]
@@ -176,6 +179,15 @@ class PackWriter:
     """Accumulates encoded blobs of one type into one pack.
 
     Memory: the blobs added so far (at most about ``target_size``).
+
+    Blobs smaller than :data:`RUN_BLOB_MAX` are copied into *runs*, buffers
+    of :data:`RUN_SIZE` that become one part each: the pack's hash is then
+    updated, and storage written, once per run instead of once per blob.
+    Each such update or write released the GIL, and on a tree of small files
+    every release is a hand-off between threads (a futex wake and a context
+    switch), a cost several times the work itself. A run's place in the
+    pack is fixed when it is full or the pack is finished, so a large blob
+    added meanwhile goes before it; entries are kept in byte order either way.
     """
 
     def __init__(
@@ -184,10 +196,14 @@ class PackWriter:
         self.blob_type = blob_type
         self.target_size = target_size
         self._data_key = data_key
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._entries: list[PackEntry] = []
         self._hash = hashlib.sha256()
-        self._size = 0
+        self._size = 0  # bytes added, whether placed yet or still in the run
+        self._placed = 0  # bytes in ``_parts``
+        self._run: bytearray | None = None
+        self._run_used = 0
+        self._run_blobs: list[tuple[EncodedBlob, int]] = []
         self.chunk_ids: set[tuple[bytes, bytes]] = set()
         """(key id, chunk id) of the blobs in this open pack."""
 
@@ -197,43 +213,71 @@ class PackWriter:
 
     @property
     def count(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._run_blobs)
 
     def fits(self, stored_length: int) -> bool:
         """Whether a blob of this stored length goes into this pack (an empty pack
         takes any blob)."""
-        return not self._entries or self._size + stored_length <= self.target_size
+        return not self.count or self._size + stored_length <= self.target_size
 
-    def add(self, blob: EncodedBlob) -> None:
+    def add(self, blob: EncodedBlob) -> EncodedBlob:
+        """Adds ``blob``; returns it as the pack holds it, which is what a
+        reader of the open pack should use: a small blob is then a view of
+        its run, and the caller need keep no second copy of its bytes."""
         if blob.type != self.blob_type:
             raise ValueError(f"a {self.blob_type.name} pack cannot hold a {blob.type.name} blob")
-        if self._size + len(blob.stored) >= 2**32:
+        length = len(blob.stored)
+        if self._size + length >= 2**32:
             raise ValueError("pack would exceed 4 GiB")
-        self._entries.append(
-            PackEntry(
-                blob.type,
-                blob.key_id,
-                blob.chunk_id,
-                self._size,
-                len(blob.stored),
-                blob.raw_length,
-                blob.flags,
-            )
-        )
-        self._parts.append(blob.stored)
-        self._hash.update(blob.stored)
-        self._size += len(blob.stored)
+        self._size += length
         self.chunk_ids.add((blob.key_id, blob.chunk_id))
+        if length >= RUN_BLOB_MAX:
+            self._place(blob, blob.stored)
+            return blob
+        if self._run is None or self._run_used + length > len(self._run):
+            self._seal_run()
+            self._run = bytearray(RUN_SIZE)
+        start = self._run_used
+        self._run[start:start + length] = blob.stored
+        self._run_used += length
+        held = EncodedBlob(blob.type, blob.key_id, blob.chunk_id,
+                           memoryview(self._run)[start:start + length],  # type: ignore[arg-type]
+                           blob.flags, blob.raw_length)
+        self._run_blobs.append((held, length))
+        return held
+
+    def _place(self, blob: EncodedBlob, data: bytes | memoryview) -> None:
+        self._entries.append(PackEntry(blob.type, blob.key_id, blob.chunk_id, self._placed,
+                                       len(data), blob.raw_length, blob.flags))
+        self._parts.append(data)
+        self._hash.update(data)
+        self._placed += len(data)
+
+    def _seal_run(self) -> None:
+        """Places the open run after everything placed so far."""
+        if self._run is None or not self._run_used:
+            return
+        offset = self._placed
+        for blob, length in self._run_blobs:
+            self._entries.append(PackEntry(blob.type, blob.key_id, blob.chunk_id, offset,
+                                           length, blob.raw_length, blob.flags))
+            offset += length
+        part = memoryview(self._run)[:self._run_used]
+        self._parts.append(part)
+        self._hash.update(part)
+        self._placed += len(part)
+        self._run, self._run_used, self._run_blobs = None, 0, []
 
     def finish(self) -> FinishedPack:
         """Closes the pack: appends header and trailer and computes the pack id."""
+        self._seal_run()
         if not self._entries:
             raise ValueError("empty pack")
         header, trailer = encode_header(self.blob_type, self._entries, self._data_key)
         self._hash.update(header)
         self._hash.update(trailer)
         parts = [*self._parts, header, trailer]
-        size = self._size + len(header) + len(trailer)
+        size = self._placed + len(header) + len(trailer)
         return FinishedPack(self._hash.digest(), parts, size, self.blob_type, list(self._entries))
 
 

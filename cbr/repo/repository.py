@@ -486,8 +486,7 @@ class Repository:
             if not writer.fits(len(blob.stored)):
                 closed.append(self._close_pack(blob.type))
                 writer = self._writers[blob.type]
-            writer.add(blob)
-            self._pending[key] = blob
+            self._pending[key] = writer.add(blob)
             if writer.size >= writer.target_size:
                 closed.append(self._close_pack(blob.type))
         for pack, keys in closed:

@@ -220,7 +220,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         """Stores the concatenation of ``chunks`` as ``name``; returns its size.
 
         For objects too large to hold in memory: at most about one part
@@ -325,7 +325,7 @@ class BackendWrapper(Backend):
     def put_if_absent(self, name: str, data: bytes) -> bool:
         return self.inner.put_if_absent(name, data)
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         return self.inner.put_stream(name, chunks)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -165,7 +165,7 @@ class FaultyBackend(BackendWrapper):
     def put_if_absent(self, name: str, data: bytes) -> bool:
         return bool(self._run("put_if_absent", name, lambda: self.inner.put_if_absent(name, data)))
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         result = self._run("put_stream", name, lambda: self.inner.put_stream(name, chunks))
         assert isinstance(result, int)
         return result

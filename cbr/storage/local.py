@@ -132,7 +132,8 @@ class LocalBackend(Backend):
 
     # -- writing -------------------------------------------------------------------------
 
-    def _write_temp(self, name: str, target: Path, chunks: Iterable[bytes]) -> tuple[Path, int]:
+    def _write_temp(self, name: str, target: Path,
+                    chunks: Iterable[bytes | memoryview]) -> tuple[Path, int]:
         """Writes ``chunks`` to a fresh fsynced temp file beside ``target``."""
         self._ensure_dir(target.parent)
         temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
@@ -153,7 +154,7 @@ class LocalBackend(Backend):
         return temp, size
 
     def _publish(
-        self, name: str, chunks: Iterable[bytes], commit: Callable[[Path, Path], bool]
+        self, name: str, chunks: Iterable[bytes | memoryview], commit: Callable[[Path, Path], bool]
     ) -> tuple[bool, int]:
         target = self._path(name)
         try:
@@ -190,7 +191,7 @@ class LocalBackend(Backend):
         created, _ = self._publish(name, (data,), self._link)
         return created
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         _, size = self._publish(name, chunks, self._replace)
         return size
 

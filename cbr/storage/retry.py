@@ -140,7 +140,7 @@ class RetryingBackend(BackendWrapper):
 
         return self._call("put_if_absent", attempt)
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         if iter(chunks) is chunks:  # one-shot iterator: cannot be replayed
             return self.inner.put_stream(name, chunks)
         return self._call("put_stream", lambda _: self.inner.put_stream(name, chunks))

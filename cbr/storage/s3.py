@@ -289,7 +289,7 @@ class S3Backend(Backend):
         self.put(name, data)
         return True
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         """One PUT when the stream fits in a part, else a multipart upload of
         ``part_size`` parts, aborted on any failure so nothing is left behind."""
         key = self._key(name)

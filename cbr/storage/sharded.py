@@ -103,7 +103,7 @@ class ShardedBackend(BackendWrapper):
     def put_if_absent(self, name: str, data: bytes) -> bool:
         return self.inner.put_if_absent(self._s(name), data)
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         return self.inner.put_stream(self._s(name), chunks)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -279,7 +279,7 @@ class _GatedBackend(BackendWrapper):
         self.done: list[str] = []
         self._lock = threading.Lock()
 
-    def put_stream(self, name: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(self, name: str, chunks: Iterable[bytes | memoryview]) -> int:
         assert self.gate.wait(10)
         size = self.inner.put_stream(name, chunks)
         with self._lock:
