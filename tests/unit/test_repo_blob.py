@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -13,7 +14,16 @@ from cbr.repo.blob import (
     decode_blob,
     encode_blob,
 )
-from cbr.repo.crypto import AesKeyWrapper, DataKey, key_context, new_data_key, unwrap_key, wrap_key
+from cbr.repo.crypto import (
+    _NONCES,
+    NONCE_SIZE,
+    AesKeyWrapper,
+    DataKey,
+    key_context,
+    new_data_key,
+    unwrap_key,
+    wrap_key,
+)
 from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable
 from cbr.repo.ids import ChunkHasher, new_chunk_key, new_key_id
 
@@ -118,3 +128,36 @@ def test_wrapped_key_unwraps_only_in_its_own_context() -> None:
 def test_a_data_key_is_never_stored_unwrapped() -> None:
     with pytest.raises(KeyUnavailable):
         wrap_key(new_data_key(), key_id=new_key_id(), purpose="data", vault_id="v", wrapper=None)
+
+
+def test_nonces_are_never_repeated_across_threads_or_a_fork() -> None:
+    """Nonces are drawn in bulk; each must still be handed out once, and a
+    forked child must not hand out the ones its parent had drawn."""
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [_NONCES.take() for _ in range(3000)]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == len(seen) == 12000
+    assert all(len(n) == NONCE_SIZE for n in seen)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first nonces go back to the parent
+        os.close(read)
+        os.write(write, b"".join(_NONCES.take() for _ in range(10)))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 10 * NONCE_SIZE)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parents_next = [_NONCES.take() for _ in range(10)]
+    child_nonces = {child[i:i + NONCE_SIZE] for i in range(0, len(child), NONCE_SIZE)}
+    assert len(child_nonces) == 10 and not child_nonces & set(parents_next)
