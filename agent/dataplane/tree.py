@@ -166,6 +166,7 @@ class _TreeBackup:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.waiting = 0
+        self.batch: _Batch | None = None
 
     # -- file content ------------------------------------------------------------------------
 
@@ -431,7 +432,6 @@ class _TreeBackup:
                 self.recheck.add(tuple(rel))
         self.stats["dirs"] += 1
         subdirs: list[tuple[TreeEntry | dict[str, Any], bytes, bytes | None]] = []
-        batch: list[tuple[TreeEntry, bytes, os.stat_result]] = []
         altered = False  # a kept document got a new access time
         for name, d in listed:
             child = path + b"/" + name
@@ -521,15 +521,10 @@ class _TreeBackup:
                 entries.append(entry)
                 continue
             if st.st_size <= SMALL_FILE:
-                batch.append((entry, child, st))
-                if len(batch) >= BATCH_FILES:
-                    self._submit_batch(batch, pending)
-                    batch = []
+                pending.append((entry, self._add_small(child, st)))  # type: ignore[arg-type]
             else:
                 self.slots.acquire()
                 pending.append((entry, self.pool.submit(self._read_file, child, st)))
-        if batch:
-            self._submit_batch(batch, pending)
         unchanged = (loaded is not None and not altered and not entries and not pending
                      and len(kept) + len(subdirs) == len(old)
                      and not any(isinstance(e, TreeEntry) for e, _c, _s in subdirs))
@@ -593,12 +588,27 @@ class _TreeBackup:
         self.waiting -= 1
         return tree_id
 
-    def _submit_batch(self, batch: list[tuple[TreeEntry, bytes, os.stat_result]],
-                      pending: list[tuple[TreeEntry, Future[_FileResult]]]) -> None:
+    def _add_small(self, path: bytes, st: os.stat_result) -> _Item:
+        """Puts a small file into the open batch, which spans directories:
+        a batch per directory of a dozen files cost a hand-off between
+        threads per dozen files, and let the disk work on only that many
+        at once. The batch goes to the readers when full, or as soon as
+        anyone waits for one of its files (:meth:`_Item.result`)."""
+        if self.batch is None:
+            self.batch = _Batch()
+        batch = self.batch
+        batch.items.append((path, st))
+        item = _Item(self, batch, len(batch.items) - 1)
+        if len(batch.items) >= BATCH_FILES:
+            self.submit_batch()
+        return item
+
+    def submit_batch(self) -> None:
+        batch, self.batch = self.batch, None
+        if batch is None or not batch.items:
+            return
         self.slots.acquire()
-        job = self.pool.submit(self._read_batch, [(child, st) for _e, child, st in batch])
-        for i, (entry, _child, _st) in enumerate(batch):
-            pending.append((entry, _Item(job, i)))  # type: ignore[arg-type]
+        batch.job = self.pool.submit(self._read_batch, batch.items)
 
     def _empty_tree(self) -> bytes:
         return self.repo.save_blob(BlobType.META, encode_tree([]))
@@ -661,15 +671,27 @@ class _PendingDir:
         return self.job.finish(entries, kept, self.pending, self.same_as, self.rel)
 
 
+class _Batch:
+    """Small files, possibly of several directories, read in one job."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, os.stat_result]] = []
+        self.job: Future[list[_FileResult]] | None = None
+
+
 class _Item:
     """One file's result inside a batch job, looking like a Future of it."""
 
-    def __init__(self, job: Future[list[_FileResult]], index: int) -> None:
-        self._job = job
+    def __init__(self, owner: _TreeBackup, batch: _Batch, index: int) -> None:
+        self._owner = owner
+        self._batch = batch
         self._index = index
 
     def result(self) -> _FileResult:
-        return self._job.result()[self._index]
+        if self._batch.job is None:  # still open: only the walk adds to it and waits
+            self._owner.submit_batch()
+        assert self._batch.job is not None
+        return self._batch.job.result()[self._index]
 
 
 def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = None,
