@@ -171,10 +171,7 @@ class _TreeBackup:
     # -- file content ------------------------------------------------------------------------
 
     def _store(self, data: bytes | memoryview) -> tuple[bytes, int, int]:
-        cid = self.hasher.chunk_id(data)
-        if self.repo.has_blob(cid):
-            return cid, 0, 0
-        cid, sent = self.repo.store_blob(BlobType.DATA, data, chunk_id=cid)
+        cid, sent = self.repo.store_blob(BlobType.DATA, data, chunk_id=self.hasher.chunk_id(data))
         return cid, (len(data) if sent else 0), sent
 
     def _read_content(self, fh: BinaryIO, fd: int, size: int, sparse: bool,
