@@ -127,6 +127,35 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
     assert second.stats["files_unchanged"] >= 3
 
 
+def test_small_files_of_many_directories_go_to_the_readers_in_few_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job per directory meant a thread hand-off per few files, the cost
+    that bounds a tree of small files (README, "where the time goes"); the
+    files of many directories share batches, and every one is still stored
+    under its own directory."""
+    src = tmp_path / "src"
+    for d in range(60):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for f in range(3):
+            (src / f"d{d:02d}" / f"f{f}").write_bytes(f"{d}-{f}".encode() * 10)
+    jobs: list[int] = []
+    original = _TreeBackup._read_batch
+
+    def counting(self: _TreeBackup, items: list[tuple[bytes, os.stat_result]]) -> object:
+        jobs.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(_TreeBackup, "_read_batch", counting)
+    repo = _repo(tmp_path)
+    result = backup_tree(repo, src, progress=Progress())
+    assert sum(jobs) == 180
+    assert len(jobs) <= 6, jobs  # 180 files in batches of up to 64, not 60 jobs
+    target = tmp_path / "restored"
+    restore_tree(repo, result.content, target, progress=Progress())
+    assert _snapshot(target) == _snapshot(src)
+
+
 def _entries(repo: Repository, tree_id: bytes,
              prefix: bytes = b"") -> dict[bytes, dict[str, object]]:
     """Every entry below a tree, by path, as its stored fields (access times
