@@ -20,7 +20,6 @@ its largest task forever, and start the next task from there.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("cbr.agent")
@@ -34,7 +33,9 @@ MMAP_THRESHOLD = (1 << 20) + (64 << 10)
 def _glibc() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own C library: find_library would run ldconfig, a
+        # few milliseconds at every start of a process.
+        _libc = ctypes.CDLL(None)
     return _libc
 
 

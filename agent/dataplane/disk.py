@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import mmap
@@ -524,7 +523,8 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
     filesystem cannot."""
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own C library (find_library would run ldconfig).
+        lib = ctypes.CDLL(None, use_errno=True)
         lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         lib.fallocate.restype = ctypes.c_int
         _libc = lib
