@@ -156,6 +156,39 @@ def test_small_files_of_many_directories_go_to_the_readers_in_few_jobs(
     assert _snapshot(target) == _snapshot(src)
 
 
+def test_extended_attributes_of_read_unchanged_and_hard_linked_files_are_kept(
+    tmp_path: Path,
+) -> None:
+    """A file's attributes are read through the file the reader opens; a
+    name that is not read (a second hard link, an unchanged file of an
+    incremental, a large file) must still get its own."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small").write_bytes(b"s" * 100)
+    (src / "large").write_bytes(os.urandom(3 * MiB))
+    (src / "linked").write_bytes(b"l" * 100)
+    os.link(src / "linked", src / "second-name")
+    try:
+        for name in ("small", "large", "linked"):
+            os.setxattr(src / name, "user.tag", name.encode())
+    except OSError:
+        pytest.skip("this file system keeps no user xattrs")
+    repo = _repo(tmp_path)
+    first = backup_tree(repo, src, progress=Progress())
+    (src / "small").write_bytes(b"t" * 100)  # read again; the others are not
+    second = backup_tree(repo, src, parent=first.content, progress=Progress())
+    assert second.stats["bytes_read"] == 100
+    for content in (first.content, second.content):
+        stored = _entries(repo, content.root)
+        for name in ("small", "large", "linked", "second-name"):
+            tag = b"linked" if name == "second-name" else name.encode()
+            assert stored[name.encode()]["xattrs"] == {"user.tag": tag}, name
+        target = tmp_path / f"restored-{content.root.hex()[:8]}"
+        restore_tree(repo, content, target, progress=Progress())
+        assert os.getxattr(target / "large", "user.tag") == b"large"
+        assert os.getxattr(target / "small", "user.tag") == b"small"
+
+
 def _entries(repo: Repository, tree_id: bytes,
              prefix: bytes = b"") -> dict[bytes, dict[str, object]]:
     """Every entry below a tree, by path, as its stored fields (access times
