@@ -45,11 +45,12 @@ class _Nonces:
     """
 
     BATCH = 1024
+    _lock: threading.Lock
+    _pool: bytes
+    _pos: int
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._pos = 0
+        self.forget()
 
     def take(self) -> bytes:
         with self._lock:
@@ -61,6 +62,7 @@ class _Nonces:
             return self._pool[start:self._pos]
 
     def forget(self) -> None:
+        """Starts empty (and, in a forked child, with a lock no thread holds)."""
         self._lock = threading.Lock()
         self._pool = b""
         self._pos = 0

@@ -203,7 +203,7 @@ class PackWriter:
         self._placed = 0  # bytes in ``_parts``
         self._run: bytearray | None = None
         self._run_used = 0
-        self._run_blobs: list[tuple[EncodedBlob, int]] = []
+        self._run_blobs: list[EncodedBlob] = []  # in the open run, as held
         self.chunk_ids: set[tuple[bytes, bytes]] = set()
         """(key id, chunk id) of the blobs in this open pack."""
 
@@ -243,7 +243,7 @@ class PackWriter:
         held = EncodedBlob(blob.type, blob.key_id, blob.chunk_id,
                            memoryview(self._run)[start:start + length],  # type: ignore[arg-type]
                            blob.flags, blob.raw_length)
-        self._run_blobs.append((held, length))
+        self._run_blobs.append(held)
         return held
 
     def _place(self, blob: EncodedBlob, data: bytes | memoryview) -> None:
@@ -258,7 +258,8 @@ class PackWriter:
         if self._run is None or not self._run_used:
             return
         offset = self._placed
-        for blob, length in self._run_blobs:
+        for blob in self._run_blobs:
+            length = len(blob.stored)
             self._entries.append(PackEntry(blob.type, blob.key_id, blob.chunk_id, offset,
                                            length, blob.raw_length, blob.flags))
             offset += length

@@ -70,6 +70,19 @@ def _backup(repo: Repository, root: Path, backup_id: str, parent: TreeContent | 
     return result.content, tracking.changed, result
 
 
+def _vault(tmp_path: Path) -> Repository:
+    return Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+
+
+def _first_backup(tmp_path: Path,
+                  watches: TreeWatches) -> tuple[Path, Repository, TreeContent]:
+    """The sample tree, a vault, and the tree's first backup under ``watches``."""
+    root = _tree(tmp_path / "src")
+    repo = _vault(tmp_path)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    return root, repo, first
+
+
 def _flat(repo: Repository, tree_id: bytes, prefix: str = "") -> dict[str, dict[str, Any]]:
     """Every entry of a stored tree, but for access times (a journal does not
     see reads) and subtree ids (which hold access times below)."""
@@ -88,7 +101,7 @@ def _flat(repo: Repository, tree_id: bytes, prefix: str = "") -> dict[str, dict[
 def test_an_incremental_looks_again_at_exactly_the_changed_names(
         tmp_path: Path, watches: TreeWatches) -> None:
     root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    repo = _vault(tmp_path)
     first, changed, _ = _backup(repo, root, "b1", None, watches, None)
     assert changed is None  # a first backup walks everything
     _elsewhere(f"""
@@ -122,9 +135,7 @@ def test_an_incremental_looks_again_at_exactly_the_changed_names(
 
 def test_a_renamed_directory_is_walked_in_full_where_it_is_now(
         tmp_path: Path, watches: TreeWatches) -> None:
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    root, repo, first = _first_backup(tmp_path, watches)
     _elsewhere(f"""
         import os
         root = {str(root)!r}
@@ -142,7 +153,7 @@ def test_a_renamed_directory_is_walked_in_full_where_it_is_now(
 def test_changes_made_while_a_backup_runs_are_in_the_next_one(
         tmp_path: Path, watches: TreeWatches) -> None:
     root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    repo = _vault(tmp_path)
     tracking = track(root, None, watches)
     result = backup_tree(repo, root, progress=Progress())
     _elsewhere(f"open({str(root / 'd3' / 'k1')!r}, 'w').write('during the backup')")
@@ -158,9 +169,7 @@ def _write_through_a_link_outside(tmp_path: Path, watches: TreeWatches, *, keep_
                                   ) -> tuple[Path, ChangedDirs | None]:
     """A file of the tree linked from outside it and written through that
     name, which reports a change outside the tree."""
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    root, repo, first = _first_backup(tmp_path, watches)
     outside = tmp_path / "outside"
     _elsewhere(f"""
         import os
@@ -193,7 +202,7 @@ def test_directories_with_hard_linked_files_are_always_listed_again(
         tmp_path: Path, watches: TreeWatches) -> None:
     root = _tree(tmp_path / "src")
     os.link(root / "d1" / "f1", root / "d3" / "also-f1")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    repo = _vault(tmp_path)
     first, _, _ = _backup(repo, root, "b1", None, watches, None)
     _elsewhere(f"open({str(root / 'top')!r}, 'a').write('x')")
     _, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
@@ -203,12 +212,8 @@ def test_directories_with_hard_linked_files_are_always_listed_again(
 
 def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
-
-
     monkeypatch.setattr(tree_module, "WATCHES", watches)
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    root, repo, first = _first_backup(tmp_path, watches)
     (root / "d1" / "f1").write_text("changed by this very process")
     restore_tree(repo, first, root / "d2", progress=Progress())
     _, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
@@ -226,9 +231,7 @@ def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
 ])
 def test_an_overflowed_or_unreadable_journal_makes_the_next_backup_walk_it_all(
         tmp_path: Path, watches: TreeWatches, event: bytes, reason: str) -> None:
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    root, repo, first = _first_backup(tmp_path, watches)
     watch = watches.watch(root)
     assert watch is not None
     with watch._lock:
@@ -239,9 +242,7 @@ def test_an_overflowed_or_unreadable_journal_makes_the_next_backup_walk_it_all(
 
 def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
         tmp_path: Path, watches: TreeWatches) -> None:
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    root, repo, first = _first_backup(tmp_path, watches)
     _, changed, _ = _backup(repo, root, "b2", first, watches, "elsewhere")
     assert changed is None
     watch = watches.watch(root)
@@ -253,12 +254,8 @@ def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
 
 def test_a_restore_elsewhere_on_the_file_system_pauses_the_journal_then_it_resumes(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
-
-
     monkeypatch.setattr(tree_module, "WATCHES", watches)
-    root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
-    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    root, repo, first = _first_backup(tmp_path, watches)
     restore_tree(repo, first, tmp_path / "elsewhere", progress=Progress())
     _elsewhere(f"open({str(root / 'top')!r}, 'a').write('after the restore')")
     second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
@@ -285,7 +282,7 @@ def test_a_replaced_root_directory_gets_a_new_watch(
 def test_a_directory_where_something_could_not_be_read_is_listed_again(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(tmp_path / "vault"), vault_id="v1", encrypted=False)
+    repo = _vault(tmp_path)
     blocked = os.fsencode(root / "d5" / "deep" / "z")
     read_small, read_any = tree_module._TreeBackup._read_small, tree_module._TreeBackup._read_any
 
