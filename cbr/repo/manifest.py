@@ -42,12 +42,25 @@ class DiskContent:
 
 @dataclass(frozen=True, slots=True)
 class TreeContent:
-    """A file-system backup: the root tree blob."""
+    """A file-system backup: the root tree blob and the root directory's own
+    entry document (``root_meta``; None in backups written before it was
+    kept, which restore as they always did)."""
 
     root: bytes
+    root_meta: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_doc(self) -> dict[str, Any]:
-        return {"kind": "tree", "root": self.root.hex()}
+        doc: dict[str, Any] = {"kind": "tree", "root": self.root.hex()}
+        if self.root_meta is not None:
+            doc["root_meta"] = self.root_meta
+        return doc
+
+    @property
+    def size(self) -> int | None:
+        """What a restore of the whole tree writes, if the backup recorded it."""
+        if self.root_meta is None or "tree_size" not in self.root_meta:
+            return None
+        return int(self.root_meta["tree_size"])
 
 
 Content = DiskContent | TreeContent | None
@@ -139,7 +152,10 @@ class Manifest:
                     [(int(n), parse_hex_id(h, ID_SIZE)) for n, h in c["segments"]],
                 )
             elif c["kind"] == "tree":
-                content = TreeContent(parse_hex_id(c["root"], ID_SIZE))
+                meta = c.get("root_meta")
+                if meta is not None and not isinstance(meta, dict):
+                    raise FormatError(f"{label}: root_meta is not an object")
+                content = TreeContent(parse_hex_id(c["root"], ID_SIZE), meta)
             elif c["kind"] == "none":
                 content = None
             else:
