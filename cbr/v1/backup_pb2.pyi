@@ -35,6 +35,13 @@ class ImageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_TYPE_UNSPECIFIED: _ClassVar[ImageType]
     IMAGE_TYPE_BACKUP: _ClassVar[ImageType]
     IMAGE_TYPE_REPLICATION: _ClassVar[ImageType]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    CHANGE_KIND_ADDED: _ClassVar[ChangeKind]
+    CHANGE_KIND_REMOVED: _ClassVar[ChangeKind]
+    CHANGE_KIND_MODIFIED: _ClassVar[ChangeKind]
 IMAGE_STATUS_UNSPECIFIED: ImageStatus
 IMAGE_STATUS_CREATING: ImageStatus
 IMAGE_STATUS_AVAILABLE: ImageStatus
@@ -51,6 +58,10 @@ BACKUP_STATUS_WAITING_RESTORE: BackupStatus
 IMAGE_TYPE_UNSPECIFIED: ImageType
 IMAGE_TYPE_BACKUP: ImageType
 IMAGE_TYPE_REPLICATION: ImageType
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+CHANGE_KIND_ADDED: ChangeKind
+CHANGE_KIND_REMOVED: ChangeKind
+CHANGE_KIND_MODIFIED: ChangeKind
 
 class Image(_message.Message):
     __slots__ = ("id", "name", "description", "status", "backup_id", "disk_backup_id", "agent_id", "path", "size_bytes", "task_id", "source_backup_id", "source_cloud", "created_at", "updated_at")
@@ -402,7 +413,14 @@ class ListBackupFilesRequest(_message.Message):
     def __init__(self, backup_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class BackupFile(_message.Message):
-    __slots__ = ("name", "type", "size", "mode", "uid", "gid", "user", "group", "mtime", "target", "changed")
+    __slots__ = ("name", "type", "size", "mode", "uid", "gid", "user", "group", "mtime", "target", "changed", "raw_name", "raw_target", "xattrs", "rdev")
+    class XattrsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +432,10 @@ class BackupFile(_message.Message):
     MTIME_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    RAW_NAME_FIELD_NUMBER: _ClassVar[int]
+    RAW_TARGET_FIELD_NUMBER: _ClassVar[int]
+    XATTRS_FIELD_NUMBER: _ClassVar[int]
+    RDEV_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     size: int
@@ -425,10 +447,90 @@ class BackupFile(_message.Message):
     mtime: _timestamp_pb2.Timestamp
     target: str
     changed: bool
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., mtime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
+    raw_name: bytes
+    raw_target: bytes
+    xattrs: _containers.ScalarMap[str, bytes]
+    rdev: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., mtime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target: _Optional[str] = ..., changed: _Optional[bool] = ..., raw_name: _Optional[bytes] = ..., raw_target: _Optional[bytes] = ..., xattrs: _Optional[_Mapping[str, bytes]] = ..., rdev: _Optional[int] = ...) -> None: ...
 
 class ListBackupFilesResponse(_message.Message):
     __slots__ = ("files",)
     FILES_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[BackupFile]
     def __init__(self, files: _Optional[_Iterable[_Union[BackupFile, _Mapping]]] = ...) -> None: ...
+
+class DiffBackupsRequest(_message.Message):
+    __slots__ = ("backup_id", "other_backup_id", "path")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    other_backup_id: str
+    path: str
+    def __init__(self, backup_id: _Optional[str] = ..., other_backup_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class BackupChange(_message.Message):
+    __slots__ = ("path", "raw_path", "kind", "type", "old_type", "changed", "old_size", "size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    RAW_PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OLD_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    raw_path: bytes
+    kind: ChangeKind
+    type: str
+    old_type: str
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    old_size: int
+    size: int
+    def __init__(self, path: _Optional[str] = ..., raw_path: _Optional[bytes] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., type: _Optional[str] = ..., old_type: _Optional[str] = ..., changed: _Optional[_Iterable[str]] = ..., old_size: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class DiffSummary(_message.Message):
+    __slots__ = ("added", "removed", "modified", "bytes_added", "bytes_removed", "content_by_metadata")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_BY_METADATA_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    removed: int
+    modified: int
+    bytes_added: int
+    bytes_removed: int
+    content_by_metadata: bool
+    def __init__(self, added: _Optional[int] = ..., removed: _Optional[int] = ..., modified: _Optional[int] = ..., bytes_added: _Optional[int] = ..., bytes_removed: _Optional[int] = ..., content_by_metadata: _Optional[bool] = ...) -> None: ...
+
+class DiffBackupsResponse(_message.Message):
+    __slots__ = ("changes", "summary")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[BackupChange]
+    summary: DiffSummary
+    def __init__(self, changes: _Optional[_Iterable[_Union[BackupChange, _Mapping]]] = ..., summary: _Optional[_Union[DiffSummary, _Mapping]] = ...) -> None: ...
+
+class WalkBackupFilesRequest(_message.Message):
+    __slots__ = ("backup_id", "path")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    path: str
+    def __init__(self, backup_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class WalkBackupFilesResponse(_message.Message):
+    __slots__ = ("directory", "raw_directory", "files", "continued", "entry")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    RAW_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CONTINUED_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    raw_directory: bytes
+    files: _containers.RepeatedCompositeFieldContainer[BackupFile]
+    continued: bool
+    entry: BackupFile
+    def __init__(self, directory: _Optional[str] = ..., raw_directory: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[BackupFile, _Mapping]]] = ..., continued: _Optional[bool] = ..., entry: _Optional[_Union[BackupFile, _Mapping]] = ...) -> None: ...

@@ -75,6 +75,16 @@ class BackupServiceStub:
                 request_serializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.FromString,
                 _registered_method=True)
+        self.DiffBackups = channel.unary_stream(
+                '/cbr.v1.BackupService/DiffBackups',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.DiffBackupsRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.DiffBackupsResponse.FromString,
+                _registered_method=True)
+        self.WalkBackupFiles = channel.unary_stream(
+                '/cbr.v1.BackupService/WalkBackupFiles',
+                request_serializer=cbr_dot_v1_dot_backup__pb2.WalkBackupFilesRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_backup__pb2.WalkBackupFilesResponse.FromString,
+                _registered_method=True)
         self.CreateImage = channel.unary_unary(
                 '/cbr.v1.BackupService/CreateImage',
                 request_serializer=cbr_dot_v1_dot_backup__pb2.CreateImageRequest.SerializeToString,
@@ -153,6 +163,25 @@ class BackupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiffBackups(self, request, context):
+        """Streams what changed from one file-system backup to another of the
+        account (entries added, removed and modified, depth first in name
+        order), then a summary. Subtrees stored once for both are not read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WalkBackupFiles(self, request, context):
+        """Streams the listing of every directory of a file-system backup (or of
+        one directory of it), depth first in name order, a directory before
+        those inside it: what `cbr backup diff --against` compares with a
+        directory on the caller's machine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateImage(self, request, context):
         """Makes an image from a server backup (a replica too): its system disk
         written to a new image file on an agent, and registered here.
@@ -222,6 +251,16 @@ def add_BackupServiceServicer_to_server(servicer, server):
                     servicer.ListBackupFiles,
                     request_deserializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.SerializeToString,
+            ),
+            'DiffBackups': grpc.unary_stream_rpc_method_handler(
+                    servicer.DiffBackups,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.DiffBackupsRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.DiffBackupsResponse.SerializeToString,
+            ),
+            'WalkBackupFiles': grpc.unary_stream_rpc_method_handler(
+                    servicer.WalkBackupFiles,
+                    request_deserializer=cbr_dot_v1_dot_backup__pb2.WalkBackupFilesRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_backup__pb2.WalkBackupFilesResponse.SerializeToString,
             ),
             'CreateImage': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateImage,
@@ -461,6 +500,60 @@ class BackupService:
             '/cbr.v1.BackupService/ListBackupFiles',
             cbr_dot_v1_dot_backup__pb2.ListBackupFilesRequest.SerializeToString,
             cbr_dot_v1_dot_backup__pb2.ListBackupFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cbr.v1.BackupService/DiffBackups',
+            cbr_dot_v1_dot_backup__pb2.DiffBackupsRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.DiffBackupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WalkBackupFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cbr.v1.BackupService/WalkBackupFiles',
+            cbr_dot_v1_dot_backup__pb2.WalkBackupFilesRequest.SerializeToString,
+            cbr_dot_v1_dot_backup__pb2.WalkBackupFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,
