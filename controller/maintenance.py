@@ -32,6 +32,7 @@ from cbr.repo.tree import EntryType, decode_tree
 from cbr.storage import StorageError
 from cbr.v1 import backup_pb2
 from controller.app import App
+from controller.browse import file_pb
 from controller.kms import CustomerKey
 from controller.persistence.models import Backup, Checkpoint, Key, Task, Vault
 from controller.services import keys, runs, tasks, vaults
@@ -239,11 +240,11 @@ class Maintenance:
                                                   path=where)
                 if entry.type != EntryType.DIR or entry.subtree is None:
                     if i == len(parts) - 1:
-                        return [_file_pb(entry)]
+                        return [file_pb(entry)]
                     raise errors.InvalidParameter(f"{where} is not a directory.",
                                                   field="path")
                 tree = decode_tree(repo.load_blob(entry.subtree, key_id=key_id))
-            return [_file_pb(e) for e in tree]
+            return [file_pb(e) for e in tree]
         except RepoError as exc:
             raise errors.DataIntegrityError(f"Backup {backup_id}: {exc}",
                                             backup_id=backup_id) from exc
@@ -345,20 +346,3 @@ def _backup_from_manifest(m: Manifest, project_id: str, vault_id: str,
         stored_bytes=int(m.stats.get("bytes_sent", 0)), extend_info=dict(m.extend_info),
         protected_at=m.protected_at or m.created_at, expired_at=m.expired_at,
         created_at=m.created_at, updated_at=now)
-
-
-def _file_pb(entry: Any) -> backup_pb2.BackupFile:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    mtime = Timestamp()
-    mtime.FromNanoseconds(int(entry.mtime or 0))
-    target = ""
-    if entry.target is not None:
-        target = entry.target.decode("utf-8", "replace")
-    elif entry.link:
-        target = "/" + "/".join(p.decode("utf-8", "replace") for p in entry.link)
-    return backup_pb2.BackupFile(
-        name=entry.name.decode("utf-8", "replace"), type=str(entry.type),
-        size=int(entry.size or 0), mode=int(entry.mode or 0), uid=int(entry.uid or 0),
-        gid=int(entry.gid or 0), user=entry.user or "", group=entry.group or "",
-        mtime=mtime, target=target, changed=bool(entry.changed))

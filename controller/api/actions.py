@@ -47,6 +47,8 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.BackupService/DeleteBackup": "cbr:backups:delete",
     "/cbr.v1.BackupService/RestoreBackup": "cbr:backups:restore",
     "/cbr.v1.BackupService/ListBackupFiles": "cbr:backups:get",
+    "/cbr.v1.BackupService/DiffBackups": "cbr:backups:get",
+    "/cbr.v1.BackupService/WalkBackupFiles": "cbr:backups:get",
     "/cbr.v1.BackupService/CreateImage": "cbr:images:create",
     "/cbr.v1.BackupService/GetImage": "cbr:images:get",
     "/cbr.v1.BackupService/ListImages": "cbr:images:list",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import backup_pb2, backup_pb2_grpc, common_pb2
+from controller import browse
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Backup, Image, Vault
@@ -140,16 +144,42 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
     def ListBackupFiles(self, request: backup_pb2.ListBackupFilesRequest,
                         context: grpc.ServicerContext) -> backup_pb2.ListBackupFilesResponse:
         with self.app.db.begin() as s:
-            b = backups.get_backup(s, self.project_id, request.backup_id)
-            if b.resource_type != "turbo":
-                raise errors.InvalidParameter(
-                    f"Backup {b.id} is a {b.resource_type} backup; only file-system backups "
-                    "have files to list.", field="backup_id")
-            if b.status not in ("available", "restoring"):
-                raise errors.BackupStatusIllegal(f"Backup {b.id} is {b.status}.",
-                                                 backup_id=b.id)
+            b = _tree_backup(s, self.project_id, request.backup_id, "backup_id", "list")
             vault = s.get(Vault, b.vault_id)
             vault_url = vault.storage_url if vault is not None else ""
             backup_id = b.id
         files = self.app.maintenance.list_files(vault_url, backup_id, request.path)
         return backup_pb2.ListBackupFilesResponse(files=files)
+
+    def DiffBackups(self, request: backup_pb2.DiffBackupsRequest,
+                    context: grpc.ServicerContext) -> Iterator[backup_pb2.DiffBackupsResponse]:
+        if not request.other_backup_id:
+            raise errors.InvalidParameter("other_backup_id is required: the backup to compare "
+                                          "backup_id with.", field="other_backup_id")
+        with self.app.db.begin() as s:
+            _tree_backup(s, self.project_id, request.backup_id, "backup_id", "compare")
+            _tree_backup(s, self.project_id, request.other_backup_id, "other_backup_id",
+                         "compare")
+        yield from browse.diff_backups(self.app, request.backup_id, request.other_backup_id,
+                                       request.path)
+
+    def WalkBackupFiles(self, request: backup_pb2.WalkBackupFilesRequest,
+                        context: grpc.ServicerContext
+                        ) -> Iterator[backup_pb2.WalkBackupFilesResponse]:
+        with self.app.db.begin() as s:
+            _tree_backup(s, self.project_id, request.backup_id, "backup_id", "list")
+        yield from browse.walk_files(self.app, request.backup_id, request.path)
+
+
+def _tree_backup(s: Session, project_id: str, backup_id: str, field: str, verb: str) -> Backup:
+    """A file-system backup of the account whose tree may be read now."""
+    b = backups.get_backup(s, project_id, backup_id)
+    if b.resource_type != "turbo":
+        raise errors.InvalidParameter(
+            f"Backup {b.id} is a {b.resource_type} backup; only file-system backups "
+            f"have files to {verb}.", field=field)
+    if b.status not in ("available", "restoring"):
+        raise errors.BackupStatusIllegal(f"Backup {b.id} is {b.status}; files can be read "
+                                         "only from an available (or restoring) backup.",
+                                         backup_id=b.id)
+    return b
