@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli import replication_cmd, task_cmd
+from cbr.cli import diff_cmd, replication_cmd, task_cmd
 from cbr.cli._common import (
     Column,
     Context,
@@ -91,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("backup_id", metavar="BACKUP_ID")
     p.add_argument("path", nargs="?", default="", metavar="PATH")
+    diff_cmd.register(group)
     p = add_command(group, "list", cmd_list, "list backups", rpc="BackupService.ListBackups")
     p.add_argument("--vault", help="only backups in this vault id")
     p.add_argument("--resource", help="only backups of this resource id")
