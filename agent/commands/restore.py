@@ -81,9 +81,11 @@ def _restore(repo: Repository, command: Any, progress: Progress) -> list[Restore
         return [disk_engine.restore_disk(repo, content, target, progress=progress,
                                          key_id=manifest.chunk_key_id)]
     if isinstance(content, TreeContent):
-        progress.set_total(int(manifest.stats.get("bytes_scanned", 0)))
         path = [p.encode("utf-8", "surrogateescape")
                 for p in command.source_path.split("/") if p]
+        size = tree_engine.restore_size(repo, content, path, manifest.chunk_key_id)
+        progress.set_total(int(manifest.stats.get("bytes_scanned", 0)) if size is None
+                           else size)
         target.mkdir(parents=True, exist_ok=True)
         return [tree_engine.restore_tree(repo, content, target, path=path, progress=progress,
                                          key_id=manifest.chunk_key_id)]

@@ -15,29 +15,46 @@ their ancestors, and in each looks again only at the changed names; every
 other entry and subtree is the parent backup's, as it was.
 
 It is for trees what reflink changed-block tracking is for disks, with the
-same rule: when in doubt, walk everything. The answer is "walk everything"
-(``None``, with a ``reason``) when
+same rule: when in doubt, look. The journal narrows where a backup looks
+only where it can prove that a directory is the one the parent backup
+recorded, with every event about it since the parent began:
+
+- A directory that was created, deleted, or moved in or out since the
+  parent began is *fresh*: its history is not complete (events about a
+  directory that is gone by the time they are read cannot be placed), so it
+  is listed in full, with everything below it. ``rm -rf d; mkdir d`` makes
+  ``d`` fresh, whatever inode the new ``d`` gets.
+- A directory whose device and inode differ from the parent's document of
+  that name is listed in full, with everything below it (the backup checks
+  this as it goes, in ``agent.dataplane.tree``).
+- A file's link count changing (a hard link made or removed names no
+  directory) is a reason to look at the files it names, never to give up
+  the journal: a file with one name is where that name is, which is told
+  as the event is read; a file with several names that was born after the
+  parent began has, in the tree, only names whose creation the journal saw;
+  for any other, the backup finds its names in the parent backup (by device
+  and inode) and looks at them again. Events about files outside the tree
+  cost the tree nothing.
+
+The answer is "walk everything" (``None``, with a ``reason``) only when
 
 - fanotify is not available (not root, an old kernel, a file system without
   file handles, such as most network and FUSE file systems);
 - the agent restarted, or the parent backup was not taken under this watch;
-- the kernel's queue overflowed, or a generation changed too many names to
-  keep;
-- a file's link count changed (a hard link made or removed, which names no
-  directory) and at the backup it still has several names, or one we cannot
-  be sure of: its names in the tree may have been written through a name
-  outside it, which reports a change outside it;
+- the kernel's queue overflowed (the queue is unbounded, so only when the
+  kernel cannot allocate), an event could not be parsed, or a generation
+  changed too many names of the tree to keep;
 - this process wrote into the tree (a restore): its own events are not
   recorded, since its own writes to vaults on the same file system would
   drown the journal;
 - the tree's root is no longer the directory the watch was set on;
 - the last full walk of this chain is older than ``full_walk_interval``.
 
-Directories holding files with several links are always listed again, for
-the same reason as above, and so are directories where something could not
-be read (an unreadable file left out of one backup is tried again, and
-warned about again, at the next). A renamed directory is a new name in its new
-parent, so it is walked in full there.
+Directories holding files with several links are always listed again (a
+name outside the tree may write them, and such writes report a change
+outside it), and so are directories where something could not be read (an
+unreadable file left out of one backup is tried again, and warned about
+again, at the next).
 
 What the kernel does not report, no journal can: a file written through a
 shared memory mapping after it was closed, and access times (reading a file
@@ -62,6 +79,7 @@ from pathlib import Path
 # <sys/fanotify.h>
 _FAN_CLOEXEC = 0x1
 _FAN_NONBLOCK = 0x2
+_FAN_UNLIMITED_QUEUE = 0x10
 _FAN_CLASS_NOTIF = 0x0
 _FAN_REPORT_FID = 0x200
 _FAN_REPORT_DIR_FID = 0x400
@@ -84,6 +102,11 @@ _INFO_FID = 1
 _INFO_DFID_NAME = 2
 _INFO_DFID = 3
 _AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_BTIME = 0x800
+_STATX_SIZE = 256
+_STATX_BTIME_AT = 80  # offset of stx_btime (tv_sec i64, tv_nsec u32) in struct statx
 _METADATA = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
 _INFO_HEADER = struct.Struct("=BBH")  # info_type, pad, len; then fsid (8 bytes), file_handle
 _HANDLE_HEADER = struct.Struct("=Ii")  # handle_bytes, handle_type
@@ -91,12 +114,18 @@ _HANDLE_HEADER = struct.Struct("=Ii")  # handle_bytes, handle_type
 #: Every change to a name, its content or its metadata, on files and directories.
 WATCHED = (_FAN_MODIFY | _FAN_ATTRIB | _FAN_CLOSE_WRITE | _FAN_MOVED_FROM | _FAN_MOVED_TO
            | _FAN_CREATE | _FAN_DELETE | _FAN_DELETE_SELF | _FAN_MOVE_SELF | _FAN_ONDIR)
-#: A generation that changed more distinct names than this (on the whole file
-#: system) is not kept: the next backup walks everything.
+#: A directory event of these kinds makes the directory it names fresh.
+_NAME_CHANGES = _FAN_CREATE | _FAN_DELETE | _FAN_MOVED_FROM | _FAN_MOVED_TO
+#: A generation that changed more distinct names of the tree than this is
+#: not kept: the next backup walks everything.
 MAX_CHANGES_PER_GENERATION = 200_000
 #: Backups whose journal state is kept per tree (a parent is nearly always
 #: the latest, or one of the last few after failures).
 KEPT_BACKUPS = 8
+#: File systems stamp times from a clock read once per tick (up to 10 ms at
+#: HZ=100): a birth time may lag the real moment by that much, and a
+#: directory born that close to a backup's beginning counts as born since.
+CLOCK_GRAIN_NS = 50_000_000
 FULL_WALK_INTERVAL = 24 * 3600.0
 BATCH_DELAY = 0.02
 
@@ -109,16 +138,24 @@ class ChangedDirs:
     """What changed in a tree since the parent backup began: for each
     directory with changes, the names in it that changed (created, deleted,
     written, renamed, their metadata changed), or None where the whole
-    directory must be listed again. Every other name is as the parent
+    directory must be listed again; the *fresh* directories, whose history
+    is not complete, to be walked in full with all below them; and files
+    whose link count changed and whose names in the tree only the parent
+    backup can tell (device, inode). Every other name is as the parent
     backup recorded it."""
 
     dirty: dict[RelPath, frozenset[bytes] | None]
+    fresh: frozenset[RelPath] = frozenset()
+    inodes: frozenset[tuple[int, int]] = frozenset()
+    #: When the parent backup began (wall clock, ns): a directory born since
+    #: is not the one the parent recorded, whatever its inode number.
+    since_ns: int = 0
 
     def needed(self) -> frozenset[RelPath]:
-        """The directories to visit: the dirty ones and all their ancestors
-        (whose trees change with them)."""
+        """The directories to visit: the dirty and fresh ones and all their
+        ancestors (whose trees change with them)."""
         out: set[RelPath] = {()}
-        for path in self.dirty:
+        for path in (*self.dirty, *self.fresh):
             for i in range(len(path), 0, -1):
                 prefix = path[:i]
                 if prefix in out:
@@ -128,7 +165,34 @@ class ChangedDirs:
 
     def names(self, path: RelPath) -> frozenset[bytes] | None:
         """The names to look at again in ``path`` (None: list it all)."""
+        if path in self.fresh:
+            return None
         return self.dirty.get(path, frozenset())
+
+    def is_fresh(self, path: RelPath) -> bool:
+        """Whether ``path`` must be walked in full, with all below it."""
+        return path in self.fresh
+
+    def with_names(self, found: Iterable[tuple[RelPath, bytes]]) -> ChangedDirs:
+        """These names too (the files of ``inodes``, once found), and their
+        directories in their parents (a directory's tree changes with them)."""
+        dirty: dict[RelPath, set[bytes] | None] = {
+            path: None if names is None else set(names) for path, names in self.dirty.items()}
+        for path, name in found:
+            for where, what in ((path, name), *((path[:i], path[i]) for i in range(len(path)))):
+                listed = dirty.setdefault(where, set())
+                if listed is not None:
+                    listed.add(what)
+        return ChangedDirs({p: None if n is None else frozenset(n) for p, n in dirty.items()},
+                           self.fresh, frozenset(), self.since_ns)
+
+    def born_since(self, path: bytes) -> bool:
+        """Whether the directory at ``path`` was born after the parent backup
+        began (an inode number is reused at once on some file systems); True
+        when the file system cannot tell, which costs a fuller listing, never
+        a missed change."""
+        born = birth_ns(path)
+        return born is None or born + CLOCK_GRAIN_NS >= self.since_ns
 
 
 @dataclass
@@ -136,10 +200,16 @@ class _Generation:
     # (directory, name) of every name in the tree that changed; a name of
     # None: something in that directory, list it again
     names: set[tuple[RelPath, bytes | None]] = field(default_factory=set)
-    # files that had several names when their link count changed: where
-    # they are is asked again at the backup (module docstring)
+    # directories created, deleted or moved in or out (module docstring)
+    fresh: set[RelPath] = field(default_factory=set)
+    # files whose link count changed and whose one name could not be told
+    # as the event was read: asked again at the backup (module docstring)
     linked: set[bytes] = field(default_factory=set)
     lost: str = ""  # why this generation cannot be trusted, if it cannot
+    began_ns: int = 0  # wall clock when the generation began
+
+    def size(self) -> int:
+        return len(self.names) + len(self.fresh) + len(self.linked)
 
 
 @dataclass(frozen=True)
@@ -147,6 +217,7 @@ class _Kept:
     generation: int
     recheck: frozenset[tuple[bytes, ...]]
     full_walk_at: float
+    began_ns: int  # when the backup's generation began: files born later are new
 
 
 class _Libc:
@@ -165,6 +236,26 @@ class _Libc:
         self.open_by_handle_at = libc.open_by_handle_at
         self.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.open_by_handle_at.restype = ctypes.c_int
+        self.statx = getattr(libc, "statx", None)
+        if self.statx is not None:
+            self.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                                   ctypes.c_char_p]
+            self.statx.restype = ctypes.c_int
+
+    def birth_ns(self, fd: int, path: bytes = b"") -> int | None:
+        """When the file open at ``fd`` (or at ``path``, not following a
+        symlink) was born, if its file system says."""
+        if self.statx is None:
+            return None
+        buf = ctypes.create_string_buffer(_STATX_SIZE)
+        flags = _AT_SYMLINK_NOFOLLOW if path else _AT_EMPTY_PATH
+        if self.statx(fd if not path else _AT_FDCWD, path, flags, _STATX_BTIME, buf) != 0:
+            return None
+        mask = struct.unpack_from("=I", buf.raw, 0)[0]
+        if not mask & _STATX_BTIME:
+            return None
+        seconds, nanos = struct.unpack_from("=qI", buf.raw, _STATX_BTIME_AT)
+        return seconds * 1_000_000_000 + nanos
 
 
 _libc: _Libc | None = None
@@ -175,6 +266,15 @@ def _lib() -> _Libc:
     if _libc is None:
         _libc = _Libc()
     return _libc
+
+
+def birth_ns(path: bytes) -> int | None:
+    """When the file at ``path`` was born (wall clock, ns), if its file
+    system says (statx; Python's os has no btime)."""
+    try:
+        return _lib().birth_ns(_AT_FDCWD, path)
+    except (OSError, AttributeError):
+        return None
 
 
 class Unavailable(Exception):
@@ -200,8 +300,11 @@ class TreeWatch:
             lib = _lib()
         except (OSError, AttributeError) as exc:
             raise Unavailable(f"no fanotify in this C library: {exc}") from exc
+        # An unbounded queue: a busy file system (a package manager, a
+        # build) must not cost the tree its journal by overflowing it.
         fd = lib.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK | _FAN_REPORT_FID
-                               | _FAN_REPORT_DIR_FID | _FAN_REPORT_NAME, os.O_RDONLY)
+                               | _FAN_REPORT_DIR_FID | _FAN_REPORT_NAME | _FAN_UNLIMITED_QUEUE,
+                               os.O_RDONLY)
         if fd < 0:
             raise Unavailable(f"fanotify_init: {os.strerror(ctypes.get_errno())}")
         self._fd = fd
@@ -213,7 +316,7 @@ class TreeWatch:
             self.close()
             raise Unavailable(f"fanotify_mark {os.fsdecode(self.root)}: {os.strerror(error)}")
         self._lock = threading.Lock()
-        self._generations: dict[int, _Generation] = {0: _Generation()}
+        self._generations: dict[int, _Generation] = {0: _Generation(began_ns=time.time_ns())}
         self._current = 0
         self._kept: dict[str, _Kept] = {}
         self._pid = os.getpid()
@@ -278,9 +381,10 @@ class TreeWatch:
             else:
                 self._record(gen, buf, off + meta_len, off + length, mask)
             off += length
-        if len(gen.names) + len(gen.linked) > MAX_CHANGES_PER_GENERATION:
+        if gen.size() > MAX_CHANGES_PER_GENERATION:
             gen.lost = "too many changes to keep track of"
             gen.names.clear()
+            gen.fresh.clear()
             gen.linked.clear()
 
     def _record(self, gen: _Generation, buf: bytes, pos: int, end: int, mask: int) -> None:
@@ -306,11 +410,13 @@ class TreeWatch:
             handle, name = directory[0], directory[1]
             path = self._place(handle)
             if path is None:
-                return  # outside the tree, or gone (its parent's event says so)
+                return  # outside the tree, or gone (an ancestor's event says so)
             if name is None:
                 gen.names.add((path, None))  # list it again
             elif name not in (b".", b""):
                 gen.names.add((path, name))
+                if mask & _FAN_ONDIR and mask & _NAME_CHANGES:
+                    gen.fresh.add((*path, name))
             elif path:  # the root's own metadata is in no parent's tree
                 gen.names.add((path[:-1], path[-1]))
         elif obj is not None:
@@ -321,17 +427,16 @@ class TreeWatch:
             else:
                 # Only a link count changes a file without naming its
                 # directory: a hard link came or went. A file left with one
-                # name is where that name is, which is told now, while the
-                # kernel still has the name at hand; one with several may
-                # have names in the tree written through names outside it.
+                # name is where that name is, told now, while the kernel
+                # still has the name at hand; any other is asked again at
+                # the backup.
                 links, where = self._locate(obj)
-                if links > 1:
+                if links == 1 and where is not None:
+                    if where.startswith(self.root + b"/"):
+                        parts = tuple(where[len(self.root) + 1:].split(b"/"))
+                        gen.names.add((parts[:-1], parts[-1]))
+                elif links != 0:
                     gen.linked.add(obj)
-                elif links == 1 and where is None:
-                    gen.lost = "a hard link was made or removed"
-                elif where is not None and where.startswith(self.root + b"/"):
-                    parts = tuple(where[len(self.root) + 1:].split(b"/"))
-                    gen.names.add((parts[:-1], parts[-1]))
         else:
             gen.lost = "an event that names no file"
 
@@ -344,7 +449,7 @@ class TreeWatch:
             self._drain()
             self._current += 1
             self._generations[self._current] = _Generation(
-                lost=self._pause_reason if self._paused else "")
+                lost=self._pause_reason if self._paused else "", began_ns=time.time_ns())
             self._places.clear()
             return self._current
 
@@ -365,12 +470,14 @@ class TreeWatch:
                 return self._walk_all("the periodic full walk is due")
             self._drain()
             names: set[tuple[RelPath, bytes | None]] = set()
+            fresh: set[RelPath] = set()
             linked: set[bytes] = set()
             for number in range(kept.generation, self._current + 1):
                 gen = self._generations.get(number)
                 if gen is None or gen.lost:
                     return self._walk_all(gen.lost if gen else "the journal was pruned")
                 names |= gen.names
+                fresh |= gen.fresh
                 linked |= gen.linked
         if not self.same_root():
             return self._walk_all("the root is gone or is not the directory the watch was set on")
@@ -387,20 +494,26 @@ class TreeWatch:
 
         for path, name in names:
             add(path, name)
+        inodes: set[tuple[int, int]] = set()
         for handle in linked:
-            links, where = self._locate(handle)
-            if links > 1 or (links == 1 and where is None):
-                return self._walk_all("a hard link was made or removed")
+            try:
+                _links, where, identity = self._find(handle, kept.began_ns)
+            except OSError as exc:
+                return self._walk_all(f"a file whose link count changed could not be "
+                                      f"opened: {exc}")
             if where is not None and where.startswith(self.root + b"/"):
                 parts = tuple(where[len(self.root) + 1:].split(b"/"))
                 add(parts[:-1], parts[-1])
+            elif identity is not None:
+                inodes.add(identity)
         # A directory whose entries changed has a new modification time,
         # which its parent records.
         for path in [p for p in changed if p]:
             add(path[:-1], path[-1])
         self.reason = ""
         return ChangedDirs({path: None if listed is None else frozenset(listed)
-                            for path, listed in changed.items()})
+                            for path, listed in changed.items()},
+                           frozenset(fresh), frozenset(inodes), kept.began_ns)
 
     def _walk_all(self, reason: str) -> ChangedDirs | None:
         self.reason = reason
@@ -418,7 +531,8 @@ class TreeWatch:
             again = frozenset(recheck)
             if not full_walk and parent is not None:
                 again |= parent.recheck  # until a full walk lists everything anyway
-            self._kept[backup_id] = _Kept(generation, again, walked_at)
+            self._kept[backup_id] = _Kept(generation, again, walked_at,
+                                          self._generations[generation].began_ns)
             while len(self._kept) > KEPT_BACKUPS:
                 del self._kept[next(iter(self._kept))]
             oldest = min(k.generation for k in self._kept.values())
@@ -519,6 +633,31 @@ class TreeWatch:
         if there is None or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
             return 1, None
         return 1, path
+
+    def _find(self, handle: bytes, since_ns: int
+              ) -> tuple[int, bytes | None, tuple[int, int] | None]:
+        """Where a file whose link count changed has names the backup must
+        look at: (links, its one path, None), or (links, None, its device
+        and inode) when the parent backup must tell where its names were;
+        (links, None, None) when it has no name there: gone, or born after
+        the parent began (its names in the tree were created since, which
+        the journal saw)."""
+        fd = self._open(handle)
+        if fd < 0:
+            if ctypes.get_errno() in (errno.ESTALE, errno.ENOENT):
+                return 0, None, None
+            raise OSError(ctypes.get_errno(), "open_by_handle_at")
+        try:
+            st = os.fstat(fd)
+            born = _lib().birth_ns(fd)
+        finally:
+            os.close(fd)
+        links, where = self._locate(handle)
+        if links == 1 and where is not None:
+            return links, where, None
+        if born is not None and since_ns < born <= time.time_ns():
+            return links, None, None
+        return links, None, (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         closed = getattr(self, "_closed", None)

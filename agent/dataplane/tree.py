@@ -135,6 +135,17 @@ def _xattrs(path: bytes | int, follow: bool = False) -> dict[str, bytes]:
     return out
 
 
+def _read_link(entry: TreeEntry, st: os.stat_result, path: bytes) -> None:
+    """A symlink's target, and its access time after reading it: reading a
+    link may set its access time (relatime), and no flag avoids that, so the
+    backup records the time the source shows once the backup is done."""
+    entry.target = os.readlink(path)
+    after = os.lstat(path)
+    if (after.st_ino, after.st_ctime_ns, after.st_mtime_ns) == (
+            st.st_ino, st.st_ctime_ns, st.st_mtime_ns):
+        entry.atime = after.st_atime_ns
+
+
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (
         b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
@@ -168,6 +179,7 @@ class _TreeBackup:
         self._local = threading.local()
         self.waiting = 0
         self.batch: _Batch | None = None
+        self.sizes: dict[bytes, int] = {}  # tree id -> its tree_size, when summed
 
     # -- file content ------------------------------------------------------------------------
 
@@ -328,12 +340,12 @@ class _TreeBackup:
             if kind == EntryType.SYMLINK:
                 entry.target = old.target
                 if entry.target is None:
-                    entry.target = os.readlink(path)
+                    _read_link(entry, st, path)
             return entry, False
         if kind == EntryType.FILE:
             return entry, True
         if kind == EntryType.SYMLINK:
-            entry.target = os.readlink(path)
+            _read_link(entry, st, path)
         entry.xattrs = _xattrs(path)
         return entry, False
 
@@ -402,17 +414,21 @@ class _TreeBackup:
             return False
 
     def directory(self, path: bytes, rel: list[bytes], parent_tree: bytes | None,
-                  root_dev: int) -> bytes:
-        """Stores one directory (and everything below it); its tree id."""
+                  root_dev: int) -> tuple[bytes, int]:
+        """Stores one directory (and everything below it); its tree id and
+        the bytes of every file below it."""
         return self.scan(path, rel, parent_tree, root_dev).finish()
 
     def scan(self, path: bytes, rel: list[bytes], parent_tree: bytes | None,
-             root_dev: int) -> _PendingDir:
+             root_dev: int, full: bool = False) -> _PendingDir:
         """Lists a directory and hands its files to the readers, then does the
         same for its subdirectories, without waiting: sibling directories
         read in parallel, and a directory's tree is stored once all below it
         is (``finish``). At most ``MAX_PENDING_DIRS`` wait at any time, so
-        memory does not grow with the tree."""
+        memory does not grow with the tree. ``full``: this directory cannot
+        be proven the one the parent recorded, or its history is incomplete
+        (``agent.dataplane.changes``): it and all below it are listed in full,
+        whatever the change journal says."""
         if self.progress.cancelled.is_set():
             raise Cancelled("the backup was cancelled")
         loaded = self._parent_docs(parent_tree)
@@ -423,21 +439,22 @@ class _TreeBackup:
         # With a change journal, only the names it reports are looked at
         # again; the parent's documents of the others stand as they are.
         names = (self.changed.names(tuple(rel))
-                 if self.changed is not None and loaded is not None else None)
-        listed: list[tuple[bytes, os.DirEntry[bytes] | None]] = []
+                 if self.changed is not None and loaded is not None and not full else None)
+        listed: Sequence[tuple[bytes, os.stat_result | OSError | None]] = []
         if names is not None:
             listed = [(name, None) for name in sorted(old.keys() | names)]
         else:
             try:
-                with os.scandir(path) as it:
-                    listed = [(d.name, d) for d in sorted(it, key=lambda e: e.name)]
+                listed = _list_dir(path)
             except FileNotFoundError:
                 self.warnings.append(f"vanished: {os.fsdecode(path)}")
             except OSError as exc:
                 self.warnings.append(f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
                 self.recheck.add(tuple(rel))
         self.stats["dirs"] += 1
-        subdirs: list[tuple[TreeEntry | dict[str, Any], bytes, bytes | None]] = []
+        # (entry or kept document, path, the parent's subtree, whether it is
+        # another directory than the parent's of that name)
+        subdirs: list[tuple[TreeEntry | dict[str, Any], bytes, bytes | None, bool]] = []
         altered = False  # a kept document got a new access time
         for name, d in listed:
             child = path + b"/" + name
@@ -446,7 +463,7 @@ class _TreeBackup:
                     and not previous.get("changed")):
                 kind = previous.get("type")
                 if kind == "dir":
-                    subdirs.append((previous, child, _subtree_of(previous)))
+                    subdirs.append((previous, child, _subtree_of(previous), False))
                     continue
                 if kind == "file":
                     self.stats["files"] += 1
@@ -455,7 +472,9 @@ class _TreeBackup:
                 kept.append((name, previous))
                 continue
             try:
-                st = d.stat(follow_symlinks=False) if d is not None else os.lstat(child)
+                if isinstance(d, OSError):
+                    raise d
+                st = d if d is not None else os.lstat(child)
                 mode = st.st_mode
                 if previous is not None:
                     # The fast path of an incremental: the stored document is
@@ -476,7 +495,7 @@ class _TreeBackup:
                         if st.st_dev == root_dev and self._doc_holds(previous, st, "dir"):
                             doc = _with_atime(previous, st)
                             altered = altered or doc is not previous
-                            subdirs.append((doc, child, _subtree_of(previous)))
+                            subdirs.append((doc, child, _subtree_of(previous), False))
                             continue
                     elif stat.S_ISLNK(mode) and self._doc_holds(previous, st, "symlink"):
                         doc = _with_atime(previous, st)
@@ -497,9 +516,13 @@ class _TreeBackup:
                 if st.st_dev != root_dev:
                     self.warnings.append(f"mount point not crossed: {os.fsdecode(child)}")
                     entry.subtree = self._empty_tree()
+                    entry.tree_size = 0
                     entries.append(entry)
                     continue
-                subdirs.append((entry, child, _subtree_of(previous)))
+                other = previous is None or (previous.get("inode", 0), previous.get("dev", 0)) \
+                    != (st.st_ino, st.st_dev) or (
+                        self.changed is not None and self.changed.born_since(child))
+                subdirs.append((entry, child, _subtree_of(previous), other))
                 continue
             if entry.type != EntryType.FILE:
                 entries.append(entry)
@@ -537,32 +560,39 @@ class _TreeBackup:
                 pending.append((entry, self.pool.submit(self._read_file, child, st)))
         unchanged = (loaded is not None and not altered and not entries and not pending
                      and len(kept) + len(subdirs) == len(old)
-                     and not any(isinstance(e, TreeEntry) for e, _c, _s in subdirs))
+                     and not any(isinstance(e, TreeEntry) for e, _c, _s, _o in subdirs))
         node = _PendingDir(self, entries, kept, pending,
                            parent_tree if unchanged and loaded is not None else None,
                            tuple(rel))
         self.waiting += 1
-        for entry_or_doc, child, old_subtree in subdirs:
+        for entry_or_doc, child, old_subtree, other in subdirs:
             name = child.rsplit(b"/", 1)[1]
-            if (self.needed is not None and old_subtree is not None
+            below = (*rel, name)
+            walk_all = full or other or (self.changed is not None
+                                         and self.changed.is_fresh(below))
+            if (self.needed is not None and not walk_all and old_subtree is not None
                     and not isinstance(entry_or_doc, TreeEntry)
-                    and (*rel, name) not in self.needed and self.repo.has_blob(old_subtree)):
+                    and below not in self.needed and self.repo.has_blob(old_subtree)):
                 # The journal saw nothing change below: the parent's subtree stands.
                 self.stats["dirs_unchanged_by_journal"] += 1
+                if "tree_size" not in entry_or_doc:  # stored before trees kept sizes
+                    entry_or_doc = {**entry_or_doc,
+                                    "tree_size": self.tree_size_of(old_subtree)}
+                    node.same_as = None
                 node.subdirs.append((entry_or_doc, old_subtree, None))
                 continue
             node.subdirs.append((entry_or_doc, old_subtree, self.scan(
-                child, [*rel, name], old_subtree, root_dev)))
+                child, [*rel, name], old_subtree, root_dev, walk_all)))
             while self.waiting > MAX_PENDING_DIRS and node.finish_one():
                 pass
         return node
 
     def finish(self, entries: list[TreeEntry], kept: list[tuple[bytes, dict[str, Any]]],
                pending: list[tuple[TreeEntry, Future[_FileResult]]],
-               same_as: bytes | None, rel: tuple[bytes, ...]) -> bytes:
+               same_as: bytes | None, rel: tuple[bytes, ...]) -> tuple[bytes, int]:
         if same_as is not None and not pending and not entries:
             self.waiting -= 1
-            return same_as
+            return same_as, _size_of(entries, kept)
         for entry, future in pending:
             result = future.result()
             if result.warning:
@@ -598,7 +628,33 @@ class _TreeBackup:
         tree_id, sent = self.repo.store_blob(BlobType.META, data)
         self.stats["bytes_sent"] += sent
         self.waiting -= 1
-        return tree_id
+        return tree_id, _size_of(entries, kept)
+
+    def tree_size_of(self, tree_id: bytes) -> int:
+        """The bytes of every file below a stored tree, summed from its blobs:
+        only for trees stored before directories recorded their size."""
+        return _stored_tree_size(self.repo, tree_id, self.sizes)
+
+    def names_of(self, tree_id: bytes, inodes: frozenset[tuple[int, int]]
+                 ) -> list[tuple[tuple[bytes, ...], bytes]]:
+        """Where the parent backup had names of these files (device, inode):
+        the change journal's files whose link count changed and whose names
+        the kernel cannot tell. Reads the parent's tree blobs, not the file
+        system."""
+        found: list[tuple[tuple[bytes, ...], bytes]] = []
+        stack: list[tuple[tuple[bytes, ...], bytes]] = [((), tree_id)]
+        while stack:
+            rel, tid = stack.pop()
+            for doc in tree_docs(self.repo.load_blob(tid)):
+                name = doc_name(doc)
+                if name is None:
+                    continue
+                if (doc.get("dev", 0), doc.get("inode", 0)) in inodes:
+                    found.append((rel, name))
+                subtree = _subtree_of(doc)
+                if subtree is not None:
+                    stack.append(((*rel, name), subtree))
+        return found
 
     def _add_small(self, path: bytes, st: os.stat_result) -> _Item:
         """Puts a small file into the open batch, which spans directories:
@@ -624,6 +680,69 @@ class _TreeBackup:
 
     def _empty_tree(self) -> bytes:
         return self.repo.save_blob(BlobType.META, encode_tree([]))
+
+
+def _size_of(entries: list[TreeEntry], kept: list[tuple[bytes, dict[str, Any]]]) -> int:
+    """A directory's ``tree_size`` (section 9): its files' sizes and its
+    subdirectories' tree sizes; hard links add nothing."""
+    total = 0
+    for e in entries:
+        if e.type == EntryType.FILE:
+            total += e.size
+        elif e.type == EntryType.DIR:
+            total += e.tree_size or 0
+    for _name, doc in kept:
+        kind = doc.get("type")
+        if kind == "file":
+            total += int(doc.get("size", 0))
+        elif kind == "dir":
+            total += int(doc.get("tree_size", 0))
+    return total
+
+
+def _stored_tree_size(repo: Repository, tree_id: bytes, memo: dict[bytes, int],
+                      key_id: bytes | None = None) -> int:
+    """The bytes of every file below a stored tree, from its blobs (using
+    the ``tree_size`` of directories that have one)."""
+    if tree_id in memo:
+        return memo[tree_id]
+    total = 0
+    for doc in tree_docs(repo.load_blob(tree_id, key_id=key_id)):
+        kind = doc.get("type")
+        if kind == "file":
+            total += int(doc.get("size", 0))
+        elif kind == "dir":
+            if "tree_size" in doc:
+                total += int(doc["tree_size"])
+            else:
+                subtree = _subtree_of(doc)
+                if subtree is not None:
+                    total += _stored_tree_size(repo, subtree, memo, key_id)
+    memo[tree_id] = total
+    return total
+
+
+def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result | OSError]]:
+    """A directory's entries by name with their ``lstat`` (or why it
+    failed), listed without touching the directory's access time, which a
+    backup must record, not change. Listed through a descriptor, which gives
+    names as str: they are encoded back to the bytes they were."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_NOATIME)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        out: list[tuple[bytes, os.stat_result | OSError]] = []
+        with os.scandir(fd) as it:
+            for d in it:
+                try:
+                    out.append((os.fsencode(d.name), d.stat(follow_symlinks=False)))
+                except OSError as exc:
+                    out.append((os.fsencode(d.name), exc))
+        out.sort(key=lambda p: p[0])
+        return out
+    finally:
+        os.close(fd)
 
 
 class _PendingDir:
@@ -657,18 +776,19 @@ class _PendingDir:
             entry, old_subtree, node = self.subdirs[i]
             if node is None:
                 continue
-            subtree = node.finish()
+            subtree, size = node.finish()
             if isinstance(entry, TreeEntry):
                 entry.subtree = subtree
+                entry.tree_size = size
                 self.same_as = None
-            elif subtree != old_subtree:
-                entry = {**entry, "subtree": subtree.hex()}
+            elif subtree != old_subtree or entry.get("tree_size") != size:
+                entry = {**entry, "subtree": subtree.hex(), "tree_size": size}
                 self.same_as = None
             self.subdirs[i] = (entry, old_subtree, None)
             return True
         return False
 
-    def finish(self) -> bytes:
+    def finish(self) -> tuple[bytes, int]:
         while self.finish_one():
             pass
         entries = list(self.entries)
@@ -718,14 +838,24 @@ def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = No
         raise SourceUnreadable(f"cannot read {root}: {exc}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise SourceUnreadable(f"{root} is not a directory")
-    job = _TreeBackup(repo, progress, workers, changed if parent is not None else None)
+    changed = changed if parent is not None else None
+    job = _TreeBackup(repo, progress, workers, changed)
     try:
-        root_id = job.directory(os.fsencode(root), [], parent.root if parent else None,
-                                st.st_dev)
+        if changed is not None and changed.inodes and parent is not None:
+            job.changed = changed = changed.with_names(job.names_of(parent.root, changed.inodes))
+            job.needed = changed.needed()
+        root_id, size = job.directory(os.fsencode(os.path.realpath(root)), [],
+                                      parent.root if parent else None, st.st_dev)
+        # The root's own entry: mode, owner, times and xattrs as they were
+        # when the backup began (listing it left its access time alone).
+        meta, _ = job._entry(b"root", st, os.fsencode(root))
     finally:
         job.pool.shutdown(wait=True, cancel_futures=True)
     repo.flush()
-    return BackupResult(TreeContent(root_id), job.stats, job.warnings,
+    root_meta = meta.to_doc()
+    root_meta.pop("name", None)
+    root_meta["tree_size"] = size
+    return BackupResult(TreeContent(root_id, root_meta), job.stats, job.warnings,
                         recheck_dirs=sorted(job.recheck))
 
 
@@ -748,6 +878,26 @@ def _walk_to(repo: Repository, content: TreeContent, path: Sequence[bytes],
             raise PathNotInBackup(f"{where} is not a directory")
         entries = decode_tree(repo.load_blob(entry.subtree, key_id=key_id))
     return entries, None
+
+
+def restore_size(repo: Repository, content: TreeContent, path: Sequence[bytes] = (),
+                 key_id: bytes | None = None) -> int | None:
+    """The bytes a restore of the tree, or of what is at ``path``, writes
+    (its progress total); None for a whole tree backed up before backups
+    recorded it."""
+    if not path:
+        return content.size
+    parent_entries, _ = _walk_to(repo, content, path[:-1], key_id)
+    entry = next((e for e in parent_entries if e.name == path[-1]), None)
+    if entry is None:
+        raise PathNotInBackup(f"/{'/'.join(os.fsdecode(p) for p in path)} is not in the backup")
+    if entry.type == EntryType.FILE:
+        return entry.size
+    if entry.type == EntryType.DIR and entry.subtree is not None:
+        if entry.tree_size is not None:
+            return entry.tree_size
+        return _stored_tree_size(repo, entry.subtree, {}, key_id)
+    return 0
 
 
 def list_tree(repo: Repository, content: TreeContent,
@@ -824,6 +974,32 @@ class _TreeRestore:
                 self._warn(f"xattr {key} of {os.fsdecode(name)}: {exc.strerror}")
         with contextlib.suppress(OSError, NotImplementedError):
             os.utime(name, ns=(e.atime, e.mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+    def root_meta(self, doc: dict[str, Any]) -> None:
+        """Gives the target directory the tree root's own owner, mode,
+        xattrs and times, through the descriptor the restore holds (never
+        through its path), once everything inside is written."""
+        try:
+            e = TreeEntry.from_doc({**doc, "name": "root", "type": "dir",
+                                    "subtree": "00" * 32})
+        except Exception as exc:
+            self._warn(f"the root directory's metadata is damaged: {exc}")
+            return
+        fd = self.root_fd
+        if self.root_owner:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, e.uid, e.gid)
+        try:
+            os.fchmod(fd, e.mode)
+        except OSError as exc:
+            self._warn(f"mode of the restore target: {exc.strerror}")
+        for key, value in e.xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as exc:
+                self._warn(f"xattr {key} of the restore target: {exc.strerror}")
+        with contextlib.suppress(OSError):
+            os.utime(fd, ns=(e.atime, e.mtime))
 
     def _warn(self, text: str) -> None:
         with self._lock:
@@ -1152,6 +1328,8 @@ def _restore_into(repo: Repository, content: TreeContent, target: Path, root_fd:
         else:
             job.directory(root_fd, entries, (), fresh=empty and _plain_group(root_fd))
         job.finish_dirs()
+        if single is None and not path and content.root_meta is not None:
+            job.root_meta(content.root_meta)
     except UnsafeName as exc:
         raise UnsafeTarget(f"the backup holds an unsafe entry: {exc}") from exc
     except OSError as exc:

@@ -101,6 +101,7 @@ class TreeEntry:
     extents: list[tuple[int, int]] = field(default_factory=list)
     subtree: bytes | None = None
     changed: bool = False
+    tree_size: int | None = None  # dir: bytes of every file below (section 9)
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": self.type.value}
@@ -135,6 +136,8 @@ class TreeEntry:
             doc["subtree"] = self.subtree.hex()
         if self.changed:
             doc["changed"] = True
+        if self.tree_size is not None:
+            doc["tree_size"] = self.tree_size
         return doc
 
     @classmethod
@@ -186,6 +189,7 @@ class TreeEntry:
             extents=[(int(o), int(n)) for o, n in doc.get("extents", [])],
             subtree=subtree,
             changed=bool(doc.get("changed", False)),
+            tree_size=int(doc["tree_size"]) if "tree_size" in doc else None,
         )
 
 

@@ -5,15 +5,18 @@ back to the full walk whenever the journal cannot be trusted."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import agent.dataplane.changes as changes_module
 import agent.dataplane.tree as tree_module
 from agent.dataplane import Progress
 from agent.dataplane.changes import (
@@ -184,11 +187,11 @@ def _write_through_a_link_outside(tmp_path: Path, watches: TreeWatches, *, keep_
     return root, changed
 
 
-def test_a_hard_link_kept_outside_the_tree_makes_the_next_backup_walk_it_all(
+def test_a_hard_link_kept_outside_the_tree_is_looked_up_in_the_parent_not_walked(
         tmp_path: Path, watches: TreeWatches) -> None:
     root, changed = _write_through_a_link_outside(tmp_path, watches, keep_link=True)
-    assert changed is None
-    assert watches.watch(root).reason == "a hard link was made or removed"  # type: ignore[union-attr]
+    z = os.stat(root / "d5" / "deep" / "z")
+    assert changed is not None and changed.inodes == {(z.st_dev, z.st_ino)}
     assert (tmp_path / "out" / "d5" / "deep" / "z").read_text().endswith("outside the tree")
 
 
@@ -303,3 +306,121 @@ def test_a_directory_where_something_could_not_be_read_is_listed_again(
     assert changed is not None and changed.names((b"d5", b"deep")) is None
     restore_tree(repo, second, tmp_path / "out", progress=Progress())
     assert (tmp_path / "out" / "d5" / "deep" / "z").read_text() == "content of d5/deep/z\n"
+
+
+def _snapshot_with_root(root: Path) -> dict[str, Any]:
+    st = os.lstat(root)
+    return {"/": (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                  {k: os.getxattr(root, k) for k in os.listxattr(root)}),
+            **_snapshot(root)}
+
+
+def test_a_directory_deleted_and_made_again_is_listed_in_full(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    """The reduced case of the issue: every c.txt deleted with its directory
+    must stay deleted, though each directory is made again under its name,
+    and while a hard link is made elsewhere on the file system."""
+    root = tmp_path / "src"
+    for i in range(300):
+        (root / "many" / f"d{i:03}").mkdir(parents=True)
+        for name in ("a.txt", "b.txt", "c.txt"):
+            (root / "many" / f"d{i:03}" / name).write_text(f"{i} {name}\n")
+    (tmp_path / "elsewhere").write_text("an unrelated file\n")
+    repo = _vault(tmp_path)
+    first, _, _ = _backup(repo, root, "b1", None, watches, None)
+    _elsewhere(f"""
+        import os, shutil
+        root = {str(root)!r}
+        shutil.rmtree(root + "/many")
+        for i in range(300):
+            os.makedirs(root + "/many/d%03d" % i)
+            for name in ("a.txt", "b.txt"):
+                open(root + "/many/d%03d/" % i + name, "w").write("new %d %s\\n" % (i, name))
+        os.link({str(tmp_path / "elsewhere")!r}, {str(tmp_path / "elsewhere-too")!r})
+    """)
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None, watches.watch(root).reason  # type: ignore[union-attr]
+    assert changed.is_fresh((b"many",))
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+    assert not list((tmp_path / "out").glob("many/*/c.txt"))
+
+
+def test_a_directory_that_is_not_the_parents_is_listed_in_full_whatever_the_journal_says(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    """The second guard: should the journal ever miss that a directory was
+    made again, a directory whose inode is not the parent's is listed in
+    full, with all below it."""
+    root, repo, first = _first_backup(tmp_path, watches)
+    if changes_module.birth_ns(os.fsencode(root)) is None:
+        pytest.skip("this file system does not tell when a directory was born")
+    since = time.time_ns()
+    shutil.rmtree(root / "d2")
+    (root / "d2" / "sub").mkdir(parents=True)
+    (root / "d2" / "sub" / "other").write_text("not h1\n")
+    told = ChangedDirs({(): frozenset({b"d2"}), (b"d2",): frozenset({b"sub"}),
+                        (b"d2", b"sub"): frozenset({b"other"})}, since_ns=since)
+    result = backup_tree(repo, root, parent=first, progress=Progress(), changed=told)
+    assert isinstance(result.content, TreeContent)
+    restore_tree(repo, result.content, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+
+
+def test_an_unrelated_hard_link_of_an_old_file_keeps_the_journal_and_changes_nothing(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    old = tmp_path / "old-file"
+    old.write_text("born before the tree's backup\n")
+    root, repo, first = _first_backup(tmp_path, watches)
+    _elsewhere(f"""
+        import os
+        os.link({str(old)!r}, {str(tmp_path / "old-file-2")!r})
+        open({str(root / "top")!r}, "a").write("and a change in the tree")
+    """)
+    second, changed, result = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None and changed.inodes  # looked up in the parent: not found
+    assert result.stats["dirs_unchanged_by_journal"] >= 3
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot(tmp_path / "out") == _snapshot(root)
+
+
+def test_a_hard_link_made_inside_the_tree_to_an_old_file_keeps_the_link_group(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root, repo, first = _first_backup(tmp_path, watches)
+    _elsewhere(f"os.link({str(root / 'd1' / 'f1')!r}, {str(root / 'd3' / 'linked')!r})"
+               .replace("os.link", "__import__('os').link"))
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None
+    out = tmp_path / "out"
+    restore_tree(repo, second, out, progress=Progress())
+    assert os.stat(out / "d1" / "f1").st_ino == os.stat(out / "d3" / "linked").st_ino
+    assert _snapshot(out) == _snapshot(root)
+
+
+def test_the_root_directory_keeps_its_own_mode_owner_times_and_xattrs(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root, repo, first = _first_backup(tmp_path, watches)
+    try:
+        os.setxattr(root, "user.cbr-test", b"root's own")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs here: {exc}")
+    os.chmod(root, 0o750)
+    if os.geteuid() == 0:
+        os.chown(root, 1000, 1000)
+    os.utime(root, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None
+    restore_tree(repo, second, tmp_path / "out", progress=Progress())
+    assert _snapshot_with_root(tmp_path / "out") == _snapshot_with_root(root)
+
+
+def test_a_restore_total_after_a_journal_incremental_is_the_whole_tree(
+        tmp_path: Path, watches: TreeWatches) -> None:
+    root, repo, first = _first_backup(tmp_path, watches)
+    _elsewhere(f"open({str(root / 'top')!r}, 'a').write('x' * 1000)")
+    second, changed, result = _backup(repo, root, "b2", first, watches, "b1")
+    assert changed is not None
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert second.size == sum(p.stat().st_size for p in files)
+    assert result.stats["bytes_scanned"] < second.size
+    assert tree_module.restore_size(repo, second, [b"d1"]) == sum(
+        p.stat().st_size for p in (root / "d1").iterdir())
