@@ -581,7 +581,16 @@ class TreeWatch:
         return (st.st_dev, st.st_ino) == self._root_id
 
     def _open(self, handle: bytes) -> int:
-        fd: int = _lib().open_by_handle_at(self._mount_fd, handle, os.O_PATH | os.O_CLOEXEC)
+        """``open_by_handle_at``; -1 with errno set when it fails. An inode
+        being freed at that moment fails with ENOMEM on some file systems
+        (ext4: ``iget_locked`` finds it freeing): asked again a moment later,
+        it is gone (ESTALE), which is the answer that means something."""
+        for attempt in range(4):
+            fd: int = _lib().open_by_handle_at(self._mount_fd, handle,
+                                                os.O_PATH | os.O_CLOEXEC)
+            if fd >= 0 or ctypes.get_errno() != errno.ENOMEM:
+                return fd
+            time.sleep(0.005 * (attempt + 1))
         return fd
 
     def _place(self, handle: bytes) -> RelPath | None:
