@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,3 +404,35 @@ def test_lost_catalog_is_rebuilt_from_storage_alone(
         client.vaults.ImportVaultStorage(vault_pb2.ImportVaultStorageRequest(
             storage_url=storage))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_directories_made_again_restore_exactly_through_the_running_agents_journal(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    """Issue 17's reduced case through the real agent: 300 directories
+    deleted and made again with fewer files, while a hard link is made
+    elsewhere on the same file system; the incremental uses the journal and
+    restores no deleted file."""
+    host = _start(tmp_path, controller_factory, agent_factory)
+    share = host.files["share"]
+    for i in range(300):
+        (share / "many" / f"d{i:03}").mkdir(parents=True)
+        for name in ("a.txt", "b.txt", "c.txt"):
+            (share / "many" / f"d{i:03}" / name).write_text(f"{i} {name}\n")
+    (tmp_path / "elsewhere").write_text("unrelated\n")
+    _backup(host, "turbo")
+    shutil.rmtree(share / "many")
+    for i in range(300):
+        (share / "many" / f"d{i:03}").mkdir(parents=True)
+        for name in ("a.txt", "b.txt"):
+            (share / "many" / f"d{i:03}" / name).write_text(f"new {i} {name}\n")
+    os.link(tmp_path / "elsewhere", tmp_path / "elsewhere-too")
+    second = _backup(host, "turbo")
+    assert second.incremental
+    assert second.extend_info.change_detection == (
+        "journal" if _journal_works(share) else "walk")
+    task = _restore(host, second.id, target_agent_id=host.agent_id,
+                    target_path=str(tmp_path / "out"))
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    assert _tree(tmp_path / "out") == _tree(share)
+    assert not list((tmp_path / "out").glob("many/*/c.txt"))
