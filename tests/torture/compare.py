@@ -22,7 +22,7 @@ from typing import Any
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def _open(path: str | int, flags: int, dir_fd: int | None = None) -> int:
+def _open(path: str, flags: int, dir_fd: int | None = None) -> int:
     try:
         return os.open(path, flags | _O_NOATIME, dir_fd=dir_fd)
     except PermissionError:
@@ -37,7 +37,7 @@ def _xattrs(path: str) -> dict[str, bytes]:
         return {}
 
 
-def _content(dir_fd: int, name: str) -> str:
+def _content(dir_fd: int | None, name: str) -> str:
     fd = _open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd)
     h = hashlib.sha256()
     try:
@@ -157,14 +157,9 @@ def walk(root: Path) -> list[tuple[str, os.stat_result]]:
 
 
 def file_digest(path: Path) -> str | None:
+    """The content's SHA-256, read without touching its access time; None
+    when it cannot be read (gone)."""
     try:
-        fd = _open(str(path), os.O_RDONLY | os.O_NOFOLLOW)
+        return _content(None, str(path))
     except OSError:
         return None
-    h = hashlib.sha256()
-    try:
-        while block := os.read(fd, 1 << 20):
-            h.update(block)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
