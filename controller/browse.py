@@ -18,9 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cbr import errors
 from cbr.diff_pb import change_pb, summary_pb
 from cbr.repo import RepoError, Repository
-from cbr.repo.diff import Options, Summary, diff_trees, display_path, root_entry
+from cbr.repo.diff import Options, Summary, diff_trees, display_path
 from cbr.repo.manifest import TreeContent
-from cbr.repo.tree import EntryType, TreeEntry, decode_tree
+from cbr.repo.tree import EntryType, TreeEntry, decode_tree, root_entry
 from cbr.v1 import backup_pb2
 from controller.app import App
 from controller.persistence.models import Backup, Vault

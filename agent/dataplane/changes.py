@@ -243,13 +243,13 @@ class _Libc:
             self.statx.restype = ctypes.c_int
 
     def birth_ns(self, fd: int, path: bytes = b"") -> int | None:
-        """When the file open at ``fd`` (or at ``path``, not following a
-        symlink) was born, if its file system says."""
+        """When the file open at ``fd`` (or at ``path`` relative to ``fd``,
+        not following a symlink) was born, if its file system says."""
         if self.statx is None:
             return None
         buf = ctypes.create_string_buffer(_STATX_SIZE)
         flags = _AT_SYMLINK_NOFOLLOW if path else _AT_EMPTY_PATH
-        if self.statx(fd if not path else _AT_FDCWD, path, flags, _STATX_BTIME, buf) != 0:
+        if self.statx(fd, path, flags, _STATX_BTIME, buf) != 0:
             return None
         mask = struct.unpack_from("=I", buf.raw, 0)[0]
         if not mask & _STATX_BTIME:
@@ -275,6 +275,22 @@ def birth_ns(path: bytes) -> int | None:
         return _lib().birth_ns(_AT_FDCWD, path)
     except (OSError, AttributeError):
         return None
+
+
+def _one_path(fd: int, st: os.stat_result) -> bytes | None:
+    """The path of a file open at ``fd`` that has one name, if we can be
+    sure of it: a handle's dentry may be disconnected, so the path is
+    trusted only if it leads back to this very inode."""
+    if st.st_nlink != 1:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}".encode())
+        there = os.lstat(path) if path.startswith(b"/") else None
+    except OSError:
+        return None
+    if there is None or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+        return None
+    return path
 
 
 class Unavailable(Exception):
@@ -430,12 +446,15 @@ class TreeWatch:
                 # name is where that name is, told now, while the kernel
                 # still has the name at hand; any other is asked again at
                 # the backup.
-                links, where = self._locate(obj)
-                if links == 1 and where is not None:
-                    if where.startswith(self.root + b"/"):
-                        parts = tuple(where[len(self.root) + 1:].split(b"/"))
-                        gen.names.add((parts[:-1], parts[-1]))
-                elif links != 0:
+                try:
+                    where, unknown = self._find(obj, time.time_ns())
+                except OSError:
+                    where, unknown = None, (0, 0)
+                if where is not None:
+                    in_tree = self._name_in_tree(where)
+                    if in_tree is not None:
+                        gen.names.add(in_tree)
+                elif unknown is not None:
                     gen.linked.add(obj)
         else:
             gen.lost = "an event that names no file"
@@ -497,13 +516,13 @@ class TreeWatch:
         inodes: set[tuple[int, int]] = set()
         for handle in linked:
             try:
-                _links, where, identity = self._find(handle, kept.began_ns)
+                where, identity = self._find(handle, kept.began_ns)
             except OSError as exc:
                 return self._walk_all(f"a file whose link count changed could not be "
                                       f"opened: {exc}")
-            if where is not None and where.startswith(self.root + b"/"):
-                parts = tuple(where[len(self.root) + 1:].split(b"/"))
-                add(parts[:-1], parts[-1])
+            in_tree = self._name_in_tree(where) if where is not None else None
+            if in_tree is not None:
+                add(*in_tree)
             elif identity is not None:
                 inodes.add(identity)
         # A directory whose entries changed has a new modification time,
@@ -621,52 +640,50 @@ class TreeWatch:
             return None
         return tuple(path[len(self.root) + 1:].split(b"/"))
 
-    def _locate(self, handle: bytes) -> tuple[int, bytes | None]:
-        """A file's link count now and, if it has one name we can be sure of,
-        that path: (0, None) if it is gone, (2, None) when it cannot be told."""
+    def _name_in_tree(self, path: bytes) -> tuple[RelPath, bytes] | None:
+        """(directory, name) of an absolute path inside the tree; None outside."""
+        if not path.startswith(self.root + b"/"):
+            return None
+        parts = tuple(path[len(self.root) + 1:].split(b"/"))
+        return parts[:-1], parts[-1]
+
+    def _inspect(self, handle: bytes) -> tuple[int, bytes | None, tuple[int, int],
+                                             int | None] | None:
+        """A file as it is now: (link count, its one path if it has exactly
+        one we can be sure of, (device, inode), birth time if known); None
+        if it is gone. OSError when it cannot be opened for another reason."""
         fd = self._open(handle)
         if fd < 0:
-            return (0, None) if ctypes.get_errno() in (errno.ESTALE, errno.ENOENT) else (2, None)
+            error = ctypes.get_errno()
+            if error in (errno.ESTALE, errno.ENOENT):
+                return None
+            raise OSError(error, "open_by_handle_at")
         try:
             st = os.fstat(fd)
-            if st.st_nlink != 1:
-                return st.st_nlink, None
-            path = os.readlink(f"/proc/self/fd/{fd}".encode())
-            # A handle's dentry may be disconnected; trust the path only if
-            # it leads back to this very inode.
-            there = os.lstat(path) if path.startswith(b"/") else None
-        except OSError:
-            return 1, None
+            if st.st_nlink == 0:
+                return None
+            born = _lib().birth_ns(fd)
+            path = _one_path(fd, st)
         finally:
             os.close(fd)
-        if there is None or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
-            return 1, None
-        return 1, path
+        return st.st_nlink, path, (st.st_dev, st.st_ino), born
 
     def _find(self, handle: bytes, since_ns: int
-              ) -> tuple[int, bytes | None, tuple[int, int] | None]:
+              ) -> tuple[bytes | None, tuple[int, int] | None]:
         """Where a file whose link count changed has names the backup must
-        look at: (links, its one path, None), or (links, None, its device
-        and inode) when the parent backup must tell where its names were;
-        (links, None, None) when it has no name there: gone, or born after
-        the parent began (its names in the tree were created since, which
-        the journal saw)."""
-        fd = self._open(handle)
-        if fd < 0:
-            if ctypes.get_errno() in (errno.ESTALE, errno.ENOENT):
-                return 0, None, None
-            raise OSError(ctypes.get_errno(), "open_by_handle_at")
-        try:
-            st = os.fstat(fd)
-            born = _lib().birth_ns(fd)
-        finally:
-            os.close(fd)
-        links, where = self._locate(handle)
+        look at: (its one path, None), or (None, its device and inode) when
+        the parent backup must tell where its names were; (None, None) when
+        it has no name there: gone, or born after the parent began (its
+        names in the tree were created since, which the journal saw)."""
+        found = self._inspect(handle)
+        if found is None:
+            return None, None
+        links, where, identity, born = found
         if links == 1 and where is not None:
-            return links, where, None
+            return where, None
         if born is not None and since_ns < born <= time.time_ns():
-            return links, None, None
-        return links, None, (st.st_dev, st.st_ino)
+            return None, None
+        return None, identity
 
     def close(self) -> None:
         closed = getattr(self, "_closed", None)

@@ -59,6 +59,8 @@ from cbr.repo.tree import (
     encode_chunk_list,
     encode_tree,
     encode_tree_docs,
+    root_entry,
+    root_meta,
     split_content,
     tree_docs,
     validate_link_path,
@@ -844,18 +846,15 @@ def backup_tree(repo: Repository, root: Path, *, parent: TreeContent | None = No
         if changed is not None and changed.inodes and parent is not None:
             job.changed = changed = changed.with_names(job.names_of(parent.root, changed.inodes))
             job.needed = changed.needed()
-        root_id, size = job.directory(os.fsencode(os.path.realpath(root)), [],
-                                      parent.root if parent else None, st.st_dev)
+        top = os.fsencode(os.path.realpath(root))
+        root_id, size = job.directory(top, [], parent.root if parent else None, st.st_dev)
         # The root's own entry: mode, owner, times and xattrs as they were
         # when the backup began (listing it left its access time alone).
-        meta, _ = job._entry(b"root", st, os.fsencode(root))
+        meta, _ = job._entry(b"root", st, top)
     finally:
         job.pool.shutdown(wait=True, cancel_futures=True)
     repo.flush()
-    root_meta = meta.to_doc()
-    root_meta.pop("name", None)
-    root_meta["tree_size"] = size
-    return BackupResult(TreeContent(root_id, root_meta), job.stats, job.warnings,
+    return BackupResult(TreeContent(root_id, root_meta(meta, size)), job.stats, job.warnings,
                         recheck_dirs=sorted(job.recheck))
 
 
@@ -975,13 +974,12 @@ class _TreeRestore:
         with contextlib.suppress(OSError, NotImplementedError):
             os.utime(name, ns=(e.atime, e.mtime), dir_fd=dir_fd, follow_symlinks=False)
 
-    def root_meta(self, doc: dict[str, Any]) -> None:
+    def root_metadata(self, doc: dict[str, Any]) -> None:
         """Gives the target directory the tree root's own owner, mode,
         xattrs and times, through the descriptor the restore holds (never
         through its path), once everything inside is written."""
         try:
-            e = TreeEntry.from_doc({**doc, "name": "root", "type": "dir",
-                                    "subtree": "00" * 32})
+            e = root_entry(None, doc)
         except Exception as exc:
             self._warn(f"the root directory's metadata is damaged: {exc}")
             return
@@ -1329,7 +1327,7 @@ def _restore_into(repo: Repository, content: TreeContent, target: Path, root_fd:
             job.directory(root_fd, entries, (), fresh=empty and _plain_group(root_fd))
         job.finish_dirs()
         if single is None and not path and content.root_meta is not None:
-            job.root_meta(content.root_meta)
+            job.root_metadata(content.root_meta)
     except UnsafeName as exc:
         raise UnsafeTarget(f"the backup holds an unsafe entry: {exc}") from exc
     except OSError as exc:

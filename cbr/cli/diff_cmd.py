@@ -34,9 +34,8 @@ from cbr.repo.diff import (
     diff_trees,
     display_path,
     letter,
-    root_entry,
 )
-from cbr.repo.tree import EntryType, TreeEntry
+from cbr.repo.tree import EntryType, TreeEntry, root_entry
 from cbr.v1 import backup_pb2
 
 HELP = "what changed between two file-system backups, or a backup and a local directory"

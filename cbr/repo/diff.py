@@ -23,7 +23,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from cbr.repo.tree import EntryType, TreeEntry
 
@@ -124,20 +123,6 @@ def _file_size(entry: TreeEntry | None) -> int:
 def display_path(path: bytes) -> str:
     """A raw path as text; bytes that are not UTF-8 shown as ``\\xNN``."""
     return path.decode("utf-8", "backslashreplace")
-
-
-def root_entry(subtree: bytes | None, meta: dict[str, Any] | None) -> TreeEntry:
-    """The root directory as an entry: its own metadata (a manifest's
-    ``root_meta``) when known, else a bare directory."""
-    entry = TreeEntry(name=b"", type=EntryType.DIR, subtree=subtree)
-    if meta is not None:
-        doc = {k: v for k, v in meta.items() if k not in ("name", "name_b", "subtree")}
-        doc.update(name="root", type=EntryType.DIR.value)
-        doc["subtree"] = (subtree or bytes(32)).hex()  # from_doc wants one
-        entry = TreeEntry.from_doc(doc)
-        entry.name = b""
-        entry.subtree = subtree
-    return entry
 
 
 @dataclass(frozen=True, slots=True)

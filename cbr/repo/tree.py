@@ -193,6 +193,29 @@ class TreeEntry:
         )
 
 
+def root_entry(subtree: bytes | None, meta: dict[str, Any] | None) -> TreeEntry:
+    """The tree's root directory as an entry (named ``b""``): its own
+    metadata, a manifest's ``root_meta`` (section 10), when the backup kept
+    it, else a bare directory."""
+    if meta is None:
+        return TreeEntry(name=b"", type=EntryType.DIR, subtree=subtree)
+    doc = {k: v for k, v in meta.items() if k not in ("name", "name_b", "subtree")}
+    doc.update(name="root", type=EntryType.DIR.value, subtree=(subtree or bytes(32)).hex())
+    entry = TreeEntry.from_doc(doc)  # it wants a name and a subtree
+    entry.name = b""
+    entry.subtree = subtree
+    return entry
+
+
+def root_meta(entry: TreeEntry, tree_size: int) -> dict[str, Any]:
+    """A root directory's entry as a manifest keeps it (``root_meta``)."""
+    doc = entry.to_doc()
+    for key in ("name", "name_b", "subtree"):
+        doc.pop(key, None)
+    doc["tree_size"] = tree_size
+    return doc
+
+
 def encode_tree(entries: Iterable[TreeEntry]) -> bytes:
     """Deterministic tree-blob plaintext; refuses unsafe or duplicate names."""
     named = []
