@@ -3,8 +3,9 @@
 Turns the config's servers, single disks and file systems into
 ``ReportedProtectable`` messages with stable local ids and sizes: a disk
 image's apparent size (sparse images are normal), a block device's size
-(seek to its end), a file system's total bytes of regular files (walked with
-os.scandir, symlinks not followed, nothing kept but the running total).
+(seek to its end), a file system's total bytes of regular files (walked
+without following symlinks or setting access times, which a backup records
+and a change journal does not see; nothing kept but the running total).
 Anything unreadable is still reported, with ``error`` set, so the controller
 can show why.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.dataplane.listing import list_dir
 from cbr.v1 import agent_pb2, common_pb2, protectable_pb2
 
 
@@ -59,26 +61,25 @@ def tree_size(root: str) -> TreeSize:
         raise ValueError(f"{root} is not a directory")
     total = files = errors = 0
     first_error = ""
-    pending = [root]
+    pending = [os.fsencode(root)]
     while pending:
         directory = pending.pop()
         try:
-            with os.scandir(directory) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            pending.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
-                            files += 1
-                    except OSError as exc:
-                        errors += 1
-                        first_error = first_error or f"{entry.path}: {exc.strerror or exc}"
+            for name, got in list_dir(directory):
+                path = directory + b"/" + name
+                if isinstance(got, OSError):
+                    errors += 1
+                    first_error = first_error or f"{os.fsdecode(path)}: {got.strerror or got}"
+                elif stat.S_ISDIR(got.st_mode):
+                    pending.append(path)
+                elif stat.S_ISREG(got.st_mode):
+                    total += got.st_size
+                    files += 1
         except OSError as exc:
-            if directory == root:
+            if directory == os.fsencode(root):
                 raise
             errors += 1
-            first_error = first_error or f"{directory}: {exc.strerror or exc}"
+            first_error = first_error or f"{os.fsdecode(directory)}: {exc.strerror or exc}"
     return TreeSize(total, files, errors, first_error)
 
 

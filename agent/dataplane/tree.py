@@ -47,6 +47,7 @@ from agent.dataplane import (
     UnsafeTarget,
 )
 from agent.dataplane.changes import WATCHES, ChangedDirs
+from agent.dataplane.listing import O_NOATIME, list_dir
 from cbr.repo import BlobType, Repository, TreeContent
 from cbr.repo.chunker import cut_range, make_chunker, window_size
 from cbr.repo.errors import UnsafeName
@@ -75,7 +76,6 @@ MAX_PENDING_DIRS = 256
 RESTORE_BATCH = 32
 MAX_RESTORE_JOBS = 16
 READ_SIZE = 4 << 20
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 class PathNotInBackup(DataplaneError):
@@ -244,7 +244,7 @@ class _TreeBackup:
             # works on the whole batch while the first files are hashed.
             for path, st in items:
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | O_NOATIME)
                 except OSError:
                     fds.append(None)
                     continue
@@ -289,7 +289,7 @@ class _TreeBackup:
             for attempt in range(2):
                 out = _FileResult()
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | O_NOATIME)
                 except PermissionError:
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb", buffering=0) as fh:
@@ -447,7 +447,7 @@ class _TreeBackup:
             listed = [(name, None) for name in sorted(old.keys() | names)]
         else:
             try:
-                listed = _list_dir(path)
+                listed = list_dir(path)
             except FileNotFoundError:
                 self.warnings.append(f"vanished: {os.fsdecode(path)}")
             except OSError as exc:
@@ -722,29 +722,6 @@ def _stored_tree_size(repo: Repository, tree_id: bytes, memo: dict[bytes, int],
                     total += _stored_tree_size(repo, subtree, memo, key_id)
     memo[tree_id] = total
     return total
-
-
-def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result | OSError]]:
-    """A directory's entries by name with their ``lstat`` (or why it
-    failed), listed without touching the directory's access time, which a
-    backup must record, not change. Listed through a descriptor, which gives
-    names as str: they are encoded back to the bytes they were."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_NOATIME)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        out: list[tuple[bytes, os.stat_result | OSError]] = []
-        with os.scandir(fd) as it:
-            for d in it:
-                try:
-                    out.append((os.fsencode(d.name), d.stat(follow_symlinks=False)))
-                except OSError as exc:
-                    out.append((os.fsencode(d.name), exc))
-        out.sort(key=lambda p: p[0])
-        return out
-    finally:
-        os.close(fd)
 
 
 class _PendingDir:

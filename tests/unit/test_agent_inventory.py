@@ -86,3 +86,17 @@ def test_digest_changes_only_when_the_inventory_does(tmp_path: Path) -> None:
     assert inventory.digest(inventory.scan(cfg)) == first
     (Path(cfg.file_systems[0].path) / "new").write_bytes(b"1")
     assert inventory.digest(inventory.scan(cfg)) != first
+
+
+def test_counting_a_tree_leaves_its_access_times_as_they_were(tmp_path: Path) -> None:
+    """The inventory walks protected trees every rescan; a change journal
+    does not see reads, so a walk that set access times would make the next
+    incremental record times the source no longer shows (the torture test
+    found directories' atimes moved under relatime)."""
+    _config(tmp_path)
+    share = tmp_path / "share"
+    dirs = [share, share / "sub", share / "sub" / "deeper"]
+    for d in dirs:
+        os.utime(d, ns=(1_000_000_000, 2_000_000_000))  # stale: relatime would update it
+    assert inventory.tree_size(str(share)).size_bytes == 1110
+    assert [os.lstat(d).st_atime_ns for d in dirs] == [1_000_000_000] * 3
