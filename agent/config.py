@@ -21,7 +21,8 @@ from cbr import limits
 DEFAULT_CONFIG = "/etc/cbr/agent.toml"
 DEFAULT_RESCAN_INTERVAL = 60.0
 ROLES = ("host", "importer")
-DEFAULT_IMPORTER_LISTEN = "0.0.0.0:7444"
+DEFAULT_IMPORTER_LISTEN = "127.0.0.1:7444"
+DEFAULT_RESTORE_DIR = "restores"
 
 
 class ConfigError(Exception):
@@ -95,10 +96,17 @@ class AgentConfig:
     disks: tuple[SingleDiskSpec, ...] = ()
     file_systems: tuple[FileSystemSpec, ...] = ()
     source: str = ""
+    # Directories a restore to a new place may write under (agent.restore_targets);
+    # empty means the default, <state_dir>/restores.
+    restore_roots: tuple[str, ...] = ()
+
+    @property
+    def effective_restore_roots(self) -> tuple[str, ...]:
+        return self.restore_roots or (str(self.state_dir / DEFAULT_RESTORE_DIR),)
 
 
 _AGENT_KEYS = {"name", "controller", "state_dir", "role", "agent_endpoint", "rescan_interval",
-               "importer_listen", "importer_advertise"}
+               "importer_listen", "importer_advertise", "restore_roots"}
 _TOP_KEYS = {"agent", "servers", "disks", "file_systems"}
 
 
@@ -136,6 +144,17 @@ def _path(where: str, table: dict[str, Any]) -> str:
     if not os.path.isabs(path):
         raise ConfigError(f"{where}: path {path!r} must be absolute")
     return os.path.normpath(path)
+
+
+def _roots(where: str, table: dict[str, Any]) -> tuple[str, ...]:
+    value = table.get("restore_roots", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: restore_roots must be a list of directories, e.g. "
+                          '["/srv/restores"]')
+    for root in value:
+        if not os.path.isabs(root) or "\x00" in root:
+            raise ConfigError(f"{where}: restore root {root!r} must be an absolute path")
+    return tuple(os.path.normpath(root) for root in value)
 
 
 def _argv(where: str, table: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -271,6 +290,7 @@ def parse(data: dict[str, Any], *, source: str = "", base_dir: Path | None = Non
         importer_advertise=_str("[agent]", agent, "importer_advertise", required=False),
         agent_endpoint=_str("[agent]", agent, "agent_endpoint", required=False),
         rescan_interval=float(rescan),
+        restore_roots=_roots("[agent]", agent),
         servers=tuple(servers),
         disks=tuple(single),
         file_systems=tuple(file_systems),

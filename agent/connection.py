@@ -249,6 +249,7 @@ class Connection:
             finished_task_ids=[e.task_id for e in recent],
             running_task_ids=self._journal.running(),
             importer_endpoint=self._importer.endpoint if self._importer is not None else "",
+            restore_roots=self._config.effective_restore_roots,
         ))
         return [hello, *(result_message(e) for e in recent)]
 

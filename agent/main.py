@@ -22,7 +22,7 @@ from types import FrameType
 from google.protobuf import json_format
 
 from agent import config as agent_config
-from agent import inventory
+from agent import inventory, restore_targets
 from agent.connection import Connection
 from agent.enroll import EnrollError, enroll
 from agent.journal import Journal
@@ -89,6 +89,7 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
         code = _enroll(cfg, token, controller, False)
         if code != EXIT_OK:
             return code
+    restore_targets.ensure_default_root(cfg)
     connection = Connection(cfg, state, Journal(state.journal_dir))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -97,7 +98,8 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("agent %s starting (state in %s)", cfg.name, cfg.state_dir)
+    log.info("agent %s starting (state in %s; restores allowed under %s)", cfg.name,
+             cfg.state_dir, ", ".join(cfg.effective_restore_roots))
     connection.run()
     return EXIT_OK
 

@@ -113,6 +113,13 @@ class BackupStatusIllegal(CbrError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class RestoreTargetNotAllowed(CbrError):
+    """The target host does not allow a restore there."""
+
+    code = "BackupService.2004"
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceTypeMismatch(CbrError):
     """Resource not match vault resource type."""
 

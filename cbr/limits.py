@@ -20,3 +20,6 @@ ENROLLMENT_TOKEN_TTL_MAX_S = 7 * 24 * 3600
 HEARTBEAT_INTERVAL_S = 5
 # An agent without a heartbeat for this long shows as offline.
 AGENT_OFFLINE_AFTER_S = 15
+# Restore roots an agent may report, and the longest path kept of each.
+RESTORE_ROOTS_MAX = 64
+PATH_MAX_LENGTH = 4096

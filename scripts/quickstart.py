@@ -128,8 +128,11 @@ def make_samples(work: Path) -> Path:
 
 
 def agent_config(work: Path, name: str, endpoint: str, role: str, images: Path | None) -> Path:
+    # Where restores to new places may go: the host refuses any other path.
+    roots = {"host-1": "restored", "restore-host": "restored-on-cloud-b"}
     lines = ["[agent]", f'name = "{name}"', f'controller = "{endpoint}"',
-             f'state_dir = "{work / name}"', f'role = "{role}"', ""]
+             f'state_dir = "{work / name}"', f'role = "{role}"',
+             *([f'restore_roots = ["{work / roots[name]}"]'] if name in roots else []), ""]
     if images is not None:
         for server, env in (("web-1", "prod"), ("db-1", "prod")):
             lines += ["[[servers]]", f'name = "{server}"', f'tags = {{ env = "{env}" }}',

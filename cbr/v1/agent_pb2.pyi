@@ -184,20 +184,22 @@ class ReportedProtectable(_message.Message):
     def __init__(self, local_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., size_bytes: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_protectable_pb2.ProtectableDisk, _Mapping]]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "version", "hostname", "finished_task_ids", "running_task_ids", "importer_endpoint")
+    __slots__ = ("agent_id", "version", "hostname", "finished_task_ids", "running_task_ids", "importer_endpoint", "restore_roots")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     IMPORTER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_ROOTS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     version: str
     hostname: str
     finished_task_ids: _containers.RepeatedScalarFieldContainer[str]
     running_task_ids: _containers.RepeatedScalarFieldContainer[str]
     importer_endpoint: str
-    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., finished_task_ids: _Optional[_Iterable[str]] = ..., running_task_ids: _Optional[_Iterable[str]] = ..., importer_endpoint: _Optional[str] = ...) -> None: ...
+    restore_roots: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., finished_task_ids: _Optional[_Iterable[str]] = ..., running_task_ids: _Optional[_Iterable[str]] = ..., importer_endpoint: _Optional[str] = ..., restore_roots: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at",)

@@ -279,7 +279,8 @@ class AgentHub:
         now = self._clock.now()
         with self._app.db.begin() as session:
             service.update_identity(session, stream.agent_id, hostname=hello.hostname,
-                                    version=hello.version, endpoint=hello.importer_endpoint)
+                                    version=hello.version, endpoint=hello.importer_endpoint,
+                                    restore_roots=list(hello.restore_roots))
             pending = session.scalars(
                 select(Task)
                 .where(Task.agent_id == stream.agent_id,

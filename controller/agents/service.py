@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import posixpath
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -348,12 +349,17 @@ def authenticate_stream(session: Session, agent_id: str, fingerprint: str) -> Ag
 
 
 def update_identity(
-    session: Session, agent_id: str, *, hostname: str, version: str, endpoint: str = ""
+    session: Session, agent_id: str, *, hostname: str, version: str, endpoint: str = "",
+    restore_roots: Sequence[str] = (),
 ) -> None:
     """Records what the agent says of itself in Hello, writing only on change."""
     agent = session.get(Agent, agent_id)
     if agent is None:
         return
+    roots = [posixpath.normpath(r) for r in restore_roots[:limits.RESTORE_ROOTS_MAX]
+             if r.startswith("/") and len(r) <= limits.PATH_MAX_LENGTH]
+    if agent.restore_roots != roots:
+        agent.restore_roots = roots
     if agent.role == "importer" and agent.endpoint != endpoint[:255]:
         agent.endpoint = endpoint[:255]
     if hostname and agent.hostname != hostname[:255]:

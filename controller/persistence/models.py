@@ -148,6 +148,8 @@ class Agent(Base):
     role: Mapped[str] = mapped_column(String(16))  # host | importer
     # Importers: host:port of their ImporterService, as they last said.
     endpoint: Mapped[str] = mapped_column(String(255), default="")
+    # Directories the host allows restores to new places under (its Hello).
+    restore_roots: Mapped[list[Any]] = mapped_column(JSON, default=list)
     version: Mapped[str] = mapped_column(String(32), default="")
     certificate_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     enrolled_at: Mapped[dt.datetime]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import posixpath
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.persistence.models import (
+    Agent,
     Backup,
     Checkpoint,
     Protectable,
@@ -345,6 +347,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                     "The backup's resource is gone here; name the agent to restore on "
                     "(target_agent_id).", field="target_agent_id")
             agent_id = source.agent_id
+        agent = _restore_agent(session, project_id, agent_id)
         if kind == "server":
             targets = dict(req.mappings or {})
             if not targets:
@@ -360,14 +363,17 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                     raise errors.InvalidParameter(
                         f"mappings names {child_id!r}, which is not a disk backup of "
                         f"{backup.id}.", field="mappings")
-                _absolute(path, "mappings")
+                _allowed_target(session, agent, _absolute(path, "mappings"), "mappings",
+                                device=True)
             missing = known - set(targets)
             if missing:
                 raise errors.InvalidParameter(
                     f"mappings leaves out disk backups {sorted(missing)}.", field="mappings")
             command["diskTargets"] = targets
         else:
-            command["targetPath"] = _absolute(req.target_path, "target_path")
+            command["targetPath"] = _allowed_target(
+                session, agent, _absolute(req.target_path, "target_path"), "target_path",
+                device=kind == "disk" or bool(backup.parent_id))
     else:
         rid = req.target_resource_id or backup.resource_id
         target_resource = session.get(Protectable, rid)
@@ -451,6 +457,50 @@ def _require_encrypted_target(session: Session, backup: Backup,
             f"Backup {backup.id} is encrypted; {target.name} is not protected by an "
             "encrypted vault, so it cannot receive it.", backup_id=backup.id,
             resource_id=target.id)
+
+
+def _restore_agent(session: Session, project_id: str, agent_id: str) -> Agent:
+    """The caller's own host agent: a restore never runs on another account's host."""
+    agent = session.get(Agent, agent_id) if agent_id else None
+    if agent is None or agent.project_id != project_id or agent.revoked:
+        raise errors.ResourceNotFound(f"No agent with id {agent_id!r} to restore on.",
+                                      agent_id=agent_id)
+    if agent.role != "host":
+        raise errors.InvalidParameter(
+            f"Agent {agent.name} is an {agent.role}; restores run on host agents.",
+            field="target_agent_id")
+    return agent
+
+
+def _allowed_target(session: Session, agent: Agent, path: str, field: str, *,
+                    device: bool) -> str:
+    """Refuses early what the host will refuse: a path outside its restore roots
+    that is not one of its protected resources. Lexical only; the host decides
+    again on the real path (agent.restore_targets)."""
+    normal = posixpath.normpath(path)
+    roots = [str(r) for r in agent.restore_roots]
+    if any(_within(normal, root) for root in roots):
+        return path
+    for resource in session.scalars(select(Protectable).where(
+            Protectable.agent_id == agent.id, Protectable.gone.is_(False))):
+        if device:
+            paths = [resource.path] if resource.object_type == "disk" else []
+            paths += [str(d.get("path", "")) for d in resource.disks]
+            if normal in (posixpath.normpath(p) for p in paths if p):
+                return path
+        elif resource.object_type == "turbo" and resource.path \
+                and _within(normal, posixpath.normpath(resource.path)):
+            return path
+    allowed = ", ".join(roots) if roots else "none reported yet"
+    raise errors.RestoreTargetNotAllowed(
+        f"Agent {agent.name} allows restores to new places only under its restore roots "
+        f"({allowed}){' or onto the disks it protects' if device else ''}; {field} "
+        f"{path!r} is elsewhere. Choose a path under a root, or ask the host's operator to "
+        "add one to restore_roots in its agent config.", agent_id=agent.id)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _absolute(path: str, field: str) -> str:

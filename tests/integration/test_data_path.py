@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from agent.dataplane.changes import TreeWatch, Unavailable
-from cbr.client import Client
+from cbr.client import Client, error_from_rpc
 from cbr.v1 import agent_pb2, backup_pb2, common_pb2, protectable_pb2, task_pb2, vault_pb2
 from tests.support.processes import (
     AgentFactory,
@@ -88,6 +88,7 @@ path = "{images / 'big.img'}"
 name = "host-1"
 controller = "{controller.api_endpoint}"
 state_dir = "{state}"
+restore_roots = ["{path.parent}"]
 
 [[servers]]
 name = "web-1"
@@ -341,6 +342,36 @@ def test_restore_refusals_carry_the_reference_codes(
         host.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
             backup_id=tree.id, target_path=str(tmp_path / "x"), source_path="../etc"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_restores_go_only_where_the_host_allows_checked_by_controller_and_host(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    host = _start(tmp_path, controller_factory, agent_factory)
+    tree, disk = _backup(host, "turbo"), _backup(host, "disk")
+    # The controller refuses early what lies outside the roots the agent reported.
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    for backup_id, target in ((tree.id, "/etc/cbr-probe"), (tree.id, str(outside)),
+                              (disk.id, "/dev/null"), (disk.id, f"{tmp_path}/../x.img")):
+        with pytest.raises(grpc.RpcError) as err:
+            host.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
+                backup_id=backup_id, target_path=target))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        refusal = error_from_rpc(err.value)
+        assert refusal is not None and refusal.code == "BackupService.2004"
+        assert str(tmp_path) in (err.value.details() or "")
+    # A symlink under a root passes the controller's lexical check; the host
+    # resolves it and refuses, writing nothing outside.
+    outside.mkdir()
+    (tmp_path / "escape").symlink_to(outside)
+    task = _restore(host, tree.id, target_path=str(tmp_path / "escape" / "share"))
+    assert task.status == task_pb2.TASK_STATUS_FAILED
+    assert task.error_info.code == "BackupService.2004"
+    assert list(outside.iterdir()) == []
+    task = _restore(host, disk.id, target_path=str(tmp_path / "escape" / "vol.img"))
+    assert task.status == task_pb2.TASK_STATUS_FAILED
+    assert task.error_info.code == "BackupService.2004"
+    assert list(outside.iterdir()) == []
 
 
 def test_agent_killed_mid_backup_leaves_error_and_next_backup_reuses_uploaded_chunks(

@@ -83,6 +83,7 @@ def _agent_config(path: Path, controller: ControllerProcess, files: dict[str, Pa
 name = "host-1"
 controller = "{controller.api_endpoint}"
 state_dir = "{state}"
+restore_roots = ["{path.parent}"]
 
 [[servers]]
 name = "web-1"

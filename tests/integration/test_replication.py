@@ -93,6 +93,7 @@ name = "{path.stem}"
 controller = "{controller.api_endpoint}"
 state_dir = "{state}"
 role = "{role}"
+restore_roots = ["{path.parent}"]
 {extra}""")
     return path
 

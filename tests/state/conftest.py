@@ -41,7 +41,8 @@ class Inventory:
         self.project = project
         with app.db.begin() as s:
             agent = Agent(project_id=project, name="host-1", role="host",
-                          certificate_fingerprint="0" * 64, enrolled_at=NOW)
+                          certificate_fingerprint="0" * 64, enrolled_at=NOW,
+                          restore_roots=["/restore"])
             s.add(agent)
             s.flush()
             self.agent_id = agent.id

@@ -14,8 +14,16 @@ import pytest
 
 from cbr import errors
 from controller.app import App
-from controller.persistence.models import Backup, Checkpoint, Task, Vault, VaultResource
-from controller.services import runs, tasks
+from controller.persistence.models import (
+    Account,
+    Agent,
+    Backup,
+    Checkpoint,
+    Task,
+    Vault,
+    VaultResource,
+)
+from controller.services import images, runs, tasks
 from tests.state.conftest import NOW, Inventory
 from tests.state.test_vaults import add, make_vault
 
@@ -178,7 +186,7 @@ def test_restore_refusals_use_the_reference_codes(
                             {inventory.agent_id})
     with pytest.raises(errors.AgentUnavailable), app.db.begin() as s:
         runs.create_restore(s, project, runs.RestoreRequest(
-            backup_id, target_path="/tmp/x.img"), NOW, set())
+            backup_id, target_path="/restore/x.img"), NOW, set())
     with pytest.raises(errors.InvalidParameter), app.db.begin() as s:
         runs.create_restore(s, project, runs.RestoreRequest(
             backup_id, target_path="relative.img"), NOW, {inventory.agent_id})
@@ -237,3 +245,97 @@ def test_a_full_vault_refuses_new_backups_with_6114(
         vault.used_bytes = vault.size_gb * 1024**3
     with pytest.raises(errors.VaultCapacityExceeded):
         _checkpoint(app, project, vid, {inventory.agent_id})
+
+
+def _available_disk_backup(app: App, project: str, inventory: Inventory) -> str:
+    vol = inventory.add("vol", "disk")
+    vid = make_vault(app, project, object_type="disk")
+    add(app, project, vid, vol)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _succeed(app, d.task_id)
+    with app.db.begin() as s:
+        return str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
+
+
+def test_a_restore_never_runs_on_another_accounts_agent(
+        app: App, project: str, inventory: Inventory) -> None:
+    backup_id = _available_disk_backup(app, project, inventory)
+    with app.db.begin() as s:
+        other = Account(name="other", created_at=NOW)
+        s.add(other)
+        s.flush()
+        foreign = Agent(project_id=other.id, name="their-host", role="host",
+                        certificate_fingerprint="1" * 64, enrolled_at=NOW,
+                        restore_roots=["/restore"])
+        s.add(foreign)
+        s.flush()
+        foreign_id = foreign.id
+    with pytest.raises(errors.ResourceNotFound, match="No agent") as caught, \
+            app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(
+            backup_id, target_agent_id=foreign_id, target_path="/restore/x.img"), NOW,
+            {inventory.agent_id, foreign_id})
+    assert caught.value.code == "BackupService.0404"
+    with app.db.begin() as s:
+        assert s.get(Backup, backup_id).status == "available"  # type: ignore[union-attr]
+        assert s.query(Task).filter(Task.operation_type == "restore").count() == 0
+
+
+@pytest.mark.parametrize("target", ["/etc/x.img", "/restore/../etc/x.img", "/restorex/a.img",
+                                    "/dev/sda", "/img/other.img"])
+def test_a_restore_outside_the_hosts_roots_is_refused_naming_them(
+        app: App, project: str, inventory: Inventory, target: str) -> None:
+    backup_id = _available_disk_backup(app, project, inventory)
+    with pytest.raises(errors.RestoreTargetNotAllowed, match=r"restore roots \(/restore\)") \
+            as caught, app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(
+            backup_id, target_agent_id=inventory.agent_id, target_path=target), NOW,
+            {inventory.agent_id})
+    assert caught.value.code == "BackupService.2004"
+
+
+@pytest.mark.parametrize("target", ["/restore/x.img", "/restore/deep/er/x.img",
+                                    "/img/vol.img"])
+def test_a_restore_under_a_root_or_onto_a_protected_disk_is_accepted(
+        app: App, project: str, inventory: Inventory, target: str) -> None:
+    backup_id = _available_disk_backup(app, project, inventory)
+    with app.db.begin() as s:
+        dispatch = runs.create_restore(s, project, runs.RestoreRequest(
+            backup_id, target_agent_id=inventory.agent_id, target_path=target), NOW,
+            {inventory.agent_id})
+        task = s.get(Task, dispatch.task_id)
+        assert task is not None and task.command["restore"]["targetPath"] == target
+
+
+def test_an_image_is_made_only_on_the_callers_agent_and_under_its_roots(
+        app: App, project: str, inventory: Inventory) -> None:
+    server = inventory.add("web", "server")
+    vid = make_vault(app, project)
+    add(app, project, vid, server)
+    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
+    _succeed(app, d.task_id)
+    with app.db.begin() as s:
+        backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
+        other = Account(name="other", created_at=NOW)
+        s.add(other)
+        s.flush()
+        foreign = Agent(project_id=other.id, name="their-host", role="host",
+                        certificate_fingerprint="1" * 64, enrolled_at=NOW,
+                        restore_roots=["/restore"])
+        s.add(foreign)
+        s.flush()
+        foreign_id = foreign.id
+    online = {inventory.agent_id, foreign_id}
+    for agent_id, path, refusal in ((foreign_id, "/restore/web.img", errors.ResourceNotFound),
+                                    (inventory.agent_id, "/boot/web.img",
+                                     errors.RestoreTargetNotAllowed)):
+        with pytest.raises(refusal), app.db.begin() as s:
+            images.create_image(s, project, backup_id=backup_id, name="web-image",
+                                description="", target_agent_id=agent_id, target_path=path,
+                                encrypted=False, now=NOW, online=online)
+    with app.db.begin() as s:
+        image, _ = images.create_image(
+            s, project, backup_id=backup_id, name="web-image", description="",
+            target_agent_id=inventory.agent_id, target_path="/restore/web.img",
+            encrypted=False, now=NOW, online=online)
+        assert image.status == "creating"

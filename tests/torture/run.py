@@ -84,6 +84,7 @@ class Cloud:
 name = "torture"
 controller = "{controller.api_endpoint}"
 state_dir = "{work / 'agent-state'}"
+restore_roots = ["{work}"]
 
 [[disks]]
 name = "disk"

@@ -1,0 +1,83 @@
+"""The host decides where a restore may write, whatever the controller sent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent import restore_targets
+from agent.config import AgentConfig, parse
+from agent.restore_targets import TargetNotAllowed
+
+
+def _config(tmp_path: Path, **agent: object) -> AgentConfig:
+    disk = tmp_path / "disks" / "vol.img"
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    disk.write_bytes(b"\0" * 4096)
+    share = tmp_path / "share"
+    share.mkdir(exist_ok=True)
+    return parse({"agent": {"name": "h", "state_dir": str(tmp_path / "state"), **agent},
+                  "disks": [{"name": "vol", "path": str(disk)}],
+                  "file_systems": [{"name": "share", "path": str(share)}]})
+
+
+def test_without_roots_restores_go_under_the_state_directory(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert config.effective_restore_roots == (str(tmp_path / "state" / "restores"),)
+    restore_targets.ensure_default_root(config)
+    root = tmp_path / "state" / "restores"
+    assert root.is_dir() and (root.stat().st_mode & 0o777) == 0o700
+    assert restore_targets.tree_target(config, f"{root}/a/b") == root / "a" / "b"
+    with pytest.raises(TargetNotAllowed, match="restore roots"):
+        restore_targets.tree_target(config, str(tmp_path / "elsewhere"))
+
+
+def test_a_tree_restore_goes_under_a_root_or_into_a_protected_file_system(
+        tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    config = _config(tmp_path, restore_roots=[str(roots)])
+    assert restore_targets.tree_target(config, str(roots / "x")) == roots / "x"
+    assert restore_targets.tree_target(config, str(tmp_path / "share" / "sub")) \
+        == tmp_path / "share" / "sub"
+    for outside in ("/etc", "/", str(roots) + "x", f"{roots}/../etc", "relative"):
+        with pytest.raises(restore_targets.UnsafeTarget):
+            restore_targets.tree_target(config, outside)
+
+
+def test_a_symlink_inside_a_root_does_not_lead_a_restore_out_of_it(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "escape").symlink_to("/etc")
+    config = _config(tmp_path, restore_roots=[str(roots)])
+    with pytest.raises(TargetNotAllowed) as caught:
+        restore_targets.tree_target(config, str(roots / "escape" / "cron.d"))
+    assert caught.value.code == "BackupService.2004"
+    with pytest.raises(TargetNotAllowed):
+        restore_targets.disk_target(config, str(roots / "escape" / "x.img"))
+
+
+def test_a_disk_restore_writes_an_image_file_or_a_disk_this_host_protects(
+        tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    config = _config(tmp_path, restore_roots=[str(roots)])
+    assert restore_targets.disk_target(config, str(roots / "new.img")) == roots / "new.img"
+    protected = tmp_path / "disks" / "vol.img"
+    assert restore_targets.disk_target(config, str(protected)) == protected
+    (roots / "dev").symlink_to("/dev/null")
+    os.mkfifo(roots / "fifo")
+    for target in ("/dev/null", str(roots / "dev"), str(roots / "fifo"),
+                   str(tmp_path / "disks" / "other.img")):
+        with pytest.raises(TargetNotAllowed):
+            restore_targets.disk_target(config, target)
+
+
+@pytest.mark.parametrize("roots", [["relative"], "/one", [""], [1]])
+def test_bad_restore_roots_are_config_errors(tmp_path: Path, roots: object) -> None:
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match="restore"):
+        _config(tmp_path, restore_roots=roots)
