@@ -162,6 +162,13 @@ class VaultStatusIllegal(CbrError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class StorageNotAllowed(CbrError):
+    """The controller's operator does not allow vault storage there."""
+
+    code = "BackupService.6120"
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class VaultCapacityExceeded(CbrError):
     """The vault used capacity has exceeded the total capacity."""
 

@@ -50,6 +50,10 @@ def _regions(text: str) -> tuple[tuple[str, bool], ...]:
     return tuple(out)
 
 
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (p.strip() for p in text.split(","))))
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "./cbr-data", "Directory of the controller's own files: SQLite "
             "database, CA, master key, admin-credentials.json."),
@@ -73,6 +77,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage_url", "", "Where new vaults keep their data; each vault gets the "
             "vault id appended: /abs/dir, file:///abs/dir or s3://bucket/prefix?endpoint=URL. "
             "Agents must reach it too. Default: the storage dir inside the data dir."),
+    Setting("storage_roots", (), "Comma-separated places where vault storage may live: "
+            "directories and s3://bucket/prefix?endpoint=URL. A vault's --storage-url and "
+            "import-storage must lie inside one, never inside another vault's storage or "
+            "the data dir. Default: storage_url alone (or the storage dir in the data dir).",
+            _list),
     Setting("storage_access_key", "", "S3 access key for storage_url (given to agents with "
             "each command, never stored in the database)."),
     Setting("storage_secret_key", "", "S3 secret key for storage_url. Prefer the environment "
@@ -112,6 +121,7 @@ class Config:
     agent_offline_after: float
     log_level: str
     storage_url: str = ""
+    storage_roots: tuple[str, ...] = ()
     storage_access_key: str = ""
     storage_secret_key: str = ""
     root_key: str = ""
@@ -129,6 +139,10 @@ class Config:
     @property
     def effective_storage_url(self) -> str:
         return self.storage_url or str((self.data_dir / "storage").resolve())
+
+    @property
+    def effective_storage_roots(self) -> tuple[str, ...]:
+        return self.storage_roots or (self.effective_storage_url,)
 
     @property
     def all_regions(self) -> tuple[tuple[str, bool], ...]:
@@ -178,7 +192,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         else:
             raw, sources[s.name] = s.default, "default"
         try:
-            if isinstance(raw, list) and s.name == "regions":
+            if isinstance(raw, list):
                 raw = ",".join(raw)
             values[s.name] = s.parse(raw) if isinstance(raw, str) else raw
         except ValueError as exc:

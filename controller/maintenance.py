@@ -256,11 +256,9 @@ class Maintenance:
         An encrypted storage needs ``kms_key_id``: a key here (owned or
         shared in) whose material wraps the storage's keys, e.g. the same
         material imported into this controller's key service."""
-        from controller.storage import check_url
-
-        check_url(url)
         now = self._app.clock.now()
         with self._app.db.begin() as s:
+            self._app.storage.roots.check(url, vaults.storage_urls(s))
             key = None
             if kms_key_id:
                 keys.key_for_new_vault(s, project_id, kms_key_id, "backup", now)

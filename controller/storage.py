@@ -13,11 +13,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import os
+import posixpath
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from cbr import errors
 from cbr.repo import RepoError, Repository, layout
@@ -55,6 +58,71 @@ def check_url(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a storage URL points, so that "inside" is a prefix test: a local
+    path after symlinks, or an S3 bucket with its endpoint and options."""
+
+    store: tuple[str, ...]
+    path: str
+
+    @classmethod
+    def of(cls, url: str) -> Place:
+        parts = urlsplit(url)
+        if url.startswith("/") or parts.scheme == "file":
+            return cls(("file",), os.path.realpath(url if url.startswith("/")
+                                                   else unquote(parts.path)))
+        options = tuple(sorted(parse_qsl(parts.query)))
+        return cls(("s3", parts.netloc, *(f"{k}={v}" for k, v in options)),
+                   posixpath.normpath("/" + unquote(parts.path).strip("/")))
+
+    def within(self, other: Place) -> bool:
+        return self.store == other.store and (
+            self.path == other.path or self.path.startswith(other.path.rstrip("/") + "/"))
+
+
+class StorageRoots:
+    """The operator's rule for where an account may put a vault's storage.
+
+    A tenant names storage by URL (``--storage-url``, ``import-storage``);
+    without this rule that is a write, a read and a prune anywhere the
+    controller can reach. So a requested place must lie strictly inside one
+    of the operator's ``storage_roots``, never around or inside another
+    vault's storage (prune deletes in what it owns) and never in the
+    controller's own files.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._names = config.effective_storage_roots
+        self._roots = [Place.of(check_url(root)) for root in self._names]
+        self._data = Place.of(str(config.data_dir))
+        self._default = Place.of(str(config.data_dir / "storage"))
+
+    def check(self, url: str, taken: Iterable[str]) -> str:
+        target = Place.of(check_url(url))
+        if not any(target.within(root) and target.path != root.path for root in self._roots):
+            raise errors.StorageNotAllowed(
+                f"storage_url {url!r} is not inside the storage roots this controller's "
+                f"operator allows ({', '.join(self._names)}); choose a place inside one.",
+                storage_url=url)
+        if (target.within(self._data) and not target.within(self._default)) \
+                or self._data.within(target):
+            raise errors.StorageNotAllowed(
+                f"storage_url {url!r} overlaps the controller's own data directory.",
+                storage_url=url)
+        for other in taken:
+            place = Place.of(other)
+            if place == target:
+                raise errors.DuplicateVault(
+                    f"The storage {url} already belongs to a vault of this controller.",
+                    storage_url=url)
+            if target.within(place) or place.within(target):
+                raise errors.StorageNotAllowed(
+                    f"storage_url {url!r} lies inside or around another vault's storage; "
+                    "each vault needs a place of its own.", storage_url=url)
+        return url
+
+
 @contextmanager
 def _reading(url: str) -> Iterator[None]:
     """Storage and format failures while reading, as the API's errors."""
@@ -78,6 +146,7 @@ class VaultStorage:
 
     def __init__(self, config: Config) -> None:
         self._config = config
+        self.roots = StorageRoots(config)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[frozenset[bytes], Repository]] = {}
 
@@ -87,8 +156,10 @@ class VaultStorage:
                     "secret_key": self._config.storage_secret_key}
         return {}
 
-    def url_for_new_vault(self, vault_id: str, requested: str = "") -> str:
-        return check_url(requested) if requested else join_url(
+    def url_for_new_vault(self, vault_id: str, requested: str = "",
+                          taken: Iterable[str] = ()) -> str:
+        """The requested place when the operator allows it, else the default."""
+        return self.roots.check(requested, taken) if requested else join_url(
             self._config.effective_storage_url, vault_id)
 
     def access(self, url: str) -> dict[str, str]:

@@ -43,6 +43,8 @@ from cbr.repo.repository import Repository
 from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage import ObjectNotFound
 
+# condemned/<prune-id>: this many random bytes, as hex (storage format section 2).
+PRUNE_ID_SIZE = 16
 REPACK_DEAD_FRACTION = 0.25
 """A pack with live blobs is repacked when more than this share of its blob
 bytes is dead: copying a quarter-dead 16 MiB pack costs one read and 12 MiB
@@ -270,7 +272,7 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
         return None
     # 4. the record, incomplete (locks null) until step 6.
     lock.check()
-    prune_id = secrets.token_hex(16)
+    prune_id = secrets.token_hex(PRUNE_ID_SIZE)
     name = layout.CONDEMNED + prune_id
     record: dict[str, Any] = {
         "prune_id": prune_id, "packs": sorted(p.hex() for p in condemned),
@@ -344,6 +346,9 @@ def _sweep(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelt
     still wait."""
     records: dict[str, dict[str, Any]] = {}
     for info in repo.backend.list(layout.CONDEMNED):
+        if layout.id_from_name(info.name, layout.CONDEMNED, PRUNE_ID_SIZE) is None:
+            report.notes.append(f"left foreign object {info.name} alone")
+            continue
         try:
             record = json.loads(repo.backend.get(info.name))
         except ObjectNotFound:

@@ -50,8 +50,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             vault = vaults.create_vault(s, self.project_id, self.app.config.region, spec,
                                         self.now())
             # The storage is written first; the catalog row commits only after.
-            vault.storage_url = self.app.storage.url_for_new_vault(vault.id,
-                                                                   request.storage_url)
+            vault.storage_url = self.app.storage.url_for_new_vault(
+                vault.id, request.storage_url, vaults.storage_urls(s))
             key = keys.vault_key(s, self.app.root_key, vault, self.now())
             self.app.storage.init_vault(vault.storage_url, vault.id, self.now(), key)
             return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))

@@ -542,3 +542,9 @@ def start_maintenance(session: Session, project_id: str, vault_id: str, operatio
                              now=now, vault_id=vault.id, vault_name=vault.name,
                              extra_info=dict(options))
     return task.id
+
+
+def storage_urls(session: Session) -> list[str]:
+    """Every vault's storage, of every account: a new vault's place must
+    overlap none of them."""
+    return [url for url in session.scalars(select(Vault.storage_url)) if url]

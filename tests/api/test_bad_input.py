@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -126,3 +128,21 @@ def test_list_pages_follow_tokens(api: RunningController) -> None:
         names.extend(v.name for v in page.vaults)
         token = page.next_page_token
     assert names == [f"v{i}" for i in range(5)]
+
+
+def test_vault_storage_outside_the_operators_roots_is_refused_and_nothing_is_written(
+        api: RunningController, tmp_path: Path) -> None:
+    client = api.client()
+    probe = tmp_path / "probe"
+    for call, request in (
+            (client.vaults.CreateVault, vault_request(storage_url=str(probe / "v"))),
+            (client.vaults.CreateVault, vault_request(storage_url=f"file://{probe}")),
+            (client.vaults.ImportVaultStorage,
+             vault_pb2.ImportVaultStorageRequest(storage_url=str(probe))),
+            (client.vaults.CreateVault, vault_request(
+                storage_url=str(api.app.config.data_dir / "ca" / "v")))):
+        status, code, details = refused(call, request)
+        assert (status, code) == (grpc.StatusCode.PERMISSION_DENIED, "BackupService.6120")
+        assert "storage roots" in details or "data directory" in details
+    assert not probe.exists()
+    assert list(client.vaults.ListVaults(vault_pb2.ListVaultsRequest()).vaults) == []

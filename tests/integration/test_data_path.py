@@ -412,7 +412,9 @@ def test_lost_catalog_is_rebuilt_from_storage_alone(
         vault_id=host.vaults["turbo"])).vault.storage_url
     server_storage = host.client.vaults.GetVault(vault_pb2.GetVaultRequest(
         vault_id=host.vaults["server"])).vault.storage_url
-    fresh = controller_factory("fresh", extra_args=FAST)
+    # The operator of the fresh controller allows the old storage, and only it.
+    fresh = controller_factory("fresh", extra_args=[
+        *FAST, "--storage-roots", str(Path(storage).parent)])
     client = fresh.client()
     imported = client.vaults.ImportVaultStorage(vault_pb2.ImportVaultStorageRequest(
         storage_url=storage, name="recovered"))

@@ -403,9 +403,10 @@ def test_encrypted_storage_is_imported_on_a_fresh_controller_given_the_key_mater
     material = os.urandom(32)
     host = _start(tmp_path, controller_factory, agent_factory, material=material)
     tree = _backup(host, "turbo")
-    fresh = controller_factory("fresh", extra_args=FAST)
-    client = fresh.client()
     url = host.vaults["turbo"].storage_url
+    fresh = controller_factory("fresh", extra_args=[*FAST, "--storage-roots",
+                                                    str(Path(url).parent)])
+    client = fresh.client()
     with pytest.raises(grpc.RpcError) as err:
         client.vaults.ImportVaultStorage(vault_pb2.ImportVaultStorageRequest(storage_url=url))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,31 @@ def test_an_unfinished_condemned_record_is_dropped_without_deleting(
     report = prune(_open(tmp_path))
     assert report.packs_deleted == 0 and any("unfinished" in n for n in report.notes)
     _assert_every_backup_restores(tmp_path)
+
+
+def test_prune_leaves_objects_the_format_does_not_name_alone(
+        tmp_path: Path, vault: Repository) -> None:
+    """A file a vault did not write (someone else's, in its directory) is never
+    deleted, even under condemned/, where prune deletes what it finds."""
+    _disk(vault, "b1", _blocks(2))
+    foreign = {layout.CONDEMNED + "passwd": b"root:x:0:0\n",
+               layout.CONDEMNED + "ab" * 15: b"{}", "notes.txt": b"mine\n",
+               layout.INDEX + "readme": b"x", layout.MANIFESTS + "x/../../y": b"x"}
+    for name, data in foreign.items():
+        with suppress(StorageError, ValueError):
+            vault.backend.put(name, data)
+    written = {n for n in foreign if _exists(vault, n)}
+    assert layout.CONDEMNED + "passwd" in written
+    report = prune(_open(tmp_path))
+    assert any("foreign object" in n for n in report.notes)
+    for name in written:
+        assert vault.backend.get(name) == foreign[name]
+    _assert_every_backup_restores(tmp_path)
+
+
+def _exists(vault: Repository, name: str) -> bool:
+    try:
+        vault.backend.get(name)
+    except (StorageError, ValueError):
+        return False
+    return True
