@@ -81,6 +81,7 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
 
     pin_mmap_threshold()
     state = StateDir(cfg.state_dir)
+    state.ensure()
     if not state.enrolled():
         if not token:
             print(f"cbr-agent: not enrolled (no identity in {cfg.state_dir}); run "

@@ -10,9 +10,14 @@ and ``journal/``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cbr import private
+
+log = logging.getLogger("cbr.agent")
 
 KEY_FILE = "agent.key"
 CERT_FILE = "agent.crt"
@@ -38,7 +43,7 @@ class Credentials:
     ca_pem: bytes
 
 
-def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Atomically replaces path with data (fsync, rename, fsync directory)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -60,8 +65,9 @@ class StateDir:
         self.path = path
 
     def ensure(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o700)
+        self.path.mkdir(parents=True, exist_ok=True, mode=private.PRIVATE_DIR)
+        private.close_up_own(self.path, [KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE],
+                             [JOURNAL_DIR], log)
 
     @property
     def journal_dir(self) -> Path:

@@ -20,15 +20,18 @@ from pathlib import Path
 import sqlalchemy
 import sqlalchemy.exc
 
+from cbr import private
 from cbr.clock import SystemClock
 from controller import config as config_mod
+from controller.agents.pki import CA_DIR
 from controller.api.server import build_public_server
 from controller.app import App
 from controller.keyring import Keyring
-from controller.kms import RootKeyError
+from controller.kms import ROOT_KEY_FILE, RootKeyError
 from controller.persistence import migrate
 from controller.persistence.db import Database
-from controller.services import iam
+from controller.services import iam, vaults
+from controller.storage import Place
 
 log = logging.getLogger("cbr.controller")
 
@@ -51,10 +54,33 @@ def _write_json_atomic(path: Path, payload: dict[str, object], mode: int = 0o644
     os.replace(tmp, path)
 
 
+def _make_private(cfg: config_mod.Config) -> None:
+    """Closes up the data dir (catalog, keys, CA, credentials), and makes a
+    new SQLite file 0600 before SQLite does (its WAL and shared-memory files
+    take that file's mode)."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=private.PRIVATE_DIR)
+    private.close_up_own(
+        cfg.data_dir, ["controller.db", "controller.db-wal", "controller.db-shm",
+                       "master.key", ROOT_KEY_FILE, iam.ADMIN_CREDENTIALS_FILE,
+                       ENDPOINTS_FILE, "storage"], [CA_DIR], log)
+    url = sqlalchemy.engine.make_url(cfg.effective_database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             private.PRIVATE_FILE))
+
+
 def build_app(cfg: config_mod.Config) -> App:
-    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private(cfg)
     db = Database(cfg.effective_database_url)
     migrate.upgrade(db.engine)
+    # Each local vault's directory is closed up, not the operator's roots
+    # (which may be shared directories such as /srv).
+    with db.begin() as session:
+        for url in vaults.storage_urls(session):
+            if url.startswith("/") or url.startswith("file:"):
+                private.close_up(Path(Place.of(url).path), log)
     keyring = Keyring.load_or_create(cfg.data_dir / "master.key")
     app = App(config=cfg, db=db, clock=SystemClock(), keyring=keyring)
     _ = app.root_key  # refuse to start with a malformed or world-readable root key
@@ -106,6 +132,8 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever this process creates is its own (cbr.private).
+    os.umask(0o077)
     cfg = config_mod.load(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -43,7 +43,9 @@ from cbr.storage.backend import (
 )
 
 TEMP_PREFIX = ".tmp-"
-FILE_MODE = 0o644
+# Only the owner reads a vault: a pack of an unencrypted vault is the data (cbr.private).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -100,7 +102,7 @@ class LocalBackend(Backend):
         self._fsync = fsync
         if create:
             try:
-                self.root.mkdir(parents=True, exist_ok=True)
+                self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             except OSError as exc:
                 raise map_os_error(exc, None, f"creating root {self.root}") from exc
         if not self.root.is_dir():
@@ -122,7 +124,7 @@ class LocalBackend(Backend):
             current = current.parent
         for path in reversed(missing):
             try:
-                path.mkdir()
+                path.mkdir(mode=DIR_MODE)
             except FileExistsError:
                 if not path.is_dir():
                     raise

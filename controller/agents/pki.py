@@ -28,6 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cbr import errors
 from cbr.clock import Clock, SystemClock
 
+# The CA's directory in the controller's data dir.
+CA_DIR = "ca"
 # The name in the agent endpoint's certificate; agents verify the server by it
 # (grpc.ssl_target_name_override), whatever address they dial.
 SERVER_NAME = "cbr-controller"

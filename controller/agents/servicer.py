@@ -41,7 +41,7 @@ def certificate_authority(app: App) -> pki.CertificateAuthority:
     with _ca_lock:
         ca = app.extras.get(_CA_KEY)
         if ca is None:
-            ca = pki.CertificateAuthority.load_or_create(app.data_dir / "ca", app.clock)
+            ca = pki.CertificateAuthority.load_or_create(app.data_dir / pki.CA_DIR, app.clock)
             app.extras[_CA_KEY] = ca
         return ca  # type: ignore[no-any-return]
 

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -204,3 +205,11 @@ def test_errno_maps_to_the_typed_error(code: int, expected: type[Exception]) -> 
     error = map_os_error(OSError(code, os.strerror(code)), "data/x", "writing")
     assert isinstance(error, expected)
     assert not error.retryable
+
+
+def test_objects_and_directories_are_private_to_the_owner(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "vault")
+    backend.put("data/ab/abcd", b"a pack of an unencrypted vault")
+    backend.put("config", b"{}")
+    for path in [tmp_path / "vault", *(tmp_path / "vault").rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path

@@ -32,6 +32,39 @@ def test_admin_credentials_are_private_to_the_owner(controller: ControllerProces
     assert {"access_key", "secret_key", "account_id"} <= set(json.loads(path.read_text()))
 
 
+def _others_can_reach(path: Path) -> list[str]:
+    return [f"{p} {stat.S_IMODE(p.lstat().st_mode):04o}"
+            for p in [path, *path.rglob("*")]
+            if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077]
+
+
+def test_the_catalog_keys_certificates_and_vault_storage_are_private(
+        controller: ControllerProcess) -> None:
+    client = controller.client()
+    client.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="v", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1))
+    data = controller.data_dir
+    assert _others_can_reach(data) == []
+    assert {"controller.db", "master.key", "root.key", "ca", "storage"} \
+        <= {p.name for p in data.iterdir()}
+
+
+def test_a_controller_closes_up_files_left_open_and_says_so(
+        controller: ControllerProcess) -> None:
+    controller.client().vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="v", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1))
+    data = controller.data_dir
+    controller.stop()
+    for path, mode in ((data, 0o755), (data / "controller.db", 0o644),
+                       (data / "ca" / "ca.key", 0o644), (data / "storage", 0o755)):
+        path.chmod(mode)
+    controller.start()
+    assert _others_can_reach(data) == []
+    log = controller.log_text()
+    assert f"{data / 'controller.db'} was readable by other users (mode 0644)" in log
+    assert "ca.key was readable by other users" in log
+
+
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(console_script("cbr")), *args], capture_output=True, text=True,
                           env=env, timeout=60)

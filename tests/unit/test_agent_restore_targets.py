@@ -81,3 +81,19 @@ def test_bad_restore_roots_are_config_errors(tmp_path: Path, roots: object) -> N
 
     with pytest.raises(ConfigError, match="restore"):
         _config(tmp_path, restore_roots=roots)
+
+
+def test_the_agent_state_is_closed_up_at_start(tmp_path: Path) -> None:
+    from agent.state import IDENTITY_FILE, StateDir
+
+    state = tmp_path / "state"
+    (state / "journal").mkdir(parents=True)
+    (state / "journal" / "t1.json").write_text("{}")
+    (state / IDENTITY_FILE).write_text("{}")
+    for path in (state, state / "journal", state / "journal" / "t1.json",
+                 state / IDENTITY_FILE):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    StateDir(state).ensure()
+    for path in (state, state / "journal", state / "journal" / "t1.json",
+                 state / IDENTITY_FILE):
+        assert path.stat().st_mode & 0o077 == 0, path
