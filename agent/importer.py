@@ -33,6 +33,7 @@ import grpc
 from agent.commands.storage import TaskKeys, open_storage
 from agent.replication import chunk_from_pb
 from cbr import errors
+from cbr.listen import NO_PORT_SHARING, bind
 from cbr.repo import Manifest, Repository
 from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable, RepoError
 from cbr.repo.locks import Lock
@@ -124,7 +125,7 @@ class _ReadAhead:
 
 def server_options() -> list[tuple[str, int]]:
     """gRPC options of a server that hosts ImporterService."""
-    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    return [NO_PORT_SHARING, ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
 def _utcnow() -> dt.datetime:
@@ -412,9 +413,7 @@ class ImporterServer:
         importer_pb2_grpc.add_ImporterServiceServicer_to_server(ImporterServicer(self.grants),
                                                                 server)
         creds = grpc.ssl_server_credentials([(self._key_pem, self._cert_pem)])
-        port = server.add_secure_port(self._listen, creds)
-        if port == 0:
-            raise OSError(f"cannot listen on {self._listen} for imports")
+        port = bind(server, self._listen, creds, what="imports")
         server.start()
         self._server = server
         host = self._listen.rpartition(":")[0]

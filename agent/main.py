@@ -101,7 +101,11 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("agent %s starting (state in %s; restores allowed under %s)", cfg.name,
              cfg.state_dir, ", ".join(cfg.effective_restore_roots))
-    connection.run()
+    try:
+        connection.run()
+    except OSError as exc:  # e.g. the importer's port is taken: one line, no traceback
+        log.error("stopping: %s", exc)
+        return EXIT_FAILED
     return EXIT_OK
 
 

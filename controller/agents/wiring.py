@@ -18,6 +18,7 @@ import grpc
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from cbr.listen import NO_PORT_SHARING, bind
 from cbr.v1 import agent_pb2_grpc
 from controller.agents.hub import AgentHub
 from controller.agents.servicer import (
@@ -35,6 +36,7 @@ log = logging.getLogger("cbr.controller.agents")
 MAX_AGENT_STREAMS = 10_000
 
 SERVER_OPTIONS = [
+    NO_PORT_SHARING,
     # Find dead agents (a host that lost power sends no FIN) within a minute.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -84,9 +86,7 @@ class AgentEndpoint:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentEndpointServicer(self._app),
                                                           server)
         listen = self._app.config.agent_listen
-        port = server.add_secure_port(listen, credentials)
-        if port == 0:
-            raise RuntimeError(f"cannot listen on {listen} for agents")
+        port = bind(server, listen, credentials, what="agents")
         await server.start()
         self._server = server
         self.port = port

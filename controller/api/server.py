@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cbr import limits
+from cbr.listen import NO_PORT_SHARING, bind
 from cbr.v1 import (
     agent_pb2,
     backup_pb2,
@@ -55,7 +56,7 @@ SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credentia
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
-    ("grpc.so_reuseport", 0),
+    NO_PORT_SHARING,
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
@@ -93,7 +94,5 @@ def build_public_server(app: App, max_workers: int = 32) -> tuple[grpc.Server, i
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(app.config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {app.config.listen}")
+    port = bind(server, app.config.listen, what="the cbr.v1 API")
     return server, port

@@ -9,6 +9,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from cbr.v1 import common_pb2, vault_pb2
 from tests.support.processes import ControllerFactory, ControllerProcess, console_script
 
@@ -91,3 +93,20 @@ def test_the_cli_drives_vaults_end_to_end(controller: ControllerProcess, tmp_pat
     assert deleted.returncode == 0, deleted.stderr
     unsigned = run_cli({**env, "CBR_SECRET_KEY": "wrong"}, "vault", "list")
     assert unsigned.returncode == 1 and "UNAUTHENTICATED" in unsigned.stderr
+
+
+def test_a_second_controller_on_a_taken_port_stops_with_one_clear_line(
+        controller_factory: ControllerFactory) -> None:
+    first = controller_factory("first")
+    for name, ports in (("same-api", {"api_port": first.api_port}),
+                        ("same-agent", {"agent_port": first.agent_port})):
+        second = controller_factory(name, start=False, **ports)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="exited with code 1"):
+            second.start()
+        errors = [line for line in second.log_text().splitlines()
+                  if " ERROR " in line or "Traceback" in line]
+        assert len(errors) == 1, errors
+        assert "cannot start: cannot listen on 127.0.0.1:" in errors[0]
+        assert "the port is in use" in errors[0]
+    # The first one still has its ports to itself.
+    first.client().vaults.ListVaults(vault_pb2.ListVaultsRequest())

@@ -1,0 +1,33 @@
+"""Binding a gRPC server to its address, the same way in every process.
+
+gRPC turns SO_REUSEPORT on by default, so a second controller or importer
+started with the same address binds too and silently takes half of the
+connections. Every listener here turns it off, and a clash is an error with
+one line a person can act on, not a silent share nor a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+# Every server's options start with this.
+NO_PORT_SHARING: tuple[str, int] = ("grpc.so_reuseport", 0)
+
+
+def bind(server: Any, address: str, credentials: grpc.ServerCredentials | None = None,
+         *, what: str) -> int:
+    """Binds ``server`` (sync or aio) to ``address``; returns the port.
+
+    Raises OSError naming ``what`` and the address when it cannot bind."""
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise OSError(f"cannot listen on {address} for {what}: the port is in use (by another "
+                      "process, or a second controller or agent given the same address) or "
+                      "the address is not on this host")
+    return int(port)
