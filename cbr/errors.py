@@ -193,6 +193,13 @@ class InvalidParameter(CbrError):
 # -- codes of ours, in the same numbering space -------------------------------
 
 
+class RequestTooLarge(CbrError):
+    """The request is larger than the controller accepts."""
+
+    code = "BackupService.9901"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unauthenticated(CbrError):
     """The request is not authenticated."""
 

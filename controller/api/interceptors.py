@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from cbr import errors, signing
+from cbr import errors, limits, signing
 from cbr.status import status_of
 from controller.api import actions
 from controller.api.caller import Caller, reset_caller, set_caller
@@ -68,6 +69,69 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str,
         request_deserializer=req_deser, response_serializer=handler.response_serializer)
 
 
+class _Malformed:
+    """What the request deserializer returns for bytes that are not the
+    method's message (corrupt, nested too deep, too large): grpc would log a
+    traceback and answer INTERNAL, so the error is raised inside the call."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: errors.CbrError) -> None:
+        self.error = error
+
+
+class _Throttled:
+    """At most one log line per ``every`` seconds, with a count of the rest:
+    bad input from anyone must not fill the log."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._next = 0.0
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._dropped += 1
+                return
+            dropped, self._dropped, self._next = self._dropped, 0, now + self._every
+        log.warning(message + (f" ({dropped} more since the last such line)" if dropped
+                               else ""), *args)
+
+
+_bad_input_log = _Throttled()
+
+
+def _safe(method: str) -> Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]]:
+    def wrap(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def run(raw: bytes) -> Any:
+            if len(raw) > limits.MAX_REQUEST_BYTES:
+                return _Malformed(errors.RequestTooLarge(
+                    f"The request is {len(raw)} bytes; at most {limits.MAX_REQUEST_BYTES} are "
+                    "accepted. Send fewer items per call."))
+            try:
+                return deserialize(raw)
+            except Exception as exc:  # DecodeError, RecursionError: the bytes are bad
+                _bad_input_log.warning("refused a malformed %s request: %s", method,
+                                       str(exc)[:200])
+                return _Malformed(errors.InvalidParameter(
+                    f"The request is not a valid {method} message (corrupt protobuf, or "
+                    "nested deeper than 100 levels)."))
+
+        return run
+
+    return wrap
+
+
+def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        if isinstance(request, _Malformed):
+            raise request.error
+        yield request
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -75,8 +139,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         method = details.method
         streaming = handler.unary_stream or handler.stream_stream
+        client_streaming = handler.stream_unary or handler.stream_stream
 
         def around(req: Any, ctx: grpc.ServicerContext, inner: Callable[[Any, Any], Any]) -> Any:
+            if isinstance(req, _Malformed):
+                _abort(ctx, req.error)
+            if client_streaming:
+                req = _checked(req)
             if streaming:
                 return _guard_stream(req, ctx, inner, method)
             try:
@@ -89,7 +158,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 _internal(ctx, method, exc)
             return None
 
-        return _wrap(handler, method, around)
+        return _wrap(handler, method, around, deserializer=_safe(method))
 
 
 def _is_abort(exc: BaseException) -> bool:

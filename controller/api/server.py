@@ -55,7 +55,10 @@ SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credentia
                    replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2)
 
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+    # Twice the limit, so that a request over it reaches the deserializer and
+    # is refused with a CBR code (BackupService.9901); past this gRPC itself
+    # refuses it, RESOURCE_EXHAUSTED without one, before buffering more.
+    ("grpc.max_receive_message_length", 2 * limits.MAX_REQUEST_BYTES),
     NO_PORT_SHARING,
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -91,8 +92,9 @@ def test_a_message_over_the_size_limit_is_resource_exhausted(
         sqlite_api: RunningController) -> None:
     c = sqlite_api.client()
     big = vault_request(description="d" * (limits.MAX_REQUEST_BYTES + 10))
-    code, _, _ = refused(c.vaults.CreateVault, big)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    code, cbr_code, details = refused(c.vaults.CreateVault, big)
+    assert (code, cbr_code) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BackupService.9901")
+    assert f"at most {limits.MAX_REQUEST_BYTES}" in details
     c.vaults.ListVaults(vault_pb2.ListVaultsRequest())
 
 
@@ -105,7 +107,34 @@ def test_garbage_bytes_do_not_crash_the_server(sqlite_api: RunningController) ->
                       __import__("time").time()).metadata()
     with grpc.insecure_channel(sqlite_api.endpoint) as ch, pytest.raises(grpc.RpcError) as exc:
         ch.unary_unary(method)(body, metadata=md)
-    assert exc.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    sqlite_api.client().vaults.ListVaults(vault_pb2.ListVaultsRequest())
+
+
+@pytest.mark.parametrize("method", [
+    "/cbr.v1.VaultService/CreateVault",           # signed methods, before authentication
+    "/grpc.health.v1.Health/Check",               # unsigned ones
+    "/grpc.health.v1.Health/Watch",
+])
+def test_malformed_bytes_are_invalid_argument_with_a_code_and_one_log_line(
+        sqlite_api: RunningController, method: str, caplog: pytest.LogCaptureFixture) -> None:
+    corrupt = b"\xff\xff\xff\xff garbage"
+    too_deep = b"\x5b" * 120 + b"\x5c" * 120  # groups nested 120 deep
+    caplog.set_level(logging.INFO)
+    with grpc.insecure_channel(sqlite_api.endpoint) as ch:
+        for body in [corrupt, too_deep] * 10:
+            call = ch.unary_stream(method) if method.endswith("Watch") else \
+                ch.unary_unary(method)
+            with pytest.raises(grpc.RpcError) as exc:
+                result = call(body, timeout=10)
+                list(result) if method.endswith("Watch") else None
+            err = error_from_rpc(exc.value)
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err is not None and err.code == "BackupService.9900"
+            assert "not a valid" in (exc.value.details() or "")
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) <= 1, [r.getMessage() for r in lines]
+    assert not any(r.exc_info for r in caplog.records)
     sqlite_api.client().vaults.ListVaults(vault_pb2.ListVaultsRequest())
 
 
