@@ -50,6 +50,13 @@ def _regions(text: str) -> tuple[tuple[str, bool], ...]:
     return tuple(out)
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{text!r} is not true or false")
+    return value in ("true", "1", "yes")
+
+
 def _list(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (p.strip() for p in text.split(","))))
 
@@ -86,6 +93,10 @@ SETTINGS: tuple[Setting, ...] = (
             "each command, never stored in the database)."),
     Setting("storage_secret_key", "", "S3 secret key for storage_url. Prefer the environment "
             "variable to a flag, which other users can see."),
+    Setting("target_allow_local", False, "Allow replication credentials whose target "
+            "endpoint is a loopback or link-local address (a development machine, the "
+            "quickstart). Off: a tenant cannot make this controller dial its own host's "
+            "services.", _bool),
     Setting("scheduler_grace", 600.0, "Seconds a scheduled policy run may start late (the "
             "controller was down or busy) and still run; older runs are recorded as missed.",
             float),
@@ -125,6 +136,7 @@ class Config:
     storage_access_key: str = ""
     storage_secret_key: str = ""
     root_key: str = ""
+    target_allow_local: bool = False
     scheduler_grace: float = 600.0
     scheduler_lease: float = 15.0
     scheduler_tick: float = 0.0

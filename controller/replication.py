@@ -12,8 +12,10 @@ any point picks up where it was.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -43,12 +45,60 @@ from controller.services import (
 log = logging.getLogger("cbr.controller.replication")
 
 TARGET_TIMEOUT_S = 30.0
+# A credential check is one small call; a target that does not answer in
+# this long is reported unreachable rather than holding the caller.
+CHECK_TIMEOUT_S = 5.0
 CONFIRM_EVERY_S = 2.0
+
+
+def check_endpoint(app: App, endpoint: str) -> str:
+    """Refuses a target endpoint this controller must not dial.
+
+    Creating a credential makes the controller dial what a tenant typed, so
+    anything but HOST:PORT (a unix socket, another URI scheme) is refused, and
+    so are loopback, link-local and unspecified addresses (this host's own
+    services, a cloud's metadata service) unless the operator allows them
+    (``target_allow_local``, as on a development machine)."""
+    host, _, port = credentials.endpoint(endpoint).rpartition(":")
+    if app.config.target_allow_local:
+        return endpoint
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        raise errors.TargetCloudUnavailable(
+            f"{endpoint}: unreachable (the name does not resolve).") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if address.is_loopback or address.is_link_local or address.is_unspecified:
+            raise errors.InvalidParameter(
+                f"target_endpoint {endpoint!r} is a local address ({address}); this "
+                "controller's operator does not allow replication targets on loopback or "
+                "link-local addresses (setting target_allow_local).", field="target_endpoint")
+    return endpoint
 
 
 def target_client(app: App, cred: Credential) -> Client:
     secret = app.keyring.unseal(cred.secret_sealed, cred.id.encode()).decode()
-    return Client(cred.target_endpoint, cred.access_key_id, secret)
+    return Client(check_endpoint(app, cred.target_endpoint), cred.access_key_id, secret)
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    """A short reason for a failed call to another cloud. The transport's own
+    words (which port refused, which socket error) stay in this log: told to
+    the caller they would make credentials a network probe."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    log.info("call to another cloud failed: %s %s", code, details[:300])
+    if code == grpc.StatusCode.UNAVAILABLE:
+        words = details.lower()
+        if any(w in words for w in ("handshake", "ssl", "tls", "certificate")):
+            return "TLS failed (the target's certificate is not the one pinned)"
+        return "unreachable"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "unreachable (no answer in time)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "refused the credential's key"
+    return "not a CBR controller"
 
 
 @contextmanager
@@ -61,14 +111,13 @@ def calling_target(cred_name: str, endpoint: str) -> Iterator[None]:
         err = error_from_rpc(exc)
         if err is not None:
             raise err from None
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        if code == grpc.StatusCode.UNAUTHENTICATED:
+        reason = _reason(exc)
+        if reason.startswith("refused"):
             raise errors.Unauthenticated(
-                f"The target cloud refused credential {cred_name!r}: "
-                f"{exc.details() if isinstance(exc, grpc.Call) else exc}") from None
+                f"The target cloud at {endpoint} {reason} (credential {cred_name!r}).") \
+                from None
         raise errors.TargetCloudUnavailable(
-            f"{endpoint} (credential {cred_name!r}): "
-            f"{exc.details() if isinstance(exc, grpc.Call) else exc}") from None
+            f"{endpoint} (credential {cred_name!r}): {reason}.") from None
 
 
 @dataclass(frozen=True)
@@ -95,12 +144,12 @@ class Replicator:
         """Asks the target who a key is and whether it may receive replicas
         (rule 11 is checked there); refuses a key whose account or cloud is
         not the one the credential names."""
-        client = Client(endpoint, access_key_id, secret)
+        client = Client(check_endpoint(self.app, endpoint), access_key_id, secret)
         try:
             with calling_target(name, endpoint):
                 answer: replication_pb2.CheckReplicationAccessResponse = \
                     client.replication.CheckReplicationAccess(
-                        replication_pb2.CheckReplicationAccessRequest(), timeout=TARGET_TIMEOUT_S)
+                        replication_pb2.CheckReplicationAccessRequest(), timeout=CHECK_TIMEOUT_S)
         finally:
             client.close()
         if answer.account_id != target_account_id:

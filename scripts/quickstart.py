@@ -96,7 +96,9 @@ def controller(name: str, work: Path, cloud: str, region: str, regions: str) -> 
     data = work / name
     start(name, [str(BIN / "cbr-controller"), "--data-dir", str(data),
                  "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
-                 "--cloud-name", cloud, "--region", region, "--regions", regions],
+                 "--cloud-name", cloud, "--region", region, "--regions", regions,
+                 # Both clouds run on this machine's loopback; allow that target.
+                 "--target-allow-local", "true"],
           work / "logs")
     endpoints = wait_for(f"{name} to serve", lambda: (data / "endpoints.json").exists()
                          and json.loads((data / "endpoints.json").read_text()))

@@ -7,6 +7,7 @@ account of a credential never change after creation (reference rule 12).
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -26,9 +27,16 @@ def get_credential(session: Session, project_id: str, credential_id: str) -> Cre
     return cred
 
 
-def _endpoint(value: str) -> str:
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]")
+
+
+def endpoint(value: str) -> str:
+    """HOST:PORT, nothing else: no unix socket, no URI scheme (the
+    controller dials what this lets through; controller.replication.check_endpoint
+    decides which addresses)."""
     host, sep, port = value.rpartition(":")
-    if value and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
         raise errors.InvalidParameter(
             f"target_endpoint {value!r} must be HOST:PORT of the target controller.",
             field="target_endpoint")
@@ -56,7 +64,7 @@ def create_credential(session: Session, keyring: Keyring, project_id: str, *, na
     if not secret_access_key or len(secret_access_key) > 128:
         raise errors.InvalidParameter("secret_access_key is required (at most 128 characters).",
                                       field="secret_access_key")
-    _endpoint(target_endpoint)
+    endpoint(target_endpoint)
     taken = select(Credential.id).where(Credential.project_id == project_id,
                                         Credential.name == name)
     if session.scalar(taken) is not None:
@@ -94,7 +102,7 @@ def update_credential(session: Session, keyring: Keyring, project_id: str, crede
     if description:
         cred.description = validation.description(description)
     if target_endpoint:
-        cred.target_endpoint = _endpoint(target_endpoint)
+        cred.target_endpoint = endpoint(target_endpoint)
     if access_key_id:
         cred.access_key_id = validation.ident(access_key_id, "access_key_id")
     if secret_access_key:

@@ -289,6 +289,8 @@ class ControllerProcess(ManagedProcess):
             "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.api_port}",
             "--agent-listen", f"127.0.0.1:{self.agent_port}",
+            # Every cloud of a test is on loopback, as in the quickstart.
+            "--target-allow-local", "true",
         ]  # fmt: skip
         if self.database_url:
             argv += ["--database-url", self.database_url]
