@@ -219,7 +219,7 @@ def _replicate_incrementally_and_restore(clouds: Clouds, tmp_path: Path) -> None
     _, tree_record2 = _replicate(clouds, tree2.id, "turbo")
 
     # Replicas restore on the target as the source was at backup time.
-    out = tmp_path / "restored"
+    out = tmp_path / "b" / "restored"
     out.mkdir()
     _target_restore(clouds, record.destination_backup_id, out / "server1")
     assert _sha(out / "server1" / "system.img") == want_sys
@@ -406,7 +406,7 @@ def test_cut_streams_and_a_killed_importer_resume_without_resending(
         # everything else crosses once.
         window = (PUTS_IN_FLIGHT + 1 + UPLOADS_IN_FLIGHT) * (PUT_BYTES + CHUNKER_MAX)
         assert sent - chunk_bytes < (proxy.cuts + 1) * window, (sent, chunk_bytes, proxy.cuts)
-        out = tmp_path / "restored"
+        out = tmp_path / "b" / "restored"
         _target_restore(clouds, record.destination_backup_id, out)
         assert _sha(out / "system.img") == _sha(images / "sys.img")
         assert _sha(out / "data.img") == _sha(images / "data.img")
@@ -454,7 +454,7 @@ def test_encryption_rules_hold_across_clouds(clouds: Clouds, tmp_path: Path) -> 
     assert _refused(replicate(tree.id, "turbo")).code == "BackupService.7007"
     # Decrypted at the source, encrypted again with the target's key.
     _, record = _replicate(clouds, tree.id, "turbo-k1")
-    out = tmp_path / "restored"
+    out = tmp_path / "b" / "restored"
     task_id = target.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
         backup_id=record.destination_backup_id, target_agent_id=target.host_agent_id,
         target_path=str(out), encrypted=True)).task_id
@@ -592,7 +592,7 @@ def test_replicas_go_back_to_their_source_but_not_onward(
         backup_id=returned.destination_backup_id)).backup
     assert copy.image_type == backup_pb2.IMAGE_TYPE_REPLICATION
     assert copy.vault_id == home_vault
-    out = tmp_path / "returned"
+    out = tmp_path / "a" / "returned"
     task_id = src.client.backups.RestoreBackup(backup_pb2.RestoreBackupRequest(
         backup_id=copy.id, target_agent_id=src.agent_id, target_path=str(out))).task_id
     assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
