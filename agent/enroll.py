@@ -21,7 +21,8 @@ from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig
 from agent.state import Credentials, Identity, StateDir
-from cbr import __version__, enrollment
+from cbr import __version__, enrollment, tls
+from cbr.client import channel as cbr_channel
 from cbr.client import describe
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 
@@ -74,7 +75,14 @@ def enroll(config: AgentConfig, token: str, controller: str = "", *, force: bool
         role=ROLE_TO_PB[config.role],
         version=__version__,
     )
-    with grpc.insecure_channel(controller) as channel:
+    # The token pins the CA: take it from the TLS handshake only if it
+    # matches, and send the token (a secret) only over TLS verified by it.
+    try:
+        api_ca = tls.fetch_ca(controller, ca_sha256, timeout=ENROLL_TIMEOUT_S)
+    except tls.TlsError as exc:
+        raise EnrollError(f"Cannot trust the controller at {controller}: {exc}. Is it the "
+                          "API endpoint of the controller that made the token?") from None
+    with cbr_channel(controller, root_certificates=api_ca) as channel:
         try:
             response = agent_pb2_grpc.AgentServiceStub(channel).Enroll(
                 request, timeout=ENROLL_TIMEOUT_S)

@@ -260,11 +260,11 @@ async def _open_loop(rate: float, count: int, start: float,
         await asyncio.gather(*pending)
 
 
-async def generate(api: str, keys: common.Keys, world: World, *, rate: float,
+async def generate(api: str, ca_pem: bytes, keys: common.Keys, world: World, *, rate: float,
                    duration: float, warmup: float, seed: int,
                    mix: tuple[tuple[Method, int], ...] = MIX) -> LoadResult:
     """Warm-up (not recorded), then the measured window of signed calls plus health checks."""
-    channel = grpc.aio.insecure_channel(api)
+    channel = common.aio_api_channel(api, ca_pem)
     await channel.channel_ready()
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -311,8 +311,8 @@ async def generate(api: str, keys: common.Keys, world: World, *, rate: float,
 class Worker:
     """One ``bench.simagents`` process and the latest of what it reported."""
 
-    def __init__(self, index: int, api: str, first: int, count: int, run_id: str,
-                 keys: common.Keys, log_path: Path, disks: int = 1) -> None:
+    def __init__(self, index: int, api: str, ca_file: Path, first: int, count: int,
+                 run_id: str, keys: common.Keys, log_path: Path, disks: int = 1) -> None:
         self.index = index
         self.count = count
         env = controller.child_env()
@@ -322,7 +322,8 @@ class Worker:
             [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
         self._stderr = open(log_path, "ab")  # noqa: SIM115 - open while the process runs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.simagents", "--api", api, "--count", str(count),
+            [sys.executable, "-m", "bench.simagents", "--api", api, "--ca-file", str(ca_file),
+             "--count", str(count),
              "--first", str(first), "--run-id", run_id, "--disks", str(disks)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
             start_new_session=True)
@@ -472,13 +473,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ctl.start()
         keys = common.Keys(ctl.credentials["access_key"], ctl.credentials["secret_key"])
-        client = Client(ctl.api, keys.access_key, keys.secret_key)
+        client = Client(ctl.api, keys.access_key, keys.secret_key,
+                        root_certificates=ctl.ca_pem)
         world = make_world(client, run_id)
 
         n_workers = args.workers or max(1, -(-args.agents // AGENTS_PER_WORKER_MAX))
         first = 0
         for i, count in enumerate(split(args.agents, n_workers)):
-            workers.append(Worker(i, ctl.api, first, count, run_id, keys,
+            workers.append(Worker(i, ctl.api, ctl.ca_file, first, count, run_id, keys,
                                   base / f"agents-{i}.log"))
             first += count
         patience = 60 + args.agents * 0.2
@@ -505,7 +507,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         beats0, beats0_at = heartbeats(workers)
         cpu0 = common.proc_sample(ctl.pid)
         world.page_size = args.page_size
-        load = asyncio.run(generate(ctl.api, keys, world, rate=args.rate,
+        load = asyncio.run(generate(ctl.api, ctl.ca_pem, keys, world, rate=args.rate,
                                     duration=args.duration, warmup=args.warmup,
                                     seed=args.seed, mix=parse_mix(args.mix)))
         cpu1 = common.proc_sample(ctl.pid)

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cbr import signing
+import grpc
+
+from cbr import signing, tls
 
 # Environment variables that carry the admin keys to the agent workers, so the
 # secret never shows in a process listing.
@@ -100,3 +102,9 @@ def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float:
     if before is None or after is None or after.at <= before.at:
         return 0.0
     return 100.0 * (after.cpu_s - before.cpu_s) / (after.at - before.at)
+
+
+def aio_api_channel(api: str, ca_pem: bytes) -> grpc.aio.Channel:
+    """An asyncio channel to the API over TLS, verified against its pinned CA."""
+    return grpc.aio.secure_channel(api, tls.credentials(ca_pem),
+                                   options=tls.channel_options(tls.SERVER_NAME))

@@ -67,6 +67,15 @@ class Controller:
     def agent(self) -> str:
         return str(self.endpoints["agent"])
 
+    @property
+    def ca_file(self) -> Path:
+        """The CA of the API's TLS certificate, which clients pin."""
+        return self.data_dir / "ca" / "ca.crt"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_file.read_bytes()
+
     def start(self) -> Controller:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [*_command(), "--data-dir", str(self.data_dir),

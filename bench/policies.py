@@ -104,11 +104,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ctl.start()
         keys = common.Keys(ctl.credentials["access_key"], ctl.credentials["secret_key"])
-        client = Client(ctl.api, keys.access_key, keys.secret_key)
+        client = Client(ctl.api, keys.access_key, keys.secret_key,
+                        root_certificates=ctl.ca_pem)
         per_agent = -(-args.vaults // args.agents)
         first = 0
         for i, count in enumerate(split(args.agents, min(args.agents, 4))):
-            workers.append(Worker(i, ctl.api, first, count, f"pol{os.getpid()}", keys,
+            workers.append(Worker(i, ctl.api, ctl.ca_file, first, count, f"pol{os.getpid()}", keys,
                                   base / f"agents-{i}.log", disks=per_agent))
             first += count
         online, waited = wait_online(client, args.agents, 120)

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,7 +44,7 @@ from cryptography.x509.oid import NameOID
 from google.protobuf import timestamp_pb2
 
 from agent.enroll import ROLE_TO_PB, token_ca_sha256
-from bench.common import ENV_ACCESS_KEY, ENV_SECRET_KEY, Keys, emit
+from bench.common import ENV_ACCESS_KEY, ENV_SECRET_KEY, Keys, aio_api_channel, emit
 from cbr import __version__
 from cbr.v1 import agent_pb2, agent_pb2_grpc, common_pb2, protectable_pb2
 
@@ -249,7 +250,7 @@ async def run(args: argparse.Namespace, keys: Keys) -> int:
 
     counters = Counters()
     limit = asyncio.Semaphore(args.concurrency)
-    api_channel = grpc.aio.insecure_channel(args.api)
+    api_channel = aio_api_channel(args.api, args.ca_file.read_bytes())
 
     async def enroll_limited(index: int) -> Enrolled:
         async with limit:
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.simagents", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--api", required=True, help="HOST:PORT of the controller's public API")
+    p.add_argument("--ca-file", type=Path, required=True,
+                   help="the CA of the API's TLS certificate (ca/ca.crt in its data dir)")
     p.add_argument("--count", type=int, required=True, help="agents in this worker")
     p.add_argument("--first", type=int, default=0, help="index of the first agent")
     p.add_argument("--concurrency", type=int, default=8,

@@ -17,7 +17,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from cbr import errors, signing
+from cbr import errors, signing, tls
 from cbr.v1 import (
     agent_pb2_grpc,
     backup_pb2_grpc,
@@ -103,11 +103,18 @@ def describe(exc: grpc.RpcError) -> str:
     return f"{code}: {text}"
 
 
-def channel(endpoint: str, *, root_certificates: bytes | None = None) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+def channel(endpoint: str, *, root_certificates: bytes | None = None, insecure: bool = False,
+            server_name: str = tls.SERVER_NAME) -> grpc.Channel:
+    """A channel to a controller's API: TLS verified against the pinned CA
+    (``root_certificates``) by ``server_name``, or plaintext only when asked
+    for by name (a development controller with insecure_listen)."""
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     if root_certificates is not None:
-        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-        return grpc.secure_channel(endpoint, creds, options=options)
+        return grpc.secure_channel(endpoint, tls.credentials(root_certificates),
+                                   options=options + tls.channel_options(server_name))
+    if not insecure:
+        raise ValueError(f"no CA pinned for {endpoint}: give its CA certificate, or insecure=True "
+                         "for a plaintext development controller")
     return grpc.insecure_channel(endpoint, options=options)
 
 
@@ -121,10 +128,13 @@ class Client:
         secret_key: str,
         *,
         root_certificates: bytes | None = None,
+        insecure: bool = False,
+        server_name: str = tls.SERVER_NAME,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
-        self._raw = channel(endpoint, root_certificates=root_certificates)
+        self._raw = channel(endpoint, root_certificates=root_certificates, insecure=insecure,
+                            server_name=server_name)
         ch = grpc.intercept_channel(self._raw, SigningInterceptor(access_key, secret_key, clock))
         self.channel = ch
         self.vaults = vault_pb2_grpc.VaultServiceStub(ch)

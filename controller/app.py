@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cbr.clock import Clock
+from controller.agents.pki import CA_DIR
 from controller.config import Config
 from controller.keyring import Keyring
 from controller.kms import ROOT_KEY_FILE, RootKey
@@ -55,3 +56,14 @@ class App:
     @property
     def data_dir(self) -> Path:
         return self.config.data_dir
+
+    @property
+    def api_ca_pem(self) -> str:
+        """The CA clients pin for the API: the controller's own (ca/ca.crt,
+        made with the agent endpoint's), or "" when an operator's certificate
+        or no TLS serves the API (then it is not ours to hand out)."""
+        cfg = self.config
+        path = cfg.data_dir / CA_DIR / "ca.crt"
+        if cfg.insecure_listen or cfg.tls_cert or not path.exists():
+            return ""
+        return path.read_text()

@@ -68,6 +68,12 @@ SETTINGS: tuple[Setting, ...] = (
             "postgresql://user@host/db. Default: SQLite in the data dir."),
     Setting("listen", "127.0.0.1:7400", "HOST:PORT of the public cbr.v1 API (signed calls, "
             "reflection, health). Port 0 picks a free port."),
+    Setting("insecure_listen", False, "Serve the API in plaintext, without TLS: only for a "
+            "development controller, and only on a loopback --listen address.", _bool),
+    Setting("tls_cert", "", "PEM certificate chain of the API (an operator's). Default: a "
+            "certificate for the name cbr-controller from the controller's own CA (ca/ca.crt "
+            "in the data dir, which clients pin)."),
+    Setting("tls_key", "", "PEM private key of tls_cert."),
     Setting("agent_listen", "127.0.0.1:7401", "HOST:PORT of the TLS endpoint agents connect "
             "to. Use 0.0.0.0:PORT for agents on other hosts."),
     Setting("agent_advertise", "", "HOST:PORT agents are told to connect to. Default: the "
@@ -131,6 +137,9 @@ class Config:
     heartbeat_interval: float
     agent_offline_after: float
     log_level: str
+    insecure_listen: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
     storage_url: str = ""
     storage_roots: tuple[str, ...] = ()
     storage_access_key: str = ""
@@ -174,8 +183,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (env CBR_CONFIG).")
     for s in SETTINGS:
+        # A true/false setting given as a bare flag means true.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if s.parse is _bool else {}
         p.add_argument(s.flag, dest=s.name, default=None, metavar=s.name.upper(),
-                       help=f"{s.help} [env {s.env}; toml {s.name}; default {s.default!r}]")
+                       help=f"{s.help} [env {s.env}; toml {s.name}; default {s.default!r}]",
+                       **extra)
     return p
 
 

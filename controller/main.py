@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlalchemy
 import sqlalchemy.exc
 
-from cbr import private
+from cbr import private, tls
 from cbr.clock import SystemClock
 from controller import config as config_mod
 from controller.agents.pki import CA_DIR
@@ -104,7 +104,9 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
 
     agent_endpoint, agent_port = wiring.start_agent_endpoint(app)
     api_endpoint = _advertised(cfg.listen, api_port)
-    iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now())
+    ca_pem = app.api_ca_pem
+    iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now(),
+                        ca_pem=ca_pem)
     public.start()
     app.maintenance.start()
     app.scheduler.start()
@@ -112,12 +114,14 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     # Everything built so far lives as long as the process; keep it out of the
     # collector's way, so a full collection does not pause every call.
     gc.freeze()
+    ca_sha256 = tls.fingerprint(ca_pem) if ca_pem else ""
     _write_json_atomic(cfg.data_dir / ENDPOINTS_FILE, {
         "api": api_endpoint, "agent": app.agent_endpoint or f"127.0.0.1:{agent_port}",
-        "pid": os.getpid()})
-    log.info("serving cbr.v1 on %s (agents on %s), cloud %s region %s, state %s",
-             api_endpoint, app.agent_endpoint, cfg.cloud_name, cfg.region,
-             app.db.engine.url.render_as_string(hide_password=True))
+        "tls": not cfg.insecure_listen, "ca_sha256": ca_sha256, "pid": os.getpid()})
+    log.info("serving cbr.v1 on %s (%s; agents on %s), cloud %s region %s, state %s",
+             api_endpoint, "PLAINTEXT" if cfg.insecure_listen else
+             f"TLS, CA sha256 {ca_sha256 or 'of the operator'}", app.agent_endpoint,
+             cfg.cloud_name, cfg.region, app.db.engine.url.render_as_string(hide_password=True))
     stop.wait()
     log.info("stopping")
     app.scheduler.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import queue
+import re
 import socket
 import threading
 import uuid
@@ -27,7 +28,7 @@ import grpc
 from google.protobuf import json_format
 from sqlalchemy import select
 
-from cbr import errors
+from cbr import errors, tls
 from cbr.client import Client, error_from_rpc
 from cbr.v1 import backup_pb2, replication_pb2
 from controller.app import App
@@ -78,8 +79,46 @@ def check_endpoint(app: App, endpoint: str) -> str:
 
 
 def target_client(app: App, cred: Credential) -> Client:
+    if not cred.target_ca_pem:
+        raise errors.InvalidParameter(
+            f"Credential {cred.name!r} pins no CA of its target, so calls to it cannot be "
+            "verified; update it with the target's target_ca_sha256 (`cbr cloud show` on the "
+            "target prints it).", field="target_ca_sha256")
     secret = app.keyring.unseal(cred.secret_sealed, cred.id.encode()).decode()
-    return Client(check_endpoint(app, cred.target_endpoint), cred.access_key_id, secret)
+    return Client(check_endpoint(app, cred.target_endpoint), cred.access_key_id, secret,
+                  root_certificates=cred.target_ca_pem.encode())
+
+
+def pin_target_ca(app: App, endpoint: str, certificate: str, sha256: str) -> str:
+    """The target CA a credential keeps: the PEM given (checked against the
+    fingerprint when both are), or the one in the target's TLS chain whose
+    fingerprint is ``sha256``. Nothing but the handshake happens before it
+    matches, so the key is never sent to an impostor."""
+    want = sha256.strip().lower().replace(":", "")
+    if certificate:
+        try:
+            got = tls.fingerprint(certificate)
+        except ValueError:
+            raise errors.InvalidParameter("target_ca_certificate is not a PEM certificate.",
+                                          field="target_ca_certificate") from None
+        if want and got != want:
+            raise errors.InvalidParameter(
+                f"target_ca_certificate has SHA-256 {got}, not {want}.",
+                field="target_ca_sha256")
+        return certificate
+    if not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise errors.InvalidParameter(
+            "target_ca_sha256 is required (64 hex digits): the CA fingerprint `cbr cloud show` "
+            "prints on the target; every call to the target verifies its TLS against it. "
+            "Or give target_ca_certificate.", field="target_ca_sha256")
+    try:
+        return tls.fetch_ca(check_endpoint(app, endpoint), want,
+                            timeout=CHECK_TIMEOUT_S).decode()
+    except tls.TlsError as exc:
+        log.info("pinning the CA of %s failed: %s", endpoint, exc)
+        raise errors.TargetCloudUnavailable(
+            f"{endpoint}: unreachable." if exc.unreachable else
+            f"{endpoint}: TLS failed (it presented no CA with SHA-256 {want}).") from None
 
 
 def _reason(exc: grpc.RpcError) -> str:
@@ -138,13 +177,14 @@ class Replicator:
 
     # -- checking a credential ----------------------------------------------------------
 
-    def check_access(self, *, name: str, endpoint: str, access_key_id: str, secret: str,
-                     target_account_id: str, target_cloud: str
+    def check_access(self, *, name: str, endpoint: str, ca_pem: str, access_key_id: str,
+                     secret: str, target_account_id: str, target_cloud: str
                      ) -> replication_pb2.CheckReplicationAccessResponse:
         """Asks the target who a key is and whether it may receive replicas
         (rule 11 is checked there); refuses a key whose account or cloud is
         not the one the credential names."""
-        client = Client(check_endpoint(self.app, endpoint), access_key_id, secret)
+        client = Client(check_endpoint(self.app, endpoint), access_key_id, secret,
+                        root_certificates=ca_pem.encode())
         try:
             with calling_target(name, endpoint):
                 answer: replication_pb2.CheckReplicationAccessResponse = \

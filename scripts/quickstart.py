@@ -372,12 +372,17 @@ def replication(work: Path, images: Path, vault_ids: dict[str, str],
     enroll_and_run("target", work, "restore-host",
                    agent_config(work, "restore-host", tgt_ep["api"], "host", None))
 
-    say("on the source: a credential for the target account (checked there)")
+    say("on the source: a credential for the target account, pinning the target's CA "
+        "(checked there, over TLS)")
+    cloud_b = cbr_json("target", "cloud", "show", quiet=True)
+    assert isinstance(cloud_b, dict)
+    target_ca = str(cloud_b.get("cloud", cloud_b)["ca_sha256"])
     cred = cbr_json("source", "credential", "create", "--name", "to-cloud-b",
                     "--target-cloud", "cloud-b", "--target-endpoint", tgt_ep["api"],
                     "--target-account-id", account_id,
                     "--target-access-key", str(ak["access_key_id"]),
-                    "--target-secret-key", str(ak["secret_access_key"]))
+                    "--target-secret-key", str(ak["secret_access_key"]),
+                    "--target-ca-sha256", target_ca)
     assert isinstance(cred, dict)
     cred_id = str(cred.get("credential", cred)["id"])
 

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cbr import client as cbr_client
+from cbr import tls
 
 DEFAULT_PROFILE = "default"
 # Unary calls get this deadline unless --timeout says otherwise, so that a
@@ -41,9 +42,11 @@ ENV_ACCESS_KEY = "CBR_ACCESS_KEY"
 ENV_SECRET_KEY = "CBR_SECRET_KEY"
 ENV_PROFILE = "CBR_PROFILE"
 ENV_CA_FILE = "CBR_CA_FILE"
+ENV_INSECURE = "CBR_INSECURE"
 ENV_CONFIG_DIR = "CBR_CONFIG_DIR"
 
-PROFILE_KEYS = ("endpoint", "access_key", "secret_key", "ca_file", "account_id")
+PROFILE_KEYS = ("endpoint", "access_key", "secret_key", "ca_file", "server_name", "insecure",
+                "account_id")
 
 
 class CliError(Exception):
@@ -133,6 +136,11 @@ class Settings:
     access_key: str
     secret_key: str
     ca_file: str = ""
+    # The name the API's certificate is verified by (cbr.tls.SERVER_NAME
+    # unless the operator's certificate names the controller otherwise).
+    server_name: str = ""
+    # Plaintext, for a development controller with insecure_listen.
+    insecure: str = ""
     # Where each value came from, for error messages.
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -174,11 +182,13 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = N
         ("access_key", ENV_ACCESS_KEY),
         ("secret_key", ENV_SECRET_KEY),
         ("ca_file", ENV_CA_FILE),
+        ("server_name", ""),
+        ("insecure", ENV_INSECURE),
     ):
         flag = getattr(args, key, None)
         if flag:
-            values[key], sources[key] = flag, "flag"
-        elif env.get(env_name):
+            values[key], sources[key] = "true" if flag is True else flag, "flag"
+        elif env_name and env.get(env_name):
             values[key], sources[key] = env[env_name], env_name
         elif stored.get(key):
             values[key], sources[key] = stored[key], f"profile {profile}"
@@ -320,6 +330,13 @@ def global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--ca-file",
         default=default(None),
         help=text(f"PEM CA to verify a TLS endpoint (env {ENV_CA_FILE})"),
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default(False),
+        help=text(f"plaintext, no TLS: only for a development controller started with "
+                  f"--insecure-listen (env {ENV_INSECURE}=true)"),
     )
     g.add_argument(
         "--output",
@@ -588,13 +605,27 @@ class Context:
         return None if value is None else float(value)
 
     def root_certificates(self) -> bytes | None:
+        """The pinned CA of the profile; None only for a plaintext profile."""
         path = self.settings.ca_file
         if not path:
-            return None
+            if self.settings.insecure == "true":
+                return None
+            raise ConfigError(
+                f"no CA pinned for profile '{self.settings.profile}': run `cbr configure "
+                "--import-admin-credentials PATH`, or `cbr configure --ca-file PEM` (ca/ca.crt "
+                "in the controller's data dir) or `--ca-sha256 HEX` (the fingerprint the "
+                "controller logs at start); --insecure only for a plaintext development "
+                "controller")
         try:
             return Path(path).expanduser().read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read CA file {path}: {exc}") from exc
+
+    def channel_settings(self) -> dict[str, Any]:
+        """How to reach the API: the keyword arguments of cbr.client.channel."""
+        ca = self.root_certificates()
+        return {"root_certificates": ca, "insecure": ca is None,
+                "server_name": self.settings.server_name or tls.SERVER_NAME}
 
     @property
     def client(self) -> cbr_client.Client:
@@ -605,7 +636,7 @@ class Context:
                 settings.endpoint,
                 settings.access_key,
                 settings.secret_key,
-                root_certificates=self.root_certificates(),
+                **self.channel_settings(),
             )
         return self._client
 

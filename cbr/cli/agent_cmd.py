@@ -185,7 +185,7 @@ def cmd_enroll(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.endpoint:
         raise ConfigError("no endpoint configured; pass --endpoint or run `cbr configure`")
     # Enroll is authenticated by the token: an unsigned channel, no keys needed.
-    channel = cbr_client.channel(ctx.endpoint, root_certificates=ctx.root_certificates())
+    channel = cbr_client.channel(ctx.endpoint, **ctx.channel_settings())
     try:
         resp = agent_pb2_grpc.AgentServiceStub(channel).Enroll(request, timeout=ctx.timeout)
     finally:

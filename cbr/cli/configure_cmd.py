@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from cbr import tls
 from cbr.cli._common import (
     DEFAULT_PROFILE,
     ENV_PROFILE,
@@ -36,14 +37,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sub,
         "configure",
         cmd_configure,
-        "save endpoint and keys as a profile (uses --profile, --endpoint, --access-key, "
-        "--secret-key, --ca-file)",
+        "save endpoint, keys and the pinned CA as a profile (uses --profile, --endpoint, "
+        "--access-key, --secret-key, --ca-file, --insecure)",
     )
     p.add_argument(
         "--import-admin-credentials",
         type=Path,
         metavar="PATH",
-        help="the admin-credentials.json the controller wrote; flags override its values",
+        help="the admin-credentials.json the controller wrote (keys and its CA); flags "
+        "override its values",
+    )
+    p.add_argument(
+        "--ca-sha256",
+        metavar="HEX",
+        help="pin the controller's CA by its SHA-256 (logged by the controller at start, "
+        "printed by `cbr cloud show`): fetched from its TLS handshake, kept if it matches",
+    )
+    p.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help=f"the name the API's certificate is verified by (default {tls.SERVER_NAME}; "
+        "an operator's certificate may name the controller otherwise)",
     )
 
 
@@ -57,9 +71,17 @@ def read_admin_credentials(path: Path) -> dict[str, str]:
         raise ConfigError(f"{path} has no access_key and secret_key")
     return {
         key: str(doc[key])
-        for key in ("endpoint", "access_key", "secret_key", "account_id")
+        for key in ("endpoint", "access_key", "secret_key", "account_id", "ca_certificate")
         if doc.get(key)
     }
+
+
+def _pin(env: Mapping[str, str], profile: str, pem: bytes) -> str:
+    """Keeps a profile's CA beside the config file; returns its path."""
+    path = config_path(env).parent / f"{profile}.ca.pem"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(pem)
+    return str(path)
 
 
 def merge_profile(
@@ -94,12 +116,14 @@ def ask_missing(
     return values
 
 
-def store_profile(env: Mapping[str, str], name: str, values: Mapping[str, str]) -> Path:
-    """Merges values (empty ones ignored) into a profile and saves the file."""
+def store_profile(env: Mapping[str, str], name: str, values: Mapping[str, str],
+                  drop: tuple[str, ...] = ()) -> Path:
+    """Merges values (empty ones ignored) into a profile, without the keys
+    ``drop``, and saves the file."""
     path = config_path(env)
     profiles = load_profiles(path)
-    merged = dict(profiles.get(name, {}))
-    merged.update({k: v for k, v in values.items() if v})
+    merged = {k: v for k, v in profiles.get(name, {}).items() if k not in drop}
+    merged.update({k: v for k, v in values.items() if v and k not in drop})
     profiles[name] = merged
     save_profiles(path, profiles)
     return path
@@ -114,13 +138,28 @@ def cmd_configure(ctx: Context, args: argparse.Namespace) -> int:
         if args.import_admin_credentials
         else {}
     )
+    ca_pem = imported.pop("ca_certificate", "")
+    if ca_pem and not args.ca_file:
+        imported["ca_file"] = _pin(ctx.env, name, ca_pem.encode())
     flags = {
         "endpoint": args.endpoint,
         "access_key": args.access_key,
         "secret_key": args.secret_key,
         "ca_file": args.ca_file,
+        "server_name": args.server_name,
+        "insecure": "true" if args.insecure else None,
     }
     values = merge_profile(current, imported, flags)
+    if args.ca_sha256:
+        endpoint = values.get("endpoint", "")
+        if not endpoint:
+            raise ConfigError("--ca-sha256 needs the endpoint (--endpoint HOST:PORT)")
+        try:
+            values["ca_file"] = _pin(ctx.env, name, tls.fetch_ca(endpoint, args.ca_sha256))
+        except tls.TlsError as exc:
+            raise ConfigError(f"cannot pin the CA of {endpoint}: {exc}") from None
+    if values.get("ca_file"):
+        values.pop("insecure", None)
     given = {k for k, v in {**imported, **flags}.items() if v}
     if not all(k in given for k in REQUIRED) and sys.stdin.isatty():
         values = ask_missing(values, given, input, getpass.getpass)
@@ -131,7 +170,9 @@ def cmd_configure(ctx: Context, args: argparse.Namespace) -> int:
             f"{' '.join('--' + m.replace('_', '-') for m in missing)} "
             "or --import-admin-credentials PATH"
         )
-    path = store_profile(ctx.env, name, values)
+    path = store_profile(ctx.env, name, values, drop=() if values.get("insecure") else
+                         ("insecure",))
+    ca_sha256 = _fingerprint_of(values.get("ca_file", ""))
     if ctx.out.json:
         ctx.out.json_value(
             {
@@ -139,8 +180,21 @@ def cmd_configure(ctx: Context, args: argparse.Namespace) -> int:
                 "path": str(path),
                 "endpoint": values["endpoint"],
                 "access_key": values["access_key"],
+                "ca_sha256": ca_sha256,
             }
         )
     else:
         ctx.out.message(f"saved profile '{name}' ({values['endpoint']}) to {path}")
+        ctx.out.message(
+            f"TLS, CA SHA-256 {ca_sha256}" if ca_sha256 else "PLAINTEXT (--insecure)"
+            if values.get("insecure") else "no CA pinned yet: add --ca-file or --ca-sha256")
     return 0
+
+
+def _fingerprint_of(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        return tls.fingerprint(Path(path).expanduser().read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read CA file {path}: {exc}") from None

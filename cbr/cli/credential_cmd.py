@@ -11,6 +11,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from cbr.cli._common import (
     Column,
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--target-account-id", required=True)
     p.add_argument("--target-access-key", required=True, help="access key id of the target user")
     p.add_argument("--target-secret-key", help=SECRET_HELP)
+    _ca_options(p, "the target controller's CA, which every call to it verifies: ")
 
     p = add_command(
         group, "list", cmd_list, "list credentials", rpc="CredentialService.ListCredentials"
@@ -76,11 +78,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--target-endpoint")
     p.add_argument("--target-access-key", help="new access key id (asks for its secret key)")
     p.add_argument("--target-secret-key", help=SECRET_HELP.replace("omitted: prompt", "new one"))
+    _ca_options(p, "a new CA of the target (it was re-keyed): ")
 
     p = add_command(
         group, "delete", cmd_delete, "delete a credential", rpc="CredentialService.DeleteCredential"
     )
     p.add_argument("credential_id", metavar="CREDENTIAL_ID")
+
+
+def _ca_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--target-ca-sha256", metavar="HEX",
+                   help=what + "its SHA-256, as `cbr cloud show` prints it on the target")
+    p.add_argument("--target-ca-file", type=Path, metavar="PEM",
+                   help=what + "its certificate (ca/ca.crt in the target's data dir)")
+
+
+def _ca_fields(args: argparse.Namespace) -> dict[str, str]:
+    pem = ""
+    if args.target_ca_file:
+        try:
+            pem = args.target_ca_file.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read --target-ca-file: {exc}") from None
+    return {"target_ca_certificate": pem, "target_ca_sha256": args.target_ca_sha256 or ""}
 
 
 def _prompt_secret(prompt: str) -> str:
@@ -111,6 +131,7 @@ def build_create_request(
         target_account_id=args.target_account_id,
         access_key_id=args.target_access_key,
         secret_access_key=_secret(args.target_secret_key, prompt),
+        **_ca_fields(args),
     )
 
 
@@ -124,11 +145,13 @@ def build_update_request(
         description=args.description or "",
         target_endpoint=args.target_endpoint or "",
         access_key_id=args.target_access_key or "",
+        **_ca_fields(args),
     )
     if args.target_access_key or args.target_secret_key:
         req.secret_access_key = _secret(args.target_secret_key, prompt)
     if not any(
-        (req.name, req.description, req.target_endpoint, req.access_key_id, req.secret_access_key)
+        (req.name, req.description, req.target_endpoint, req.access_key_id, req.secret_access_key,
+         req.target_ca_certificate, req.target_ca_sha256)
     ):
         raise UsageError("nothing to update: give at least one option (see --help)")
     return req

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/cloud.proto\x12\x06\x63\x62r.v1\"3\n\x06Region\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x15replication_supported\x18\x02 \x01(\x08\"W\n\x05\x43loud\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x1f\n\x07regions\x18\x03 \x03(\x0b\x32\x0e.cbr.v1.Region\x12\x0f\n\x07version\x18\x04 \x01(\t\"\x11\n\x0fGetCloudRequest\"0\n\x10GetCloudResponse\x12\x1c\n\x05\x63loud\x18\x01 \x01(\x0b\x32\r.cbr.v1.Cloud2M\n\x0c\x43loudService\x12=\n\x08GetCloud\x12\x17.cbr.v1.GetCloudRequest\x1a\x18.cbr.v1.GetCloudResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/cloud.proto\x12\x06\x63\x62r.v1\"3\n\x06Region\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x15replication_supported\x18\x02 \x01(\x08\"j\n\x05\x43loud\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x1f\n\x07regions\x18\x03 \x03(\x0b\x32\x0e.cbr.v1.Region\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tca_sha256\x18\x05 \x01(\t\"\x11\n\x0fGetCloudRequest\"0\n\x10GetCloudResponse\x12\x1c\n\x05\x63loud\x18\x01 \x01(\x0b\x32\r.cbr.v1.Cloud2M\n\x0c\x43loudService\x12=\n\x08GetCloud\x12\x17.cbr.v1.GetCloudRequest\x1a\x18.cbr.v1.GetCloudResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGION']._serialized_start=30
   _globals['_REGION']._serialized_end=81
   _globals['_CLOUD']._serialized_start=83
-  _globals['_CLOUD']._serialized_end=170
-  _globals['_GETCLOUDREQUEST']._serialized_start=172
-  _globals['_GETCLOUDREQUEST']._serialized_end=189
-  _globals['_GETCLOUDRESPONSE']._serialized_start=191
-  _globals['_GETCLOUDRESPONSE']._serialized_end=239
-  _globals['_CLOUDSERVICE']._serialized_start=241
-  _globals['_CLOUDSERVICE']._serialized_end=318
+  _globals['_CLOUD']._serialized_end=189
+  _globals['_GETCLOUDREQUEST']._serialized_start=191
+  _globals['_GETCLOUDREQUEST']._serialized_end=208
+  _globals['_GETCLOUDRESPONSE']._serialized_start=210
+  _globals['_GETCLOUDRESPONSE']._serialized_end=258
+  _globals['_CLOUDSERVICE']._serialized_start=260
+  _globals['_CLOUDSERVICE']._serialized_end=337
 # @@protoc_insertion_point(module_scope)

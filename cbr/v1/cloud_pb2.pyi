@@ -15,16 +15,18 @@ class Region(_message.Message):
     def __init__(self, id: _Optional[str] = ..., replication_supported: _Optional[bool] = ...) -> None: ...
 
 class Cloud(_message.Message):
-    __slots__ = ("name", "region", "regions", "version")
+    __slots__ = ("name", "region", "regions", "version", "ca_sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CA_SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     region: str
     regions: _containers.RepeatedCompositeFieldContainer[Region]
     version: str
-    def __init__(self, name: _Optional[str] = ..., region: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    ca_sha256: str
+    def __init__(self, name: _Optional[str] = ..., region: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ..., version: _Optional[str] = ..., ca_sha256: _Optional[str] = ...) -> None: ...
 
 class GetCloudRequest(_message.Message):
     __slots__ = ()

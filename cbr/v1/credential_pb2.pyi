@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Credential(_message.Message):
-    __slots__ = ("id", "name", "description", "target_cloud", "target_endpoint", "target_account_id", "access_key_id", "project_id", "created_at", "updated_at")
+    __slots__ = ("id", "name", "description", "target_cloud", "target_endpoint", "target_account_id", "access_key_id", "project_id", "created_at", "updated_at", "target_ca_sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class Credential(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CA_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -31,10 +32,11 @@ class Credential(_message.Message):
     project_id: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., target_cloud: _Optional[str] = ..., target_endpoint: _Optional[str] = ..., target_account_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    target_ca_sha256: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., target_cloud: _Optional[str] = ..., target_endpoint: _Optional[str] = ..., target_account_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target_ca_sha256: _Optional[str] = ...) -> None: ...
 
 class CreateCredentialRequest(_message.Message):
-    __slots__ = ("name", "description", "target_cloud", "target_endpoint", "target_account_id", "access_key_id", "secret_access_key")
+    __slots__ = ("name", "description", "target_cloud", "target_endpoint", "target_account_id", "access_key_id", "secret_access_key", "target_ca_certificate", "target_ca_sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLOUD_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +44,8 @@ class CreateCredentialRequest(_message.Message):
     TARGET_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCESS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CA_SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     target_cloud: str
@@ -49,7 +53,9 @@ class CreateCredentialRequest(_message.Message):
     target_account_id: str
     access_key_id: str
     secret_access_key: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_cloud: _Optional[str] = ..., target_endpoint: _Optional[str] = ..., target_account_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., secret_access_key: _Optional[str] = ...) -> None: ...
+    target_ca_certificate: str
+    target_ca_sha256: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_cloud: _Optional[str] = ..., target_endpoint: _Optional[str] = ..., target_account_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., secret_access_key: _Optional[str] = ..., target_ca_certificate: _Optional[str] = ..., target_ca_sha256: _Optional[str] = ...) -> None: ...
 
 class CreateCredentialResponse(_message.Message):
     __slots__ = ("credential",)
@@ -90,7 +96,7 @@ class ListCredentialsResponse(_message.Message):
     def __init__(self, credentials: _Optional[_Iterable[_Union[Credential, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
 
 class UpdateCredentialRequest(_message.Message):
-    __slots__ = ("credential_id", "name", "description", "target_endpoint", "access_key_id", "secret_access_key", "target_cloud", "target_account_id")
+    __slots__ = ("credential_id", "name", "description", "target_endpoint", "access_key_id", "secret_access_key", "target_cloud", "target_account_id", "target_ca_certificate", "target_ca_sha256")
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +105,8 @@ class UpdateCredentialRequest(_message.Message):
     SECRET_ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLOUD_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CA_SHA256_FIELD_NUMBER: _ClassVar[int]
     credential_id: str
     name: str
     description: str
@@ -107,7 +115,9 @@ class UpdateCredentialRequest(_message.Message):
     secret_access_key: str
     target_cloud: str
     target_account_id: str
-    def __init__(self, credential_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., target_endpoint: _Optional[str] = ..., access_key_id: _Optional[str] = ..., secret_access_key: _Optional[str] = ..., target_cloud: _Optional[str] = ..., target_account_id: _Optional[str] = ...) -> None: ...
+    target_ca_certificate: str
+    target_ca_sha256: str
+    def __init__(self, credential_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., target_endpoint: _Optional[str] = ..., access_key_id: _Optional[str] = ..., secret_access_key: _Optional[str] = ..., target_cloud: _Optional[str] = ..., target_account_id: _Optional[str] = ..., target_ca_certificate: _Optional[str] = ..., target_ca_sha256: _Optional[str] = ...) -> None: ...
 
 class UpdateCredentialResponse(_message.Message):
     __slots__ = ("credential",)

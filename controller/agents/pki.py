@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cbr import errors
+from cbr import errors, tls
 from cbr.clock import Clock, SystemClock
 
 # The CA's directory in the controller's data dir.
 CA_DIR = "ca"
-# The name in the agent endpoint's certificate; agents verify the server by it
+# The name in the endpoints' certificate; clients verify the server by it
 # (grpc.ssl_target_name_override), whatever address they dial.
-SERVER_NAME = "cbr-controller"
+SERVER_NAME = tls.SERVER_NAME
 CA_VALIDITY = dt.timedelta(days=20 * 365)
 SERVER_VALIDITY = dt.timedelta(days=2 * 365)
 SERVER_RENEW_BEFORE = dt.timedelta(days=30)
@@ -201,7 +201,8 @@ class CertificateAuthority:
         )
 
     def server_identity(self) -> ServerIdentity:
-        """Key and certificate of the agent endpoint, issued once and renewed near expiry."""
+        """Key and certificate of the agent endpoint and the API, issued once and
+        renewed near expiry."""
         key_path, cert_path = self.directory / "server.key", self.directory / "server.crt"
         if key_path.exists() and cert_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

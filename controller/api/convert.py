@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cbr import errors
+from cbr import errors, tls
 from cbr.v1 import (
     backup_pb2,
     common_pb2,
@@ -213,7 +213,8 @@ def credential(c: models.Credential) -> credential_pb2.Credential:
         id=c.id, name=c.name, description=c.description, target_cloud=c.target_cloud,
         target_endpoint=c.target_endpoint, target_account_id=c.target_account_id,
         access_key_id=c.access_key_id, project_id=c.project_id, created_at=ts(c.created_at),
-        updated_at=ts(c.updated_at))
+        updated_at=ts(c.updated_at),
+        target_ca_sha256=tls.fingerprint(c.target_ca_pem) if c.target_ca_pem else "")
 
 
 def backup(b: models.Backup, children: list[models.Backup] | None = None,

@@ -12,7 +12,7 @@ from cbr.v1 import credential_pb2, credential_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Credential
-from controller.replication import Replicator
+from controller.replication import Replicator, pin_target_ca
 from controller.services import credentials, paging
 
 
@@ -33,8 +33,10 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                                           "target cloud's controller.", field="target_endpoint")
         with self.app.db.read() as conn:  # refuse bad input before calling another cloud
             credentials.check_new(conn, self.project_id, request.name)
+        ca_pem = pin_target_ca(self.app, request.target_endpoint,
+                               request.target_ca_certificate, request.target_ca_sha256)
         self._replicator().check_access(
-            name=request.name, endpoint=request.target_endpoint,
+            name=request.name, endpoint=request.target_endpoint, ca_pem=ca_pem,
             access_key_id=request.access_key_id, secret=request.secret_access_key,
             target_account_id=request.target_account_id, target_cloud=request.target_cloud)
         with self.app.db.begin() as s:
@@ -44,7 +46,8 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                 target_endpoint=request.target_endpoint,
                 target_account_id=request.target_account_id,
                 access_key_id=request.access_key_id,
-                secret_access_key=request.secret_access_key, now=self.now())
+                secret_access_key=request.secret_access_key, target_ca_pem=ca_pem,
+                now=self.now())
             return credential_pb2.CreateCredentialResponse(credential=convert.credential(c))
 
     def GetCredential(self, request: credential_pb2.GetCredentialRequest,
@@ -69,7 +72,9 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
     def UpdateCredential(self, request: credential_pb2.UpdateCredentialRequest,
                          context: grpc.ServicerContext
                          ) -> credential_pb2.UpdateCredentialResponse:
-        if request.target_endpoint or request.access_key_id or request.secret_access_key:
+        ca_pem = ""
+        if request.target_endpoint or request.access_key_id or request.secret_access_key \
+                or request.target_ca_certificate or request.target_ca_sha256:
             with self.app.db.begin() as s:
                 current = credentials.get_credential(s, self.project_id, request.credential_id)
                 if request.access_key_id and not request.secret_access_key:
@@ -82,7 +87,11 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                              current.secret_sealed, current.id.encode()).decode(),
                          "target_account_id": current.target_account_id,
                          "target_cloud": current.target_cloud}
-            self._replicator().check_access(**check)
+                current_ca = current.target_ca_pem
+            if request.target_ca_certificate or request.target_ca_sha256:
+                ca_pem = pin_target_ca(self.app, check["endpoint"],
+                                       request.target_ca_certificate, request.target_ca_sha256)
+            self._replicator().check_access(**check, ca_pem=ca_pem or current_ca)
         with self.app.db.begin() as s:
             c = credentials.update_credential(
                 s, self.app.keyring, self.project_id, request.credential_id,
@@ -90,7 +99,7 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                 target_endpoint=request.target_endpoint, access_key_id=request.access_key_id,
                 secret_access_key=request.secret_access_key,
                 target_cloud=request.target_cloud, target_account_id=request.target_account_id,
-                now=self.now())
+                now=self.now(), target_ca_pem=ca_pem)
             return credential_pb2.UpdateCredentialResponse(credential=convert.credential(c))
 
     def DeleteCredential(self, request: credential_pb2.DeleteCredentialRequest,

@@ -7,7 +7,10 @@ configuration to it.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,6 +53,8 @@ from controller.api.replication import ReplicationServicer
 from controller.api.tasks import TaskServicer
 from controller.api.vaults import VaultServicer
 from controller.app import App
+
+log = logging.getLogger("cbr.controller")
 
 SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
                    replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2)
@@ -97,5 +102,40 @@ def build_public_server(app: App, max_workers: int = 32) -> tuple[grpc.Server, i
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = bind(server, app.config.listen, what="the cbr.v1 API")
+    port = bind(server, app.config.listen, api_credentials(app), what="the cbr.v1 API")
     return server, port
+
+
+def api_credentials(app: App) -> grpc.ServerCredentials | None:
+    """TLS for the API, or None for the development-only plaintext listener.
+
+    The chain sent ends with the controller's CA, so a client that knows
+    only its fingerprint can pin it at first contact (cbr.tls.fetch_ca)."""
+    cfg = app.config
+    if cfg.insecure_listen:
+        host = cfg.listen.rpartition(":")[0].strip("[]")
+        if host != "localhost" and not _loopback(host):
+            raise OSError(f"insecure_listen serves plaintext only on a loopback address, not "
+                          f"{cfg.listen}; drop insecure_listen to serve TLS")
+        log.warning("serving the API WITHOUT TLS on %s (insecure_listen): secret keys and "
+                    "tokens cross it in clear; for development only", cfg.listen)
+        return None
+    if cfg.tls_cert or cfg.tls_key:
+        try:
+            key, chain = Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes()
+        except OSError as exc:
+            raise OSError(f"cannot read tls_cert/tls_key: {exc}") from None
+        return grpc.ssl_server_credentials([(key, chain)])
+    from controller.agents.servicer import certificate_authority
+
+    ca = certificate_authority(app)
+    identity = ca.server_identity()
+    return grpc.ssl_server_credentials(
+        [(identity.key_pem, identity.certificate_pem + ca.certificate_pem)])
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

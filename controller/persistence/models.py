@@ -330,6 +330,8 @@ class Credential(Base):
     description: Mapped[str] = mapped_column(String(255), default="")
     target_cloud: Mapped[str] = mapped_column(String(64))
     target_endpoint: Mapped[str] = mapped_column(String(255), default="")
+    # PEM of the target controller's CA: every call to the target verifies it.
+    target_ca_pem: Mapped[str] = mapped_column(Text, default="")
     target_account_id: Mapped[str] = mapped_column(String(64))
     access_key_id: Mapped[str] = mapped_column(String(64))
     secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)

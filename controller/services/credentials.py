@@ -55,7 +55,7 @@ def check_new(conn: Session | Connection, project_id: str, name: str) -> None:
 def create_credential(session: Session, keyring: Keyring, project_id: str, *, name: str,
                       description: str, target_cloud: str, target_endpoint: str,
                       target_account_id: str, access_key_id: str, secret_access_key: str,
-                      now: dt.datetime) -> Credential:
+                      target_ca_pem: str, now: dt.datetime) -> Credential:
     validation.name(name)
     validation.description(description)
     validation.name(target_cloud, "target_cloud")
@@ -71,8 +71,9 @@ def create_credential(session: Session, keyring: Keyring, project_id: str, *, na
         raise errors.AlreadyExists(f"A credential named {name!r} exists.", name=name)
     cred = Credential(project_id=project_id, name=name, description=description,
                       target_cloud=target_cloud, target_endpoint=target_endpoint,
-                      target_account_id=target_account_id, access_key_id=access_key_id,
-                      secret_sealed=b"", created_at=now, updated_at=now)
+                      target_ca_pem=target_ca_pem, target_account_id=target_account_id,
+                      access_key_id=access_key_id, secret_sealed=b"", created_at=now,
+                      updated_at=now)
     session.add(cred)
     session.flush()
     cred.secret_sealed = keyring.seal(secret_access_key.encode(), cred.id.encode())
@@ -82,7 +83,8 @@ def create_credential(session: Session, keyring: Keyring, project_id: str, *, na
 def update_credential(session: Session, keyring: Keyring, project_id: str, credential_id: str,
                       *, name: str, description: str, target_endpoint: str,
                       access_key_id: str, secret_access_key: str, target_cloud: str,
-                      target_account_id: str, now: dt.datetime) -> Credential:
+                      target_account_id: str, now: dt.datetime,
+                      target_ca_pem: str = "") -> Credential:
     cred = get_credential(session, project_id, credential_id)
     if target_cloud and target_cloud != cred.target_cloud:
         raise errors.InvalidParameter(
@@ -103,6 +105,8 @@ def update_credential(session: Session, keyring: Keyring, project_id: str, crede
         cred.description = validation.description(description)
     if target_endpoint:
         cred.target_endpoint = endpoint(target_endpoint)
+    if target_ca_pem:
+        cred.target_ca_pem = target_ca_pem
     if access_key_id:
         cred.access_key_id = validation.ident(access_key_id, "access_key_id")
     if secret_access_key:

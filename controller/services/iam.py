@@ -246,7 +246,7 @@ def caller_actions(caller: Caller) -> list[str]:
 
 
 def bootstrap_admin(db: object, keyring: Keyring, data_dir: Path, endpoint: str,
-                    now: dt.datetime) -> bool:
+                    now: dt.datetime, *, ca_pem: str = "") -> bool:
     """Creates the administrator account on the first start; True if it did.
 
     The credentials file is written inside the transaction and removed if the
@@ -263,8 +263,10 @@ def bootstrap_admin(db: object, keyring: Keyring, data_dir: Path, endpoint: str,
             account, user, key, sk = create_account(session, keyring, "admin", "admin", now,
                                                     administrator=True)
             assert user is not None and key is not None
+            # The CA the API's TLS certificate comes from: `cbr configure
+            # --import-admin-credentials` pins it.
             payload = {"access_key": key.id, "secret_key": sk, "account_id": account.id,
-                       "user_id": user.id, "endpoint": endpoint}
+                       "user_id": user.id, "endpoint": endpoint, "ca_certificate": ca_pem}
             tmp = path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:

@@ -101,7 +101,7 @@ def test_a_user_without_the_action_is_denied_naming_it(api: RunningController) -
     assert key.secret_access_key
     listed = admin.iam.ListAccessKeys(iam_pb2.ListAccessKeysRequest(user_id=user.id))
     assert [k.secret_access_key for k in listed.access_keys] == [""]
-    reader = Client(api.endpoint, key.access_key_id, key.secret_access_key)
+    reader = Client(api.endpoint, key.access_key_id, key.secret_access_key, insecure=True)
     reader.vaults.ListVaults(vault_pb2.ListVaultsRequest())
     with pytest.raises(grpc.RpcError) as exc:
         reader.vaults.CreateVault(vault_pb2.CreateVaultRequest(
@@ -118,7 +118,7 @@ def test_cbr_full_access_covers_cbr_actions_but_not_iam(api: RunningController) 
     user = admin.iam.CreateUser(iam_pb2.CreateUserRequest(name="operator")).user
     admin.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id, action="CBRFullAccess"))
     key = admin.iam.CreateAccessKey(iam_pb2.CreateAccessKeyRequest(user_id=user.id)).access_key
-    op = Client(api.endpoint, key.access_key_id, key.secret_access_key)
+    op = Client(api.endpoint, key.access_key_id, key.secret_access_key, insecure=True)
     op.vaults.CreateVault(vault_pb2.CreateVaultRequest(
         name="v", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1))
     with pytest.raises(grpc.RpcError) as exc:
@@ -132,7 +132,7 @@ def test_a_deleted_access_key_stops_working(sqlite_api: RunningController) -> No
     user = admin.iam.CreateUser(iam_pb2.CreateUserRequest(name="temp")).user
     admin.iam.CreateGrant(iam_pb2.CreateGrantRequest(user_id=user.id, action="CBRFullAccess"))
     key = admin.iam.CreateAccessKey(iam_pb2.CreateAccessKeyRequest(user_id=user.id)).access_key
-    temp = Client(sqlite_api.endpoint, key.access_key_id, key.secret_access_key)
+    temp = Client(sqlite_api.endpoint, key.access_key_id, key.secret_access_key, insecure=True)
     temp.vaults.ListVaults(vault_pb2.ListVaultsRequest())
     admin.iam.DeleteAccessKey(iam_pb2.DeleteAccessKeyRequest(access_key_id=key.access_key_id))
     time.sleep(2.2)  # the key cache's TTL

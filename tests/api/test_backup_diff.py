@@ -123,7 +123,7 @@ def test_another_accounts_backup_is_not_found_and_bad_input_is_refused_with_its_
     made = admin.iam.CreateAccount(iam_pb2.CreateAccountRequest(name="tenant-b",
                                                                 admin_user_name="bob"))
     bob = Client(sqlite_api.endpoint, made.access_key.access_key_id,
-                 made.access_key.secret_access_key)
+                 made.access_key.secret_access_key, insecure=True)
     src = _tree(tmp_path / "src")
     mine = _backup(sqlite_api, sqlite_api.account_id, _vault(admin, "fs"), src)
     theirs = _backup(sqlite_api, made.account.id, _vault(bob, "fs-b"), src)
@@ -162,7 +162,7 @@ def test_another_accounts_backup_is_not_found_and_bad_input_is_refused_with_its_
 
 def _cli(rc: RunningController, *argv: str) -> int:
     return main(["--endpoint", rc.endpoint, "--access-key", rc.access_key,
-                 "--secret-key", rc.secret_key, *argv])
+                 "--secret-key", rc.secret_key, "--insecure", *argv])
 
 
 def test_cli_prints_marks_and_a_summary_or_json_lines(

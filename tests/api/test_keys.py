@@ -76,7 +76,7 @@ def test_only_the_owner_manages_a_shared_key_and_the_other_account_sees_it_share
                                                                 admin_user_name="bob"))
     other = made.account
     bob = Client(sqlite_api.endpoint, made.access_key.access_key_id,
-                 made.access_key.secret_access_key)
+                 made.access_key.secret_access_key, insecure=True)
     key = admin.keys.CreateKey(key_pb2.CreateKeyRequest(alias="shared")).key
     shared = admin.keys.ShareKey(key_pb2.ShareKeyRequest(key_id=key.id,
                                                         account_id=other.id)).key

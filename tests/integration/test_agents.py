@@ -306,7 +306,7 @@ def test_deleted_agent_is_refused_and_its_protectables_are_gone(
 
 def test_connect_on_the_public_port_is_refused_with_a_pointer_to_the_agent_endpoint(
         controller: ControllerProcess) -> None:
-    with grpc.insecure_channel(controller.api_endpoint) as channel:
+    with controller.channel() as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             list(stub.Connect(iter([agent_pb2.ConnectRequest(hello=agent_pb2.Hello())]),

@@ -150,7 +150,8 @@ def test_two_controllers_share_the_loop_and_the_survivor_takes_over(
         leader.kill()
         # The admin account was made by the first start on this database.
         creds = first.admin_credentials
-        client = Client(survivor.api_endpoint, creds["access_key"], creds["secret_key"])
+        client = Client(survivor.api_endpoint, creds["access_key"], creds["secret_key"],
+                        root_certificates=survivor.ca_pem)
         survivor.wait_for_log("leads the policy loop", timeout=20)
         count = len(_runs(client, policy_id))
         runs = wait_until(lambda: (r := _runs(client, policy_id)) and len(r) >= count + 3 and r,
@@ -175,7 +176,8 @@ def test_runs_of_the_leader_reach_an_agent_connected_to_the_other_controller(
         shutil.copytree(leader.data_dir / "ca", other.data_dir / "ca")
         other.start()
         creds = leader.admin_credentials
-        client = Client(other.api_endpoint, creds["access_key"], creds["secret_key"])
+        client = Client(other.api_endpoint, creds["access_key"], creds["secret_key"],
+                        root_certificates=other.ca_pem)
         share = tmp_path / "share"
         share.mkdir()
         (share / "file.txt").write_text("policy data\n")

@@ -31,7 +31,7 @@ def sign(ak: str, sk: str, method: str, body: bytes) -> list[tuple[str, str]]:
 def test_a_reflection_only_client_lists_services_and_creates_a_vault(
         controller: ControllerProcess) -> None:
     creds = controller.admin_credentials
-    with grpc.insecure_channel(controller.api_endpoint) as channel:
+    with controller.channel() as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         services = set(db.get_services())
         for name in ("VaultService", "ProtectableService", "BackupService", "PolicyService",
@@ -62,7 +62,7 @@ def test_a_reflection_only_client_lists_services_and_creates_a_vault(
 def test_health_reports_serving(controller: ControllerProcess) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(controller.api_endpoint) as channel:
+    with controller.channel() as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "cbr.v1.VaultService"):
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service))

@@ -149,7 +149,8 @@ def _clouds(tmp_path: Path, controller_factory: ControllerFactory,
         credential_pb2.CreateCredentialRequest(
             name="to-b", target_cloud="cloud-b", target_endpoint=target_controller.api_endpoint,
             target_account_id=account, access_key_id=creds["access_key"],
-            secret_access_key=creds["secret_key"])).credential
+            secret_access_key=creds["secret_key"],
+            target_ca_sha256=target_controller.endpoints["ca_sha256"])).credential
     return Clouds(source, Target(target_controller, client, importer, host_id, account, vaults),
                   credential.id)
 
@@ -330,6 +331,7 @@ def test_credentials_are_checked_against_the_target(clouds: Clouds) -> None:
     def create(name: str, **kw: Any) -> Any:
         fields = {"name": name, "target_cloud": "cloud-b",
                   "target_endpoint": target.controller.api_endpoint,
+                  "target_ca_certificate": target.controller.ca_pem.decode(),
                   "target_account_id": target.account_id,
                   "access_key_id": key.access_key_id,
                   "secret_access_key": key.secret_access_key, **kw}
@@ -484,7 +486,8 @@ def test_encryption_rules_hold_across_clouds(clouds: Clouds, tmp_path: Path) -> 
     target.client.keys.ShareKey(key_pb2.ShareKeyRequest(key_id=k1.id,
                                                          account_id=other.account.id))
     other_client = Client(target.controller.api_endpoint, other.access_key.access_key_id,
-                          other.access_key.secret_access_key)
+                          other.access_key.secret_access_key,
+                          root_certificates=target.controller.ca_pem)
     try:
         err = _refused(lambda: _encrypted_vault(other_client, "shared",
                                                 common_pb2.OBJECT_TYPE_TURBO, k1.id,
@@ -499,7 +502,8 @@ def _credential(client: Client, name: str, cloud: str, controller: ControllerPro
     return str(client.credentials.CreateCredential(credential_pb2.CreateCredentialRequest(
         name=name, target_cloud=cloud, target_endpoint=controller.api_endpoint,
         target_account_id=account_id, access_key_id=access_key,
-        secret_access_key=secret_key)).credential.id)
+        secret_access_key=secret_key,
+        target_ca_sha256=controller.endpoints["ca_sha256"])).credential.id)
 
 
 def test_vault_replication_goes_once_per_region_and_backups_to_one_account(

@@ -33,13 +33,16 @@ class RunningController:
     account_id: str
 
     def client(self, **kwargs: object) -> Client:
+        kwargs.setdefault("insecure", True)
         return Client(self.endpoint, self.access_key, self.secret_key, **kwargs)  # type: ignore[arg-type]
 
 
 def make_app(tmp_path: Path, database_url: str, *extra: str) -> App:
+    # Plaintext on loopback: these tests are about the API's rules and wire
+    # behaviour; TLS is proven on the real processes (tests/integration).
     cfg = config_mod.load(["--data-dir", str(tmp_path / "data"), "--database-url", database_url,
-                           "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", *extra],
-                          environ={})
+                           "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
+                           "--insecure-listen", *extra], environ={})
     return build_app(cfg)
 
 

@@ -27,7 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import grpc
+
 from cbr.client import Client
+from cbr.client import channel as cbr_channel
 
 T = TypeVar("T")
 
@@ -340,6 +343,15 @@ class ControllerProcess(ManagedProcess):
         return self.start(timeout)
 
     @property
+    def ca_pem(self) -> bytes:
+        """The CA the API's TLS certificate comes from (what clients pin)."""
+        return (self.data_dir / "ca" / "ca.crt").read_bytes()
+
+    def channel(self) -> grpc.Channel:
+        """An unsigned channel to the API over TLS, for raw calls."""
+        return cbr_channel(self.api_endpoint, root_certificates=self.ca_pem)
+
+    @property
     def endpoints(self) -> dict[str, Any]:
         if self._endpoints is None:
             raise RuntimeError(f"{self.name} has not been started")
@@ -370,7 +382,8 @@ class ControllerProcess(ManagedProcess):
     def client(self) -> Client:
         """A signed client as the admin account; closed when this helper is closed."""
         creds = self.admin_credentials
-        client = Client(self.api_endpoint, creds["access_key"], creds["secret_key"])
+        client = Client(self.api_endpoint, creds["access_key"], creds["secret_key"],
+                        root_certificates=self.ca_pem)
         self._clients.append(client)
         return client
 

@@ -126,7 +126,8 @@ def server() -> Iterator[tuple[str, Vaults]]:
 
 
 def cli(endpoint: str, *argv: str) -> int:
-    return main(["--endpoint", endpoint, "--access-key", "AK", "--secret-key", "SK", *argv])
+    return main(["--endpoint", endpoint, "--access-key", "AK", "--secret-key", "SK", "--insecure",
+                 *argv])
 
 
 def test_show_as_json_prints_the_message_with_api_field_names(
@@ -181,6 +182,7 @@ def test_calls_are_signed_with_the_key_from_the_flags_over_the_environment(
     monkeypatch.setenv("CBR_ACCESS_KEY", "AK-env")
     monkeypatch.setenv("CBR_SECRET_KEY", "SK-env")
     monkeypatch.setenv("CBR_ENDPOINT", endpoint)
+    monkeypatch.setenv("CBR_INSECURE", "true")
     assert main(["vault", "list"]) == 0
     assert main(["vault", "list", "--access-key", "AK-flag"]) == 0
     assert vaults.access_keys == ["AK-env", "AK-flag"]
