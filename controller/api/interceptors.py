@@ -7,8 +7,9 @@ escaping a servicer is logged and returned as INTERNAL without internals.
 
 ``AuthInterceptor`` checks the AK/SK signature over the exact request bytes
 (so it wraps the request deserializer to see them), the time window, the
-nonce, and the IAM action the method needs, then publishes the caller for the
-servicer through ``controller.api.caller``.
+nonce and the key's life (``controller.services.replay``), and the IAM action
+the method needs, then publishes the caller for the servicer through
+``controller.api.caller``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cbr.status import status_of
 from controller.api import actions
 from controller.api.caller import Caller, reset_caller, set_caller
 from controller.app import App
-from controller.services import iam
+from controller.services import iam, replay
 
 log = logging.getLogger("cbr.controller.api")
 
@@ -195,45 +196,10 @@ def _digesting(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return run
 
 
-class NonceCache:
-    """Nonces seen inside the signature window; a second use is a replay.
-
-    A nonce is kept until its signature's timestamp has left the window, so
-    a replay is refused for as long as the signature could be accepted.
-    Entries are dropped from the oldest end as they expire (a dict keeps
-    insertion order), a little work per call instead of a periodic sweep that
-    would pause every call; memory is bounded by the call rate times the
-    window. Kept in memory: after a controller restart a signature captured
-    before it could be replayed once inside its window.
-    """
-
-    def __init__(self, window: float) -> None:
-        self._window = window
-        self._seen: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def first_use(self, access_key: str, nonce: str, signed_at: float, now: float) -> bool:
-        with self._lock:
-            seen = self._seen
-            while seen:
-                oldest = next(iter(seen))
-                if seen[oldest] > now:
-                    break  # entries behind a later one wait: kept longer, never shorter
-                del seen[oldest]
-            key = (access_key, nonce)
-            if key in seen:
-                return False
-            seen[key] = max(signed_at, now) + self._window + 1
-            return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self._app = app
-        self._nonces = NonceCache(signing.SIGNATURE_WINDOW_SECONDS)
+        self._guard = replay.ReplayGuard(app.db, signing.SIGNATURE_WINDOW_SECONDS)
         self._keys = iam.AccessKeyCache(app)
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -290,7 +256,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise errors.Unauthenticated(
                 "The signature does not match: unknown or inactive access key, wrong secret "
                 "key, or a request changed after signing.")
-        if not self._nonces.first_use(headers.access_key, headers.nonce, ts, now):
+        admission = self._guard.admit(headers.access_key, headers.nonce, ts, now)
+        if admission is replay.Admission.KEY_GONE:
+            raise errors.Unauthenticated(
+                "The access key was deleted or disabled; use another key.")
+        if admission is replay.Admission.REPLAY:
             raise errors.Unauthenticated(
                 "This signature was already used (replay refused). Sign each call anew.")
         return key.caller

@@ -113,6 +113,16 @@ class AccessKey(Base):
     user: Mapped[User] = relationship()
 
 
+class UsedNonce(Base):
+    """A signed call's nonce, kept while its signature could be replayed
+    (controller.services.replay; PostgreSQL, where controllers share it)."""
+
+    __tablename__ = "used_nonces"
+    access_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class Grant(Base):
     __tablename__ = "grants"
     __table_args__ = (UniqueConstraint("user_id", "action"),)
