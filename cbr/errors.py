@@ -200,6 +200,13 @@ class RequestTooLarge(CbrError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooManyStreams(CbrError):
+    """Too many streams are open to the controller."""
+
+    code = "BackupService.9902"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unauthenticated(CbrError):
     """The request is not authenticated."""
 

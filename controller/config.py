@@ -74,6 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
             "certificate for the name cbr-controller from the controller's own CA (ca/ca.crt "
             "in the data dir, which clients pin)."),
     Setting("tls_key", "", "PEM private key of tls_cert."),
+    Setting("max_streams", 4096, "Long-lived API streams (task and health watches, "
+            "reflection) open at once; more are refused with RESOURCE_EXHAUSTED.", int),
+    Setting("max_streams_per_peer", 2048, "Of those, how many one client address may hold.",
+            int),
+    Setting("api_threads", 32, "Threads that run API calls; long-lived streams wait on the "
+            "event loop and hold none.", int),
     Setting("agent_listen", "127.0.0.1:7401", "HOST:PORT of the TLS endpoint agents connect "
             "to. Use 0.0.0.0:PORT for agents on other hosts."),
     Setting("agent_advertise", "", "HOST:PORT agents are told to connect to. Default: the "
@@ -138,6 +144,9 @@ class Config:
     agent_offline_after: float
     log_level: str
     insecure_listen: bool = False
+    max_streams: int = 4096
+    max_streams_per_peer: int = 2048
+    api_threads: int = 32
     tls_cert: str = ""
     tls_key: str = ""
     storage_url: str = ""

@@ -126,7 +126,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     log.info("stopping")
     app.scheduler.stop()
     app.replicator.stop()
-    public.stop(grace=5).wait(10)
+    public.stop(grace=5)
     agent_endpoint.stop()
     if app.hub is not None:
         app.hub.stop()

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -96,7 +96,8 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore
             server_name=pki.SERVER_NAME,
         )
 
-    def Connect(self, request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def Connect(self, request_iterator: Any,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         endpoint = self._app.agent_endpoint or "the address given at enrollment"
         raise errors.Conflict(
             f"Connect is served on the TLS agent endpoint ({endpoint}) with the client "

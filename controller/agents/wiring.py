@@ -47,7 +47,7 @@ SERVER_OPTIONS = [
 ]
 
 
-def register_public(server: grpc.Server, app: App) -> None:
+def register_public(server: grpc.aio.Server, app: App) -> None:
     """Adds AgentService (Enroll, admin calls; Connect refused) to the public server."""
     certificate_authority(app)  # create the CA at first start, before any token is made
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServiceServicer(app), server)

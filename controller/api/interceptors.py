@@ -5,6 +5,13 @@ status: the status code of its class, its message, and a
 ``google.rpc.ErrorInfo`` detail whose reason is the CBR code. Anything else
 escaping a servicer is logged and returned as INTERNAL without internals.
 
+The API runs on ``grpc.aio`` (controller.api.server): the servicers of
+``cbr.v1`` are plain functions run on a bounded thread pool, while long-lived
+streams (task watches, health watches, reflection) are coroutines that hold
+no thread while they wait. So every wrapper here comes in the two forms, and
+``_wrap`` keeps each handler's form. ``StreamLimits`` caps open streams per
+peer address and in total, so streams cannot take what calls need.
+
 ``AuthInterceptor`` checks the AK/SK signature over the exact request bytes
 (so it wraps the request deserializer to see them), the time window, the
 nonce and the key's life (``controller.services.replay``), and the IAM action
@@ -14,11 +21,13 @@ the method needs, then publishes the caller for the servicer through
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 
@@ -32,42 +41,91 @@ from controller.services import iam, replay
 log = logging.getLogger("cbr.controller.api")
 
 
-def _abort(context: grpc.ServicerContext, err: errors.CbrError) -> None:
-    context.abort_with_status(status_of(err))
+def _abort(context: Any, err: errors.CbrError) -> NoReturn:
+    status = status_of(err)
+    context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # it raises
 
 
-def _internal(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+async def _abort_async(context: Any, err: errors.CbrError) -> NoReturn:
+    status = status_of(err)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")
+
+
+def _log_internal(method: str, exc: BaseException) -> None:
     log.exception("unhandled error in %s", method, exc_info=exc)
-    _abort(context, errors.InternalError())
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str,
-          around: Callable[[Any, grpc.ServicerContext, Callable[[Any, Any], Any]], Any],
+class _Around:
+    """What an interceptor does around a handler, in each form a handler has:
+    ``call`` for plain functions (run on the API's thread pool), ``coro`` for
+    coroutines and ``stream`` for async generators (run on the event loop)."""
+
+    def call(self, req: Any, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        return inner(req, ctx)
+
+    async def coro(self, req: Any, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        return await inner(req, ctx)
+
+    async def stream(self, req: Any, ctx: Any,
+                     inner: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+        async for item in inner(req, ctx):
+            yield item
+
+
+def _behaviour(inner: Callable[[Any, Any], Any], around: _Around) -> Callable[[Any, Any], Any]:
+    if inspect.isasyncgenfunction(inner):
+        async def stream(req: Any, ctx: Any) -> AsyncIterator[Any]:
+            async for item in around.stream(req, ctx, inner):
+                yield item
+        return stream
+    if inspect.iscoroutinefunction(inner):
+        async def coro(req: Any, ctx: Any) -> Any:
+            return await around.coro(req, ctx, inner)
+        return coro
+    if inspect.isgeneratorfunction(inner):
+        return _behaviour(_in_threads(inner), around)
+
+    def call(req: Any, ctx: Any) -> Any:
+        return around.call(req, ctx, inner)
+    return call
+
+
+def _in_threads(inner: Callable[[Any, Any], Iterator[Any]]
+                ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """A plain generator (a diff or a walk reading storage) as an async one
+    whose every step runs on a worker thread. grpc.aio would iterate it
+    partly on its event loop, blocking every other call, and an abort from
+    inside it there can deadlock."""
+
+    async def run(req: Any, ctx: Any) -> AsyncIterator[Any]:
+        items = await asyncio.to_thread(inner, req, ctx)
+        done = object()
+        while (item := await asyncio.to_thread(next, items, done)) is not done:
+            yield item
+
+    return run
+
+
+def _wrap(handler: grpc.RpcMethodHandler, around: _Around,
           deserializer: Callable[[Any], Callable[[bytes], Any]] | None = None
           ) -> grpc.RpcMethodHandler:
-    """A copy of handler whose behavior runs inside ``around``."""
+    """A copy of handler whose behaviour runs inside ``around``, in the
+    handler's own form (a coroutine stays a coroutine)."""
     req_deser = handler.request_deserializer
     if deserializer is not None and req_deser is not None:
         req_deser = deserializer(req_deser)
-    if handler.unary_unary:
-        inner = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(
-            lambda req, ctx: around(req, ctx, inner),
-            request_deserializer=req_deser, response_serializer=handler.response_serializer)
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-        return grpc.unary_stream_rpc_method_handler(
-            lambda req, ctx: around(req, ctx, inner_us),
-            request_deserializer=req_deser, response_serializer=handler.response_serializer)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-        return grpc.stream_unary_rpc_method_handler(
-            lambda req, ctx: around(req, ctx, inner_su),
-            request_deserializer=req_deser, response_serializer=handler.response_serializer)
-    inner_ss: Any = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(
-        lambda req, ctx: around(req, ctx, inner_ss),
-        request_deserializer=req_deser, response_serializer=handler.response_serializer)
+    kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler),
+             ("unary_stream", grpc.unary_stream_rpc_method_handler),
+             ("stream_unary", grpc.stream_unary_rpc_method_handler),
+             ("stream_stream", grpc.stream_stream_rpc_method_handler))
+    for field, make in kinds:
+        inner = getattr(handler, field)
+        if inner:
+            return make(_behaviour(inner, around), request_deserializer=req_deser,  # type: ignore[no-any-return]
+                        response_serializer=handler.response_serializer)
+    raise ValueError("a handler without a behaviour")
 
 
 class _Malformed:
@@ -133,50 +191,146 @@ def _checked(requests: Iterator[Any]) -> Iterator[Any]:
         yield request
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+async def _checked_async(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            raise request.error
+        yield request
+
+
+def _peer_host(ctx: Any) -> str:
+    """The address part of a peer (``ipv4:1.2.3.4:5678`` -> ``1.2.3.4``)."""
+    peer = str(ctx.peer() or "")
+    kind, _, rest = peer.partition(":")
+    return rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else peer
+
+
+class StreamLimits:
+    """Open long-lived streams, per peer address and in total.
+
+    On the event loop an idle stream costs memory only, so the caps are
+    about memory and fairness: one client (or one address behind which many
+    sit) cannot open so many that others are refused."""
+
+    def __init__(self, total: int, per_peer: int) -> None:
+        self.total, self.per_peer = total, per_peer
+        self._open: dict[str, int] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def enter(self, peer: str) -> None:
+        with self._lock:
+            mine = self._open.get(peer, 0)
+            if self._count >= self.total or mine >= self.per_peer:
+                raise errors.TooManyStreams(
+                    f"{self._count} streams are open ({mine} from {peer}); at most "
+                    f"{self.total} in all and {self.per_peer} per address. Close some, or "
+                    "poll instead of watching.")
+            self._open[peer] = mine + 1
+            self._count += 1
+
+    def leave(self, peer: str) -> None:
+        with self._lock:
+            self._count -= 1
+            left = self._open.get(peer, 1) - 1
+            if left:
+                self._open[peer] = left
+            else:
+                self._open.pop(peer, None)
+
+
+class _Errors(_Around):
+    def __init__(self, method: str, client_streaming: bool, limits: StreamLimits | None,
+                 streaming: bool) -> None:
+        self.method = method
+        self.client_streaming = client_streaming
+        self.limits = limits if streaming else None
+
+    def call(self, req: Any, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        if isinstance(req, _Malformed):
+            _abort(ctx, req.error)
+        if self.client_streaming:
+            req = _checked(req)
+        try:
+            return inner(req, ctx)
+        except errors.CbrError as err:
+            _abort(ctx, err)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            _log_internal(self.method, exc)
+            _abort(ctx, errors.InternalError())
+
+    async def _enter(self, req: Any, ctx: Any) -> tuple[Any, str]:
+        """Refuses a malformed request and a stream past the caps; returns
+        the request to pass on and the peer whose stream count went up."""
+        if isinstance(req, _Malformed):
+            await _abort_async(ctx, req.error)
+        if self.client_streaming:
+            req = _checked_async(req)
+        peer = ""
+        if self.limits is not None:
+            try:
+                self.limits.enter(_peer_host(ctx))
+            except errors.CbrError as err:
+                await _abort_async(ctx, err)
+            peer = _peer_host(ctx)
+        return req, peer
+
+    async def _fail(self, ctx: Any, exc: Exception) -> NoReturn:
+        if isinstance(exc, errors.CbrError):
+            await _abort_async(ctx, exc)
+        if _is_abort(exc):
+            raise exc
+        _log_internal(self.method, exc)
+        await _abort_async(ctx, errors.InternalError())
+
+    def _leave(self, peer: str) -> None:
+        if self.limits is not None and peer:
+            self.limits.leave(peer)
+
+    async def coro(self, req: Any, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        # Streams written with context.write() are coroutines too.
+        req, peer = await self._enter(req, ctx)
+        try:
+            return await inner(req, ctx)
+        except Exception as exc:
+            await self._fail(ctx, exc)
+        finally:
+            self._leave(peer)
+
+    async def stream(self, req: Any, ctx: Any,
+                     inner: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+        req, peer = await self._enter(req, ctx)
+        try:
+            async for item in inner(req, ctx):
+                yield item
+        except Exception as exc:
+            await self._fail(ctx, exc)
+        finally:
+            self._leave(peer)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, limits: StreamLimits | None = None) -> None:
+        self._limits = limits
+
+    async def intercept_service(self, continuation: Any,
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None:
             return None
         method = details.method
-        streaming = handler.unary_stream or handler.stream_stream
-        client_streaming = handler.stream_unary or handler.stream_stream
-
-        def around(req: Any, ctx: grpc.ServicerContext, inner: Callable[[Any, Any], Any]) -> Any:
-            if isinstance(req, _Malformed):
-                _abort(ctx, req.error)
-            if client_streaming:
-                req = _checked(req)
-            if streaming:
-                return _guard_stream(req, ctx, inner, method)
-            try:
-                return inner(req, ctx)
-            except errors.CbrError as err:
-                _abort(ctx, err)
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                _internal(ctx, method, exc)
-            return None
-
-        return _wrap(handler, method, around, deserializer=_safe(method))
+        around = _Errors(method, bool(handler.stream_unary or handler.stream_stream),
+                         self._limits, bool(handler.unary_stream or handler.stream_stream))
+        return _wrap(handler, around, deserializer=_safe(method))
 
 
 def _is_abort(exc: BaseException) -> bool:
-    # grpc's context.abort() sets the status, then raises a bare Exception().
-    return (type(exc) is Exception and not exc.args) or isinstance(exc, grpc.RpcError)
-
-
-def _guard_stream(req: Any, ctx: grpc.ServicerContext, inner: Callable[[Any, Any], Any],
-                  method: str) -> Iterator[Any]:
-    try:
-        yield from inner(req, ctx)
-    except errors.CbrError as err:
-        _abort(ctx, err)
-    except Exception as exc:
-        if _is_abort(exc):
-            raise
-        _internal(ctx, method, exc)
+    # A sync context's abort() raises a bare Exception() (grpc.server) or an
+    # AbortError (grpc.aio's thread pool); an async one raises AbortError.
+    return (type(exc) is Exception and not exc.args) \
+        or isinstance(exc, grpc.RpcError | grpc.aio.AbortError)
 
 
 class _Signed:
@@ -196,37 +350,77 @@ def _digesting(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return run
 
 
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class _Auth(_Around):
+    def __init__(self, interceptor: AuthInterceptor, method: str,
+                 metadata: dict[str, str]) -> None:
+        self.interceptor, self.method, self.metadata = interceptor, method, metadata
+
+    def check(self, digest: str) -> Caller:
+        caller = self.interceptor.authenticate(self.method, self.metadata, digest)
+        self.interceptor.authorize(self.method, caller)
+        return caller
+
+    def call(self, req: _Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        token = set_caller(self.check(req.digest))
+        try:
+            return inner(req.message, ctx)
+        finally:
+            reset_caller(token)
+
+    async def coro(self, req: _Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        # The database work of checking a key runs off the event loop.
+        caller = await asyncio.to_thread(self.check, req.digest)
+        token = set_caller(caller)
+        try:
+            return await inner(req.message, ctx)
+        finally:
+            reset_caller(token)
+
+    async def stream(self, req: _Signed, ctx: Any,
+                     inner: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+        caller = await asyncio.to_thread(self.check, req.digest)
+        token = set_caller(caller)
+        try:
+            async for item in inner(req.message, ctx):
+                yield item
+        finally:
+            reset_caller(token)
+
+
+class _Refuse(_Around):
+    def __init__(self, err: errors.CbrError) -> None:
+        self.err = err
+
+    def call(self, req: Any, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        raise self.err
+
+    async def coro(self, req: Any, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+        raise self.err
+
+    async def stream(self, req: Any, ctx: Any,
+                     inner: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+        raise self.err
+        yield  # an async generator
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self._app = app
         self._guard = replay.ReplayGuard(app.db, signing.SIGNATURE_WINDOW_SECONDS)
         self._keys = iam.AccessKeyCache(app)
 
-    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Any,
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         method = details.method
         if handler is None or method in actions.UNSIGNED_METHODS:
             return handler
         if handler.stream_unary or handler.stream_stream:
-            return _refuse_handler(handler, errors.PermissionDenied(
-                f"{method} takes no signed calls."))
+            return _wrap(handler, _Refuse(errors.PermissionDenied(
+                f"{method} takes no signed calls.")))
         metadata = {k: v for k, v in (details.invocation_metadata or ())
                     if isinstance(v, str)}
-
-        def around(req: _Signed, ctx: grpc.ServicerContext,
-                   inner: Callable[[Any, Any], Any]) -> Any:
-            caller = self.authenticate(method, metadata, req.digest)
-            self.authorize(method, caller)
-            token = set_caller(caller)
-            try:
-                result = inner(req.message, ctx)
-                if handler.unary_stream:
-                    return _with_caller(result, caller)
-                return result
-            finally:
-                reset_caller(token)
-
-        return _wrap(handler, method, around, deserializer=_digesting)
+        return _wrap(handler, _Auth(self, method, metadata), deserializer=_digesting)
 
     def authenticate(self, method: str, metadata: dict[str, str], digest: str) -> Caller:
         try:
@@ -277,21 +471,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             f"such as {iam.policy_covering(action)}) to the user.", action=action)
 
 
-def _with_caller(stream: Iterator[Any], caller: Caller) -> Iterator[Any]:
-    token = set_caller(caller)
-    try:
-        yield from stream
-    finally:
-        reset_caller(token)
-
-
-def _refuse_handler(handler: grpc.RpcMethodHandler, err: errors.CbrError) -> Any:
-    def refuse(req: Any, ctx: grpc.ServicerContext, inner: Any) -> Any:
-        raise err
-
-    return _wrap(handler, "", refuse)
-
-
-def server_interceptors(app: App) -> list[grpc.ServerInterceptor]:
+def server_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     """Outermost first: errors wrap authentication, so its refusals map too."""
-    return [ErrorInterceptor(), AuthInterceptor(app)]
+    return [ErrorInterceptor(StreamLimits(app.config.max_streams,
+                                          app.config.max_streams_per_peer)),
+            AuthInterceptor(app)]

@@ -7,10 +7,14 @@ configuration to it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,6 +59,7 @@ from controller.api.vaults import VaultServicer
 from controller.app import App
 
 log = logging.getLogger("cbr.controller")
+T = TypeVar("T")
 
 SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
                    replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2)
@@ -77,33 +82,93 @@ def service_names() -> list[str]:
     return names
 
 
-def build_public_server(app: App, max_workers: int = 32) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                    thread_name_prefix="api"),
-                         interceptors=server_interceptors(app), options=SERVER_OPTIONS)
-    vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(app), server)
-    protectable_pb2_grpc.add_ProtectableServiceServicer_to_server(ProtectableServicer(app),
-                                                                  server)
-    backup_pb2_grpc.add_BackupServiceServicer_to_server(BackupServicer(app), server)
-    policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(app), server)
-    credential_pb2_grpc.add_CredentialServiceServicer_to_server(CredentialServicer(app), server)
-    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(app),
-                                                                  server)
-    task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
-    key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(app), server)
-    iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
-    cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
-    from controller.agents import wiring
+class LoopServer:
+    """A ``grpc.aio`` server on an event loop of its own thread, driven from
+    plain code (main, tests): ``start()``, ``stop(grace)``.
 
-    wiring.register_public(server, app)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in [*service_names(), ""]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = bind(server, app.config.listen, api_credentials(app), what="the cbr.v1 API")
-    return server, port
+    ``build`` is a coroutine (run on that loop) that makes the server, adds
+    its services and binds it, returning (server, port). Plain handlers run
+    on ``threads`` (gRPC's migration pool); coroutine handlers on the loop.
+    """
+
+    def __init__(self, build: Callable[[], Awaitable[tuple[grpc.aio.Server, int]]],
+                 name: str = "api") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-loop",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            self._server, self.port = self._run(build())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        self._run(self._server.start())
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops serving (in-flight calls get ``grace`` seconds), then the loop."""
+        try:
+            self._run(self._server.stop(grace))
+            self._run(_cancel_others())
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+async def _cancel_others() -> None:
+    """Ends what still runs on the loop (a watch poller), so nothing is
+    destroyed while pending."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+def build_public_server(app: App) -> tuple[LoopServer, int]:
+    """The API: ``cbr.v1`` services on a bounded pool of ``api_threads``,
+    streams (watches, reflection) as coroutines that hold no thread."""
+
+    async def build() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            futures.ThreadPoolExecutor(max_workers=app.config.api_threads,
+                                       thread_name_prefix="api"),
+            interceptors=server_interceptors(app), options=SERVER_OPTIONS)
+        vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(app), server)
+        protectable_pb2_grpc.add_ProtectableServiceServicer_to_server(
+            ProtectableServicer(app), server)
+        backup_pb2_grpc.add_BackupServiceServicer_to_server(BackupServicer(app), server)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(app), server)
+        credential_pb2_grpc.add_CredentialServiceServicer_to_server(
+            CredentialServicer(app), server)
+        replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
+            ReplicationServicer(app), server)
+        task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
+        key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(app), server)
+        iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
+        cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
+        from controller.agents import wiring
+
+        wiring.register_public(server, app)
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in [*service_names(), ""]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        port = bind(server, app.config.listen, api_credentials(app), what="the cbr.v1 API")
+        return server, port
+
+    server = LoopServer(build)
+    return server, server.port
 
 
 def api_credentials(app: App) -> grpc.ServerCredentials | None:
