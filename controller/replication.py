@@ -45,7 +45,9 @@ from controller.services import (
 
 log = logging.getLogger("cbr.controller.replication")
 
-TARGET_TIMEOUT_S = 30.0
+# Each call to another cloud is small; a target that needs longer is treated
+# as unreachable (a transfer's own stream has its own retry, replication_retry).
+TARGET_TIMEOUT_S = 10.0
 # A credential check is one small call; a target that does not answer in
 # this long is reported unreachable rather than holding the caller.
 CHECK_TIMEOUT_S = 5.0

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as dt
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent import futures
+from typing import Any, TypeVar
 
 from controller.api.caller import Caller, current_caller
 from controller.app import App
@@ -29,3 +35,22 @@ class Servicer:
 
     def now(self) -> dt.datetime:
         return self.app.clock.now()
+
+
+R = TypeVar("R")
+# Calls that wait on another cloud run here, so a slow or silent target
+# holds none of the threads every other API call needs.
+OUTBOUND_THREADS = 8
+_outbound = futures.ThreadPoolExecutor(OUTBOUND_THREADS, thread_name_prefix="outbound")
+
+
+def calls_other_clouds(method: Callable[..., R]) -> Callable[..., Awaitable[R]]:
+    """A servicer method that calls another cloud, made a coroutine that
+    runs its body on the small outbound pool (with the caller's context)."""
+
+    @functools.wraps(method)
+    async def run(self: Any, request: Any, context: Any) -> R:
+        call = functools.partial(contextvars.copy_context().run, method, self, request, context)
+        return await asyncio.get_running_loop().run_in_executor(_outbound, call)
+
+    return run

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from cbr import errors
 from cbr.v1 import credential_pb2, credential_pb2_grpc
 from controller.api import convert
-from controller.api.base import Servicer
+from controller.api.base import Servicer, calls_other_clouds
 from controller.persistence.models import Credential
 from controller.replication import Replicator, pin_target_ca
 from controller.services import credentials, paging
@@ -25,6 +25,7 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
             raise errors.NotImplementedYet("This controller runs without replication.")
         return cast(Replicator, self.app.replicator)
 
+    @calls_other_clouds
     def CreateCredential(self, request: credential_pb2.CreateCredentialRequest,
                          context: grpc.ServicerContext
                          ) -> credential_pb2.CreateCredentialResponse:
@@ -69,6 +70,7 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                 credentials=[convert.credential(c) for c in items], next_page_token=token,
                 total_count=total)
 
+    @calls_other_clouds
     def UpdateCredential(self, request: credential_pb2.UpdateCredentialRequest,
                          context: grpc.ServicerContext
                          ) -> credential_pb2.UpdateCredentialResponse:

@@ -16,7 +16,7 @@ from cbr.v1 import cloud_pb2, replication_pb2, replication_pb2_grpc
 from controller.agents import pki
 from controller.agents.servicer import certificate_authority
 from controller.api import convert
-from controller.api.base import Servicer
+from controller.api.base import Servicer, calls_other_clouds
 from controller.persistence.models import Backup, ReplicationRecord, Task, Vault
 from controller.replication import Replicator
 from controller.services import (
@@ -57,6 +57,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
             raise errors.NotImplementedYet("This controller runs without replication.")
         return cast(Replicator, self.app.replicator)
 
+    @calls_other_clouds
     def ReplicateBackup(self, request: replication_pb2.ReplicateBackupRequest,
                         context: grpc.ServicerContext
                         ) -> replication_pb2.ReplicateBackupResponse:
@@ -67,6 +68,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
         return replication_pb2.ReplicateBackupResponse(
             task_id=started.task_id, replication_record_id=started.record_id)
 
+    @calls_other_clouds
     def ReplicateVault(self, request: replication_pb2.ReplicateVaultRequest,
                        context: grpc.ServicerContext) -> replication_pb2.ReplicateVaultResponse:
         with self.app.db.begin() as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,27 @@ def test_streams_past_the_caps_are_refused_with_a_code_and_calls_go_on(
         again.cancel()
         for stream in held:
             stream.cancel()
+
+
+def test_a_silent_target_cloud_holds_no_api_thread(tmp_path: Path) -> None:
+    from cbr.v1 import credential_pb2
+
+    with running_controller(tmp_path, f"sqlite:///{tmp_path}/c.db", "--api-threads", "2",
+                            "--target-allow-local") as rc, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections complete; nothing ever answers
+        client = rc.client()
+        request = credential_pb2.CreateCredentialRequest(
+            name="c", target_cloud="b", target_endpoint=f"127.0.0.1:{silent.getsockname()[1]}",
+            target_account_id="a", access_key_id="AK", secret_access_key="SK",
+            target_ca_sha256="ab" * 32)
+        checks = [client.credentials.CreateCredential.future(request, timeout=30)
+                  for _ in range(4)]
+        time.sleep(0.5)  # all four are waiting on the silent target now
+        started = time.monotonic()
+        client.vaults.ListVaults(vault_pb2.ListVaultsRequest(), timeout=3)
+        assert time.monotonic() - started < 3
+        for check in checks:
+            with pytest.raises(grpc.RpcError) as exc:
+                check.result()
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
