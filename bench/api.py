@@ -51,6 +51,7 @@ from bench import common, controller
 from cbr.client import Client
 from cbr.v1 import (
     agent_pb2,
+    backup_pb2,
     common_pb2,
     protectable_pb2,
     task_pb2,
@@ -58,6 +59,11 @@ from cbr.v1 import (
 )
 
 TARGET_P99_MS = 20.0
+# --abuse (issue 18): this many streams held open while the calls run, and
+# the p99 the signed calls must keep beside them.
+ABUSE_HEALTH_WATCHES = 1000
+ABUSE_TASK_WATCHES = 200
+TARGET_ABUSE_P99_MS = 50.0
 TARGET_RATE = 200.0
 CALL_TIMEOUT_S = 10.0
 FIXTURE_VAULTS = 20
@@ -175,6 +181,67 @@ def make_world(client: Client, run_id: str) -> World:
     return World(run_id, vault_ids, task_ids)
 
 
+def never_ending_task(client: Client, run_id: str) -> str:
+    """A backup task that stays running: simulated agents take commands and
+    never answer them. Task watches on it stay open."""
+    [disk] = client.protectables.ListProtectables(protectable_pb2.ListProtectablesRequest(
+        type=common_pb2.OBJECT_TYPE_DISK, page_size=1)).protectables
+    request = _create_vault_request(f"bench-{run_id}-watched")
+    request.resources.add(id=disk.id)
+    vault_id = client.vaults.CreateVault(request).vault.id
+    checkpoint = client.backups.CreateCheckpoint(backup_pb2.CreateCheckpointRequest(
+        vault_id=vault_id)).checkpoint
+    return str(checkpoint.task_ids[0])
+
+
+@dataclass
+class Abuse:
+    """Streams held open through the measured window (--abuse)."""
+
+    health_watches: int
+    task_watches: int
+    task_id: str = ""
+    opened: int = 0
+    refused: list[str] = field(default_factory=list)
+    open_at_end: int = 0
+
+
+async def _hold_streams(api: str, ca_pem: bytes, keys: common.Keys, abuse: Abuse
+                        ) -> tuple[list[grpc.aio.Channel], list[Any]]:
+    """Opens the watches, each on the channel of its group (a hundred per
+    connection), and waits for every first message."""
+    channels: list[grpc.aio.Channel] = []
+    calls: list[Any] = []
+
+    def channel_for(i: int) -> grpc.aio.Channel:
+        if i % 100 == 0:
+            channels.append(common.aio_api_channel(api, ca_pem))
+        return channels[-1]
+
+    watch_task = "/cbr.v1.TaskService/WatchTask"
+    request = task_pb2.WatchTaskRequest(task_id=abuse.task_id)
+    for i in range(abuse.health_watches + abuse.task_watches):
+        channel = channel_for(i)
+        if i < abuse.health_watches:
+            calls.append(channel.unary_stream(
+                "/grpc.health.v1.Health/Watch",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString)(
+                    health_pb2.HealthCheckRequest()))
+        else:
+            calls.append(channel.unary_stream(
+                watch_task, request_serializer=task_pb2.WatchTaskRequest.SerializeToString,
+                response_deserializer=task_pb2.WatchTaskResponse.FromString)(
+                    request, metadata=keys.metadata(watch_task, request)))
+    for call in calls:
+        try:
+            await call.read()
+            abuse.opened += 1
+        except grpc.aio.AioRpcError as exc:
+            abuse.refused.append(f"{exc.code().name}: {exc.details()}")
+    return channels, calls
+
+
 def parse_mix(text: str) -> tuple[tuple[Method, int], ...]:
     """``ListVaults=25,GetVault=20`` into a mix; empty means the default MIX.
 
@@ -262,8 +329,13 @@ async def _open_loop(rate: float, count: int, start: float,
 
 async def generate(api: str, ca_pem: bytes, keys: common.Keys, world: World, *, rate: float,
                    duration: float, warmup: float, seed: int,
-                   mix: tuple[tuple[Method, int], ...] = MIX) -> LoadResult:
-    """Warm-up (not recorded), then the measured window of signed calls plus health checks."""
+                   mix: tuple[tuple[Method, int], ...] = MIX,
+                   abuse: Abuse | None = None) -> LoadResult:
+    """Warm-up (not recorded), then the measured window of signed calls plus
+    health checks; with ``abuse``, while its streams are held open."""
+    held: tuple[list[grpc.aio.Channel], list[Any]] = ([], [])
+    if abuse is not None:
+        held = await _hold_streams(api, ca_pem, keys, abuse)
     channel = common.aio_api_channel(api, ca_pem)
     await channel.channel_ready()
     loop = asyncio.get_running_loop()
@@ -300,9 +372,15 @@ async def generate(api: str, ca_pem: bytes, keys: common.Keys, world: World, *, 
             _open_loop(rate, len(methods), start, signed),
             _open_loop(health_rate, max(1, int(health_rate * duration)), start, unsigned))
         window = loop.time() - start
+        if abuse is not None:
+            abuse.open_at_end = sum(1 for call in held[1] if not call.done())
         return LoadResult(calls, health, window, wall_start, time.time())
     finally:
         await channel.close(None)
+        for call in held[1]:
+            call.cancel()
+        for other in held[0]:
+            await other.close(None)
 
 
 # -- agent workers -----------------------------------------------------------------
@@ -507,9 +585,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         beats0, beats0_at = heartbeats(workers)
         cpu0 = common.proc_sample(ctl.pid)
         world.page_size = args.page_size
+        abuse = Abuse(ABUSE_HEALTH_WATCHES, ABUSE_TASK_WATCHES,
+                      never_ending_task(client, run_id)) if args.abuse else None
         load = asyncio.run(generate(ctl.api, ctl.ca_pem, keys, world, rate=args.rate,
                                     duration=args.duration, warmup=args.warmup,
-                                    seed=args.seed, mix=parse_mix(args.mix)))
+                                    seed=args.seed, mix=parse_mix(args.mix), abuse=abuse))
         cpu1 = common.proc_sample(ctl.pid)
         time.sleep(1.1)  # one more stats report from every worker
         beats1, beats1_at = heartbeats(workers)
@@ -520,6 +600,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(timeout=60)
 
+        target_p99 = TARGET_ABUSE_P99_MS if abuse is not None else TARGET_P99_MS
         signed = summarize(load.calls, load.window_s)
         health = summarize(load.health, load.window_s)
         per_method = {}
@@ -565,10 +646,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "controller_threads": cpu1.threads if cpu1 else None,
             "cpus": os.cpu_count(),
             "database": "postgresql" if args.database_url else "sqlite",
-            "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS,
-                       "met": signed["p99_ms"] < TARGET_P99_MS
+            "target": {"rate": TARGET_RATE, "p99_ms": target_p99,
+                       "met": signed["p99_ms"] < target_p99
                        and signed["calls_per_s"] >= 0.98 * TARGET_RATE
-                       and signed["errors"] == 0},
+                       and signed["errors"] == 0
+                       and (abuse is None or (not abuse.refused and abuse.open_at_end
+                                              == abuse.health_watches + abuse.task_watches))},
+            "abuse": None if abuse is None else {
+                "health_watches": abuse.health_watches, "task_watches": abuse.task_watches,
+                "opened": abuse.opened, "refused": len(abuse.refused),
+                "refused_samples": abuse.refused[:3], "open_at_end": abuse.open_at_end},
             "per_method": per_method,
             "profile": args.profile or None,
         }
@@ -646,9 +733,15 @@ def table(result: dict[str, Any]) -> str:
         f"p99 {r['send_lag_p99_ms']:.2f} ms, included above)",
         f"  controller      CPU {r['controller_cpu_pct']:.0f}% of one core, RSS "
         f"{r['controller_rss_mb']} MB, {r['controller_threads']} threads",
-        f"  target          p99 < {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} calls/s: "
+        f"  target          p99 < {r['target']['p99_ms']:.0f} ms at {TARGET_RATE:.0f} calls/s"
+        f"{', no failed call, every stream open' if r['abuse'] else ''}: "
         f"{'met' if r['target']['met'] else 'NOT met'}",
     ]
+    if r["abuse"]:
+        a = r["abuse"]
+        lines.insert(4, f"  held open       {a['health_watches']} unauthenticated health watches "
+                        f"+ {a['task_watches']} task watches: {a['opened']} opened, "
+                        f"{a['refused']} refused, {a['open_at_end']} still open at the end")
     if r["error_samples"]:
         lines.append(f"  errors, e.g.    {r['error_samples']}")
     if r["agent_errors"]:
@@ -692,6 +785,10 @@ def parser() -> argparse.ArgumentParser:
                    help="py-spy record the controller while measuring (.json: speedscope, "
                         ".svg: flame graph, else collapsed stacks as text)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
+    p.add_argument("--abuse", action="store_true",
+                   help=f"hold {ABUSE_HEALTH_WATCHES} unauthenticated health watches and "
+                   f"{ABUSE_TASK_WATCHES} task watches open while the calls run "
+                   f"(target p99 < {TARGET_ABUSE_P99_MS:g} ms, no failed call)")
     return p
 
 

@@ -78,6 +78,7 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
                    context: grpc.ServicerContext) -> iam_pb2.DeleteUserResponse:
         with self.app.db.begin() as s:
             iam.delete_user(s, self.caller, request.user_id)
+        iam.access_key_cache(self.app).clear()
         return iam_pb2.DeleteUserResponse()
 
     def CreateAccessKey(self, request: iam_pb2.CreateAccessKeyRequest,
@@ -105,6 +106,7 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
             if key.id == self.caller.access_key_id:
                 raise errors.Conflict("The key signing this call cannot delete itself.")
             s.delete(key)
+        iam.access_key_cache(self.app).clear()
         return iam_pb2.DeleteAccessKeyResponse()
 
     def CreateGrant(self, request: iam_pb2.CreateGrantRequest,
@@ -112,7 +114,9 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
         with self.app.db.begin() as s:
             grant = iam.create_grant(s, self.caller.account_id, request.user_id,
                                      request.action, self.now())
-            return iam_pb2.CreateGrantResponse(grant=convert.grant(grant))
+            response = iam_pb2.CreateGrantResponse(grant=convert.grant(grant))
+        iam.access_key_cache(self.app).clear()
+        return response
 
     def ListGrants(self, request: iam_pb2.ListGrantsRequest,
                    context: grpc.ServicerContext) -> iam_pb2.ListGrantsResponse:
@@ -127,4 +131,5 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
                     context: grpc.ServicerContext) -> iam_pb2.DeleteGrantResponse:
         with self.app.db.begin() as s:
             iam.delete_grant(s, self.caller.account_id, request.grant_id)
+        iam.access_key_cache(self.app).clear()
         return iam_pb2.DeleteGrantResponse()

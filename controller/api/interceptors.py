@@ -407,7 +407,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self._app = app
         self._guard = replay.ReplayGuard(app.db, signing.SIGNATURE_WINDOW_SECONDS)
-        self._keys = iam.AccessKeyCache(app)
+        self._keys = iam.access_key_cache(app)
 
     async def intercept_service(self, continuation: Any,
                                 details: grpc.HandlerCallDetails) -> Any:

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -100,11 +101,22 @@ class ResolvedKey:
     caller: Caller
 
 
+def access_key_cache(app: Any) -> AccessKeyCache:
+    """The controller's one key cache: the auth interceptor reads it, IAM
+    changes clear it (so on this controller they take effect at once)."""
+    cache = app.extras.get("access_key_cache")
+    if cache is None:
+        cache = app.extras["access_key_cache"] = AccessKeyCache(app)
+    return cache  # type: ignore[no-any-return]
+
+
 class AccessKeyCache:
     """Resolves an access key to its secret and caller, cached for a moment.
 
     Every signed call needs this; the cache keeps the database off the hot
-    path. A revoked key or a removed grant takes effect within TTL seconds.
+    path. An IAM change made through this controller clears it; one made
+    through another controller of the cloud takes effect within TTL seconds
+    (a deleted key at once: controller.services.replay checks it each call).
     """
 
     TTL = 2.0
@@ -128,6 +140,10 @@ class AccessKeyCache:
                 self._entries.clear()
             self._entries[access_key] = (now + self.TTL, resolved)
         return resolved
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def _resolve(self, access_key: str) -> ResolvedKey | None:
         app = self._app

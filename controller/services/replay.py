@@ -8,8 +8,10 @@ a restart forgets nothing. A SQLite database belongs to one controller
 process, whose memory is then the cloud's.
 
 The key cache (services.iam.AccessKeyCache) spares each call the secret's
-unsealing and the grants, but a deleted or disabled key must be refused at
-once on every controller, so ``admit`` reads the key's state each call.
+unsealing and the grants. A key deleted through this controller clears it at
+once; one deleted through another controller of a shared database must be
+refused at once too, so there ``admit`` reads the key's state each call, in
+the transaction that records the nonce.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import enum
 import threading
 import time
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from controller.persistence.db import Database
 from controller.persistence.models import AccessKey, UsedNonce
 
+_KEY_ACTIVE = select(AccessKey.active).where(AccessKey.id == bindparam("key_id"))
 # Expired nonces are swept at most this often, by whichever call comes next.
 SWEEP_EVERY_S = 60.0
 
@@ -78,25 +81,23 @@ class ReplayGuard:
 
     def admit(self, access_key: str, nonce: str, signed_at: float, now: float) -> Admission:
         """Whether a call whose signature verified may run."""
+        if not self._shared:
+            fresh = self._memory.first_use(access_key, nonce, signed_at, now)
+            return Admission.ADMITTED if fresh else Admission.REPLAY
         expires = dt.datetime.fromtimestamp(max(signed_at, now) + self._window + 1, dt.UTC)
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
         with self._db.engine.begin() as conn:
-            active = conn.scalar(select(AccessKey.active).where(AccessKey.id == access_key))
-            if not active:
+            if not conn.scalar(_KEY_ACTIVE, {"key_id": access_key}):
                 return Admission.KEY_GONE
-            if not self._shared:
-                fresh = self._memory.first_use(access_key, nonce, signed_at, now)
-            else:
-                at = dt.datetime.fromtimestamp(now, dt.UTC)
-                # A row whose time is over (not swept yet) is a new use.
-                written = conn.scalar(
-                    pg_insert(UsedNonce)
-                    .values(access_key_id=access_key, nonce=nonce, expires_at=expires)
-                    .on_conflict_do_update(index_elements=["access_key_id", "nonce"],
-                                           set_={"expires_at": expires},
-                                           where=UsedNonce.expires_at < at)
-                    .returning(UsedNonce.nonce))
-                fresh = written is not None
-                if time.monotonic() >= self._next_sweep:
-                    self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-                    conn.execute(delete(UsedNonce).where(UsedNonce.expires_at < at))
-        return Admission.ADMITTED if fresh else Admission.REPLAY
+            # A row whose time is over (not swept yet) is a new use.
+            written = conn.scalar(
+                pg_insert(UsedNonce)
+                .values(access_key_id=access_key, nonce=nonce, expires_at=expires)
+                .on_conflict_do_update(index_elements=["access_key_id", "nonce"],
+                                       set_={"expires_at": expires},
+                                       where=UsedNonce.expires_at < at)
+                .returning(UsedNonce.nonce))
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+                conn.execute(delete(UsedNonce).where(UsedNonce.expires_at < at))
+        return Admission.ADMITTED if written is not None else Admission.REPLAY

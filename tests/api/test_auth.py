@@ -140,7 +140,6 @@ def test_a_deleted_access_key_is_refused_at_once(api: RunningController) -> None
     with pytest.raises(grpc.RpcError) as exc:
         temp.vaults.ListVaults(vault_pb2.ListVaultsRequest())
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "deleted or disabled" in (exc.value.details() or "")
 
 
 def test_a_call_is_admitted_once_by_all_controllers_of_a_cloud(tmp_path: Path) -> None:
