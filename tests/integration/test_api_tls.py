@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -12,10 +13,11 @@ import pytest
 
 from agent.config import parse
 from agent.enroll import EnrollError, enroll
-from cbr import tls
+from cbr import signing, tls
 from cbr.client import Client
-from cbr.v1 import agent_pb2, cloud_pb2, vault_pb2
+from cbr.v1 import agent_pb2, cloud_pb2, common_pb2, vault_pb2
 from controller.agents.pki import CertificateAuthority
+from tests.support.environment import unavailable
 from tests.support.processes import ControllerFactory, ControllerProcess, console_script
 
 
@@ -106,3 +108,37 @@ def test_plaintext_is_served_only_on_loopback_and_only_when_asked(
     with pytest.raises(RuntimeError, match="exited with code 1"):
         wide.start()
     assert "insecure_listen serves plaintext only on a loopback address" in wide.log_text()
+
+
+def test_the_documented_buf_curl_path_works_over_tls(controller: ControllerProcess,
+                                                     tmp_path: Path) -> None:
+    """README: `buf curl --cacert ca.crt --servername cbr-controller`, reflection
+    for the schema, and the four signing headers for a signed call."""
+    from tests.unit.test_buf_lint import _buf
+
+    buf = _buf()
+    if buf is None:
+        unavailable("buf not installed: run scripts/test (installs it into .cache/buf)")
+    ca = controller.data_dir / "ca" / "ca.crt"
+    base = [buf, "curl", "--protocol", "grpc", "--cacert", str(ca), "--servername",
+            tls.SERVER_NAME]
+    url = f"https://{controller.api_endpoint}"
+    health = subprocess.run([*base, f"{url}/grpc.health.v1.Health/Check"],
+                            capture_output=True, text=True, timeout=60)
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["status"] == "SERVING"
+    controller.client().vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="via-buf", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1))
+    creds = controller.admin_credentials
+    method = "/cbr.v1.VaultService/ListVaults"
+    headers = signing.sign(creds["access_key"], creds["secret_key"], method, b"",
+                           time.time()).metadata()
+    listed = subprocess.run([*base, *(a for k, v in headers for a in ("-H", f"{k}: {v}")),
+                             "-d", "{}", f"{url}{method}"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["vaults"][0]["name"] == "via-buf"
+    wrong = subprocess.run([buf, "curl", "--protocol", "grpc",
+                            f"{url}/grpc.health.v1.Health/Check"],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0  # without the pinned CA the certificate is not trusted
