@@ -9,9 +9,7 @@ Shutdown is ``endpoint.stop()`` (ends the streams), then ``app.hub.stop()``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from typing import Any
 
 import grpc
@@ -26,6 +24,7 @@ from controller.agents.servicer import (
     AgentServiceServicer,
     certificate_authority,
 )
+from controller.aioserver import LoopServer
 from controller.app import App
 from controller.persistence.models import Checkpoint, Task
 from controller.services import images, imports, policy_runs, replication, runs
@@ -63,17 +62,16 @@ class AgentEndpoint:
 
     def __init__(self, app: App) -> None:
         self._app = app
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="agent-endpoint",
-                                        daemon=True)
-        self._server: grpc.aio.Server | None = None
+        self._server: LoopServer | None = None
         self.port = 0
 
     def start(self) -> int:
-        self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        self._server = LoopServer(self._build, name="agent-endpoint")
+        self._server.start()
+        self.port = self._server.port
+        return self.port
 
-    async def _start(self) -> int:
+    async def _build(self) -> tuple[grpc.aio.Server, int]:
         ca = certificate_authority(self._app)
         identity = ca.server_identity()
         credentials = grpc.ssl_server_credentials(
@@ -85,25 +83,16 @@ class AgentEndpoint:
                                  maximum_concurrent_rpcs=MAX_AGENT_STREAMS)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentEndpointServicer(self._app),
                                                           server)
-        listen = self._app.config.agent_listen
-        port = bind(server, listen, credentials, what="agents")
-        await server.start()
-        self._server = server
-        self.port = port
-        return port
+        return server, bind(server, self._app.config.agent_listen, credentials, what="agents")
 
     def stop(self, grace: float = 2.0) -> None:
         """Ends every stream (agents reconnect to the next controller) and the loop."""
-        if self._server is not None:
-            server = self._server
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
             try:
-                asyncio.run_coroutine_threadsafe(server.stop(grace), self._loop).result(grace + 5)
+                server.stop(grace)
             except Exception:
                 log.exception("agent endpoint did not stop cleanly")
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
 
 
 def register_result_handlers(hub: AgentHub, app: App) -> None:

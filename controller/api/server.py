@@ -7,14 +7,10 @@ configuration to it.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import threading
-from collections.abc import Awaitable, Callable
 from concurrent import futures
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +41,7 @@ from cbr.v1 import (
     vault_pb2,
     vault_pb2_grpc,
 )
+from controller.aioserver import LoopServer
 from controller.api.backups import BackupServicer
 from controller.api.cloud import CloudServicer
 from controller.api.credentials import CredentialServicer
@@ -59,7 +56,6 @@ from controller.api.vaults import VaultServicer
 from controller.app import App
 
 log = logging.getLogger("cbr.controller")
-T = TypeVar("T")
 
 SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
                    replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2)
@@ -80,57 +76,6 @@ def service_names() -> list[str]:
     for module in SERVICE_MODULES:
         names.extend(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
     return names
-
-
-class LoopServer:
-    """A ``grpc.aio`` server on an event loop of its own thread, driven from
-    plain code (main, tests): ``start()``, ``stop(grace)``.
-
-    ``build`` is a coroutine (run on that loop) that makes the server, adds
-    its services and binds it, returning (server, port). Plain handlers run
-    on ``threads`` (gRPC's migration pool); coroutine handlers on the loop.
-    """
-
-    def __init__(self, build: Callable[[], Awaitable[tuple[grpc.aio.Server, int]]],
-                 name: str = "api") -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-loop",
-                                        daemon=True)
-        self._thread.start()
-        try:
-            self._server, self.port = self._run(build())
-        except BaseException:
-            self._close_loop()
-            raise
-
-    def _run(self, coro: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
-
-    def start(self) -> None:
-        self._run(self._server.start())
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stops serving (in-flight calls get ``grace`` seconds), then the loop."""
-        try:
-            self._run(self._server.stop(grace))
-            self._run(_cancel_others())
-        finally:
-            self._close_loop()
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
-async def _cancel_others() -> None:
-    """Ends what still runs on the loop (a watch poller), so nothing is
-    destroyed while pending."""
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in others:
-        task.cancel()
-    await asyncio.gather(*others, return_exceptions=True)
 
 
 def build_public_server(app: App) -> tuple[LoopServer, int]:

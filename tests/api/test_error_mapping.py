@@ -11,8 +11,8 @@ import pytest
 
 from cbr import errors
 from cbr.client import error_from_rpc
+from controller.aioserver import LoopServer
 from controller.api.interceptors import ErrorInterceptor
-from controller.api.server import LoopServer
 
 
 def _raise_cbr(req: bytes, ctx: grpc.ServicerContext) -> bytes:

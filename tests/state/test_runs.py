@@ -247,6 +247,20 @@ def test_a_full_vault_refuses_new_backups_with_6114(
         _checkpoint(app, project, vid, {inventory.agent_id})
 
 
+def _foreign_agent(app: App) -> str:
+    """A host agent of another account, with the same restore roots."""
+    with app.db.begin() as s:
+        other = Account(name="other", created_at=NOW)
+        s.add(other)
+        s.flush()
+        foreign = Agent(project_id=other.id, name="their-host", role="host",
+                        certificate_fingerprint="1" * 64, enrolled_at=NOW,
+                        restore_roots=["/restore"])
+        s.add(foreign)
+        s.flush()
+        return foreign.id
+
+
 def _available_disk_backup(app: App, project: str, inventory: Inventory) -> str:
     vol = inventory.add("vol", "disk")
     vid = make_vault(app, project, object_type="disk")
@@ -260,16 +274,7 @@ def _available_disk_backup(app: App, project: str, inventory: Inventory) -> str:
 def test_a_restore_never_runs_on_another_accounts_agent(
         app: App, project: str, inventory: Inventory) -> None:
     backup_id = _available_disk_backup(app, project, inventory)
-    with app.db.begin() as s:
-        other = Account(name="other", created_at=NOW)
-        s.add(other)
-        s.flush()
-        foreign = Agent(project_id=other.id, name="their-host", role="host",
-                        certificate_fingerprint="1" * 64, enrolled_at=NOW,
-                        restore_roots=["/restore"])
-        s.add(foreign)
-        s.flush()
-        foreign_id = foreign.id
+    foreign_id = _foreign_agent(app)
     with pytest.raises(errors.ResourceNotFound, match="No agent") as caught, \
             app.db.begin() as s:
         runs.create_restore(s, project, runs.RestoreRequest(
@@ -316,15 +321,7 @@ def test_an_image_is_made_only_on_the_callers_agent_and_under_its_roots(
     _succeed(app, d.task_id)
     with app.db.begin() as s:
         backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
-        other = Account(name="other", created_at=NOW)
-        s.add(other)
-        s.flush()
-        foreign = Agent(project_id=other.id, name="their-host", role="host",
-                        certificate_fingerprint="1" * 64, enrolled_at=NOW,
-                        restore_roots=["/restore"])
-        s.add(foreign)
-        s.flush()
-        foreign_id = foreign.id
+    foreign_id = _foreign_agent(app)
     online = {inventory.agent_id, foreign_id}
     for agent_id, path, refusal in ((foreign_id, "/restore/web.img", errors.ResourceNotFound),
                                     (inventory.agent_id, "/boot/web.img",
