@@ -53,6 +53,32 @@ class LockConflict(RepoError):
     """Another live prune holds the vault."""
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """Field 22 of /proc/<pid>/stat (start time in ticks since boot): with the
+    pid it names one process, though pids are reused. "" when none runs."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses; fields
+    # after its closing parenthesis start with field 3.
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+_HOST = socket.gethostname()
+_BOOT_ID = _boot_id()
+
+
 @dataclass(frozen=True)
 class LockInfo:
     """One lock as a reader sees it: its id, kind, storage mtime and document."""
@@ -63,8 +89,26 @@ class LockInfo:
     doc: dict[str, Any]
 
     def is_stale(self, now: dt.datetime, stale: dt.timedelta = LOCK_STALE) -> bool:
-        """Whether the holder has not refreshed for ``stale`` (``now`` on the storage's clock)."""
-        return now - self.mtime >= stale
+        """Whether the holder has not refreshed for ``stale`` (``now`` on the storage's
+        clock), or is known to be dead (:meth:`holder_dead`)."""
+        return now - self.mtime >= stale or self.holder_dead()
+
+    def holder_dead(self) -> bool:
+        """Whether the holder is a process of this host that no longer runs
+        (storage format section 12). Only this host can tell; elsewhere, age."""
+        doc = self.doc
+        if doc.get("host") != _HOST or not _BOOT_ID:
+            return False
+        if doc.get("boot_id") and doc.get("boot_id") != _BOOT_ID:
+            return True  # this host rebooted since the lock was written
+        pid = doc.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        running = _process_start(pid)
+        if not running:
+            return True
+        wanted = str(doc.get("pid_start", ""))
+        return bool(doc.get("boot_id")) and bool(wanted) and running != wanted
 
 
 def storage_now(backend: Backend) -> dt.datetime:
@@ -130,8 +174,9 @@ class Lock:
         self.name = layout.LOCKS + self.lock_id
         self.created_at = dt.datetime.now(dt.UTC)
         self._doc = json.dumps({
-            "kind": kind, "host": socket.gethostname(), "pid": os.getpid(), "task_id": task_id,
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z")},
+            "kind": kind, "host": _HOST, "pid": os.getpid(), "task_id": task_id,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "boot_id": _BOOT_ID, "pid_start": _process_start(os.getpid())},
             sort_keys=True).encode()
         self._refresh = refresh
         self._stale = stale
@@ -233,6 +278,12 @@ class Lock:
 
 def _refuse_other_prunes(backend: Backend, stale: dt.timedelta, now: dt.datetime,
                          own: str) -> None:
+    for dead in list_locks(backend):
+        if dead.kind == "prune" and dead.lock_id != own and dead.holder_dead():
+            # Its holder was killed (a controller restarted mid-prune): the
+            # prune it ran is this one's to finish; sweeps are idempotent.
+            with suppress(StorageError):
+                backend.delete(layout.LOCKS + dead.lock_id)
     others = [x for x in live_locks(backend, stale_after=stale, now=now)
               if x.kind == "prune" and x.lock_id != own]
     if others:

@@ -110,3 +110,26 @@ def test_s3_gone_mid_backup_fails_it_clearly_and_the_next_backup_works_once_it_i
         assert checked.status == task_pb2.TASK_STATUS_SUCCESS, checked.error_info
     finally:
         weed.stop()
+
+
+def test_a_prune_left_by_a_killed_process_does_not_lock_the_vault_out(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    """Issue 19: a controller killed mid-prune left a fresh prune lock, and
+    every delete and prune was refused for 30 minutes after its restart."""
+    from tests.unit.test_repo_locks import _prune_lock_of_a_killed_process
+
+    host = _start(tmp_path, controller_factory, agent_factory)
+    first, second = _backup(host, "disk"), _backup(host, "disk")
+    storage = host.client.vaults.GetVault(vault_pb2.GetVaultRequest(
+        vault_id=host.vaults["disk"])).vault.storage_url
+    _prune_lock_of_a_killed_process(Path(storage))
+    task = _wait_task(host.client, host.client.backups.DeleteBackup(
+        backup_pb2.DeleteBackupRequest(backup_id=first.id)).task_id)
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    pruned = _wait_task(host.client, host.client.vaults.PruneVault(
+        vault_pb2.PruneVaultRequest(vault_id=host.vaults["disk"])).task_id)
+    assert pruned.status == task_pb2.TASK_STATUS_SUCCESS, pruned.error_info
+    out = tmp_path / "after-prune.img"
+    assert _restore(host, second.id, target_path=str(out)).status == task_pb2.TASK_STATUS_SUCCESS
+    assert _sha(out) == _sha(host.files["images"] / "vol.img")

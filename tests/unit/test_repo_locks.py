@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,3 +125,53 @@ def test_a_prune_backs_off_when_another_appears_after_it_wrote_its_lock(
         pytest.fail("two prunes must not run at once")
     assert [x.lock_id for x in list_locks(inner)] == [rival[0].lock_id]  # ours is gone
     rival[0].release()
+
+
+def _prune_lock_of_a_killed_process(root: Path) -> str:
+    """A real process takes a prune lock and is killed holding it."""
+    code = ("import os, sys; from cbr.repo.locks import Lock; "
+            "from cbr.storage.local import LocalBackend; "
+            f"lock = Lock(LocalBackend({str(root)!r}), 'prune').start(); "
+            "print(lock.lock_id, flush=True); os.kill(os.getpid(), 9)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == -9, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_prune_lock_whose_holder_was_killed_on_this_host_is_taken_over_at_once(
+        tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path)
+    dead = _prune_lock_of_a_killed_process(tmp_path)
+    [left] = list_locks(backend)
+    assert left.lock_id == dead and left.holder_dead()
+    assert live_locks(backend) == []  # fresh, but its holder is gone
+    with Lock.acquire(backend, kind="prune") as mine:
+        assert [x.lock_id for x in list_locks(backend)] == [mine.lock_id]
+
+
+def _forged(root: Path, **doc: object) -> None:
+    lock_id = os.urandom(16).hex()
+    (root / "locks").mkdir(exist_ok=True)
+    base = json.loads(Lock(LocalBackend(root), "prune")._doc)
+    (root / "locks" / lock_id).write_text(json.dumps({**base, **doc}))
+
+
+@pytest.mark.parametrize("doc, dead", [
+    ({}, False),                                        # this very process: alive
+    ({"host": "another-host", "pid": 1}, False),        # elsewhere: judged by age alone
+    ({"pid_start": "1"}, True),                         # our pid, reused by another process
+    ({"boot_id": "00000000-0000-0000-0000-000000000000"}, True),  # this host rebooted since
+])
+def test_only_a_holder_known_dead_on_this_host_frees_a_fresh_lock(
+        tmp_path: Path, doc: dict[str, object], dead: bool) -> None:
+    backend = LocalBackend(tmp_path)
+    _forged(tmp_path, **doc)
+    [lock] = list_locks(backend)
+    assert lock.holder_dead() is dead
+    if dead:
+        with Lock.acquire(backend, kind="prune"):
+            pass
+    else:
+        with pytest.raises(LockConflict), Lock.acquire(backend, kind="prune"):
+            pass
