@@ -43,6 +43,8 @@ from cbr.repo.repository import Repository
 from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage import ObjectNotFound
 
+ABANDONED_AFTER = 2 * LOCK_STALE
+"""A write unfinished for this long was left by a killed writer (section 12)."""
 # condemned/<prune-id>: this many random bytes, as hex (storage format section 2).
 PRUNE_ID_SIZE = 16
 REPACK_DEAD_FRACTION = 0.25
@@ -71,6 +73,8 @@ class PruneReport:
     bytes_freed: int = 0
     index_files_rewritten: int = 0
     pending_sweeps: int = 0
+    abandoned_writes: int = 0
+    abandoned_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -85,7 +89,9 @@ class PruneReport:
                 "packs_reindexed": self.packs_reindexed,
                 "packs_resurrected": self.packs_resurrected, "bytes_freed": self.bytes_freed,
                 "index_files_rewritten": self.index_files_rewritten,
-                "pending_sweeps": self.pending_sweeps}
+                "pending_sweeps": self.pending_sweeps,
+                "abandoned_writes_removed": self.abandoned_writes,
+                "abandoned_bytes_freed": self.abandoned_bytes}
 
 
 # -- deleting a backup ------------------------------------------------------------------------
@@ -218,6 +224,12 @@ def prune(repo: Repository, *, task_id: str = "", stale: dt.timedelta = LOCK_STA
         _sweep(repo, lock, report, stale, wait=0.0, poll=poll)
         _mark(repo, lock, report, stale, repack_dead_fraction)
         report.pending_sweeps = _sweep(repo, lock, report, stale, wait=sweep_wait, poll=poll)
+        lock.check()
+        report.abandoned_writes, report.abandoned_bytes = \
+            repo.backend.remove_abandoned_writes(ABANDONED_AFTER.total_seconds())
+        if report.abandoned_writes:
+            report.notes.append(f"removed {report.abandoned_writes} writes killed writers left "
+                                f"unfinished ({report.abandoned_bytes} bytes)")
     return report
 
 

@@ -291,6 +291,15 @@ class Backend(abc.ABC):
         reappear, so garbage collection must tolerate doing a delete twice.
         """
 
+    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+        """Removes what writers that never finished left behind (a killed
+        writer's temp files, an S3 multipart upload never completed or
+        aborted) started more than ``older_than_s`` seconds ago; returns how
+        many and their bytes. Younger ones may belong to a write in progress
+        elsewhere and stay. A backend whose writes leave nothing behind has
+        nothing to do."""
+        return 0, 0
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
@@ -351,6 +360,9 @@ class BackendWrapper(Backend):
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)
+
+    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+        return self.inner.remove_abandoned_writes(older_than_s)
 
     def close(self) -> None:
         self.inner.close()

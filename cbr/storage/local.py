@@ -10,7 +10,7 @@ fsynced, then renamed over the target (``put``) or hard-linked to it
 (``put_if_absent``: ``link()`` fails if the target exists, so exactly one of
 racing writers wins), and the directory is fsynced. Temp files start with a
 dot, which no valid name does, so ``list`` never shows them; a crash can leave
-one behind, and :meth:`LocalBackend.remove_stale_temp_files` clears them.
+one behind, and :meth:`LocalBackend.remove_abandoned_writes` clears them.
 Directories are created as needed (and fsynced into their parent) and never
 removed, so a concurrent write into them cannot race a cleanup.
 """
@@ -349,13 +349,10 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise map_os_error(exc, None, f"deleting {name}") from exc
 
-    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
-        """Deletes temp files left by crashed writers; returns how many.
-
-        Only files older than ``older_than_s`` go, so a write in progress in
-        another process is not broken.
-        """
-        removed = 0
+    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+        """Deletes temp files left by killed writers (older than
+        ``older_than_s``, so a write in progress elsewhere is not broken)."""
+        removed = freed = 0
         cutoff = time.time() - older_than_s
         for dirpath, _dirs, files in os.walk(self.root):
             for filename in files:
@@ -363,7 +360,9 @@ class LocalBackend(Backend):
                     continue
                 path = Path(dirpath, filename)
                 with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_mtime < cutoff:
+                    info = path.stat()
+                    if info.st_mtime < cutoff:
                         path.unlink()
                         removed += 1
-        return removed
+                        freed += info.st_size
+        return removed, freed

@@ -483,6 +483,39 @@ class S3Backend(Backend):
                 return
             kwargs["ContinuationToken"] = token
 
+    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+        """Aborts multipart uploads under this prefix that were started more
+        than ``older_than_s`` ago and never completed (their parts are
+        stored, and billed, until aborted)."""
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
+        removed = freed = 0
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        while True:
+            try:
+                page = self.client.list_multipart_uploads(**kwargs)
+            except Exception as exc:
+                raise map_s3_error(exc, None, "listing unfinished uploads in") from exc
+            for upload in page.get("Uploads", ()):
+                if _utc(upload["Initiated"]) >= cutoff:
+                    continue
+                freed += self._parts_size(upload["Key"], upload["UploadId"])
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                except Exception as exc:
+                    raise map_s3_error(exc, None, "aborting an unfinished upload in") from exc
+                removed += 1
+            if not page.get("IsTruncated"):
+                return removed, freed
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def _parts_size(self, key: str, upload_id: str) -> int:
+        with contextlib.suppress(Exception):
+            parts = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            return sum(int(p.get("Size", 0)) for p in parts.get("Parts", ()))
+        return 0
+
     # -- deleting ------------------------------------------------------------------------
 
     def delete(self, name: str) -> None:

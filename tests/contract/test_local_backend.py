@@ -77,7 +77,7 @@ def test_temp_files_are_never_listed_and_stale_ones_are_removed(tmp_path: Path) 
     old = time.time() - 7200
     os.utime(stale, (old, old))
     assert [info.name for info in backend.list()] == ["data/x"]
-    assert backend.remove_stale_temp_files(older_than_s=3600) == 1
+    assert backend.remove_abandoned_writes(older_than_s=3600) == (1, 4)
     assert not stale.exists()
     assert fresh.exists()
 

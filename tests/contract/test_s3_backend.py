@@ -209,3 +209,18 @@ def test_s3_error_codes_map_to_the_typed_errors(
     error = map_s3_error(exc, "data/x", "writing")
     assert type(error) is expected
     assert error.retryable == (expected is StorageUnavailable)
+
+
+def test_uploads_a_killed_writer_left_unfinished_are_aborted_when_old(
+        s3_backend_factory: S3Factory) -> None:
+    backend = s3_backend_factory(part_size=5 * MiB)
+    key = backend.prefix + "data/ab/killed"
+    upload = backend.client.create_multipart_upload(Bucket=backend.bucket, Key=key)
+    backend.client.upload_part(Bucket=backend.bucket, Key=key, UploadId=upload["UploadId"],
+                               PartNumber=1, Body=b"p" * (5 * MiB))
+    assert backend.remove_abandoned_writes(older_than_s=3600) == (0, 0)  # may be in progress
+    time.sleep(1.1)
+    assert backend.remove_abandoned_writes(older_than_s=1) == (1, 5 * MiB)
+    uploads = backend.client.list_multipart_uploads(
+        Bucket=backend.bucket, Prefix=backend.prefix).get("Uploads", [])
+    assert uploads == []

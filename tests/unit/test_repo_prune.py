@@ -323,3 +323,23 @@ def _exists(vault: Repository, name: str) -> bool:
     except (StorageError, ValueError):
         return False
     return True
+
+
+def test_prune_removes_what_killed_writers_left_unfinished_once_it_is_old(
+        tmp_path: Path, vault: Repository) -> None:
+    """Issue 19: temp files of killed writers stayed for ever."""
+    from cbr.storage.local import TEMP_PREFIX
+
+    _disk(vault, "b1", _blocks(2))
+    pack_dir = next(p for p in (tmp_path / "vault" / "data").iterdir() if p.is_dir())
+    old = pack_dir / f"{TEMP_PREFIX}killed"
+    old.write_bytes(b"k" * 5000)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    fresh = pack_dir / f"{TEMP_PREFIX}writing"
+    fresh.write_bytes(b"w" * 10)
+    report = prune(_open(tmp_path))
+    assert (report.abandoned_writes, report.abandoned_bytes) == (1, 5000)
+    assert report.to_dict()["abandoned_bytes_freed"] == 5000
+    assert not old.exists() and fresh.exists()
+    _assert_every_backup_restores(tmp_path)
