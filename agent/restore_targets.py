@@ -17,12 +17,13 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.dataplane import UnsafeTarget
+from cbr import errors
 
 
 class TargetNotAllowed(UnsafeTarget):
     """The host's operator does not allow a restore to this path."""
 
-    code = "BackupService.2004"
+    code = errors.RestoreTargetNotAllowed.code
 
 
 def _within(path: str, root: str) -> bool:

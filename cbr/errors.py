@@ -120,6 +120,20 @@ class RestoreTargetNotAllowed(CbrError):
     status = grpc.StatusCode.PERMISSION_DENIED
 
 
+class UnsafeRestoreTarget(CbrError):
+    """The restore would write outside its target, or over something it must not replace."""
+
+    code = "BackupService.2005"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PathNotInBackup(CbrError):
+    """The path is not in the backup."""
+
+    code = "BackupService.2006"
+    status = grpc.StatusCode.NOT_FOUND
+
+
 class ResourceTypeMismatch(CbrError):
     """Resource not match vault resource type."""
 

@@ -76,7 +76,7 @@ class OpenTree:
             raw += b"/" + part
             found = next((e for e in self.entries(entry.subtree) if e.name == part), None)
             if found is None:
-                raise errors.ResourceNotFound(
+                raise errors.PathNotInBackup(
                     f"{display_path(raw)} is not in backup {self.backup_id}.",
                     path=display_path(raw), backup_id=self.backup_id)
             if found.type is not EntryType.DIR:

@@ -236,7 +236,7 @@ class Maintenance:
                 entry = next((e for e in tree if e.name == part), None)
                 where = "/" + "/".join(p.decode("utf-8", "replace") for p in parts[:i + 1])
                 if entry is None:
-                    raise errors.ResourceNotFound(f"{where} is not in backup {backup_id}.",
+                    raise errors.PathNotInBackup(f"{where} is not in backup {backup_id}.",
                                                   path=where)
                 if entry.type != EntryType.DIR or entry.subtree is None:
                     if i == len(parts) - 1:

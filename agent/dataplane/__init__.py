@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from cbr import errors
 from cbr.repo.manifest import DiskContent, TreeContent
 
 
@@ -89,6 +90,8 @@ class TargetTooSmall(DataplaneError):
 
 class UnsafeTarget(DataplaneError):
     """A restore would write outside its target, or onto something it must not replace."""
+
+    code = errors.UnsafeRestoreTarget.code
 
 
 @dataclass

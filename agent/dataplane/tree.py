@@ -48,6 +48,7 @@ from agent.dataplane import (
 )
 from agent.dataplane.changes import WATCHES, ChangedDirs
 from agent.dataplane.listing import O_NOATIME, list_dir
+from cbr import errors
 from cbr.repo import BlobType, Repository, TreeContent
 from cbr.repo.chunker import cut_range, make_chunker, window_size
 from cbr.repo.errors import UnsafeName
@@ -80,6 +81,8 @@ READ_SIZE = 4 << 20
 
 class PathNotInBackup(DataplaneError):
     """The path named is not in the backup."""
+
+    code = errors.PathNotInBackup.code
 
 
 @dataclass

@@ -148,7 +148,7 @@ def test_another_accounts_backup_is_not_found_and_bad_input_is_refused_with_its_
          grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidParameter.code, "give a directory"),
         (diff, backup_pb2.DiffBackupsRequest(backup_id=mine, other_backup_id=mine,
                                              path="nowhere"),
-         grpc.StatusCode.NOT_FOUND, errors.ResourceNotFound.code, "/nowhere"),
+         grpc.StatusCode.NOT_FOUND, errors.PathNotInBackup.code, "/nowhere"),
         (diff, backup_pb2.DiffBackupsRequest(backup_id=mine, other_backup_id=failed),
          grpc.StatusCode.FAILED_PRECONDITION, errors.BackupStatusIllegal.code, "error"),
     ]

@@ -281,6 +281,9 @@ def test_server_disk_and_file_system_back_up_incrementally_and_restore_identical
     assert not (out / "share1" / "new.txt").exists()
 
     # One file out of a file-system backup, and listing it.
+    task = _restore(host, tree.id, target_path=str(out / "none"), source_path="no/such")
+    assert task.status == task_pb2.TASK_STATUS_FAILED
+    assert task.error_info.code == "BackupService.2006", task.error_info
     task = _restore(host, tree.id, target_path=str(out / "one"), source_path="docs/deep")
     assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
     assert (out / "one" / "deep" / "er" / "b.txt").read_bytes() == b"b" * 70_000

@@ -97,3 +97,17 @@ def test_the_agent_state_is_closed_up_at_start(tmp_path: Path) -> None:
     for path in (state, state / "journal", state / "journal" / "t1.json",
                  state / IDENTITY_FILE):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_refusals_of_a_restore_carry_their_own_codes_not_the_internal_one() -> None:
+    from agent.commands.storage import failure
+    from agent.dataplane import UnsafeTarget
+    from agent.dataplane.tree import PathNotInBackup
+
+    for exc, code in ((UnsafeTarget("a symlink where a directory should be"),
+                       "BackupService.2005"),
+                      (PathNotInBackup("/etc/nothing is not in the backup"),
+                       "BackupService.2006"),
+                      (TargetNotAllowed("/etc is outside"), "BackupService.2004")):
+        outcome = failure(exc, "restore of backup b")
+        assert (outcome.success, outcome.error_code) == (False, code)
