@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands import CommandContext, Outcome
-from agent.commands.storage import failure, locked_repository, reporting
+from agent.commands.storage import failure, locked_repository, reported_warnings, reporting
 from agent.config import AgentConfig, DiskSpec, FileSystemSpec, ServerSpec, SingleDiskSpec
 from agent.dataplane import BackupResult, DataplaneError, Progress, SourceUnreadable, changes
 from agent.dataplane import disk as disk_engine
@@ -106,12 +106,13 @@ def _manifest(command: Any, repo: Repository, *, backup_id: str, name: str,
         warnings=list(result.warnings) if result is not None else [])
 
 
-def _item(backup_id: str, result: BackupResult | None, protected_at: dt.datetime,
-          **extra: Any) -> dict[str, Any]:
+def _item(repo: Repository, backup_id: str, result: BackupResult | None,
+          protected_at: dt.datetime, **extra: Any) -> dict[str, Any]:
     stats = result.stats if result is not None else {}
     return {"backup_id": backup_id, "stored_bytes": int(stats.get("bytes_sent", 0)),
             "bytes_scanned": int(stats.get("bytes_scanned", 0)),
-            "warnings": list(result.warnings) if result is not None else [],
+            "warnings": reported_warnings(repo, list(result.warnings) if result else [],
+                                          f"backup {backup_id}"),
             "protected_at": protected_at.isoformat(), **extra}
 
 
@@ -159,7 +160,7 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
                 content=result.content, result=result, parent_id=command.backup_id,
                 incremental=bool(child.parent_backup_id), extend=extend,
                 protected_at=protected_at))
-            items.append(_item(child.backup_id, result, protected_at,
+            items.append(_item(repo, child.backup_id, result, protected_at,
                                snapshot=snaps.kind(child.disk_local_id), method=method,
                                freeze_ms=round(snaps.freeze_seconds * 1000)))
         snaps.release()  # thaw: a live (non-reflink) read held the freeze until now
@@ -179,7 +180,7 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
             protected_at=protected_at))
         for child, _disk in wanted:
             snaps.commit(child.disk_local_id, child.backup_id)
-    items.append(_item(command.backup_id, None, protected_at,
+    items.append(_item(repo, command.backup_id, None, protected_at,
                        app_consistent=bool(spec.pre_snapshot), manifest_sha256=server_digest))
     return items
 
@@ -203,7 +204,7 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
             extend={"snapshot": snaps.kind(spec.local_id), "method": method},
             protected_at=protected_at))
         snaps.commit(spec.local_id, command.backup_id)
-    return [_item(command.backup_id, result, protected_at, snapshot=snaps.kind(spec.local_id),
+    return [_item(repo, command.backup_id, result, protected_at, snapshot=snaps.kind(spec.local_id),
                   method=method, manifest_sha256=digest)]
 
 
@@ -230,7 +231,7 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
         content=result.content, result=result, incremental=parent is not None,
         protected_at=protected_at, extend={"method": tracking.method}))
     tracking.commit(command.backup_id, result.recheck_dirs)
-    return [_item(command.backup_id, result, protected_at, manifest_sha256=digest,
+    return [_item(repo, command.backup_id, result, protected_at, manifest_sha256=digest,
                   method=tracking.method)]
 
 

@@ -17,7 +17,12 @@ from typing import Any
 
 from agent import restore_targets
 from agent.commands import CommandContext, Outcome
-from agent.commands.storage import failure, locked_repository, reporting
+from agent.commands.storage import (
+    failure,
+    locked_repository,
+    reported_warnings,
+    reporting,
+)
 from agent.config import AgentConfig
 from agent.dataplane import DataplaneError, Progress, RestoreResult
 from agent.dataplane import disk as disk_engine
@@ -38,7 +43,8 @@ def run(context: CommandContext, command: Any) -> Outcome:
         log.warning("restore of backup %s failed: %s", command.backup_id, exc)
         return failure(exc, f"restore of backup {command.backup_id}")
     counters = progress.snapshot()
-    warnings = [w for r in results for w in r.warnings]
+    warnings = reported_warnings(repo, [w for r in results for w in r.warnings],
+                                 f"restore of backup {command.backup_id}")
     extra = {"bytes_restored": str(counters["bytes_scanned"]),
              "bytes_read": str(counters["bytes_read"])}
     if warnings:

@@ -94,6 +94,27 @@ def reporting(context: CommandContext, progress: Progress) -> Iterator[None]:
         thread.join(2)
 
 
+_WARNING_KINDS = ("changed while read", "vanished", "unreadable", "mount point not crossed")
+
+
+def reported_warnings(repo: Repository, warnings: list[str], where: str) -> list[str]:
+    """The warnings a task may carry to the controller: as they are for a
+    plain vault; for an encrypted one without the paths, which its storage
+    keeps only encrypted (in the manifest, for a backup) and the controller
+    must not hold in clear (database, journal, ``cbr task show``). The host,
+    which has the files anyway, logs them whole."""
+    if not repo.config.encrypted or not warnings:
+        return list(warnings)
+    out = []
+    for i, warning in enumerate(warnings, 1):
+        log.warning("%s, warning %d: %s", where, i, warning)
+        kind = next((k for k in _WARNING_KINDS if warning.startswith(k)), "a file not handled "
+                    "as usual")
+        out.append(f"{kind}: warning {i} of {len(warnings)} (the path stays encrypted: in the "
+                   "backup's manifest, and in the agent's log on the host)")
+    return out
+
+
 def failure(exc: BaseException, what: str) -> Outcome:
     """The task error for an exception, with the CBR code a person can act on."""
     if isinstance(exc, DataplaneError):

@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,9 @@ reader is per pack."""
 
 INDEX_EVERY_PACKS = 16
 """An index file is written after this many packs even before ``flush`` (section 7)."""
+INDEX_EVERY_SECONDS = 10.0
+"""...or once the oldest pack not yet indexed was stored this long ago, so a
+backup killed early reuses what it uploaded (section 7)."""
 
 READ_GAP = 64 << 10
 """Bytes between two wanted blobs of a pack that :meth:`Repository.load_blob_bodies`
@@ -116,6 +120,7 @@ class Repository:
         data_keys: dict[bytes, DataKey],
         *,
         index_every_packs: int = INDEX_EVERY_PACKS,
+        index_every_seconds: float = INDEX_EVERY_SECONDS,
         uploads_in_flight: int = UPLOADS_IN_FLIGHT,
     ) -> None:
         self.backend = layout.sharded(backend)
@@ -136,6 +141,8 @@ class Repository:
         self._writers = {t: self._new_writer(t) for t in BlobType}
         self._pending: dict[tuple[bytes, bytes], EncodedBlob] = {}
         self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
+        self._unindexed_since = 0.0
+        self._index_every_seconds = index_every_seconds
         self._index_every_packs = index_every_packs
 
     # -- creating and opening -----------------------------------------------------------------
@@ -205,6 +212,7 @@ class Repository:
         expect_encrypted: bool | None = None,
         load_index: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
+        index_every_seconds: float = INDEX_EVERY_SECONDS,
         uploads_in_flight: int = UPLOADS_IN_FLIGHT,
     ) -> Repository:
         """Opens a vault: reads ``config`` (refusing newer versions), unwraps
@@ -243,7 +251,7 @@ class Repository:
         if config.data_key_id is not None and config.data_key_id not in data_keys:
             raise KeyUnavailable(f"data key {config.data_key_id.hex()} missing from keys/")
         repo = cls(backend, config, hashers, data_keys, index_every_packs=index_every_packs,
-                   uploads_in_flight=uploads_in_flight)
+                   index_every_seconds=index_every_seconds, uploads_in_flight=uploads_in_flight)
         if load_index:
             repo.load_index()
         return repo
@@ -544,11 +552,15 @@ class Repository:
             self.index.add_pack(pack.pack_id, pack.entries)
             for key in keys:
                 self._pending.pop(key, None)
+            if not self._unindexed:
+                self._unindexed_since = time.monotonic()
             self._unindexed.append((pack.pack_id, pack.entries))
             self._uploads -= 1
             self._in_flight -= 1
             self._done.notify_all()
-            due = len(self._unindexed) >= self._index_every_packs and self._upload_error is None
+            due = self._upload_error is None and (
+                len(self._unindexed) >= self._index_every_packs
+                or time.monotonic() - self._unindexed_since >= self._index_every_seconds)
         if due:
             # On failure the packs stay queued; flush writes them or raises.
             with contextlib.suppress(Exception):

@@ -111,3 +111,22 @@ def test_refusals_of_a_restore_carry_their_own_codes_not_the_internal_one() -> N
                       (TargetNotAllowed("/etc is outside"), "BackupService.2004")):
         outcome = failure(exc, "restore of backup b")
         assert (outcome.success, outcome.error_code) == (False, code)
+
+
+def test_warnings_of_an_encrypted_vault_reach_the_controller_without_paths(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from agent.commands.storage import reported_warnings
+
+    warnings = ["changed while read: /srv/secret/merger-plan.docx (stored as read, ...)",
+                "vanished: /srv/secret/layoffs.xlsx", "socket /srv/secret/s not restored"]
+    plain = SimpleNamespace(config=SimpleNamespace(encrypted=False))
+    assert reported_warnings(plain, warnings, "backup b") == warnings  # type: ignore[arg-type]
+    sealed = SimpleNamespace(config=SimpleNamespace(encrypted=True))
+    with caplog.at_level("WARNING", logger="cbr.agent"):
+        sent = reported_warnings(sealed, warnings, "backup b")  # type: ignore[arg-type]
+    assert len(sent) == 3 and not any("/srv" in w or "merger" in w for w in sent)
+    assert sent[0].startswith("changed while read: warning 1 of 3")
+    assert sent[1].startswith("vanished: warning 2 of 3")
+    assert "merger-plan.docx" in caplog.text  # the host's own log keeps the path

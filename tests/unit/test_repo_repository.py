@@ -200,6 +200,22 @@ def test_index_files_are_written_every_n_packs_before_flush(tmp_path: Path) -> N
     assert len(_open(tmp_path).index) == 4
 
 
+def test_an_index_file_is_written_once_the_oldest_unindexed_pack_is_old_enough(
+        tmp_path: Path) -> None:
+    """Issue 19: a backup killed before 16 packs reused nothing."""
+    repo = _init(tmp_path, False, pack_size=1 << 16)
+    repo._max_in_flight = 1
+    repo._index_every_seconds = 0.5
+    repo.save_blob(BlobType.DATA, os.urandom(70_000))  # closes one pack
+    repo._wait_uploads()
+    assert _files(tmp_path, "index") == []  # one pack, just stored: not yet
+    time.sleep(0.6)
+    repo.save_blob(BlobType.DATA, os.urandom(70_000))  # the next pack stored is the cue
+    repo._wait_uploads()
+    assert len(_files(tmp_path, "index")) == 1
+    assert len(_open(tmp_path).index) == 2  # both packs' blobs, without flush
+
+
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_manifests_are_write_once_and_listed(tmp_path: Path, encrypted: bool) -> None:
     repo = _init(tmp_path, encrypted)
