@@ -288,9 +288,10 @@ class _TreeBackup:
         return out
 
     def _read_any(self, path: bytes, st: os.stat_result) -> _FileResult:
+        spent = _FileResult()  # what a read that had to be repeated read, stored and sent
         try:
             for attempt in range(2):
-                out = _FileResult()
+                out = _FileResult(read=spent.read, new=spent.new, sent=spent.sent)
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | O_NOATIME)
                 except PermissionError:
@@ -305,6 +306,9 @@ class _TreeBackup:
                 if _same(before, after):
                     return out
                 if attempt == 0:
+                    # Read again; what the first read uploaded stays uploaded
+                    # and counted (the vault's usage is what storage holds).
+                    spent = out
                     continue
                 out.changed = True
                 out.warning = (f"changed while read: {os.fsdecode(path)} (stored as read, "
@@ -312,10 +316,12 @@ class _TreeBackup:
                 return out
             return out
         except FileNotFoundError:
-            return _FileResult(vanished=True, warning=f"vanished: {os.fsdecode(path)}")
+            return _FileResult(vanished=True, warning=f"vanished: {os.fsdecode(path)}",
+                               read=spent.read, new=spent.new, sent=spent.sent)
         except OSError as exc:
             return _FileResult(vanished=True,
-                               warning=f"unreadable: {os.fsdecode(path)}: {exc.strerror}")
+                               warning=f"unreadable: {os.fsdecode(path)}: {exc.strerror}",
+                               read=spent.read, new=spent.new, sent=spent.sent)
 
     # -- entries ---------------------------------------------------------------------------
 

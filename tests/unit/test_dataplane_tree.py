@@ -303,6 +303,11 @@ def test_a_file_growing_while_read_is_flagged_not_stored_silently(tmp_path: Path
         writer.join()
     assert result.stats["files_changed_while_read"] == 1
     assert any("changed while read" in w for w in result.warnings)
+    # Both reads uploaded; both count (issue 19: the second read started a
+    # fresh count, and the vault's usage missed what the first one stored).
+    stored = sum(p.stat().st_size for p in (tmp_path / "vault" / "data").rglob("*")
+                 if p.is_file())
+    assert result.stats["bytes_sent"] >= 0.9 * stored
 
 
 def test_a_vanished_file_is_a_warning_not_a_failure(tmp_path: Path) -> None:
