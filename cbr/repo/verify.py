@@ -25,6 +25,7 @@ from typing import Any
 from cbr.repo import layout
 from cbr.repo.errors import FormatError, IntegrityError, RepoError
 from cbr.repo.index import Location
+from cbr.repo.manifest import Manifest
 from cbr.repo.pack import TRAILER_SIZE, decode_header, parse_trailer
 from cbr.repo.repository import Repository
 from cbr.repo.walk import complete_manifests, iter_reachable
@@ -90,6 +91,14 @@ def verify(repo: Repository, *, read_data: bool = False,
     """
     report = VerifyReport()
     _check_manifest_digests(repo, report, expected_manifests or {})
+    # The backups to check are listed before the indexes are loaded: a backup
+    # indexes its chunks before writing its manifest, so each of these is
+    # wholly in the index loaded next, even if it finished a moment ago.
+    try:
+        manifests, _unfinished = complete_manifests(repo)
+    except RepoError as exc:
+        report.problems.append(Problem("bad-manifest", f"a manifest cannot be read: {exc}"))
+        manifests = []
     repo.load_index()
     stored = {pid: info.size for info in repo.backend.list(layout.DATA)
               if (pid := layout.id_from_name(info.name, layout.DATA)) is not None}
@@ -102,7 +111,7 @@ def verify(repo: Repository, *, read_data: bool = False,
             if pack_id not in bad_packs:
                 _read_pack(repo, report, pack_id, bad_chunks, bad_packs)
     report.unindexed_packs = sum(1 for p in stored if p not in repo.index.pack_ids())
-    _check_backups(repo, report, bad_packs, bad_chunks)
+    _check_backups(repo, report, manifests, bad_packs, bad_chunks)
     return report
 
 
@@ -206,15 +215,11 @@ def _read_pack(repo: Repository, report: VerifyReport, pack_id: bytes,
             report.problems.append(problem)
 
 
-def _check_backups(repo: Repository, report: VerifyReport, bad_packs: dict[bytes, Problem],
+def _check_backups(repo: Repository, report: VerifyReport, manifests: list[Manifest],
+                   bad_packs: dict[bytes, Problem],
                    bad_chunks: dict[tuple[bytes, bytes], Problem]) -> None:
-    """Walks every finished backup and attaches it to the problems of the
-    chunks it reaches."""
-    try:
-        manifests, _unfinished = complete_manifests(repo)
-    except RepoError as exc:
-        report.problems.append(Problem("bad-manifest", f"a manifest cannot be read: {exc}"))
-        manifests = []
+    """Walks the finished backups listed at the start and attaches each to
+    the problems of the chunks it reaches."""
     missing: dict[tuple[bytes, bytes], Problem] = {}
     damaged: set[str] = set()
     for manifest in manifests:

@@ -4,6 +4,7 @@ chunk and the pack, on a real local vault."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from cbr.repo import Repository, layout
 from cbr.repo.blob import BlobType
 from cbr.repo.index import Location
 from cbr.repo.verify import verify
+from cbr.storage.backend import BackendWrapper
 from cbr.storage.local import LocalBackend
 from tests.unit.test_repo_prune import BLOCK, _blocks, _disk, _manifest, _open, _tree
 
@@ -129,3 +131,40 @@ def test_unreferenced_damage_is_reported_without_a_damaged_backup(
     _pack_path(tmp_path, pack).unlink()
     report = verify(_open(tmp_path))
     assert not report.ok and report.damaged_backups == []
+
+
+class _BackupMidway(BackendWrapper):
+    """Runs ``action`` (a backup finishing) when verify first reads a pack."""
+
+    def __init__(self, inner: LocalBackend, action: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.action: Callable[[], None] | None = action
+
+    def _maybe(self, name: str) -> None:
+        if self.action is not None and name.startswith(layout.DATA):
+            action, self.action = self.action, None
+            action()
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self._maybe(name)
+        return super().get(name, offset, length)
+
+    def iter_get(self, name: str, offset: int = 0, length: int | None = None,
+                 chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        self._maybe(name)
+        return super().iter_get(name, offset, length, chunk_size)
+
+
+def test_a_backup_finishing_while_verify_runs_is_not_reported_damaged(
+        tmp_path: Path, vault: Repository) -> None:
+    """Issue 19: 5 of 5 healthy backups that finished during verify --read-data
+    were reported as chunks in no index."""
+    _disk(vault, "b1", _blocks(5))
+    backend = _BackupMidway(LocalBackend(tmp_path / "vault"),
+                            lambda: _disk(_open(tmp_path), "b2", _blocks(6)) and None)
+    report = verify(Repository.open(backend), read_data=True)
+    assert backend.action is None  # the second backup did finish mid-verify
+    assert report.ok, report.problems
+    assert report.backups == 1  # b2 was not listed yet: wholly unseen, not half seen
+    assert verify(_open(tmp_path), read_data=True).ok  # and the next verify sees it whole
+    assert verify(_open(tmp_path)).backups == 2
