@@ -73,6 +73,7 @@ class PruneReport:
     bytes_freed: int = 0
     index_files_rewritten: int = 0
     pending_sweeps: int = 0
+    index_files_repaired: int = 0
     abandoned_writes: int = 0
     abandoned_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -90,6 +91,7 @@ class PruneReport:
                 "packs_resurrected": self.packs_resurrected, "bytes_freed": self.bytes_freed,
                 "index_files_rewritten": self.index_files_rewritten,
                 "pending_sweeps": self.pending_sweeps,
+                "index_files_repaired": self.index_files_repaired,
                 "abandoned_writes_removed": self.abandoned_writes,
                 "abandoned_bytes_freed": self.abandoned_bytes}
 
@@ -242,8 +244,17 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
     index = Index()
     files_of: dict[bytes, list[int]] = {}
     pack_bytes: dict[bytes, int] = {}
+    damaged: list[bytes] = []
     for ordinal, index_id in enumerate(index_files):
-        for pack_id, entries in repo.read_index_file(index_id):
+        try:
+            described = repo.read_index_file(index_id)
+        except (IntegrityError, FormatError) as exc:
+            # Its packs are unindexed from here on: the live ones are indexed
+            # again below from their headers, the dead ones condemned (section 7).
+            damaged.append(index_id)
+            report.notes.append(f"index file {layout.index_name(index_id)} is damaged ({exc})")
+            continue
+        for pack_id, entries in described:
             files_of.setdefault(pack_id, []).append(ordinal)
             pack_bytes[pack_id] = sum(e.stored_length for e in entries)
             index.add_pack(pack_id, entries, bulk=True)
@@ -261,6 +272,10 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
         repo.index_packs(live.unindexed_live.items())
         report.packs_reindexed += len(live.unindexed_live)
         report.notes.append(f"re-indexed {len(live.unindexed_live)} packs holding live chunks")
+    for index_id in damaged:  # what it described that lives is in a new index file now
+        lock.check()
+        repo.backend.delete(layout.index_name(index_id))
+        report.index_files_repaired += 1
     # 3. liveness per pack, by the one location the index keeps per chunk
     # (a pack holding only duplicates of blobs kept elsewhere counts as dead).
     live_bytes: dict[bytes, int] = {}

@@ -25,6 +25,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import json
+import logging
 import threading
 import time
 import uuid
@@ -75,6 +77,8 @@ from cbr.repo.index import (
 from cbr.repo.manifest import Manifest
 from cbr.repo.pack import FinishedPack, PackEntry, PackWriter, read_pack_header
 from cbr.storage.backend import Backend, ObjectNotFound
+
+log = logging.getLogger("cbr.repo")
 
 UPLOADS_IN_FLIGHT = 2
 """Packs uploaded at once by the background pool. Each holds up to
@@ -141,6 +145,8 @@ class Repository:
         self._writers = {t: self._new_writer(t) for t in BlobType}
         self._pending: dict[tuple[bytes, bytes], EncodedBlob] = {}
         self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
+        # Index files load_index could not use (id -> why), found from headers.
+        self.damaged_index_files: dict[bytes, str] = {}
         self._unindexed_since = 0.0
         self._index_every_seconds = index_every_seconds
         self._index_every_packs = index_every_packs
@@ -287,15 +293,51 @@ class Repository:
     # -- index --------------------------------------------------------------------------------
 
     def load_index(self) -> None:
-        """(Re)loads every index file into a fresh in-memory index."""
+        """(Re)loads every index file into a fresh in-memory index.
+
+        A damaged index file is skipped and what it described is found from
+        pack headers (section 7): one bad file never takes the vault down.
+        ``damaged_index_files`` names them, for verify and prune."""
         index = Index()
+        damaged: dict[bytes, str] = {}
         for index_id in self.list_index_files():
-            index.merge_encoded(self._read_index_plain(index_id), layout.index_name(index_id))
+            name = layout.index_name(index_id)
+            try:
+                index.merge_encoded(self._read_index_plain(index_id), name)
+            except (IntegrityError, FormatError) as exc:
+                damaged[index_id] = str(exc)
+        if damaged:
+            condemned = self.condemned_packs()
+            indexed = index.pack_ids()
+            for pack_id in self.list_packs():
+                if pack_id in indexed or pack_id in condemned:
+                    continue
+                with contextlib.suppress(IntegrityError, FormatError):  # verify names it
+                    index.add_pack(pack_id, self.read_pack_header(pack_id))
+            log.warning("%d damaged index file(s) skipped (%s); their packs were found from "
+                        "the pack headers. Prune rewrites them.", len(damaged),
+                        ", ".join(f"{layout.index_name(i)}: {why}" for i, why in damaged.items()))
         index.compact()
         with self._lock:
             self.index = index
+            self.damaged_index_files = damaged
             for pack_id, entries in self._unindexed:
                 index.add_pack(pack_id, entries)
+
+    def condemned_packs(self) -> set[bytes]:
+        """Packs a ``condemned/`` record names (section 12): not to be used."""
+        packs: set[bytes] = set()
+        for info in self.backend.list(layout.CONDEMNED):
+            try:
+                record = json.loads(self.backend.get(info.name))
+            except (ObjectNotFound, ValueError):
+                continue
+            if isinstance(record, dict):
+                for pack_hex in record.get("packs", []) if isinstance(record.get("packs"),
+                                                                          list) else []:
+                    with contextlib.suppress(ValueError, TypeError):
+                        packs.add(bytes.fromhex(pack_hex))
+        return packs
 
     def list_index_files(self) -> list[bytes]:
         ids = []

@@ -39,7 +39,8 @@ class Problem:
 
     kind: str
     """``missing-chunk``, ``missing-pack``, ``truncated-pack``, ``pack-hash``,
-    ``pack-header``, ``bad-blob``, ``index-mismatch``, ``bad-manifest``."""
+    ``pack-header``, ``bad-blob``, ``index-mismatch``, ``bad-manifest``,
+    ``damaged-index``."""
     message: str
     backups: list[str] = field(default_factory=list)
     chunk_id: str = ""
@@ -100,6 +101,11 @@ def verify(repo: Repository, *, read_data: bool = False,
         report.problems.append(Problem("bad-manifest", f"a manifest cannot be read: {exc}"))
         manifests = []
     repo.load_index()
+    for index_id, why in sorted(repo.damaged_index_files.items()):
+        report.problems.append(Problem(
+            "damaged-index", f"{layout.index_name(index_id)} is damaged ({why}); what it "
+            "described was found from the pack headers, so no backup is lost by it. Prune "
+            "the vault (cbr vault prune VAULT_ID) to rewrite it from those headers"))
     stored = {pid: info.size for info in repo.backend.list(layout.DATA)
               if (pid := layout.id_from_name(info.name, layout.DATA)) is not None}
     # Pack problems, keyed by pack; chunk problems, keyed by (key id, chunk id),
