@@ -194,13 +194,8 @@ def test_restore_refusals_use_the_reference_codes(
 
 def test_restore_marks_the_backup_restoring_until_the_task_ends(
         app: App, project: str, inventory: Inventory) -> None:
-    vol = inventory.add("vol", "disk")
-    vid = make_vault(app, project, object_type="disk")
-    add(app, project, vid, vol)
-    _, [d] = _checkpoint(app, project, vid, {inventory.agent_id})
-    _succeed(app, d.task_id)
+    backup_id = _available_disk_backup(app, project, inventory)
     with app.db.begin() as s:
-        backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
         dispatch = runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW,
                                        {inventory.agent_id})
         restore = s.get(Task, dispatch.task_id)
