@@ -54,7 +54,21 @@ class Problem:
             where.append(f"chunk {self.chunk_id}")
         if self.pack_id:
             where.append(f"pack {self.pack_id}")
-        return f"{'; '.join(where)}: {self.message}" if where else self.message
+        text = f"{'; '.join(where)}: {self.message}" if where else self.message
+        return f"{text}. {self.remedy}" if self.remedy else text
+
+    @property
+    def remedy(self) -> str:
+        """What a person does about it. Data that is gone is not repaired by
+        any command; what the backups named still hold restores."""
+        if self.kind in ("damaged-index",) or "prune re-indexes" in self.message:
+            return ""  # the message says it: prune repairs
+        if not self.backups:
+            return ("No backup needs it; prune (cbr vault prune VAULT_ID) removes what no "
+                    "backup uses") if self.kind != "missing-manifest" else ""
+        return ("Its data is gone from storage: the backups named do not restore in full. "
+                "Restore what they still hold, back the resources up again in full, then "
+                "delete those backups")
 
 
 @dataclass
