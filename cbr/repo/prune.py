@@ -267,14 +267,16 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
     # (recover, under the prune lock: section 11), not condemned.
     live = _live_set(repo, _Unindexed(repo, unindexed_ids), report)
     report.backups, report.backups_unfinished = live.backups, live.unfinished
+    rewritten: set[bytes] = set()
     if live.unindexed_live:
         lock.check()
-        repo.index_packs(live.unindexed_live.items())
+        rewritten.update(repo.index_packs(live.unindexed_live.items()))
         report.packs_reindexed += len(live.unindexed_live)
         report.notes.append(f"re-indexed {len(live.unindexed_live)} packs holding live chunks")
     for index_id in damaged:  # what it described that lives is in a new index file now
         lock.check()
-        repo.backend.delete(layout.index_name(index_id))
+        if index_id not in rewritten:  # the same packs again: the very same name, now whole
+            repo.backend.delete(layout.index_name(index_id))
         report.index_files_repaired += 1
     # 3. liveness per pack, by the one location the index keeps per chunk
     # (a pack holding only duplicates of blobs kept elsewhere counts as dead).
