@@ -70,7 +70,8 @@ def fetch_ca(endpoint: str, sha256: str, *, timeout: float = 10.0) -> bytes:
         raise TlsError(f"{endpoint} cannot be reached: {exc}", unreachable=True) from None
     seen = []
     for cert in chain:
-        pem = ssl.DER_cert_to_PEM_cert(cert.public_bytes(_ENCODING_DER)).encode()
+        der = cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER)
+        pem = ssl.DER_cert_to_PEM_cert(der).encode()
         got = fingerprint(pem)
         if got == want:
             return pem
@@ -81,8 +82,9 @@ def fetch_ca(endpoint: str, sha256: str, *, timeout: float = 10.0) -> bytes:
 
 
 def _unverified_chain(conn: ssl.SSLSocket) -> list[Any]:
-    """The peer's chain as sent. Public from Python 3.13; before that the
-    same call exists on the socket's private ``_sslobj`` (since 3.10)."""
+    """The peer's chain as sent. Public from Python 3.13 (DER bytes); before
+    that the same call exists on the socket's private ``_sslobj`` (since
+    3.10, certificate objects)."""
     public = getattr(conn, "get_unverified_chain", None)
     if public is not None:
         return list(public())
