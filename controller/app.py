@@ -62,8 +62,13 @@ class App:
         """The CA clients pin for the API: the controller's own (ca/ca.crt,
         made with the agent endpoint's), or "" when an operator's certificate
         or no TLS serves the API (then it is not ours to hand out)."""
+        cached = self.extras.get("api_ca_pem")
+        if cached is not None:
+            return str(cached)
         cfg = self.config
         path = cfg.data_dir / CA_DIR / "ca.crt"
         if cfg.insecure_listen or cfg.tls_cert or not path.exists():
             return ""
-        return path.read_text()
+        # The CA lives as long as the controller: read once, not per call.
+        self.extras["api_ca_pem"] = pem = path.read_text()
+        return pem

@@ -271,10 +271,10 @@ class _Errors(_Around):
         peer = ""
         if self.limits is not None:
             try:
-                self.limits.enter(_peer_host(ctx))
+                self.limits.enter(candidate := _peer_host(ctx))
             except errors.CbrError as err:
                 await _abort_async(ctx, err)
-            peer = _peer_host(ctx)
+            peer = candidate
         return req, peer
 
     async def _fail(self, ctx: Any, exc: Exception) -> NoReturn:
