@@ -35,7 +35,7 @@ from typing import Any
 
 from cbr.repo import layout
 from cbr.repo.blob import EncodedBlob
-from cbr.repo.errors import ChunkNotFound, FormatError, IntegrityError, ManifestNotFound, RepoError
+from cbr.repo.errors import FormatError, IntegrityError, ManifestNotFound, RepoError
 from cbr.repo.index import Index, Location
 from cbr.repo.locks import LOCK_REFRESH, LOCK_STALE, Lock, live_locks
 from cbr.repo.pack import PackEntry
@@ -133,6 +133,8 @@ class _Unindexed:
         self._pack_ids = list(pack_ids)
         self._index: Index | None = None
         self.entries: dict[bytes, list[PackEntry]] = {}
+        self.unreadable: set[bytes] = set()
+        """Packs whose header does not read: damaged, left for repair."""
 
     def _load(self) -> Index:
         if self._index is None:
@@ -140,8 +142,11 @@ class _Unindexed:
             for pack_id in self._pack_ids:
                 try:
                     entries = self._repo.read_pack_header(pack_id)
-                except (FormatError, IntegrityError, ObjectNotFound):
-                    continue  # torn upload or gone: nothing in it is readable
+                except ObjectNotFound:
+                    continue
+                except (FormatError, IntegrityError):
+                    self.unreadable.add(pack_id)
+                    continue
                 self.entries[pack_id] = entries
                 index.add_pack(pack_id, entries)
             self._index = index
@@ -149,6 +154,12 @@ class _Unindexed:
 
     def lookup(self, key_id: bytes, chunk_id: bytes) -> Location | None:
         return self._load().lookup(key_id, chunk_id) if self._pack_ids else None
+
+    def damaged(self) -> set[bytes]:
+        """The packs whose header does not read (every header read once)."""
+        if self._pack_ids:
+            self._load()
+        return self.unreadable
 
 
 @dataclass
@@ -186,22 +197,27 @@ def _live_set(repo: Repository, unindexed: _Unindexed, report: PruneReport) -> _
             return repo.load_blob(chunk_id, key_id=key_id)
         return repo.load_blob_at(loc, chunk_id, key_id=key_id)
 
+    lost_meta: set[bytes] = set()
     for manifest in manifests:
         live = chunks.setdefault(manifest.chunk_key_id, set())
         seen: set[bytes] = set()
         try:
-            for _kind, cid in iter_reachable(repo, manifest, seen, load=load):
+            # A metadata blob found nowhere is lost with all it reached: no
+            # one can find that any more, so the walk goes on (section 12).
+            for _kind, cid in iter_reachable(repo, manifest, seen, load=load,
+                                             on_lost=lost_meta.add):
                 if cid in live:
                     continue
                 live.add(cid)
                 if (locate(manifest.chunk_key_id, cid) is None
                         and not repo.index.contains(manifest.chunk_key_id, cid)):
                     lost += 1
-        except (ChunkNotFound, IntegrityError, FormatError) as exc:
-            raise RepoError(f"backup {manifest.backup_id}: {exc}; prune stops (run verify "
-                            "and delete the damaged backup)") from exc
+        except (IntegrityError, FormatError) as exc:
+            raise RepoError(f"backup {manifest.backup_id}: {exc}; prune stops (cbr vault "
+                            "repair VAULT_ID removes the damaged data)") from exc
     if lost:
-        report.notes.append(f"{lost} chunks reached by backups are in no pack (run verify)")
+        report.notes.append(f"{lost} chunks reached by backups are in no pack (cbr vault "
+                            "verify names the backups)")
     return _LiveSet(chunks, revive, len(manifests), len(skipped))
 
 
@@ -265,7 +281,8 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
     unindexed_ids = [p for p in stored if p not in pack_bytes]
     # 2. the live set; unindexed packs holding live chunks are indexed again
     # (recover, under the prune lock: section 11), not condemned.
-    live = _live_set(repo, _Unindexed(repo, unindexed_ids), report)
+    unindexed = _Unindexed(repo, unindexed_ids)
+    live = _live_set(repo, unindexed, report)
     report.backups, report.backups_unfinished = live.backups, live.unfinished
     rewritten: set[bytes] = set()
     if live.unindexed_live:
@@ -288,7 +305,13 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
         else:
             report.dead_blobs += 1
     condemned = {p for p in pack_bytes if p in stored and p not in live_bytes}
-    condemned |= {p for p in unindexed_ids if p not in live.unindexed_live}
+    # A pack whose header does not read may still hold blobs repair can save.
+    unreadable = unindexed.damaged()
+    if unreadable:
+        report.notes.append(f"{len(unreadable)} packs in no index have a damaged header; "
+                            "left for cbr vault repair")
+    condemned |= {p for p in unindexed_ids
+                  if p not in live.unindexed_live and p not in unreadable}
     missing = [p for p in live_bytes if p not in stored]
     if missing:
         report.notes.append(f"{len(missing)} indexed packs with live chunks are missing "

@@ -315,7 +315,7 @@ class Repository:
                 with contextlib.suppress(IntegrityError, FormatError):  # verify names it
                     index.add_pack(pack_id, self.read_pack_header(pack_id))
             log.warning("%d damaged index file(s) skipped (%s); their packs were found from "
-                        "the pack headers. Prune rewrites them.", len(damaged),
+                        "the pack headers. cbr vault repair rewrites them.", len(damaged),
                         ", ".join(f"{layout.index_name(i)}: {why}" for i, why in damaged.items()))
         index.compact()
         with self._lock:

@@ -11,14 +11,14 @@ Memory: one pack (``read_data``), one segment or directory of a walk, the
 sizes of the stored packs, and the damaged chunks found; never a backup's
 whole chunk list.
 
-This module only reads; it must not repair (prune re-indexes, and deleting
-a damaged backup is the user's call).
+This module only reads; it must not repair (:mod:`cbr.repo.repair` does,
+and deleting a damaged backup is the user's call).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from cbr.repo import layout
 from cbr.repo.errors import FormatError, IntegrityError, RepoError
 from cbr.repo.index import Location
 from cbr.repo.manifest import Manifest
-from cbr.repo.pack import TRAILER_SIZE, decode_header, parse_trailer
+from cbr.repo.pack import TRAILER_SIZE, PackEntry, decode_header, parse_trailer
 from cbr.repo.repository import Repository
 from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage import ObjectNotFound, StorageError
@@ -61,14 +61,15 @@ class Problem:
     def remedy(self) -> str:
         """What a person does about it. Data that is gone is not repaired by
         any command; what the backups named still hold restores."""
-        if self.kind in ("damaged-index",) or "prune re-indexes" in self.message:
-            return ""  # the message says it: prune repairs
+        if self.kind in ("damaged-index",) or "repair re-indexes" in self.message:
+            return ""  # the message says it: repair rewrites the index
         if not self.backups:
             return ("No backup needs it; prune (cbr vault prune VAULT_ID) removes what no "
                     "backup uses") if self.kind != "missing-manifest" else ""
         return ("Its data is gone from storage: the backups named do not restore in full. "
-                "Restore what they still hold, back the resources up again in full, then "
-                "delete those backups")
+                "cbr vault repair VAULT_ID keeps all that still reads, marks those backups "
+                "damaged, and a backup of a resource that still holds the lost data stores "
+                "it again")
 
 
 @dataclass
@@ -81,6 +82,8 @@ class VerifyReport:
     unindexed_packs: int = 0
     problems: list[Problem] = field(default_factory=list)
     damaged_backups: list[str] = field(default_factory=list)
+    checked_backups: set[str] = field(default_factory=set)
+    """Every backup walked (a server backup by its own id)."""
 
     @property
     def ok(self) -> bool:
@@ -96,13 +99,16 @@ class VerifyReport:
 
 
 def verify(repo: Repository, *, read_data: bool = False,
-           expected_manifests: Mapping[str, str] | None = None) -> VerifyReport:
+           expected_manifests: Mapping[str, str] | None = None,
+           load_index: bool = True) -> VerifyReport:
     """Checks the vault (section 13); see the module docstring. Never raises
     for damage (it is reported); storage errors propagate.
 
     ``expected_manifests`` (backup id -> hex SHA-256, the catalog's record)
     adds a check that each of those manifests is in storage unchanged: a
     manifest replaced or replayed is reported naming the backup.
+    ``load_index=False`` checks against the index ``repo`` holds (repair's
+    dry run: the index it would write).
     """
     report = VerifyReport()
     _check_manifest_digests(repo, report, expected_manifests or {})
@@ -114,12 +120,13 @@ def verify(repo: Repository, *, read_data: bool = False,
     except RepoError as exc:
         report.problems.append(Problem("bad-manifest", f"a manifest cannot be read: {exc}"))
         manifests = []
-    repo.load_index()
+    if load_index:
+        repo.load_index()
     for index_id, why in sorted(repo.damaged_index_files.items()):
         report.problems.append(Problem(
             "damaged-index", f"{layout.index_name(index_id)} is damaged ({why}); what it "
-            "described was found from the pack headers, so no backup is lost by it. Prune "
-            "the vault (cbr vault prune VAULT_ID) to rewrite it from those headers"))
+            "described was found from the pack headers, so no backup is lost by it. "
+            "cbr vault repair VAULT_ID rewrites it from those headers"))
     stored = {pid: info.size for info in repo.backend.list(layout.DATA)
               if (pid := layout.id_from_name(info.name, layout.DATA)) is not None}
     # Pack problems, keyed by pack; chunk problems, keyed by (key id, chunk id),
@@ -176,6 +183,61 @@ def _check_packs(repo: Repository, report: VerifyReport,
     return bad
 
 
+@dataclass
+class PackCheck:
+    """What reading one stored pack whole found (repair salvages by it)."""
+
+    pack_id: bytes
+    size: int
+    hash_ok: bool
+    header: list[PackEntry] | None
+    """The header's entries; None when it does not parse (``header_error``)."""
+    header_error: str
+    blobs: list[tuple[PackEntry, str]]
+    """Each blob checked, with why it does not verify ("" when it does)."""
+    data: bytes = field(default=b"", repr=False)
+
+    @property
+    def sound(self) -> bool:
+        return self.hash_ok and self.header is not None and not any(e for _b, e in self.blobs)
+
+
+def check_pack(repo: Repository, pack_id: bytes, data: bytes,
+               fallback: Sequence[PackEntry] = ()) -> PackCheck:
+    """Checks a pack's bytes: hash, header, every blob. When the header does
+    not parse, the blobs checked are ``fallback`` (where the index says they
+    are)."""
+    hexid = pack_id.hex()
+    hash_ok = hashlib.sha256(data).digest() == pack_id
+    limit = len(data)
+    try:
+        trailer = parse_trailer(data[-TRAILER_SIZE:], hexid)
+        start = len(data) - TRAILER_SIZE - trailer.header_length
+        if start < 0:
+            raise FormatError(f"truncated pack {hexid}: header longer than the pack")
+        _kind, header = decode_header(data[start:len(data) - TRAILER_SIZE], trailer,
+                                      repo.data_keys, hexid)
+        entries: Sequence[PackEntry] = header
+        limit, header_error = start, ""
+    except (FormatError, IntegrityError) as exc:
+        header, header_error, entries = None, str(exc), fallback
+    view = memoryview(data)
+    blobs: list[tuple[PackEntry, str]] = []
+    for e in entries:
+        if e.offset + e.stored_length > limit:
+            blobs.append((e, "blob runs past the header" if header is not None
+                          else "blob runs past the end of the pack"))
+            continue
+        loc = Location(pack_id, e.type, e.offset, e.stored_length, e.raw_length, e.flags)
+        try:
+            repo.decode_stored(view[e.offset:e.offset + e.stored_length], loc, e.chunk_id,
+                               key_id=e.key_id)
+            blobs.append((e, ""))
+        except (IntegrityError, RepoError) as exc:
+            blobs.append((e, str(exc).split(": ", 1)[-1] or "does not verify"))
+    return PackCheck(pack_id, len(data), hash_ok, header, header_error, blobs, data)
+
+
 def _read_pack(repo: Repository, report: VerifyReport, pack_id: bytes,
                bad_chunks: dict[tuple[bytes, bytes], Problem],
                bad_packs: dict[bytes, Problem]) -> None:
@@ -189,26 +251,19 @@ def _read_pack(repo: Repository, report: VerifyReport, pack_id: bytes,
                                      pack_id=hexid)
         return
     report.bytes_read += len(data)
-    if hashlib.sha256(data).digest() != pack_id:
+    check = check_pack(repo, pack_id, data)
+    if not check.hash_ok:
         # Recorded, but the blobs decide which chunks are damaged.
         report.problems.append(Problem("pack-hash", "pack bytes do not match its name",
                                        pack_id=hexid))
-    try:
-        trailer = parse_trailer(data[-TRAILER_SIZE:], hexid)
-        start = len(data) - TRAILER_SIZE - trailer.header_length
-        if start < 0:
-            raise FormatError(f"truncated pack {hexid}: header longer than the pack")
-        _kind, entries = decode_header(data[start:len(data) - TRAILER_SIZE], trailer,
-                                       repo.data_keys, hexid)
-    except (FormatError, IntegrityError) as exc:
-        bad_packs[pack_id] = Problem("pack-header", f"header does not parse: {exc}",
+    if check.header is None:
+        bad_packs[pack_id] = Problem("pack-header",
+                                     f"header does not parse: {check.header_error}",
                                      pack_id=hexid)
         return
-    view = memoryview(data)
-    for e in entries:
+    for e, error in check.blobs:
         report.blobs_read += 1
         key = (e.key_id, e.chunk_id)
-        loc = Location(pack_id, e.type, e.offset, e.stored_length, e.raw_length, e.flags)
         indexed = repo.index.lookup(e.key_id, e.chunk_id)
         if indexed is not None and indexed.pack_id == pack_id and (
                 indexed.offset, indexed.stored_length, indexed.type, indexed.flags) != (
@@ -217,17 +272,9 @@ def _read_pack(repo: Repository, report: VerifyReport, pack_id: bytes,
                                       "where the blob is", chunk_id=e.chunk_id.hex(),
                                       pack_id=hexid)
             continue
-        if e.offset + e.stored_length > start:
-            problem = Problem("bad-blob", "blob runs past the header",
-                              chunk_id=e.chunk_id.hex(), pack_id=hexid)
-        else:
-            try:
-                repo.decode_stored(view[e.offset:e.offset + e.stored_length], loc,
-                                   e.chunk_id, key_id=e.key_id)
-                continue
-            except (IntegrityError, RepoError) as exc:
-                problem = Problem("bad-blob", str(exc).split(": ", 1)[-1],
-                                  chunk_id=e.chunk_id.hex(), pack_id=hexid)
+        if not error:
+            continue
+        problem = Problem("bad-blob", error, chunk_id=e.chunk_id.hex(), pack_id=hexid)
         # Damaged here; it matters only if this is the copy readers use.
         if indexed is None or indexed.pack_id == pack_id:
             bad_chunks[key] = problem
@@ -245,6 +292,7 @@ def _check_backups(repo: Repository, report: VerifyReport, manifests: list[Manif
     for manifest in manifests:
         report.backups += 1
         owner = manifest.parent_id or manifest.backup_id
+        report.checked_backups.add(owner)
         key_id = manifest.chunk_key_id
         hit: list[Problem] = []
         try:
@@ -286,7 +334,7 @@ def _check_backups(repo: Repository, report: VerifyReport, manifests: list[Manif
 
 def _locate_missing(repo: Repository, missing: dict[tuple[bytes, bytes], Problem]) -> None:
     """Names the unindexed pack a missing chunk could be recovered from, if any
-    (prune re-indexes such packs)."""
+    (repair and prune re-index such packs)."""
     if not missing:
         return
     for pack_id in repo.list_unindexed_packs():
@@ -299,4 +347,4 @@ def _locate_missing(repo: Repository, missing: dict[tuple[bytes, bytes], Problem
             if problem is not None and not problem.pack_id:
                 problem.pack_id = pack_id.hex()
                 problem.message = ("chunk is in no index; unindexed pack holds it "
-                                   "(prune re-indexes it)")
+                                   "(cbr vault repair re-indexes it)")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from cbr.repo.blob import BlobType
 from cbr.repo.disk_map import decode_segment
-from cbr.repo.errors import ManifestNotFound
+from cbr.repo.errors import ChunkNotFound, ManifestNotFound
 from cbr.repo.ids import ID_SIZE
 from cbr.repo.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.repository import Repository
@@ -33,8 +33,9 @@ BlobLoader = Callable[[bytes, bytes], bytes]
 
 
 def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None = None, *,
-                   load: BlobLoader | None = None,
-                   check_trees: bool = True) -> Iterator[tuple[BlobType, bytes]]:
+                   load: BlobLoader | None = None, check_trees: bool = True,
+                   on_lost: Callable[[bytes], None] | None = None,
+                   ) -> Iterator[tuple[BlobType, bytes]]:
     """(blob type, chunk id) of every blob the manifest's content reaches,
     in the manifest's namespace (``manifest.chunk_key_id``).
 
@@ -46,15 +47,23 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
     repeat. ``load`` replaces :meth:`Repository.load_blob` (prune reads blobs
     from packs no index lists any more). ``check_trees=False`` reads only
     the references of tree entries (:func:`decode_tree_refs`), for walks
-    that copy blobs and never restore from what they read.
+    that copy blobs and never restore from what they read. With ``on_lost``,
+    a metadata blob found nowhere (:class:`ChunkNotFound`) is passed to it
+    and the walk goes on past it; any other error still stops the walk.
     """
     key_id = manifest.chunk_key_id
     walked = seen if seen is not None else set()
 
-    def read(chunk_id: bytes) -> bytes:
-        if load is not None:
-            return load(key_id, chunk_id)
-        return repo.load_blob(chunk_id, key_id=key_id)
+    def read(chunk_id: bytes) -> bytes | None:
+        try:
+            if load is not None:
+                return load(key_id, chunk_id)
+            return repo.load_blob(chunk_id, key_id=key_id)
+        except ChunkNotFound:
+            if on_lost is None:
+                raise
+            on_lost(chunk_id)
+            return None
 
     content = manifest.content
     if isinstance(content, DiskContent):
@@ -63,7 +72,9 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
             if segment_id in walked:
                 continue
             walked.add(segment_id)
-            _blocks, ids = decode_segment(read(segment_id), number, content.segment_entries,
+            if (segment := read(segment_id)) is None:
+                continue
+            _blocks, ids = decode_segment(segment, number, content.segment_entries,
                                           f"segment {number} ({segment_id.hex()})")
             for i in range(0, len(ids), ID_SIZE):
                 yield BlobType.DATA, bytes(ids[i:i + ID_SIZE])
@@ -76,9 +87,10 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
                 continue
             walked.add(tree_id)
             label = f"tree {tree_id.hex()}"
+            if (tree := read(tree_id)) is None:
+                continue
             entries: Sequence[TreeEntry | TreeRefs] = \
-                decode_tree(read(tree_id), label) if check_trees \
-                else decode_tree_refs(read(tree_id), label)
+                decode_tree(tree, label) if check_trees else decode_tree_refs(tree, label)
             for entry in entries:
                 yield from ((BlobType.DATA, cid) for cid in entry.content)
                 for list_id in entry.content_list:
@@ -86,7 +98,9 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
                     if list_id in walked:
                         continue
                     walked.add(list_id)
-                    for cid in decode_chunk_list(read(list_id), f"chunk list {list_id.hex()}"):
+                    if (chunk_list := read(list_id)) is None:
+                        continue
+                    for cid in decode_chunk_list(chunk_list, f"chunk list {list_id.hex()}"):
                         yield BlobType.DATA, cid
                 if entry.subtree is not None:
                     stack.append(entry.subtree)

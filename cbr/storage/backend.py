@@ -291,13 +291,15 @@ class Backend(abc.ABC):
         reappear, so garbage collection must tolerate doing a delete twice.
         """
 
-    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+    def remove_abandoned_writes(self, older_than_s: float, *,
+                                dry_run: bool = False) -> tuple[int, int]:
         """Removes what writers that never finished left behind (a killed
         writer's temp files, an S3 multipart upload never completed or
         aborted) started more than ``older_than_s`` seconds ago; returns how
         many and their bytes. Younger ones may belong to a write in progress
-        elsewhere and stay. A backend whose writes leave nothing behind has
-        nothing to do."""
+        elsewhere and stay. ``dry_run`` only counts them (with 0 seconds: the
+        space unfinished writes take now, which usage includes). A backend
+        whose writes leave nothing behind has nothing to do."""
         return 0, 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -361,8 +363,9 @@ class BackendWrapper(Backend):
     def delete(self, name: str) -> None:
         self.inner.delete(name)
 
-    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
-        return self.inner.remove_abandoned_writes(older_than_s)
+    def remove_abandoned_writes(self, older_than_s: float, *,
+                                dry_run: bool = False) -> tuple[int, int]:
+        return self.inner.remove_abandoned_writes(older_than_s, dry_run=dry_run)
 
     def close(self) -> None:
         self.inner.close()

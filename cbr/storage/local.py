@@ -349,7 +349,8 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise map_os_error(exc, None, f"deleting {name}") from exc
 
-    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+    def remove_abandoned_writes(self, older_than_s: float, *,
+                                dry_run: bool = False) -> tuple[int, int]:
         """Deletes temp files left by killed writers (older than
         ``older_than_s``, so a write in progress elsewhere is not broken)."""
         removed = freed = 0
@@ -362,7 +363,8 @@ class LocalBackend(Backend):
                 with contextlib.suppress(FileNotFoundError):
                     info = path.stat()
                     if info.st_mtime < cutoff:
-                        path.unlink()
+                        if not dry_run:
+                            path.unlink()
                         removed += 1
                         freed += info.st_size
         return removed, freed

@@ -483,7 +483,8 @@ class S3Backend(Backend):
                 return
             kwargs["ContinuationToken"] = token
 
-    def remove_abandoned_writes(self, older_than_s: float) -> tuple[int, int]:
+    def remove_abandoned_writes(self, older_than_s: float, *,
+                                dry_run: bool = False) -> tuple[int, int]:
         """Aborts multipart uploads under this prefix that were started more
         than ``older_than_s`` ago and never completed (their parts are
         stored, and billed, until aborted)."""
@@ -499,12 +500,14 @@ class S3Backend(Backend):
                 if _utc(upload["Initiated"]) >= cutoff:
                     continue
                 freed += self._parts_size(upload["Key"], upload["UploadId"])
+                removed += 1
+                if dry_run:
+                    continue
                 try:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                        UploadId=upload["UploadId"])
                 except Exception as exc:
                     raise map_s3_error(exc, None, "aborting an unfinished upload in") from exc
-                removed += 1
             if not page.get("IsTruncated"):
                 return removed, freed
             kwargs["KeyMarker"] = page.get("NextKeyMarker", "")

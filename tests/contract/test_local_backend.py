@@ -77,6 +77,9 @@ def test_temp_files_are_never_listed_and_stale_ones_are_removed(tmp_path: Path) 
     old = time.time() - 7200
     os.utime(stale, (old, old))
     assert [info.name for info in backend.list()] == ["data/x"]
+    # Usage counts every unfinished write; a dry run removes nothing.
+    assert backend.remove_abandoned_writes(0, dry_run=True) == (2, 11)
+    assert stale.exists()
     assert backend.remove_abandoned_writes(older_than_s=3600) == (1, 4)
     assert not stale.exists()
     assert fresh.exists()

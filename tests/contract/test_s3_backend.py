@@ -220,6 +220,7 @@ def test_uploads_a_killed_writer_left_unfinished_are_aborted_when_old(
                                PartNumber=1, Body=b"p" * (5 * MiB))
     assert backend.remove_abandoned_writes(older_than_s=3600) == (0, 0)  # may be in progress
     time.sleep(1.1)
+    assert backend.remove_abandoned_writes(1, dry_run=True) == (1, 5 * MiB)  # counted only
     assert backend.remove_abandoned_writes(older_than_s=1) == (1, 5 * MiB)
     uploads = backend.client.list_multipart_uploads(
         Bucket=backend.bucket, Prefix=backend.prefix).get("Uploads", [])

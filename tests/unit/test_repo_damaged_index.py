@@ -46,7 +46,7 @@ def test_a_damaged_index_file_takes_nothing_down_and_prune_repairs_it(
     assert _restores(tmp_path) == 3
     report = verify(_open(tmp_path), read_data=True)
     assert [p.kind for p in report.problems] == ["damaged-index"]
-    assert bad.name in report.problems[0].message and "cbr vault prune" in \
+    assert bad.name in report.problems[0].message and "cbr vault repair" in \
         report.problems[0].message
     assert report.damaged_backups == []
 

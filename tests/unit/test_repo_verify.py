@@ -66,7 +66,7 @@ def test_a_flipped_bit_names_every_backup_reaching_the_chunk_and_its_pack(
     assert any(p.kind == "pack-hash" and p.pack_id == loc.pack_id.hex()
                for p in report.problems)
     assert f"chunk {cid.hex()}" in str(blob) and "backup b1, b2" in str(blob)
-    assert "back the resources up again in full" in str(blob)  # what to do about it
+    assert "cbr vault repair" in str(blob)  # what to do about it
 
 
 def test_a_deleted_pack_names_the_backup_and_the_pack(tmp_path: Path,
