@@ -1,5 +1,5 @@
 """Vault maintenance the controller runs itself: deleting backups, pruning, verifying,
-importing a vault from its storage, listing a file-system backup.
+repairing, importing a vault from its storage, listing a file-system backup.
 
 These touch only metadata and the vault's own storage, never a protected
 host, so they need no agent. They run one at a time on one worker thread
@@ -26,7 +26,8 @@ from sqlalchemy import select
 from cbr import errors
 
 # prune and verify are maintenance modules, loaded only by the controller
-from cbr.repo import RepoError, layout, prune, verify
+from cbr.repo import RepoError, layout, prune, repair, verify
+from cbr.repo.locks import LockConflict
 from cbr.repo.manifest import Manifest, TreeContent
 from cbr.repo.tree import EntryType, decode_tree
 from cbr.storage import StorageError
@@ -39,7 +40,7 @@ from controller.services import keys, runs, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
-OPERATIONS = ("delete", "prune", "verify")
+OPERATIONS = ("delete", "prune", "verify", "repair")
 
 
 # Backups whose manifests verify checks against the catalog's digest.
@@ -135,11 +136,16 @@ class Maintenance:
                 self._prune(task_id, opener)
             elif operation == "verify":
                 self._verify(task_id, opener, bool(info.get("read_data", False)))
+            elif operation == "repair":
+                self._repair(task_id, opener, bool(info.get("dry_run", False)))
         except errors.CbrError as exc:
             self._finish(task_id, "failed", exc.code, exc.message, {})
         except StorageError as exc:
             self._finish(task_id, "failed", errors.StorageUnavailable.code,
                          f"Vault storage {url}: {exc}", {})
+        except LockConflict as exc:
+            self._finish(task_id, "failed", errors.Conflict.code,
+                         f"Vault storage {url}: {exc}.", {})
         except RepoError as exc:
             self._finish(task_id, "failed", errors.DataIntegrityError.code,
                          f"Vault storage {url}: {exc}", {})
@@ -167,10 +173,13 @@ class Maintenance:
             if vault is None:
                 raise errors.VaultNotFound("The vault is gone.")
             key = keys.vault_key(s, self._app.root_key, vault, self._app.clock.now())
-            expected = {} if task is None or task.operation_type != "verify" else dict(
-                s.execute(select(Backup.id, Backup.manifest_sha256).where(
-                    Backup.vault_id == vault.id, Backup.status.in_(CATALOGUED),
-                    Backup.manifest_sha256 != "")).tuples().all())
+            expected: dict[str, str] = {}
+            if task is not None and task.operation_type in ("verify", "repair"):
+                for backup_id, digest, status, info in s.execute(select(
+                        Backup.id, Backup.manifest_sha256, Backup.status, Backup.extend_info,
+                ).where(Backup.vault_id == vault.id, Backup.manifest_sha256 != "")):
+                    if status in CATALOGUED or runs.DAMAGED in (info or {}):
+                        expected[backup_id] = digest
             return _Opener(self._app, vault.storage_url, key, bool(vault.encrypted), expected)
 
     def _delete(self, task_id: str, opener: _Opener, backup_id: str) -> None:
@@ -190,21 +199,46 @@ class Maintenance:
         self._finish(task_id, "success", "", "", self._prune_storage(opener))
 
     def _prune_storage(self, opener: _Opener) -> dict[str, Any]:
-        url = opener.url
         with opener.open() as repo:
             report = prune.prune(repo, task_id="controller")
-            used = sum(info.size for info in repo.backend.list("data/"))
+            used = _storage_used(repo)
+        self._set_used(opener.url, used)
+        return {**report.to_dict(), "vault_used_bytes": used}
+
+    def _set_used(self, url: str, used: int) -> None:
         with self._app.db.begin() as s:
             vault = s.scalars(select(Vault).where(Vault.storage_url == url)).first()
             if vault is not None:
                 vault.used_bytes = used
-        return {**report.to_dict(), "vault_used_bytes": used}
+
+    def _repair(self, task_id: str, opener: _Opener, dry_run: bool) -> None:
+        with opener.open(load_index=False) as repo:
+            report = repair.repair(repo, dry_run=dry_run, task_id=task_id,
+                                   expected_manifests=opener.expected_manifests)
+            used = _storage_used(repo)
+        with self._app.db.begin() as s:
+            task = s.get(Task, task_id)
+            vault_id = task.vault_id if task is not None else ""
+            marks = runs.mark_damage(s, vault_id, report.damage, report.backups_checked,
+                                     self._app.clock.now(), dry_run=dry_run)
+        if not dry_run:
+            self._set_used(opener.url, used)
+        extra = {**report.to_dict(), "vault_used_bytes": used,
+                 "marked_damaged": ",".join(marks.damaged),
+                 "marked_whole_again": ",".join(marks.whole_again),
+                 "damaged_but_busy": ",".join(marks.busy)}
+        log.info("repair %s of %s: %d damaged packs, %d chunks lost, damaged backups: %s",
+                 "(dry run)" if dry_run else "", opener.url, len(report.damaged_packs),
+                 report.chunks_lost, ", ".join(report.damaged_backups) or "none")
+        self._finish(task_id, "success", "", "", extra)
 
     def _verify(self, task_id: str, opener: _Opener, read_data: bool) -> None:
         with opener.open() as repo:
             report = verify.verify(repo, read_data=read_data,
                                    expected_manifests=opener.expected_manifests)
-        extra = report.to_dict()
+            used = _storage_used(repo)
+        self._set_used(opener.url, used)
+        extra = {**report.to_dict(), "vault_used_bytes": used}
         if report.ok:
             self._finish(task_id, "success", "", "", extra)
         else:
@@ -329,6 +363,13 @@ class Maintenance:
                 imported += 1
             vault.used_bytes = sum(int(b.stats.get("bytes_sent", 0)) for b in manifests)
         return ImportResult(vault_id, imported, warnings)
+
+
+def _storage_used(repo: Any) -> int:
+    """What the vault takes in its storage now: every object, and the
+    unfinished writes (a killed writer's) until they are removed."""
+    stored = sum(info.size for info in repo.backend.list(""))
+    return stored + repo.backend.remove_abandoned_writes(0, dry_run=True)[1]
 
 
 def _backup_from_manifest(m: Manifest, project_id: str, vault_id: str,

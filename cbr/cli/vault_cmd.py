@@ -119,6 +119,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = add_command(
         group,
+        "repair",
+        cmd_repair,
+        "make a damaged vault consistent: keep what still reads, rebuild the index, "
+        "mark the backups whose data is gone as damaged",
+        rpc="VaultService.RepairVault",
+    )
+    p.add_argument("vault_id", metavar="VAULT_ID")
+    p.add_argument("--dry-run", action="store_true",
+                   help="report what repair would do, changing nothing")
+    add_wait(p)
+
+    p = add_command(
+        group,
         "import-storage",
         cmd_import_storage,
         "rebuild a vault and its backups from its storage alone",
@@ -410,6 +423,18 @@ def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
         vault_pb2.PruneVaultRequest(vault_id=args.vault_id), timeout=ctx.timeout
     )
     return task_cmd.report_started(ctx, resp, [resp.task_id], f"pruning vault {args.vault_id}")
+
+
+def cmd_repair(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.vaults.RepairVault(
+        vault_pb2.RepairVaultRequest(vault_id=args.vault_id, dry_run=args.dry_run),
+        timeout=ctx.timeout,
+    )
+    doing = "checking what repair would do to" if args.dry_run else "repairing"
+    code = task_cmd.report_started(ctx, resp, [resp.task_id], f"{doing} vault {args.vault_id}")
+    if args.wait and not ctx.out.json:
+        task_cmd.show_task(ctx, resp.task_id)
+    return code
 
 
 def cmd_import_storage(ctx: Context, args: argparse.Namespace) -> int:

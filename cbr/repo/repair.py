@@ -57,6 +57,8 @@ class RepairReport:
     abandoned_bytes: int = 0
     backups_checked: set[str] = field(default_factory=set)
     damaged_backups: list[str] = field(default_factory=list)
+    damage: dict[str, str] = field(default_factory=dict)
+    """Per damaged backup, what is wrong with it (verify's first finding)."""
     problems: list[str] = field(default_factory=list)
     """What verify still finds afterwards (data that is gone), first ones."""
     problem_count: int = 0
@@ -187,6 +189,7 @@ def repair(repo: Repository, *, dry_run: bool = False, task_id: str = "",
         checked = verify(repo, expected_manifests=expected_manifests, load_index=False)
     report.backups_checked = checked.checked_backups
     report.damaged_backups = checked.damaged_backups
+    report.damage = {b: checked.reasons.get(b, "damaged") for b in checked.damaged_backups}
     report.problem_count = len(checked.problems)
     report.problems = [str(p) for p in checked.problems[:LIST_LIMIT]]
     return report

@@ -58,14 +58,20 @@ class Problem:
         return f"{text}. {self.remedy}" if self.remedy else text
 
     @property
+    def reason(self) -> str:
+        """The problem in a phrase, without the backups it names or a remedy."""
+        where = f" {self.chunk_id}" if self.chunk_id else ""
+        return f"{self.kind}{where}: {self.message}"
+
+    @property
     def remedy(self) -> str:
         """What a person does about it. Data that is gone is not repaired by
         any command; what the backups named still hold restores."""
         if self.kind in ("damaged-index",) or "repair re-indexes" in self.message:
             return ""  # the message says it: repair rewrites the index
         if not self.backups:
-            return ("No backup needs it; prune (cbr vault prune VAULT_ID) removes what no "
-                    "backup uses") if self.kind != "missing-manifest" else ""
+            return ("No backup loses data by it; cbr vault repair VAULT_ID keeps what still "
+                    "reads and removes the rest") if self.kind != "missing-manifest" else ""
         return ("Its data is gone from storage: the backups named do not restore in full. "
                 "cbr vault repair VAULT_ID keeps all that still reads, marks those backups "
                 "damaged, and a backup of a resource that still holds the lost data stores "
@@ -84,6 +90,8 @@ class VerifyReport:
     damaged_backups: list[str] = field(default_factory=list)
     checked_backups: set[str] = field(default_factory=set)
     """Every backup walked (a server backup by its own id)."""
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Per damaged backup, the first thing found wrong with it, in a phrase."""
 
     @property
     def ok(self) -> bool:
@@ -149,15 +157,17 @@ def _check_manifest_digests(repo: Repository, report: VerifyReport,
         try:
             data = repo.backend.get(name)
         except ObjectNotFound:
-            report.problems.append(Problem("missing-manifest", f"{name} is missing",
-                                           backups=[backup_id]))
+            problem = Problem("missing-manifest", f"{name} is missing", backups=[backup_id])
+            report.problems.append(problem)
             report.damaged_backups.append(backup_id)
+            report.reasons.setdefault(backup_id, problem.reason)
             continue
         if hashlib.sha256(data).hexdigest() != digest:
-            report.problems.append(Problem(
-                "manifest-digest", f"{name} differs from the manifest the catalog recorded "
-                "(replaced or replayed)", backups=[backup_id]))
+            problem = Problem("manifest-digest", f"{name} differs from the manifest the "
+                              "catalog recorded (replaced or replayed)", backups=[backup_id])
+            report.problems.append(problem)
             report.damaged_backups.append(backup_id)
+            report.reasons.setdefault(backup_id, problem.reason)
 
 
 def _check_packs(repo: Repository, report: VerifyReport,
@@ -323,6 +333,7 @@ def _check_backups(repo: Repository, report: VerifyReport, manifests: list[Manif
             hit.append(problem)
         if hit:
             damaged.add(owner)
+            report.reasons.setdefault(owner, hit[0].reason)
     _locate_missing(repo, missing)
     listed = {id(p) for p in report.problems}
     for problem in [*missing.values(), *bad_packs.values(), *bad_chunks.values()]:

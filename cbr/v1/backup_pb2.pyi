@@ -160,7 +160,7 @@ class DeleteImageResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class BackupExtendInfo(_message.Message):
-    __slots__ = ("auto_trigger", "contain_system_disk", "encrypted", "system_disk", "snapshot_id", "server_type", "app_consistent", "change_detection")
+    __slots__ = ("auto_trigger", "contain_system_disk", "encrypted", "system_disk", "snapshot_id", "server_type", "app_consistent", "change_detection", "damaged", "damaged_at")
     AUTO_TRIGGER_FIELD_NUMBER: _ClassVar[int]
     CONTAIN_SYSTEM_DISK_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,8 @@ class BackupExtendInfo(_message.Message):
     SERVER_TYPE_FIELD_NUMBER: _ClassVar[int]
     APP_CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     CHANGE_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_AT_FIELD_NUMBER: _ClassVar[int]
     auto_trigger: bool
     contain_system_disk: bool
     encrypted: bool
@@ -177,7 +179,9 @@ class BackupExtendInfo(_message.Message):
     server_type: str
     app_consistent: bool
     change_detection: str
-    def __init__(self, auto_trigger: _Optional[bool] = ..., contain_system_disk: _Optional[bool] = ..., encrypted: _Optional[bool] = ..., system_disk: _Optional[bool] = ..., snapshot_id: _Optional[str] = ..., server_type: _Optional[str] = ..., app_consistent: _Optional[bool] = ..., change_detection: _Optional[str] = ...) -> None: ...
+    damaged: str
+    damaged_at: str
+    def __init__(self, auto_trigger: _Optional[bool] = ..., contain_system_disk: _Optional[bool] = ..., encrypted: _Optional[bool] = ..., system_disk: _Optional[bool] = ..., snapshot_id: _Optional[str] = ..., server_type: _Optional[str] = ..., app_consistent: _Optional[bool] = ..., change_detection: _Optional[str] = ..., damaged: _Optional[str] = ..., damaged_at: _Optional[str] = ...) -> None: ...
 
 class Backup(_message.Message):
     __slots__ = ("id", "name", "description", "checkpoint_id", "vault_id", "resource_id", "resource_name", "resource_type", "resource_size_bytes", "status", "image_type", "incremental", "parent_id", "children", "extend_info", "stored_bytes", "replication_record_ids", "project_id", "protected_at", "created_at", "expired_at", "updated_at")

@@ -23,6 +23,7 @@ class OperationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPERATION_TYPE_REMOVE_RESOURCE: _ClassVar[OperationType]
     OPERATION_TYPE_VERIFY: _ClassVar[OperationType]
     OPERATION_TYPE_PRUNE: _ClassVar[OperationType]
+    OPERATION_TYPE_REPAIR: _ClassVar[OperationType]
 
 class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +45,7 @@ OPERATION_TYPE_VAULT_DELETE: OperationType
 OPERATION_TYPE_REMOVE_RESOURCE: OperationType
 OPERATION_TYPE_VERIFY: OperationType
 OPERATION_TYPE_PRUNE: OperationType
+OPERATION_TYPE_REPAIR: OperationType
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_WAITING: TaskStatus
 TASK_STATUS_RUNNING: TaskStatus

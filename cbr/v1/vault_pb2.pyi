@@ -373,3 +373,17 @@ class PruneVaultResponse(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class RepairVaultRequest(_message.Message):
+    __slots__ = ("vault_id", "dry_run")
+    VAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    vault_id: str
+    dry_run: bool
+    def __init__(self, vault_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class RepairVaultResponse(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...

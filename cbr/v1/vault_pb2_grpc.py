@@ -95,6 +95,11 @@ class VaultServiceStub:
                 request_serializer=cbr_dot_v1_dot_vault__pb2.PruneVaultRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_vault__pb2.PruneVaultResponse.FromString,
                 _registered_method=True)
+        self.RepairVault = channel.unary_unary(
+                '/cbr.v1.VaultService/RepairVault',
+                request_serializer=cbr_dot_v1_dot_vault__pb2.RepairVaultRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_vault__pb2.RepairVaultResponse.FromString,
+                _registered_method=True)
 
 
 class VaultServiceServicer:
@@ -181,6 +186,15 @@ class VaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepairVault(self, request, context):
+        """Makes a damaged vault consistent again: keeps every chunk that still
+        reads, rebuilds the index, drops what is gone and marks the backups that
+        reach it as error (damaged), never deleting one; runs as a repair task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +257,11 @@ def add_VaultServiceServicer_to_server(servicer, server):
                     servicer.PruneVault,
                     request_deserializer=cbr_dot_v1_dot_vault__pb2.PruneVaultRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_vault__pb2.PruneVaultResponse.SerializeToString,
+            ),
+            'RepairVault': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepairVault,
+                    request_deserializer=cbr_dot_v1_dot_vault__pb2.RepairVaultRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_vault__pb2.RepairVaultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +589,33 @@ class VaultService:
             '/cbr.v1.VaultService/PruneVault',
             cbr_dot_v1_dot_vault__pb2.PruneVaultRequest.SerializeToString,
             cbr_dot_v1_dot_vault__pb2.PruneVaultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairVault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.VaultService/RepairVault',
+            cbr_dot_v1_dot_vault__pb2.RepairVaultRequest.SerializeToString,
+            cbr_dot_v1_dot_vault__pb2.RepairVaultResponse.FromString,
             options,
             channel_credentials,
             insecure,

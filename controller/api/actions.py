@@ -36,6 +36,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.VaultService/DissociateVaultPolicy": "cbr:vaults:dissociatePolicy",
     "/cbr.v1.VaultService/VerifyVault": "cbr:vaults:verify",
     "/cbr.v1.VaultService/PruneVault": "cbr:vaults:prune",
+    "/cbr.v1.VaultService/RepairVault": "cbr:vaults:repair",
     "/cbr.v1.VaultService/ImportVaultStorage": "cbr:vaults:import",
     "/cbr.v1.ProtectableService/ListProtectables": "cbr:protectables:list",
     "/cbr.v1.ProtectableService/GetProtectable": "cbr:protectables:get",

@@ -167,6 +167,14 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         self.app.maintenance.submit(task_id)
         return vault_pb2.PruneVaultResponse(task_id=task_id)
 
+    def RepairVault(self, request: vault_pb2.RepairVaultRequest,
+                    context: grpc.ServicerContext) -> vault_pb2.RepairVaultResponse:
+        with self.app.db.begin() as s:
+            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "repair",
+                                               self.now(), dry_run=request.dry_run)
+        self.app.maintenance.submit(task_id)
+        return vault_pb2.RepairVaultResponse(task_id=task_id)
+
     def ImportVaultStorage(
             self, request: vault_pb2.ImportVaultStorageRequest,
             context: grpc.ServicerContext) -> vault_pb2.ImportVaultStorageResponse:

@@ -313,7 +313,9 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
     """Checks a restore with the reference's codes and makes its task."""
     backup = backups.get_backup(session, project_id, req.backup_id)
     if backup.status != "available":
+        damaged = backup.extend_info.get(DAMAGED)
         raise errors.BackupStatusIllegal(
+            f"Backup {backup.id} is damaged ({damaged})." if damaged else
             f"Backup {backup.id} is {backup.status}; only available backups restore.",
             backup_id=backup.id)
     kind = backup.resource_type
@@ -543,6 +545,55 @@ def start_delete(session: Session, project_id: str, backup_id: str, now: dt.date
         vault_id=backup.vault_id, resource_id=backup.resource_id,
         resource_name=backup.resource_name, checkpoint_id=backup.checkpoint_id,
         extra_info={"backup_id": backup.id, "backup_name": backup.name})
+
+
+DAMAGED = "damaged"
+"""``extend_info`` key of a backup repair found damaged: why, in a sentence."""
+
+
+@dataclass
+class DamageMarks:
+    """What repair changed (or, in a dry run, would change) in the catalog."""
+
+    damaged: list[str]
+    whole_again: list[str]
+    busy: list[str]
+    """Damaged, but restoring or being deleted: left as they are."""
+
+
+def mark_damage(session: Session, vault_id: str, damage: dict[str, str], checked: set[str],
+                now: dt.datetime, *, dry_run: bool) -> DamageMarks:
+    """Marks the vault's backups that repair found damaged ``error`` with the
+    reason, so no restore or incremental starts from them; never deletes one.
+    A backup marked so earlier that repair found whole again (a later backup
+    stored its lost chunks) is ``available`` again."""
+    marks = DamageMarks([], [], [])
+    for top in session.scalars(select(Backup).where(
+            Backup.vault_id == vault_id, Backup.parent_id.is_(None)).order_by(Backup.id)):
+        marked = top.status == "error" and DAMAGED in top.extend_info
+        if top.id in damage:
+            if top.status in ("available", "error") and not (
+                    marked and top.extend_info[DAMAGED] == damage[top.id]):
+                marks.damaged.append(top.id)
+                status, info = "error", {DAMAGED: damage[top.id], "damaged_at": _rfc3339(now)}
+            else:
+                if top.status not in ("available", "error"):
+                    marks.busy.append(top.id)
+                continue
+        elif marked and top.id in checked:
+            marks.whole_again.append(top.id)
+            status, info = "available", {}
+        else:
+            continue
+        if dry_run:
+            continue
+        for b in _family(session, top.id):
+            b.status = status
+            b.extend_info = {**{k: v for k, v in b.extend_info.items()
+                                if k not in (DAMAGED, "damaged_at")}, **info}
+            b.updated_at = now
+        _update_checkpoint(session, top.checkpoint_id)
+    return marks
 
 
 def forget_backup(session: Session, backup_id: str) -> int:

@@ -28,6 +28,7 @@ OPERATION_TYPES = (
     "remove_resource",
     "verify",
     "prune",
+    "repair",
 )
 STATUSES = ("waiting", "running", "success", "failed", "skipped", "timeout")
 FINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})

@@ -527,7 +527,7 @@ def vault_views(session: Session | Connection, rows: Sequence[Any]) -> list[Vaul
 
 def start_maintenance(session: Session, project_id: str, vault_id: str, operation: str,
                       now: dt.datetime, **options: Any) -> str:
-    """Makes a verify or prune task, run by the controller's maintenance worker."""
+    """Makes a verify, prune or repair task, run by the controller's maintenance worker."""
     vault = get_vault(session, project_id, vault_id)
     if not vault.storage_url:
         raise errors.VaultStatusIllegal(f"Vault {vault.name!r} has no storage.",
