@@ -83,7 +83,8 @@ def run(context: CommandContext, command: Any) -> Outcome:
                 items = _backup_tree(repo, lock, spec, command, progress)
     except Exception as exc:
         log.warning("backup %s of %s failed: %s", command.backup_id, command.resource_name, exc)
-        return failure(exc, f"backup of {command.resource_name}")
+        return failure(exc, f"backup of {command.resource_name}",
+                       encrypted=bool(command.storage.encrypted))
     counters = progress.snapshot()
     return Outcome(True, extra_info={
         "backups": json.dumps(items), "bytes_scanned": str(counters["bytes_scanned"]),

@@ -41,7 +41,8 @@ def run(context: CommandContext, command: Any) -> Outcome:
             results = _restore(context.config, repo, command, progress)
     except Exception as exc:
         log.warning("restore of backup %s failed: %s", command.backup_id, exc)
-        return failure(exc, f"restore of backup {command.backup_id}")
+        return failure(exc, f"restore of backup {command.backup_id}",
+                       encrypted=bool(command.storage.encrypted))
     counters = progress.snapshot()
     warnings = reported_warnings(repo, [w for r in results for w in r.warnings],
                                  f"restore of backup {command.backup_id}")

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from agent.commands import CommandContext, Outcome
-from agent.dataplane import DataplaneError, Progress
+from agent.dataplane import Cancelled, DataplaneError, Progress, TargetTooSmall
+from agent.dataplane.tree import PathNotInBackup
 from cbr import errors
 from cbr.repo import RepoError, Repository
 from cbr.repo.crypto import key_context
@@ -115,8 +116,32 @@ def reported_warnings(repo: Repository, warnings: list[str], where: str) -> list
     return out
 
 
-def failure(exc: BaseException, what: str) -> Outcome:
-    """The task error for an exception, with the CBR code a person can act on."""
+def failure(exc: BaseException, what: str, *, encrypted: bool = False) -> Outcome:
+    """The task error for an exception, with the CBR code a person can act on.
+
+    For an encrypted vault a message that may name a file inside the backup
+    (a tree entry, a file read or written) reaches the controller without
+    it; the caller, on the host that has the files anyway, logs it whole."""
+    outcome = _failure(exc, what)
+    if encrypted and not isinstance(exc, _PATHLESS):
+        return Outcome(False, outcome.error_code,
+                       f"{what}: {_KINDS.get(outcome.error_code, 'failed')} (the details "
+                       "name a file of an encrypted backup, so only the agent's log on the "
+                       "host has them)")
+    return outcome
+
+
+# Errors whose messages name storage objects, chunk ids, keys or what the
+# request itself named, never a file inside a backup.
+_PATHLESS = (StorageError, KeyUnavailable, IntegrityError, ChunkNotFound, TargetTooSmall,
+             PathNotInBackup, Cancelled)
+_KINDS = {errors.UnsafeRestoreTarget.code: "the backup holds an entry that would write "
+          "outside the restore target, or the target holds a link",
+          "BackupService.0505": "the vault data is damaged or not in the expected format",
+          "BackupService.0500": "a file could not be read or written"}
+
+
+def _failure(exc: BaseException, what: str) -> Outcome:
     if isinstance(exc, DataplaneError):
         return Outcome(False, exc.code, f"{what}: {exc}")
     if isinstance(exc, StorageFull):

@@ -130,3 +130,28 @@ def test_warnings_of_an_encrypted_vault_reach_the_controller_without_paths(
     assert sent[0].startswith("changed while read: warning 1 of 3")
     assert sent[1].startswith("vanished: warning 2 of 3")
     assert "merger-plan.docx" in caplog.text  # the host's own log keeps the path
+
+
+def test_a_failure_of_an_encrypted_vault_reaches_the_controller_without_paths() -> None:
+    """Issue 19: a failed restore or backup carried the file it failed on in
+    clear into the task's error message (database, ``cbr task show``)."""
+    from agent.commands.storage import failure
+    from agent.dataplane import UnsafeTarget
+    from agent.dataplane.tree import PathNotInBackup
+    from cbr.repo.errors import UnsafeName
+    from cbr.storage import StorageUnavailable
+
+    secret = [UnsafeTarget("hardlink /srv/secret/merger-plan.docx names no file"),
+              UnsafeName("entry name 'merger/../..' could write outside the target"),
+              PermissionError(13, "Permission denied", "/srv/secret/merger-plan.docx")]
+    for exc in secret:
+        plain = failure(exc, "restore of backup b")
+        assert "merger" in plain.error_message  # a plain vault says it all
+        sealed = failure(exc, "restore of backup b", encrypted=True)
+        assert sealed.error_code == plain.error_code
+        assert "merger" not in sealed.error_message and "/srv" not in sealed.error_message
+        assert "agent's log" in sealed.error_message
+    # What never names a file inside a backup is said in full.
+    for exc in (StorageUnavailable("data/ab/abcd: connection reset"),
+                PathNotInBackup("/etc/hosts is not in the backup")):
+        assert failure(exc, "w", encrypted=True) == failure(exc, "w")

@@ -20,8 +20,8 @@ from cbr.repo.tree import EntryType, TreeEntry, encode_tree
 from cbr.repo.verify import verify
 from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage.local import TEMP_PREFIX, LocalBackend
-from tests.unit.test_repo_repository import WRAPPER
 from tests.unit.test_repo_prune import BLOCK, _blocks, _disk, _manifest, _open
+from tests.unit.test_repo_repository import WRAPPER
 from tests.unit.test_repo_verify import _location, _pack_path
 
 
