@@ -56,6 +56,8 @@ class _Opener:
     key: CustomerKey | None
     encrypted: bool
     expected_manifests: dict[str, str]
+    known_damaged: set[str] = field(default_factory=set)
+    """Backups a repair marked damaged (verify reports them, but as known)."""
 
     def open(self, *, load_index: bool = True) -> Any:
         return self.app.storage.repository(self.url, load_index=load_index, key=self.key,
@@ -174,13 +176,18 @@ class Maintenance:
                 raise errors.VaultNotFound("The vault is gone.")
             key = keys.vault_key(s, self._app.root_key, vault, self._app.clock.now())
             expected: dict[str, str] = {}
+            known: set[str] = set()
             if task is not None and task.operation_type in ("verify", "repair"):
                 for backup_id, digest, status, info in s.execute(select(
                         Backup.id, Backup.manifest_sha256, Backup.status, Backup.extend_info,
-                ).where(Backup.vault_id == vault.id, Backup.manifest_sha256 != "")):
-                    if status in CATALOGUED or runs.DAMAGED in (info or {}):
+                ).where(Backup.vault_id == vault.id)):
+                    damaged = status == "error" and runs.DAMAGED in (info or {})
+                    if damaged:
+                        known.add(backup_id)
+                    if digest and (status in CATALOGUED or damaged):
                         expected[backup_id] = digest
-            return _Opener(self._app, vault.storage_url, key, bool(vault.encrypted), expected)
+            return _Opener(self._app, vault.storage_url, key, bool(vault.encrypted), expected,
+                           known)
 
     def _delete(self, task_id: str, opener: _Opener, backup_id: str) -> None:
         with opener.open(load_index=False) as repo:
@@ -239,7 +246,13 @@ class Maintenance:
             used = _storage_used(repo)
         self._set_used(opener.url, used)
         extra = {**report.to_dict(), "vault_used_bytes": used}
-        if report.ok:
+        known = set(report.damaged_backups) <= opener.known_damaged and all(
+            p.backups for p in report.problems)
+        if report.ok or known:
+            # Damage a repair already marked is no news: the vault is
+            # consistent, and those backups say what they lack.
+            if not report.ok:
+                extra["known_damaged_backups"] = ",".join(report.damaged_backups)
             self._finish(task_id, "success", "", "", extra)
         else:
             damaged = ", ".join(report.damaged_backups) or "no backup (unreferenced data)"

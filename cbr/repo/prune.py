@@ -177,7 +177,12 @@ def _live_set(repo: Repository, unindexed: _Unindexed, report: PruneReport) -> _
     looked for in the unindexed packs. A metadata blob found nowhere stops
     prune (what it reaches is unknown, so nothing could be called dead); a
     data chunk found nowhere is only noted (nothing is left to lose)."""
-    manifests, skipped = complete_manifests(repo)
+    try:
+        manifests, skipped = complete_manifests(repo)
+    except (IntegrityError, FormatError) as exc:
+        raise RepoError(f"{exc}; prune stops, since what that backup reaches is unknown "
+                        "(cbr vault repair marks it damaged; deleting it lets prune run)"
+                        ) from exc
     chunks: dict[bytes, set[bytes]] = {}
     revive: dict[bytes, list[PackEntry]] = {}
     lost = 0

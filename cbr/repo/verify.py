@@ -123,11 +123,8 @@ def verify(repo: Repository, *, read_data: bool = False,
     # The backups to check are listed before the indexes are loaded: a backup
     # indexes its chunks before writing its manifest, so each of these is
     # wholly in the index loaded next, even if it finished a moment ago.
-    try:
-        manifests, _unfinished = complete_manifests(repo)
-    except RepoError as exc:
-        report.problems.append(Problem("bad-manifest", f"a manifest cannot be read: {exc}"))
-        manifests = []
+    unreadable: dict[str, str] = {}
+    manifests, _unfinished = complete_manifests(repo, unreadable)
     if load_index:
         repo.load_index()
     for index_id, why in sorted(repo.damaged_index_files.items()):
@@ -146,7 +143,7 @@ def verify(repo: Repository, *, read_data: bool = False,
             if pack_id not in bad_packs:
                 _read_pack(repo, report, pack_id, bad_chunks, bad_packs)
     report.unindexed_packs = sum(1 for p in stored if p not in repo.index.pack_ids())
-    _check_backups(repo, report, manifests, bad_packs, bad_chunks)
+    _check_backups(repo, report, manifests, bad_packs, bad_chunks, unreadable)
     return report
 
 
@@ -294,11 +291,22 @@ def _read_pack(repo: Repository, report: VerifyReport, pack_id: bytes,
 
 def _check_backups(repo: Repository, report: VerifyReport, manifests: list[Manifest],
                    bad_packs: dict[bytes, Problem],
-                   bad_chunks: dict[tuple[bytes, bytes], Problem]) -> None:
+                   bad_chunks: dict[tuple[bytes, bytes], Problem],
+                   unreadable: dict[str, str]) -> None:
     """Walks the finished backups listed at the start and attaches each to
-    the problems of the chunks it reaches."""
+    the problems of the chunks it reaches. A manifest that does not read
+    damages its own backup (a disk's, the server backup that names it)."""
     missing: dict[tuple[bytes, bytes], Problem] = {}
     damaged: set[str] = set()
+    owners = {c: m.backup_id for m in manifests for c in m.children}
+    for backup_id, why in sorted(unreadable.items()):
+        owner = owners.get(backup_id, backup_id)
+        problem = Problem("bad-manifest", f"{layout.manifest_name(backup_id)} cannot be "
+                          f"read ({why})", backups=[backup_id])
+        report.problems.append(problem)
+        damaged.add(owner)
+        report.checked_backups.add(owner)
+        report.reasons.setdefault(owner, problem.reason)
     for manifest in manifests:
         report.backups += 1
         owner = manifest.parent_id or manifest.backup_id

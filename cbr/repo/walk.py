@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from cbr.repo.blob import BlobType
 from cbr.repo.disk_map import decode_segment
-from cbr.repo.errors import ChunkNotFound, ManifestNotFound
+from cbr.repo.errors import ChunkNotFound, ManifestNotFound, RepoError
 from cbr.repo.ids import ID_SIZE
 from cbr.repo.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.repository import Repository
@@ -106,13 +106,17 @@ def iter_reachable(repo: Repository, manifest: Manifest, seen: set[bytes] | None
                     stack.append(entry.subtree)
 
 
-def complete_manifests(repo: Repository) -> tuple[list[Manifest], list[str]]:
+def complete_manifests(repo: Repository, damaged: dict[str, str] | None = None,
+                       ) -> tuple[list[Manifest], list[str]]:
     """Manifests that belong to finished backups, and the ids skipped.
 
     A disk manifest whose server manifest does not exist is part of an
     unfinished server backup (section 10): it is left out, as if deleted.
     Manifests are small (a 10 TiB disk lists 2,560 segments), so all are held.
-    A manifest that cannot be read raises: what it reaches is unknown.
+    A manifest that cannot be read raises (what it reaches is unknown, which
+    stops prune), unless ``damaged`` is given: then it is recorded there (id
+    -> why) and the others are still returned, so one damaged manifest costs
+    only its own backup to verify and repair.
     """
     manifests: dict[str, Manifest] = {}
     for backup_id in repo.list_manifests():
@@ -120,6 +124,10 @@ def complete_manifests(repo: Repository) -> tuple[list[Manifest], list[str]]:
             manifests[backup_id] = repo.load_manifest(backup_id)
         except ManifestNotFound:
             continue  # deleted while listing
+        except RepoError as exc:
+            if damaged is None:
+                raise
+            damaged[backup_id] = str(exc)
     kept, skipped = [], []
     for m in manifests.values():
         if m.parent_id is not None and m.parent_id not in manifests:

@@ -108,12 +108,16 @@ def test_repair_contains_damage_marks_the_damaged_backups_and_the_next_backup_he
     with pytest.raises(Exception, match="damaged"):
         _restore(host, t1.id, target_path=str(out / "t1"))
 
-    # Verify names exactly the damaged backups, and nothing else is wrong.
+    # The vault is clean again: verify names exactly the damaged backups, as
+    # known (a repair marked them), and finds nothing else wrong.
     after = _run(host, "VerifyVault", "turbo", read_data=True)
-    assert sorted(after.extra_info["damaged_backups"].split(",")) == sorted([t1.id, t2.id])
+    assert after.status == task_pb2.TASK_STATUS_SUCCESS, after.error_info
+    assert sorted(after.extra_info["known_damaged_backups"].split(",")) == \
+        sorted([t1.id, t2.id])
     assert "chunk is in no index" in after.extra_info["first_problems"]
     after = _run(host, "VerifyVault", "disk", read_data=True)
-    assert after.extra_info["damaged_backups"] == d1.id
+    assert after.status == task_pb2.TASK_STATUS_SUCCESS, after.error_info
+    assert after.extra_info["known_damaged_backups"] == d1.id
 
     # The share still holds the lost data: its next backup stores it again
     # (a full one: the damaged backups are no parent), and repair finds the

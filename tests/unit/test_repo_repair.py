@@ -14,7 +14,7 @@ import pytest
 from cbr.repo import Repository
 from cbr.repo.blob import BlobType
 from cbr.repo.manifest import TreeContent
-from cbr.repo.prune import prune
+from cbr.repo.prune import delete_backup, prune
 from cbr.repo.repair import repair
 from cbr.repo.tree import EntryType, TreeEntry, encode_tree
 from cbr.repo.verify import verify
@@ -214,3 +214,22 @@ def test_an_encrypted_vault_is_repaired_the_same_way(tmp_path: Path) -> None:
     assert report.packs_deleted == 1 and report.blobs_salvaged >= 1
     _disk(opened(), "b3", [shared])
     assert verify(opened(), read_data=True).ok
+
+
+def test_a_damaged_manifest_costs_only_its_own_backup(tmp_path: Path,
+                                                      vault: Repository) -> None:
+    """Verify used to stop at the first manifest that did not read, checking
+    no other backup; prune must stop (what it reaches is unknown) until the
+    damaged backup is deleted."""
+    _disk(vault, "b1", _blocks(2))
+    _disk(vault, "b2", _blocks(2))
+    _flip(tmp_path / "vault" / "manifests" / "b1", 30)
+    report = verify(_open(tmp_path), read_data=True)
+    assert report.damaged_backups == ["b1"] and report.backups == 1
+    assert [(p.kind, p.backups) for p in report.problems] == [("bad-manifest", ["b1"])]
+    assert repair(_open(tmp_path)).damaged_backups == ["b1"]
+    with pytest.raises(Exception, match="deleting it lets prune run"):
+        prune(_open(tmp_path))
+    delete_backup(_open(tmp_path), "b1")
+    assert prune(_open(tmp_path)).backups == 1
+    assert verify(_open(tmp_path), read_data=True).ok and _whole(tmp_path) == ["b2"]
