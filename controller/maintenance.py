@@ -234,8 +234,8 @@ class Maintenance:
                  "marked_damaged": ",".join(marks.damaged),
                  "marked_whole_again": ",".join(marks.whole_again),
                  "damaged_but_busy": ",".join(marks.busy)}
-        log.info("repair %s of %s: %d damaged packs, %d chunks lost, damaged backups: %s",
-                 "(dry run)" if dry_run else "", opener.url, len(report.damaged_packs),
+        log.info("repair%s of %s: %d damaged packs, %d chunks lost, damaged backups: %s",
+                 " (dry run)" if dry_run else "", opener.url, len(report.damaged_packs),
                  report.chunks_lost, ", ".join(report.damaged_backups) or "none")
         self._finish(task_id, "success", "", "", extra)
 

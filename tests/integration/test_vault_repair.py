@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cbr.v1 import backup_pb2, task_pb2, vault_pb2
+from cbr.v1 import agent_pb2, backup_pb2, common_pb2, key_pb2, task_pb2, vault_pb2
 from tests.integration.test_data_path import (
     AVAILABLE,
     ERROR,
@@ -20,10 +20,11 @@ from tests.integration.test_data_path import (
     _restore,
     _sha,
     _start,
+    _task,
     _tree,
     _wait_task,
 )
-from tests.support.processes import AgentFactory, ControllerFactory
+from tests.support.processes import AgentFactory, ControllerFactory, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +56,25 @@ def _status(host: Host, backup_id: str) -> backup_pb2.Backup:
         backup_id=backup_id)).backup
 
 
+def _encrypted_turbo_vault(host: Host) -> None:
+    """Moves the file system into an encrypted vault of its own."""
+    share = host.protectables["share"].id
+    host.client.vaults.RemoveVaultResources(vault_pb2.RemoveVaultResourcesRequest(
+        vault_id=host.vaults["turbo"], resource_ids=[share]))
+    key = host.client.keys.CreateKey(key_pb2.CreateKeyRequest(alias="repair-key")).key
+    host.vaults["turbo"] = host.client.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="v-turbo-sealed", object_type=common_pb2.OBJECT_TYPE_TURBO, size_gb=100,
+        encrypted=True, kms_key_id=key.id,
+        resources=[vault_pb2.ResourceSpec(id=share)])).vault.id
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "encrypted"])
 def test_repair_contains_damage_marks_the_damaged_backups_and_the_next_backup_heals(
         tmp_path: Path, controller_factory: ControllerFactory,
-        agent_factory: AgentFactory) -> None:
+        agent_factory: AgentFactory, sealed: bool) -> None:
     host = _start(tmp_path, controller_factory, agent_factory)
+    if sealed:
+        _encrypted_turbo_vault(host)
     share = host.files["share"]
     t1, t2 = _backup(host, "turbo"), _backup(host, "turbo")
     d1 = _backup(host, "disk", "vol-1")
@@ -106,7 +122,7 @@ def test_repair_contains_damage_marks_the_damaged_backups_and_the_next_backup_he
         task_pb2.TASK_STATUS_SUCCESS
     assert _sha(out / "vol.img") == _sha(host.files["images"] / "vol.img")
     with pytest.raises(Exception, match="damaged"):
-        _restore(host, t1.id, target_path=str(out / "t1"))
+        _restore(host, t1.id, target_path=str(out / "t1"), encrypted=sealed)
 
     # The vault is clean again: verify names exactly the damaged backups, as
     # known (a repair marked them), and finds nothing else wrong.
@@ -130,7 +146,7 @@ def test_repair_contains_damage_marks_the_damaged_backups_and_the_next_backup_he
         task_pb2.TASK_STATUS_SUCCESS
     for backup_id in (t1.id, t2.id, t3.id):
         assert _status(host, backup_id).status == AVAILABLE
-        task = _restore(host, backup_id, target_path=str(out / backup_id))
+        task = _restore(host, backup_id, target_path=str(out / backup_id), encrypted=sealed)
         assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
         assert _tree(out / backup_id) == _tree(share)
 
@@ -149,3 +165,38 @@ def test_repair_contains_damage_marks_the_damaged_backups_and_the_next_backup_he
     vault = host.client.vaults.GetVault(vault_pb2.GetVaultRequest(
         vault_id=host.vaults["disk"])).vault
     assert vault.used_bytes == used
+
+
+def test_a_controller_killed_mid_repair_finishes_it_after_its_restart(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    host = _start(tmp_path, controller_factory, agent_factory, big_mib=256)
+    big = _backup(host, "disk", "big")
+    disk = _storage(host, "disk")
+    pack = max((p for p in (disk / "data").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)  # one of the big disk's
+    small = _backup(host, "disk", "vol-1")
+    _flip(pack, 1000)
+    task_id = host.client.vaults.RepairVault(vault_pb2.RepairVaultRequest(
+        vault_id=host.vaults["disk"])).task_id
+    wait_until(lambda: _task(host.client, task_id).status != task_pb2.TASK_STATUS_WAITING,
+               timeout=60, interval=0.02, message="repair starts")
+    host.controller.kill()  # mid-repair, or just after: either way it must end well
+    host.controller.start()
+    host.client = host.controller.client()
+    done = _wait_task(host.client, task_id, timeout=120)
+    assert done.status == task_pb2.TASK_STATUS_SUCCESS, done.error_info
+    again = _run(host, "RepairVault", "disk")  # nothing left to do, and no lock in the way
+    assert again.status == task_pb2.TASK_STATUS_SUCCESS, again.error_info
+    assert int(again.extra_info["damaged_pack_count"]) == 0
+    assert _status(host, big.id).status == ERROR
+    assert _status(host, small.id).status == AVAILABLE
+    assert _run(host, "VerifyVault", "disk", read_data=True).status == \
+        task_pb2.TASK_STATUS_SUCCESS
+    out = tmp_path / "restores" / "vol.img"
+    wait_until(lambda: host.client.agents.GetAgent(agent_pb2.GetAgentRequest(
+        agent_id=host.agent_id)).agent.status == agent_pb2.AGENT_STATUS_ONLINE,
+        timeout=30, message="the agent is back")
+    assert _restore(host, small.id, target_path=str(out)).status == \
+        task_pb2.TASK_STATUS_SUCCESS
+    assert _sha(out) == _sha(host.files["images"] / "vol.img")
