@@ -200,3 +200,33 @@ def test_a_controller_killed_mid_repair_finishes_it_after_its_restart(
     assert _restore(host, small.id, target_path=str(out)).status == \
         task_pb2.TASK_STATUS_SUCCESS
     assert _sha(out) == _sha(host.files["images"] / "vol.img")
+
+
+def test_repair_while_a_backup_runs_loses_nothing(
+        tmp_path: Path, controller_factory: ControllerFactory,
+        agent_factory: AgentFactory) -> None:
+    host = _start(tmp_path, controller_factory, agent_factory, big_mib=384)
+    first = _backup(host, "disk", "vol-1")
+    cp = host.client.backups.CreateCheckpoint(backup_pb2.CreateCheckpointRequest(
+        vault_id=host.vaults["disk"], resource_ids=[host.protectables["big"].id])).checkpoint
+    [task_id] = cp.task_ids
+    wait_until(lambda: int(_task(host.client, task_id).extra_info.get("bytes_sent", "0")
+                           or 0) > 32 * 1024 * 1024,
+               timeout=120, interval=0.05, message="the backup is under way")
+    repaired = []
+    while _task(host.client, task_id).status in (task_pb2.TASK_STATUS_WAITING,
+                                                 task_pb2.TASK_STATUS_RUNNING):
+        done = _run(host, "RepairVault", "disk")  # again and again while it runs
+        assert done.status == task_pb2.TASK_STATUS_SUCCESS, done.error_info
+        assert done.extra_info["damaged_backups"] == ""
+        repaired.append(done)
+    backup = _wait_task(host.client, task_id, timeout=240)
+    assert backup.status == task_pb2.TASK_STATUS_SUCCESS, backup.error_info
+    assert repaired, "the backup ended before any repair ran"
+    assert _run(host, "VerifyVault", "disk", read_data=True).status == \
+        task_pb2.TASK_STATUS_SUCCESS
+    out = tmp_path / "restores"
+    for backup_id, name in ((cp.backup_ids[0], "big.img"), (first.id, "vol.img")):
+        task = _restore(host, backup_id, target_path=str(out / name))
+        assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+        assert _sha(out / name) == _sha(host.files["images"] / name)
