@@ -91,12 +91,6 @@ class RepairReport:
                 "notes": "; ".join(self.notes[:20])}
 
 
-@dataclass
-class _Damaged:
-    info: ObjectInfo
-    lost_header: bool
-
-
 def repair(repo: Repository, *, dry_run: bool = False, task_id: str = "",
            expected_manifests: Mapping[str, str] | None = None,
            stale: dt.timedelta = LOCK_STALE,
@@ -135,7 +129,7 @@ def repair(repo: Repository, *, dry_run: bool = False, task_id: str = "",
         indexed = index.pack_ids()
         after = Index()
         unindexed: list[tuple[bytes, list[PackEntry]]] = []
-        damaged: dict[bytes, _Damaged] = {}
+        damaged: dict[bytes, ObjectInfo] = {}
         bad_chunks: set[tuple[bytes, bytes]] = set()
         lost_headers: list[bytes] = []
         for pack_id in sorted(stored):
@@ -144,7 +138,7 @@ def repair(repo: Repository, *, dry_run: bool = False, task_id: str = "",
                 continue
             if check.header is None:
                 lost_headers.append(pack_id)  # checked again below, by the index
-                damaged[pack_id] = _Damaged(stored[pack_id], lost_header=True)
+                damaged[pack_id] = stored[pack_id]
                 continue
             _take(repo, report, check, after, bad_chunks, damaged, stored, dry_run)
             if check.sound and pack_id not in indexed:
@@ -208,14 +202,14 @@ def _read(repo: Repository, report: RepairReport, pack_id: bytes,
 
 
 def _take(repo: Repository, report: RepairReport, check: PackCheck, after: Index,
-          bad_chunks: set[tuple[bytes, bytes]], damaged: dict[bytes, _Damaged],
+          bad_chunks: set[tuple[bytes, bytes]], damaged: dict[bytes, ObjectInfo],
           stored: dict[bytes, ObjectInfo], dry_run: bool) -> None:
     """Files what one pack holds: a sound pack as it is; from a damaged one,
     the blobs that verify are salvaged (copied as stored into new packs)."""
     pack_id = check.pack_id
     if check.sound:
         return
-    damaged.setdefault(pack_id, _Damaged(stored[pack_id], lost_header=check.header is None))
+    damaged.setdefault(pack_id, stored[pack_id])
     for entry, error in check.blobs:
         if error:
             bad_chunks.add((entry.key_id, entry.chunk_id))
@@ -265,11 +259,11 @@ def _rewrite_index(repo: Repository, report: RepairReport, lock: Lock,
 
 
 def _delete_damaged(repo: Repository, report: RepairReport, lock: Lock,
-                    damaged: dict[bytes, _Damaged]) -> None:
+                    damaged: dict[bytes, ObjectInfo]) -> None:
     """Deletes the damaged packs that are still damaged: in an unencrypted
     vault packs are deterministic, so the salvage (or a writer) may have made
     the very same pack again, whole."""
-    for pack_id, what in sorted(damaged.items()):
+    for pack_id, info in sorted(damaged.items()):
         name = layout.pack_name(pack_id)
         try:
             again = check_pack(repo, pack_id, repo.backend.get(name))
@@ -281,4 +275,4 @@ def _delete_damaged(repo: Repository, report: RepairReport, lock: Lock,
         lock.check()
         repo.backend.delete(name)
         report.packs_deleted += 1
-        report.bytes_deleted += what.info.size
+        report.bytes_deleted += info.size
