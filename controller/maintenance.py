@@ -40,7 +40,7 @@ from controller.services import keys, runs, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
-OPERATIONS = ("delete", "prune", "verify", "repair")
+OPERATIONS = ("delete", "prune", "verify", "repair", "vault_delete", "remove_resource")
 
 
 # Backups whose manifests verify checks against the catalog's digest.
@@ -127,12 +127,20 @@ class Maintenance:
             url = vault.storage_url if vault is not None else ""
             info = dict(task.extra_info)
         if not url:
-            self._finish(task_id, "failed", "BackupService.6105", "The vault is gone.", {})
+            if operation == "vault_delete":  # erased and forgotten before a restart
+                self._finish(task_id, "success", "", "", {})
+            else:
+                self._finish(task_id, "failed", "BackupService.6105", "The vault is gone.", {})
             return
         log.info("running %s task %s on %s", operation, task_id, url)
         try:
+            if operation == "vault_delete":  # erasing needs no key: it reads nothing
+                self._delete_vault(task_id, url)
+                return
             opener = self._opener(task_id)
-            if operation == "delete":
+            if operation == "remove_resource":
+                self._remove_backups(task_id, opener, list(info.get("backup_ids", [])))
+            elif operation == "delete":
                 self._delete(task_id, opener, str(info.get("backup_id", "")))
             elif operation == "prune":
                 self._prune(task_id, opener)
@@ -157,12 +165,26 @@ class Maintenance:
         with self._app.db.begin() as s:
             tasks.finish_task(s, task_id, status, self._app.clock.now(), error_code=code,
                               error_message=message, extra_info=extra)
-            if status != "success":
-                task = s.get(Task, task_id)
-                if task is not None and task.operation_type == "delete":
-                    for b in s.scalars(select(Backup).where(
-                            Backup.id == str(task.extra_info.get("backup_id", "")))):
-                        b.status = "error"
+            task = s.get(Task, task_id)
+            if status == "success" or task is None:
+                return
+            # What the task was deleting is error now: the user may delete it again.
+            if task.operation_type == "delete":
+                ids = [str(task.extra_info.get("backup_id", ""))]
+            elif task.operation_type == "remove_resource":
+                ids = [str(i) for i in task.extra_info.get("backup_ids", [])]
+            elif task.operation_type == "vault_delete":
+                ids = list(s.scalars(select(Backup.id).where(
+                    Backup.vault_id == task.vault_id, Backup.parent_id.is_(None))))
+                vault = s.get(Vault, task.vault_id)
+                if vault is not None:
+                    vault.status = "error"
+            else:
+                return
+            for backup_id in ids:
+                for b in s.scalars(select(Backup).where(
+                        (Backup.id == backup_id) | (Backup.parent_id == backup_id))):
+                    b.status = "error"
 
     # -- operations -----------------------------------------------------------------------
 
@@ -201,6 +223,29 @@ class Maintenance:
         report = self._prune_storage(opener)
         self._finish(task_id, "success", "", "", {
             "manifests_deleted": len(deleted), **report})
+
+    def _remove_backups(self, task_id: str, opener: _Opener, backup_ids: list[str]) -> None:
+        """A resource's backups, deleted as one backup is (manifests, then the
+        catalog, then a prune), so its space is free when the task ends."""
+        deleted = 0
+        with opener.open(load_index=False) as repo:
+            for backup_id in backup_ids:
+                deleted += len(prune.delete_backup(repo, backup_id))
+        with self._app.db.begin() as s:
+            for backup_id in backup_ids:
+                runs.forget_backup(s, backup_id)
+        report = self._prune_storage(opener)
+        self._finish(task_id, "success", "", "", {
+            "backups_deleted": len(backup_ids), "manifests_deleted": deleted, **report})
+
+    def _delete_vault(self, task_id: str, url: str) -> None:
+        objects, size = prune.erase_vault(self._app.storage.backend(url))
+        with self._app.db.begin() as s:
+            task = s.get(Task, task_id)
+            if task is not None:
+                runs.forget_vault(s, task.vault_id)
+        self._finish(task_id, "success", "", "", {"objects_deleted": objects,
+                                                  "bytes_freed": size})
 
     def _prune(self, task_id: str, opener: _Opener) -> None:
         self._finish(task_id, "success", "", "", self._prune_storage(opener))

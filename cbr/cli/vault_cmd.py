@@ -199,7 +199,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         group,
         "delete",
         cmd_delete,
-        "delete a vault and its backups",
+        "delete a vault and its backups, erasing its storage",
         rpc="VaultService.DeleteVault",
     )
     p.add_argument("vault_id", metavar="VAULT_ID")
@@ -233,7 +233,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         group,
         "remove-resources",
         cmd_remove_resources,
-        "remove resources from a vault",
+        "remove resources from a vault, deleting their backups there",
         rpc="VaultService.RemoveVaultResources",
     )
     p.add_argument("vault_id", metavar="VAULT_ID")

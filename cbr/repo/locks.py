@@ -125,6 +125,14 @@ def storage_now(backend: Backend) -> dt.datetime:
             backend.delete(name)
 
 
+def is_lock_name(name: str) -> bool:
+    """A lock's or a clock probe's name (section 12)."""
+    rest = name[len(layout.LOCKS):] if name.startswith(layout.LOCKS) else ""
+    return bool(_LOCK_ID.fullmatch(rest)) or (
+        rest.startswith(_PROBE) and all(c in "0123456789abcdef" for c in rest[len(_PROBE):])
+        and len(rest) > len(_PROBE))
+
+
 def list_locks(backend: Backend) -> list[LockInfo]:
     """Every lock in ``locks/`` (probes and foreign names skipped; a lock
     deleted while listing is left out)."""

@@ -20,7 +20,7 @@ came before the record was complete, drops without deleting anything).
 
 This module owns that protocol. It must not be run without the prune lock
 (:func:`prune` takes it) and never deletes a manifest except in
-:func:`delete_backup`.
+:func:`delete_backup` and :func:`erase_vault` (a whole vault, deleted).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from cbr.repo import layout
 from cbr.repo.blob import EncodedBlob
 from cbr.repo.errors import FormatError, IntegrityError, ManifestNotFound, RepoError
 from cbr.repo.index import Index, Location
-from cbr.repo.locks import LOCK_REFRESH, LOCK_STALE, Lock, live_locks
+from cbr.repo.ids import KEY_ID_SIZE
+from cbr.repo.locks import LOCK_REFRESH, LOCK_STALE, Lock, is_lock_name, live_locks
 from cbr.repo.pack import PackEntry
 from cbr.repo.repository import Repository
 from cbr.repo.walk import complete_manifests, iter_reachable
-from cbr.storage import ObjectNotFound
+from cbr.storage import Backend, ObjectNotFound
 
 ABANDONED_AFTER = 2 * LOCK_STALE
 """A write unfinished for this long was left by a killed writer (section 12)."""
@@ -116,6 +117,45 @@ def delete_backup(repo: Repository, backup_id: str) -> list[str]:
     for name in [*children, backup_id]:
         repo.backend.delete(layout.manifest_name(name))
     return [*children, backup_id]
+
+
+# -- deleting a vault -------------------------------------------------------------------------
+
+
+def erase_vault(backend: Backend) -> tuple[int, int]:
+    """Deletes every object of the vault's storage whose name this format
+    defines (section 12, deleting a vault): manifests first, ``config``
+    last; returns how many objects and their bytes. Idempotent; a foreign
+    object stays. Only for a vault nothing reads or writes any more."""
+    store = layout.sharded(backend)
+    count = size = 0
+    for prefix, ok in ((layout.MANIFESTS, _is_manifest),
+                       (layout.DATA, lambda n: layout.id_from_name(n, layout.DATA) is not None),
+                       (layout.INDEX, lambda n: layout.id_from_name(n, layout.INDEX)
+                        is not None),
+                       (layout.CONDEMNED, lambda n: layout.id_from_name(
+                           n, layout.CONDEMNED, PRUNE_ID_SIZE) is not None),
+                       (layout.LOCKS, is_lock_name),
+                       (layout.KEYS, lambda n: layout.id_from_name(n, layout.KEYS, KEY_ID_SIZE)
+                        is not None)):
+        for info in list(store.list(prefix)):
+            if ok(info.name):
+                store.delete(info.name)
+                count += 1
+                size += info.size
+    try:
+        config = store.stat(layout.CONFIG)
+    except ObjectNotFound:
+        return count, size
+    store.delete(layout.CONFIG)
+    return count + 1, size + config.size
+
+
+def _is_manifest(name: str) -> bool:
+    try:
+        return layout.manifest_name(name[len(layout.MANIFESTS):]) == name
+    except ValueError:
+        return False
 
 
 # -- the live set -----------------------------------------------------------------------------

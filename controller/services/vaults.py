@@ -251,29 +251,17 @@ def update_vault(session: Session, project_id: str, vault_id: str, changes: dict
     return vault
 
 
-def delete_vault(session: Session, project_id: str, vault_id: str, now: dt.datetime) -> str:
-    """Marks the vault deleting and records a vault_delete task; returns the task id.
-
-    The rows go in ``finish_vault_delete``, a separate transaction, so a
-    crash between the two leaves a vault visibly 'deleting' with its task.
-    """
-    vault = get_vault(session, project_id, vault_id, lock=True)
+def mark_deleting(session: Session, vault: Vault, now: dt.datetime) -> str:
+    """Marks the vault deleting and records its vault_delete task (run by the
+    maintenance worker, which erases the storage and then the rows); returns
+    the task id. The caller has checked that nothing uses the vault."""
     _check_status(vault, ("available", "error"), "be deleted")
     vault.status = "deleting"
     vault.updated_at = now
-    task = tasks.create_task(session, project_id=project_id, operation_type="vault_delete",
-                             status="running", vault_id=vault.id, vault_name=vault.name, now=now)
+    task = tasks.create_task(session, project_id=vault.project_id,
+                             operation_type="vault_delete", vault_id=vault.id,
+                             vault_name=vault.name, now=now)
     return task.id
-
-
-def finish_vault_delete(session: Session, project_id: str, vault_id: str, task_id: str,
-                        now: dt.datetime) -> None:
-    vault = get_vault(session, project_id, vault_id, lock=True)
-    backups = session.scalar(select(Backup.id).where(Backup.vault_id == vault.id).limit(1))
-    if backups is not None:
-        raise errors.NotImplementedYet("Deleting a vault's backups arrives with the data path.")
-    session.delete(vault)
-    tasks.finish_task(session, task_id, "success", now)
 
 
 def add_resources(session: Session, project_id: str, vault_id: str,
@@ -332,35 +320,19 @@ def add_resources(session: Session, project_id: str, vault_id: str,
     return added
 
 
-def remove_resources(session: Session, project_id: str, vault_id: str,
-                     resource_ids: list[str], now: dt.datetime) -> list[str]:
-    """Removes resources; returns the remove_resource task ids (one per resource)."""
-    vault = get_vault(session, project_id, vault_id, lock=True)
+def release_resource(session: Session, vault: Vault, resource_id: str,
+                     now: dt.datetime) -> VaultResource:
+    """Takes a resource out of the vault (its backups are the caller's);
+    nothing backs it up here any more."""
     _check_status(vault, ("available",), "release resources")
-    if not resource_ids:
-        raise errors.InvalidParameter("resource_ids is empty.", field="resource_ids")
-    validation.unique(resource_ids, "resource_ids", errors.DuplicateResource)
-    in_vault = {r.protectable_id: r for r in vault.resources}
-    task_ids = []
-    for rid in resource_ids:
-        vr = in_vault.get(rid)
-        if vr is None:
-            raise errors.ResourceNotFound(
-                f"Resource {rid!r} is not in vault {vault.name!r}.", resource_id=rid)
-        backups = session.scalar(select(Backup.id).where(Backup.vault_id == vault.id,
-                                                         Backup.resource_id == rid).limit(1))
-        if backups is not None:
-            raise errors.NotImplementedYet(
-                "Removing a resource with backups arrives with the data path.")
-        task = tasks.create_task(
-            session, project_id=project_id, operation_type="remove_resource", status="success",
-            vault_id=vault.id, vault_name=vault.name, resource_id=rid,
-            resource_name=vr.protectable.name, now=now)
-        vault.resources.remove(vr)
-        task_ids.append(task.id)
+    vr = next((r for r in vault.resources if r.protectable_id == resource_id), None)
+    if vr is None:
+        raise errors.ResourceNotFound(
+            f"Resource {resource_id!r} is not in vault {vault.name!r}.",
+            resource_id=resource_id)
+    vault.resources.remove(vr)
     vault.updated_at = now
-    session.flush()
-    return task_ids
+    return vr
 
 
 def associate_policy(session: Session, project_id: str, vault_id: str, policy_id: str,

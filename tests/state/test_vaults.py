@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import func, select
 
 from cbr import errors
 from controller.app import App
 from controller.persistence.models import Task
-from controller.services import policies, vaults
+from controller.services import policies, runs, vaults
 from controller.services.vaults import ResourceRequest, VaultSpec
 from tests.state.conftest import NOW, Inventory
 
@@ -186,36 +187,35 @@ def test_removing_a_resource_records_a_remove_resource_task(
     vid = make_vault(app, project)
     add(app, project, vid, server)
     with app.db.begin() as s:
-        task_ids = vaults.remove_resources(s, project, vid, [server], NOW)
+        task_ids = runs.start_remove_resources(s, project, vid, [server], NOW)
     with app.db.begin() as s:
         task = s.get(Task, task_ids[0])
         assert task is not None
         assert (task.operation_type, task.status, task.resource_id) == (
-            "remove_resource", "success", server)
+            "remove_resource", "success", server)  # no backups: nothing left to do
         assert vaults.get_vault(s, project, vid).resources == []
     other = make_vault(app, project, "other")
     add(app, project, other, server)
 
 
-def test_deleting_a_vault_frees_its_resources_and_records_a_task(
+def test_deleting_a_vault_marks_it_deleting_and_records_a_task_for_the_worker(
         app: App, project: str, inventory: Inventory) -> None:
     server = inventory.add("web", "server")
     vid = make_vault(app, project)
     add(app, project, vid, server)
     with app.db.begin() as s:
-        task_id = vaults.delete_vault(s, project, vid, NOW)
+        task_id = runs.start_vault_delete(s, project, vid, NOW)
     with app.db.begin() as s:
         assert vaults.get_vault(s, project, vid).status == "deleting"
         with pytest.raises(errors.VaultStatusIllegal):
-            vaults.delete_vault(s, project, vid, NOW)
-    with app.db.begin() as s:
-        vaults.finish_vault_delete(s, project, vid, task_id, NOW)
+            runs.start_vault_delete(s, project, vid, NOW)
     with app.db.begin() as s:
         task = s.get(Task, task_id)
-        assert task is not None and task.status == "success" and task.operation_type == (
-            "vault_delete")
-        with pytest.raises(errors.VaultNotFound):
-            vaults.get_vault(s, project, vid)
+        assert task is not None and (task.status, task.operation_type) == (
+            "waiting", "vault_delete")
+        runs.forget_vault(s, vid)
+    with app.db.begin() as s, pytest.raises(errors.VaultNotFound):
+        vaults.get_vault(s, project, vid)
     add(app, project, make_vault(app, project, "again"), server)
 
 
@@ -272,3 +272,42 @@ def test_turning_on_auto_bind_adds_existing_matching_resources(
         vaults.update_vault(s, project, vid, {"auto_bind": True}, NOW)
     with app.db.begin() as s:
         assert [r.protectable_id for r in vaults.get_vault(s, project, vid).resources] == [fs]
+
+
+@pytest.mark.parametrize("busy", ["restoring", "replicating", "image"])
+def test_deleting_a_vault_or_removing_a_resource_in_use_is_refused_changing_nothing(
+        app: App, project: str, inventory: Inventory, busy: str) -> None:
+    """Issue 20: refused while a backup is restored, replicated or made into
+    an image, naming it; the vault, its resource and its backups stay."""
+    from controller.persistence.models import Backup, Image, ReplicationRecord
+
+    server = inventory.add("web", "server")
+    vid = make_vault(app, project)
+    add(app, project, vid, server)
+    with app.db.begin() as s:
+        backup = Backup(project_id=project, vault_id=vid, name="b", resource_id=server,
+                        resource_type="server", created_at=NOW, updated_at=NOW,
+                        status="restoring" if busy == "restoring" else "available")
+        s.add(backup)
+        s.flush()
+        backup_id = backup.id
+        if busy == "replicating":
+            s.add(ReplicationRecord(project_id=project, status="replicating", vault_id=vid,
+                                    source_backup_id=backup_id, created_at=NOW,
+                                    updated_at=NOW))
+        if busy == "image":
+            s.add(Image(project_id=project, name="i", status="creating", backup_id=backup_id,
+                        disk_backup_id=backup_id, agent_id="a", path="/x", task_id="t",
+                        created_at=NOW, updated_at=NOW))
+    for start in (lambda s: runs.start_vault_delete(s, project, vid, NOW),
+                  lambda s: runs.start_remove_resources(s, project, vid, [server], NOW)):
+        with pytest.raises(errors.Conflict, match=backup_id), app.db.begin() as s:
+            start(s)
+    with app.db.begin() as s:
+        vault = vaults.get_vault(s, project, vid)
+        assert vault.status == "available" and [r.protectable_id for r in vault.resources] \
+            == [server]
+        stored = s.get(Backup, backup_id)
+        assert stored is not None and stored.status in ("available", "restoring")
+        assert s.scalar(select(func.count()).select_from(Task).where(
+            Task.vault_id == vid)) == 0
