@@ -29,6 +29,7 @@ from cbr import errors
 from controller.api import actions
 from controller.keyring import Keyring
 from controller.persistence.models import (
+    Account,
     Agent,
     Backup,
     Checkpoint,
@@ -150,14 +151,24 @@ def _check_encryption(session: Session, vault: Vault, req: ImportRequest,
                 key_id=key.id)
         keys.check_vault_key(session, vault, now)
     # The resource's earlier replicas in this account fix the encryption of
-    # every later one: the same key, or none.
+    # every later one: the same key, or none. Imports still on their way
+    # count as replicas already (the caller holds the account's lock).
     resource_id = str(req.backup.get("resourceId", ""))
-    earlier = session.execute(
+    earlier = list(session.execute(
         select(Vault.encrypted, Vault.kms_key_id, Vault.name)
         .join(Backup, Backup.vault_id == Vault.id)
         .where(Backup.project_id == vault.project_id, Backup.image_type == "replication",
                Backup.parent_id.is_(None), Backup.resource_id == resource_id)
-        .limit(50)).all()
+        .limit(50)).all())
+    for record in session.scalars(select(ReplicationRecord).where(
+            ReplicationRecord.project_id == vault.project_id,
+            ReplicationRecord.status == "replicating")):
+        backup = record.extra_info.get("backup")
+        if record.extra_info.get("side") == "target" and isinstance(backup, dict) \
+                and str(backup.get("resourceId", "")) == resource_id:
+            into = session.get(Vault, record.vault_id)
+            if into is not None:
+                earlier.append((into.encrypted, into.kms_key_id, into.name))
     for encrypted, key_id, name in earlier:
         if encrypted and (not vault.encrypted or vault.kms_key_id != key_id):
             raise errors.ReplicaEncryptionMismatch(
@@ -220,7 +231,12 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
                    regions: tuple[tuple[str, bool], ...], online: set[str],
                    now: dt.datetime, ttl: dt.timedelta = IMPORT_TTL) -> ImportPlan:
     """Checks the target's rules and allows one import (the same one again
-    for a source record it has seen)."""
+    for a source record it has seen).
+
+    Decided one at a time per account: rules 6 and 8 count imports still
+    on their way, so two imports racing must not both read before either
+    writes (SQLite has one writer; PostgreSQL takes the account's row lock)."""
+    session.get(Account, project_id, with_for_update=True)
     previous = session.scalars(select(ReplicationRecord).where(
         ReplicationRecord.project_id == project_id,
         ReplicationRecord.source_project_id == req.source_project_id,
