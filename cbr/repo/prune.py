@@ -36,8 +36,8 @@ from typing import Any
 from cbr.repo import layout
 from cbr.repo.blob import EncodedBlob
 from cbr.repo.errors import FormatError, IntegrityError, ManifestNotFound, RepoError
-from cbr.repo.index import Index, Location
 from cbr.repo.ids import KEY_ID_SIZE
+from cbr.repo.index import Index, Location
 from cbr.repo.locks import LOCK_REFRESH, LOCK_STALE, Lock, is_lock_name, live_locks
 from cbr.repo.pack import PackEntry
 from cbr.repo.repository import Repository

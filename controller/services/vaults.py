@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from cbr import errors, limits
 from controller.persistence.models import (
-    Backup,
     Policy,
     Protectable,
     Task,
