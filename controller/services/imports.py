@@ -154,12 +154,12 @@ def _check_encryption(session: Session, vault: Vault, req: ImportRequest,
     # every later one: the same key, or none. Imports still on their way
     # count as replicas already (the caller holds the account's lock).
     resource_id = str(req.backup.get("resourceId", ""))
-    earlier = list(session.execute(
+    earlier: list[tuple[bool, str, str]] = [(e, k, n) for e, k, n in session.execute(
         select(Vault.encrypted, Vault.kms_key_id, Vault.name)
         .join(Backup, Backup.vault_id == Vault.id)
         .where(Backup.project_id == vault.project_id, Backup.image_type == "replication",
                Backup.parent_id.is_(None), Backup.resource_id == resource_id)
-        .limit(50)).all())
+        .limit(50))]
     for record in session.scalars(select(ReplicationRecord).where(
             ReplicationRecord.project_id == vault.project_id,
             ReplicationRecord.status == "replicating")):
