@@ -40,6 +40,7 @@ from controller.services import (
     keys,
     policy_runs,
     replication,
+    tasks,
     vaults,
 )
 
@@ -167,6 +168,14 @@ class Started:
     record_id: str
 
 
+@dataclass(frozen=True)
+class VaultReplication:
+    """What replicating a vault started: its tasks, or one skipped task and why."""
+
+    task_ids: list[str]
+    skipped: str = ""
+
+
 class Replicator:
     def __init__(self, app: App) -> None:
         self.app = app
@@ -284,19 +293,23 @@ class Replicator:
 
     def replicate_vault(self, project_id: str, vault_id: str, credential_id: str, region: str,
                         destination_vault_id: str, destination_project_id: str, *,
-                        auto_trigger: bool = False, policy_id: str = "") -> list[str]:
+                        auto_trigger: bool = False, policy_id: str = "") -> VaultReplication:
         """Every backup of the vault not yet sent to ``region``; a backup a
-        rule keeps back gets a ``skip`` record naming the rule. Returns task ids."""
+        rule keeps back gets a ``skip`` record naming the rule. When no
+        replication starts (an empty vault, nothing new, every backup kept
+        back) a ``skipped`` task says why (reference rule 3)."""
         with self.app.db.begin() as s:
             vault = vaults.get_vault(s, project_id, vault_id)
             if vault.object_type == "disk":
                 raise errors.ReplicationNotAllowedForType(
                     "Disk vaults cannot replicate; only server and file-system vaults.")
             cred = credentials.get_credential(s, project_id, credential_id)
-            candidates = [(b.id, b.status) for b in replication.vault_backups(s, vault)
+            every = replication.vault_backups(s, vault)
+            candidates = [(b.id, b.status) for b in every
                           if not replication.vault_replicated_before(s, b, region)]
             target_account = cred.target_account_id
         task_ids: list[str] = []
+        refused: list[str] = []
         for backup_id, status in candidates:
             if status != "available":
                 continue
@@ -321,9 +334,29 @@ class Replicator:
                             source_region=self.app.config.region, code=exc.code,
                             reason=exc.message, auto_trigger=auto_trigger, now=now)
                 log.info("vault %s: backup %s skipped: %s", vault_id, backup_id, exc.message)
+                refused.append(f"backup {backup_id}: {exc.code} {exc.message}")
                 continue
             task_ids.append(started.task_id)
-        return task_ids
+        if task_ids:
+            return VaultReplication(task_ids)
+        if not every:
+            reason = "the vault has no backups to replicate"
+        elif refused:
+            reason = (f"every backup not yet in {region} was refused ({len(refused)}; the "
+                      f"replication records say why): {refused[0]}")
+        elif candidates:
+            reason = f"no backup of the vault is available to replicate to {region} now"
+        else:
+            reason = f"every backup of the vault has gone to {region} already (rule 6)"
+        with self.app.db.begin() as s:
+            vault = vaults.get_vault(s, project_id, vault_id)
+            task = tasks.create_task(
+                s, project_id=project_id, operation_type="replication", status="skipped",
+                vault_id=vault.id, vault_name=vault.name, now=self.app.clock.now(),
+                policy_id=policy_id,
+                extra_info={"destination_region": region, "reason": reason,
+                            "backups_refused": len(refused)})
+            return VaultReplication([task.id], skipped=reason)
 
     # -- finishing ------------------------------------------------------------------------
 
@@ -362,8 +395,8 @@ class Replicator:
                     project_id, vault_id, where["credential_id"], where["region"],
                     where["destination_vault_id"], where["destination_project_id"],
                     auto_trigger=True, policy_id=policy_id)
-                log.info("replication policy %s after a backup of vault %s: %d started",
-                         policy_id, vault_id, len(started))
+                log.info("replication policy %s after a backup of vault %s: %s", policy_id,
+                         vault_id, started.skipped or f"{len(started.task_ids)} started")
             except errors.CbrError as exc:
                 log.warning("replication policy %s after a backup of vault %s: %s", policy_id,
                             vault_id, exc.message)

@@ -321,14 +321,18 @@ class PolicyScheduler:
             where = policy_runs.replication_target(s, policy, vault_id)
         detail = ""
         task_ids: list[str] = []
+        skipped = False
         try:
             if self.app.replicator is None:
                 raise errors.NotImplementedYet("this controller runs without replication")
-            task_ids = self.app.replicator.replicate_vault(
+            done = self.app.replicator.replicate_vault(
                 project_id, vault_id, where["credential_id"], where["region"],
                 where["destination_vault_id"], where["destination_project_id"],
                 auto_trigger=True, policy_id=policy_id)
-            detail = f"{len(task_ids)} backups replicating to {where['region']}"
+            task_ids = done.task_ids
+            detail = (f"skipped (task {task_ids[0]}): {done.skipped}" if done.skipped else
+                      f"{len(task_ids)} backups replicating to {where['region']}")
+            skipped = bool(done.skipped)
         except errors.CbrError as exc:
             detail = f"{exc.code}: {exc.message}"
             log.warning("replication policy %s on vault %s at %s: %s", policy_id, vault_id,
@@ -337,7 +341,7 @@ class PolicyScheduler:
             row = s.get(PolicyRun, run_id)
             if row is not None:
                 row.detail = detail[:2000]
-                if not task_ids and detail.startswith("BackupService"):
+                if skipped or (not task_ids and detail.startswith("BackupService")):
                     row.status = "skipped"
         return task_ids
 

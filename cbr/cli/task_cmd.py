@@ -186,6 +186,10 @@ def wait_for_tasks(ctx: Context, task_ids: Iterable[str]) -> int:
     failed = 0
     for task_id in ids:
         task: task_pb2.Task | None = final.get(task_id)
+        if task is not None and task.status == task_pb2.TASK_STATUS_SKIPPED:
+            reason = task.extra_info.get("reason") or task.error_info.message
+            ctx.out.note(f"cbr: task {task_id} skipped" + (f": {reason}" if reason else ""))
+            continue
         if task is not None and task.status in SUCCEEDED:
             continue
         failed += 1

@@ -17,7 +17,7 @@ from controller.agents import pki
 from controller.agents.servicer import certificate_authority
 from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
-from controller.persistence.models import Backup, ReplicationRecord, Task, Vault
+from controller.persistence.models import ReplicationRecord, Task, Vault
 from controller.replication import Replicator
 from controller.services import (
     agent_status,
@@ -25,7 +25,6 @@ from controller.services import (
     imports,
     keys,
     paging,
-    tasks,
     vaults,
 )
 
@@ -80,21 +79,11 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
             if not request.destination_region:
                 raise errors.InvalidParameter("destination_region is required.",
                                               field="destination_region")
-            has_backups = s.scalar(select(Backup.id).where(Backup.vault_id == vault.id)
-                                   .limit(1)) is not None
-            if not has_backups:
-                # Reference rule 3: an empty vault is skipped, not failed.
-                task = tasks.create_task(
-                    s, project_id=self.project_id, operation_type="replication",
-                    status="skipped", vault_id=vault.id, vault_name=vault.name, now=self.now(),
-                    extra_info={"destination_region": request.destination_region,
-                                "reason": "the vault has no backups to replicate"})
-                return replication_pb2.ReplicateVaultResponse(task_ids=[task.id])
-        task_ids = self.replicator.replicate_vault(
+        done = self.replicator.replicate_vault(
             self.project_id, request.vault_id, request.credential_id,
             request.destination_region, request.destination_vault_id,
             request.destination_project_id)
-        return replication_pb2.ReplicateVaultResponse(task_ids=task_ids)
+        return replication_pb2.ReplicateVaultResponse(task_ids=done.task_ids)
 
     # -- the target's side ---------------------------------------------------------------
 

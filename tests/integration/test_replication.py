@@ -467,9 +467,12 @@ def test_encryption_rules_hold_across_clouds(clouds: Clouds, tmp_path: Path) -> 
     tree2 = _backup(src, "sealed", "share")
     assert _refused(replicate(tree2.id, "turbo-k2")).code == "BackupService.7007"
     # ... and a vault replication that would break it skips that backup.
-    src.client.replication.ReplicateVault(replication_pb2.ReplicateVaultRequest(
+    [task_id] = src.client.replication.ReplicateVault(replication_pb2.ReplicateVaultRequest(
         vault_id=src.vaults["sealed"], credential_id=clouds.credential_id,
-        destination_region="region-b", destination_vault_id=target.vaults["turbo-k2"]))
+        destination_region="region-b", destination_vault_id=target.vaults["turbo-k2"])).task_ids
+    task = _wait_task(src.client, task_id)  # rule 3: no backup went, so the task is skipped
+    assert task.status == task_pb2.TASK_STATUS_SKIPPED
+    assert "BackupService.7007" in task.extra_info["reason"]
     [skipped] = src.client.replication.ListReplicationRecords(
         replication_pb2.ListReplicationRecordsRequest(
             source_backup_id=tree2.id)).replication_records
@@ -535,7 +538,10 @@ def test_vault_replication_goes_once_per_region_and_backups_to_one_account(
     delete = target.client.backups.DeleteBackup(backup_pb2.DeleteBackupRequest(
         backup_id=record.destination_backup_id))
     _wait_task(target.client, delete.task_id)
-    assert replicate_vault() == []
+    [skipped] = replicate_vault()  # rule 3: nothing to do is a skipped task, saying why
+    task = _wait_task(src.client, skipped)
+    assert task.status == task_pb2.TASK_STATUS_SKIPPED
+    assert "gone to region-b already" in task.extra_info["reason"]
     second = _backup(src, "server", "web-1")
     [task_id] = replicate_vault()
     assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
@@ -645,8 +651,14 @@ def test_a_replication_policy_follows_the_vault_backups_and_runs_on_demand(
     assert _wait_task(src.client, task_id).status == task_pb2.TASK_STATUS_SUCCESS
     wait_until(lambda: {r.source_backup_id for r in records() if r.status == SUCCESS}
                == {auto[0], manual.id}, message="both replicated")
-    assert list(src.client.policies.RunPolicyNow(policy_pb2.RunPolicyNowRequest(
-        policy_id=replication_policy.id)).task_ids) == []
+    # Nothing new: the run is skipped, with a skipped task saying why (rule 3).
+    [task_id] = src.client.policies.RunPolicyNow(policy_pb2.RunPolicyNowRequest(
+        policy_id=replication_policy.id)).task_ids
+    task = _wait_task(src.client, task_id)
+    assert task.status == task_pb2.TASK_STATUS_SKIPPED and "already" in task.extra_info["reason"]
+    runs = src.client.policies.ListPolicyRuns(policy_pb2.ListPolicyRunsRequest(
+        policy_id=replication_policy.id)).runs
+    assert any(r.status == "skipped" and task_id in r.detail for r in runs)
     # The policy's retention (max_backups 1) applies to the replicas it made
     # on the target, deleting through the credential: the newest stays.
 
