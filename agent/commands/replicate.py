@@ -25,7 +25,7 @@ from agent.importer import MAX_MESSAGE_BYTES
 from agent.replication import GrpcReplicaTarget, ImportStreamError
 from cbr.client import error_from_rpc
 from cbr.repo import Repository
-from cbr.repo.manifest import DiskContent, Manifest
+from cbr.repo.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.replicate import ReplicaSource, ReplicationStats, replica_manifests, replicate
 
 log = logging.getLogger("cbr.agent")
@@ -75,6 +75,7 @@ class _Totals:
         self.attempts = 0
         self.last = ReplicationStats()
         self.done = ReplicationStats()
+        self.done_walked = 0
 
     def counters(self) -> dict[str, int]:
         return {"bytes_total": self.size,
@@ -84,10 +85,13 @@ class _Totals:
                 "attempts": self.attempts}
 
     def percent(self) -> int:
-        raw = self.done.raw_bytes_sent + self.last.raw_bytes_sent
-        return min(95, int(100 * raw / self.size)) if self.size else 0
+        """How far the walk is: a resumed attempt walks again from the start,
+        so the furthest attempt counts."""
+        walked = max(self.done_walked, self.last.raw_bytes_walked)
+        return min(99, int(100 * walked / self.size)) if self.size else 0
 
     def attempt_ended(self) -> None:
+        self.done_walked = max(self.done_walked, self.last.raw_bytes_walked)
         for name in ("chunks_walked", "chunks_sent", "raw_bytes_sent", "wire_bytes_sent",
                      "bytes_stored"):
             setattr(self.done, name, getattr(self.done, name) + getattr(self.last, name))
@@ -168,8 +172,7 @@ def run(context: CommandContext, command: Any) -> Outcome:
                 checkpoint_id=command.destination_checkpoint_id,
                 source=ReplicaSource(cloud=command.source_cloud, region=command.source_region,
                                      project_id=command.source_project_id))
-            size = sum(m.content.size for m in manifests if isinstance(m.content, DiskContent))
-            totals = _Totals(size)
+            totals = _Totals(sum(_size(m) for m in manifests))
             _transfer(repo, command, context, manifests, replicas, totals)
     except TransferFailed as exc:
         log.warning("replication of backup %s failed: %s", command.backup_id, exc)
@@ -178,7 +181,19 @@ def run(context: CommandContext, command: Any) -> Outcome:
         log.warning("replication of backup %s failed: %s", command.backup_id, exc)
         return failure(exc, f"replication of backup {command.backup_id}")
     done = totals.done
+    # The final figures replace the last progress report's, which lagged.
     return Outcome(True, extra_info={
+        **{k: str(v) for k, v in totals.counters().items()},
         "wire_bytes": str(totals.wire_bytes), "chunks_sent": str(done.chunks_sent),
         "chunks_walked": str(done.chunks_walked), "raw_bytes_sent": str(done.raw_bytes_sent),
         "bytes_stored": str(done.bytes_stored), "attempts": str(totals.attempts)})
+
+
+def _size(manifest: Manifest) -> int:
+    """What a manifest holds, in plain bytes: a disk's size, a tree's files."""
+    content = manifest.content
+    if isinstance(content, DiskContent):
+        return content.size
+    if isinstance(content, TreeContent):
+        return content.size or int(manifest.stats.get("bytes_scanned", 0))
+    return 0

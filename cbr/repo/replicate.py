@@ -101,6 +101,8 @@ class ReplicaTarget(Protocol):
 @dataclass
 class ReplicationStats:
     chunks_walked: int = 0
+    raw_bytes_walked: int = 0
+    """Plain bytes of the data chunks walked, sent or not: the progress."""
     chunks_sent: int = 0
     raw_bytes_sent: int = 0
     wire_bytes_sent: int = 0
@@ -160,8 +162,11 @@ def _batches(repo: Repository, manifests: Sequence[Manifest],
     seen: set[bytes] = set()
     for manifest in manifests:
         batch: dict[bytes, BlobType] = {}
+        key_id = manifest.chunk_key_id
         for blob_type, chunk_id in iter_reachable(repo, manifest, seen, check_trees=False):
             stats.chunks_walked += 1
+            if blob_type is BlobType.DATA and (loc := repo.index.lookup(key_id, chunk_id)):
+                stats.raw_bytes_walked += loc.raw_length
             if chunk_id in batch:
                 continue
             batch[chunk_id] = blob_type

@@ -32,6 +32,8 @@ OPERATION_TYPES = (
 )
 STATUSES = ("waiting", "running", "success", "failed", "skipped", "timeout")
 FINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})
+FINAL_MESSAGES = {"success": "finished", "failed": "failed", "skipped": "skipped",
+                  "timeout": "timed out"}
 
 
 def create_task(
@@ -155,8 +157,10 @@ def finish_task(
     task.progress = 100
     task.error_code = error_code
     task.error_message = error_message
-    if extra_info:
-        task.extra_info = {**task.extra_info, **extra_info}
+    final = {**task.extra_info, **(extra_info or {})}
+    if "message" in task.extra_info and "message" not in (extra_info or {}):
+        final["message"] = FINAL_MESSAGES[status]  # not the last "sending chunks"
+    task.extra_info = final
     task.started_at = task.started_at or now
     task.ended_at = now
     task.updated_at = now

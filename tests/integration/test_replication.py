@@ -195,7 +195,13 @@ def _replicate_incrementally_and_restore(clouds: Clouds, tmp_path: Path) -> None
     task, record = _replicate(clouds, server.id, "server")
     first_wire = int(task.extra_info["bytes_sent"])
     assert first_wire > 3 * MiB  # the data crossed
-    _replicate(clouds, tree.id, "turbo")
+    # One true final figure (issue 20: it was the last progress report's),
+    # and a finished task says so.
+    assert task.extra_info["bytes_sent"] == task.extra_info["wire_bytes"]
+    assert task.extra_info["message"] == "finished"
+    tree_task, _ = _replicate(clouds, tree.id, "turbo")
+    assert int(tree_task.extra_info["bytes_total"]) >= 3 * MiB  # the share's files
+    assert int(tree_task.extra_info["bytes_sent"]) > 3 * MiB
 
     # The replica is a backup of the target's catalog, marked as a replica.
     replica = clouds.target.client.backups.GetBackup(
