@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 @dataclass(frozen=True)
@@ -200,18 +201,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2, as argparse does for bad usage."""
+    print(f"cbr-controller: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
     args = parser().parse_args(argv)
     file_values: dict[str, Any] = {}
     config_path = args.config or env.get("CBR_CONFIG")
     if config_path:
-        with open(config_path, "rb") as fh:
-            file_values = tomllib.load(fh)
+        try:
+            with open(config_path, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except OSError as exc:
+            _fail(f"cannot read the config file {config_path}: {exc.strerror or exc}")
+        except tomllib.TOMLDecodeError as exc:
+            _fail(f"the config file {config_path} is not valid TOML: {exc}")
         unknown = set(file_values) - {s.name for s in SETTINGS}
         if unknown:
-            raise SystemExit(f"cbr-controller: unknown settings in {config_path}: "
-                             f"{', '.join(sorted(unknown))}")
+            _fail(f"unknown settings in {config_path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for s in SETTINGS:
@@ -229,6 +240,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 raw = ",".join(raw)
             values[s.name] = s.parse(raw) if isinstance(raw, str) else raw
         except ValueError as exc:
-            raise SystemExit(f"cbr-controller: bad value for {s.name}: {exc}") from exc
+            _fail(f"bad value for {s.name}: {exc}")
     values["data_dir"] = Path(values["data_dir"])
     return Config(**values, sources=sources)

@@ -148,12 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(cfg, stop)
     except (OSError, RootKeyError) as exc:
         log.error("cannot start: %s", exc)
-        return 1
+        return 2
     except sqlalchemy.exc.OperationalError as exc:
         log.error("cannot start: the state database %s is not usable: %s",
                   sqlalchemy.engine.make_url(cfg.effective_database_url)
                   .render_as_string(hide_password=True), exc.orig)
-        return 1
+        return 2
     return 0
 
 

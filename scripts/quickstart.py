@@ -6,12 +6,16 @@ drives them with the `cbr` CLI exactly as a user would: enroll agents, list
 protectables, create a vault of each type with its resources, back
 everything up, change some data, back up again (incremental), restore every
 backup to a new place and compare it byte for byte with the source, verify
-the vaults. Every process it starts is stopped when it ends, however it ends.
+the vaults, then the replication to the second cloud. Every command it runs
+is printed. Every process it starts is stopped when it ends, however it ends,
+unless ``--keep-running`` asks to leave them up after a success
+(``--stop`` stops them later).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import json
 import os
@@ -43,10 +47,19 @@ def human(n: int) -> str:
     return str(n)
 
 
-def cbr(profile: str, *args: str, quiet: bool = False) -> str:
+POLLED: set[tuple[str, ...]] = set()
+
+
+def cbr(profile: str, *args: str, quiet: bool = False, poll: bool = False) -> str:
+    """Runs one `cbr` command, printing it as you would type it (every one:
+    a polled command once, with a note). ``quiet`` keeps its output to
+    itself (JSON the quickstart reads, or a secret)."""
     cmd = [str(BIN / "cbr"), "--profile", profile, *args]
-    if not quiet:
-        print("$ " + shlex.join(["cbr", "--profile", profile, *args]), flush=True)
+    shown = ("cbr", "--profile", profile, *args)
+    if not poll or shown not in POLLED:
+        note = "   (repeated until it is done)" if poll else ""
+        print("$ " + shlex.join(shown) + note, flush=True)
+        POLLED.add(shown)
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     if out.returncode != 0:
         raise SystemExit(f"quickstart: `cbr {' '.join(args)}` failed:\n{out.stderr}")
@@ -55,8 +68,8 @@ def cbr(profile: str, *args: str, quiet: bool = False) -> str:
     return out.stdout
 
 
-def cbr_json(profile: str, *args: str, quiet: bool = False) -> object:
-    return json.loads(cbr(profile, *args, "--output", "json", quiet=quiet))
+def cbr_json(profile: str, *args: str, quiet: bool = False, poll: bool = False) -> object:
+    return json.loads(cbr(profile, *args, "--output", "json", quiet=quiet, poll=poll))
 
 
 def start(name: str, cmd: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -174,6 +187,20 @@ def data_ranges(path: Path) -> list[tuple[int, int]]:
             out.append((start, end))
             offset = end
     return out
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    """A copy that keeps the holes: only the data ranges are written."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        fo.truncate(src.stat().st_size)
+        for start, end in data_ranges(src):
+            fi.seek(start)
+            fo.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = fi.read(min(left, 4 << 20))
+                fo.write(chunk)
+                left -= len(chunk)
 
 
 def same_disk(a: Path, b: Path) -> bool:
@@ -322,7 +349,8 @@ def replicate(backup: dict[str, object], credential: str, vault: str) -> dict[st
     task = wait_for("the transfer", lambda: (
         lambda t: t if isinstance(t, dict) and t.get("status") in (
             "TASK_STATUS_SUCCESS", "TASK_STATUS_FAILED") else None)(
-            cbr_json("source", "task", "show", str(started["task_id"]), quiet=True)),
+            cbr_json("source", "task", "show", str(started["task_id"]), quiet=True,
+                     poll=True)),
         timeout=600)
     assert isinstance(task, dict)
     if task.get("status") != "TASK_STATUS_SUCCESS":
@@ -330,7 +358,7 @@ def replicate(backup: dict[str, object], credential: str, vault: str) -> dict[st
     record = wait_for("the target to confirm the replica", lambda: (
         lambda r: r if isinstance(r, dict) and r.get("status") == "REPLICATION_STATUS_SUCCESS"
         else None)(cbr_json("source", "replication", "record", "show",
-                            str(started["replication_record_id"]), quiet=True)))
+                            str(started["replication_record_id"]), quiet=True, poll=True)))
     assert isinstance(record, dict)
     extra: dict[str, object] = task.get("extra_info", {})  # type: ignore[assignment]
     record["wire"] = int(str(extra.get("bytes_sent", 0)))
@@ -390,7 +418,7 @@ def replication(work: Path, images: Path, vault_ids: dict[str, str],
     frozen = work / "state-at-first-replication"
     shutil.copytree(work / "share", frozen / "share", symlinks=True)
     for disk in ("system", "data"):
-        shutil.copyfile(images / f"web-1-{disk}.img", frozen / f"web-1-{disk}.img")
+        sparse_copy(images / f"web-1-{disk}.img", frozen / f"web-1-{disk}.img")
     first = {"web-1": replicate(second["web-1"], cred_id, vaults["server"]),
              "share": replicate(second["share"], cred_id, vaults["turbo"])}
 
@@ -445,16 +473,72 @@ def replication(work: Path, images: Path, vault_ids: dict[str, str],
           f"total {human(total)}", flush=True)
 
 
+def stop_kept(work: Path) -> int:
+    """Stops what an earlier ``--keep-running`` left running; how many."""
+    pids_file = work / "pids.json"
+    try:
+        pids = [int(p) for p in json.loads(pids_file.read_text())]
+    except (OSError, ValueError, TypeError):
+        return 0
+    alive = []
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            alive.append(pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.time() + 10
+    for pid in alive:
+        while time.time() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    pids_file.unlink(missing_ok=True)
+    return len(alive)
+
+
+def keep_running(work: Path) -> None:
+    (work / "pids.json").write_text(json.dumps([p.pid for p in PROCS]))
+    config = work / "cli-config"
+    rel = os.path.relpath(config)
+    cli = os.path.relpath(BIN / "cbr")
+    print(f"""
+Both clouds are still running (stop them with: scripts/quickstart --stop).
+Use the CLI against them, as the commands above did:
+
+  export CBR_CONFIG_DIR={rel}
+  {cli} --profile source vault list
+  {cli} --profile source backup list
+  {cli} --profile target backup list --output json
+
+(or `source .venv/bin/activate` and plain `cbr`). Logs: {os.path.relpath(work / "logs")}/
+""", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work-dir", default=str(ROOT / ".quickstart"),
                         help="where the demo keeps its state (wiped at start)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="leave both clouds running at the end, to use them with the CLI")
+    parser.add_argument("--stop", action="store_true",
+                        help="stop what an earlier --keep-running left running, and exit")
     args = parser.parse_args()
     work = Path(args.work_dir).resolve()
+    stopped = stop_kept(work)
+    if args.stop:
+        print(f"stopped {stopped} processes" if stopped else "nothing was running")
+        return 0
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
     ENV["CBR_CONFIG_DIR"] = str(work / "cli-config")
     started = time.time()
+    done = False
     try:
         say("sample data: sparse disk images and a file tree")
         images = make_samples(work)
@@ -476,7 +560,7 @@ def main() -> int:
         say("what the host agent can protect")
         items = wait_for("4 protectables on the source", lambda: (
             lambda got: got if isinstance(got, list) and len(got) >= 4 else None)(
-                cbr_json("source", "protectable", "list", quiet=True)))
+                cbr_json("source", "protectable", "list", quiet=True, poll=True)))
         assert isinstance(items, list)
         cbr("source", "protectable", "list")
         cbr("source", "agent", "list")
@@ -511,11 +595,17 @@ def main() -> int:
         second = data_path(work, images, vault_ids)
         policies(vault_ids)
         replication(work, images, vault_ids, second)
-        say(f"done in {time.time() - started:.1f} s; logs in {work / 'logs'}")
+        used = sum(p.stat().st_blocks * 512 for p in work.rglob("*")
+                   if p.is_file() and not p.is_symlink())
+        say(f"done in {time.time() - started:.1f} s; {human(used)} of disk used in {work}")
+        done = True
         return 0
     finally:
-        say("stopping everything the quickstart started")
-        stop_all()
+        if done and args.keep_running:
+            keep_running(work)
+        else:
+            say("stopping everything the quickstart started")
+            stop_all()
 
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CBR_")}

@@ -101,7 +101,7 @@ def test_a_second_controller_on_a_taken_port_stops_with_one_clear_line(
     for name, ports in (("same-api", {"api_port": first.api_port}),
                         ("same-agent", {"agent_port": first.agent_port})):
         second = controller_factory(name, start=False, **ports)  # type: ignore[arg-type]
-        with pytest.raises(RuntimeError, match="exited with code 1"):
+        with pytest.raises(RuntimeError, match="exited with code 2"):
             second.start()
         errors = [line for line in second.log_text().splitlines()
                   if " ERROR " in line or "Traceback" in line]
