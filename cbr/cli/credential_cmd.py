@@ -36,7 +36,9 @@ COLUMNS: list[Column] = [
     ("CREATED", "created_at"),
 ]
 
-SECRET_HELP = "secret key of the target user; '-' reads it from stdin; omitted: prompt"
+SECRET_HELP = ("secret key of the target user; '-' reads it from stdin; omitted: prompt "
+               "(a secret beginning with '-' must be written --target-secret-key=SK)")
+SECRET_FILE_HELP = "read the target user's secret key from this file (its first line)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--target-endpoint", required=True, help="target controller host:port")
     p.add_argument("--target-account-id", required=True)
     p.add_argument("--target-access-key", required=True, help="access key id of the target user")
-    p.add_argument("--target-secret-key", help=SECRET_HELP)
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--target-secret-key", help=SECRET_HELP)
+    secret.add_argument("--target-secret-key-file", type=Path, metavar="PATH",
+                        help=SECRET_FILE_HELP)
     _ca_options(p, "the target controller's CA, which every call to it verifies: ")
 
     p = add_command(
@@ -77,7 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--description")
     p.add_argument("--target-endpoint")
     p.add_argument("--target-access-key", help="new access key id (asks for its secret key)")
-    p.add_argument("--target-secret-key", help=SECRET_HELP.replace("omitted: prompt", "new one"))
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--target-secret-key",
+                        help=SECRET_HELP.replace("omitted: prompt", "new one"))
+    secret.add_argument("--target-secret-key-file", type=Path, metavar="PATH",
+                        help=SECRET_FILE_HELP)
     _ca_options(p, "a new CA of the target (it was re-keyed): ")
 
     p = add_command(
@@ -109,7 +118,18 @@ def _prompt_secret(prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
-def _secret(value: str | None, prompt: Prompt) -> str:
+def _secret(args: argparse.Namespace, prompt: Prompt) -> str:
+    value: str | None = args.target_secret_key
+    path: Path | None = getattr(args, "target_secret_key_file", None)
+    if path is not None:
+        try:
+            lines = path.read_text().splitlines()
+            value = lines[0].strip() if lines else ""
+        except OSError as exc:
+            raise UsageError(f"cannot read --target-secret-key-file: {exc}") from None
+        if not value:
+            raise UsageError(f"--target-secret-key-file {path} is empty")
+        return value
     if value == "-":
         return sys.stdin.readline().rstrip("\n")
     if value:
@@ -130,7 +150,7 @@ def build_create_request(
         target_endpoint=args.target_endpoint,
         target_account_id=args.target_account_id,
         access_key_id=args.target_access_key,
-        secret_access_key=_secret(args.target_secret_key, prompt),
+        secret_access_key=_secret(args, prompt),
         **_ca_fields(args),
     )
 
@@ -147,8 +167,9 @@ def build_update_request(
         access_key_id=args.target_access_key or "",
         **_ca_fields(args),
     )
-    if args.target_access_key or args.target_secret_key:
-        req.secret_access_key = _secret(args.target_secret_key, prompt)
+    if args.target_access_key or args.target_secret_key or \
+            getattr(args, "target_secret_key_file", None):
+        req.secret_access_key = _secret(args, prompt)
     if not any(
         (req.name, req.description, req.target_endpoint, req.access_key_id, req.secret_access_key,
          req.target_ca_certificate, req.target_ca_sha256)

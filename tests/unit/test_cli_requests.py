@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 import pytest
 from google.protobuf import field_mask_pb2
@@ -419,6 +420,25 @@ def test_credential_update_of_the_access_key_sends_its_secret() -> None:
     )
     req = credential_cmd.build_update_request(args, lambda _: pytest.fail("asked"))
     assert (req.access_key_id, req.secret_access_key, req.target_cloud) == ("AK2", "SK2", "")
+
+
+def test_a_secret_beginning_with_a_dash_comes_from_a_file_or_after_an_equals_sign(
+        tmp_path: Path) -> None:
+    """Issue 20: about one secret key in 64 begins with '-', which argparse took
+    for an option after --target-secret-key."""
+    secret = "-x9Y2kq/AbCdEfGh"
+    path = tmp_path / "sk"
+    path.write_text(secret + "\n")
+    base = ("credential", "create", "--name", "c", "--target-cloud", "b", "--target-endpoint",
+            "b:50051", "--target-account-id", "acct", "--target-access-key", "AK")
+    for extra in (("--target-secret-key-file", str(path)), (f"--target-secret-key={secret}",)):
+        req = credential_cmd.build_create_request(parse(*base, *extra),
+                                                  lambda _: pytest.fail("asked"))
+        assert req.secret_access_key == secret
+    req = credential_cmd.build_update_request(
+        parse("credential", "update", "c1", "--target-secret-key-file", str(path)),
+        lambda _: pytest.fail("asked"))
+    assert req.secret_access_key == secret
 
 
 def test_replication_requests() -> None:
