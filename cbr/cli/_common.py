@@ -488,13 +488,19 @@ class Output:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         terminal = self.stdout.isatty()
+        # Text from the controller is shown as it is: no [markup], no :emoji:
+        # (an action "cbr:cloud:get" is not a cloud). Off a terminal a table
+        # is as wide as its content, never folded to a guessed width.
         self.console = Console(
             file=self.stdout,
-            width=None if terminal else int(os.environ.get("COLUMNS", "200")),
+            width=None if terminal else OFF_TERMINAL_WIDTH,
             highlight=False,
             soft_wrap=False,
+            markup=False,
+            emoji=False,
         )
-        self.err_console = Console(file=self.stderr, highlight=False)
+        self.err_console = Console(file=self.stderr, highlight=False, markup=False,
+                                   emoji=False)
 
     @property
     def json(self) -> bool:
@@ -536,11 +542,19 @@ class Output:
         table.add_column("value", overflow="fold")
         for name, value in detail_rows(msg):
             table.add_row(name, value)
-        self.console.print(table)
+        self._print(table)
         for sub_title, items, columns in subtables:
             if items:
                 self.console.print()
-                self.console.print(make_table(items, columns, title=sub_title))
+                self._print(make_table(items, columns, title=sub_title))
+
+    def _print(self, table: Table) -> None:
+        """A table without the spaces that pad each line to the table's width."""
+        with self.console.capture() as captured:
+            self.console.print(table)
+        lines = captured.get().splitlines()
+        self.stdout.write("".join(line.rstrip() + "\n" for line in lines))
+        self.stdout.flush()
 
     def items(self, items: Sequence[Message], columns: Sequence[Column]) -> None:
         """A list result: a JSON list, or one table row per item."""
@@ -550,20 +564,27 @@ class Output:
         if not items:
             self.note("no items")
             return
-        self.console.print(make_table(items, columns))
+        self._print(make_table(items, columns))
+
+
+OFF_TERMINAL_WIDTH = 4096
+"""Wide enough for any row; trailing spaces are stripped anyway."""
+UNBROKEN_MAX = 64
+"""A cell of one word up to this long (an id, a time, a code) is never split."""
 
 
 def make_table(
     items: Sequence[Message], columns: Sequence[Column], title: str | None = None
 ) -> Table:
+    rows = [[getter(item) if callable(getter) else fmt_field(item, getter)
+             for _, getter in columns] for item in items]
     table = Table(title=title, header_style="bold", box=None, pad_edge=False)
-    for header, _ in columns:
-        table.add_column(header, overflow="fold")
-    for item in items:
-        cells = [
-            getter(item) if callable(getter) else fmt_field(item, getter) for _, getter in columns
-        ]
-        table.add_row(*cells)
+    for n, (header, _) in enumerate(columns):
+        words = all(len(r[n]) <= UNBROKEN_MAX and not any(c.isspace() for c in r[n])
+                    for r in rows)
+        table.add_column(header, overflow="fold", no_wrap=words)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

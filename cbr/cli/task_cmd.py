@@ -8,10 +8,12 @@ exit codes of `task watch` and `vault delete --wait` the same.
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from google.protobuf.message import Message
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from cbr.cli._common import (
     Column,
@@ -21,6 +23,7 @@ from cbr.cli._common import (
     add_paging,
     enum_arg,
     enum_names,
+    fmt_bytes,
     list_pages,
     to_dict,
 )
@@ -153,8 +156,57 @@ def _label(task: task_pb2.Task) -> str:
     return f"{op} {task.id}" + (f" ({target})" if target else "")
 
 
+class _Rate:
+    """Bytes done, their rate (smoothed) and the time left, from a task's
+    progress and counters as they arrive."""
+
+    SMOOTHING = 0.3
+
+    def __init__(self) -> None:
+        self.last: tuple[float, int] | None = None
+        self.rate = 0.0
+
+    def detail(self, task: task_pb2.Task) -> str:
+        info = task.extra_info
+        total = _int(info.get("bytes_total"))
+        sent = _int(info.get("bytes_sent"))
+        if task.status in FINAL:
+            return f"{fmt_bytes(sent)} sent" if sent else ""
+        if not total:
+            return f"{fmt_bytes(sent)} sent" if sent else ""
+        done = total * task.progress // 100
+        now = time.monotonic()
+        if self.last is not None and now > self.last[0] and done >= self.last[1]:
+            rate = (done - self.last[1]) / (now - self.last[0])
+            self.rate = rate if not self.rate else (
+                self.SMOOTHING * rate + (1 - self.SMOOTHING) * self.rate)
+        self.last = (now, done)
+        text = f"{fmt_bytes(done)} of {fmt_bytes(total)}"
+        if self.rate > 0:
+            left = (total - done) / self.rate
+            text += f", {fmt_bytes(int(self.rate))}/s, {_duration(left)} left"
+        return text
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def wait_for_tasks(ctx: Context, task_ids: Iterable[str]) -> int:
-    """Follows each task to its end; 0 when all succeeded or were skipped."""
+    """Follows each task to its end, all at once; 0 when all succeeded or
+    were skipped."""
     ids = [t for t in task_ids if t]
     final: dict[str, task_pb2.Task] = {}
     if ctx.out.json:
@@ -168,21 +220,33 @@ def wait_for_tasks(ctx: Context, task_ids: Iterable[str]) -> int:
             TextColumn("{task.fields[status]}", style="bold"),
             BarColumn(),
             TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
             console=ctx.out.console,
         )
-        with progress:
-            bars = {
-                task_id: progress.add_task(task_id, total=100, status="waiting") for task_id in ids
-            }
-            for task_id in ids:
+        errors: list[BaseException] = []
+
+        def follow(task_id: str, bar: TaskID) -> None:
+            rate = _Rate()
+            try:
                 for update in _updates(ctx, task_id):
                     final[task_id] = update
                     progress.update(
-                        bars[task_id],
-                        description=_label(update),
-                        status=STATUS.short(update.status),
+                        bar, description=_label(update), status=STATUS.short(update.status),
                         completed=100 if update.status in SUCCEEDED else update.progress,
-                    )
+                        detail=rate.detail(update))
+            except BaseException as exc:  # the caller raises it
+                errors.append(exc)
+
+        with progress:
+            threads = [threading.Thread(target=follow, daemon=True, args=(
+                task_id, progress.add_task(task_id, total=100, status="waiting", detail="")))
+                for task_id in ids]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if errors:
+            raise errors[0]
     failed = 0
     for task_id in ids:
         task: task_pb2.Task | None = final.get(task_id)

@@ -263,3 +263,46 @@ def test_delete_without_wait_prints_the_task_id(
     endpoint, _ = server
     assert cli(endpoint, "vault", "delete", "v2") == 0
     assert "task task-of-v2" in capsys.readouterr().out
+
+
+def test_tables_show_names_as_they_are_keep_ids_whole_and_pad_nothing() -> None:
+    """Issue 20: "cbr:cloud:get" showed as a cloud emoji, a name's [markup]
+    vanished, UUIDs were split over two lines and every line was padded."""
+    import io
+
+    from cbr.cli._common import Output
+    from cbr.v1 import iam_pb2
+
+    uuid = "277f5b64-84b4-4d9b-bfa6-e4e282f51c20"
+    vaults = [vault_pb2.Vault(id=uuid, name="[red]ops[/red] :cloud: team " * 4, size_gb=1)]
+    for width in ("60", "200"):
+        buf = io.StringIO()
+        out = Output("table", stdout=buf)
+        out.console.width = int(width)  # as a narrow and a wide terminal
+        out.items(vaults, [("ID", "id"), ("NAME", "name")])
+        text = buf.getvalue()
+        assert uuid in text and all(line == line.rstrip() for line in text.splitlines())
+        assert "[red]ops[/red]" in text and ":cloud:" in text
+    buf = io.StringIO()
+    Output("table", stdout=buf).items(
+        [iam_pb2.Grant(id="g1", action="cbr:cloud:get")], [("ACTION", "action")])
+    assert "cbr:cloud:get" in buf.getvalue()
+
+
+def test_waiting_shows_bytes_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cbr.cli import task_cmd
+
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(task_cmd.time, "monotonic", lambda: next(clock))
+    rate = task_cmd._Rate()
+    running = task_pb2.TASK_STATUS_RUNNING
+    total = str(1000 * 1024 * 1024)
+    first = rate.detail(task_pb2.Task(status=running, progress=10,
+                                      extra_info={"bytes_total": total}))
+    assert first == "100.0 MiB of 1000.0 MiB"
+    second = rate.detail(task_pb2.Task(status=running, progress=20,
+                                       extra_info={"bytes_total": total}))
+    assert second == "200.0 MiB of 1000.0 MiB, 10.0 MiB/s, 1 min 20 s left"
+    done = rate.detail(task_pb2.Task(status=task_pb2.TASK_STATUS_SUCCESS, progress=100,
+                                     extra_info={"bytes_sent": str(5 * 1024 * 1024)}))
+    assert done == "5.0 MiB sent"
