@@ -443,6 +443,25 @@ def fmt_field(msg: Message, path: str) -> str:
     return _fmt_scalar(fd, value)
 
 
+_TIMESTAMP = "google.protobuf.Timestamp"
+
+
+def listed_below(msg: Message) -> list[tuple[str, list[Message]]]:
+    """The lists of messages ``detail_rows`` leaves to tables below it."""
+    return [(fd.name, list(getattr(msg, fd.name))) for fd in msg.DESCRIPTOR.fields
+            if fd.is_repeated and not _is_map(fd) and fd.message_type is not None
+            and fd.message_type.name != "Tag" and fd.message_type.full_name != _TIMESTAMP
+            and getattr(msg, fd.name)]
+
+
+def plain_columns(msg: Message) -> list[Column]:
+    """A table's columns for a message shown without a command's own choice:
+    its single fields, in order."""
+    return [(fd.name.upper(), fd.name) for fd in msg.DESCRIPTOR.fields
+            if not fd.is_repeated and (fd.message_type is None
+                                       or fd.message_type.full_name == _TIMESTAMP)][:8]
+
+
 def detail_rows(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
     """Field/value rows of a message; nested messages flattened, lists of
     messages other than tags left to the command's own sub-tables."""
@@ -455,6 +474,9 @@ def detail_rows(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
                 rows.append((f"{name}.{k}", str(v)))
             continue
         if fd.is_repeated:
+            if fd.message_type is not None and fd.message_type.full_name == _TIMESTAMP:
+                rows.append((name, ", ".join(fmt_time(t) for t in value) or "-"))
+                continue
             if fd.message_type is not None and fd.message_type.name != "Tag":
                 if value:
                     rows.append((name, f"{len(value)} (below)"))
@@ -543,7 +565,11 @@ class Output:
         for name, value in detail_rows(msg):
             table.add_row(name, value)
         self._print(table)
-        for sub_title, items, columns in subtables:
+        given = list(subtables)
+        named = {sub_title for sub_title, _, _ in given}
+        given += [(name, items, plain_columns(items[0])) for name, items in listed_below(msg)
+                  if name not in named]  # every "(below)" has its table
+        for sub_title, items, columns in given:
             if items:
                 self.console.print()
                 self._print(make_table(items, columns, title=sub_title))

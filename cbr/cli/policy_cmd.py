@@ -253,7 +253,16 @@ def cmd_run_now(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.policies.RunPolicyNow(
         policy_pb2.RunPolicyNowRequest(policy_id=args.policy_id), timeout=ctx.timeout
     )
-    ctx.out.show(resp)
+    if ctx.out.json:
+        ctx.out.show(resp)
+        return 0
+    for checkpoint_id in resp.checkpoint_ids:
+        ctx.out.message(f"policy {args.policy_id}: backup checkpoint {checkpoint_id}")
+    for task_id in resp.task_ids:
+        ctx.out.message(f"policy {args.policy_id}: task {task_id}")
+    if not resp.checkpoint_ids and not resp.task_ids:
+        ctx.out.message(f"policy {args.policy_id}: nothing started (no vault is bound to "
+                        "it); `cbr policy runs` lists its runs")
     return 0
 
 

@@ -14,7 +14,7 @@ from controller import browse
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Backup, Image, Vault
-from controller.services import backups, images, paging, runs
+from controller.services import backups, images, paging, runs, vaults
 
 
 class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
@@ -68,6 +68,8 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
                                                 "resource_type"),
             name=request.name, show_children=request.show_children)
         with self.app.db.begin() as s:
+            if request.vault_id:  # an unknown vault is not an empty one
+                vaults.get_vault(s, self.project_id, request.vault_id)
             items, token, total = paging.paginate(s, stmt, Backup, request.page_size,
                                                   request.page_token)
             return backup_pb2.ListBackupsResponse(

@@ -88,3 +88,18 @@ def test_vaults_filter_by_resource_policy_and_type(api: RunningController) -> No
     assert names(policy_id="none") == []
     assert names(page_size=1) == ["d"]
     assert disk.resources[0].id == ids["vol"]
+
+
+def test_listing_the_backups_of_an_unknown_vault_is_not_found(api: RunningController) -> None:
+    """Issue 20: it answered an empty list, as if the vault existed."""
+    import grpc
+    import pytest
+
+    from cbr.client import error_from_rpc
+    from cbr.v1 import backup_pb2
+
+    with pytest.raises(grpc.RpcError) as refused:
+        api.client().backups.ListBackups(backup_pb2.ListBackupsRequest(vault_id="no-such"))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    err = error_from_rpc(refused.value)
+    assert err is not None and err.code == "BackupService.6105"

@@ -306,3 +306,26 @@ def test_waiting_shows_bytes_rate_and_time_left(monkeypatch: pytest.MonkeyPatch)
     done = rate.detail(task_pb2.Task(status=task_pb2.TASK_STATUS_SUCCESS, progress=100,
                                      extra_info={"bytes_sent": str(5 * 1024 * 1024)}))
     assert done == "5.0 MiB sent"
+
+
+def test_show_lists_what_it_says_is_below() -> None:
+    """Issue 20: `policy show` and `replication capabilities` printed
+    "5 (below)" and listed nothing."""
+    import io
+
+    from google.protobuf import timestamp_pb2
+
+    from cbr.cli._common import Output
+    from cbr.v1 import cloud_pb2, policy_pb2, replication_pb2
+
+    buf = io.StringIO()
+    Output("table", stdout=buf).show(replication_pb2.GetReplicationCapabilitiesResponse(
+        cloud="cloud-b", regions=[cloud_pb2.Region(id="region-b1", replication_supported=True),
+                                  cloud_pb2.Region(id="region-b2")]))
+    text = buf.getvalue()
+    assert "region-b1" in text and "region-b2" in text
+    buf = io.StringIO()
+    Output("table", stdout=buf).show(policy_pb2.Policy(id="p1", next_run_times=[
+        timestamp_pb2.Timestamp(seconds=1_800_000_000 + 86400 * i) for i in range(3)]))
+    text = buf.getvalue()
+    assert "(below)" not in text and text.count("2027-01-1") == 3
