@@ -457,9 +457,11 @@ def listed_below(msg: Message) -> list[tuple[str, list[Message]]]:
 def plain_columns(msg: Message) -> list[Column]:
     """A table's columns for a message shown without a command's own choice:
     its single fields, in order."""
-    return [(fd.name.upper(), fd.name) for fd in msg.DESCRIPTOR.fields
-            if not fd.is_repeated and (fd.message_type is None
-                                       or fd.message_type.full_name == _TIMESTAMP)][:8]
+    columns: list[Column] = [
+        (fd.name.upper(), fd.name) for fd in msg.DESCRIPTOR.fields
+        if not fd.is_repeated and (fd.message_type is None
+                                   or fd.message_type.full_name == _TIMESTAMP)]
+    return columns[:8]
 
 
 def detail_rows(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
