@@ -151,6 +151,15 @@ def calling_target(cred_name: str, endpoint: str) -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         err = error_from_rpc(exc)
+        if isinstance(err, errors.PermissionDenied):
+            # The target judged the user behind the credential, not our caller.
+            action = err.metadata.get("action", "")
+            raise errors.PermissionDenied(
+                (f"On the target cloud, the user behind credential {cred_name!r} lacks the "
+                 f"action {action}; grant it there (CBRFullAccess covers every action "
+                 "replication needs)." if action else
+                 f"The target cloud refused the user behind credential {cred_name!r}: "
+                 f"{err.detail}"), **err.metadata) from None
         if err is not None:
             raise err from None
         reason = _reason(exc)

@@ -27,7 +27,7 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
 
     def CreateAccount(self, request: iam_pb2.CreateAccountRequest,
                       context: grpc.ServicerContext) -> iam_pb2.CreateAccountResponse:
-        iam.require_administrator(self.caller, "create accounts")
+        iam.require_administrator(self.caller, "create accounts", "iam:accounts:create")
         with self.app.db.begin() as s:
             account, user, key, sk = iam.create_account(
                 s, self.app.keyring, request.name, request.admin_user_name, self.now())

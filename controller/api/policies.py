@@ -100,7 +100,9 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                     field="policy_id")
         scheduler = getattr(self.app, "scheduler", None)
         if scheduler is None:
-            raise errors.AgentUnavailable("The policy loop is not running in this controller.")
+            raise errors.NotImplementedYet(
+                "This controller runs without its policy loop (it was started without a "
+                "scheduler), so it cannot run a policy; run it on a controller that has one.")
         started = scheduler.run(request.policy_id, self.now(), manual=True)
         if replication:
             return policy_pb2.RunPolicyNowResponse(task_ids=started)

@@ -211,10 +211,11 @@ def get_account(session: Session, caller: Caller, account_id: str) -> Account:
     return account
 
 
-def require_administrator(caller: Caller, what: str) -> None:
+def require_administrator(caller: Caller, what: str, action: str) -> None:
     if not caller.administrator:
         raise errors.PermissionDenied(
-            f"Only the administrator account may {what}.", action="iam:accounts")
+            f"Only the administrator account may {what} ({action} is granted only there).",
+            action=action)
 
 
 def delete_user(session: Session, caller: Caller, user_id: str) -> None:

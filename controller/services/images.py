@@ -46,9 +46,16 @@ def create_image(session: Session, project_id: str, *, backup_id: str, name: str
         raise errors.BackupStatusIllegal(
             f"Backup {backup.id} is {backup.status}; only available backups make images.",
             backup_id=backup.id)
-    dispatch = runs.create_restore(session, project_id, runs.RestoreRequest(
-        backup_id=system.id, target_agent_id=target_agent_id, target_path=target_path,
-        encrypted=encrypted), now, online)
+    try:
+        dispatch = runs.create_restore(session, project_id, runs.RestoreRequest(
+            backup_id=system.id, target_agent_id=target_agent_id, target_path=target_path,
+            encrypted=encrypted), now, online)
+    except errors.EncryptedRestoreTarget:
+        # Said of the backup the caller named, not of its system disk's child.
+        raise errors.EncryptedRestoreTarget(
+            f"Backup {backup.id} is in an encrypted vault; make its image as an encrypted "
+            "one (encrypted, `--encrypted` in the CLI), on encrypted storage.",
+            backup_id=backup.id) from None
     image = Image(project_id=project_id, name=name, description=description,
                   status="creating", backup_id=backup.id, disk_backup_id=system.id,
                   agent_id=target_agent_id, path=target_path,

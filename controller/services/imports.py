@@ -249,9 +249,13 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
             if task is not None and importer is not None:
                 return ImportPlan(record, task, importer, unseal_token(keyring, record))
     if not region_supported(regions, req.destination_region):
+        accepting = ", ".join(r for r, ok in regions if ok) or "none"
+        known = any(r == req.destination_region for r, _ok in regions)
         raise errors.RegionNotSupported(
-            f"Region {req.destination_region!r} of this cloud does not accept replicas; "
-            f"these do: {', '.join(r for r, ok in regions if ok) or 'none'}.")
+            f"Region {req.destination_region!r} of the target cloud does not accept "
+            f"replicas; these do: {accepting}." if known else
+            f"The target cloud has no region {req.destination_region!r}; its regions that "
+            f"accept replicas: {accepting}.")
     _check_backup(req.backup)
     kind = _KIND[str(req.backup["resourceType"])]
     vault = _destination_vault(session, project_id, req.destination_vault_id,

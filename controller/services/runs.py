@@ -302,9 +302,15 @@ class RestoreRequest:
     encrypted: bool = False
 
 
+def _no_nul(path: str, field: str) -> None:
+    if "\x00" in path:
+        raise errors.InvalidParameter(f"{field} may not contain a NUL character.", field=field)
+
+
 def _safe_source_path(path: str) -> str:
+    _no_nul(path, "source_path")
     parts = [p for p in path.split("/") if p]
-    if any(p in (".", "..") or "\x00" in p for p in parts):
+    if any(p in (".", "..") for p in parts):
         raise errors.InvalidParameter(f"source_path {path!r} may not contain '.' or '..'.",
                                       field="source_path")
     return "/".join(parts)
@@ -342,7 +348,8 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
             raise errors.EncryptedRestoreTarget(
                 f"Backup {backup.id} is in encrypted vault {vault.name if vault else ''!r}; "
                 "restore it to a new place only as an encrypted server or file system "
-                "(set encrypted, with the target on encrypted storage).", backup_id=backup.id)
+                "(set encrypted, `--encrypted` in the CLI, with the target on encrypted "
+                "storage).", backup_id=backup.id)
         agent_id = req.target_agent_id
         if not agent_id:
             source = session.get(Protectable, backup.resource_id)
@@ -402,6 +409,12 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                 f"Backup {busy.id} of {target_resource.name} is {busy.status}.",
                 resource_id=target_resource.id)
         agent_id = target_resource.agent_id
+        owner = session.get(Agent, agent_id)
+        if owner is None or owner.revoked:
+            raise errors.ResourceNotFound(
+                f"The agent that reported {target_resource.name} ({agent_id}) was deleted; "
+                "restore to a new place on another agent (target_agent_id, target_path).",
+                agent_id=agent_id)
         if kind == "server":
             by_disk = {d["id"]: d for d in target_resource.disks}
             targets = {}
@@ -508,7 +521,8 @@ def _within(path: str, root: str) -> bool:
 
 
 def _absolute(path: str, field: str) -> str:
-    if not path.startswith("/") or "\x00" in path:
+    _no_nul(path, field)
+    if not path.startswith("/"):
         raise errors.InvalidParameter(f"{field} {path!r} must be an absolute path.",
                                       field=field)
     return path

@@ -189,3 +189,20 @@ def test_nonces_are_remembered_exactly_as_long_as_their_signature_is_valid() -> 
     assert cache.first_use("AK", "n2", signed_at=1902, now=1902)
     assert len(cache) == 1  # n1's signature left the window at 1900: forgotten
     assert not cache.first_use("AK", "n2", signed_at=1902, now=2801)
+
+
+def test_a_second_accounts_admin_creating_an_account_is_told_the_real_action(
+        api: RunningController) -> None:
+    """Issue 20: the refusal named an action `iam:accounts` that does not exist."""
+    admin = api.client()
+    made = admin.iam.CreateAccount(iam_pb2.CreateAccountRequest(
+        name="second", admin_user_name="second-admin"))
+    second = Client(api.endpoint, made.access_key.access_key_id,
+                    made.access_key.secret_access_key, insecure=True)
+    with pytest.raises(grpc.RpcError) as exc:
+        second.iam.CreateAccount(iam_pb2.CreateAccountRequest(name="third",
+                                                              admin_user_name="x"))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    err = error_from_rpc(exc.value)
+    assert err is not None and err.metadata["action"] == "iam:accounts:create"
+    assert "iam:accounts:create" in (exc.value.details() or "")

@@ -175,3 +175,4 @@ def test_vault_storage_outside_the_operators_roots_is_refused_and_nothing_is_wri
         assert "storage roots" in details or "data directory" in details
     assert not probe.exists()
     assert list(client.vaults.ListVaults(vault_pb2.ListVaultsRequest()).vaults) == []
+

@@ -245,3 +245,13 @@ def test_two_imports_racing_into_vaults_of_each_kind_are_decided_one_at_a_time(
             for record in s.query(ReplicationRecord):
                 s.delete(record)
     assert sorted(outcomes) == ["allowed"] * 5 + ["refused"] * 5
+
+
+def test_an_unknown_region_is_not_called_a_region_of_the_target(
+        app: App, project: str, importer: str) -> None:
+    vault = _vault(app, project)
+    with pytest.raises(errors.RegionNotSupported, match="has no region 'region-9'"):
+        _prepare(app, project, _request(vault, region="region-9"), {importer})
+    with pytest.raises(errors.RegionNotSupported, match="'region-2' of the target cloud does "
+                                                        "not accept"):
+        _prepare(app, project, _request(vault, region="region-2"), {importer})

@@ -331,3 +331,25 @@ def test_an_image_is_made_only_on_the_callers_agent_and_under_its_roots(
             target_agent_id=inventory.agent_id, target_path="/restore/web.img",
             encrypted=False, now=NOW, online=online)
         assert image.status == "creating"
+
+
+def test_a_nul_in_a_restore_path_is_called_a_nul(
+        app: App, project: str, inventory: Inventory) -> None:
+    """Issue 20: a NUL was reported as '..' or as a path that is not absolute."""
+    backup_id = _available_disk_backup(app, project, inventory)
+    with pytest.raises(errors.InvalidParameter, match="target_path may not contain a NUL"), \
+            app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(
+            backup_id, target_agent_id=inventory.agent_id, target_path="/restore/x\x00.img"),
+            NOW, {inventory.agent_id})
+
+
+def test_an_in_place_restore_whose_agent_was_deleted_says_so_not_offline(
+        app: App, project: str, inventory: Inventory) -> None:
+    from controller.persistence.models import Agent
+
+    backup_id = _available_disk_backup(app, project, inventory)
+    with app.db.begin() as s:
+        s.get(Agent, inventory.agent_id).revoked = True  # type: ignore[union-attr]
+    with pytest.raises(errors.ResourceNotFound, match="was deleted"), app.db.begin() as s:
+        runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW, set())
