@@ -25,6 +25,7 @@ from cbr.cli import (
     image_cmd,
     key_cmd,
     policy_cmd,
+    prefixes,
     protectable_cmd,
     replication_cmd,
     task_cmd,
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     ctx = Context(args, Output(args.output))
     try:
+        prefixes.resolve(ctx, args)
         return int(args.func(ctx, args))
     except CliError as exc:
         _fail(str(exc))

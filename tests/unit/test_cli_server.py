@@ -329,3 +329,26 @@ def test_show_lists_what_it_says_is_below() -> None:
         timestamp_pb2.Timestamp(seconds=1_800_000_000 + 86400 * i) for i in range(3)]))
     text = buf.getvalue()
     assert "(below)" not in text and text.count("2027-01-1") == 3
+
+
+def test_a_unique_prefix_of_an_id_stands_for_it(
+    server: tuple[str, Vaults], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20: only whole ids were accepted."""
+    import sys
+
+    ids = ["5e0c1111-0000-4000-8000-000000000001", "5e0c2222-0000-4000-8000-000000000002",
+           "7a7a0000-0000-4000-8000-000000000003"]
+    monkeypatch.setattr(sys.modules[__name__], "VAULTS",
+                        [vault_pb2.Vault(id=i, name=f"n{n}", size_gb=1)
+                         for n, i in enumerate(ids)])
+    endpoint, _ = server
+    assert cli(endpoint, "--output", "json", "vault", "show", "7a7a") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == ids[2]
+    assert cli(endpoint, "vault", "show", "5e0c") == 2  # two match: refused, naming both
+    err = capsys.readouterr().err
+    assert ids[0] in err and ids[1] in err and "type more" in err
+    assert cli(endpoint, "vault", "show", "5e0c2") == 0
+    assert cli(endpoint, "vault", "show", "beef") == 1  # none: the controller says not found
+    assert "6105" in capsys.readouterr().err
