@@ -187,20 +187,24 @@ def test_a_failed_or_aborted_import_leaves_no_replica(app: App, project: str,
         assert imports.abort_import(s, project, other.record.id, "again", NOW) is None
 
 
+def _sealed_vault(app: App, project: str) -> str:
+    """A replication vault encrypted with a key of the account."""
+    from tests.state.test_keys import _key
+
+    key = _key(app, project)
+    with app.db.begin() as s:
+        return vaults.create_vault(s, project, "region-1", VaultSpec(
+            name="r-sealed", object_type="server", size_gb=100, protect_type="replication",
+            encrypted=True, kms_key_id=key), NOW).id
+
+
 @pytest.mark.parametrize("first_sealed", [False, True], ids=["plain-first", "sealed-first"])
 def test_an_import_on_its_way_fixes_the_encryption_of_the_resources_next_ones(
         app: App, project: str, importer: str, first_sealed: bool) -> None:
     """Issue 20: the encryption rule counted only finished replicas, so b1 of
     a file system to an encrypted vault and b2 to a plain one, both in flight,
     were both allowed (and every later backup of it refused for both)."""
-    from tests.state.test_keys import _key
-
-    key = _key(app, project)
-    with app.db.begin() as s:
-        sealed = vaults.create_vault(s, project, "region-1", VaultSpec(
-            name="r-sealed", object_type="server", size_gb=100, protect_type="replication",
-            encrypted=True, kms_key_id=key), NOW).id
-    plain = _vault(app, project)
+    sealed, plain = _sealed_vault(app, project), _vault(app, project)
     first, second = (sealed, plain) if first_sealed else (plain, sealed)
     _prepare(app, project, _request(first, _server_doc("src-1"), record="rec-1"), {importer})
     with pytest.raises(errors.ReplicaEncryptionMismatch, match="res-1"):
@@ -214,14 +218,7 @@ def test_two_imports_racing_into_vaults_of_each_kind_are_decided_one_at_a_time(
         app: App, project: str, importer: str) -> None:
     import threading
 
-    from tests.state.test_keys import _key
-
-    key = _key(app, project)
-    with app.db.begin() as s:
-        sealed = vaults.create_vault(s, project, "region-1", VaultSpec(
-            name="r-sealed", object_type="server", size_gb=100, protect_type="replication",
-            encrypted=True, kms_key_id=key), NOW).id
-    plain = _vault(app, project)
+    sealed, plain = _sealed_vault(app, project), _vault(app, project)
     start = threading.Barrier(2)
     outcomes: list[str] = []
 
