@@ -240,6 +240,7 @@ class Maintenance:
 
     def _delete_vault(self, task_id: str, url: str) -> None:
         objects, size = prune.erase_vault(self._app.storage.backend(url))
+        self._app.storage.remove_empty_dirs(url)
         with self._app.db.begin() as s:
             task = s.get(Task, task_id)
             if task is not None:

@@ -11,6 +11,7 @@ written to the database, so a database dump does not leak them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -161,6 +162,16 @@ class VaultStorage:
         """The requested place when the operator allows it, else the default."""
         return self.roots.check(requested, taken) if requested else join_url(
             self._config.effective_storage_url, vault_id)
+
+    def remove_empty_dirs(self, url: str) -> None:
+        """After a vault's storage was erased: its local directories that are
+        empty now go too (a foreign file keeps its directory). S3 has none."""
+        place = Place.of(url)
+        if place.store != ("file",) or not os.path.isdir(place.path):
+            return
+        for dirpath, _dirs, _files in os.walk(place.path, topdown=False):
+            with contextlib.suppress(OSError):  # not empty: something foreign stays
+                os.rmdir(dirpath)
 
     def access(self, url: str) -> dict[str, str]:
         """The StorageAccess an agent needs for ``url`` (JSON field names)."""

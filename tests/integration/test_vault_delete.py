@@ -64,6 +64,7 @@ def test_deleting_a_vault_deletes_its_backups_and_frees_its_storage(
     assert done.operation_type == task_pb2.OPERATION_TYPE_VAULT_DELETE
     assert int(done.extra_info["bytes_freed"]) > 256 * MiB
     assert _objects(storage) == ["operator-notes.txt"]  # a foreign file stays
+    assert [p.name for p in storage.iterdir()] == ["operator-notes.txt"]  # no empty dirs
     with pytest.raises(grpc.RpcError) as gone:
         host.client.vaults.GetVault(vault_pb2.GetVaultRequest(vault_id=vault_id))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
