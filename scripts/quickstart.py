@@ -615,6 +615,9 @@ def main() -> int:
         else:
             say("stopping everything the quickstart started")
             stop_all()
+            if done:
+                print("(scripts/quickstart --keep-running leaves both clouds up to try the "
+                      "printed commands yourself)", flush=True)
 
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CBR_")}
