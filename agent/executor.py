@@ -17,6 +17,7 @@ from typing import Any
 from agent.commands import CommandContext, CommandFunction, Outcome, registry
 from agent.journal import Entry, Journal
 from agent.memory import release_free_memory
+from cbr import errors
 from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent")
@@ -71,13 +72,13 @@ class Executor:
         function = self._commands.get(action)
         try:
             if function is None:
-                outcome = Outcome(False, "BackupService.0501",
+                outcome = Outcome(False, errors.NotImplementedYet.code,
                                   f"This agent does not know the command {action!r}; upgrade it.")
             else:
                 outcome = function(self._make_context(task_id), getattr(command, action))
         except Exception as exc:
             log.exception("task %s (%s) failed", task_id, action)
-            outcome = Outcome(False, "BackupService.0500", f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(False, errors.InternalError.code, f"{type(exc).__name__}: {exc}")
         finally:
             release_free_memory()  # an idle agent does not keep a task's peak
         try:

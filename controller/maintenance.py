@@ -113,7 +113,7 @@ class Maintenance:
                 self._run_task(task_id)
             except Exception:
                 log.exception("maintenance task %s failed unexpectedly", task_id)
-                self._finish(task_id, "failed", "BackupService.0500",
+                self._finish(task_id, "failed", errors.InternalError.code,
                              "Internal error; the controller log has the details.", {})
 
     def _run_task(self, task_id: str) -> None:
@@ -130,7 +130,7 @@ class Maintenance:
             if operation == "vault_delete":  # erased and forgotten before a restart
                 self._finish(task_id, "success", "", "", {})
             else:
-                self._finish(task_id, "failed", "BackupService.6105", "The vault is gone.", {})
+                self._finish(task_id, "failed", errors.VaultNotFound.code, "The vault is gone.", {})
             return
         log.info("running %s task %s on %s", operation, task_id, url)
         try:

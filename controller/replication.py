@@ -499,7 +499,7 @@ class Replicator:
         with self.app.db.begin() as s:
             cred = s.get(Credential, cred_id)
             if cred is None or cred.project_id != project_id:
-                return {"status": "fail", "fail_code": "BackupService.0404",
+                return {"status": "fail", "fail_code": errors.ResourceNotFound.code,
                         "fail_reason": "the credential was deleted before the target "
                                        "confirmed the replica"}
             client = target_client(self.app, cred)

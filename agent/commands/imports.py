@@ -21,6 +21,7 @@ from typing import Any
 from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, open_storage
 from agent.importer import ImportGrant, ImportGrants
+from cbr import errors
 from cbr.repo import layout
 from cbr.storage import ObjectNotFound
 
@@ -52,7 +53,7 @@ def _committed(digests: dict[str, str], stats: dict[str, int]) -> Outcome:
 def run(context: CommandContext, command: Any) -> Outcome:
     grants: ImportGrants | None = context.grants
     if grants is None:
-        return Outcome(False, "BackupService.0501",
+        return Outcome(False, errors.NotImplementedYet.code,
                        "This agent is not an importer; run it with --role importer.")
     try:
         done = _stored_digests(command)
@@ -86,8 +87,8 @@ def run(context: CommandContext, command: Any) -> Outcome:
     if grant.committed:
         return _committed(grant.manifest_sha256, grant.stats)
     if grant.aborted:
-        return Outcome(False, "BackupService.0412",
+        return Outcome(False, errors.Conflict.code,
                        f"import {command.import_id} was aborted by the target cloud")
-    return Outcome(False, "BackupService.0412",
+    return Outcome(False, errors.Conflict.code,
                    f"import {command.import_id}: the source did not commit the replica before "
                    f"the grant expired at {expires.isoformat()}")

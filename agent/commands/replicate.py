@@ -23,6 +23,7 @@ from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, locked_repository
 from agent.importer import MAX_MESSAGE_BYTES
 from agent.replication import GrpcReplicaTarget, ImportStreamError
+from cbr import errors
 from cbr.client import error_from_rpc
 from cbr.repo import Repository
 from cbr.repo.manifest import DiskContent, Manifest, TreeContent
@@ -123,14 +124,14 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             err = error_from_rpc(exc)
-            if err is not None and err.code == "BackupService.0412" \
+            if err is not None and err.code == errors.Conflict.code \
                     and "already committed" in err.message:
                 totals.wire_bytes += target.request_bytes if target is not None else 0
                 totals.attempt_ended()
                 return  # the commit landed; only its answer was lost
             if code not in _RETRY or (err is not None and code != grpc.StatusCode.UNAUTHENTICATED
                                       and code != grpc.StatusCode.UNAVAILABLE):
-                raise TransferFailed(err.code if err is not None else "BackupService.0500",
+                raise TransferFailed(err.code if err is not None else errors.InternalError.code,
                                      f"the importer refused the replica: "
                                      f"{err.message if err is not None else exc}") from None
             reason = f"{code.name}: {exc.details() if isinstance(exc, grpc.Call) else exc}"
@@ -151,7 +152,7 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
             if moved:
                 delay = BACKOFF_FIRST_S
         if now + delay - outage_since > retry_for:
-            raise TransferFailed("BackupService.8001",
+            raise TransferFailed(errors.TargetCloudUnavailable.code,
                                  f"the importer at {command.importer_endpoint} could not be "
                                  f"reached for {retry_for:.0f} s ({reason})")
         log.warning("replication of %s: stream to %s broke (%s); resuming in %.1f s",

@@ -137,23 +137,24 @@ _PATHLESS = (StorageError, KeyUnavailable, IntegrityError, ChunkNotFound, Target
              PathNotInBackup, Cancelled)
 _KINDS = {errors.UnsafeRestoreTarget.code: "the backup holds an entry that would write "
           "outside the restore target, or the target holds a link",
-          "BackupService.0505": "the vault data is damaged or not in the expected format",
-          "BackupService.0500": "a file could not be read or written"}
+          errors.DataIntegrityError.code: "the vault data is damaged or not in the expected format",
+          errors.InternalError.code: "a file could not be read or written"}
 
 
 def _failure(exc: BaseException, what: str) -> Outcome:
     if isinstance(exc, DataplaneError):
         return Outcome(False, exc.code, f"{what}: {exc}")
     if isinstance(exc, StorageFull):
-        return Outcome(False, "BackupService.6114", f"{what}: the vault storage is full: {exc}")
+        return Outcome(False, errors.VaultCapacityExceeded.code,
+                       f"{what}: the vault storage is full: {exc}")
     if isinstance(exc, StorageError):
-        return Outcome(False, "BackupService.0504", f"{what}: vault storage error: {exc}")
+        return Outcome(False, errors.StorageUnavailable.code, f"{what}: vault storage error: {exc}")
     if isinstance(exc, KeyUnavailable):
         return Outcome(False, errors.KeyNotUsable.code, f"{what}: vault key unavailable: {exc}")
     if isinstance(exc, IntegrityError | ChunkNotFound):
-        return Outcome(False, "BackupService.0505", f"{what}: damaged vault data: {exc}")
+        return Outcome(False, errors.DataIntegrityError.code, f"{what}: damaged vault data: {exc}")
     if isinstance(exc, RepoError):
-        return Outcome(False, "BackupService.0505", f"{what}: {exc}")
+        return Outcome(False, errors.DataIntegrityError.code, f"{what}: {exc}")
     if isinstance(exc, OSError):
-        return Outcome(False, "BackupService.0500", f"{what}: {exc}")
-    return Outcome(False, "BackupService.0500", f"{what}: {type(exc).__name__}: {exc}")
+        return Outcome(False, errors.InternalError.code, f"{what}: {exc}")
+    return Outcome(False, errors.InternalError.code, f"{what}: {type(exc).__name__}: {exc}")

@@ -71,7 +71,7 @@ class DataplaneError(Exception):
     ``code`` is the CBR error code the controller reports for it.
     """
 
-    code = "BackupService.0500"
+    code = errors.InternalError.code
 
 
 class Cancelled(DataplaneError):
@@ -85,7 +85,7 @@ class SourceUnreadable(DataplaneError):
 class TargetTooSmall(DataplaneError):
     """A restore target is smaller than the backed-up disk (the reference's 2001)."""
 
-    code = "BackupService.2001"
+    code = errors.RestoreTargetTooSmall.code
 
 
 class UnsafeTarget(DataplaneError):

@@ -305,7 +305,7 @@ class AgentHub:
                                  stream.agent_id, task.id)
                 elif task.status == "running" and task.id not in alive:
                     self._finish(session, task.id, "failed", now,
-                                 "BackupService.0503",
+                                 errors.AgentUnavailable.code,
                                  "The agent restarted while this task ran; what it did is "
                                  "not marked done. Run it again.", {})
                     log.warning("agent %s lost task %s (%s); marked failed", stream.agent_id,
@@ -398,7 +398,7 @@ class AgentHub:
             self._finish(session, task.id, "failed", now, exc.code, exc.message, {})
             return None
         if command is None:
-            self._finish(session, task.id, "failed", now, "BackupService.0501",
+            self._finish(session, task.id, "failed", now, errors.NotImplementedYet.code,
                          "This controller cannot encode the task's command for agents.", {})
         return command
 

@@ -322,9 +322,9 @@ def abort_import(session: Session, project_id: str, import_id: str, reason: str,
     if record.status != "replicating":
         return None
     task = session.get(Task, str(record.extra_info.get("task_id", "")))
-    _fail(record, "BackupService.0412", reason or "aborted by the source cloud", now)
+    _fail(record, errors.Conflict.code, reason or "aborted by the source cloud", now)
     if task is not None and task.status not in tasks.FINAL_STATUSES:
-        tasks.finish_task(session, task.id, "failed", now, error_code="BackupService.0412",
+        tasks.finish_task(session, task.id, "failed", now, error_code=errors.Conflict.code,
                           error_message=reason or "aborted by the source cloud")
         return task
     return None
@@ -343,7 +343,7 @@ def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
     if record is None or record.status != "replicating":
         return
     if task.status != "success":
-        _fail(record, task.error_code or "BackupService.0500",
+        _fail(record, task.error_code or errors.InternalError.code,
               task.error_message or "the import failed", now)
         return
     try:
@@ -351,18 +351,18 @@ def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
                      json.loads(str(task.extra_info.get("manifests", "{}"))).items()}
         added = int(task.extra_info.get("bytes_stored", 0) or 0)
     except (ValueError, TypeError, AttributeError):
-        _fail(record, "BackupService.0500", "the importer's report is malformed", now)
+        _fail(record, errors.InternalError.code, "the importer's report is malformed", now)
         return
     info = record.extra_info
     ids: dict[str, str] = dict(info["replica_ids"])
     doc: dict[str, Any] = info["backup"]
     if set(ids.values()) - manifests.keys():
-        _fail(record, "BackupService.0505", "the importer committed fewer manifests than "
+        _fail(record, errors.DataIntegrityError.code, "the importer committed fewer manifests than "
               "the replica has", now)
         return
     vault = session.get(Vault, record.destination_vault_id)
     if vault is None:
-        _fail(record, "BackupService.6105", "the replication vault was deleted", now)
+        _fail(record, errors.VaultNotFound.code, "the replication vault was deleted", now)
         return
     auto = bool(info.get("auto_trigger"))
     session.add(Checkpoint(

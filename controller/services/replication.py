@@ -241,7 +241,7 @@ def transfer_done(session: Session, task: Task, now: dt.datetime) -> Replication
                 extra[key] = task.extra_info[key]
     else:
         record.status = "fail"
-        extra.update(stage="aborting", fail_code=task.error_code or "BackupService.0500",
+        extra.update(stage="aborting", fail_code=task.error_code or errors.InternalError.code,
                      fail_reason=task.error_message or "the transfer failed")
     record.extra_info = extra
     record.updated_at = now
@@ -265,7 +265,7 @@ def confirmed(session: Session, record_id: str, target: dict[str, Any],
         extra.update(progress=100, stage="done")
     elif status == "fail":
         record.status = "fail"
-        extra.update(stage="done", fail_code=target.get("fail_code", "BackupService.0500"),
+        extra.update(stage="done", fail_code=target.get("fail_code", errors.InternalError.code),
                      fail_reason=target.get("fail_reason", "the target refused the replica"))
     else:
         return

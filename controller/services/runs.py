@@ -114,17 +114,17 @@ def create_checkpoint(
                             "reason": reason})
 
         if protectable.gone:
-            skip("BackupService.0001", "The agent no longer reports this resource.")
+            skip(errors.NoResourceAvailable.code, "The agent no longer reports this resource.")
             continue
         if protectable.error:
-            skip("BackupService.0001", f"The agent cannot read it: {protectable.error}")
+            skip(errors.NoResourceAvailable.code, f"The agent cannot read it: {protectable.error}")
             continue
         if protectable.agent_id not in online:
-            skip("BackupService.0503", f"Its agent {protectable.agent_id} is offline.")
+            skip(errors.AgentUnavailable.code, f"Its agent {protectable.agent_id} is offline.")
             continue
         busy = _busy(session, protectable.id)
         if busy is not None:
-            skip("BackupService.2002", f"Backup {busy.id} of it is {busy.status}.")
+            skip(errors.ResourceBeingBackedUp.code, f"Backup {busy.id} of it is {busy.status}.")
             continue
         dispatches.append(_start_backup(session, vault, checkpoint, resource, protectable,
                                          name=name, description=description, full=full,

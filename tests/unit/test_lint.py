@@ -30,3 +30,18 @@ def test_ruff() -> None:
 def test_mypy() -> None:
     result = _run([sys.executable, "-m", "mypy", "."])
     assert result.returncode == 0, f"mypy failed:\n{result.stdout}{result.stderr}"
+
+
+def test_cbr_error_codes_are_written_only_in_cbr_errors() -> None:
+    """One place says which code means what (issue 21): elsewhere a code is
+    ``errors.SomeError.code``, so a renumbering or a typo cannot drift."""
+    import re
+
+    literal = re.compile(r"[\"']BackupService\.\d{4}[\"']")
+    found = [f"{path.relative_to(ROOT)}:{n}"
+             for top in ("cbr", "controller", "agent", "scripts")
+             for path in sorted((ROOT / top).rglob("*.py"))
+             if path != ROOT / "cbr" / "errors.py" and "/v1/" not in path.as_posix()
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if literal.search(line)]
+    assert found == [], "CBR code strings outside cbr/errors.py: " + ", ".join(found)
