@@ -32,14 +32,13 @@ import grpc
 
 from agent.commands.storage import TaskKeys, open_storage
 from agent.replication import chunk_from_pb
-from cbr import errors
+from cbr import errors, faults
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.repo import Manifest, Repository
-from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable, RepoError
+from cbr.repo.errors import FormatError
 from cbr.repo.locks import Lock
 from cbr.repo.replicate import IMPORT_INDEX_EVERY_PACKS, VaultImporter
 from cbr.status import status_of
-from cbr.storage import StorageError, StorageFull
 from cbr.v1 import importer_pb2, importer_pb2_grpc
 
 log = logging.getLogger("cbr.agent.importer")
@@ -221,21 +220,13 @@ class ImportGrants:
 
 
 def _as_cbr(exc: BaseException) -> errors.CbrError:
-    if isinstance(exc, errors.CbrError):
-        return exc
-    if isinstance(exc, IntegrityError):
-        return errors.DataIntegrityError(str(exc), chunk_id=exc.chunk_id)
-    if isinstance(exc, KeyUnavailable):
-        return errors.InvalidParameter(str(exc), field="chunk_key_id")
+    """What the source is told. Malformed replica data is the source's bad
+    input; the rest maps as in every process (``cbr.faults``), and an
+    unexpected error says nothing of this host's internals."""
     if isinstance(exc, FormatError):
         return errors.InvalidParameter(f"malformed replica data: {exc}")
-    if isinstance(exc, StorageFull):
-        return errors.VaultCapacityExceeded(f"the replication vault's storage is full: {exc}")
-    if isinstance(exc, StorageError):
-        return errors.StorageUnavailable(f"replication vault storage: {exc}")
-    if isinstance(exc, RepoError):
-        return errors.DataIntegrityError(str(exc))
-    return errors.InternalError()
+    err = faults.as_cbr_error(exc, "replication vault")
+    return errors.InternalError() if isinstance(err, errors.InternalError) else err
 
 
 class ImporterServicer(importer_pb2_grpc.ImporterServiceServicer):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cbr import errors
+from cbr import errors, faults
 from cbr.diff_pb import change_pb, summary_pb
 from cbr.repo import RepoError, Repository
 from cbr.repo.diff import Options, Summary, diff_trees, display_path
@@ -104,8 +104,7 @@ def open_tree(app: App, backup_id: str) -> OpenTree:
         repo = app.storage.reader(url, key=key, expect_encrypted=encrypted)
         manifest = repo.load_manifest(backup_id, expected_sha256=expected)
     except RepoError as exc:
-        raise errors.DataIntegrityError(f"Backup {backup_id}: {exc}",
-                                        backup_id=backup_id) from exc
+        raise faults.as_cbr_error(exc, f"Backup {backup_id}", backup_id=backup_id) from exc
     if not isinstance(manifest.content, TreeContent):
         raise errors.InvalidParameter(f"Backup {backup_id} holds no file tree.",
                                       field="backup_id")
@@ -139,8 +138,8 @@ def diff_backups(app: App, backup_id: str, other_backup_id: str,
                 yield backup_pb2.DiffBackupsResponse(changes=batch)
                 batch = []
     except RepoError as exc:
-        raise errors.DataIntegrityError(f"Backups {backup_id} and {other_backup_id}: {exc}",
-                                        backup_id=backup_id) from exc
+        raise faults.as_cbr_error(exc, f"Backups {backup_id} and {other_backup_id}",
+                                  backup_id=backup_id) from exc
     yield backup_pb2.DiffBackupsResponse(
         changes=batch, summary=summary_pb(summary, content_by_metadata=not same_namespace))
 
@@ -172,8 +171,7 @@ def walk_files(app: App, backup_id: str, path: str
             yield from _listing(where, entries)
             stack.append(_subdirs(where, entries))
     except RepoError as exc:
-        raise errors.DataIntegrityError(f"Backup {backup_id}: {exc}",
-                                        backup_id=backup_id) from exc
+        raise faults.as_cbr_error(exc, f"Backup {backup_id}", backup_id=backup_id) from exc
 
 
 def _subdirs(path: bytes, entries: list[TreeEntry]) -> Iterator[tuple[bytes, TreeEntry]]:

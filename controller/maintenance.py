@@ -23,11 +23,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cbr import errors
+from cbr import errors, faults
 
 # prune and verify are maintenance modules, loaded only by the controller
 from cbr.repo import RepoError, layout, prune, repair, verify
-from cbr.repo.locks import LockConflict
 from cbr.repo.manifest import Manifest, TreeContent
 from cbr.repo.tree import EntryType, decode_tree
 from cbr.storage import StorageError
@@ -150,15 +149,9 @@ class Maintenance:
                 self._repair(task_id, opener, bool(info.get("dry_run", False)))
         except errors.CbrError as exc:
             self._finish(task_id, "failed", exc.code, exc.message, {})
-        except StorageError as exc:
-            self._finish(task_id, "failed", errors.StorageUnavailable.code,
-                         f"Vault storage {url}: {exc}", {})
-        except LockConflict as exc:
-            self._finish(task_id, "failed", errors.Conflict.code,
-                         f"Vault storage {url}: {exc}.", {})
-        except RepoError as exc:
-            self._finish(task_id, "failed", errors.DataIntegrityError.code,
-                         f"Vault storage {url}: {exc}", {})
+        except (StorageError, RepoError) as exc:
+            err = faults.as_cbr_error(exc, f"Vault storage {url}")
+            self._finish(task_id, "failed", err.code, err.detail, {})
 
     def _finish(self, task_id: str, status: str, code: str, message: str,
                 extra: dict[str, Any]) -> None:
@@ -339,8 +332,7 @@ class Maintenance:
                 tree = decode_tree(repo.load_blob(entry.subtree, key_id=key_id))
             return [file_pb(e) for e in tree]
         except RepoError as exc:
-            raise errors.DataIntegrityError(f"Backup {backup_id}: {exc}",
-                                            backup_id=backup_id) from exc
+            raise faults.as_cbr_error(exc, f"Backup {backup_id}", backup_id=backup_id) from exc
 
     def import_storage(self, project_id: str, url: str, name: str,
                        size_gb: int, kms_key_id: str = "") -> ImportResult:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from cbr import errors
+from cbr import errors, faults
 from cbr.repo import RepoError, Repository, layout
 from cbr.repo.config import VaultConfig, key_from_json
 from cbr.repo.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
@@ -129,12 +129,8 @@ def _reading(url: str) -> Iterator[None]:
     """Storage and format failures while reading, as the API's errors."""
     try:
         yield
-    except StorageError as exc:
-        raise errors.StorageUnavailable(f"Cannot read vault storage {url}: {exc}",
-                                        storage_url=url) from exc
-    except RepoError as exc:
-        raise errors.DataIntegrityError(f"Vault storage {url}: {exc}",
-                                        storage_url=url) from exc
+    except (StorageError, RepoError) as exc:
+        raise faults.as_cbr_error(exc, f"Vault storage {url}", storage_url=url) from exc
 
 
 class VaultStorage:

@@ -13,11 +13,11 @@ from typing import Any
 from agent.commands import CommandContext, Outcome
 from agent.dataplane import Cancelled, DataplaneError, Progress, TargetTooSmall
 from agent.dataplane.tree import PathNotInBackup
-from cbr import errors
-from cbr.repo import RepoError, Repository
+from cbr import errors, faults
+from cbr.repo import Repository
 from cbr.repo.crypto import key_context
 from cbr.repo.errors import ChunkNotFound, IntegrityError, KeyUnavailable
-from cbr.storage import Backend, StorageError, StorageFull, open_backend
+from cbr.storage import Backend, StorageError, open_backend
 
 log = logging.getLogger("cbr.agent")
 
@@ -144,17 +144,5 @@ _KINDS = {errors.UnsafeRestoreTarget.code: "the backup holds an entry that would
 def _failure(exc: BaseException, what: str) -> Outcome:
     if isinstance(exc, DataplaneError):
         return Outcome(False, exc.code, f"{what}: {exc}")
-    if isinstance(exc, StorageFull):
-        return Outcome(False, errors.VaultCapacityExceeded.code,
-                       f"{what}: the vault storage is full: {exc}")
-    if isinstance(exc, StorageError):
-        return Outcome(False, errors.StorageUnavailable.code, f"{what}: vault storage error: {exc}")
-    if isinstance(exc, KeyUnavailable):
-        return Outcome(False, errors.KeyNotUsable.code, f"{what}: vault key unavailable: {exc}")
-    if isinstance(exc, IntegrityError | ChunkNotFound):
-        return Outcome(False, errors.DataIntegrityError.code, f"{what}: damaged vault data: {exc}")
-    if isinstance(exc, RepoError):
-        return Outcome(False, errors.DataIntegrityError.code, f"{what}: {exc}")
-    if isinstance(exc, OSError):
-        return Outcome(False, errors.InternalError.code, f"{what}: {exc}")
-    return Outcome(False, errors.InternalError.code, f"{what}: {type(exc).__name__}: {exc}")
+    err = faults.as_cbr_error(exc, what)
+    return Outcome(False, err.code, err.detail or err.message)
