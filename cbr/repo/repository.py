@@ -29,7 +29,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -849,7 +848,3 @@ def _key_ids(store: Backend) -> list[bytes]:
             ids.append(key_id)
     return ids
 
-
-def new_backup_id() -> str:
-    """A fresh backup id usable as a manifest name (the catalog may supply its own)."""
-    return str(uuid.uuid4())

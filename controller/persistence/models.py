@@ -73,11 +73,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
 
 
-class Timestamped:
-    created_at: Mapped[dt.datetime]
-    updated_at: Mapped[dt.datetime]
-
-
 # -- IAM -----------------------------------------------------------------------
 
 

@@ -1,8 +1,7 @@
 """The backup catalog: checkpoints and backups as the controller records them.
 
-Backup runs, restores and deletions are in ``runs``; replication is not
-built yet, so its calls check their inputs and then say so plainly rather
-than pretending to work.
+Backup runs, restores and deletions are in ``runs``; replication in
+``replication`` (the source's rules) and ``imports`` (the target's).
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ from sqlalchemy.orm import Session
 from cbr import errors
 from controller.persistence.models import Backup, Checkpoint, ReplicationRecord, Task
 from controller.services import validation, vaults
-
-REPLICATION_PENDING = ("Cross-cloud replication is not in this version of the controller "
-                       "yet.")
 
 
 def get_backup(session: Session, project_id: str, backup_id: str) -> Backup:

@@ -280,17 +280,6 @@ def aborted(session: Session, record_id: str, now: dt.datetime) -> None:
         record.updated_at = now
 
 
-def fail_record(session: Session, record_id: str, code: str, reason: str,
-                now: dt.datetime) -> None:
-    record = session.get(ReplicationRecord, record_id)
-    if record is None or record.status != "replicating":
-        return
-    record.status = "fail"
-    record.extra_info = {**record.extra_info, "stage": "done", "fail_code": code,
-                         "fail_reason": reason}
-    record.updated_at = now
-
-
 def expired_replicas(session: Session, record: ReplicationRecord, od: dict[str, Any],
                      now: dt.datetime) -> list[tuple[str, str, str]]:
     """The replication policy's retention over the replicas it made of one

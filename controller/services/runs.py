@@ -39,7 +39,6 @@ from controller.services import backups, keys, tasks, validation, vaults
 
 RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
                   "turbo": "OS::Sfs::Turbo"}
-BUSY_BACKUP_STATUSES = ("protecting", "restoring", "deleting")
 
 
 @dataclass(frozen=True)
