@@ -30,6 +30,7 @@ from agent.executor import Executor, result_message
 from agent.journal import Journal
 from agent.state import Identity, StateDir
 from cbr import __version__
+from cbr.clock import wall_time
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("cbr.agent")
@@ -243,7 +244,7 @@ class Connection:
         return grpc.secure_channel(self._endpoint(identity), credentials, options=options)
 
     def _first_messages(self, identity: Identity) -> list[Any]:
-        recent = self._journal.recent(RESEND_RESULTS, time.time() - RESEND_WITHIN_S)
+        recent = self._journal.recent(RESEND_RESULTS, wall_time() - RESEND_WITHIN_S)
         hello = agent_pb2.ConnectRequest(hello=agent_pb2.Hello(
             agent_id=identity.agent_id, version=__version__, hostname=socket.gethostname(),
             finished_task_ids=[e.task_id for e in recent],

@@ -8,7 +8,6 @@ trusts); the issued certificate must be signed by that CA and carry our key.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import socket
 
@@ -24,6 +23,7 @@ from agent.state import Credentials, Identity, StateDir
 from cbr import __version__, enrollment, tls
 from cbr.client import channel as cbr_channel
 from cbr.client import describe
+from cbr.clock import utc_now
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 
 ROLE_TO_PB = {"host": agent_pb2.AGENT_ROLE_HOST, "importer": agent_pb2.AGENT_ROLE_IMPORTER}
@@ -113,7 +113,7 @@ def enroll(config: AgentConfig, token: str, controller: str = "", *, force: bool
         server_name=response.server_name,
         controller=controller,
         name=config.name,
-        enrolled_at=dt.datetime.now(dt.UTC).isoformat(),
+        enrolled_at=utc_now().isoformat(),
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())

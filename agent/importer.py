@@ -33,6 +33,7 @@ import grpc
 from agent.commands.storage import TaskKeys, open_storage
 from agent.replication import chunk_from_pb
 from cbr import errors, faults
+from cbr.clock import utc_now
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.repo import Manifest, Repository
 from cbr.repo.errors import FormatError
@@ -128,7 +129,7 @@ def server_options() -> list[tuple[str, int]]:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return utc_now()
 
 
 def token_digest(token: str) -> bytes:

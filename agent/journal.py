@@ -14,10 +14,11 @@ import json
 import os
 import re
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cbr.clock import wall_time
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Entries older than this are dropped at start; the controller finished them long ago.
@@ -79,7 +80,7 @@ class Journal:
     def finish(self, entry: Entry) -> Entry:
         """Records a result durably, then releases the claim."""
         if not entry.finished_at:
-            entry = Entry(**{**asdict(entry), "finished_at": time.time()})
+            entry = Entry(**{**asdict(entry), "finished_at": wall_time()})
         path = self._path(entry.task_id)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as fh:
@@ -114,7 +115,7 @@ class Journal:
         return entries[:limit]
 
     def _prune(self) -> None:
-        cutoff = time.time() - RETENTION_SECONDS
+        cutoff = wall_time() - RETENTION_SECONDS
         for path in self.directory.iterdir():
             try:
                 if path.suffix == ".tmp" or (path.suffix == ".json"

@@ -44,3 +44,27 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._t += seconds
+
+
+# The process's clock, for code that is not handed one (the agent's journal and
+# change journal, the format layer's record times). Nothing else in the tree
+# reads the wall clock (tests/unit/test_lint.py keeps it so); tests move time
+# with ``install(FakeClock())``.
+_process: Clock = SystemClock()
+
+
+def utc_now() -> dt.datetime:
+    """Aware UTC now, from the process's clock."""
+    return _process.now()
+
+
+def wall_time() -> float:
+    """Seconds since the epoch, from the process's clock."""
+    return _process.time()
+
+
+def install(clock: Clock) -> Clock:
+    """Makes ``clock`` the process's clock; returns the one it replaces."""
+    global _process
+    previous, _process = _process, clock
+    return previous

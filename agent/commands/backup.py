@@ -27,6 +27,7 @@ from agent.dataplane import BackupResult, DataplaneError, Progress, SourceUnread
 from agent.dataplane import disk as disk_engine
 from agent.dataplane import snapshot as snapshots
 from agent.dataplane import tree as tree_engine
+from cbr.clock import utc_now
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.errors import IntegrityError, ManifestNotFound
 
@@ -65,7 +66,7 @@ def _parent_content(repo: Repository, parent_id: str, digest: str = "") -> Any:
 def _created(command: Any) -> dt.datetime:
     if command.HasField("created_at"):
         return command.created_at.ToDatetime(tzinfo=dt.UTC)
-    return dt.datetime.now(dt.UTC)
+    return utc_now()
 
 
 def run(context: CommandContext, command: Any) -> Outcome:
@@ -147,7 +148,7 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
             pre_hook=list(spec.pre_snapshot) or None,
             post_hook=list(spec.post_snapshot) or None,
             hook_timeout=spec.hook_timeout) as snaps:
-        protected_at = dt.datetime.now(dt.UTC)
+        protected_at = utc_now()
         for child, disk in wanted:
             size = sizes[child.backup_id]
             result, method = _disk_backup(repo, snaps, child.disk_local_id,
@@ -192,7 +193,7 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
     progress.set_total(size)
     with snapshots.take_snapshots([(spec.local_id, Path(spec.path))], pre_hook=None,
                                   post_hook=None, hook_timeout=60.0) as snaps:
-        protected_at = dt.datetime.now(dt.UTC)
+        protected_at = utc_now()
         result, method = _disk_backup(repo, snaps, spec.local_id, command.parent_backup_id,
                                       command.parent_manifest_sha256, size, progress)
         lock.check()
@@ -217,7 +218,7 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
     parent = _parent_content(repo, command.parent_backup_id, command.parent_manifest_sha256)
     if not isinstance(parent, TreeContent):
         parent = None
-    protected_at = dt.datetime.now(dt.UTC)
+    protected_at = utc_now()
     tracking = changes.track(root, command.parent_backup_id if parent is not None else None,
                              changes.WATCHES if spec.change_journal else None)
     if tracking.method == "walk":

@@ -22,6 +22,7 @@ from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, open_storage
 from agent.importer import ImportGrant, ImportGrants
 from cbr import errors
+from cbr.clock import utc_now
 from cbr.repo import layout
 from cbr.storage import ObjectNotFound
 
@@ -74,7 +75,7 @@ def run(context: CommandContext, command: Any) -> Outcome:
     reported = dict.fromkeys(keys, 0)
     try:
         while not grant.ended.wait(WAIT_SLICE_S):
-            if dt.datetime.now(dt.UTC) >= expires:
+            if utc_now() >= expires:
                 break
             # What has arrived so far, on the target's task: the importer
             # cannot know how much is still to come, so no percentage.

@@ -76,6 +76,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cbr.clock import wall_time
+
 # <sys/fanotify.h>
 _FAN_CLOEXEC = 0x1
 _FAN_NONBLOCK = 0x2
@@ -485,7 +487,7 @@ class TreeWatch:
             kept = self._kept.get(parent_backup_id)
             if kept is None:
                 return self._walk_all("the parent backup was not taken under this watch")
-            if time.time() - kept.full_walk_at > self.full_walk_interval:
+            if wall_time() - kept.full_walk_at > self.full_walk_interval:
                 return self._walk_all("the periodic full walk is due")
             self._drain()
             names: set[tuple[RelPath, bytes | None]] = set()
@@ -545,7 +547,7 @@ class TreeWatch:
         or entries that could not be read)."""
         with self._lock:
             parent = self._kept.get(parent_backup_id or "")
-            walked_at = (time.time() if full_walk or parent is None
+            walked_at = (wall_time() if full_walk or parent is None
                          else parent.full_walk_at)
             again = frozenset(recheck)
             if not full_walk and parent is not None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from cbr.clock import utc_now
 from cbr.repo import layout
 from cbr.repo.errors import RepoError
 from cbr.storage import Backend, ObjectNotFound, StorageError
@@ -180,7 +181,7 @@ class Lock:
         self.task_id = task_id
         self.lock_id = secrets.token_hex(16)
         self.name = layout.LOCKS + self.lock_id
-        self.created_at = dt.datetime.now(dt.UTC)
+        self.created_at = utc_now()
         self._doc = json.dumps({
             "kind": kind, "host": _HOST, "pid": os.getpid(), "task_id": task_id,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cbr.clock import utc_now
 from cbr.repo import layout
 from cbr.repo.blob import EncodedBlob
 from cbr.repo.errors import FormatError, IntegrityError, ManifestNotFound, RepoError
@@ -373,7 +374,7 @@ def _mark(repo: Repository, lock: Lock, report: PruneReport, stale: dt.timedelta
     name = layout.CONDEMNED + prune_id
     record: dict[str, Any] = {
         "prune_id": prune_id, "packs": sorted(p.hex() for p in condemned),
-        "created_at": _iso(dt.datetime.now(dt.UTC)), "marked_at": _iso(marked_at),
+        "created_at": _iso(utc_now()), "marked_at": _iso(marked_at),
         "locks": None}
     repo.backend.put(name, json.dumps(record, sort_keys=True).encode())
     report.packs_condemned += len(condemned)

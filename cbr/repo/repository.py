@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
+from cbr.clock import utc_now
 from cbr.repo import layout
 from cbr.repo.blob import (
     FLAG_COMPRESSED,
@@ -105,7 +106,7 @@ memory one read holds (a blob larger than this is still read whole)."""
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return utc_now()
 
 
 class Repository:

@@ -23,11 +23,11 @@ import errno
 import os
 import secrets
 import stat as stat_module
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cbr.clock import wall_time
 from cbr.storage.backend import (
     DEFAULT_CHUNK_SIZE,
     Backend,
@@ -354,7 +354,7 @@ class LocalBackend(Backend):
         """Deletes temp files left by killed writers (older than
         ``older_than_s``, so a write in progress elsewhere is not broken)."""
         removed = freed = 0
-        cutoff = time.time() - older_than_s
+        cutoff = wall_time() - older_than_s
         for dirpath, _dirs, files in os.walk(self.root):
             for filename in files:
                 if not filename.startswith(TEMP_PREFIX):

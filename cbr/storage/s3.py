@@ -36,6 +36,7 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
+from cbr.clock import utc_now
 from cbr.storage.backend import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PART_SIZE,
@@ -488,7 +489,7 @@ class S3Backend(Backend):
         """Aborts multipart uploads under this prefix that were started more
         than ``older_than_s`` ago and never completed (their parts are
         stored, and billed, until aborted)."""
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
+        cutoff = utc_now() - dt.timedelta(seconds=older_than_s)
         removed = freed = 0
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
         while True:

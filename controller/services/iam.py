@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.clock import utc_now
 from controller.api import actions
 from controller.api.caller import Caller
 from controller.keyring import Keyring
@@ -74,7 +75,7 @@ def validate_name(name: str, what: str) -> str:
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return utc_now()
 
 
 # -- access keys ---------------------------------------------------------------

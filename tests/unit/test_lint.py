@@ -45,3 +45,18 @@ def test_cbr_error_codes_are_written_only_in_cbr_errors() -> None:
              for n, line in enumerate(path.read_text().splitlines(), 1)
              if literal.search(line)]
     assert found == [], "CBR code strings outside cbr/errors.py: " + ", ".join(found)
+
+
+def test_the_wall_clock_is_read_only_in_cbr_clock() -> None:
+    """One clock (issue 21): lock staleness, journal retention, expiries and
+    schedules can all run on a FakeClock only if nothing reads time itself."""
+    import re
+
+    reads = re.compile(r"\bdatetime\.(now|utcnow|today)\(|\btime\.time\(\)|\bdate\.today\(")
+    found = [f"{path.relative_to(ROOT)}:{n}"
+             for top in ("cbr", "controller", "agent")
+             for path in sorted((ROOT / top).rglob("*.py"))
+             if path != ROOT / "cbr" / "clock.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if reads.search(line)]
+    assert found == [], "wall-clock reads outside cbr/clock.py: " + ", ".join(found)
