@@ -14,7 +14,6 @@ Modules:
 - ``s3``: any S3-compatible store through boto3.
 - ``retry``: wrapper retrying transient errors with backoff and jitter.
 - ``sharded``: wrapper sharding ``data/abcd…`` into ``data/ab/abcd…``.
-- ``faulty``: wrapper injecting faults, for tests only.
 
 Opening a storage from a URL, :func:`open_backend`:
 

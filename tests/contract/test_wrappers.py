@@ -18,11 +18,11 @@ from cbr.storage.backend import (
     StoragePermissionDenied,
     StorageUnavailable,
 )
-from cbr.storage.faulty import Fault, FaultyBackend
 from cbr.storage.local import LocalBackend
 from cbr.storage.retry import RetryingBackend, RetryPolicy
 from cbr.storage.s3 import S3Backend
 from cbr.storage.sharded import ShardedBackend, shard_name, unshard_name
+from tests.support.faulty import Fault, FaultyBackend
 
 HEX = "ab" + "0123456789abcdef" * 3 + "cdef"
 

@@ -14,8 +14,8 @@ from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk, restore_disk
 from cbr.repo import Manifest, Repository, Resource
 from cbr.storage import StorageFull
-from cbr.storage.faulty import Fault, FaultyBackend
 from cbr.storage.local import LocalBackend
+from tests.support.faulty import Fault, FaultyBackend
 
 MiB = 1 << 20
 

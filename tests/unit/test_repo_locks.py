@@ -16,8 +16,8 @@ import pytest
 from cbr.repo import layout
 from cbr.repo.locks import Lock, LockConflict, LockLost, list_locks, live_locks, storage_now
 from cbr.storage import StorageError
-from cbr.storage.faulty import Fault, FaultyBackend
 from cbr.storage.local import LocalBackend
+from tests.support.faulty import Fault, FaultyBackend
 
 FAST = {"refresh": dt.timedelta(seconds=0.05), "stale": dt.timedelta(seconds=10)}
 

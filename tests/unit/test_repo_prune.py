@@ -23,8 +23,8 @@ from cbr.repo.tree import EntryType, TreeEntry, encode_chunk_list, encode_tree
 from cbr.repo.verify import verify
 from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage import StorageError
-from cbr.storage.faulty import Fault, FaultyBackend
 from cbr.storage.local import LocalBackend
+from tests.support.faulty import Fault, FaultyBackend
 
 KiB = 1 << 10
 BLOCK = 64 * KiB

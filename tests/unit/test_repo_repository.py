@@ -30,8 +30,8 @@ from cbr.repo.manifest import DiskContent, Manifest, Resource, TreeContent
 from cbr.repo.repository import Repository
 from cbr.storage import Backend, StorageError
 from cbr.storage.backend import BackendWrapper
-from cbr.storage.faulty import Fault, FaultyBackend
 from cbr.storage.local import LocalBackend
+from tests.support.faulty import Fault, FaultyBackend
 
 WRAPPER = AesKeyWrapper("kek-test", new_data_key())
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)

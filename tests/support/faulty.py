@@ -7,8 +7,8 @@ call went through (the write landed but the caller saw an error), or damage
 what a read returns (truncate, flip a byte). Tests of retry, resume, garbage
 collection and verification use it instead of hoping for bad luck.
 
-This module is for tests and benchmarks only; production code must never
-construct it. It owns nothing but the fault bookkeeping.
+This module is for tests only (it lives under tests/support); production code never
+constructs it. It owns nothing but the fault bookkeeping.
 
 Method names a fault can target: ``put``, ``put_if_absent``, ``put_stream``,
 ``get``, ``iter_get``, ``stat``, ``exists``, ``list``, ``delete``; the
