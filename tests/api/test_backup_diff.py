@@ -15,10 +15,10 @@ import pytest
 from agent.dataplane import Progress
 from agent.dataplane.tree import backup_tree
 from cbr import errors
-from cbr.cli.main import main
 from cbr.client import Client, error_from_rpc
 from cbr.repo import Manifest, Resource
 from cbr.v1 import backup_pb2, common_pb2, iam_pb2, vault_pb2
+from cli.main import main
 from controller.persistence.models import Backup
 from tests.support.inproc import RunningController
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cbr.cli._common import load_profiles, resolve_settings, save_profiles
-from cbr.cli.main import build_parser, main
+from cli._common import load_profiles, resolve_settings, save_profiles
+from cli.main import build_parser, main
 
 
 @pytest.fixture(autouse=True)

@@ -9,18 +9,6 @@ from pathlib import Path
 import pytest
 from google.protobuf import field_mask_pb2
 
-from cbr.cli import (
-    agent_cmd,
-    backup_cmd,
-    credential_cmd,
-    policy_cmd,
-    protectable_cmd,
-    replication_cmd,
-    task_cmd,
-    vault_cmd,
-)
-from cbr.cli._common import UsageError
-from cbr.cli.main import build_parser, main
 from cbr.v1 import (
     agent_pb2,
     backup_pb2,
@@ -31,6 +19,18 @@ from cbr.v1 import (
     task_pb2,
     vault_pb2,
 )
+from cli import (
+    agent_cmd,
+    backup_cmd,
+    credential_cmd,
+    policy_cmd,
+    protectable_cmd,
+    replication_cmd,
+    task_cmd,
+    vault_cmd,
+)
+from cli._common import UsageError
+from cli.main import build_parser, main
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -17,8 +17,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cbr import errors, signing
-from cbr.cli.main import main
 from cbr.v1 import task_pb2, task_pb2_grpc, vault_pb2, vault_pb2_grpc
+from cli.main import main
 
 VAULTS = [vault_pb2.Vault(id=f"v{i}", name=f"vault-{i}", size_gb=10) for i in range(5)]
 
@@ -270,8 +270,8 @@ def test_tables_show_names_as_they_are_keep_ids_whole_and_pad_nothing() -> None:
     vanished, UUIDs were split over two lines and every line was padded."""
     import io
 
-    from cbr.cli._common import Output
     from cbr.v1 import iam_pb2
+    from cli._common import Output
 
     uuid = "277f5b64-84b4-4d9b-bfa6-e4e282f51c20"
     vaults = [vault_pb2.Vault(id=uuid, name="[red]ops[/red] :cloud: team " * 4, size_gb=1)]
@@ -290,7 +290,7 @@ def test_tables_show_names_as_they_are_keep_ids_whole_and_pad_nothing() -> None:
 
 
 def test_waiting_shows_bytes_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cbr.cli import task_cmd
+    from cli import task_cmd
 
     clock = iter([100.0, 110.0])
     monkeypatch.setattr(task_cmd.time, "monotonic", lambda: next(clock))
@@ -315,8 +315,8 @@ def test_show_lists_what_it_says_is_below() -> None:
 
     from google.protobuf import timestamp_pb2
 
-    from cbr.cli._common import Output
     from cbr.v1 import cloud_pb2, policy_pb2, replication_pb2
+    from cli._common import Output
 
     buf = io.StringIO()
     Output("table", stdout=buf).show(replication_pb2.GetReplicationCapabilitiesResponse(

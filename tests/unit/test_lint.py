@@ -39,7 +39,7 @@ def test_cbr_error_codes_are_written_only_in_cbr_errors() -> None:
 
     literal = re.compile(r"[\"']BackupService\.\d{4}[\"']")
     found = [f"{path.relative_to(ROOT)}:{n}"
-             for top in ("cbr", "controller", "agent", "scripts")
+             for top in ("cbr", "cli", "controller", "agent", "scripts")
              for path in sorted((ROOT / top).rglob("*.py"))
              if path != ROOT / "cbr" / "errors.py" and "/v1/" not in path.as_posix()
              for n, line in enumerate(path.read_text().splitlines(), 1)
@@ -54,7 +54,7 @@ def test_the_wall_clock_is_read_only_in_cbr_clock() -> None:
 
     reads = re.compile(r"\bdatetime\.(now|utcnow|today)\(|\btime\.time\(\)|\bdate\.today\(")
     found = [f"{path.relative_to(ROOT)}:{n}"
-             for top in ("cbr", "controller", "agent")
+             for top in ("cbr", "cli", "controller", "agent")
              for path in sorted((ROOT / top).rglob("*.py"))
              if path != ROOT / "cbr" / "clock.py"
              for n, line in enumerate(path.read_text().splitlines(), 1)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from agent.dataplane import Progress
 from agent.dataplane.tree import backup_tree
-from cbr.cli.diff_cmd import local_entry, scan
 from cbr.repo import Repository, TreeContent
 from cbr.repo.diff import Change, Options, Summary, diff_trees, display_path
 from cbr.repo.tree import EntryType, TreeEntry, decode_tree, root_entry
 from cbr.storage.local import LocalBackend
+from cli.diff_cmd import local_entry, scan
 
 
 class Reader:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cbr import tls
-from cbr.cli._common import (
+from cli._common import (
     DEFAULT_PROFILE,
     ENV_PROFILE,
     ConfigError,

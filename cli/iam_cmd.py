@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli import configure_cmd
-from cbr.cli._common import (
+from cbr.v1 import iam_pb2
+from cli import configure_cmd
+from cli._common import (
     Column,
     Context,
     add_command,
@@ -13,7 +14,6 @@ from cbr.cli._common import (
     add_paging,
     list_pages,
 )
-from cbr.v1 import iam_pb2
 
 ACCOUNT_COLUMNS: list[Column] = [
     ("ID", "id"),

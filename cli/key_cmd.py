@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cbr.cli._common import (
+from cbr.v1 import key_pb2
+from cli._common import (
     Column,
     Context,
     UsageError,
@@ -19,7 +20,6 @@ from cbr.cli._common import (
     add_paging,
     list_pages,
 )
-from cbr.v1 import key_pb2
 
 COLUMNS: list[Column] = [
     ("ID", "id"),

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from google.protobuf import field_mask_pb2
 
-from cbr.cli._common import (
+from cbr.v1 import policy_pb2
+from cli._common import (
     Column,
     Context,
     UsageError,
@@ -18,7 +19,6 @@ from cbr.cli._common import (
     enum_names,
     list_pages,
 )
-from cbr.v1 import policy_pb2
 
 OPERATION_TYPE = enum_names(policy_pb2.PolicyOperationType.DESCRIPTOR)
 

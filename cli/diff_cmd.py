@@ -25,7 +25,6 @@ import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cbr.cli._common import CliError, Context, add_command, fmt_bytes
 from cbr.diff_pb import KIND_OF_PB, change_pb, summary_pb
 from cbr.repo.diff import (
     XATTRS,
@@ -37,6 +36,7 @@ from cbr.repo.diff import (
 )
 from cbr.repo.tree import EntryType, TreeEntry, root_entry
 from cbr.v1 import backup_pb2
+from cli._common import CliError, Context, add_command, fmt_bytes
 
 HELP = "what changed between two file-system backups, or a backup and a local directory"
 EPILOG = (

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cbr import client as cbr_client
-from cbr.cli._common import Context, UsageError
 from cbr.v1 import (
     agent_pb2,
     backup_pb2,
@@ -25,6 +24,7 @@ from cbr.v1 import (
     task_pb2,
     vault_pb2,
 )
+from cli._common import Context, UsageError
 
 FULL_ID_LENGTH = 36
 MIN_PREFIX = 4

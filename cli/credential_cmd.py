@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cbr.cli._common import (
+from cbr.v1 import credential_pb2
+from cli._common import (
     Column,
     Context,
     UsageError,
@@ -22,7 +23,6 @@ from cbr.cli._common import (
     add_paging,
     list_pages,
 )
-from cbr.v1 import credential_pb2
 
 Prompt = Callable[[str], str]
 

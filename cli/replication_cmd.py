@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli import task_cmd
-from cbr.cli._common import (
+from cbr.v1 import replication_pb2
+from cli import task_cmd
+from cli._common import (
     Column,
     Context,
     add_command,
@@ -16,7 +17,6 @@ from cbr.cli._common import (
     enum_names,
     list_pages,
 )
-from cbr.v1 import replication_pb2
 
 STATUS = enum_names(replication_pb2.ReplicationStatus.DESCRIPTOR)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import grpc
 
 import cbr
-from cbr.cli import (
+from cli import (
     agent_cmd,
     backup_cmd,
     cloud_cmd,
@@ -31,7 +31,7 @@ from cbr.cli import (
     task_cmd,
     vault_cmd,
 )
-from cbr.cli._common import CliError, Context, Output, global_options, rpc_error_line
+from cli._common import CliError, Context, Output, global_options, rpc_error_line
 
 MODULES = (
     configure_cmd,

@@ -14,8 +14,9 @@ import socket
 from pathlib import Path
 
 from cbr import client as cbr_client
-from cbr.cli import task_cmd
-from cbr.cli._common import (
+from cbr.v1 import agent_pb2, agent_pb2_grpc
+from cli import task_cmd
+from cli._common import (
     Column,
     ConfigError,
     Context,
@@ -28,7 +29,6 @@ from cbr.cli._common import (
     list_pages,
     positive_int,
 )
-from cbr.v1 import agent_pb2, agent_pb2_grpc
 
 ROLE = enum_names(agent_pb2.AgentRole.DESCRIPTOR)
 STATUS = enum_names(agent_pb2.AgentStatus.DESCRIPTOR)

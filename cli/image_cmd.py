@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli import task_cmd
-from cbr.cli._common import (
+from cbr.v1 import backup_pb2
+from cli import task_cmd
+from cli._common import (
     Column,
     Context,
     add_command,
@@ -14,7 +15,6 @@ from cbr.cli._common import (
     add_wait,
     list_pages,
 )
-from cbr.v1 import backup_pb2
 
 COLUMNS: list[Column] = [
     ("ID", "id"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli._common import (
+from cbr.v1 import common_pb2, protectable_pb2
+from cli._common import (
     Column,
     Context,
     add_command,
@@ -14,7 +15,6 @@ from cbr.cli._common import (
     enum_names,
     list_pages,
 )
-from cbr.v1 import common_pb2, protectable_pb2
 
 OBJECT_TYPE = enum_names(common_pb2.ObjectType.DESCRIPTOR)
 STATUS = enum_names(protectable_pb2.ProtectableStatus.DESCRIPTOR)

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 from google.protobuf.message import Message
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
-from cbr.cli._common import (
+from cbr.v1 import task_pb2
+from cli._common import (
     Column,
     Context,
     add_command,
@@ -27,7 +28,6 @@ from cbr.cli._common import (
     list_pages,
     to_dict,
 )
-from cbr.v1 import task_pb2
 
 OPERATION = enum_names(task_pb2.OperationType.DESCRIPTOR)
 STATUS = enum_names(task_pb2.TaskStatus.DESCRIPTOR)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli import diff_cmd, replication_cmd, task_cmd
-from cbr.cli._common import (
+from cbr.v1 import backup_pb2, common_pb2, replication_pb2
+from cli import diff_cmd, replication_cmd, task_cmd
+from cli._common import (
     Column,
     Context,
     UsageError,
@@ -18,7 +19,6 @@ from cbr.cli._common import (
     key_value,
     list_pages,
 )
-from cbr.v1 import backup_pb2, common_pb2, replication_pb2
 
 STATUS = enum_names(backup_pb2.BackupStatus.DESCRIPTOR)
 IMAGE_TYPE = enum_names(backup_pb2.ImageType.DESCRIPTOR)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cbr.cli._common import Column, Context, add_command, add_group
 from cbr.v1 import cloud_pb2
+from cli._common import Column, Context, add_command, add_group
 
 REGION_COLUMNS: list[Column] = [("REGION", "id"), ("REPLICATION", "replication_supported")]
 

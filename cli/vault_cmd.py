@@ -6,8 +6,9 @@ import argparse
 
 from google.protobuf import field_mask_pb2
 
-from cbr.cli import replication_cmd, task_cmd
-from cbr.cli._common import (
+from cbr.v1 import common_pb2, vault_pb2
+from cli import replication_cmd, task_cmd
+from cli._common import (
     Column,
     Context,
     EnumNames,
@@ -23,7 +24,6 @@ from cbr.cli._common import (
     positive_int,
     to_dict,
 )
-from cbr.v1 import common_pb2, vault_pb2
 
 OBJECT_TYPE = enum_names(common_pb2.ObjectType.DESCRIPTOR)
 PROTECT_TYPE = enum_names(vault_pb2.ProtectType.DESCRIPTOR)
