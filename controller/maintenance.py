@@ -35,7 +35,7 @@ from controller.app import App
 from controller.browse import file_pb
 from controller.kms import CustomerKey
 from controller.persistence.models import Backup, Checkpoint, Key, Task, Vault
-from controller.services import keys, runs, tasks, vaults
+from controller.services import deletions, keys, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
@@ -196,7 +196,7 @@ class Maintenance:
                 for backup_id, digest, status, info in s.execute(select(
                         Backup.id, Backup.manifest_sha256, Backup.status, Backup.extend_info,
                 ).where(Backup.vault_id == vault.id)):
-                    damaged = status == "error" and runs.DAMAGED in (info or {})
+                    damaged = status == "error" and deletions.DAMAGED in (info or {})
                     if damaged:
                         known.add(backup_id)
                     if digest and (status in CATALOGUED or damaged):
@@ -209,7 +209,7 @@ class Maintenance:
             deleted = prune.delete_backup(repo, backup_id)
         with self._app.db.begin() as s:
             task = s.get(Task, task_id)
-            freed = runs.forget_backup(s, backup_id)
+            freed = deletions.forget_backup(s, backup_id)
             vault = s.get(Vault, task.vault_id) if task is not None else None
             if vault is not None:
                 vault.used_bytes = max(0, vault.used_bytes - freed)
@@ -226,7 +226,7 @@ class Maintenance:
                 deleted += len(prune.delete_backup(repo, backup_id))
         with self._app.db.begin() as s:
             for backup_id in backup_ids:
-                runs.forget_backup(s, backup_id)
+                deletions.forget_backup(s, backup_id)
         report = self._prune_storage(opener)
         self._finish(task_id, "success", "", "", {
             "backups_deleted": len(backup_ids), "manifests_deleted": deleted, **report})
@@ -237,7 +237,7 @@ class Maintenance:
         with self._app.db.begin() as s:
             task = s.get(Task, task_id)
             if task is not None:
-                runs.forget_vault(s, task.vault_id)
+                deletions.forget_vault(s, task.vault_id)
         self._finish(task_id, "success", "", "", {"objects_deleted": objects,
                                                   "bytes_freed": size})
 
@@ -265,7 +265,7 @@ class Maintenance:
         with self._app.db.begin() as s:
             task = s.get(Task, task_id)
             vault_id = task.vault_id if task is not None else ""
-            marks = runs.mark_damage(s, vault_id, report.damage, report.backups_checked,
+            marks = deletions.mark_damage(s, vault_id, report.damage, report.backups_checked,
                                      self._app.clock.now(), dry_run=dry_run)
         if not dry_run:
             self._set_used(opener.url, used)

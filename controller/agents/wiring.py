@@ -27,7 +27,7 @@ from controller.agents.servicer import (
 from controller.aioserver import LoopServer
 from controller.app import App
 from controller.persistence.models import Checkpoint, Task
-from controller.services import images, imports, policy_runs, replication, runs
+from controller.services import images, imports, policy_runs, replication, restores, runs
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -121,7 +121,7 @@ def register_result_handlers(hub: AgentHub, app: App) -> None:
                          once=True)
 
     def restore_done(session: Session, task: Task, _result: Any) -> None:
-        runs.finish_restore(session, task, task.status == "success", app.clock.now())
+        restores.finish_restore(session, task, task.status == "success", app.clock.now())
         images.finish_image(session, task, app.clock.now())
 
     def replication_done(session: Session, task: Task, _result: Any) -> None:

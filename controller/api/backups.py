@@ -14,7 +14,7 @@ from controller import browse
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Backup, Image, Vault
-from controller.services import backups, images, paging, runs, vaults
+from controller.services import backups, deletions, images, paging, restores, runs, vaults
 
 
 class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
@@ -86,20 +86,20 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
     def DeleteBackup(self, request: backup_pb2.DeleteBackupRequest,
                      context: grpc.ServicerContext) -> backup_pb2.DeleteBackupResponse:
         with self.app.db.begin() as s:
-            task = runs.start_delete(s, self.project_id, request.backup_id, self.now())
+            task = deletions.start_delete(s, self.project_id, request.backup_id, self.now())
             task_id = task.id
         self.app.maintenance.submit(task_id)
         return backup_pb2.DeleteBackupResponse(task_id=task_id)
 
     def RestoreBackup(self, request: backup_pb2.RestoreBackupRequest,
                       context: grpc.ServicerContext) -> backup_pb2.RestoreBackupResponse:
-        req = runs.RestoreRequest(
+        req = restores.RestoreRequest(
             backup_id=request.backup_id, target_resource_id=request.target_resource_id,
             target_agent_id=request.target_agent_id, target_path=request.target_path,
             mappings=dict(request.mappings), source_path=request.source_path,
             encrypted=request.encrypted)
         with self.app.db.begin() as s:
-            dispatch = runs.create_restore(s, self.project_id, req, self.now(), self._online())
+            dispatch = restores.create_restore(s, self.project_id, req, self.now(), self._online())
         self._dispatch([dispatch])
         return backup_pb2.RestoreBackupResponse(task_id=dispatch.task_id)
 

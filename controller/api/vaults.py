@@ -12,7 +12,7 @@ from cbr import errors
 from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.services import keys, runs, vaults
+from controller.services import deletions, keys, vaults
 
 
 def _resources(specs: Any) -> list[vaults.ResourceRequest]:
@@ -105,7 +105,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
     def DeleteVault(self, request: vault_pb2.DeleteVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.DeleteVaultResponse:
         with self.app.db.begin() as s:
-            task_id = runs.start_vault_delete(s, self.project_id, request.vault_id,
+            task_id = deletions.start_vault_delete(s, self.project_id, request.vault_id,
                                               self.now())
         self.app.maintenance.submit(task_id)
         return vault_pb2.DeleteVaultResponse(task_id=task_id)
@@ -122,7 +122,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             self, request: vault_pb2.RemoveVaultResourcesRequest,
             context: grpc.ServicerContext) -> vault_pb2.RemoveVaultResourcesResponse:
         with self.app.db.begin() as s:
-            task_ids = runs.start_remove_resources(s, self.project_id, request.vault_id,
+            task_ids = deletions.start_remove_resources(s, self.project_id, request.vault_id,
                                                    list(request.resource_ids), self.now())
         for task_id in task_ids:
             self.app.maintenance.submit(task_id)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.persistence.models import Image, Task
-from controller.services import backups, runs, validation
+from controller.services import backups, restores, runs, validation
 
 
 def get_image(session: Session, project_id: str, image_id: str) -> Image:
@@ -47,7 +47,7 @@ def create_image(session: Session, project_id: str, *, backup_id: str, name: str
             f"Backup {backup.id} is {backup.status}; only available backups make images.",
             backup_id=backup.id)
     try:
-        dispatch = runs.create_restore(session, project_id, runs.RestoreRequest(
+        dispatch = restores.create_restore(session, project_id, restores.RestoreRequest(
             backup_id=system.id, target_agent_id=target_agent_id, target_path=target_path,
             encrypted=encrypted), now, online)
     except errors.EncryptedRestoreTarget:

@@ -26,7 +26,7 @@ from controller.persistence.models import (
     Task,
     VaultPolicy,
 )
-from controller.services import retention, runs
+from controller.services import deletions, retention, runs
 from controller.services.schedule import Schedule
 
 log = logging.getLogger("cbr.controller.policies")
@@ -172,7 +172,7 @@ def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]
     task_ids = []
     for expired in retention.select_expired(
             candidates, od, now, include_manual=bool(od.get("include_manual_backups", False))):
-        delete = runs.start_delete(session, policy.project_id, expired.backup_id, now)
+        delete = deletions.start_delete(session, policy.project_id, expired.backup_id, now)
         delete.extra_info = {**delete.extra_info, "policy_id": policy.id,
                              "retention_rule": expired.rule}
         log.info("retention of policy %s deletes backup %s (%s)", policy.id,

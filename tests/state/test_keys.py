@@ -12,7 +12,7 @@ from controller.agents import wiring
 from controller.agents.hub import AgentHub
 from controller.app import App
 from controller.persistence.models import Account, Backup, Key, Task, Vault
-from controller.services import keys, runs, vaults
+from controller.services import keys, restores, vaults
 from tests.state.conftest import NOW, Inventory
 from tests.state.test_runs import _checkpoint, _succeed
 from tests.state.test_vaults import add, make_vault
@@ -188,13 +188,13 @@ def test_encrypted_backups_restore_only_into_encrypted_targets(
     with app.db.begin() as s:
         with pytest.raises(errors.EncryptedRestoreTarget,
                            match="can only create encrypted servers or file systems"):
-            runs.create_restore(s, project, runs.RestoreRequest(
+            restores.create_restore(s, project, restores.RestoreRequest(
                 backup_id, target_path="/restore/vol.img"), NOW, online)
         with pytest.raises(errors.EncryptedRestoreTarget, match="not protected by an encrypted"):
-            runs.create_restore(s, project, runs.RestoreRequest(
+            restores.create_restore(s, project, restores.RestoreRequest(
                 backup_id, target_resource_id=plain), NOW, online)
     with app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(
+        restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_path="/restore/vol.img", encrypted=True), NOW, online)
 
 

@@ -23,7 +23,7 @@ from controller.persistence.models import (
     Vault,
     VaultResource,
 )
-from controller.services import images, runs, tasks
+from controller.services import deletions, images, restores, runs, tasks
 from tests.state.conftest import NOW, Inventory
 from tests.state.test_vaults import add, make_vault
 
@@ -161,7 +161,7 @@ def test_a_resource_being_backed_up_is_skipped_then_refuses_restore_with_2002(
         assert cp is not None and cp.skipped_resources[0]["code"] == "BackupService.2002"
         done = s.query(Backup).filter(Backup.status == "available").one()
     with pytest.raises(errors.ResourceBeingBackedUp), app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(done.id), NOW,
+        restores.create_restore(s, project, restores.RestoreRequest(done.id), NOW,
                             {inventory.agent_id})
 
 
@@ -174,7 +174,7 @@ def test_restore_refusals_use_the_reference_codes(
     with app.db.begin() as s:
         backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
     with pytest.raises(errors.BackupStatusIllegal), app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW,
+        restores.create_restore(s, project, restores.RestoreRequest(backup_id), NOW,
                             {inventory.agent_id})
     _succeed(app, d.task_id)
     with app.db.begin() as s:
@@ -182,13 +182,13 @@ def test_restore_refusals_use_the_reference_codes(
         assert target is not None
         target.resource_size_bytes = 40 << 30  # bigger than "small" (30 GiB)
     with pytest.raises(errors.RestoreTargetTooSmall), app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(backup_id, small), NOW,
+        restores.create_restore(s, project, restores.RestoreRequest(backup_id, small), NOW,
                             {inventory.agent_id})
     with pytest.raises(errors.AgentUnavailable), app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(
+        restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_path="/restore/x.img"), NOW, set())
     with pytest.raises(errors.InvalidParameter), app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(
+        restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_path="relative.img"), NOW, {inventory.agent_id})
 
 
@@ -196,17 +196,17 @@ def test_restore_marks_the_backup_restoring_until_the_task_ends(
         app: App, project: str, inventory: Inventory) -> None:
     backup_id = _available_disk_backup(app, project, inventory)
     with app.db.begin() as s:
-        dispatch = runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW,
+        dispatch = restores.create_restore(s, project, restores.RestoreRequest(backup_id), NOW,
                                        {inventory.agent_id})
         restore = s.get(Task, dispatch.task_id)
         assert restore is not None and restore.command["restore"]["targetPath"]
         assert s.get(Backup, backup_id).status == "restoring"  # type: ignore[union-attr]
     with pytest.raises(errors.BackupStatusIllegal), app.db.begin() as s:
-        runs.start_delete(s, project, backup_id, NOW)
+        deletions.start_delete(s, project, backup_id, NOW)
     with app.db.begin() as s:
         done = tasks.finish_task(s, dispatch.task_id, "success", NOW)
         assert done is not None
-        runs.finish_restore(s, done, True, NOW)
+        restores.finish_restore(s, done, True, NOW)
         assert s.get(Backup, backup_id).status == "available"  # type: ignore[union-attr]
 
 
@@ -219,11 +219,11 @@ def test_deleting_forgets_the_backup_and_its_usage(
     _succeed(app, d.task_id, stored=700)
     with app.db.begin() as s:
         backup_id = str(s.get(Task, d.task_id).extra_info["backup_id"])  # type: ignore[union-attr]
-        task = runs.start_delete(s, project, backup_id, NOW)
+        task = deletions.start_delete(s, project, backup_id, NOW)
         assert task.operation_type == "delete" and task.agent_id == ""
         assert s.get(Backup, backup_id).status == "deleting"  # type: ignore[union-attr]
     with app.db.begin() as s:
-        assert runs.forget_backup(s, backup_id) == 700
+        assert deletions.forget_backup(s, backup_id) == 700
     with app.db.begin() as s:
         assert s.get(Backup, backup_id) is None
         resource = s.query(VaultResource).filter(VaultResource.vault_id == vid).one()
@@ -272,7 +272,7 @@ def test_a_restore_never_runs_on_another_accounts_agent(
     foreign_id = _foreign_agent(app)
     with pytest.raises(errors.ResourceNotFound, match="No agent") as caught, \
             app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(
+        restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_agent_id=foreign_id, target_path="/restore/x.img"), NOW,
             {inventory.agent_id, foreign_id})
     assert caught.value.code == "BackupService.0404"
@@ -288,7 +288,7 @@ def test_a_restore_outside_the_hosts_roots_is_refused_naming_them(
     backup_id = _available_disk_backup(app, project, inventory)
     with pytest.raises(errors.RestoreTargetNotAllowed, match=r"restore roots \(/restore\)") \
             as caught, app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(
+        restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_agent_id=inventory.agent_id, target_path=target), NOW,
             {inventory.agent_id})
     assert caught.value.code == "BackupService.2004"
@@ -300,7 +300,7 @@ def test_a_restore_under_a_root_or_onto_a_protected_disk_is_accepted(
         app: App, project: str, inventory: Inventory, target: str) -> None:
     backup_id = _available_disk_backup(app, project, inventory)
     with app.db.begin() as s:
-        dispatch = runs.create_restore(s, project, runs.RestoreRequest(
+        dispatch = restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_agent_id=inventory.agent_id, target_path=target), NOW,
             {inventory.agent_id})
         task = s.get(Task, dispatch.task_id)
@@ -339,7 +339,7 @@ def test_a_nul_in_a_restore_path_is_called_a_nul(
     backup_id = _available_disk_backup(app, project, inventory)
     with pytest.raises(errors.InvalidParameter, match="target_path may not contain a NUL"), \
             app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(
+        restores.create_restore(s, project, restores.RestoreRequest(
             backup_id, target_agent_id=inventory.agent_id, target_path="/restore/x\x00.img"),
             NOW, {inventory.agent_id})
 
@@ -352,4 +352,4 @@ def test_an_in_place_restore_whose_agent_was_deleted_says_so_not_offline(
     with app.db.begin() as s:
         s.get(Agent, inventory.agent_id).revoked = True  # type: ignore[union-attr]
     with pytest.raises(errors.ResourceNotFound, match="was deleted"), app.db.begin() as s:
-        runs.create_restore(s, project, runs.RestoreRequest(backup_id), NOW, set())
+        restores.create_restore(s, project, restores.RestoreRequest(backup_id), NOW, set())

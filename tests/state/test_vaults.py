@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from cbr import errors
 from controller.app import App
 from controller.persistence.models import Task
-from controller.services import policies, runs, vaults
+from controller.services import deletions, policies, vaults
 from controller.services.vaults import ResourceRequest, VaultSpec
 from tests.state.conftest import NOW, Inventory
 
@@ -187,7 +187,7 @@ def test_removing_a_resource_records_a_remove_resource_task(
     vid = make_vault(app, project)
     add(app, project, vid, server)
     with app.db.begin() as s:
-        task_ids = runs.start_remove_resources(s, project, vid, [server], NOW)
+        task_ids = deletions.start_remove_resources(s, project, vid, [server], NOW)
     with app.db.begin() as s:
         task = s.get(Task, task_ids[0])
         assert task is not None
@@ -204,16 +204,16 @@ def test_deleting_a_vault_marks_it_deleting_and_records_a_task_for_the_worker(
     vid = make_vault(app, project)
     add(app, project, vid, server)
     with app.db.begin() as s:
-        task_id = runs.start_vault_delete(s, project, vid, NOW)
+        task_id = deletions.start_vault_delete(s, project, vid, NOW)
     with app.db.begin() as s:
         assert vaults.get_vault(s, project, vid).status == "deleting"
         with pytest.raises(errors.VaultStatusIllegal):
-            runs.start_vault_delete(s, project, vid, NOW)
+            deletions.start_vault_delete(s, project, vid, NOW)
     with app.db.begin() as s:
         task = s.get(Task, task_id)
         assert task is not None and (task.status, task.operation_type) == (
             "waiting", "vault_delete")
-        runs.forget_vault(s, vid)
+        deletions.forget_vault(s, vid)
     with app.db.begin() as s, pytest.raises(errors.VaultNotFound):
         vaults.get_vault(s, project, vid)
     add(app, project, make_vault(app, project, "again"), server)
@@ -299,8 +299,8 @@ def test_deleting_a_vault_or_removing_a_resource_in_use_is_refused_changing_noth
             s.add(Image(project_id=project, name="i", status="creating", backup_id=backup_id,
                         disk_backup_id=backup_id, agent_id="a", path="/x", task_id="t",
                         created_at=NOW, updated_at=NOW))
-    for start in (lambda s: runs.start_vault_delete(s, project, vid, NOW),
-                  lambda s: runs.start_remove_resources(s, project, vid, [server], NOW)):
+    for start in (lambda s: deletions.start_vault_delete(s, project, vid, NOW),
+                  lambda s: deletions.start_remove_resources(s, project, vid, [server], NOW)):
         with pytest.raises(errors.Conflict, match=backup_id), app.db.begin() as s:
             start(s)
     with app.db.begin() as s:
