@@ -295,7 +295,10 @@ class KeyNotFound(CbrError):
 
 
 class KeyNotUsable(CbrError):
-    """The key is not enabled, so the vaults it encrypts cannot be backed up or restored."""
+    """The key cannot be used for this vault: it is not enabled, or not the one protecting it.
+
+    (Disabled, scheduled for deletion, or a key whose material cannot unwrap
+    the vault's own keys.)"""
 
     code = "BackupService.7002"
     status = grpc.StatusCode.FAILED_PRECONDITION
