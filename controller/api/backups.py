@@ -1,4 +1,5 @@
-"""BackupService: thin translation to controller.services.backups and runs."""
+"""BackupService: thin translation to controller.services (backups, runs, restores,
+deletions, images)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ReplicationService: replication records, and replication once the data path exists."""
+"""ReplicationService: replicating backups and vaults, records, and the target's side."""
 
 from __future__ import annotations
 
