@@ -1,19 +1,12 @@
-"""Who is calling: set by the auth interceptor, read by servicers."""
+"""Who is calling in this request: set by the auth interceptor, read by servicers.
+
+``Caller`` itself is IAM vocabulary and lives in ``controller.services.actions``."""
 
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Caller:
-    account_id: str
-    user_id: str
-    access_key_id: str
-    actions: frozenset[str]
-    administrator: bool = False
-
+from controller.services.actions import Caller
 
 _current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
 

@@ -33,10 +33,9 @@ import grpc
 
 from cbr import errors, limits, signing
 from cbr.status import status_of
-from controller.api import actions
 from controller.api.caller import Caller, reset_caller, set_caller
 from controller.app import App
-from controller.services import iam, replay
+from controller.services import actions, iam, replay
 
 log = logging.getLogger("cbr.controller.api")
 

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.clock import utc_now
-from controller.api import actions
-from controller.api.caller import Caller
 from controller.keyring import Keyring
 from controller.persistence.models import AccessKey, Account, Grant, User
+from controller.services import actions
+from controller.services.actions import Caller
 
 log = logging.getLogger("cbr.controller.iam")
 

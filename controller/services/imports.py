@@ -26,7 +26,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
-from controller.api import actions
 from controller.keyring import Keyring
 from controller.persistence.models import (
     Account,
@@ -38,7 +37,7 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
-from controller.services import keys, tasks
+from controller.services import actions, keys, tasks
 
 IMPORT_TTL = dt.timedelta(hours=24)
 """How long a source may take to commit one import before the importer

@@ -10,10 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from cbr import errors
-from controller.api import actions
 from controller.app import App
 from controller.persistence.models import AccessKey, Account
-from controller.services import iam
+from controller.services import actions, iam
 from tests.state.conftest import NOW
 
 

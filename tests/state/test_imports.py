@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from cbr import errors
-from controller.api import actions
 from controller.app import App
 from controller.persistence.models import Agent, Backup, Checkpoint, ReplicationRecord, Vault
-from controller.services import imports, tasks, vaults
+from controller.services import actions, imports, tasks, vaults
 from controller.services.vaults import VaultSpec
 from tests.state.conftest import NOW
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cbr import errors
-from controller.api import actions
 from controller.api.server import SERVICE_MODULES
+from controller.services import actions
 
 
 def test_every_rpc_needs_an_action_or_is_explicitly_unsigned() -> None:

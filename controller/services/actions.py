@@ -7,6 +7,8 @@ a new RPC cannot become reachable without a decision here
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Authenticated otherwise: Enroll by its one-time token, Connect by the
 # agent's client certificate on the TLS agent endpoint.
 UNSIGNED_METHODS = frozenset(
@@ -132,3 +134,15 @@ LEGACY_ACTION_NAMES = {
 
 def known_actions() -> frozenset[str]:
     return frozenset(METHOD_ACTIONS.values()) | frozenset(REPLICATION_TARGET_ACTIONS)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a call: an account's user, by one of its access keys, with
+    the actions its grants give (managed policies expanded)."""
+
+    account_id: str
+    user_id: str
+    access_key_id: str
+    actions: frozenset[str]
+    administrator: bool = False
