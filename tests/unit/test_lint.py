@@ -60,3 +60,33 @@ def test_the_wall_clock_is_read_only_in_cbr_clock() -> None:
              for n, line in enumerate(path.read_text().splitlines(), 1)
              if reads.search(line)]
     assert found == [], "wall-clock reads outside cbr/clock.py: " + ", ".join(found)
+
+
+# Which packages a package's modules must never import (docs/architecture.md).
+FLOORS = {
+    "cbr": ("controller", "agent", "cli"),
+    "cbr.storage": ("cbr.repo", "controller", "agent", "cli"),
+    "cli": ("controller", "agent"),
+    "agent": ("controller", "cli"),
+    "controller": ("agent", "cli"),
+    "controller.persistence": ("controller.services", "controller.api", "controller.agents"),
+    "controller.services": ("controller.api", "controller.agents", "controller.scheduler",
+                            "controller.replication", "controller.maintenance"),
+}
+
+
+def test_no_floor_imports_a_higher_one() -> None:
+    import ast
+
+    found = []
+    for package, forbidden in FLOORS.items():
+        for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
+            if "/v1/" in path.as_posix():
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    if any(name == f or name.startswith(f + ".") for f in forbidden):
+                        found.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert found == [], "imports from a lower floor to a higher one: " + "; ".join(found)
