@@ -1,248 +1,106 @@
-"""What every command shares: settings and profiles, enum names, output.
-
-Commands stay small because the decisions that must be the same everywhere
-live here once: where credentials come from and in which order, how an enum
-is spelled on the command line and in a table, and how a message becomes a
-table or JSON.
-"""
+"""What every command shares: argument helpers, the call context, paging
+and the one line a failed call prints. Settings are in ``cli.settings``,
+output in ``cli.output``; their names are re-exported here for the commands."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import re
-import sys
-import tempfile
-import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
-from rich.table import Table
 
 from cbr import client as cbr_client
 from cbr import tls
-
-DEFAULT_PROFILE = "default"
-# Unary calls get this deadline unless --timeout says otherwise, so that a
-# wedged controller cannot hang a script forever.
-DEFAULT_TIMEOUT_S = 60.0
-
-ENV_ENDPOINT = "CBR_ENDPOINT"
-ENV_ACCESS_KEY = "CBR_ACCESS_KEY"
-ENV_SECRET_KEY = "CBR_SECRET_KEY"
-ENV_PROFILE = "CBR_PROFILE"
-ENV_CA_FILE = "CBR_CA_FILE"
-ENV_INSECURE = "CBR_INSECURE"
-ENV_CONFIG_DIR = "CBR_CONFIG_DIR"
-
-PROFILE_KEYS = ("endpoint", "access_key", "secret_key", "ca_file", "server_name", "insecure",
-                "account_id")
-
-
-class CliError(Exception):
-    """A failure of the command line itself (exit 2), not of the controller."""
-
-    exit_code = 2
-
-
-class ConfigError(CliError):
-    """Settings are missing or unreadable; the message says how to fix them."""
-
-
-class UsageError(CliError):
-    """Arguments parse but do not make a request (for example nothing to update)."""
-
-
-# -- settings and profiles ----------------------------------------------------
-
-
-def config_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = env.get(ENV_CONFIG_DIR)
-    if base:
-        return Path(base) / "config.toml"
-    return Path.home() / ".config" / "cbr" / "config.toml"
-
-
-def load_profiles(path: Path) -> dict[str, dict[str, str]]:
-    """Every profile of the file; a missing file has none."""
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    profiles = doc.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise ConfigError(f"cannot read {path}: 'profiles' is not a table")
-    out: dict[str, dict[str, str]] = {}
-    for name, values in profiles.items():
-        if isinstance(values, dict):
-            out[name] = {str(k): str(v) for k, v in values.items()}
-    return out
-
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_string(value: str) -> str:
-    """A TOML basic string: JSON's escaping is a valid subset of TOML's."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_string(key)
-
-
-def render_profiles(profiles: Mapping[str, Mapping[str, str]]) -> str:
-    lines = ["# Written by `cbr configure`. Holds secret keys: keep it mode 0600.", ""]
-    for name in sorted(profiles):
-        lines.append(f"[profiles.{_toml_key(name)}]")
-        for key, value in profiles[name].items():
-            lines.append(f"{_toml_key(key)} = {_toml_string(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def save_profiles(path: Path, profiles: Mapping[str, Mapping[str, str]]) -> None:
-    """Replaces the file atomically; it is never readable by others, even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_profiles(profiles))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@dataclass(frozen=True)
-class Settings:
-    profile: str
-    endpoint: str
-    access_key: str
-    secret_key: str
-    ca_file: str = ""
-    # The name the API's certificate is verified by (cbr.tls.SERVER_NAME
-    # unless the operator's certificate names the controller otherwise).
-    server_name: str = ""
-    # Plaintext, for a development controller with insecure_listen.
-    insecure: str = ""
-    # Where each value came from, for error messages.
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    def require(self) -> None:
-        missing = [
-            flag
-            for flag, value in (
-                ("--endpoint", self.endpoint),
-                ("--access-key", self.access_key),
-                ("--secret-key", self.secret_key),
-            )
-            if not value
-        ]
-        if missing:
-            raise ConfigError(
-                f"no {', '.join(m.lstrip('-') for m in missing)} configured for profile "
-                f"'{self.profile}'; run `cbr configure` (or pass {' '.join(missing)}, "
-                f"or set {ENV_ENDPOINT}/{ENV_ACCESS_KEY}/{ENV_SECRET_KEY})"
-            )
-
-
-def resolve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-    """Flags win over the environment, which wins over the profile file."""
-    env = os.environ if env is None else env
-    explicit_profile = getattr(args, "profile", None) or env.get(ENV_PROFILE)
-    profile = explicit_profile or DEFAULT_PROFILE
-    path = config_path(env)
-    profiles = load_profiles(path)
-    if explicit_profile and profile not in profiles and profile != DEFAULT_PROFILE:
-        raise ConfigError(
-            f"profile '{profile}' is not in {path}; create it with "
-            f"`cbr configure --profile {profile}`"
-        )
-    stored = profiles.get(profile, {})
-    values: dict[str, str] = {}
-    sources: dict[str, str] = {}
-    for key, env_name in (
-        ("endpoint", ENV_ENDPOINT),
-        ("access_key", ENV_ACCESS_KEY),
-        ("secret_key", ENV_SECRET_KEY),
-        ("ca_file", ENV_CA_FILE),
-        ("server_name", ""),
-        ("insecure", ENV_INSECURE),
-    ):
-        flag = getattr(args, key, None)
-        if flag:
-            values[key], sources[key] = "true" if flag is True else flag, "flag"
-        elif env_name and env.get(env_name):
-            values[key], sources[key] = env[env_name], env_name
-        elif stored.get(key):
-            values[key], sources[key] = stored[key], f"profile {profile}"
-        else:
-            values[key] = ""
-    return Settings(profile=profile, sources=sources, **values)
-
-
-# -- enums ----------------------------------------------------------------------
-
-
-def _enum_prefix(descriptor: EnumDescriptor) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", descriptor.name).upper() + "_"
-
-
-class EnumNames:
-    """Short lower-case names of a proto enum (``server`` for OBJECT_TYPE_SERVER)."""
-
-    def __init__(self, descriptor: EnumDescriptor, aliases: Mapping[str, str] | None = None):
-        self.descriptor = descriptor
-        prefix = _enum_prefix(descriptor)
-        self._by_short: dict[str, int] = {}
-        self._short: dict[int, str] = {}
-        for value in descriptor.values:
-            short = value.name.removeprefix(prefix).lower()
-            self._short[value.number] = short
-            if value.number != 0:
-                self._by_short[short] = value.number
-        for alias, target in (aliases or {}).items():
-            self._by_short[alias] = self._by_short[target]
-
-    @property
-    def choices(self) -> list[str]:
-        return list(self._by_short)
-
-    def value(self, name: str | None) -> int:
-        """The number of a short name; None (flag not given) is UNSPECIFIED."""
-        return 0 if not name else self._by_short[name]
-
-    def short(self, number: int) -> str:
-        if number == 0:
-            return "-"
-        return self._short.get(number, str(number))
-
-
-def enum_names(descriptor: EnumDescriptor) -> EnumNames:
-    cached = _ENUM_CACHE.get(descriptor.full_name)
-    if cached is None:
-        cached = _ENUM_CACHE[descriptor.full_name] = EnumNames(descriptor)
-    return cached
-
-
-_ENUM_CACHE: dict[str, EnumNames] = {}
-
+from cli.output import (
+    Column as Column,
+)
+from cli.output import (
+    EnumNames as EnumNames,
+)
+from cli.output import (
+    Output as Output,
+)
+from cli.output import (
+    detail_rows as detail_rows,
+)
+from cli.output import (
+    enum_names as enum_names,
+)
+from cli.output import (
+    fmt_bytes as fmt_bytes,
+)
+from cli.output import (
+    fmt_field as fmt_field,
+)
+from cli.output import (
+    fmt_time as fmt_time,
+)
+from cli.output import (
+    make_table as make_table,
+)
+from cli.output import (
+    to_dict as to_dict,
+)
+from cli.settings import (
+    DEFAULT_PROFILE as DEFAULT_PROFILE,
+)
+from cli.settings import (
+    DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S,
+)
+from cli.settings import (
+    ENV_ACCESS_KEY as ENV_ACCESS_KEY,
+)
+from cli.settings import (
+    ENV_CA_FILE as ENV_CA_FILE,
+)
+from cli.settings import (
+    ENV_CONFIG_DIR as ENV_CONFIG_DIR,
+)
+from cli.settings import (
+    ENV_ENDPOINT as ENV_ENDPOINT,
+)
+from cli.settings import (
+    ENV_INSECURE as ENV_INSECURE,
+)
+from cli.settings import (
+    ENV_PROFILE as ENV_PROFILE,
+)
+from cli.settings import (
+    ENV_SECRET_KEY as ENV_SECRET_KEY,
+)
+from cli.settings import (
+    PROFILE_KEYS as PROFILE_KEYS,
+)
+from cli.settings import (
+    CliError as CliError,
+)
+from cli.settings import (
+    ConfigError as ConfigError,
+)
+from cli.settings import (
+    Settings as Settings,
+)
+from cli.settings import (
+    UsageError as UsageError,
+)
+from cli.settings import (
+    config_path as config_path,
+)
+from cli.settings import (
+    load_profiles as load_profiles,
+)
+from cli.settings import (
+    render_profiles as render_profiles,
+)
+from cli.settings import (
+    resolve_settings as resolve_settings,
+)
+from cli.settings import (
+    save_profiles as save_profiles,
+)
 
 # -- argument helpers -------------------------------------------------------------
 
@@ -382,238 +240,6 @@ def add_command(
 def add_group(sub: Any, name: str, help: str, aliases: Sequence[str] = ()) -> Any:
     parser = sub.add_parser(name, help=help, description=help, aliases=list(aliases))
     return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
-
-
-# -- formatting ---------------------------------------------------------------------
-
-
-def fmt_time(ts: Timestamp) -> str:
-    if ts.seconds == 0 and ts.nanos == 0:
-        return "-"
-    moment = dt.datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=dt.UTC)
-    return moment.astimezone().isoformat(timespec="seconds")
-
-
-def fmt_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover - the loop always returns
-
-
-def _fmt_scalar(fd: Any, value: Any) -> str:
-    if fd.type == FieldDescriptor.TYPE_ENUM:
-        return enum_names(fd.enum_type).short(value)
-    if fd.type == FieldDescriptor.TYPE_BOOL:
-        return "yes" if value else "no"
-    if fd.name.endswith("_bytes") and isinstance(value, int):
-        return fmt_bytes(value)
-    if fd.name == "size_gb":
-        return f"{value} GB"
-    if isinstance(value, str):
-        return value or "-"
-    return str(value)
-
-
-def _is_map(fd: Any) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
-def fmt_field(msg: Message, path: str) -> str:
-    """A field (dotted path allowed) as a table cell."""
-    head, _, rest = path.partition(".")
-    fd = msg.DESCRIPTOR.fields_by_name[head]
-    value = getattr(msg, head)
-    if rest:
-        return fmt_field(value, rest)
-    if _is_map(fd):
-        return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
-    if fd.is_repeated:
-        if fd.message_type is not None:
-            if fd.message_type.name == "Tag":
-                return ", ".join(f"{t.key}={t.value}" for t in value) or "-"
-            return str(len(value))
-        return ", ".join(_fmt_scalar(fd, v) for v in value) or "-"
-    if fd.message_type is not None:
-        if fd.message_type.full_name == "google.protobuf.Timestamp":
-            return fmt_time(value)
-        return "-" if not msg.HasField(head) else str(value).replace("\n", " ").strip()
-    return _fmt_scalar(fd, value)
-
-
-_TIMESTAMP = "google.protobuf.Timestamp"
-
-
-def listed_below(msg: Message) -> list[tuple[str, list[Message]]]:
-    """The lists of messages ``detail_rows`` leaves to tables below it."""
-    return [(fd.name, list(getattr(msg, fd.name))) for fd in msg.DESCRIPTOR.fields
-            if fd.is_repeated and not _is_map(fd) and fd.message_type is not None
-            and fd.message_type.name != "Tag" and fd.message_type.full_name != _TIMESTAMP
-            and getattr(msg, fd.name)]
-
-
-def plain_columns(msg: Message) -> list[Column]:
-    """A table's columns for a message shown without a command's own choice:
-    its single fields, in order."""
-    columns: list[Column] = [
-        (fd.name.upper(), fd.name) for fd in msg.DESCRIPTOR.fields
-        if not fd.is_repeated and (fd.message_type is None
-                                   or fd.message_type.full_name == _TIMESTAMP)]
-    return columns[:8]
-
-
-def detail_rows(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
-    """Field/value rows of a message; nested messages flattened, lists of
-    messages other than tags left to the command's own sub-tables."""
-    rows: list[tuple[str, str]] = []
-    for fd in msg.DESCRIPTOR.fields:
-        name = prefix + fd.name
-        value = getattr(msg, fd.name)
-        if _is_map(fd):
-            for k, v in sorted(value.items()):
-                rows.append((f"{name}.{k}", str(v)))
-            continue
-        if fd.is_repeated:
-            if fd.message_type is not None and fd.message_type.full_name == _TIMESTAMP:
-                rows.append((name, ", ".join(fmt_time(t) for t in value) or "-"))
-                continue
-            if fd.message_type is not None and fd.message_type.name != "Tag":
-                if value:
-                    rows.append((name, f"{len(value)} (below)"))
-                continue
-            rows.append((name, fmt_field(msg, fd.name)))
-            continue
-        if fd.message_type is not None and fd.message_type.full_name != "google.protobuf.Timestamp":
-            if msg.HasField(fd.name):
-                rows.extend(detail_rows(value, prefix=name + "."))
-            continue
-        rows.append((name, fmt_field(msg, fd.name)))
-    return rows
-
-
-def to_dict(msg: Message) -> dict[str, Any]:
-    """A message as JSON-ready data: API field names, enum names, every field."""
-    return json_format.MessageToDict(
-        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-Column = tuple[str, str | Callable[[Any], str]]
-
-
-class Output:
-    """Writes results as rich tables or JSON, and notes to stderr so that
-    stdout stays parseable."""
-
-    def __init__(self, mode: str, stdout: TextIO | None = None, stderr: TextIO | None = None):
-        self.mode = mode
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
-        terminal = self.stdout.isatty()
-        # Text from the controller is shown as it is: no [markup], no :emoji:
-        # (an action "cbr:cloud:get" is not a cloud). Off a terminal a table
-        # is as wide as its content, never folded to a guessed width.
-        self.console = Console(
-            file=self.stdout,
-            width=None if terminal else OFF_TERMINAL_WIDTH,
-            highlight=False,
-            soft_wrap=False,
-            markup=False,
-            emoji=False,
-        )
-        self.err_console = Console(file=self.stderr, highlight=False, markup=False,
-                                   emoji=False)
-
-    @property
-    def json(self) -> bool:
-        return self.mode == "json"
-
-    def json_value(self, value: Any, *, compact: bool = False) -> None:
-        text = json.dumps(value, ensure_ascii=False, indent=None if compact else 2)
-        self.stdout.write(text + "\n")
-        self.stdout.flush()
-
-    def note(self, text: str) -> None:
-        """A hint for a person; never on stdout, so JSON output stays clean."""
-        self.stderr.write(text + "\n")
-        self.stderr.flush()
-
-    def message(self, text: str) -> None:
-        """A result line in table mode (ids of started tasks, confirmations)."""
-        self.console.print(text, markup=False)
-
-    def deleted(self, kind: str, ident: str) -> None:
-        """Delete calls answer with an empty message; say what was deleted."""
-        if self.json:
-            self.json_value({"id": ident, "kind": kind, "deleted": True})
-        else:
-            self.message(f"deleted {kind} {ident}")
-
-    def show(
-        self,
-        msg: Message,
-        title: str | None = None,
-        subtables: Iterable[tuple[str, Sequence[Message], Sequence[Column]]] = (),
-    ) -> None:
-        """One resource: JSON object, or field/value rows plus its lists."""
-        if self.json:
-            self.json_value(to_dict(msg))
-            return
-        table = Table(title=title, show_header=False, box=None, pad_edge=False)
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for name, value in detail_rows(msg):
-            table.add_row(name, value)
-        self._print(table)
-        given = list(subtables)
-        named = {sub_title for sub_title, _, _ in given}
-        given += [(name, items, plain_columns(items[0])) for name, items in listed_below(msg)
-                  if name not in named]  # every "(below)" has its table
-        for sub_title, items, columns in given:
-            if items:
-                self.console.print()
-                self._print(make_table(items, columns, title=sub_title))
-
-    def _print(self, table: Table) -> None:
-        """A table without the spaces that pad each line to the table's width."""
-        with self.console.capture() as captured:
-            self.console.print(table)
-        lines = captured.get().splitlines()
-        self.stdout.write("".join(line.rstrip() + "\n" for line in lines))
-        self.stdout.flush()
-
-    def items(self, items: Sequence[Message], columns: Sequence[Column]) -> None:
-        """A list result: a JSON list, or one table row per item."""
-        if self.json:
-            self.json_value([to_dict(m) for m in items])
-            return
-        if not items:
-            self.note("no items")
-            return
-        self._print(make_table(items, columns))
-
-
-OFF_TERMINAL_WIDTH = 4096
-"""Wide enough for any row; trailing spaces are stripped anyway."""
-UNBROKEN_MAX = 64
-"""A cell of one word up to this long (an id, a time, a code) is never split."""
-
-
-def make_table(
-    items: Sequence[Message], columns: Sequence[Column], title: str | None = None
-) -> Table:
-    rows = [[getter(item) if callable(getter) else fmt_field(item, getter)
-             for _, getter in columns] for item in items]
-    table = Table(title=title, header_style="bold", box=None, pad_edge=False)
-    for n, (header, _) in enumerate(columns):
-        words = all(len(r[n]) <= UNBROKEN_MAX and not any(c.isspace() for c in r[n])
-                    for r in rows)
-        table.add_column(header, overflow="fold", no_wrap=words)
-    for row in rows:
-        table.add_row(*row)
-    return table
 
 
 # -- calls -----------------------------------------------------------------------------
