@@ -1,12 +1,12 @@
-"""Disks into a vault and back (``docs/storage-format.md`` sections 8 and 11).
+"""Disks into a vault (``docs/storage-format.md`` sections 8 and 11); the way
+back is ``disk_restore``, the block arithmetic both share is ``blocks``.
 
-Public API::
+Public API (restore re-exported here for callers)::
 
-    disk_size(path: Path) -> int
-    data_ranges(fd: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]
     backup_disk(repo, source, *, size=None, parent=None, changed=None, progress,
                 workers=2, read_log=None) -> BackupResult      # content: DiskContent
     restore_disk(repo, content, target, *, progress, workers=2) -> RestoreResult
+    disk_size(path) -> int; data_ranges(fd, size, start=0)   # from ``blocks``
 
 Backup cuts a disk into fixed blocks of ``repo.config.block_size``. Without
 ``changed`` it reads every block that holds data (holes found with
@@ -28,11 +28,6 @@ work in flight, never a function of the disk's size. All-zero blocks are
 recognised by their chunk id (the id of a zero block is computed once), so
 they cost the hash that every block needs anyway and no Python-level scan.
 
-Restore loads and verifies chunks in parallel (bounded) and writes them in
-disk order with ``pwrite``. It never writes bytes that failed verification:
-a damaged chunk fails the restore naming it, and a restore to a new file
-writes a temporary name beside it that becomes the target only on success.
-
 This module must not decide *what* changed (``snapshot`` does) nor talk to
 the controller (``agent.commands`` does).
 """
@@ -41,132 +36,32 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import errno
-import fcntl
 import mmap
 import os
-import secrets
 import stat
-import struct
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.dataplane import (
     BackupResult,
     Cancelled,
-    DataplaneError,
     Progress,
-    RestoreResult,
     SourceUnreadable,
-    TargetTooSmall,
-    UnsafeTarget,
 )
+from agent.dataplane.blocks import (
+    ADVISE_AHEAD,
+    IDS_PER_ITEM,
+    READ_SIZE,
+    _block_runs,
+    data_ranges,
+    disk_size,
+)
+from agent.dataplane.disk_restore import restore_disk as restore_disk
 from cbr.repo import BlobType, DiskContent, RepoError, Repository
 from cbr.repo.disk_map import DiskMapBuilder, DiskMapReader, block_count
 
-BLKGETSIZE64 = 0x80081272
-BLKZEROOUT = 0x127F
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-
-READ_SIZE = 2 << 20
-"""Bytes per read call (whole blocks): large enough for sequential throughput
-with the page cache cold, small enough that the ring stays a few MiB."""
-
-ADVISE_AHEAD = 64 << 20
-"""Bytes of planned reads the kernel is asked to fetch ahead of the reader
-(changed-block tracking only): the page cache it may fill, at most."""
-
-IDS_PER_ITEM = 256
-"""Reused parent entries carried per queue item (bounds the queue's memory)."""
-
-
-def disk_size(path: Path) -> int:
-    """Size in bytes of an image file or a block device (whose ``st_size`` is 0)."""
-    try:
-        st = os.stat(path)
-        if stat.S_ISBLK(st.st_mode):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
-                return int(struct.unpack("Q", buf)[0])
-            except OSError:
-                return os.lseek(fd, 0, os.SEEK_END)
-            finally:
-                os.close(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceUnreadable(f"disk {path} is neither a regular file nor a block device")
-        return st.st_size
-    except OSError as exc:
-        raise SourceUnreadable(f"cannot read disk {path}: {exc}") from exc
-
-
-def data_ranges(fd: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` ranges from ``start`` on that may hold data, in order.
-
-    Everything is data where the file cannot tell holes apart (block
-    devices, filesystems without ``SEEK_DATA``).
-    """
-    offset = start
-    while offset < size:
-        try:
-            a = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                return  # a hole up to the end
-            yield offset, size
-            return
-        if a >= size:
-            return
-        try:
-            b = min(os.lseek(fd, a, os.SEEK_HOLE), size)
-        except OSError:
-            b = size
-        if b <= a:  # a file that changes under us: read the rest
-            yield a, size
-            return
-        yield a, b
-        offset = b
-
-
-def _block_runs(ranges: Iterator[tuple[int, int]] | Sequence[tuple[int, int]],
-                block_size: int, first_block: int, end_block: int,
-                max_blocks: int) -> Iterator[tuple[int, int]]:
-    """``(first, count)`` runs of the blocks in ``[first_block, end_block)`` that
-    the byte ranges (sorted by start) overlap, each at most ``max_blocks``
-    long, each block once."""
-    run_start, run_end = -1, -1
-    for start, end in ranges:
-        if end <= start:
-            continue
-        a = max(start // block_size, first_block)
-        b = min(-(-end // block_size), end_block)
-        if a >= b:
-            if start // block_size >= end_block:
-                break
-            continue
-        if run_end >= a:  # touches or overlaps the open run
-            run_end = max(run_end, b)
-            continue
-        if run_end > run_start:
-            yield from _split(run_start, run_end, max_blocks)
-        run_start, run_end = a, b
-    if run_end > run_start:
-        yield from _split(run_start, run_end, max_blocks)
-
-
-def _split(first: int, end: int, max_blocks: int) -> Iterator[tuple[int, int]]:
-    while first < end:
-        n = min(max_blocks, end - first)
-        yield first, n
-        first += n
-
-
-# -- backup -------------------------------------------------------------------------------------
 
 class _Advisor:
     """Tells the kernel which byte ranges the reader will want next
@@ -511,187 +406,3 @@ def _backup_changed(job: _DiskBackup, pool: ThreadPoolExecutor, parent: DiskCont
             job.read(pool, block, count)
             i += count
         job.reuse(batch)
-
-
-# -- restore ------------------------------------------------------------------------------------
-
-_libc: Any = None
-
-
-def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    """Deallocates a range of a regular file (it reads as zeros); False where the
-    filesystem cannot."""
-    global _libc
-    if _libc is None:
-        # The process's own C library (find_library would run ldconfig).
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        lib.fallocate.restype = ctypes.c_int
-        _libc = lib
-    return bool(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                offset, length) == 0)
-
-
-_ZEROS = bytes(1 << 20)
-
-
-def _write_zeros(fd: int, start: int, end: int) -> None:
-    view = memoryview(_ZEROS)
-    while start < end:
-        start += os.pwrite(fd, view[:min(len(view), end - start)], start)
-
-
-def _zero_device(fd: int, start: int, end: int) -> None:
-    """Zeros a device range, offloaded to the device (BLKZEROOUT) where it can."""
-    aligned_end = end - (end - start) % 512
-    if start % 512 == 0 and aligned_end > start:
-        try:
-            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", start, aligned_end - start))
-            start = aligned_end
-        except OSError:
-            pass
-    _write_zeros(fd, start, end)
-
-
-class _Target:
-    """Where a restore writes, and how it makes a range read as zeros."""
-
-    def __init__(self, target: Path, size: int) -> None:
-        self.path = target
-        self.temporary: Path | None = None
-        self.device = False
-        self.existing = False
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            followed = os.stat(target)  # /dev/disk/by-id/... names are links
-            if not stat.S_ISBLK(followed.st_mode):
-                raise UnsafeTarget(f"restore target {target} is a symbolic link; name the "
-                                   "file itself")
-            st = followed
-        if st is None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.temporary = target.parent / f".{target.name}.cbr-partial-{secrets.token_hex(4)}"
-            self.fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        elif stat.S_ISBLK(st.st_mode):
-            self.device = True
-            have = disk_size(target)
-            if have < size:
-                raise TargetTooSmall(f"{target} has {have} bytes; the backup needs {size}")
-            try:
-                # O_EXCL on a block device: refused while it is mounted or claimed.
-                self.fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
-            except OSError as exc:
-                if exc.errno == errno.EBUSY:
-                    raise UnsafeTarget(f"{target} is in use (mounted?); a restore would "
-                                       "corrupt it") from exc
-                raise DataplaneError(f"cannot open restore target {target}: {exc}") from exc
-        elif stat.S_ISREG(st.st_mode):
-            self.existing = True
-            self.fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        else:
-            raise UnsafeTarget(f"restore target {target} is neither a regular file nor a "
-                               "block device")
-        self.can_punch = not self.device
-
-    def prepare(self, size: int) -> None:
-        if not self.device:
-            os.ftruncate(self.fd, size)
-
-    def clear(self, start: int, end: int) -> None:
-        """Makes ``[start, end)`` read as zeros. A new file is already sparse."""
-        if start >= end or self.temporary is not None:
-            return
-        if self.device:
-            _zero_device(self.fd, start, end)
-            return
-        if self.can_punch and _punch_hole(self.fd, start, end - start):
-            return
-        self.can_punch = False
-        _write_zeros(self.fd, start, end)
-
-    def finish(self, ok: bool) -> None:
-        try:
-            if ok:
-                os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
-        if self.temporary is None:
-            return
-        if ok:
-            os.replace(self.temporary, self.path)
-            with contextlib.suppress(OSError):
-                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                self.temporary.unlink()
-
-
-def restore_disk(repo: Repository, content: DiskContent, target: Path, *,
-                 progress: Progress, workers: int = 2,
-                 key_id: bytes | None = None) -> RestoreResult:
-    """Writes a disk back byte-identical to what was backed up.
-
-    A missing ``target`` becomes a new sparse file (blocks the backup does
-    not hold stay holes), written under a temporary name and renamed only
-    once complete. An existing regular file is restored in place: truncated
-    or extended to the disk's size, with holes punched (or zeros written)
-    where the backup holds no block. A block device must be at least the
-    disk's size and not in use; absent blocks are zeroed on it.
-    Raises ``IntegrityError``/``ChunkNotFound`` naming the chunk when a
-    block cannot be read back; no byte of it is written.
-    """
-    bs = content.block_size
-    out = _Target(target, content.size)
-    stats = {"bytes_written": 0, "blocks": 0, "bytes_scanned": 0}
-    ok = False
-    try:
-        out.prepare(content.size)
-        cursor = 0
-        depth = 4 * max(1, workers)
-        queue: collections.deque[tuple[int, Future[bytes]]] = collections.deque()
-
-        def write_one() -> None:
-            nonlocal cursor
-            block, future = queue.popleft()
-            data = future.result()
-            offset = block * bs
-            out.clear(cursor, offset)
-            view = memoryview(data)
-            written = 0
-            while written < len(data):
-                written += os.pwrite(out.fd, view[written:], offset + written)
-            progress.add(scanned=offset + len(data) - cursor, read=len(data))
-            cursor = offset + len(data)
-            stats["bytes_written"] += len(data)
-            stats["blocks"] += 1
-
-        with ThreadPoolExecutor(max(1, workers), "disk-restore") as pool:
-            try:
-                for block, cid in DiskMapReader(repo, content, key_id=key_id):
-                    if progress.cancelled.is_set():
-                        raise Cancelled("the restore was cancelled")
-                    queue.append((block, pool.submit(repo.load_blob, cid, key_id=key_id)))
-                    while len(queue) > depth:
-                        write_one()
-                while queue:
-                    write_one()
-            except BaseException:
-                for _block, future in queue:
-                    future.cancel()
-                queue.clear()
-                raise
-        out.clear(cursor, content.size)
-        progress.add(scanned=content.size - cursor)
-        stats["bytes_scanned"] = content.size
-        ok = True
-    finally:
-        out.finish(ok)
-    return RestoreResult(stats)

@@ -19,12 +19,8 @@ from pathlib import Path
 import pytest
 
 from agent.dataplane import Progress
-from agent.dataplane.disk import (
-    FALLOC_FL_KEEP_SIZE,
-    FALLOC_FL_PUNCH_HOLE,
-    backup_disk,
-    restore_disk,
-)
+from agent.dataplane.blocks import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+from agent.dataplane.disk import backup_disk, restore_disk
 from agent.dataplane.snapshot import (
     FIEMAP_EXTENT_DELALLOC,
     FIEMAP_EXTENT_ENCODED,
