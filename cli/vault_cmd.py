@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from google.protobuf import field_mask_pb2
 
@@ -412,10 +413,7 @@ def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
         vault_pb2.VerifyVaultRequest(vault_id=args.vault_id, read_data=args.read_data),
         timeout=ctx.timeout,
     )
-    code = task_cmd.report_started(ctx, resp, [resp.task_id], f"verifying vault {args.vault_id}")
-    if args.wait and not ctx.out.json:
-        task_cmd.show_task(ctx, resp.task_id)
-    return code
+    return _started_and_shown(ctx, args, resp, f"verifying vault {args.vault_id}")
 
 
 def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
@@ -431,7 +429,13 @@ def cmd_repair(ctx: Context, args: argparse.Namespace) -> int:
         timeout=ctx.timeout,
     )
     doing = "checking what repair would do to" if args.dry_run else "repairing"
-    code = task_cmd.report_started(ctx, resp, [resp.task_id], f"{doing} vault {args.vault_id}")
+    return _started_and_shown(ctx, args, resp, f"{doing} vault {args.vault_id}")
+
+
+def _started_and_shown(ctx: Context, args: argparse.Namespace, resp: Any, what: str) -> int:
+    """A maintenance task whose result is its report: with --wait, the task
+    is shown whole at the end (its figures and the backups it names)."""
+    code = task_cmd.report_started(ctx, resp, [resp.task_id], what)
     if args.wait and not ctx.out.json:
         task_cmd.show_task(ctx, resp.task_id)
     return code
