@@ -72,13 +72,13 @@ class Executor:
         function = self._commands.get(action)
         try:
             if function is None:
-                outcome = Outcome(False, errors.NotImplementedYet.code,
-                                  f"This agent does not know the command {action!r}; upgrade it.")
+                outcome = Outcome.failed(errors.NotImplementedYet(
+                    f"This agent does not know the command {action!r}; upgrade it."))
             else:
                 outcome = function(self._make_context(task_id), getattr(command, action))
         except Exception as exc:
             log.exception("task %s (%s) failed", task_id, action)
-            outcome = Outcome(False, errors.InternalError.code, f"{type(exc).__name__}: {exc}")
+            outcome = Outcome.failed(errors.InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
             release_free_memory()  # an idle agent does not keep a task's peak
         try:

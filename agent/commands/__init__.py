@@ -13,14 +13,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import AgentConfig
+from cbr import errors
 
 
 @dataclass
 class Outcome:
+    """How a command ended: its figures, or the CBR error a person is told
+    (code and message are read off the error, never written separately)."""
+
     success: bool
-    error_code: str = ""
-    error_message: str = ""
+    error: errors.CbrError | None = None
     extra_info: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, error: errors.CbrError) -> Outcome:
+        return cls(False, error)
+
+    @property
+    def error_code(self) -> str:
+        return self.error.code if self.error is not None else ""
+
+    @property
+    def error_message(self) -> str:
+        if self.error is None:
+            return ""
+        return self.error.detail or self.error.message
 
 
 @dataclass

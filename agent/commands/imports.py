@@ -54,8 +54,8 @@ def _committed(digests: dict[str, str], stats: dict[str, int]) -> Outcome:
 def run(context: CommandContext, command: Any) -> Outcome:
     grants: ImportGrants | None = context.grants
     if grants is None:
-        return Outcome(False, errors.NotImplementedYet.code,
-                       "This agent is not an importer; run it with --role importer.")
+        return Outcome.failed(errors.NotImplementedYet(
+            "This agent is not an importer; run it with --role importer."))
     try:
         done = _stored_digests(command)
     except Exception as exc:
@@ -88,8 +88,8 @@ def run(context: CommandContext, command: Any) -> Outcome:
     if grant.committed:
         return _committed(grant.manifest_sha256, grant.stats)
     if grant.aborted:
-        return Outcome(False, errors.Conflict.code,
-                       f"import {command.import_id} was aborted by the target cloud")
-    return Outcome(False, errors.Conflict.code,
-                   f"import {command.import_id}: the source did not commit the replica before "
-                   f"the grant expired at {expires.isoformat()}")
+        return Outcome.failed(errors.Conflict(
+            f"import {command.import_id} was aborted by the target cloud"))
+    return Outcome.failed(errors.Conflict(
+        f"import {command.import_id}: the source did not commit the replica before the "
+        f"grant expired at {expires.isoformat()}"))

@@ -177,7 +177,8 @@ def run(context: CommandContext, command: Any) -> Outcome:
             _transfer(repo, command, context, manifests, replicas, totals)
     except TransferFailed as exc:
         log.warning("replication of backup %s failed: %s", command.backup_id, exc)
-        return Outcome(False, exc.code, f"replication of backup {command.backup_id}: {exc}")
+        return Outcome.failed(errors.error_class_for(exc.code)(
+            f"replication of backup {command.backup_id}: {exc}"))
     except Exception as exc:
         log.warning("replication of backup %s failed: %s", command.backup_id, exc)
         return failure(exc, f"replication of backup {command.backup_id}")

@@ -124,10 +124,9 @@ def failure(exc: BaseException, what: str, *, encrypted: bool = False) -> Outcom
     it; the caller, on the host that has the files anyway, logs it whole."""
     outcome = _failure(exc, what)
     if encrypted and not isinstance(exc, _PATHLESS):
-        return Outcome(False, outcome.error_code,
-                       f"{what}: {_KINDS.get(outcome.error_code, 'failed')} (the details "
-                       "name a file of an encrypted backup, so only the agent's log on the "
-                       "host has them)")
+        return Outcome.failed(errors.error_class_for(outcome.error_code)(
+            f"{what}: {_KINDS.get(outcome.error_code, 'failed')} (the details name a file of "
+            "an encrypted backup, so only the agent's log on the host has them)"))
     return outcome
 
 
@@ -143,6 +142,5 @@ _KINDS = {errors.UnsafeRestoreTarget.code: "the backup holds an entry that would
 
 def _failure(exc: BaseException, what: str) -> Outcome:
     if isinstance(exc, DataplaneError):
-        return Outcome(False, exc.code, f"{what}: {exc}")
-    err = faults.as_cbr_error(exc, what)
-    return Outcome(False, err.code, err.detail or err.message)
+        return Outcome.failed(errors.error_class_for(exc.code)(f"{what}: {exc}"))
+    return Outcome.failed(faults.as_cbr_error(exc, what))

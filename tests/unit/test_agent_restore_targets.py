@@ -154,4 +154,6 @@ def test_a_failure_of_an_encrypted_vault_reaches_the_controller_without_paths() 
     # What never names a file inside a backup is said in full.
     for exc in (StorageUnavailable("data/ab/abcd: connection reset"),
                 PathNotInBackup("/etc/hosts is not in the backup")):
-        assert failure(exc, "w", encrypted=True) == failure(exc, "w")
+        sealed, plain = failure(exc, "w", encrypted=True), failure(exc, "w")
+        assert (sealed.error_code, sealed.error_message) == \
+            (plain.error_code, plain.error_message)
