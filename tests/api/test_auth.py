@@ -206,3 +206,37 @@ def test_a_second_accounts_admin_creating_an_account_is_told_the_real_action(
     err = error_from_rpc(exc.value)
     assert err is not None and err.metadata["action"] == "iam:accounts:create"
     assert "iam:accounts:create" in (exc.value.details() or "")
+
+
+def test_another_accounts_vault_is_not_found_by_repair_delete_and_its_backup_list(
+        api: RunningController) -> None:
+    """The vault calls of this session check the caller's account: another
+    account's vault is NOT_FOUND for repair, delete, resource removal and the
+    backup list, and nothing is started."""
+    from cbr.v1 import backup_pb2, task_pb2
+
+    admin = api.client()
+    vault = admin.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="mine", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=1)).vault
+    made = admin.iam.CreateAccount(iam_pb2.CreateAccountRequest(
+        name="other", admin_user_name="other-admin"))
+    other = Client(api.endpoint, made.access_key.access_key_id,
+                   made.access_key.secret_access_key, insecure=True)
+    calls = [
+        lambda: other.vaults.RepairVault(vault_pb2.RepairVaultRequest(vault_id=vault.id)),
+        lambda: other.vaults.RepairVault(vault_pb2.RepairVaultRequest(vault_id=vault.id,
+                                                                      dry_run=True)),
+        lambda: other.vaults.DeleteVault(vault_pb2.DeleteVaultRequest(vault_id=vault.id)),
+        lambda: other.vaults.RemoveVaultResources(vault_pb2.RemoveVaultResourcesRequest(
+            vault_id=vault.id, resource_ids=["r"])),
+        lambda: other.backups.ListBackups(backup_pb2.ListBackupsRequest(vault_id=vault.id)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+        err = error_from_rpc(exc.value)
+        assert err is not None and err.code == "BackupService.6105"
+    assert admin.vaults.GetVault(vault_pb2.GetVaultRequest(
+        vault_id=vault.id)).vault.status == vault_pb2.VAULT_STATUS_AVAILABLE
+    assert list(admin.tasks.ListTasks(task_pb2.ListTasksRequest()).tasks) == []
