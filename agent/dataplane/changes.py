@@ -69,55 +69,22 @@ import errno
 import os
 import select
 import stat
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.dataplane import fanotify as fan
+from agent.dataplane.fanotify import birth_ns as birth_ns
 from cbr.clock import wall_time
 
-# <sys/fanotify.h>
-_FAN_CLOEXEC = 0x1
-_FAN_NONBLOCK = 0x2
-_FAN_UNLIMITED_QUEUE = 0x10
-_FAN_CLASS_NOTIF = 0x0
-_FAN_REPORT_FID = 0x200
-_FAN_REPORT_DIR_FID = 0x400
-_FAN_REPORT_NAME = 0x800
-_FAN_MARK_ADD = 0x1
-_FAN_MARK_REMOVE = 0x2
-_FAN_MARK_FILESYSTEM = 0x100
-_FAN_MODIFY = 0x2
-_FAN_ATTRIB = 0x4
-_FAN_CLOSE_WRITE = 0x8
-_FAN_MOVED_FROM = 0x40
-_FAN_MOVED_TO = 0x80
-_FAN_CREATE = 0x100
-_FAN_DELETE = 0x200
-_FAN_DELETE_SELF = 0x400
-_FAN_MOVE_SELF = 0x800
-_FAN_Q_OVERFLOW = 0x4000
-_FAN_ONDIR = 0x40000000
-_INFO_FID = 1
-_INFO_DFID_NAME = 2
-_INFO_DFID = 3
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_SYMLINK_NOFOLLOW = 0x100
-_STATX_BTIME = 0x800
-_STATX_SIZE = 256
-_STATX_BTIME_AT = 80  # offset of stx_btime (tv_sec i64, tv_nsec u32) in struct statx
-_METADATA = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
-_INFO_HEADER = struct.Struct("=BBH")  # info_type, pad, len; then fsid (8 bytes), file_handle
-_HANDLE_HEADER = struct.Struct("=Ii")  # handle_bytes, handle_type
-
 #: Every change to a name, its content or its metadata, on files and directories.
-WATCHED = (_FAN_MODIFY | _FAN_ATTRIB | _FAN_CLOSE_WRITE | _FAN_MOVED_FROM | _FAN_MOVED_TO
-           | _FAN_CREATE | _FAN_DELETE | _FAN_DELETE_SELF | _FAN_MOVE_SELF | _FAN_ONDIR)
+WATCHED = (fan.FAN_MODIFY | fan.FAN_ATTRIB | fan.FAN_CLOSE_WRITE | fan.FAN_MOVED_FROM
+           | fan.FAN_MOVED_TO | fan.FAN_CREATE | fan.FAN_DELETE | fan.FAN_DELETE_SELF
+           | fan.FAN_MOVE_SELF | fan.FAN_ONDIR)
 #: A directory event of these kinds makes the directory it names fresh.
-_NAME_CHANGES = _FAN_CREATE | _FAN_DELETE | _FAN_MOVED_FROM | _FAN_MOVED_TO
+_NAME_CHANGES = fan.FAN_CREATE | fan.FAN_DELETE | fan.FAN_MOVED_FROM | fan.FAN_MOVED_TO
 #: A generation that changed more distinct names of the tree than this is
 #: not kept: the next backup walks everything.
 MAX_CHANGES_PER_GENERATION = 200_000
@@ -193,7 +160,7 @@ class ChangedDirs:
         began (an inode number is reused at once on some file systems); True
         when the file system cannot tell, which costs a fuller listing, never
         a missed change."""
-        born = birth_ns(path)
+        born = fan.birth_ns(path)
         return born is None or born + CLOCK_GRAIN_NS >= self.since_ns
 
 
@@ -220,63 +187,6 @@ class _Kept:
     recheck: frozenset[tuple[bytes, ...]]
     full_walk_at: float
     began_ns: int  # when the backup's generation began: files born later are new
-
-
-class _Libc:
-    """The three calls Python's ``os`` lacks, through ctypes."""
-
-    def __init__(self) -> None:
-        # The process's own C library (find_library would run ldconfig).
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.fanotify_init = libc.fanotify_init
-        self.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-        self.fanotify_init.restype = ctypes.c_int
-        self.fanotify_mark = libc.fanotify_mark
-        self.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64,
-                                       ctypes.c_int, ctypes.c_char_p]
-        self.fanotify_mark.restype = ctypes.c_int
-        self.open_by_handle_at = libc.open_by_handle_at
-        self.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.open_by_handle_at.restype = ctypes.c_int
-        self.statx = getattr(libc, "statx", None)
-        if self.statx is not None:
-            self.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
-                                   ctypes.c_char_p]
-            self.statx.restype = ctypes.c_int
-
-    def birth_ns(self, fd: int, path: bytes = b"") -> int | None:
-        """When the file open at ``fd`` (or at ``path`` relative to ``fd``,
-        not following a symlink) was born, if its file system says."""
-        if self.statx is None:
-            return None
-        buf = ctypes.create_string_buffer(_STATX_SIZE)
-        flags = _AT_SYMLINK_NOFOLLOW if path else _AT_EMPTY_PATH
-        if self.statx(fd, path, flags, _STATX_BTIME, buf) != 0:
-            return None
-        mask = struct.unpack_from("=I", buf.raw, 0)[0]
-        if not mask & _STATX_BTIME:
-            return None
-        seconds, nanos = struct.unpack_from("=qI", buf.raw, _STATX_BTIME_AT)
-        return seconds * 1_000_000_000 + nanos
-
-
-_libc: _Libc | None = None
-
-
-def _lib() -> _Libc:
-    global _libc
-    if _libc is None:
-        _libc = _Libc()
-    return _libc
-
-
-def birth_ns(path: bytes) -> int | None:
-    """When the file at ``path`` was born (wall clock, ns), if its file
-    system says (statx; Python's os has no btime)."""
-    try:
-        return _lib().birth_ns(_AT_FDCWD, path)
-    except (OSError, AttributeError):
-        return None
 
 
 def _one_path(fd: int, st: os.stat_result) -> bytes | None:
@@ -315,20 +225,20 @@ class TreeWatch:
         self._pause_reason = ""
         self._broken = ""
         try:
-            lib = _lib()
+            lib = fan.lib()
         except (OSError, AttributeError) as exc:
             raise Unavailable(f"no fanotify in this C library: {exc}") from exc
         # An unbounded queue: a busy file system (a package manager, a
         # build) must not cost the tree its journal by overflowing it.
-        fd = lib.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK | _FAN_REPORT_FID
-                               | _FAN_REPORT_DIR_FID | _FAN_REPORT_NAME | _FAN_UNLIMITED_QUEUE,
-                               os.O_RDONLY)
+        fd = lib.fanotify_init(fan.FAN_CLASS_NOTIF | fan.FAN_CLOEXEC | fan.FAN_NONBLOCK
+                               | fan.FAN_REPORT_FID | fan.FAN_REPORT_DIR_FID
+                               | fan.FAN_REPORT_NAME | fan.FAN_UNLIMITED_QUEUE, os.O_RDONLY)
         if fd < 0:
             raise Unavailable(f"fanotify_init: {os.strerror(ctypes.get_errno())}")
         self._fd = fd
         # Events are attributed relative to this mount of the file system.
         self._mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        if lib.fanotify_mark(fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, WATCHED, _AT_FDCWD,
+        if lib.fanotify_mark(fd, fan.FAN_MARK_ADD | fan.FAN_MARK_FILESYSTEM, WATCHED, fan.AT_FDCWD,
                              self.root) < 0:
             error = ctypes.get_errno()
             self.close()
@@ -385,16 +295,16 @@ class TreeWatch:
     def _parse(self, buf: bytes) -> None:
         gen = self._generations[self._current]
         off = 0
-        while off + _METADATA.size <= len(buf):
-            length, _vers, _res, meta_len, mask, fd, pid = _METADATA.unpack_from(buf, off)
-            if length < _METADATA.size:
+        while off + fan.METADATA.size <= len(buf):
+            length, _vers, _res, meta_len, mask, fd, pid = fan.METADATA.unpack_from(buf, off)
+            if length < fan.METADATA.size:
                 gen.lost = "a malformed event"
                 return
             if fd >= 0:
                 os.close(fd)
-            if pid == self._pid and not mask & _FAN_Q_OVERFLOW:
+            if pid == self._pid and not mask & fan.FAN_Q_OVERFLOW:
                 pass  # the agent's own writes: its vaults (a restore into the tree says so)
-            elif mask & _FAN_Q_OVERFLOW:
+            elif mask & fan.FAN_Q_OVERFLOW:
                 gen.lost = "the kernel's event queue overflowed"
             else:
                 self._record(gen, buf, off + meta_len, off + length, mask)
@@ -408,21 +318,22 @@ class TreeWatch:
     def _record(self, gen: _Generation, buf: bytes, pos: int, end: int, mask: int) -> None:
         directory: tuple[bytes, bytes | None] | None = None
         obj: bytes | None = None
-        while pos + _INFO_HEADER.size <= end:
-            kind, _pad, size = _INFO_HEADER.unpack_from(buf, pos)
+        while pos + fan.INFO_HEADER.size <= end:
+            kind, _pad, size = fan.INFO_HEADER.unpack_from(buf, pos)
             if size < 20 or pos + size > end:
                 gen.lost = "a malformed event"
                 return
-            handle_bytes, _type = _HANDLE_HEADER.unpack_from(buf, pos + 12)
+            handle_bytes, _type = fan.HANDLE_HEADER.unpack_from(buf, pos + 12)
             handle = bytes(buf[pos + 12:pos + 20 + handle_bytes])
-            if kind == _INFO_DFID_NAME:
+            if kind == fan.INFO_DFID_NAME:
                 directory = (handle, buf[pos + 20 + handle_bytes:pos + size].split(b"\0", 1)[0])
-            elif kind == _INFO_DFID:
+            elif kind == fan.INFO_DFID:
                 directory = (handle, None)  # a change somewhere in the directory
-            elif kind == _INFO_FID:
+            elif kind == fan.INFO_FID:
                 obj = handle
             pos += size
-        if mask & _FAN_ONDIR and mask & (_FAN_MOVED_FROM | _FAN_MOVED_TO | _FAN_MOVE_SELF):
+        moved = fan.FAN_MOVED_FROM | fan.FAN_MOVED_TO | fan.FAN_MOVE_SELF
+        if mask & fan.FAN_ONDIR and mask & moved:
             self._places.clear()  # a directory moved: paths below it changed
         if directory is not None:
             handle, name = directory[0], directory[1]
@@ -433,12 +344,12 @@ class TreeWatch:
                 gen.names.add((path, None))  # list it again
             elif name not in (b".", b""):
                 gen.names.add((path, name))
-                if mask & _FAN_ONDIR and mask & _NAME_CHANGES:
+                if mask & fan.FAN_ONDIR and mask & _NAME_CHANGES:
                     gen.fresh.add((*path, name))
             elif path:  # the root's own metadata is in no parent's tree
                 gen.names.add((path[:-1], path[-1]))
         elif obj is not None:
-            if mask & _FAN_ONDIR:
+            if mask & fan.FAN_ONDIR:
                 path = self._place(obj)
                 if path:
                     gen.names.add((path[:-1], path[-1]))
@@ -566,8 +477,8 @@ class TreeWatch:
         with self._lock:
             self._paused += 1
             if self._paused == 1:
-                _lib().fanotify_mark(self._fd, _FAN_MARK_REMOVE | _FAN_MARK_FILESYSTEM,
-                                     WATCHED, _AT_FDCWD, self.root)
+                fan.lib().fanotify_mark(self._fd, fan.FAN_MARK_REMOVE | fan.FAN_MARK_FILESYSTEM,
+                                     WATCHED, fan.AT_FDCWD, self.root)
                 self._pause_reason = reason
             self._drain()
             self._lose(self._pause_reason)
@@ -575,8 +486,8 @@ class TreeWatch:
     def resume(self) -> None:
         with self._lock:
             self._paused -= 1
-            if self._paused == 0 and _lib().fanotify_mark(
-                    self._fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, WATCHED, _AT_FDCWD,
+            if self._paused == 0 and fan.lib().fanotify_mark(
+                    self._fd, fan.FAN_MARK_ADD | fan.FAN_MARK_FILESYSTEM, WATCHED, fan.AT_FDCWD,
                     self.root) < 0:
                 self._broken = f"the watch could not be set again: " \
                                f"{os.strerror(ctypes.get_errno())}"
@@ -607,7 +518,7 @@ class TreeWatch:
         (ext4: ``iget_locked`` finds it freeing): asked again a moment later,
         it is gone (ESTALE), which is the answer that means something."""
         for attempt in range(4):
-            fd: int = _lib().open_by_handle_at(self._mount_fd, handle,
+            fd: int = fan.lib().open_by_handle_at(self._mount_fd, handle,
                                                 os.O_PATH | os.O_CLOEXEC)
             if fd >= 0 or ctypes.get_errno() != errno.ENOMEM:
                 return fd
@@ -664,7 +575,7 @@ class TreeWatch:
             st = os.fstat(fd)
             if st.st_nlink == 0:
                 return None
-            born = _lib().birth_ns(fd)
+            born = fan.lib().birth_ns(fd)
             path = _one_path(fd, st)
         finally:
             os.close(fd)

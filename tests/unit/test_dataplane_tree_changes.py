@@ -20,14 +20,13 @@ import agent.dataplane.changes as changes_module
 import agent.dataplane.tree as tree_module
 from agent.dataplane import Progress
 from agent.dataplane.changes import (
-    _FAN_Q_OVERFLOW,
-    _METADATA,
     ChangedDirs,
     TreeWatch,
     TreeWatches,
     Unavailable,
     track,
 )
+from agent.dataplane.fanotify import FAN_Q_OVERFLOW, METADATA
 from agent.dataplane.tree import backup_tree, restore_tree
 from cbr.repo import Repository, TreeContent
 from cbr.repo.tree import decode_tree
@@ -277,11 +276,11 @@ def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
 
 
 @pytest.mark.parametrize(("event", "reason"), [
-    (_METADATA.pack(_METADATA.size, 3, 0, _METADATA.size, _FAN_Q_OVERFLOW, -1, 1),
+    (METADATA.pack(METADATA.size, 3, 0, METADATA.size, FAN_Q_OVERFLOW, -1, 1),
      "the kernel's event queue overflowed"),
-    (_METADATA.pack(8, 3, 0, _METADATA.size, 0, -1, 1), "a malformed event"),
+    (METADATA.pack(8, 3, 0, METADATA.size, 0, -1, 1), "a malformed event"),
     # an info record that claims more bytes than its event holds
-    (_METADATA.pack(_METADATA.size + 4, 3, 0, _METADATA.size, 2, -1, 1) + b"\x02\0\xff\0",
+    (METADATA.pack(METADATA.size + 4, 3, 0, METADATA.size, 2, -1, 1) + b"\x02\0\xff\0",
      "a malformed event"),
 ])
 def test_an_overflowed_or_unreadable_journal_makes_the_next_backup_walk_it_all(
