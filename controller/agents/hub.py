@@ -64,6 +64,10 @@ class _Stream:
         self.last_seen = now
         self.flushed_last_seen = 0.0
         self.closed = threading.Event()
+        # Set once the agent's Hello is handled. Commands go out only after:
+        # a task sent before would be missing from that Hello (written before
+        # the agent had it), and the Hello would fail it as lost.
+        self.greeted = threading.Event()
 
     def _put(self, message: Any) -> bool:
         if self.loop is None:
@@ -315,6 +319,7 @@ class AgentHub:
             if command is not None:
                 stream.send(agent_pb2.ConnectResponse(command=command))
                 sent += 1
+        stream.greeted.set()
         if sent:
             log.info("agent %s: sent %d waiting commands", stream.agent_id, sent)
 
@@ -442,8 +447,8 @@ class AgentHub:
             command = self._command_or_fail(session, task, now)
             if command is None:
                 return False
-            if stream is None or stream.closed.is_set():
-                return False
+            if stream is None or stream.closed.is_set() or not stream.greeted.is_set():
+                return False  # waiting: the Hello sends it (or the next send_waiting)
             tasks.start_task(session, task_id, now)
         return stream.send(agent_pb2.ConnectResponse(command=command))
 

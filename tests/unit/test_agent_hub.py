@@ -94,3 +94,26 @@ def test_a_second_connection_replaces_the_first(app: App) -> None:
     assert first.closed.is_set() and not second.closed.is_set()
     hub._detach(first)  # the old stream ending does not disconnect the agent
     assert hub.is_online("a1") and hub.connected_count() == 1
+
+
+def test_nothing_is_sent_to_an_agent_before_its_hello_is_handled(app: App) -> None:
+    """A waiting task sent between a reconnect and its Hello was missing from
+    that Hello, which then failed it as lost (seen in CI: a sync made while
+    the agent was offline failed on its reconnect)."""
+    from controller.persistence.models import Task
+    from controller.services import tasks
+
+    hub = AgentHub(app)
+    hub._stop.set()
+    with app.db.begin() as s:
+        task_id = tasks.create_task(s, project_id="p1", operation_type="sync",
+                                    now=app.clock.now(), agent_id="a1",
+                                    command={"sync": {}}).id
+    stream = hub._attach("a1", "p1")
+    assert not hub.dispatch("a1", task_id) and hub.send_waiting() == 0
+    with app.db.begin() as s:
+        assert s.get(Task, task_id).status == "waiting"  # type: ignore[union-attr]
+    stream.greeted.set()  # what handling the Hello ends with
+    hub.dispatch("a1", task_id)
+    with app.db.begin() as s:
+        assert s.get(Task, task_id).status == "running"  # type: ignore[union-attr]
