@@ -64,11 +64,6 @@ class RepairReport:
     problem_count: int = 0
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.damaged_packs or self.missing_packs or self.damaged_index_files
-                    or self.packs_reindexed or self.abandoned_writes)
-
     def to_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "packs_read": self.packs_read,
                 "bytes_read": self.bytes_read,
