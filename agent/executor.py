@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf import json_format
+
 from agent.commands import CommandContext, CommandFunction, Outcome, registry
 from agent.journal import Entry, Journal
 from agent.memory import release_free_memory
@@ -24,10 +26,23 @@ log = logging.getLogger("cbr.agent")
 
 
 def result_message(entry: Entry) -> Any:
-    return agent_pb2.ConnectRequest(result=agent_pb2.CommandResult(
+    """The CommandResult of a journal entry, with its typed result when it has one."""
+    result = agent_pb2.CommandResult(
         task_id=entry.task_id, success=entry.success, error_code=entry.error_code,
-        error_message=entry.error_message, extra_info=entry.extra_info,
-    ))
+        error_message=entry.error_message)
+    if entry.result and entry.action in RESULT_FIELDS:
+        try:
+            json_format.ParseDict(entry.result, getattr(result, entry.action))
+        except json_format.ParseError:
+            log.warning("task %s: its journaled result does not parse; sent without it",
+                        entry.task_id)
+            result.ClearField(entry.action)  # type: ignore[arg-type]
+    return agent_pb2.ConnectRequest(result=result)
+
+
+# Actions whose result has a field of the same name in CommandResult.result.
+RESULT_FIELDS = frozenset(f.name for f in agent_pb2.CommandResult.DESCRIPTOR
+                          .oneofs_by_name["result"].fields)
 
 
 class Executor:
@@ -85,7 +100,7 @@ class Executor:
             entry = self._journal.finish(Entry(
                 task_id=task_id, action=action, success=outcome.success,
                 error_code=outcome.error_code, error_message=outcome.error_message,
-                extra_info=dict(outcome.extra_info),
+                result=_result_json(outcome),
             ))
         except OSError:
             log.exception("task %s: cannot write the journal; the result is not sent", task_id)
@@ -98,3 +113,9 @@ class Executor:
     def wait(self, timeout: float | None = None) -> None:
         for thread in list(self._threads):
             thread.join(timeout)
+
+
+def _result_json(outcome: Outcome) -> dict[str, Any]:
+    if not outcome.success or outcome.result is None:
+        return {}
+    return json_format.MessageToDict(outcome.result, preserving_proto_field_name=True)

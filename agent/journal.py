@@ -6,6 +6,11 @@ fsynced), so after a crash an entry is either whole or absent. A command
 whose task id has an entry is never run again; its stored result is sent
 instead. In memory the journal also knows which task ids are running now,
 so a command delivered twice at once runs once.
+
+An entry keeps the command's typed result as proto3 JSON (``result``), so a
+result sent again is the very message sent the first time. An entry of an
+older agent (its figures in ``extra_info``) reads with no typed result: the
+controller then treats the task as not understood, never as done.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +37,14 @@ class Entry:
     success: bool
     error_code: str = ""
     error_message: str = ""
-    extra_info: dict[str, str] = field(default_factory=dict)
+    # The typed result (``SyncResult``, ``BackupResult``, ...) as proto3 JSON.
+    result: dict[str, Any] = field(default_factory=dict)
     finished_at: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Entry:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class Journal:
@@ -58,7 +69,7 @@ class Journal:
             data: dict[str, Any] = json.loads(self._path(task_id).read_text())
         except FileNotFoundError:
             return None
-        return Entry(**data)
+        return Entry.from_json(data)
 
     def begin(self, task_id: str) -> bool:
         """Claims a task id for running: False if it finished or is running now."""
@@ -105,8 +116,7 @@ class Journal:
         entries = []
         for path in self.directory.glob("*.json"):
             try:
-                data = json.loads(path.read_text())
-                entry = Entry(**data)
+                entry = Entry.from_json(json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue
             if entry.finished_at >= since:

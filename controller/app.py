@@ -29,11 +29,11 @@ class App:
     agent_endpoint: str = ""
     # The agent hub (controller.agents.hub.AgentHub), set by the wiring.
     hub: Any = None
-    # Vault maintenance (controller.maintenance.Maintenance), set by build_app.
+    # Vault maintenance (controller.jobs.maintenance.Maintenance), set by build_app.
     maintenance: Any = None
-    # The policy loop (controller.scheduler.PolicyScheduler), set by build_app.
+    # The policy loop (controller.jobs.scheduler.PolicyScheduler), set by build_app.
     scheduler: Any = None
-    # Cross-cloud replication (controller.replication.Replicator), set by build_app.
+    # Cross-cloud replication (controller.jobs.replicator.Replicator), set by build_app.
     replicator: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     storage: VaultStorage = field(init=False)

@@ -84,13 +84,13 @@ def build_app(cfg: config_mod.Config) -> App:
     keyring = Keyring.load_or_create(cfg.data_dir / "master.key")
     app = App(config=cfg, db=db, clock=SystemClock(), keyring=keyring)
     _ = app.root_key  # refuse to start with a malformed or world-readable root key
-    from controller.maintenance import Maintenance
+    from controller.jobs.maintenance import Maintenance
 
     app.maintenance = Maintenance(app)
-    from controller.scheduler import PolicyScheduler
+    from controller.jobs.scheduler import PolicyScheduler
 
     app.scheduler = PolicyScheduler(app)
-    from controller.replication import Replicator
+    from controller.jobs.replicator import Replicator
 
     app.replicator = Replicator(app)
     return app
@@ -100,8 +100,13 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     app = build_app(cfg)
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
     public, api_port = build_public_server(app)
+    from controller import jobs
     from controller.agents import wiring
+    from controller.agents.hub import AgentHub
 
+    app.hub = AgentHub(app)
+    jobs.install(app.hub, app)
+    app.hub.start()
     agent_endpoint, agent_port = wiring.start_agent_endpoint(app)
     api_endpoint = _advertised(cfg.listen, api_port)
     ca_pem = app.api_ca_pem

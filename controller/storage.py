@@ -10,7 +10,6 @@ written to the database, so a database dump does not leak them.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import logging
@@ -29,6 +28,7 @@ from cbr.repo.config import VaultConfig, key_from_json
 from cbr.repo.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
 from cbr.repo.errors import KeyUnavailable, VaultExists
 from cbr.storage import Backend, ObjectNotFound, StorageError, open_backend
+from cbr.v1 import agent_pb2, key_pb2
 from controller.config import Config
 
 log = logging.getLogger("cbr.controller.storage")
@@ -169,11 +169,11 @@ class VaultStorage:
             with contextlib.suppress(OSError):  # not empty: something foreign stays
                 os.rmdir(dirpath)
 
-    def access(self, url: str) -> dict[str, str]:
-        """The StorageAccess an agent needs for ``url`` (JSON field names)."""
+    def access(self, url: str) -> agent_pb2.StorageAccess:
+        """The StorageAccess an agent needs for ``url``."""
         options = self._options(url)
-        return {"url": url, "accessKey": options.get("access_key", ""),
-                "secretKey": options.get("secret_key", "")}
+        return agent_pb2.StorageAccess(url=url, access_key=options.get("access_key", ""),
+                                       secret_key=options.get("secret_key", ""))
 
     def backend(self, url: str) -> Backend:
         try:
@@ -205,15 +205,14 @@ class VaultStorage:
             except ObjectNotFound:
                 raise RepoError(f"no vault in {url}: config missing") from None
 
-    def task_keys(self, url: str, vault_id: str, key: KeyWrapper) -> list[dict[str, str]]:
-        """An encrypted vault's keys, unwrapped with ``key``, as ``TaskKey``
-        dicts (JSON field names) for one agent command.
+    def task_keys(self, url: str, vault_id: str, key: KeyWrapper) -> list[key_pb2.TaskKey]:
+        """An encrypted vault's keys, unwrapped with ``key``, for one agent command.
 
         Refuses a config naming another vault and a data key made for
         another vault: a key file copied in from elsewhere must not make a
         reader accept that vault's objects (storage format section 4.3).
         """
-        out: list[dict[str, str]] = []
+        out: list[key_pb2.TaskKey] = []
         with _reading(url):
             backend = layout.sharded(self.backend(url))
             config = VaultConfig.from_json(backend.get(layout.CONFIG))
@@ -226,9 +225,8 @@ class VaultStorage:
                 if not wrapped.is_wrapped:
                     continue
                 clear = unwrap_key(wrapped, key.unwrap)
-                out.append({"keyId": wrapped.key_id.hex(), "purpose": wrapped.purpose,
-                            "vaultId": wrapped.vault_id,
-                            "key": base64.b64encode(clear).decode()})
+                out.append(key_pb2.TaskKey(key_id=wrapped.key_id.hex(), purpose=wrapped.purpose,
+                                           vault_id=wrapped.vault_id, key=clear))
         return out
 
     def chunk_keys(self, url: str, backup_id: str, key: KeyWrapper | None,

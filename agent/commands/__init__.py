@@ -1,16 +1,20 @@
 """The commands an agent runs, one module per command, registered by action name.
 
 A command is a function ``run(context, command) -> Outcome``; the action name
-is the field of the ``Command.action`` oneof (``sync``, ...). Running each
-task id once is not the command's concern: ``agent.executor`` does that.
+is the field of the ``Command.action`` oneof (``sync``, ...), and a successful
+command's result is the message of the same name in ``CommandResult.result``
+(``SyncResult``, ...). Running each task id once is not the command's concern:
+``agent.executor`` does that.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from google.protobuf.message import Message
 
 from agent.config import AgentConfig
 from cbr import errors
@@ -18,12 +22,17 @@ from cbr import errors
 
 @dataclass
 class Outcome:
-    """How a command ended: its figures, or the CBR error a person is told
-    (code and message are read off the error, never written separately)."""
+    """How a command ended: its typed result (``BackupResult``, ...), or the
+    CBR error a person is told (code and message are read off the error,
+    never written separately)."""
 
     success: bool
     error: errors.CbrError | None = None
-    extra_info: dict[str, str] = field(default_factory=dict)
+    result: Message | None = None
+
+    @classmethod
+    def done(cls, result: Message) -> Outcome:
+        return cls(True, result=result)
 
     @classmethod
     def failed(cls, error: errors.CbrError) -> Outcome:

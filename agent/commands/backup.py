@@ -15,7 +15,6 @@ that backup, else by comparing block hashes.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from agent.dataplane import tree as tree_engine
 from cbr.clock import utc_now
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.errors import IntegrityError, ManifestNotFound
+from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent")
 
@@ -63,13 +63,13 @@ def _parent_content(repo: Repository, parent_id: str, digest: str = "") -> Any:
         return None
 
 
-def _created(command: Any) -> dt.datetime:
+def _created(command: agent_pb2.BackupCommand) -> dt.datetime:
     if command.HasField("created_at"):
         return command.created_at.ToDatetime(tzinfo=dt.UTC)
     return utc_now()
 
 
-def run(context: CommandContext, command: Any) -> Outcome:
+def run(context: CommandContext, command: agent_pb2.BackupCommand) -> Outcome:
     progress = Progress(int(command.resource_size_bytes))
     try:
         spec = _find(context.config, command.resource_local_id)
@@ -87,12 +87,12 @@ def run(context: CommandContext, command: Any) -> Outcome:
         return failure(exc, f"backup of {command.resource_name}",
                        encrypted=bool(command.storage.encrypted))
     counters = progress.snapshot()
-    return Outcome(True, extra_info={
-        "backups": json.dumps(items), "bytes_scanned": str(counters["bytes_scanned"]),
-        "bytes_sent": str(counters["bytes_sent"]), "bytes_new": str(counters["bytes_new"])})
+    return Outcome.done(agent_pb2.BackupResult(
+        backups=items, bytes_scanned=counters["bytes_scanned"],
+        bytes_sent=counters["bytes_sent"], bytes_new=counters["bytes_new"]))
 
 
-def _manifest(command: Any, repo: Repository, *, backup_id: str, name: str,
+def _manifest(command: agent_pb2.BackupCommand, repo: Repository, *, backup_id: str, name: str,
               resource: Resource, content: Any, result: BackupResult | None,
               parent_id: str | None = None, children: list[str] | None = None,
               incremental: bool, extend: dict[str, Any] | None = None,
@@ -109,13 +109,15 @@ def _manifest(command: Any, repo: Repository, *, backup_id: str, name: str,
 
 
 def _item(repo: Repository, backup_id: str, result: BackupResult | None,
-          protected_at: dt.datetime, **extra: Any) -> dict[str, Any]:
+          protected_at: dt.datetime, **extra: Any) -> agent_pb2.BackedUp:
     stats = result.stats if result is not None else {}
-    return {"backup_id": backup_id, "stored_bytes": int(stats.get("bytes_sent", 0)),
-            "bytes_scanned": int(stats.get("bytes_scanned", 0)),
-            "warnings": reported_warnings(repo, list(result.warnings) if result else [],
-                                          f"backup {backup_id}"),
-            "protected_at": protected_at.isoformat(), **extra}
+    item = agent_pb2.BackedUp(
+        backup_id=backup_id, stored_bytes=int(stats.get("bytes_sent", 0)),
+        bytes_scanned=int(stats.get("bytes_scanned", 0)),
+        warnings=reported_warnings(repo, list(result.warnings) if result else [],
+                                   f"backup {backup_id}"), **extra)
+    item.protected_at.FromDatetime(protected_at)
+    return item
 
 
 def _disk_backup(repo: Repository, snaps: Any, key: str, parent_id: str, parent_digest: str,
@@ -130,8 +132,8 @@ def _disk_backup(repo: Repository, snaps: Any, key: str, parent_id: str, parent_
     return result, method
 
 
-def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
-                   progress: Progress) -> list[dict[str, Any]]:
+def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: agent_pb2.BackupCommand,
+                   progress: Progress) -> list[agent_pb2.BackedUp]:
     by_id = {spec.disk_id(d): d for d in spec.disks}
     wanted: list[tuple[Any, DiskSpec]] = []
     for child in command.disks:
@@ -141,7 +143,7 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
         wanted.append((child, disk))
     sizes = {child.backup_id: disk_engine.disk_size(Path(disk.path)) for child, disk in wanted}
     progress.set_total(sum(sizes.values()))
-    items: list[dict[str, Any]] = []
+    items: list[agent_pb2.BackedUp] = []
     manifests: list[Manifest] = []
     with snapshots.take_snapshots(
             [(child.disk_local_id, Path(disk.path)) for child, disk in wanted],
@@ -163,13 +165,13 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
                 incremental=bool(child.parent_backup_id), extend=extend,
                 protected_at=protected_at))
             items.append(_item(repo, child.backup_id, result, protected_at,
-                               snapshot=snaps.kind(child.disk_local_id), method=method,
+                               snapshot=snaps.kind(child.disk_local_id), change_detection=method,
                                freeze_ms=round(snaps.freeze_seconds * 1000)))
         snaps.release()  # thaw: a live (non-reflink) read held the freeze until now
         lock.check()
         digests = {m.backup_id: repo.save_manifest(m) for m in manifests}
         for item in items:
-            item["manifest_sha256"] = digests[item["backup_id"]]
+            item.manifest_sha256 = digests[item.backup_id]
         has_system = any(c.system_disk for c, _ in wanted)
         server_digest = repo.save_manifest(_manifest(
             command, repo, backup_id=command.backup_id, name=command.name,
@@ -187,8 +189,9 @@ def _backup_server(repo: Repository, lock: Any, spec: ServerSpec, command: Any,
     return items
 
 
-def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, command: Any,
-                        progress: Progress) -> list[dict[str, Any]]:
+def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec,
+                        command: agent_pb2.BackupCommand,
+                        progress: Progress) -> list[agent_pb2.BackedUp]:
     size = disk_engine.disk_size(Path(spec.path))
     progress.set_total(size)
     with snapshots.take_snapshots([(spec.local_id, Path(spec.path))], pre_hook=None,
@@ -207,11 +210,12 @@ def _backup_single_disk(repo: Repository, lock: Any, spec: SingleDiskSpec, comma
             protected_at=protected_at))
         snaps.commit(spec.local_id, command.backup_id)
     return [_item(repo, command.backup_id, result, protected_at, snapshot=snaps.kind(spec.local_id),
-                  method=method, manifest_sha256=digest)]
+                  change_detection=method, manifest_sha256=digest)]
 
 
-def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any,
-                 progress: Progress) -> list[dict[str, Any]]:
+def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec,
+                 command: agent_pb2.BackupCommand,
+                 progress: Progress) -> list[agent_pb2.BackedUp]:
     root = Path(spec.path)
     if not root.is_dir():
         raise SourceUnreadable(f"file system {spec.name}: {root} is not a directory")
@@ -234,7 +238,7 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec, command: Any
         protected_at=protected_at, extend={"method": tracking.method}))
     tracking.commit(command.backup_id, result.recheck_dirs)
     return [_item(repo, command.backup_id, result, protected_at, manifest_sha256=digest,
-                  method=tracking.method)]
+                  change_detection=tracking.method)]
 
 
 __all__ = ["DataplaneError", "run"]

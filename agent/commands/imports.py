@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
-from typing import Any
 
 from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, open_storage
@@ -25,13 +23,14 @@ from cbr import errors
 from cbr.clock import utc_now
 from cbr.repo import layout
 from cbr.storage import ObjectNotFound
+from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent.importer")
 
 WAIT_SLICE_S = 5.0
 
 
-def _stored_digests(command: Any) -> dict[str, str] | None:
+def _stored_digests(command: agent_pb2.ImportCommand) -> dict[str, str] | None:
     """The digests of the replica's manifests when every one is in storage."""
     backend = open_storage(command.storage)
     digests = {}
@@ -45,13 +44,12 @@ def _stored_digests(command: Any) -> dict[str, str] | None:
 
 
 def _committed(digests: dict[str, str], stats: dict[str, int]) -> Outcome:
-    return Outcome(True, extra_info={
-        "manifests": json.dumps(digests, sort_keys=True),
-        "bytes_stored": str(stats.get("bytes_stored", 0)),
-        "chunks_received": str(stats.get("chunks_received", 0))})
+    return Outcome.done(agent_pb2.ImportResult(
+        manifest_sha256=digests, bytes_stored=stats.get("bytes_stored", 0),
+        chunks_received=stats.get("chunks_received", 0)))
 
 
-def run(context: CommandContext, command: Any) -> Outcome:
+def run(context: CommandContext, command: agent_pb2.ImportCommand) -> Outcome:
     grants: ImportGrants | None = context.grants
     if grants is None:
         return Outcome.failed(errors.NotImplementedYet(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
 
 import grpc
 
@@ -28,6 +27,7 @@ from cbr.client import error_from_rpc
 from cbr.repo import Repository
 from cbr.repo.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.replicate import ReplicaSource, ReplicationStats, replica_manifests, replicate
+from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent")
 
@@ -51,7 +51,7 @@ class TransferFailed(Exception):
         self.code = code
 
 
-def _channel(command: Any) -> grpc.Channel:
+def _channel(command: agent_pb2.ReplicateCommand) -> grpc.Channel:
     creds = grpc.ssl_channel_credentials(root_certificates=command.ca_certificate_pem.encode())
     options = [("grpc.ssl_target_name_override", command.importer_server_name),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -59,7 +59,7 @@ def _channel(command: Any) -> grpc.Channel:
     return grpc.secure_channel(command.importer_endpoint, creds, options=options)
 
 
-def _manifests(repo: Repository, command: Any) -> list[Manifest]:
+def _manifests(repo: Repository, command: agent_pb2.ReplicateCommand) -> list[Manifest]:
     expected = dict(command.manifest_sha256)
     top = repo.load_manifest(command.backup_id, expected_sha256=expected.get(command.backup_id,
                                                                               ""))
@@ -99,7 +99,7 @@ class _Totals:
         self.last = ReplicationStats()
 
 
-def _transfer(repo: Repository, command: Any, context: CommandContext,
+def _transfer(repo: Repository, command: agent_pb2.ReplicateCommand, context: CommandContext,
               manifests: list[Manifest], replicas: list[Manifest], totals: _Totals) -> None:
     retry_for = command.retry_seconds or RETRY_FOR_S
     outage_since: float | None = None  # the first failed attempt since data last moved
@@ -163,7 +163,7 @@ def _transfer(repo: Repository, command: Any, context: CommandContext,
         delay = min(BACKOFF_MAX_S, delay * 2)
 
 
-def run(context: CommandContext, command: Any) -> Outcome:
+def run(context: CommandContext, command: agent_pb2.ReplicateCommand) -> Outcome:
     try:
         with locked_repository(command.storage, kind="restore",
                                task_id=context.task_id) as (repo, _lock):
@@ -183,12 +183,13 @@ def run(context: CommandContext, command: Any) -> Outcome:
         log.warning("replication of backup %s failed: %s", command.backup_id, exc)
         return failure(exc, f"replication of backup {command.backup_id}")
     done = totals.done
+    counters = totals.counters()
     # The final figures replace the last progress report's, which lagged.
-    return Outcome(True, extra_info={
-        **{k: str(v) for k, v in totals.counters().items()},
-        "wire_bytes": str(totals.wire_bytes), "chunks_sent": str(done.chunks_sent),
-        "chunks_walked": str(done.chunks_walked), "raw_bytes_sent": str(done.raw_bytes_sent),
-        "bytes_stored": str(done.bytes_stored), "attempts": str(totals.attempts)})
+    return Outcome.done(agent_pb2.ReplicateResult(
+        bytes_total=counters["bytes_total"], wire_bytes=totals.wire_bytes,
+        chunks_sent=done.chunks_sent, chunks_walked=done.chunks_walked,
+        raw_bytes_sent=done.raw_bytes_sent, bytes_stored=done.bytes_stored,
+        attempts=totals.attempts, bytes_new=counters["bytes_new"]))
 
 
 def _size(manifest: Manifest) -> int:

@@ -13,7 +13,6 @@ is about to read.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from agent import restore_targets
 from agent.commands import CommandContext, Outcome
@@ -28,11 +27,12 @@ from agent.dataplane import DataplaneError, Progress, RestoreResult
 from agent.dataplane import disk as disk_engine
 from agent.dataplane import tree as tree_engine
 from cbr.repo import DiskContent, Repository, TreeContent
+from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent")
 
 
-def run(context: CommandContext, command: Any) -> Outcome:
+def run(context: CommandContext, command: agent_pb2.RestoreCommand) -> Outcome:
     progress = Progress()
     try:
         with locked_repository(command.storage, kind="restore",
@@ -46,14 +46,12 @@ def run(context: CommandContext, command: Any) -> Outcome:
     counters = progress.snapshot()
     warnings = reported_warnings(repo, [w for r in results for w in r.warnings],
                                  f"restore of backup {command.backup_id}")
-    extra = {"bytes_restored": str(counters["bytes_scanned"]),
-             "bytes_read": str(counters["bytes_read"])}
-    if warnings:
-        extra["warnings"] = "; ".join(warnings[:20])
-    return Outcome(True, extra_info=extra)
+    return Outcome.done(agent_pb2.RestoreResult(
+        bytes_restored=counters["bytes_scanned"], bytes_read=counters["bytes_read"],
+        warnings=warnings[:20]))
 
 
-def _restore(config: AgentConfig, repo: Repository, command: Any,
+def _restore(config: AgentConfig, repo: Repository, command: agent_pb2.RestoreCommand,
              progress: Progress) -> list[RestoreResult]:
     expected = dict(command.manifest_sha256)
     manifest = repo.load_manifest(command.backup_id,

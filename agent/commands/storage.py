@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from agent.commands import CommandContext, Outcome
@@ -18,6 +18,7 @@ from cbr.repo import Repository
 from cbr.repo.crypto import key_context
 from cbr.repo.errors import ChunkNotFound, IntegrityError, KeyUnavailable
 from cbr.storage import Backend, StorageError, open_backend
+from cbr.v1 import agent_pb2, key_pb2
 
 log = logging.getLogger("cbr.agent")
 
@@ -34,7 +35,7 @@ class TaskKeys:
     repr names key ids alone).
     """
 
-    def __init__(self, task_keys: Any) -> None:
+    def __init__(self, task_keys: Iterable[key_pb2.TaskKey]) -> None:
         self._keys = {key_context(k.vault_id, bytes.fromhex(k.key_id), k.purpose): bytes(k.key)
                       for k in task_keys}
 
@@ -49,7 +50,7 @@ class TaskKeys:
         return f"TaskKeys({len(self._keys)} keys)"
 
 
-def open_storage(access: Any) -> Backend:
+def open_storage(access: agent_pb2.StorageAccess) -> Backend:
     """The vault's backend from a StorageAccess (credentials only in memory)."""
     options: dict[str, Any] = {}
     if access.url.startswith("s3://") and access.access_key:
@@ -58,8 +59,8 @@ def open_storage(access: Any) -> Backend:
 
 
 @contextlib.contextmanager
-def locked_repository(access: Any, *, kind: str, task_id: str) -> Iterator[tuple[Repository,
-                                                                                  Any]]:
+def locked_repository(access: agent_pb2.StorageAccess, *, kind: str,
+                      task_id: str) -> Iterator[tuple[Repository, Any]]:
     """Opens the vault under a lock of ``kind``, written before the index is
     loaded (storage format section 11, step 1), and removes the lock after."""
     from cbr.repo.locks import Lock

@@ -6,11 +6,10 @@ the controller marks the sync task done the protectables are already updated.
 
 from __future__ import annotations
 
-from typing import Any
-
 from agent.commands import CommandContext, Outcome
+from cbr.v1 import agent_pb2
 
 
-def run(context: CommandContext, command: Any) -> Outcome:
+def run(context: CommandContext, command: agent_pb2.SyncCommand) -> Outcome:
     count = context.report_inventory()
-    return Outcome(success=True, extra_info={"protectable_count": str(count)})
+    return Outcome.done(agent_pb2.SyncResult(protectable_count=count))

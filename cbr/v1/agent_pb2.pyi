@@ -232,26 +232,115 @@ class CommandProgress(_message.Message):
     counters: _containers.ScalarMap[str, int]
     def __init__(self, task_id: _Optional[str] = ..., progress: _Optional[int] = ..., message: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
-class CommandResult(_message.Message):
-    __slots__ = ("task_id", "success", "error_code", "error_message", "extra_info")
-    class ExtraInfoEntry(_message.Message):
+class SyncResult(_message.Message):
+    __slots__ = ("protectable_count",)
+    PROTECTABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    protectable_count: int
+    def __init__(self, protectable_count: _Optional[int] = ...) -> None: ...
+
+class BackedUp(_message.Message):
+    __slots__ = ("backup_id", "stored_bytes", "bytes_scanned", "warnings", "protected_at", "manifest_sha256", "snapshot", "change_detection", "app_consistent", "freeze_ms")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    APP_CONSISTENT_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_MS_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    stored_bytes: int
+    bytes_scanned: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    protected_at: _timestamp_pb2.Timestamp
+    manifest_sha256: str
+    snapshot: str
+    change_detection: str
+    app_consistent: bool
+    freeze_ms: int
+    def __init__(self, backup_id: _Optional[str] = ..., stored_bytes: _Optional[int] = ..., bytes_scanned: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., protected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manifest_sha256: _Optional[str] = ..., snapshot: _Optional[str] = ..., change_detection: _Optional[str] = ..., app_consistent: _Optional[bool] = ..., freeze_ms: _Optional[int] = ...) -> None: ...
+
+class BackupResult(_message.Message):
+    __slots__ = ("backups", "bytes_scanned", "bytes_sent", "bytes_new")
+    BACKUPS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_NEW_FIELD_NUMBER: _ClassVar[int]
+    backups: _containers.RepeatedCompositeFieldContainer[BackedUp]
+    bytes_scanned: int
+    bytes_sent: int
+    bytes_new: int
+    def __init__(self, backups: _Optional[_Iterable[_Union[BackedUp, _Mapping]]] = ..., bytes_scanned: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_new: _Optional[int] = ...) -> None: ...
+
+class RestoreResult(_message.Message):
+    __slots__ = ("bytes_restored", "bytes_read", "warnings")
+    BYTES_RESTORED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    bytes_restored: int
+    bytes_read: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bytes_restored: _Optional[int] = ..., bytes_read: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReplicateResult(_message.Message):
+    __slots__ = ("bytes_total", "wire_bytes", "chunks_sent", "chunks_walked", "raw_bytes_sent", "bytes_stored", "attempts", "bytes_new")
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    WIRE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_SENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_WALKED_FIELD_NUMBER: _ClassVar[int]
+    RAW_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_NEW_FIELD_NUMBER: _ClassVar[int]
+    bytes_total: int
+    wire_bytes: int
+    chunks_sent: int
+    chunks_walked: int
+    raw_bytes_sent: int
+    bytes_stored: int
+    attempts: int
+    bytes_new: int
+    def __init__(self, bytes_total: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., chunks_sent: _Optional[int] = ..., chunks_walked: _Optional[int] = ..., raw_bytes_sent: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., attempts: _Optional[int] = ..., bytes_new: _Optional[int] = ...) -> None: ...
+
+class ImportResult(_message.Message):
+    __slots__ = ("manifest_sha256", "bytes_stored", "chunks_received")
+    class ManifestSha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    manifest_sha256: _containers.ScalarMap[str, str]
+    bytes_stored: int
+    chunks_received: int
+    def __init__(self, manifest_sha256: _Optional[_Mapping[str, str]] = ..., bytes_stored: _Optional[int] = ..., chunks_received: _Optional[int] = ...) -> None: ...
+
+class CommandResult(_message.Message):
+    __slots__ = ("task_id", "success", "error_code", "error_message", "sync", "backup", "restore", "replicate")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    EXTRA_INFO_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_FIELD_NUMBER: _ClassVar[int]
+    REPLICATE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     success: bool
     error_code: str
     error_message: str
-    extra_info: _containers.ScalarMap[str, str]
-    def __init__(self, task_id: _Optional[str] = ..., success: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., extra_info: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    sync: SyncResult
+    backup: BackupResult
+    restore: RestoreResult
+    replicate: ReplicateResult
+    def __init__(self, task_id: _Optional[str] = ..., success: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., sync: _Optional[_Union[SyncResult, _Mapping]] = ..., backup: _Optional[_Union[BackupResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ..., replicate: _Optional[_Union[ReplicateResult, _Mapping]] = ..., **kwargs) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("hello", "heartbeat", "inventory", "progress", "result")

@@ -7,6 +7,10 @@ database in one batched transaction every few seconds, never one write per
 heartbeat (hundreds of agents heartbeat against one controller), and closes
 streams that went silent.
 
+The hub carries typed messages and knows no command by name: what a command
+carries when sent (storage access, tokens) and what its end changes in the
+catalog are handlers registered by action (``controller.jobs``).
+
 Delivery is at least once: ``dispatch`` sends a task's stored command with its
 task id, and after every Hello the hub sends again every non-final task of
 that agent that has a command, so a command survives controller and agent
@@ -33,8 +37,8 @@ from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.agents import convert, service
 from controller.app import App
-from controller.persistence.models import Agent, ReplicationRecord, Task, UtcDateTime, Vault
-from controller.services import keys, replication, tasks
+from controller.persistence.models import Agent, Task, UtcDateTime
+from controller.services import commands, tasks
 
 log = logging.getLogger("cbr.controller.agents.hub")
 
@@ -43,7 +47,11 @@ log = logging.getLogger("cbr.controller.agents.hub")
 # A stream silent for this many offline timeouts is closed; a live agent reconnects.
 STALE_AFTER_OFFLINE_TIMEOUTS = 4.0
 
-ResultHandler = Callable[[Session, Task, Any], None]
+# Runs in the transaction that first ends a task, with its result (None when
+# the task ended without one).
+ResultHandler = Callable[[Session, Task, "agent_pb2.CommandResult | None"], None]
+# Adds to a command, as it is sent, what its task never stores.
+Enricher = Callable[[Session, Task, "agent_pb2.Command"], None]
 
 
 class _Stream:
@@ -109,6 +117,7 @@ class AgentHub:
         # What this process knows of agents it has seen; newer than the database.
         self._live: dict[str, service.LiveState] = {}
         self._result_handlers: dict[str, list[ResultHandler]] = {}
+        self._enrichers: dict[str, list[Enricher]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Database work of agent messages runs here, off the endpoint's event loop.
@@ -144,10 +153,16 @@ class AgentHub:
 
     # -- extension -------------------------------------------------------------
 
-    def register_result_handler(self, operation_type: str, handler: ResultHandler) -> None:
-        """Runs handler(session, task, CommandResult) in the transaction that
-        first finishes a task of that operation type (never for a repeat)."""
-        self._result_handlers.setdefault(operation_type, []).append(handler)
+    def register_result_handler(self, action: str, handler: ResultHandler) -> None:
+        """Runs handler(session, task, CommandResult | None) in the transaction
+        that first finishes a task whose command has that action (never for a
+        repeat)."""
+        self._result_handlers.setdefault(action, []).append(handler)
+
+    def register_enricher(self, action: str, enricher: Enricher) -> None:
+        """Runs enricher(session, task, command) each time a command with that
+        action is sent; it may raise a CbrError, which fails the task."""
+        self._enrichers.setdefault(action, []).append(enricher)
 
     # -- state -----------------------------------------------------------------
 
@@ -291,20 +306,20 @@ class AgentHub:
                        Task.status.in_(("waiting", "running")))
                 .order_by(Task.created_at)
             ).all()
-            commands = []
+            to_send = []
             for task in pending:
                 if task.status == "waiting" and task.command:
                     command = self._command_or_fail(session, task, now)
                     if command is not None:
-                        commands.append(command)
+                        to_send.append(command)
                         tasks.start_task(session, task.id, now)
                 elif task.status == "running" and task.id not in alive \
-                        and "import" in task.command:
+                        and commands.kind(task) == "import":
                     # An import survives its importer: what reached storage
                     # stays, and the source resumes once the grant is back.
                     command = self._command_or_fail(session, task, now)
                     if command is not None:
-                        commands.append(command)
+                        to_send.append(command)
                         log.info("agent %s restarted during import task %s; sent again",
                                  stream.agent_id, task.id)
                 elif task.status == "running" and task.id not in alive:
@@ -315,7 +330,7 @@ class AgentHub:
                     log.warning("agent %s lost task %s (%s); marked failed", stream.agent_id,
                                 task.id, task.operation_type)
         sent = 0
-        for command in commands:
+        for command in to_send:
             if command is not None:
                 stream.send(agent_pb2.ConnectResponse(command=command))
                 sent += 1
@@ -325,13 +340,13 @@ class AgentHub:
 
     def _finish(self, session: Session, task_id: str, status: str, now: dt.datetime,
                 code: str, message: str, extra: dict[str, Any],
-                result: Any = None) -> Task | None:
-        """Ends a task once and runs its operation's result handlers in the same
+                result: agent_pb2.CommandResult | None = None) -> Task | None:
+        """Ends a task once and runs its command's result handlers in the same
         transaction."""
         done = tasks.finish_task(session, task_id, status, now, error_code=code,
                                  error_message=message, extra_info=extra)
         if done is not None:
-            for handler in self._result_handlers.get(done.operation_type, []):
+            for handler in self._result_handlers.get(commands.kind(done), []):
                 handler(session, done, result)
         return done
 
@@ -359,14 +374,9 @@ class AgentHub:
                                       self._clock.now(), progress.message,
                                       counters=dict(progress.counters))
 
-    def _on_result(self, stream: _Stream, result: Any) -> None:
-        extra: dict[str, Any] = {
-            k: int(v) if v.isdigit() else v for k, v in result.extra_info.items()
-        }
+    def _on_result(self, stream: _Stream, result: agent_pb2.CommandResult) -> None:
+        extra = commands.result_info(result)
         status = "success" if result.success else "failed"
-        override = extra.pop("task_status", None)
-        if override in tasks.FINAL_STATUSES:
-            status = str(override)
         with self._app.db.begin() as session:
             task = self._own_task(session, stream, result.task_id)
             if task is None:
@@ -379,20 +389,8 @@ class AgentHub:
 
     # -- commands to agents ----------------------------------------------------
 
-    def _storage_access(self, session: Session, vault: Vault | None) -> dict[str, Any]:
-        """StorageAccess of a vault; for an encrypted vault with its keys,
-        unwrapped now for this one command. Raises the key's error (naming
-        it) when the vault's key may not be used."""
-        url = vault.storage_url if vault is not None else ""
-        access: dict[str, Any] = dict(self._app.storage.access(url))
-        if vault is not None and vault.encrypted:
-            key = keys.vault_key(session, self._app.root_key, vault, self._clock.now())
-            assert key is not None
-            access["encrypted"] = True
-            access["keys"] = self._app.storage.task_keys(url, vault.id, key)
-        return access
-
-    def _command_or_fail(self, session: Session, task: Task, now: dt.datetime) -> Any | None:
+    def _command_or_fail(self, session: Session, task: Task,
+                         now: dt.datetime) -> agent_pb2.Command | None:
         """The task's command, or None after failing the task (and, through
         the result handlers, its backups) when it cannot be built: a key that
         may not be used, storage that cannot be read, an unencodable body."""
@@ -407,29 +405,18 @@ class AgentHub:
                          "This controller cannot encode the task's command for agents.", {})
         return command
 
-    def _command(self, session: Session, task: Task) -> Any | None:
-        """The Command message of a task's stored command dict, e.g. {"sync": {}}.
-
-        Commands that touch vault storage get the storage's URL and
-        credentials added here, at send time, so the task row never holds them.
-        """
-        body = dict(task.command)
-        for action in ("backup", "restore", "import", "replicate"):
-            if action in body:
-                vault = session.get(Vault, task.vault_id)
-                body[action] = {**body[action], "storage": self._storage_access(session, vault)}
-        if "replicate" in body:
-            record = session.get(ReplicationRecord,
-                                 str(task.extra_info.get("replication_record_id", "")))
-            if record is None:
-                raise errors.ResourceNotFound("The task's replication record is gone.")
-            body["replicate"]["importToken"] = replication.unseal_token(self._app.keyring,
-                                                                        record)
+    def _command(self, session: Session, task: Task) -> agent_pb2.Command | None:
+        """The task's stored command with what the registered enrichers add
+        at send time (so the task row never holds storage credentials, keys
+        or tokens); None when the stored command does not parse."""
         try:
-            return json_format.ParseDict({"task_id": task.id, **body}, agent_pb2.Command())
+            command = commands.of(task)
         except json_format.ParseError as exc:
             log.error("task %s: its command is not a cbr.v1.Command: %s", task.id, exc)
             return None
+        for enrich in self._enrichers.get(commands.kind(task), []):
+            enrich(session, task, command)
+        return command
 
     def dispatch(self, agent_id: str, task_id: str) -> bool:
         """Sends a task's command now if the agent is connected.

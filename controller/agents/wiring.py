@@ -1,33 +1,22 @@
-"""How the agent parts plug into a controller process: two functions.
+"""The TLS agent endpoint of a controller process.
 
-``register_public`` adds AgentService to the public API server (Enroll and
-the signed administrator calls). ``start_agent_endpoint`` creates the TLS
-agent endpoint (client certificates required, the controller CA as the only
-root), starts the agent hub, and tells the app where agents should dial.
-Shutdown is ``endpoint.stop()`` (ends the streams), then ``app.hub.stop()``.
+``start_agent_endpoint`` creates it (client certificates required, the
+controller CA as the only root) for the started hub, and tells the app where
+agents should dial. Shutdown is ``endpoint.stop()`` (ends the streams), then
+``app.hub.stop()``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import grpc
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.v1 import agent_pb2_grpc
-from controller.agents.hub import AgentHub
-from controller.agents.servicer import (
-    AgentEndpointServicer,
-    AgentServiceServicer,
-    certificate_authority,
-)
+from controller.agents.servicer import AgentEndpointServicer, certificate_authority
 from controller.aioserver import LoopServer
 from controller.app import App
-from controller.persistence.models import Checkpoint, Task
-from controller.services import images, imports, policy_runs, replication, restores, runs
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -44,12 +33,6 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
-
-
-def register_public(server: grpc.aio.Server, app: App) -> None:
-    """Adds AgentService (Enroll, admin calls; Connect refused) to the public server."""
-    certificate_authority(app)  # create the CA at first start, before any token is made
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServiceServicer(app), server)
 
 
 def _host_port(address: str) -> tuple[str, str]:
@@ -95,59 +78,15 @@ class AgentEndpoint:
                 log.exception("agent endpoint did not stop cleanly")
 
 
-def register_result_handlers(hub: AgentHub, app: App) -> None:
-    """What the end of each kind of agent task changes in the catalog."""
-
-    def backup_done(session: Session, task: Task, _result: Any) -> None:
-        now = app.clock.now()
-        runs.finish_backup(session, task, task.status == "success", dict(task.extra_info), now)
-        if task.status != "success":
-            return
-        # Retention after each successful automatic backup; the deletions
-        # start once this transaction (which marks them) is committed.
-        deletions = policy_runs.apply_retention(session, task, now)
-        if deletions and app.maintenance is not None:
-            maintenance = app.maintenance
-            event.listen(session, "after_commit",
-                         lambda _s: [maintenance.submit(t) for t in deletions], once=True)
-        checkpoint = session.get(Checkpoint, task.checkpoint_id)
-        follow = policy_runs.replication_policy_of(session, task.vault_id) \
-            if checkpoint is not None and checkpoint.auto_trigger else None
-        if follow is not None and app.replicator is not None:
-            replicator, project_id, vault_id, policy_id = \
-                app.replicator, task.project_id, task.vault_id, follow.id
-            event.listen(session, "after_commit",
-                         lambda _s: replicator.follow_backup(project_id, vault_id, policy_id),
-                         once=True)
-
-    def restore_done(session: Session, task: Task, _result: Any) -> None:
-        restores.finish_restore(session, task, task.status == "success", app.clock.now())
-        images.finish_image(session, task, app.clock.now())
-
-    def replication_done(session: Session, task: Task, _result: Any) -> None:
-        now = app.clock.now()
-        if "import" in task.command:  # this cloud is the target: the importer's end
-            imports.finish_import(session, task, now)
-            return
-        record = replication.transfer_done(session, task, now)
-        if record is not None and app.replicator is not None:
-            replicator = app.replicator
-            event.listen(session, "after_commit", lambda _s: replicator.wake(), once=True)
-
-    hub.register_result_handler("backup", backup_done)
-    hub.register_result_handler("replication", replication_done)
-    hub.register_result_handler("restore", restore_done)
-
-
 def start_agent_endpoint(app: App) -> tuple[AgentEndpoint, int]:
     """Starts the hub and the TLS agent endpoint on config.agent_listen; (endpoint, port).
 
-    Shut down with ``endpoint.stop()`` first (ends the streams), then ``app.hub.stop()``.
+    The hub (``app.hub``, with the jobs' handlers installed) must be started
+    first. Shut down with ``endpoint.stop()`` first (ends the streams), then
+    ``app.hub.stop()``.
     """
     if app.hub is None:
-        app.hub = AgentHub(app)
-        register_result_handlers(app.hub, app)
-        app.hub.start()
+        raise RuntimeError("start the agent hub before its endpoint")
     endpoint = AgentEndpoint(app)
     port = endpoint.start()
     listen = app.config.agent_listen

@@ -11,14 +11,14 @@ from cbr import errors
 from cbr.v1 import credential_pb2, credential_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
+from controller.jobs.replicator import Replicator, pin_target_ca
 from controller.persistence.models import Credential
-from controller.replication import Replicator, pin_target_ca
 from controller.services import credentials, paging
 
 
 class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer):
     """Creating or changing a credential asks the target cloud whether it works
-    (controller.replication.Replicator.check_access) before anything is stored."""
+    (controller.jobs.replicator.Replicator.check_access) before anything is stored."""
 
     def _replicator(self) -> Replicator:
         if self.app.replicator is None:

@@ -17,8 +17,8 @@ from controller.agents import pki
 from controller.agents.servicer import certificate_authority
 from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
+from controller.jobs.replicator import Replicator
 from controller.persistence.models import ReplicationRecord, Task, Vault
-from controller.replication import Replicator
 from controller.services import (
     agent_status,
     credentials,
@@ -48,7 +48,7 @@ def _with_progress(session: Session, records: Sequence[ReplicationRecord]
 class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServicer):
     """Thin: the rules live in controller.services.replication (source side) and
     controller.services.imports (target side); the conversation between the two
-    clouds in controller.replication."""
+    clouds in controller.jobs.replicator."""
 
     @property
     def replicator(self) -> Replicator:

@@ -100,9 +100,9 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
         key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(app), server)
         iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
         cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
-        from controller.agents import wiring
+        from controller.api import agents
 
-        wiring.register_public(server, app)
+        agents.register(server, app)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in [*service_names(), ""]:

@@ -32,7 +32,7 @@ _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]")
 
 def endpoint(value: str) -> str:
     """HOST:PORT, nothing else: no unix socket, no URI scheme (the
-    controller dials what this lets through; controller.replication.check_endpoint
+    controller dials what this lets through; controller.jobs.replicator.check_endpoint
     decides which addresses)."""
     host, sep, port = value.rpartition(":")
     if not sep or not _HOST.fullmatch(host) or not port.isdigit() \

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.v1 import agent_pb2
 from controller.keyring import Keyring
 from controller.persistence.models import (
     Account,
@@ -37,7 +37,7 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
-from controller.services import actions, keys, tasks
+from controller.services import actions, commands, keys, tasks
 
 IMPORT_TTL = dt.timedelta(hours=24)
 """How long a source may take to commit one import before the importer
@@ -292,11 +292,8 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
         agent_id=importer.id, vault_id=vault.id, vault_name=vault.name,
         resource_id=str(req.backup.get("resourceId", "")),
         resource_name=str(req.backup.get("resourceName", "")),
-        command={"import": {
-            "importId": record.id, "vaultId": vault.id,
-            "tokenSha256": base64.b64encode(hashlib.sha256(token.encode()).digest()).decode(),
-            "replicaIds": sorted(replica_ids.values()),
-            "expiresAt": expires.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}},
+        command=commands.import_(record.id, vault.id, hashlib.sha256(token.encode()).digest(),
+                                 replica_ids.values(), expires),
         extra_info={"replication_record_id": record.id, "side": "target",
                     "source_cloud": req.source_cloud, "source_backup_id": source_backup_id,
                     "destination_backup_id": record.destination_backup_id,
@@ -335,7 +332,8 @@ def _fail(record: ReplicationRecord, code: str, reason: str, now: dt.datetime) -
     record.updated_at = now
 
 
-def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
+def finish_import(session: Session, task: Task, result: agent_pb2.ImportResult | None,
+                  now: dt.datetime) -> None:
     """The importer's end of an import: on success the replica joins the
     catalog (checkpoint, backup and its disks, usage) in this transaction."""
     record = session.get(ReplicationRecord, str(task.extra_info.get("replication_record_id")))
@@ -345,13 +343,11 @@ def finish_import(session: Session, task: Task, now: dt.datetime) -> None:
         _fail(record, task.error_code or errors.InternalError.code,
               task.error_message or "the import failed", now)
         return
-    try:
-        manifests = {str(k): str(v) for k, v in
-                     json.loads(str(task.extra_info.get("manifests", "{}"))).items()}
-        added = int(task.extra_info.get("bytes_stored", 0) or 0)
-    except (ValueError, TypeError, AttributeError):
+    if result is None:
         _fail(record, errors.InternalError.code, "the importer's report is malformed", now)
         return
+    manifests = dict(result.manifest_sha256)
+    added = result.bytes_stored
     info = record.extra_info
     ids: dict[str, str] = dict(info["replica_ids"])
     doc: dict[str, Any] = info["backup"]

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.v1 import agent_pb2
 from controller.keyring import Keyring
 from controller.persistence.models import (
     Agent,
@@ -30,7 +31,7 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
-from controller.services import backups, retention, tasks
+from controller.services import backups, commands, retention, tasks
 
 ACTIVE = ("replicating", "success")
 
@@ -176,23 +177,19 @@ def start(session: Session, keyring: Keyring, *, record_id: str, backup: Backup,
             plan.import_token.encode(), f"replicate:{record_id}".encode())).decode()}
     session.add(record)
     session.flush()
-    command = {
-        "backupId": backup.id,
-        "manifestSha256": {b.id: b.manifest_sha256 for b in (backup, *kids) if b.manifest_sha256},
-        "replicaIds": plan.replica_ids, "destinationVaultId": destination_vault_id,
-        "destinationCheckpointId": plan.destination_checkpoint_id,
-        "importerEndpoint": plan.importer_endpoint,
-        "importerServerName": plan.importer_server_name,
-        "caCertificatePem": plan.ca_certificate_pem, "sourceRegion": source_region,
-        "sourceCloud": source_cloud, "retrySeconds": retry_seconds,
-        "sourceProjectId": backup.project_id, "replicationRecordId": record.id,
-        "expiresAt": plan.expires_at}
+    command = commands.replicate(
+        backup, kids, replica_ids=plan.replica_ids, destination_vault_id=destination_vault_id,
+        destination_checkpoint_id=plan.destination_checkpoint_id,
+        importer_endpoint=plan.importer_endpoint, importer_server_name=plan.importer_server_name,
+        ca_certificate_pem=plan.ca_certificate_pem, source_cloud=source_cloud,
+        source_region=source_region, replication_record_id=record.id,
+        retry_seconds=retry_seconds, expires_at=plan.expires_at)
     task = tasks.create_task(
         session, project_id=backup.project_id, operation_type="replication", now=now,
         agent_id=agent_id, vault_id=vault.id, vault_name=vault.name,
         resource_id=backup.resource_id, resource_name=backup.resource_name,
         checkpoint_id=backup.checkpoint_id, policy_id=policy_id,
-        command={"replicate": command},
+        command=command,
         extra_info={"replication_record_id": record.id, "side": "source",
                     "source_backup_id": backup.id, "destination_region": region,
                     "destination_vault_id": destination_vault_id,
@@ -225,7 +222,8 @@ def unseal_token(keyring: Keyring, record: ReplicationRecord) -> str:
     return keyring.unseal(sealed, f"replicate:{record.id}".encode()).decode()
 
 
-def transfer_done(session: Session, task: Task, now: dt.datetime) -> ReplicationRecord | None:
+def transfer_done(session: Session, task: Task, result: agent_pb2.ReplicateResult | None,
+                  now: dt.datetime) -> ReplicationRecord | None:
     """The source agent's end of a transfer. Success means the importer
     committed the replica's manifests; the record turns ``success`` only
     when the target says the replica is in its catalog (the replicator
@@ -236,9 +234,9 @@ def transfer_done(session: Session, task: Task, now: dt.datetime) -> Replication
     extra = dict(record.extra_info)
     if task.status == "success":
         extra.update(stage="committed", progress=99)
-        for key in ("wire_bytes", "chunks_sent", "bytes_stored", "raw_bytes_sent"):
-            if key in task.extra_info:
-                extra[key] = task.extra_info[key]
+        if result is not None:
+            extra.update(wire_bytes=result.wire_bytes, chunks_sent=result.chunks_sent,
+                         bytes_stored=result.bytes_stored, raw_bytes_sent=result.raw_bytes_sent)
     else:
         record.status = "fail"
         extra.update(stage="aborting", fail_code=task.error_code or errors.InternalError.code,

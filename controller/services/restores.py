@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,7 +24,7 @@ from controller.persistence.models import (
     Vault,
     VaultResource,
 )
-from controller.services import backups, keys, tasks
+from controller.services import backups, commands, keys, tasks
 from controller.services.deletions import DAMAGED
 from controller.services.runs import Dispatch, busy_backup, vault_resource
 
@@ -75,12 +74,8 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
     if source_path and kind != "turbo":
         raise errors.InvalidParameter("source_path is only for file-system backups.",
                                       field="source_path")
-    command: dict[str, Any] = {"backupId": backup.id,
-                               "resourceType": f"OBJECT_TYPE_{kind.upper()}",
-                               "sourcePath": source_path,
-                               "manifestSha256": {b.id: b.manifest_sha256
-                                                  for b in (backup, *children)
-                                                  if b.manifest_sha256}}
+    target_path = ""
+    targets: dict[str, str] = {}
     target_resource: Protectable | None = None
     if req.target_agent_id or req.target_path or req.mappings:
         if encrypted and not req.encrypted:
@@ -119,9 +114,8 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
             if missing:
                 raise errors.InvalidParameter(
                     f"mappings leaves out disk backups {sorted(missing)}.", field="mappings")
-            command["diskTargets"] = targets
         else:
-            command["targetPath"] = _allowed_target(
+            target_path = _allowed_target(
                 session, agent, _absolute(req.target_path, "target_path"), "target_path",
                 device=kind == "disk" or bool(backup.parent_id))
     else:
@@ -156,7 +150,6 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                 agent_id=agent_id)
         if kind == "server":
             by_disk = {d["id"]: d for d in target_resource.disks}
-            targets = {}
             for child in children:
                 disk = by_disk.get(child.extend_info.get("disk_id"))
                 if disk is None:
@@ -169,18 +162,16 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                         f"Disk {disk['name']} has {disk['size_bytes']} bytes; the backup "
                         f"needs {child.resource_size_bytes}.", resource_id=target_resource.id)
                 targets[child.id] = disk["path"]
-            command["diskTargets"] = targets
         elif kind == "disk" or backup.parent_id:
             if target_resource.size_bytes < backup.resource_size_bytes:
                 raise errors.RestoreTargetTooSmall(
                     f"Disk {target_resource.name} has {target_resource.size_bytes} bytes; "
                     f"the backup needs {backup.resource_size_bytes}.",
                     resource_id=target_resource.id)
-            path = target_resource.path or next(
+            target_path = target_resource.path or next(
                 (d["path"] for d in target_resource.disks), "")
-            command["targetPath"] = path
         else:
-            command["targetPath"] = target_resource.path
+            target_path = target_resource.path
     if agent_id not in online:
         raise errors.AgentUnavailable(
             f"Agent {agent_id} is offline; restore when it is connected.", agent_id=agent_id)
@@ -194,7 +185,8 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
         session, project_id=project_id, operation_type="restore", now=now, agent_id=agent_id,
         vault_id=backup.vault_id, resource_id=target_resource.id if target_resource else "",
         resource_name=target_resource.name if target_resource else "",
-        command={"restore": command},
+        command=commands.restore(backup, children, source_path=source_path,
+                                 target_path=target_path, disk_targets=targets),
         extra_info={"backup_id": backup.id,
                     "target": (target_resource.id if target_resource is not None
                                else req.target_path or json.dumps(req.mappings or {}))})

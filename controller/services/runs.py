@@ -15,7 +15,6 @@ servicers dispatch the tasks after the commit.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.v1 import agent_pb2
 from controller.persistence.models import (
     Backup,
     Checkpoint,
@@ -32,7 +32,7 @@ from controller.persistence.models import (
     Vault,
     VaultResource,
 )
-from controller.services import backups, keys, tasks, validation, vaults
+from controller.services import backups, commands, keys, tasks, validation, vaults
 
 RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
                   "turbo": "OS::Sfs::Turbo"}
@@ -147,21 +147,11 @@ def _start_backup(
         created_at=now, updated_at=now)
     session.add(backup)
     session.flush()
-    command: dict[str, Any] = {
-        "vaultId": vault.id, "checkpointId": checkpoint.id, "backupId": backup.id,
-        "name": name, "description": description, "resourceId": protectable.id,
-        "resourceLocalId": protectable.local_id, "resourceName": protectable.name,
-        "resourceType": f"OBJECT_TYPE_{protectable.object_type.upper()}",
-        "resourceSizeBytes": str(protectable.size_bytes),
-        "parentBackupId": parent.id if parent is not None else "",
-        "parentManifestSha256": parent.manifest_sha256 if parent is not None else "",
-        "autoTrigger": auto_trigger, "createdAt": rfc3339(now),
-    }
+    disks = []
     if protectable.object_type == "server":
         parent_children = ({c.extend_info.get("disk_id"): c
                             for c in backups.children(session, parent.id)}
                            if parent is not None else {})
-        disks = []
         has_system = False
         for disk in _selected_disks(resource, protectable):
             child = Backup(
@@ -178,20 +168,16 @@ def _start_backup(
             session.add(child)
             session.flush()
             has_system = has_system or bool(disk["system_disk"])
-            disks.append({"backupId": child.id, "diskLocalId": disk["id"],
-                          "name": disk["name"], "systemDisk": bool(disk["system_disk"]),
-                          "parentBackupId": previous.id if previous is not None else "",
-                          "parentManifestSha256": (previous.manifest_sha256
-                                                   if previous is not None else ""),
-                          "sizeBytes": str(int(disk["size_bytes"]))})
+            disks.append(commands.disk_backup(child, disk, previous))
         backup.extend_info = {**backup.extend_info, "contain_system_disk": has_system}
-        command["disks"] = disks
     resource.protect_status = "protecting"
     task = tasks.create_task(
         session, project_id=vault.project_id, operation_type="backup", now=now,
         agent_id=protectable.agent_id, vault_id=vault.id, vault_name=vault.name,
         resource_id=protectable.id, resource_name=protectable.name,
-        checkpoint_id=checkpoint.id, command={"backup": command},
+        checkpoint_id=checkpoint.id,
+        command=commands.backup(vault, checkpoint, backup, protectable, parent, disks,
+                                auto_trigger=auto_trigger, now=now),
         extra_info={"backup_id": backup.id, "backup_name": name,
                     "incremental": parent is not None})
     return Dispatch(protectable.agent_id, task.id)
@@ -228,23 +214,21 @@ def vault_resource(session: Session, vault_id: str, resource_id: str) -> VaultRe
         VaultResource.protectable_id == resource_id)).first()
 
 
-def finish_backup(session: Session, task: Task, success: bool, extra: dict[str, Any],
-                  now: dt.datetime) -> None:
-    """Applies a backup task's end to its backups, resource, vault and checkpoint."""
+def finish_backup(session: Session, task: Task, success: bool,
+                  result: agent_pb2.BackupResult | None, now: dt.datetime) -> None:
+    """Applies a backup task's end to its backups, resource, vault and checkpoint.
+
+    A success whose result does not name the top backup (an agent that sent
+    none) is not understood, and counts as a failure: nothing is marked
+    available that the catalog cannot point at."""
     backup_id = str(task.extra_info.get("backup_id", ""))
     family = backup_family(session, backup_id)
     if not family:
         return
     top = family[0]
-    results: dict[str, dict[str, Any]] = {}
-    if success:
-        try:
-            for item in json.loads(str(extra.get("backups", "[]"))):
-                results[str(item["backup_id"])] = item
-        except (ValueError, KeyError, TypeError):
-            success = False
-        if top.id not in results:
-            success = False
+    results = {item.backup_id: item for item in result.backups} if result is not None else {}
+    if top.id not in results:
+        success = False
     resource = vault_resource(session, top.vault_id, top.resource_id)
     if not success:
         for b in family:
@@ -257,20 +241,18 @@ def finish_backup(session: Session, task: Task, success: bool, extra: dict[str, 
         return
     added = 0
     for b in family:
-        item = results.get(b.id, {})
+        item = results.get(b.id, agent_pb2.BackedUp())
         b.status = "available"
-        b.stored_bytes = int(item.get("stored_bytes", 0))
-        b.manifest_sha256 = str(item.get("manifest_sha256", ""))
-        if "protected_at" in item:
-            b.protected_at = dt.datetime.fromisoformat(str(item["protected_at"]))
-        else:
-            b.protected_at = now
+        b.stored_bytes = item.stored_bytes
+        b.manifest_sha256 = item.manifest_sha256
+        b.protected_at = (item.protected_at.ToDatetime(tzinfo=dt.UTC)
+                          if item.HasField("protected_at") else now)
         info = dict(b.extend_info)
-        for key in ("warnings", "snapshot", "app_consistent", "freeze_ms", "bytes_scanned"):
-            if key in item:
-                info[key] = item[key]
-        if "method" in item:
-            info["change_detection"] = item["method"]
+        if b.id in results:
+            info.update(warnings=list(item.warnings), bytes_scanned=item.bytes_scanned)
+        for key in ("snapshot", "app_consistent", "freeze_ms", "change_detection"):
+            if item.HasField(key):
+                info[key] = getattr(item, key)
         b.extend_info = info
         b.updated_at = now
         added += b.stored_bytes

@@ -15,7 +15,9 @@ from sqlalchemy import Connection, Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.v1 import agent_pb2
 from controller.persistence.models import Task
+from controller.services import commands
 
 OPERATION_TYPES = (
     "backup",
@@ -50,7 +52,7 @@ def create_task(
     resource_name: str = "",
     checkpoint_id: str = "",
     policy_id: str = "",
-    command: dict[str, Any] | None = None,
+    command: agent_pb2.Command | None = None,
     extra_info: dict[str, Any] | None = None,
 ) -> Task:
     if operation_type not in OPERATION_TYPES:
@@ -67,7 +69,7 @@ def create_task(
         resource_name=resource_name,
         checkpoint_id=checkpoint_id,
         policy_id=policy_id,
-        command=command or {},
+        command=commands.stored(command) if command is not None else {},
         extra_info=extra_info or {},
         created_at=now,
         updated_at=now,

@@ -4,12 +4,12 @@ imports it allows, and how a committed import becomes a replica."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 import pytest
 
 from cbr import errors
+from cbr.v1 import agent_pb2
 from controller.app import App
 from controller.persistence.models import Agent, Backup, Checkpoint, ReplicationRecord, Vault
 from controller.services import actions, imports, tasks, vaults
@@ -127,13 +127,12 @@ def _commit(app: App, plan: imports.ImportPlan, *, success: bool = True) -> None
     with app.db.begin() as s:
         tasks.finish_task(s, plan.task.id, "success" if success else "failed", NOW,
                           error_code="" if success else "BackupService.0504",
-                          error_message="" if success else "storage gone",
-                          extra_info={"manifests": json.dumps({i: "ab" * 32 for i in
-                                                               ids.values()}),
-                                      "bytes_stored": 4096} if success else {})
+                          error_message="" if success else "storage gone")
         task = s.get(type(plan.task), plan.task.id)
         assert task is not None
-        imports.finish_import(s, task, NOW)
+        result = agent_pb2.ImportResult(manifest_sha256={i: "ab" * 32 for i in ids.values()},
+                                        bytes_stored=4096) if success else None
+        imports.finish_import(s, task, result, NOW)
 
 
 def test_a_committed_import_becomes_a_replica_with_its_disks(app: App, project: str,

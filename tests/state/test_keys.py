@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cbr import errors
-from controller.agents import wiring
+from controller import jobs
 from controller.agents.hub import AgentHub
 from controller.app import App
 from controller.persistence.models import Account, Backup, Key, Task, Vault
@@ -201,7 +201,7 @@ def test_encrypted_backups_restore_only_into_encrypted_targets(
 def test_a_command_carries_the_vault_keys_only_when_sent_and_a_disabled_key_fails_it(
         app: App, project: str, inventory: Inventory, tmp_path: Path) -> None:
     hub = AgentHub(app)
-    wiring.register_result_handlers(hub, app)
+    jobs.install(hub, app)
     key_id = _key(app, project)
     vol = inventory.add("vol", "disk")
     vid = make_vault(app, project, object_type="disk", encrypted=True, kms_key_id=key_id)

@@ -7,12 +7,12 @@ an agent would report; the rules under test are the controller's.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 import pytest
 
 from cbr import errors
+from cbr.v1 import agent_pb2
 from controller.app import App
 from controller.persistence.models import (
     Account,
@@ -44,13 +44,13 @@ def _succeed(app: App, task_id: str, stored: int = 1000,
         assert task is not None
         top = str(task.extra_info["backup_id"])
         ids = [top, *[b.id for b in s.query(Backup).filter(Backup.parent_id == top)]]
-        items = [{"backup_id": i, "stored_bytes": stored,
-                  "protected_at": protected_at.isoformat()}
-                 for i in ids]
-        done = tasks.finish_task(s, task_id, "success", NOW,
-                                 extra_info={"backups": json.dumps(items)})
+        result = agent_pb2.BackupResult()
+        for i in ids:
+            result.backups.add(backup_id=i, stored_bytes=stored).protected_at.FromDatetime(
+                protected_at)
+        done = tasks.finish_task(s, task_id, "success", NOW)
         assert done is not None
-        runs.finish_backup(s, done, True, dict(done.extra_info), NOW)
+        runs.finish_backup(s, done, True, result, NOW)
 
 
 def _fail(app: App, task_id: str) -> None:
@@ -58,7 +58,7 @@ def _fail(app: App, task_id: str) -> None:
         done = tasks.finish_task(s, task_id, "failed", NOW, error_code="BackupService.0503",
                                  error_message="agent restarted")
         assert done is not None
-        runs.finish_backup(s, done, False, {}, NOW)
+        runs.finish_backup(s, done, False, None, NOW)
 
 
 def test_a_checkpoint_makes_one_protecting_backup_and_task_per_resource(

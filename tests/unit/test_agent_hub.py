@@ -18,6 +18,7 @@ from controller.keyring import Keyring
 from controller.persistence import migrate
 from controller.persistence.db import Database
 from controller.persistence.models import Account, Agent
+from controller.services import commands
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_nothing_is_sent_to_an_agent_before_its_hello_is_handled(app: App) -> No
     with app.db.begin() as s:
         task_id = tasks.create_task(s, project_id="p1", operation_type="sync",
                                     now=app.clock.now(), agent_id="a1",
-                                    command={"sync": {}}).id
+                                    command=commands.sync()).id
     stream = hub._attach("a1", "p1")
     assert not hub.dispatch("a1", task_id) and hub.send_waiting() == 0
     with app.db.begin() as s:

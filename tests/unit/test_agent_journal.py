@@ -11,7 +11,7 @@ import pytest
 
 from agent.commands import CommandContext, Outcome
 from agent.config import AgentConfig
-from agent.executor import Executor
+from agent.executor import Executor, result_message
 from agent.journal import Entry, Journal
 from cbr.v1 import agent_pb2
 
@@ -22,7 +22,7 @@ def _executor(tmp_path: Path, journal: Journal, runs: list[str], sent: list[Any]
         if gate is not None:
             gate.wait(5)
         runs.append("sync")
-        return Outcome(True, extra_info={"protectable_count": "3"})
+        return Outcome.done(agent_pb2.SyncResult(protectable_count=3))
 
     def context(task_id: str) -> CommandContext:
         cfg = AgentConfig(name="a", controller="", state_dir=tmp_path)
@@ -36,9 +36,9 @@ def _sync(task_id: str) -> Any:
 
 
 def test_journal_entry_survives_a_new_journal_on_the_same_directory(tmp_path: Path) -> None:
-    Journal(tmp_path).finish(Entry("t-1", "sync", True, extra_info={"n": "1"}))
+    Journal(tmp_path).finish(Entry("t-1", "sync", True, result={"protectable_count": 1}))
     entry = Journal(tmp_path).get("t-1")
-    assert entry is not None and entry.success and entry.extra_info == {"n": "1"}
+    assert entry is not None and entry.success and entry.result == {"protectable_count": 1}
     assert entry.finished_at > 0
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -71,8 +71,7 @@ def test_command_delivered_twice_runs_once_and_the_result_is_sent_again(
     assert again.handle(_sync("t-1")) is None
     assert runs == ["sync"]
     assert [m.result.task_id for m in sent] == ["t-1"] * 3
-    assert all(m.result.success and m.result.extra_info["protectable_count"] == "3"
-               for m in sent)
+    assert all(m.result.success and m.result.sync.protectable_count == 3 for m in sent)
     running = [r for r in caplog.records if r.getMessage().startswith("running task t-1")]
     assert [r.getMessage() for r in running] == ["running task t-1 (sync)"]
 
@@ -105,3 +104,43 @@ def test_recent_lists_newest_first_within_the_window(tmp_path: Path) -> None:
     for i, t in enumerate((100.0, 300.0, 200.0)):
         journal.finish(Entry(f"t-{i}", "sync", True, finished_at=t))
     assert [e.task_id for e in journal.recent(2, since=150.0)] == ["t-1", "t-2"]
+
+
+def test_an_older_agents_entry_is_sent_again_without_a_typed_result(tmp_path: Path) -> None:
+    """An entry journaled before results were typed (its figures in
+    extra_info) still reads; the controller gets no result it could
+    mistake for the figures of a finished backup."""
+    (tmp_path / "t-old.json").write_text(
+        '{"task_id": "t-old", "action": "backup", "success": true, "error_code": "", '
+        '"error_message": "", "extra_info": {"backups": "[]"}, "finished_at": 1.0}')
+    entry = Journal(tmp_path).get("t-old")
+    assert entry is not None and entry.success and entry.result == {}
+    sent = result_message(entry).result
+    assert sent.success and sent.WhichOneof("result") is None
+
+
+def test_a_typed_result_is_journaled_and_sent_again_unchanged(tmp_path: Path) -> None:
+    result = agent_pb2.BackupResult(bytes_scanned=10, bytes_sent=7)
+    item = result.backups.add(backup_id="b1", stored_bytes=5, warnings=["w"],
+                              change_detection="journal")
+    item.protected_at.FromSeconds(1_700_000_000)
+    runs: list[str] = []
+    sent: list[Any] = []
+    journal = Journal(tmp_path)
+
+    def backup(context: CommandContext, command: Any) -> Outcome:
+        runs.append("backup")
+        return Outcome.done(result)
+
+    def context(task_id: str) -> CommandContext:
+        cfg = AgentConfig(name="a", controller="", state_dir=tmp_path)
+        return CommandContext(cfg, lambda: 0, lambda p, m: None)
+
+    executor = Executor(journal, context, sent.append, {"backup": backup})
+    command = agent_pb2.Command(task_id="t-b", backup=agent_pb2.BackupCommand())
+    thread = executor.handle(command)
+    assert thread is not None
+    thread.join(5)
+    assert Executor(Journal(tmp_path), context, sent.append, {}).handle(command) is None
+    assert runs == ["backup"]
+    assert [m.result.backup for m in sent] == [result, result]

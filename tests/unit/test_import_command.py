@@ -49,4 +49,5 @@ def test_an_import_reports_what_has_arrived_until_it_is_committed(
     grant.ended.set()
     runner.join(10)
     [done] = outcome
-    assert done.success and done.extra_info["bytes_stored"] == "8192"
+    assert done.success and done.result is not None
+    assert done.result.bytes_stored == 8192  # type: ignore[attr-defined]

@@ -69,9 +69,11 @@ FLOORS = {
     "cli": ("controller", "agent"),
     "agent": ("controller", "cli"),
     "controller": ("agent", "cli"),
-    "controller.persistence": ("controller.services", "controller.api", "controller.agents"),
-    "controller.services": ("controller.api", "controller.agents", "controller.scheduler",
-                            "controller.replication", "controller.maintenance"),
+    "controller.persistence": ("controller.services", "controller.api", "controller.agents",
+                               "controller.jobs"),
+    "controller.services": ("controller.api", "controller.agents", "controller.jobs"),
+    "controller.agents": ("controller.api", "controller.jobs"),
+    "controller.jobs": ("controller.api",),
 }
 
 

@@ -10,7 +10,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from cbr import errors
-from controller.replication import calling_target
+from controller.jobs.replicator import calling_target
 
 
 class _Refused(grpc.RpcError, grpc.Call):  # type: ignore[misc]
