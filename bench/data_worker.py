@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.dataplane import Progress
-from agent.dataplane.changes import WATCHES, TreeWatches, track
 from agent.dataplane.disk import backup_disk, disk_size, restore_disk
 from agent.dataplane.snapshot import take_snapshots
-from agent.dataplane.tree import backup_tree, restore_tree
+from agent.dataplane.tree_backup import backup_tree
+from agent.dataplane.tree_restore import restore_tree
+from agent.dataplane.watches import WATCHES, TreeWatches, track
 from agent.memory import pin_mmap_threshold, release_free_memory
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.crypto import AesKeyWrapper

@@ -22,10 +22,16 @@ from typing import Any
 from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, locked_repository, reported_warnings, reporting
 from agent.config import AgentConfig, DiskSpec, FileSystemSpec, ServerSpec, SingleDiskSpec
-from agent.dataplane import BackupResult, DataplaneError, Progress, SourceUnreadable, changes
+from agent.dataplane import (
+    BackupResult,
+    DataplaneError,
+    Progress,
+    SourceUnreadable,
+    tree_backup,
+    watches,
+)
 from agent.dataplane import disk as disk_engine
 from agent.dataplane import snapshot as snapshots
-from agent.dataplane import tree as tree_engine
 from cbr.clock import utc_now
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.errors import IntegrityError, ManifestNotFound
@@ -223,11 +229,11 @@ def _backup_tree(repo: Repository, lock: Any, spec: FileSystemSpec,
     if not isinstance(parent, TreeContent):
         parent = None
     protected_at = utc_now()
-    tracking = changes.track(root, command.parent_backup_id if parent is not None else None,
-                             changes.WATCHES if spec.change_journal else None)
+    tracking = watches.track(root, command.parent_backup_id if parent is not None else None,
+                             watches.WATCHES if spec.change_journal else None)
     if tracking.method == "walk":
         log.info("file system %s: walking the whole tree (%s)", spec.name, tracking.reason)
-    result = tree_engine.backup_tree(repo, root, parent=parent, progress=progress,
+    result = tree_backup.backup_tree(repo, root, parent=parent, progress=progress,
                                      changed=tracking.changed)
     lock.check()
     digest = repo.save_manifest(_manifest(

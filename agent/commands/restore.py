@@ -23,7 +23,7 @@ from agent.commands.storage import (
     reporting,
 )
 from agent.config import AgentConfig
-from agent.dataplane import DataplaneError, Progress, RestoreResult
+from agent.dataplane import DataplaneError, Progress, RestoreResult, tree_restore
 from agent.dataplane import disk as disk_engine
 from agent.dataplane import tree as tree_engine
 from cbr.repo import DiskContent, Repository, TreeContent
@@ -92,7 +92,7 @@ def _restore(config: AgentConfig, repo: Repository, command: agent_pb2.RestoreCo
         progress.set_total(int(manifest.stats.get("bytes_scanned", 0)) if size is None
                            else size)
         target.mkdir(parents=True, exist_ok=True)
-        return [tree_engine.restore_tree(repo, content, target, path=path, progress=progress,
-                                         key_id=manifest.chunk_key_id)]
+        return [tree_restore.restore_tree(repo, content, target, path=path, progress=progress,
+                                          key_id=manifest.chunk_key_id)]
     raise DataplaneError(f"backup {command.backup_id} is a server backup; restore its disks "
                          "with disk targets")

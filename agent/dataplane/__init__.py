@@ -6,8 +6,15 @@ the controller, the command layer in ``agent.commands`` does):
 - ``snapshot``: point-in-time copies of a server's disks (reflink where the
   filesystem has it) and the changed ranges between two of them (FIEMAP).
 - ``disk``: backing a disk up into a disk map, and restoring one.
-- ``tree``: backing a directory tree up into tree blobs, listing and
-  restoring one (never writing outside the target).
+- ``tree``: a stored tree, read: listing a backup, finding a path in it,
+  its sizes; ``tree_backup`` (the walk), ``tree_files`` (file contents) and
+  ``tree_entries`` (what each name records): backing a directory tree up
+  into tree blobs; ``tree_restore``: restoring one (never writing outside
+  the target).
+- ``changes``: the change journal of a tree (fanotify, through
+  ``fanotify``), its answer ``changed_dirs``, the agent's watches in
+  ``watches``; ``listing``: reading the source without touching its access
+  times.
 
 Every long operation takes a :class:`Progress`, which the command layer
 reads to report bytes and percent while the operation runs.

@@ -26,7 +26,7 @@ recorded, with every event about it since the parent began:
   ``d`` fresh, whatever inode the new ``d`` gets.
 - A directory whose device and inode differ from the parent's document of
   that name is listed in full, with everything below it (the backup checks
-  this as it goes, in ``agent.dataplane.tree``).
+  this as it goes, in ``agent.dataplane.tree_backup``).
 - A file's link count changing (a hard link made or removed names no
   directory) is a reason to look at the files it names, never to give up
   the journal: a file with one name is where that name is, which is told
@@ -59,6 +59,10 @@ again, at the next).
 What the kernel does not report, no journal can: a file written through a
 shared memory mapping after it was closed, and access times (reading a file
 is not a change). The periodic full walk picks both up.
+
+Here is one tree's watch (:class:`TreeWatch`); its answer to a backup is a
+:class:`~agent.dataplane.changed_dirs.ChangedDirs`; the agent's watches, and
+a backup's use of one, are in ``watches``.
 """
 
 from __future__ import annotations
@@ -71,11 +75,12 @@ import select
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.dataplane import fanotify as fan
+from agent.dataplane.changed_dirs import ChangedDirs, RelPath
 from agent.dataplane.fanotify import birth_ns as birth_ns
 from cbr.clock import wall_time
 
@@ -91,77 +96,8 @@ MAX_CHANGES_PER_GENERATION = 200_000
 #: Backups whose journal state is kept per tree (a parent is nearly always
 #: the latest, or one of the last few after failures).
 KEPT_BACKUPS = 8
-#: File systems stamp times from a clock read once per tick (up to 10 ms at
-#: HZ=100): a birth time may lag the real moment by that much, and a
-#: directory born that close to a backup's beginning counts as born since.
-CLOCK_GRAIN_NS = 50_000_000
 FULL_WALK_INTERVAL = 24 * 3600.0
 BATCH_DELAY = 0.02
-
-
-RelPath = tuple[bytes, ...]  # a directory relative to the tree's root; () is the root
-
-
-@dataclass(frozen=True)
-class ChangedDirs:
-    """What changed in a tree since the parent backup began: for each
-    directory with changes, the names in it that changed (created, deleted,
-    written, renamed, their metadata changed), or None where the whole
-    directory must be listed again; the *fresh* directories, whose history
-    is not complete, to be walked in full with all below them; and files
-    whose link count changed and whose names in the tree only the parent
-    backup can tell (device, inode). Every other name is as the parent
-    backup recorded it."""
-
-    dirty: dict[RelPath, frozenset[bytes] | None]
-    fresh: frozenset[RelPath] = frozenset()
-    inodes: frozenset[tuple[int, int]] = frozenset()
-    #: When the parent backup began (wall clock, ns): a directory born since
-    #: is not the one the parent recorded, whatever its inode number.
-    since_ns: int = 0
-
-    def needed(self) -> frozenset[RelPath]:
-        """The directories to visit: the dirty and fresh ones and all their
-        ancestors (whose trees change with them)."""
-        out: set[RelPath] = {()}
-        for path in (*self.dirty, *self.fresh):
-            for i in range(len(path), 0, -1):
-                prefix = path[:i]
-                if prefix in out:
-                    break
-                out.add(prefix)
-        return frozenset(out)
-
-    def names(self, path: RelPath) -> frozenset[bytes] | None:
-        """The names to look at again in ``path`` (None: list it all)."""
-        if path in self.fresh:
-            return None
-        return self.dirty.get(path, frozenset())
-
-    def is_fresh(self, path: RelPath) -> bool:
-        """Whether ``path`` must be walked in full, with all below it."""
-        return path in self.fresh
-
-    def with_names(self, found: Iterable[tuple[RelPath, bytes]]) -> ChangedDirs:
-        """These names too (the files of ``inodes``, once found), and their
-        directories in their parents (a directory's tree changes with them)."""
-        dirty: dict[RelPath, set[bytes] | None] = {
-            path: None if names is None else set(names) for path, names in self.dirty.items()}
-        for path, name in found:
-            for where, what in ((path, name), *((path[:i], path[i]) for i in range(len(path)))):
-                listed = dirty.setdefault(where, set())
-                if listed is not None:
-                    listed.add(what)
-        return ChangedDirs({p: None if n is None else frozenset(n) for p, n in dirty.items()},
-                           self.fresh, frozenset(), self.since_ns)
-
-    def born_since(self, path: bytes) -> bool:
-        """Whether the directory at ``path`` was born after the parent backup
-        began (an inode number is reused at once on some file systems); True
-        when the file system cannot tell, which costs a fuller listing, never
-        a missed change."""
-        born = fan.birth_ns(path)
-        return born is None or born + CLOCK_GRAIN_NS >= self.since_ns
 
 
 @dataclass
@@ -608,119 +544,3 @@ class TreeWatch:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fd = self._mount_fd = -1
-
-
-class TreeWatches:
-    """The agent's watches, one per tree root, started at a tree's first
-    backup in this process and kept while the process runs."""
-
-    #: A tree that could not be watched is tried again after this long.
-    RETRY_AFTER = 600.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watches: dict[bytes, TreeWatch | None] = {}
-        self._failed_at: dict[bytes, float] = {}
-        self.reasons: dict[bytes, str] = {}
-
-    def watch(self, root: Path) -> TreeWatch | None:
-        key = os.fsencode(os.path.realpath(root))
-        with self._lock:
-            failed = self._failed_at.get(key)
-            current = self._watches.get(key)
-            if current is not None and not current.same_root():
-                current.close()  # the directory was replaced: watch the new one
-                del self._watches[key]
-            if key not in self._watches or (
-                    failed is not None and time.monotonic() - failed > self.RETRY_AFTER):
-                try:
-                    self._watches[key] = TreeWatch(root)
-                    self._failed_at.pop(key, None)
-                except (Unavailable, OSError) as exc:
-                    self._watches[key] = None
-                    self._failed_at[key] = time.monotonic()
-                    self.reasons[key] = str(exc)
-            return self._watches[key]
-
-    def why_not(self, root: Path) -> str:
-        """Why ``root`` has no watch, if it has none."""
-        return self.reasons.get(os.fsencode(os.path.realpath(root)), "no change journal")
-
-    @contextlib.contextmanager
-    def restoring(self, target: Path) -> Iterator[None]:
-        """Around a restore into ``target`` by this process. Its own events
-        are not recorded, so a watched tree that overlaps the target is
-        walked in full at its next backup. Watches on the target's file
-        system pause meanwhile: the kernel's work for each event, paid by
-        the writer, slowed a restore of 20,000 small files by a sixth. Their
-        trees, too, are walked in full next, since changes made by others
-        during the restore go unseen."""
-        key = os.fsencode(os.path.realpath(target))
-        try:
-            device: int | None = os.stat(key).st_dev
-        except OSError:
-            device = None
-        with self._lock:
-            watches = [w for w in self._watches.values() if w is not None]
-        paused = []
-        for watch in watches:
-            if key == watch.root or key.startswith(watch.root + b"/") \
-                    or watch.root.startswith(key + b"/"):
-                watch.invalidate("a restore wrote into the tree")
-            if watch.device == device:
-                watch.pause("a restore ran on the tree's file system")
-                paused.append(watch)
-        try:
-            yield
-        finally:
-            for watch in paused:
-                watch.resume()
-
-    def close(self) -> None:
-        with self._lock:
-            for watch in self._watches.values():
-                if watch is not None:
-                    watch.close()
-            self._watches.clear()
-
-
-#: The running agent's watches.
-WATCHES = TreeWatches()
-
-
-class Tracking:
-    """One tree backup's use of its watch: begun before the walk, committed
-    once the backup's manifest is stored (a failed backup is never a parent
-    the journal answers for)."""
-
-    def __init__(self, watch: TreeWatch | None, parent_backup_id: str | None,
-                 why_no_watch: str = "no change journal") -> None:
-        self.watch = watch
-        self.parent_backup_id = parent_backup_id
-        self.generation = watch.begin() if watch is not None else 0
-        self.changed = watch.changed_since(parent_backup_id) if watch is not None else None
-        self.reason = watch.reason if watch is not None else why_no_watch
-
-    @property
-    def method(self) -> str:
-        """How this backup finds its changes: full (no parent), journal or
-        walk (``reason`` says why)."""
-        if self.parent_backup_id is None:
-            return "full"
-        return "journal" if self.changed is not None else "walk"
-
-    def commit(self, backup_id: str, recheck_dirs: Iterable[tuple[bytes, ...]]) -> None:
-        if self.watch is not None:
-            self.watch.commit(backup_id, self.generation, recheck_dirs,
-                              parent_backup_id=self.parent_backup_id,
-                              full_walk=self.changed is None)
-
-
-def track(root: Path, parent_backup_id: str | None,
-          watches: TreeWatches | None = WATCHES) -> Tracking:
-    """Starts tracking one backup of ``root`` (its watch is set on the
-    tree's first backup in this process); ``watches`` None tracks nothing."""
-    if watches is None:
-        return Tracking(None, parent_backup_id, "change_journal = false")
-    watch = watches.watch(root)
-    return Tracking(watch, parent_backup_id, watches.why_not(root) if watch is None else "")

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from agent.dataplane import Progress
-from agent.dataplane.tree import backup_tree
+from agent.dataplane.tree_backup import backup_tree
 from cbr import errors
 from cbr.client import Client, error_from_rpc
 from cbr.repo import Manifest, Resource

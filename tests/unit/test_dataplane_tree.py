@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent.dataplane import Progress, UnsafeTarget
-from agent.dataplane.tree import (
-    PathNotInBackup,
-    _TreeBackup,
-    backup_tree,
-    list_tree,
-    restore_tree,
-)
+from agent.dataplane.tree import PathNotInBackup, list_tree
+from agent.dataplane.tree_backup import _TreeBackup, backup_tree
+from agent.dataplane.tree_files import FileReader
+from agent.dataplane.tree_restore import restore_tree
 from cbr.repo import BlobType, Repository, TreeContent
 from cbr.storage.local import LocalBackend
 
@@ -140,13 +137,13 @@ def test_small_files_of_many_directories_go_to_the_readers_in_few_jobs(
         for f in range(3):
             (src / f"d{d:02d}" / f"f{f}").write_bytes(f"{d}-{f}".encode() * 10)
     jobs: list[int] = []
-    original = _TreeBackup._read_batch
+    original = FileReader._read_batch
 
-    def counting(self: _TreeBackup, items: list[tuple[bytes, os.stat_result]]) -> object:
+    def counting(self: FileReader, items: list[tuple[bytes, os.stat_result]]) -> object:
         jobs.append(len(items))
         return original(self, items)
 
-    monkeypatch.setattr(_TreeBackup, "_read_batch", counting)
+    monkeypatch.setattr(FileReader, "_read_batch", counting)
     repo = _repo(tmp_path)
     result = backup_tree(repo, src, progress=Progress())
     assert sum(jobs) == 180
@@ -316,7 +313,7 @@ def test_a_vanished_file_is_a_warning_not_a_failure(tmp_path: Path) -> None:
     (src / "stays").write_text("x")
     repo = _repo(tmp_path)
     job = _TreeBackup(repo, Progress(), 1)
-    real = job._read_batch
+    real = job.reader._read_batch
 
     def vanish(items: list[tuple[bytes, os.stat_result]]) -> object:
         for path, _st in items:
@@ -325,9 +322,9 @@ def test_a_vanished_file_is_a_warning_not_a_failure(tmp_path: Path) -> None:
         return real(items)
 
     (src / "goes").write_text("y")
-    job._read_batch = vanish  # type: ignore[method-assign]
+    job.reader._read_batch = vanish  # type: ignore[method-assign]
     job.directory(os.fsencode(src), [], None, os.stat(src).st_dev)
-    job.pool.shutdown()
+    job.reader.pool.shutdown()
     assert any(w.startswith("vanished:") for w in job.warnings)
 
 

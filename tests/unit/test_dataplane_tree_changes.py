@@ -18,16 +18,15 @@ import pytest
 
 import agent.dataplane.changes as changes_module
 import agent.dataplane.tree as tree_module
+import agent.dataplane.tree_files as files_module
+import agent.dataplane.tree_restore as restore_module
 from agent.dataplane import Progress
-from agent.dataplane.changes import (
-    ChangedDirs,
-    TreeWatch,
-    TreeWatches,
-    Unavailable,
-    track,
-)
+from agent.dataplane.changed_dirs import ChangedDirs
+from agent.dataplane.changes import TreeWatch, Unavailable
 from agent.dataplane.fanotify import FAN_Q_OVERFLOW, METADATA
-from agent.dataplane.tree import backup_tree, restore_tree
+from agent.dataplane.tree_backup import backup_tree
+from agent.dataplane.tree_restore import restore_tree
+from agent.dataplane.watches import TreeWatches, track
 from cbr.repo import Repository, TreeContent
 from cbr.repo.tree import decode_tree
 from cbr.storage.local import LocalBackend
@@ -266,7 +265,7 @@ def test_directories_with_hard_linked_files_are_always_listed_again(
 
 def test_a_restore_into_the_tree_makes_the_next_backup_walk_it_all(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tree_module, "WATCHES", watches)
+    monkeypatch.setattr(restore_module, "WATCHES", watches)
     root, repo, first = _first_backup(tmp_path, watches)
     (root / "d1" / "f1").write_text("changed by this very process")
     restore_tree(repo, first, root / "d2", progress=Progress())
@@ -308,7 +307,7 @@ def test_a_parent_not_taken_under_the_watch_or_too_old_is_walked_in_full(
 
 def test_a_restore_elsewhere_on_the_file_system_pauses_the_journal_then_it_resumes(
         tmp_path: Path, watches: TreeWatches, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tree_module, "WATCHES", watches)
+    monkeypatch.setattr(restore_module, "WATCHES", watches)
     root, repo, first = _first_backup(tmp_path, watches)
     restore_tree(repo, first, tmp_path / "elsewhere", progress=Progress())
     _elsewhere(f"open({str(root / 'top')!r}, 'a').write('after the restore')")
@@ -339,19 +338,19 @@ def test_a_directory_where_something_could_not_be_read_is_listed_again(
     root = _tree(tmp_path / "src")
     repo = _vault(tmp_path)
     blocked = os.fsencode(root / "d5" / "deep" / "z")
-    read_small, read_any = tree_module._TreeBackup._read_small, tree_module._TreeBackup._read_any
+    read_small, read_any = files_module.FileReader._read_small, files_module.FileReader._read_any
 
     def small(self: Any, fd: int, st: os.stat_result) -> Any:
         return None if os.fstat(fd).st_ino == os.stat(blocked).st_ino else read_small(self, fd, st)
 
     def careful(self: Any, path: bytes, st: os.stat_result) -> Any:
         if path == blocked:
-            return tree_module._FileResult(vanished=True, warning="unreadable: z: denied")
+            return files_module.FileResult(vanished=True, warning="unreadable: z: denied")
         return read_any(self, path, st)
 
     with monkeypatch.context() as patch:
-        patch.setattr(tree_module._TreeBackup, "_read_small", small)
-        patch.setattr(tree_module._TreeBackup, "_read_any", careful)
+        patch.setattr(files_module.FileReader, "_read_small", small)
+        patch.setattr(files_module.FileReader, "_read_any", careful)
         first, _, result = _backup(repo, root, "b1", None, watches, None)
     assert result.warnings == ["unreadable: z: denied"]
     second, changed, _ = _backup(repo, root, "b2", first, watches, "b1")

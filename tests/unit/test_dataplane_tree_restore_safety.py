@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.dataplane import Progress, UnsafeTarget
-from agent.dataplane.tree import restore_tree
+from agent.dataplane.tree_restore import restore_tree
 from cbr.repo import BlobType, IntegrityError, Repository, TreeContent
 from cbr.storage.local import LocalBackend
 

@@ -17,7 +17,7 @@ import pytest
 
 from agent.dataplane import Progress
 from agent.dataplane.disk import restore_disk
-from agent.dataplane.tree import restore_tree
+from agent.dataplane.tree_restore import restore_tree
 from cbr.repo import DiskContent, Repository, TreeContent
 from cbr.repo.crypto import AesKeyWrapper
 from cbr.repo.verify import verify

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.dataplane import Progress
-from agent.dataplane.tree import backup_tree
+from agent.dataplane.tree_backup import backup_tree
 from cbr.repo import Repository, TreeContent
 from cbr.repo.diff import Change, Options, Summary, diff_trees, display_path
 from cbr.repo.tree import EntryType, TreeEntry, decode_tree, root_entry

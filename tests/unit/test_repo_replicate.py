@@ -13,7 +13,8 @@ import pytest
 
 from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk, restore_disk
-from agent.dataplane.tree import backup_tree, restore_tree
+from agent.dataplane.tree_backup import backup_tree
+from agent.dataplane.tree_restore import restore_tree
 from cbr.repo import (
     DiskContent,
     IntegrityError,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk
-from agent.dataplane.tree import backup_tree
+from agent.dataplane.tree_backup import backup_tree
 from cbr.repo import Manifest, Repository, Resource
 from cbr.repo.crypto import AesKeyWrapper
 from cbr.storage.local import LocalBackend
