@@ -50,9 +50,9 @@ from agent.dataplane.changes import WATCHES, ChangedDirs
 from agent.dataplane.listing import O_NOATIME, list_dir
 from cbr import errors
 from cbr.repo import BlobType, Repository, TreeContent
-from cbr.repo.chunker import cut_range, make_chunker, window_size
 from cbr.repo.errors import UnsafeName
-from cbr.repo.tree import (
+from cbr.repo.objects.chunker import cut_range, make_chunker, window_size
+from cbr.repo.objects.tree import (
     EntryType,
     TreeEntry,
     decode_chunk_list,

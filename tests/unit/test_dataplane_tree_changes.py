@@ -29,7 +29,7 @@ from agent.dataplane.changes import (
 from agent.dataplane.fanotify import FAN_Q_OVERFLOW, METADATA
 from agent.dataplane.tree import backup_tree, restore_tree
 from cbr.repo import Repository, TreeContent
-from cbr.repo.tree import decode_tree
+from cbr.repo.objects.tree import decode_tree
 from cbr.storage.local import LocalBackend
 
 from .test_dataplane_tree import _snapshot

@@ -16,10 +16,10 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from cbr.repo.blob import BlobType, check_flags, parse_blob_type
+from cbr.repo.content.blob import BlobType, check_flags, parse_blob_type
+from cbr.repo.content.ids import ID_SIZE, KEY_ID_SIZE
+from cbr.repo.content.pack import PackEntry
 from cbr.repo.errors import FormatError
-from cbr.repo.ids import ID_SIZE, KEY_ID_SIZE
-from cbr.repo.pack import PackEntry
 
 INDEX_PLAIN_MAGIC = b"CBRX"
 MAX_BLOBS_PER_INDEX_FILE = 65536
