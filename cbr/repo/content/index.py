@@ -3,8 +3,8 @@
 This module owns the binary index-file plaintext (48-byte records grouped by
 pack) and :class:`Index`, the merged map ``(chunk-id key id, chunk id) ->
 location`` held in flat sorted arrays (58 bytes per chunk) rather than Python
-objects per chunk. It must not read or write storage; the repository loads
-and stores index files through the envelope.
+objects per chunk. It must not read or write storage; the content store
+(``files``) loads and stores index files through the envelope.
 """
 
 from __future__ import annotations

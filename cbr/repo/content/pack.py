@@ -5,7 +5,7 @@ This module owns the pack byte layout: :class:`PackWriter` accumulates
 encoded blobs up to a target size and emits the pack as parts plus its id
 (SHA-256, computed incrementally) and entries; :func:`read_pack_header`
 parses a stored pack's header from its tail with range reads. It must not
-decide which blobs go where (the repository does) nor keep an index.
+decide which blobs go where (the content store does) nor keep an index.
 """
 
 from __future__ import annotations
