@@ -37,7 +37,7 @@ from cbr.clock import utc_now
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.repo import Manifest, Repository
 from cbr.repo.errors import FormatError
-from cbr.repo.locks import Lock
+from cbr.repo.maintenance.locks import Lock
 from cbr.repo.replicate import IMPORT_INDEX_EVERY_PACKS, VaultImporter
 from cbr.status import status_of
 from cbr.v1 import importer_pb2, importer_pb2_grpc

@@ -21,9 +21,9 @@ from typing import Any
 
 import grpc
 
-from cbr.repo.blob import parse_blob_type
+from cbr.repo.content.blob import parse_blob_type
 from cbr.repo.errors import RepoError
-from cbr.repo.manifest import Manifest
+from cbr.repo.objects.manifest import Manifest
 from cbr.repo.replicate import WireChunk
 from cbr.v1 import importer_pb2
 

@@ -51,8 +51,8 @@ from agent.dataplane.tree_restore import restore_tree
 from agent.dataplane.watches import WATCHES, TreeWatches, track
 from agent.memory import pin_mmap_threshold, release_free_memory
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
-from cbr.repo.crypto import AesKeyWrapper
-from cbr.repo.locks import Lock
+from cbr.repo.content.crypto import AesKeyWrapper
+from cbr.repo.maintenance.locks import Lock
 from cbr.storage.local import LocalBackend
 
 WORKERS = 2  # the agent's default; restic gets the same two cores

@@ -48,9 +48,9 @@ from agent.replication import GrpcReplicaTarget
 from bench.common import emit
 from bench.data_worker import peak_rss_mib
 from cbr.repo import Repository
-from cbr.repo.locks import Lock
+from cbr.repo.maintenance.locks import Lock
+from cbr.repo.maintenance.walk import iter_reachable
 from cbr.repo.replicate import ReplicaSource, backup_manifests, replica_manifests, replicate
-from cbr.repo.walk import iter_reachable
 from cbr.storage.local import LocalBackend
 from cbr.v1 import agent_pb2, importer_pb2_grpc
 

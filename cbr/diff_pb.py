@@ -3,12 +3,12 @@
 Shared by the controller (``DiffBackups``, two backups) and the CLI
 (``cbr backup diff --against``, a backup and a local directory), so both
 kinds of diff print and serialize the same way. The comparison itself is
-:mod:`cbr.repo.diff`.
+:mod:`cbr.repo.objects.diff`.
 """
 
 from __future__ import annotations
 
-from cbr.repo.diff import Change, ChangeKind, Summary, display_path
+from cbr.repo.objects.diff import Change, ChangeKind, Summary, display_path
 from cbr.v1 import backup_pb2
 
 KIND_PB = {ChangeKind.ADDED: backup_pb2.CHANGE_KIND_ADDED,

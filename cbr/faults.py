@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from cbr import errors
 from cbr.repo.errors import ChunkNotFound, IntegrityError, KeyUnavailable, RepoError, UnsafeName
-from cbr.repo.locks import LockConflict
+from cbr.repo.maintenance.locks import LockConflict
 from cbr.storage import StorageError, StorageFull
 
 

@@ -5,7 +5,7 @@ Two backups are compared by the controller (``DiffBackups``), which reads
 both trees and skips what they share. ``--against PATH`` walks PATH here
 (``lstat``, never following a symlink) while the controller streams the
 backup's directory listings (``WalkBackupFiles``) in the order the walk needs
-them; both sides go through the same comparison (:mod:`cbr.repo.diff`). A
+them; both sides go through the same comparison (:mod:`cbr.repo.objects.diff`). A
 file's content cannot be compared with the backup's from here (chunk ids are
 keyed with the vault's key), so a file counts as modified when its size or
 mtime differs, as restic's change detection does.
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cbr.diff_pb import KIND_OF_PB, change_pb, summary_pb
-from cbr.repo.diff import (
+from cbr.repo.objects.diff import (
     XATTRS,
     Options,
     Summary,
@@ -34,7 +34,7 @@ from cbr.repo.diff import (
     display_path,
     letter,
 )
-from cbr.repo.tree import EntryType, TreeEntry, root_entry
+from cbr.repo.objects.tree import EntryType, TreeEntry, root_entry
 from cbr.v1 import backup_pb2
 from cli._common import CliError, Context, add_command, fmt_bytes
 

@@ -18,9 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cbr import errors, faults
 from cbr.diff_pb import change_pb, summary_pb
 from cbr.repo import RepoError, Repository
-from cbr.repo.diff import Options, Summary, diff_trees, display_path
-from cbr.repo.manifest import TreeContent
-from cbr.repo.tree import EntryType, TreeEntry, decode_tree, root_entry
+from cbr.repo.objects.diff import Options, Summary, diff_trees, display_path
+from cbr.repo.objects.manifest import TreeContent
+from cbr.repo.objects.tree import EntryType, TreeEntry, decode_tree, root_entry
 from cbr.v1 import backup_pb2
 from controller.app import App
 from controller.persistence.models import Backup, Vault
@@ -64,7 +64,7 @@ class OpenTree:
                            f"tree {subtree.hex()}")
 
     def list(self, _path: bytes, entry: TreeEntry) -> Sequence[TreeEntry]:
-        """A :data:`cbr.repo.diff.Lister` over this backup."""
+        """A :data:`cbr.repo.objects.diff.Lister` over this backup."""
         return self.entries(entry.subtree)
 
     def descend(self, path: str) -> tuple[bytes, TreeEntry]:
@@ -148,7 +148,7 @@ def walk_files(app: App, backup_id: str, path: str
                ) -> Iterator[backup_pb2.WalkBackupFilesResponse]:
     """Every directory's listing below ``path``, depth first in name order,
     a directory before those inside it: the order in which
-    :func:`cbr.repo.diff.diff_trees` asks for them."""
+    :func:`cbr.repo.objects.diff.diff_trees` asks for them."""
     tree = open_tree(app, backup_id)
     prefix, top = tree.descend(path)
     known = bool(prefix) or tree.content.root_meta is not None

@@ -5,7 +5,7 @@ database, bound to the key's id, so a database dump alone reveals no key. It
 comes from ``CBR_ROOT_KEY`` (base64) when set, else from ``root.key`` in the
 data dir (made on first start with mode 0600; a file other users could read
 is refused). A customer master key wraps and unwraps a vault's keys
-(``cbr.repo.crypto.KeyWrapper``) with AES-256-GCM; the vault, key id and
+(``cbr.repo.content.crypto.KeyWrapper``) with AES-256-GCM; the vault, key id and
 purpose are bound as associated data by the format layer.
 
 This module holds material only in memory and only as long as a call needs
@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cbr.repo.crypto import DataKey
+from cbr.repo.content.crypto import DataKey
 
 ROOT_KEY_FILE = "root.key"
 KEY_SIZE = 32

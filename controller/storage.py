@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from cbr import errors, faults
 from cbr.repo import RepoError, Repository, layout
 from cbr.repo.config import VaultConfig, key_from_json
-from cbr.repo.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
+from cbr.repo.content.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
 from cbr.repo.errors import KeyUnavailable, VaultExists
 from cbr.storage import Backend, ObjectNotFound, StorageError, open_backend
 from cbr.v1 import agent_pb2, key_pb2

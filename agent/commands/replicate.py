@@ -25,7 +25,7 @@ from agent.replication import GrpcReplicaTarget, ImportStreamError
 from cbr import errors
 from cbr.client import error_from_rpc
 from cbr.repo import Repository
-from cbr.repo.manifest import DiskContent, Manifest, TreeContent
+from cbr.repo.objects.manifest import DiskContent, Manifest, TreeContent
 from cbr.repo.replicate import ReplicaSource, ReplicationStats, replica_manifests, replicate
 from cbr.v1 import agent_pb2
 

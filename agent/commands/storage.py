@@ -15,7 +15,7 @@ from agent.dataplane import Cancelled, DataplaneError, Progress, TargetTooSmall
 from agent.dataplane.tree import PathNotInBackup
 from cbr import errors, faults
 from cbr.repo import Repository
-from cbr.repo.crypto import key_context
+from cbr.repo.content.crypto import key_context
 from cbr.repo.errors import ChunkNotFound, IntegrityError, KeyUnavailable
 from cbr.storage import Backend, StorageError, open_backend
 from cbr.v1 import agent_pb2, key_pb2
@@ -63,7 +63,7 @@ def locked_repository(access: agent_pb2.StorageAccess, *, kind: str,
                       task_id: str) -> Iterator[tuple[Repository, Any]]:
     """Opens the vault under a lock of ``kind``, written before the index is
     loaded (storage format section 11, step 1), and removes the lock after."""
-    from cbr.repo.locks import Lock
+    from cbr.repo.maintenance.locks import Lock
 
     backend = open_storage(access)
     with Lock.acquire(backend, kind=kind, task_id=task_id) as lock:

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 
 from cbr import errors
-from cbr.repo.manifest import DiskContent, TreeContent
+from cbr.repo.objects.manifest import DiskContent, TreeContent
 
 
 class Progress:

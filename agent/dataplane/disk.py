@@ -60,7 +60,7 @@ from agent.dataplane.blocks import (
 )
 from agent.dataplane.disk_restore import restore_disk as restore_disk
 from cbr.repo import BlobType, DiskContent, RepoError, Repository
-from cbr.repo.disk_map import DiskMapBuilder, DiskMapReader, block_count
+from cbr.repo.objects.disk_map import DiskMapBuilder, DiskMapReader, block_count
 
 
 class _Advisor:

@@ -29,7 +29,7 @@ from agent.dataplane import (
 )
 from agent.dataplane.blocks import BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, disk_size
 from cbr.repo import DiskContent, Repository
-from cbr.repo.disk_map import DiskMapReader
+from cbr.repo.objects.disk_map import DiskMapReader
 
 _libc: Any = None
 

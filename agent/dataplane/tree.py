@@ -19,7 +19,14 @@ from typing import Any
 from agent.dataplane import DataplaneError
 from cbr import errors
 from cbr.repo import Repository, TreeContent
-from cbr.repo.tree import EntryType, TreeEntry, decode_tree, doc_name, tree_docs, validate_name
+from cbr.repo.objects.tree import (
+    EntryType,
+    TreeEntry,
+    decode_tree,
+    doc_name,
+    tree_docs,
+    validate_name,
+)
 
 SMALL_FILE = 256 << 10  # below the chunker's minimum: one chunk, no CDC
 

@@ -30,7 +30,7 @@ from agent.dataplane.tree import SMALL_FILE, names_of, size_of, stored_tree_size
 from agent.dataplane.tree_entries import Names, entry_of, read_xattrs, with_atime
 from agent.dataplane.tree_files import FileReader, FileResult
 from cbr.repo import BlobType, Repository, TreeContent
-from cbr.repo.tree import (
+from cbr.repo.objects.tree import (
     EntryType,
     TreeEntry,
     decode_chunk_list,

@@ -15,7 +15,7 @@ import pwd
 import stat
 from typing import Any
 
-from cbr.repo.tree import EntryType, TreeEntry
+from cbr.repo.objects.tree import EntryType, TreeEntry
 
 
 class Names:

@@ -23,7 +23,7 @@ from agent.dataplane.listing import O_NOATIME
 from agent.dataplane.tree import SMALL_FILE
 from agent.dataplane.tree_entries import read_xattrs
 from cbr.repo import BlobType, Repository
-from cbr.repo.chunker import cut_range, make_chunker, window_size
+from cbr.repo.objects.chunker import cut_range, make_chunker, window_size
 
 MAX_FILES_IN_FLIGHT = 8
 READERS_PER_WORKER = 1

@@ -26,7 +26,7 @@ from agent.dataplane.tree import SMALL_FILE, walk_to
 from agent.dataplane.watches import WATCHES
 from cbr.repo import Repository, TreeContent
 from cbr.repo.errors import UnsafeName
-from cbr.repo.tree import (
+from cbr.repo.objects.tree import (
     EntryType,
     TreeEntry,
     decode_chunk_list,

@@ -1,26 +1,25 @@
 """The vault storage format: ``docs/storage-format.md`` in code.
 
-Layers, each using only the ones above it in this list:
+Floors, each using only the ones above it in this list:
 
-- ``errors``: the format layer's exceptions.
-- ``ids``: keyed BLAKE3 chunk ids, SHA-256 object ids, key ids (section 4).
-- ``crypto``: AES-256-GCM sealing, key wrapping through the key service (4.3, 5).
-- ``blob``: one chunk's stored form and its verification (5).
-- ``pack``: pack layout, writer and header reader (6).
-- ``envelope``, ``index``: index files and the in-memory index (7).
-- ``config``, ``layout``, ``manifest``: config and key documents, object
-  names, backup manifests (2, 3, 10).
-- ``repository``: a vault over a ``cbr.storage`` backend; write order (11).
-- ``disk_map``, ``tree``, ``chunker``: disks, file trees, FastCDC (8, 9).
-- ``locks``, ``walk``, ``prune``, ``verify``: vault maintenance: locks, the
-  chunks a backup reaches, deleting backups and freeing space, integrity
-  checks (12, 13). They are imported as modules where needed, never here,
-  so a backup does not load them.
+- ``errors``, ``layout``, ``config``: the format layer's exceptions, object
+  names, the config and key documents (sections 2, 3, 4.3). Shared by every
+  floor; they use only ``content``'s leaf modules (ids, crypto, blob, pack).
+- ``content``: chunks stored, found and read back: ids, crypto, blobs,
+  packs, index files and the content store with its write order (4-7, 11).
+- ``objects``: what chunks make up: manifests, disk maps, trees, the
+  chunker, the tree diff (8-10).
+- ``repository``: :class:`Repository`, a vault over a ``cbr.storage``
+  backend: its keys, config and manifests over a content store (2, 3, 10, 11).
+- ``maintenance``: locks, the chunks a backup reaches, deleting backups and
+  freeing space, integrity checks, repair (12, 13). Imported as modules where
+  needed, never here, so a backup does not load them.
+- ``replicate``: copying backups into another vault (16), over all of these.
 
 This package must not import ``controller`` or ``agent``; both use it.
 """
 
-from cbr.repo.blob import BlobType
+from cbr.repo.content.blob import BlobType
 from cbr.repo.errors import (
     ChunkNotFound,
     FormatError,
@@ -33,7 +32,7 @@ from cbr.repo.errors import (
     UnsupportedVersion,
     VaultExists,
 )
-from cbr.repo.manifest import DiskContent, Manifest, Resource, TreeContent
+from cbr.repo.objects.manifest import DiskContent, Manifest, Resource, TreeContent
 from cbr.repo.repository import Repository
 
 __all__ = [

@@ -14,11 +14,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cbr.repo.blob import DEFAULT_COMPRESSION_LEVEL
-from cbr.repo.crypto import WrappedKey
+from cbr.repo.content.blob import DEFAULT_COMPRESSION_LEVEL
+from cbr.repo.content.crypto import WrappedKey
+from cbr.repo.content.ids import KEY_ID_SIZE, parse_hex_id
+from cbr.repo.content.pack import DEFAULT_PACK_SIZE
 from cbr.repo.errors import FormatError, UnsupportedVersion
-from cbr.repo.ids import KEY_ID_SIZE, parse_hex_id
-from cbr.repo.pack import DEFAULT_PACK_SIZE
 
 FORMAT_NAME = "cbr-vault"
 FORMAT_VERSION = 1

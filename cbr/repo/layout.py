@@ -6,7 +6,7 @@ the sharding of ``data/``. It must not read or write anything.
 
 from __future__ import annotations
 
-from cbr.repo.ids import ID_SIZE, parse_hex_id
+from cbr.repo.content.ids import ID_SIZE, parse_hex_id
 from cbr.storage.backend import Backend, validate_name
 from cbr.storage.sharded import ShardedBackend
 

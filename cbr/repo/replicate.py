@@ -20,12 +20,12 @@ from typing import Any, Protocol
 import zstandard
 
 from cbr.repo import layout
-from cbr.repo.blob import BlobType, decompress
-from cbr.repo.crypto import KeyWrapper
+from cbr.repo.content.blob import BlobType, decompress
+from cbr.repo.content.crypto import KeyWrapper
 from cbr.repo.errors import IntegrityError, KeyUnavailable, ManifestExists, RepoError
-from cbr.repo.manifest import Manifest
+from cbr.repo.maintenance.walk import iter_reachable
+from cbr.repo.objects.manifest import Manifest
 from cbr.repo.repository import Repository
-from cbr.repo.walk import iter_reachable
 
 QUERY_BATCH = 512
 """Ids asked about at once: one round trip per batch, bounded memory."""

@@ -26,9 +26,10 @@ from sqlalchemy import select
 from cbr import errors, faults
 
 # prune and verify are maintenance modules, loaded only by the controller
-from cbr.repo import RepoError, layout, prune, repair, verify
-from cbr.repo.manifest import Manifest, TreeContent
-from cbr.repo.tree import EntryType, decode_tree
+from cbr.repo import RepoError, layout
+from cbr.repo.maintenance import prune, repair, verify
+from cbr.repo.objects.manifest import Manifest, TreeContent
+from cbr.repo.objects.tree import EntryType, decode_tree
 from cbr.storage import StorageError
 from cbr.v1 import backup_pb2
 from controller.app import App

@@ -22,8 +22,8 @@ from agent.replication import PUTS_IN_FLIGHT
 from cbr import errors
 from cbr.client import Client, error_from_rpc
 from cbr.repo.config import CHUNKER_MAX
+from cbr.repo.content.store import UPLOADS_IN_FLIGHT
 from cbr.repo.replicate import PUT_BYTES
-from cbr.repo.repository import UPLOADS_IN_FLIGHT
 from cbr.v1 import (
     agent_pb2,
     backup_pb2,

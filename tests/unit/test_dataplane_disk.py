@@ -36,7 +36,7 @@ from cbr.repo import (
     Repository,
     TreeContent,
 )
-from cbr.repo.disk_map import DiskMapReader
+from cbr.repo.objects.disk_map import DiskMapReader
 from cbr.storage.local import LocalBackend
 from tests.support.environment import unavailable
 

@@ -191,7 +191,7 @@ def _entries(repo: Repository, tree_id: bytes,
     """Every entry below a tree, by path, as its stored fields (access times
     of directories and symlinks left out: listing or reading one may update
     them)."""
-    from cbr.repo.tree import decode_tree
+    from cbr.repo.objects.tree import decode_tree
 
     out: dict[bytes, dict[str, object]] = {}
     for e in decode_tree(repo.load_blob(tree_id)):

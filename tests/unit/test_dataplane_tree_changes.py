@@ -28,7 +28,7 @@ from agent.dataplane.tree_backup import backup_tree
 from agent.dataplane.tree_restore import restore_tree
 from agent.dataplane.watches import TreeWatches, track
 from cbr.repo import Repository, TreeContent
-from cbr.repo.tree import decode_tree
+from cbr.repo.objects.tree import decode_tree
 from cbr.storage.local import LocalBackend
 
 from .test_dataplane_tree import _snapshot

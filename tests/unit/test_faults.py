@@ -9,7 +9,7 @@ from agent.commands.storage import failure
 from agent.importer import _as_cbr
 from cbr import errors, faults
 from cbr.repo.errors import ChunkNotFound, IntegrityError, KeyUnavailable, RepoError, UnsafeName
-from cbr.repo.locks import LockConflict
+from cbr.repo.maintenance.locks import LockConflict
 from cbr.storage import StorageFull, StorageUnavailable
 
 

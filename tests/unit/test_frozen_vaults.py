@@ -19,8 +19,8 @@ from agent.dataplane import Progress
 from agent.dataplane.disk import restore_disk
 from agent.dataplane.tree_restore import restore_tree
 from cbr.repo import DiskContent, Repository, TreeContent
-from cbr.repo.crypto import AesKeyWrapper
-from cbr.repo.verify import verify
+from cbr.repo.content.crypto import AesKeyWrapper
+from cbr.repo.maintenance.verify import verify
 from cbr.storage.local import LocalBackend
 
 FROZEN = Path(__file__).resolve().parents[1] / "data" / "frozen"

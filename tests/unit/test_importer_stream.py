@@ -29,7 +29,7 @@ from agent.importer import (
 from agent.replication import GrpcReplicaTarget, chunk_from_pb, encode_put
 from cbr.client import error_from_rpc
 from cbr.repo import DiskContent, Manifest, Repository, Resource
-from cbr.repo.blob import BlobType
+from cbr.repo.content.blob import BlobType
 from cbr.repo.replicate import (
     ReplicaSource,
     ReplicationStats,

@@ -13,7 +13,7 @@ import pytest
 from agent.commands.storage import TaskKeys
 from cbr.repo import KeyUnavailable, Repository
 from cbr.repo.config import key_from_json
-from cbr.repo.crypto import key_context
+from cbr.repo.content.crypto import key_context
 from cbr.storage.local import LocalBackend
 from controller.kms import CustomerKey, RootKey, RootKeyError, new_material
 

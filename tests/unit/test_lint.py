@@ -66,6 +66,12 @@ def test_the_wall_clock_is_read_only_in_cbr_clock() -> None:
 FLOORS = {
     "cbr": ("controller", "agent", "cli"),
     "cbr.storage": ("cbr.repo", "controller", "agent", "cli"),
+    # The vault format's floors (cbr/repo/__init__.py): content, objects, the
+    # repository, maintenance, replication.
+    "cbr.repo.content": ("cbr.repo.objects", "cbr.repo.maintenance", "cbr.repo.repository",
+                         "cbr.repo.replicate"),
+    "cbr.repo.objects": ("cbr.repo.maintenance", "cbr.repo.repository", "cbr.repo.replicate"),
+    "cbr.repo.maintenance": ("cbr.repo.replicate",),
     "cli": ("controller", "agent"),
     "agent": ("controller", "cli"),
     "controller": ("agent", "cli"),

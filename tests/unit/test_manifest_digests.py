@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.commands.backup import _parent_content
-from cbr.repo import BlobType, DiskContent, IntegrityError, verify
+from cbr.repo import BlobType, DiskContent, IntegrityError
+from cbr.repo.maintenance import verify
 from tests.unit.test_repo_repository import _init, _manifest, _open
 
 

@@ -7,14 +7,14 @@ import threading
 
 import pytest
 
-from cbr.repo.blob import (
+from cbr.repo.content.blob import (
     FLAG_COMPRESSED,
     FLAG_ENCRYPTED,
     BlobType,
     decode_blob,
     encode_blob,
 )
-from cbr.repo.crypto import (
+from cbr.repo.content.crypto import (
     _NONCES,
     NONCE_SIZE,
     AesKeyWrapper,
@@ -24,8 +24,8 @@ from cbr.repo.crypto import (
     unwrap_key,
     wrap_key,
 )
+from cbr.repo.content.ids import ChunkHasher, new_chunk_key, new_key_id
 from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable
-from cbr.repo.ids import ChunkHasher, new_chunk_key, new_key_id
 
 HASHER = ChunkHasher(new_key_id(), new_chunk_key())
 COMPRESSIBLE = b"all work and no play makes jack a dull boy\n" * 20000

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cbr.repo.chunker import cut_range, make_chunker, window_size
 from cbr.repo.config import ChunkerParams
-from cbr.repo.ids import ChunkHasher
+from cbr.repo.content.ids import ChunkHasher
+from cbr.repo.objects.chunker import cut_range, make_chunker, window_size
 
 SMALL = ChunkerParams(min_size=2048, avg_size=8192, max_size=32768)
 

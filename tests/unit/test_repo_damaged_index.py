@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from cbr.repo import Repository
-from cbr.repo.prune import prune
-from cbr.repo.verify import verify
-from cbr.repo.walk import complete_manifests, iter_reachable
+from cbr.repo.maintenance.prune import prune
+from cbr.repo.maintenance.verify import verify
+from cbr.repo.maintenance.walk import complete_manifests, iter_reachable
 from cbr.storage.local import LocalBackend
 from tests.unit.test_repo_prune import BLOCK, _blocks, _disk, _open, _tree
 

@@ -1,4 +1,4 @@
-"""The tree diff (cbr.repo.diff) on real backups of real trees: what counts as
+"""The tree diff (cbr.repo.objects.diff) on real backups of real trees: what counts as
 added, removed and modified, shared subtrees left unread, raw names, and a
 live directory compared with its backup the way `cbr backup diff --against` does."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from agent.dataplane import Progress
 from agent.dataplane.tree_backup import backup_tree
 from cbr.repo import Repository, TreeContent
-from cbr.repo.diff import Change, Options, Summary, diff_trees, display_path
-from cbr.repo.tree import EntryType, TreeEntry, decode_tree, root_entry
+from cbr.repo.objects.diff import Change, Options, Summary, diff_trees, display_path
+from cbr.repo.objects.tree import EntryType, TreeEntry, decode_tree, root_entry
 from cbr.storage.local import LocalBackend
 from cli.diff_cmd import local_entry, scan
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cbr.repo.blob import BlobType
-from cbr.repo.disk_map import (
+from cbr.repo.content.blob import BlobType
+from cbr.repo.errors import FormatError
+from cbr.repo.objects.disk_map import (
     DiskMapBuilder,
     DiskMapReader,
     block_count,
@@ -17,7 +18,6 @@ from cbr.repo.disk_map import (
     is_zero,
     iter_disk_map,
 )
-from cbr.repo.errors import FormatError
 from cbr.repo.repository import Repository
 from cbr.storage.local import LocalBackend
 

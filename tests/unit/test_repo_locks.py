@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from cbr.repo import layout
-from cbr.repo.locks import Lock, LockConflict, LockLost, list_locks, live_locks, storage_now
+from cbr.repo.maintenance.locks import (
+    Lock,
+    LockConflict,
+    LockLost,
+    list_locks,
+    live_locks,
+    storage_now,
+)
 from cbr.storage import StorageError
 from cbr.storage.local import LocalBackend
 from tests.support.faulty import Fault, FaultyBackend
@@ -129,7 +136,7 @@ def test_a_prune_backs_off_when_another_appears_after_it_wrote_its_lock(
 
 def _prune_lock_of_a_killed_process(root: Path) -> str:
     """A real process takes a prune lock and is killed holding it."""
-    code = ("import os, sys; from cbr.repo.locks import Lock; "
+    code = ("import os, sys; from cbr.repo.maintenance.locks import Lock; "
             "from cbr.storage.local import LocalBackend; "
             f"lock = Lock(LocalBackend({str(root)!r}), 'prune').start(); "
             "print(lock.lock_id, flush=True); os.kill(os.getpid(), 9)")

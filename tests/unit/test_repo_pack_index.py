@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cbr.repo.blob import FLAG_COMPRESSED, BlobType, decode_blob, encode_blob
-from cbr.repo.crypto import DataKey, new_data_key
+from cbr.repo.content.blob import FLAG_COMPRESSED, BlobType, decode_blob, encode_blob
+from cbr.repo.content.crypto import DataKey, new_data_key
+from cbr.repo.content.ids import ChunkHasher, new_chunk_key, new_key_id, object_id_of_parts
+from cbr.repo.content.index import BYTES_PER_CHUNK, Index, decode_index, encode_index
+from cbr.repo.content.pack import TAIL_READ, PackEntry, PackWriter, read_pack_header
 from cbr.repo.errors import FormatError
-from cbr.repo.ids import ChunkHasher, new_chunk_key, new_key_id, object_id_of_parts
-from cbr.repo.index import BYTES_PER_CHUNK, Index, decode_index, encode_index
-from cbr.repo.pack import TAIL_READ, PackEntry, PackWriter, read_pack_header
 from cbr.storage.local import LocalBackend
 
 HASHER = ChunkHasher(new_key_id(), new_chunk_key())

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from cbr.repo import Manifest, Repository, Resource, layout
-from cbr.repo.blob import BlobType
-from cbr.repo.disk_map import DiskMapBuilder
-from cbr.repo.locks import Lock, LockConflict, live_locks
-from cbr.repo.manifest import TreeContent
-from cbr.repo.prune import delete_backup, prune
-from cbr.repo.tree import EntryType, TreeEntry, encode_chunk_list, encode_tree
-from cbr.repo.verify import verify
-from cbr.repo.walk import complete_manifests, iter_reachable
+from cbr.repo.content.blob import BlobType
+from cbr.repo.maintenance.locks import Lock, LockConflict, live_locks
+from cbr.repo.maintenance.prune import delete_backup, prune
+from cbr.repo.maintenance.verify import verify
+from cbr.repo.maintenance.walk import complete_manifests, iter_reachable
+from cbr.repo.objects.disk_map import DiskMapBuilder
+from cbr.repo.objects.manifest import TreeContent
+from cbr.repo.objects.tree import EntryType, TreeEntry, encode_chunk_list, encode_tree
 from cbr.storage import StorageError
 from cbr.storage.local import LocalBackend
 from tests.support.faulty import Fault, FaultyBackend
@@ -247,7 +247,7 @@ def test_a_pack_written_again_after_the_mark_is_not_deleted(tmp_path: Path,
         late = _open(tmp_path)  # started after the mark: b1's blocks are in no index
         for block in blocks:
             late.save_blob(BlobType.DATA, block)
-        late._wait_uploads()  # the same pack id, stored again, not yet indexed
+        late.content._wait_uploads()  # the same pack id, stored again, not yet indexed
         report = prune(_open(tmp_path))  # sweeps the first record: the pack stays
         assert any("rewritten after the mark" in n for n in report.notes)
         assert report.pending_sweeps == 1  # its own mark waits for this writer

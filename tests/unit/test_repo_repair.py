@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from cbr.repo import Repository
-from cbr.repo.blob import BlobType
-from cbr.repo.manifest import TreeContent
-from cbr.repo.prune import delete_backup, prune
-from cbr.repo.repair import repair
-from cbr.repo.tree import EntryType, TreeEntry, encode_tree
-from cbr.repo.verify import verify
-from cbr.repo.walk import complete_manifests, iter_reachable
+from cbr.repo.content.blob import BlobType
+from cbr.repo.maintenance.prune import delete_backup, prune
+from cbr.repo.maintenance.repair import repair
+from cbr.repo.maintenance.verify import verify
+from cbr.repo.maintenance.walk import complete_manifests, iter_reachable
+from cbr.repo.objects.manifest import TreeContent
+from cbr.repo.objects.tree import EntryType, TreeEntry, encode_tree
 from cbr.storage.local import TEMP_PREFIX, LocalBackend
 from tests.unit.test_repo_prune import BLOCK, _blocks, _disk, _manifest, _open
 from tests.unit.test_repo_repository import WRAPPER
@@ -186,7 +186,7 @@ def test_repair_indexes_the_packs_of_a_writer_still_running_and_its_backup_finis
     vault.close()
     writer = Repository.open(LocalBackend(tmp_path / "vault"))
     writer.save_blob(BlobType.DATA, os.urandom(5 * BLOCK))  # a whole pack, stored at once
-    writer._wait_uploads()
+    writer.content._wait_uploads()
     assert _open(tmp_path).list_unindexed_packs()
     report = repair(_open(tmp_path))
     assert report.packs_reindexed == 1 and report.damaged_packs == []

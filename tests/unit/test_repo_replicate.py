@@ -22,13 +22,14 @@ from cbr.repo import (
     Repository,
     Resource,
     TreeContent,
-    blob,
     layout,
 )
 from cbr.repo import replicate as replicate_module
-from cbr.repo.blob import FLAG_COMPRESSED, BlobType
-from cbr.repo.crypto import AesKeyWrapper, new_data_key
-from cbr.repo.manifest import Content
+from cbr.repo.content import blob
+from cbr.repo.content.blob import FLAG_COMPRESSED, BlobType
+from cbr.repo.content.crypto import AesKeyWrapper, new_data_key
+from cbr.repo.maintenance.walk import iter_reachable
+from cbr.repo.objects.manifest import Content
 from cbr.repo.replicate import (
     IMPORT_INDEX_EVERY_PACKS,
     ReplicaSource,
@@ -38,7 +39,6 @@ from cbr.repo.replicate import (
     replica_manifests,
     replicate,
 )
-from cbr.repo.walk import iter_reachable
 from cbr.storage.local import LocalBackend
 
 MiB = 1 << 20

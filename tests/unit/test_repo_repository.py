@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cbr.repo import blob, layout
-from cbr.repo.blob import BlobType
-from cbr.repo.crypto import AesKeyWrapper, new_data_key
+from cbr.repo import layout
+from cbr.repo.content import blob
+from cbr.repo.content.blob import BlobType
+from cbr.repo.content.crypto import AesKeyWrapper, new_data_key
 from cbr.repo.errors import (
     ChunkNotFound,
     IntegrityError,
@@ -26,7 +27,7 @@ from cbr.repo.errors import (
     UnsupportedVersion,
     VaultExists,
 )
-from cbr.repo.manifest import DiskContent, Manifest, Resource, TreeContent
+from cbr.repo.objects.manifest import DiskContent, Manifest, Resource, TreeContent
 from cbr.repo.repository import Repository
 from cbr.storage import Backend, StorageError
 from cbr.storage.backend import BackendWrapper
@@ -170,7 +171,7 @@ def test_a_pack_without_its_index_is_invisible_until_recovered(tmp_path: Path) -
     crashed = _init(tmp_path, True, pack_size=1 << 16)
     payload = os.urandom(100_000)
     cid = crashed.save_blob(BlobType.DATA, payload)  # closes a pack at once (> target)
-    crashed._wait_uploads()  # stored in the background
+    crashed.content._wait_uploads()  # stored in the background
     assert len(_files(tmp_path, "data")) == 1 and not _files(tmp_path, "index")
     # the writer "crashes" here: no flush, no index file
     reader = _open(tmp_path)
@@ -191,11 +192,11 @@ def test_a_pack_without_its_index_is_invisible_until_recovered(tmp_path: Path) -
 
 def test_index_files_are_written_every_n_packs_before_flush(tmp_path: Path) -> None:
     repo = _init(tmp_path, False, pack_size=1 << 16)
-    repo._index_every_packs = 2
-    repo._max_in_flight = 1  # one upload thread: packs are stored in order
+    repo.content._index_every_packs = 2
+    repo.content._max_in_flight = 1  # one upload thread: packs are stored in order
     for _ in range(5):
         repo.save_blob(BlobType.DATA, os.urandom(70_000))
-    repo._wait_uploads()
+    repo.content._wait_uploads()
     assert len(_files(tmp_path, "index")) == 2
     assert len(_open(tmp_path).index) == 4
 
@@ -204,14 +205,14 @@ def test_an_index_file_is_written_once_the_oldest_unindexed_pack_is_old_enough(
         tmp_path: Path) -> None:
     """Issue 19: a backup killed before 16 packs reused nothing."""
     repo = _init(tmp_path, False, pack_size=1 << 16)
-    repo._max_in_flight = 1
-    repo._index_every_seconds = 0.5
+    repo.content._max_in_flight = 1
+    repo.content._index_every_seconds = 0.5
     repo.save_blob(BlobType.DATA, os.urandom(70_000))  # closes one pack
-    repo._wait_uploads()
+    repo.content._wait_uploads()
     assert _files(tmp_path, "index") == []  # one pack, just stored: not yet
     time.sleep(0.6)
     repo.save_blob(BlobType.DATA, os.urandom(70_000))  # the next pack stored is the cue
-    repo._wait_uploads()
+    repo.content._wait_uploads()
     assert len(_files(tmp_path, "index")) == 1
     assert len(_open(tmp_path).index) == 2  # both packs' blobs, without flush
 
@@ -351,10 +352,10 @@ def test_an_upload_error_surfaces_on_the_next_save_and_flush_and_is_never_indexe
     faulty = FaultyBackend(LocalBackend(tmp_path))
     faulty.add("put_stream", Fault(error=StorageError("disk on fire"), skip=1))
     repo = Repository.open(faulty)
-    repo._max_in_flight = 1
+    repo.content._max_in_flight = 1
     repo.save_blob(BlobType.DATA, os.urandom(70_000))  # stored
     lost = repo.save_blob(BlobType.DATA, os.urandom(70_000))  # fails in the background
-    repo._wait_uploads()
+    repo.content._wait_uploads()
     with pytest.raises(StorageError, match="fire"):
         repo.save_blob(BlobType.DATA, os.urandom(10))
     with pytest.raises(StorageError, match="fire"):

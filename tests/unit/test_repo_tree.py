@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from cbr.repo.chunker import make_chunker
 from cbr.repo.config import ChunkerParams
+from cbr.repo.content.ids import ChunkHasher, new_chunk_key, new_key_id
 from cbr.repo.errors import FormatError, UnsafeName
-from cbr.repo.ids import ChunkHasher, new_chunk_key, new_key_id
-from cbr.repo.tree import (
+from cbr.repo.objects.chunker import make_chunker
+from cbr.repo.objects.tree import (
     EntryType,
     TreeEntry,
     decode_chunk_list,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cbr.repo import Repository, layout
-from cbr.repo.blob import BlobType
-from cbr.repo.index import Location
-from cbr.repo.verify import verify
+from cbr.repo.content.blob import BlobType
+from cbr.repo.content.index import Location
+from cbr.repo.maintenance.verify import verify
 from cbr.storage.backend import BackendWrapper
 from cbr.storage.local import LocalBackend
 from tests.unit.test_repo_prune import BLOCK, _blocks, _disk, _manifest, _open, _tree

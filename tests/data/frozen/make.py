@@ -22,7 +22,7 @@ from agent.dataplane import Progress
 from agent.dataplane.disk import backup_disk
 from agent.dataplane.tree_backup import backup_tree
 from cbr.repo import Manifest, Repository, Resource
-from cbr.repo.crypto import AesKeyWrapper
+from cbr.repo.content.crypto import AesKeyWrapper
 from cbr.storage.local import LocalBackend
 
 HERE = Path(__file__).resolve().parent

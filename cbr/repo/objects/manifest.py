@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cbr.repo.config import parse_utc, utc_text
+from cbr.repo.content.ids import ID_SIZE, KEY_ID_SIZE, parse_hex_id
 from cbr.repo.errors import FormatError, UnsupportedVersion
-from cbr.repo.ids import ID_SIZE, KEY_ID_SIZE, parse_hex_id
 
 MANIFEST_VERSION = 1
 

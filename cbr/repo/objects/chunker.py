@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pyfastcdc
 
 from cbr.repo.config import ChunkerParams
-from cbr.repo.ids import ChunkHasher
+from cbr.repo.content.ids import ChunkHasher
 
 
 def make_chunker(params: ChunkerParams, hasher: ChunkHasher) -> pyfastcdc.FastCDC:

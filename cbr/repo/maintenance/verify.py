@@ -11,7 +11,7 @@ Memory: one pack (``read_data``), one segment or directory of a walk, the
 sizes of the stored packs, and the damaged chunks found; never a backup's
 whole chunk list.
 
-This module only reads; it must not repair (:mod:`cbr.repo.repair` does,
+This module only reads; it must not repair (:mod:`cbr.repo.maintenance.repair` does,
 and deleting a damaged backup is the user's call).
 """
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cbr.repo import layout
+from cbr.repo.content.index import Location
+from cbr.repo.content.pack import TRAILER_SIZE, PackEntry, decode_header, parse_trailer
 from cbr.repo.errors import FormatError, IntegrityError, RepoError
-from cbr.repo.index import Location
-from cbr.repo.manifest import Manifest
-from cbr.repo.pack import TRAILER_SIZE, PackEntry, decode_header, parse_trailer
+from cbr.repo.maintenance.walk import complete_manifests, iter_reachable
+from cbr.repo.objects.manifest import Manifest
 from cbr.repo.repository import Repository
-from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage import ObjectNotFound, StorageError
 
 

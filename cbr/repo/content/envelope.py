@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import zstandard
 
-from cbr.repo.blob import FLAG_COMPRESSED, FLAG_ENCRYPTED, check_flags, compress
-from cbr.repo.crypto import DataKey, DecryptFailed
+from cbr.repo.content.blob import FLAG_COMPRESSED, FLAG_ENCRYPTED, check_flags, compress
+from cbr.repo.content.crypto import DataKey, DecryptFailed
+from cbr.repo.content.ids import KEY_ID_SIZE
 from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable, UnsupportedVersion
-from cbr.repo.ids import KEY_ID_SIZE
 
 ENVELOPE_VERSION = 1
 INDEX_MAGIC = b"CBRI"

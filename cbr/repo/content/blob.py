@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import zstandard
 
-from cbr.repo.crypto import DataKey, DecryptFailed
+from cbr.repo.content.crypto import DataKey, DecryptFailed
+from cbr.repo.content.ids import ChunkHasher
 from cbr.repo.errors import FormatError, IntegrityError
-from cbr.repo.ids import ChunkHasher
 
 FLAG_COMPRESSED = 0x01
 FLAG_ENCRYPTED = 0x02

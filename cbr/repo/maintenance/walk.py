@@ -14,19 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from cbr.repo.blob import BlobType
-from cbr.repo.disk_map import decode_segment
+from cbr.repo.content.blob import BlobType
+from cbr.repo.content.ids import ID_SIZE
 from cbr.repo.errors import ChunkNotFound, ManifestNotFound, RepoError
-from cbr.repo.ids import ID_SIZE
-from cbr.repo.manifest import DiskContent, Manifest, TreeContent
-from cbr.repo.repository import Repository
-from cbr.repo.tree import (
+from cbr.repo.objects.disk_map import decode_segment
+from cbr.repo.objects.manifest import DiskContent, Manifest, TreeContent
+from cbr.repo.objects.tree import (
     TreeEntry,
     TreeRefs,
     decode_chunk_list,
     decode_tree,
     decode_tree_refs,
 )
+from cbr.repo.repository import Repository
 
 BlobLoader = Callable[[bytes, bytes], bytes]
 """``load(key_id, chunk_id) -> verified plaintext`` of a metadata blob."""

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cbr.repo.content.ids import ID_SIZE, parse_hex_id
 from cbr.repo.errors import FormatError, UnsafeName, UnsupportedVersion
-from cbr.repo.ids import ID_SIZE, parse_hex_id
 
 TREE_VERSION = 1
 MAX_INLINE_CHUNKS = 8192

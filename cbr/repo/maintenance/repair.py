@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cbr.repo import layout
-from cbr.repo.blob import EncodedBlob
+from cbr.repo.content.blob import EncodedBlob
+from cbr.repo.content.index import Index
+from cbr.repo.content.pack import PackEntry
 from cbr.repo.errors import FormatError, IntegrityError
-from cbr.repo.index import Index
-from cbr.repo.locks import LOCK_REFRESH, LOCK_STALE, Lock
-from cbr.repo.pack import PackEntry
-from cbr.repo.prune import ABANDONED_AFTER
+from cbr.repo.maintenance.locks import LOCK_REFRESH, LOCK_STALE, Lock
+from cbr.repo.maintenance.prune import ABANDONED_AFTER
+from cbr.repo.maintenance.verify import PackCheck, check_pack, verify
 from cbr.repo.repository import Repository
-from cbr.repo.verify import PackCheck, check_pack, verify
 from cbr.storage import ObjectInfo, ObjectNotFound
 
 LIST_LIMIT = 100
@@ -93,7 +93,7 @@ def repair(repo: Repository, *, dry_run: bool = False, task_id: str = "",
     """Repairs the vault (section 13.1) and reports which backups are still
     damaged; ``dry_run`` reports the same without writing anything.
 
-    Raises :class:`cbr.repo.locks.LockConflict` when a prune or another
+    Raises :class:`cbr.repo.maintenance.locks.LockConflict` when a prune or another
     repair runs; storage errors propagate (nothing half-done is left: every
     write is new-first).
     """

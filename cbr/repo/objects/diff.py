@@ -24,7 +24,7 @@ import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cbr.repo.tree import EntryType, TreeEntry
+from cbr.repo.objects.tree import EntryType, TreeEntry
 
 Lister = Callable[[bytes, TreeEntry], Sequence[TreeEntry]]
 """``list(path, directory entry) -> its entries``; ``path`` is the directory's

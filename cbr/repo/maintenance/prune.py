@@ -35,14 +35,14 @@ from typing import Any
 
 from cbr.clock import utc_now
 from cbr.repo import layout
-from cbr.repo.blob import EncodedBlob
+from cbr.repo.content.blob import EncodedBlob
+from cbr.repo.content.ids import KEY_ID_SIZE
+from cbr.repo.content.index import Index, Location
+from cbr.repo.content.pack import PackEntry
 from cbr.repo.errors import FormatError, IntegrityError, ManifestNotFound, RepoError
-from cbr.repo.ids import KEY_ID_SIZE
-from cbr.repo.index import Index, Location
-from cbr.repo.locks import LOCK_REFRESH, LOCK_STALE, Lock, is_lock_name, live_locks
-from cbr.repo.pack import PackEntry
+from cbr.repo.maintenance.locks import LOCK_REFRESH, LOCK_STALE, Lock, is_lock_name, live_locks
+from cbr.repo.maintenance.walk import complete_manifests, iter_reachable
 from cbr.repo.repository import Repository
-from cbr.repo.walk import complete_manifests, iter_reachable
 from cbr.storage import Backend, ObjectNotFound
 
 ABANDONED_AFTER = 2 * LOCK_STALE
@@ -280,7 +280,7 @@ def prune(repo: Repository, *, task_id: str = "", stale: dt.timedelta = LOCK_STA
     seconds for the recorded locks; what is still waiting is reported as
     ``pending_sweeps`` for a later run).
 
-    Raises :class:`cbr.repo.locks.LockConflict` when another prune runs.
+    Raises :class:`cbr.repo.maintenance.locks.LockConflict` when another prune runs.
     """
     report = PruneReport()
     with Lock.acquire(repo.backend, kind="prune", task_id=task_id, stale=stale,

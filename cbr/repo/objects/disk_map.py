@@ -17,10 +17,10 @@ from array import array
 from collections.abc import Iterator
 from typing import Protocol
 
-from cbr.repo.blob import BlobType
+from cbr.repo.content.blob import BlobType
+from cbr.repo.content.ids import ID_SIZE
 from cbr.repo.errors import FormatError, UnsupportedVersion
-from cbr.repo.ids import ID_SIZE
-from cbr.repo.manifest import DiskContent
+from cbr.repo.objects.manifest import DiskContent
 
 SEGMENT_MAGIC = b"CBRS"
 SEGMENT_VERSION = 1

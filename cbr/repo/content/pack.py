@@ -5,7 +5,7 @@ This module owns the pack byte layout: :class:`PackWriter` accumulates
 encoded blobs up to a target size and emits the pack as parts plus its id
 (SHA-256, computed incrementally) and entries; :func:`read_pack_header`
 parses a stored pack's header from its tail with range reads. It must not
-decide which blobs go where (the repository does) nor keep an index.
+decide which blobs go where (the content store does) nor keep an index.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cbr.repo.blob import (
+from cbr.repo.content.blob import (
     FLAG_COMPRESSED,
     FLAG_ENCRYPTED,
     BlobType,
@@ -25,9 +25,9 @@ from cbr.repo.blob import (
     decompress,
     parse_blob_type,
 )
-from cbr.repo.crypto import DataKey, DecryptFailed
+from cbr.repo.content.crypto import DataKey, DecryptFailed
+from cbr.repo.content.ids import KEY_ID_SIZE
 from cbr.repo.errors import FormatError, IntegrityError, KeyUnavailable, UnsupportedVersion
-from cbr.repo.ids import KEY_ID_SIZE
 from cbr.storage.backend import Backend
 
 PACK_VERSION = 1

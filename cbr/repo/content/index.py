@@ -3,8 +3,8 @@
 This module owns the binary index-file plaintext (48-byte records grouped by
 pack) and :class:`Index`, the merged map ``(chunk-id key id, chunk id) ->
 location`` held in flat sorted arrays (58 bytes per chunk) rather than Python
-objects per chunk. It must not read or write storage; the repository loads
-and stores index files through the envelope.
+objects per chunk. It must not read or write storage; the content store
+(``files``) loads and stores index files through the envelope.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from cbr.repo.blob import BlobType, check_flags, parse_blob_type
+from cbr.repo.content.blob import BlobType, check_flags, parse_blob_type
+from cbr.repo.content.ids import ID_SIZE, KEY_ID_SIZE
+from cbr.repo.content.pack import PackEntry
 from cbr.repo.errors import FormatError
-from cbr.repo.ids import ID_SIZE, KEY_ID_SIZE
-from cbr.repo.pack import PackEntry
 
 INDEX_PLAIN_MAGIC = b"CBRX"
 MAX_BLOBS_PER_INDEX_FILE = 65536
