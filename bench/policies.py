@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, controller
-from bench.api import Worker, split, wait_inventories, wait_online
+from bench.agent_workers import Worker, split, wait_inventories, wait_online
 from cbr.client import Client
 from cbr.v1 import common_pb2, policy_pb2, protectable_pb2, vault_pb2
 

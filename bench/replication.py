@@ -58,20 +58,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench import corpus
-from bench.data import (
-    ROOT,
-    BenchFailed,
-    Runner,
-    Step,
-    ensure_restic,
-    file_hash,
-    log,
-    profiler,
-    render_profile,
-    run_rounds,
-    tree_differences,
-)
+from bench.measure import BenchFailed, file_hash, log, tree_differences
+from bench.profiles import profiler, render_profile
 from bench.replication_worker import make_tls
+from bench.runner import ROOT, Runner, Step, run_rounds
+from bench.tools import ensure_restic
 
 CASES = ("first", "incremental")
 SPEEDUP_TARGETS = {"first": 2.0}

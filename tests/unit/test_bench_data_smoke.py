@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import data
+from bench import measure, profiles
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ["disk_full", "disk_incremental", "disk_incremental_cbt", "tree_full",
@@ -89,13 +89,13 @@ def test_tree_differences_sees_modes_links_and_contents(tmp_path: Path) -> None:
         (root / "d" / "f").write_bytes(b"same")
         (root / "x").write_bytes(b"x")
         os.symlink("d/f", root / "link")
-    assert data.tree_differences(a, b) == []
+    assert measure.tree_differences(a, b) == []
     (b / "x").chmod(0o700)
     (b / "d" / "f").write_bytes(b"diff")
     (b / "link").unlink()
     os.symlink("x", b / "link")
     (b / "extra").write_bytes(b"")
-    found = " ".join(data.tree_differences(a, b))
+    found = " ".join(measure.tree_differences(a, b))
     for what in ("mode of x", "content of d/f", "link target of link", "extra extra"):
         assert what in found, found
 
@@ -109,7 +109,7 @@ def test_corpus_is_deterministic(tmp_path: Path, scale: float) -> None:
     assert corpus.make_disk(one, scale) == corpus.make_disk(two, scale)
     corpus.mutate_disk(one, scale)
     corpus.mutate_disk(two, scale)
-    assert data.file_hash(one) == data.file_hash(two)
+    assert measure.file_hash(one) == measure.file_hash(two)
 
 
 def test_profile_summary_and_flame_graph(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_profile_summary_and_flame_graph(tmp_path: Path) -> None:
         "main (a.py:1);<listcomp> (a.py:2);work & more (b.py:3) 6\n"
         "Thread.run (threading.py:9);_worker (concurrent/futures/thread.py:81) 3\n"
         "<module> (w.py:1);_find_and_load (<frozen importlib._bootstrap>:1) 1\n")
-    summary = data.render_profile(raw, tmp_path / "p.svg", "t")
+    summary = profiles.render_profile(raw, tmp_path / "p.svg", "t")
     ET.parse(tmp_path / "p.svg")
     assert summary["samples"] == 10
     assert (summary["waiting_pct"], summary["imports_pct"]) == (30.0, 10.0)

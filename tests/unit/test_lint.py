@@ -98,3 +98,23 @@ def test_no_floor_imports_a_higher_one() -> None:
                     if any(name == f or name.startswith(f + ".") for f in forbidden):
                         found.append(f"{path.relative_to(ROOT)} imports {name}")
     assert found == [], "imports from a lower floor to a higher one: " + "; ".join(found)
+
+
+MAX_LINES = 600
+FIRST_PARTY = ("agent", "controller", "cli", "cbr", "scripts", "bench", "tests")
+NOT_FIRST_PARTY_DIRS = {".venv", "build", "__pycache__", "node_modules"}
+
+
+def test_no_first_party_file_is_over_600_lines() -> None:
+    """A file a newcomer can read whole (issue 21): a longer one holds more
+    than one concern, and is split along them. Generated stubs and migration
+    scripts do not count."""
+    migrations = ROOT / "controller" / "persistence" / "migrations" / "versions"
+    lines = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+             for top in FIRST_PARTY
+             for path in sorted((ROOT / top).rglob("*.py"))
+             if not path.match("*_pb2*.py")
+             and not NOT_FIRST_PARTY_DIRS & set(path.relative_to(ROOT).parts)
+             and not path.is_relative_to(migrations)}
+    over = [f"{name} ({n})" for name, n in sorted(lines.items()) if n > MAX_LINES]
+    assert over == [], f"first-party files over {MAX_LINES} lines: " + ", ".join(over)
