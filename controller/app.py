@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cbr.clock import Clock
 from controller.agents.pki import CA_DIR
@@ -17,6 +17,14 @@ from controller.keyring import Keyring
 from controller.kms import ROOT_KEY_FILE, RootKey
 from controller.persistence.db import Database
 from controller.storage import VaultStorage
+
+if TYPE_CHECKING:  # the parts above this module, set on it once built
+    from controller.agents.hub import AgentHub
+    from controller.agents.pki import CertificateAuthority
+    from controller.jobs.maintenance import Maintenance
+    from controller.jobs.replicator import Replicator
+    from controller.jobs.scheduler import PolicyScheduler
+    from controller.services.iam import AccessKeyCache
 
 
 @dataclass
@@ -27,20 +35,31 @@ class App:
     keyring: Keyring
     # host:port agents are told to dial; set once the agent endpoint is bound.
     agent_endpoint: str = ""
-    # The agent hub (controller.agents.hub.AgentHub), set by the wiring.
-    hub: Any = None
-    # Vault maintenance (controller.jobs.maintenance.Maintenance), set by build_app.
-    maintenance: Any = None
-    # The policy loop (controller.jobs.scheduler.PolicyScheduler), set by build_app.
-    scheduler: Any = None
-    # Cross-cloud replication (controller.jobs.replicator.Replicator), set by build_app.
-    replicator: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The agent hub, set by controller.main before the agent endpoint starts.
+    hub: AgentHub | None = None
+    # Vault maintenance, the policy loop and replication, set by build_app.
+    maintenance: Maintenance | None = None
+    scheduler: PolicyScheduler | None = None
+    replicator: Replicator | None = None
+    # Made on first use and then shared: the controller CA
+    # (controller.agents.servicer.certificate_authority) and the access key
+    # cache (controller.services.iam.access_key_cache).
+    ca: CertificateAuthority | None = None
+    access_keys: AccessKeyCache | None = None
     storage: VaultStorage = field(init=False)
+    _api_ca_pem: str | None = field(default=None, init=False, repr=False)
     _root_key: RootKey | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.storage = VaultStorage(self.config)
+
+    @property
+    def jobs(self) -> tuple[Maintenance, PolicyScheduler, Replicator]:
+        """Maintenance, the policy loop and replication of a controller that
+        serves the API (build_app makes them; a bare App in a test has none)."""
+        if self.maintenance is None or self.scheduler is None or self.replicator is None:
+            raise RuntimeError("this App was built without its jobs (use build_app)")
+        return self.maintenance, self.scheduler, self.replicator
 
     @property
     def root_key(self) -> RootKey:
@@ -62,13 +81,12 @@ class App:
         """The CA clients pin for the API: the controller's own (ca/ca.crt,
         made with the agent endpoint's), or "" when an operator's certificate
         or no TLS serves the API (then it is not ours to hand out)."""
-        cached = self.extras.get("api_ca_pem")
-        if cached is not None:
-            return str(cached)
+        if self._api_ca_pem is not None:
+            return self._api_ca_pem
         cfg = self.config
         path = cfg.data_dir / CA_DIR / "ca.crt"
         if cfg.insecure_listen or cfg.tls_cert or not path.exists():
             return ""
         # The CA lives as long as the controller: read once, not per call.
-        self.extras["api_ca_pem"] = pem = path.read_text()
+        self._api_ca_pem = pem = path.read_text()
         return pem

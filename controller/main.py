@@ -113,9 +113,10 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now(),
                         ca_pem=ca_pem)
     public.start()
-    app.maintenance.start()
-    app.scheduler.start()
-    app.replicator.start()
+    maintenance, scheduler, replicator = app.jobs
+    maintenance.start()
+    scheduler.start()
+    replicator.start()
     # Everything built so far lives as long as the process; keep it out of the
     # collector's way, so a full collection does not pause every call.
     gc.freeze()
@@ -129,13 +130,13 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
              cfg.cloud_name, cfg.region, app.db.engine.url.render_as_string(hide_password=True))
     stop.wait()
     log.info("stopping")
-    app.scheduler.stop()
-    app.replicator.stop()
+    scheduler.stop()
+    replicator.stop()
     public.stop(grace=5)
     agent_endpoint.stop()
     if app.hub is not None:
         app.hub.stop()
-    app.maintenance.stop()
+    maintenance.stop()
     app.db.dispose()
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
 

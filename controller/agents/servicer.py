@@ -28,18 +28,16 @@ from controller.app import App
 
 log = logging.getLogger("cbr.controller.agents")
 
-_CA_KEY = "agents.ca"
 _ca_lock = threading.Lock()
 
 
 def certificate_authority(app: App) -> pki.CertificateAuthority:
     """The controller CA under <data-dir>/ca, created at first use and cached on the app."""
     with _ca_lock:
-        ca = app.extras.get(_CA_KEY)
-        if ca is None:
-            ca = pki.CertificateAuthority.load_or_create(app.data_dir / pki.CA_DIR, app.clock)
-            app.extras[_CA_KEY] = ca
-        return ca  # type: ignore[no-any-return]
+        if app.ca is None:
+            app.ca = pki.CertificateAuthority.load_or_create(app.data_dir / pki.CA_DIR,
+                                                             app.clock)
+        return app.ca
 
 
 def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> tuple[str, str]:

@@ -89,7 +89,7 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
         with self.app.db.begin() as s:
             task = deletions.start_delete(s, self.project_id, request.backup_id, self.now())
             task_id = task.id
-        self.app.maintenance.submit(task_id)
+        self.maintenance.submit(task_id)
         return backup_pb2.DeleteBackupResponse(task_id=task_id)
 
     def RestoreBackup(self, request: backup_pb2.RestoreBackupRequest,
@@ -151,7 +151,7 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
             vault = s.get(Vault, b.vault_id)
             vault_url = vault.storage_url if vault is not None else ""
             backup_id = b.id
-        files = self.app.maintenance.list_files(vault_url, backup_id, request.path)
+        files = self.maintenance.list_files(vault_url, backup_id, request.path)
         return backup_pb2.ListBackupFilesResponse(files=files)
 
     def DiffBackups(self, request: backup_pb2.DiffBackupsRequest,

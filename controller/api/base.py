@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from controller.api.caller import Caller, current_caller
 from controller.app import App
+from controller.jobs.maintenance import Maintenance
 
 
 class Servicer:
@@ -25,6 +26,10 @@ class Servicer:
     @property
     def project_id(self) -> str:
         return current_caller().account_id
+
+    @property
+    def maintenance(self) -> Maintenance:
+        return self.app.jobs[0]
 
     def policy_changed(self, policy_id: str) -> None:
         """The policy loop follows a changed policy or association at once

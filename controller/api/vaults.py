@@ -107,7 +107,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             task_id = deletions.start_vault_delete(s, self.project_id, request.vault_id,
                                               self.now())
-        self.app.maintenance.submit(task_id)
+        self.maintenance.submit(task_id)
         return vault_pb2.DeleteVaultResponse(task_id=task_id)
 
     def AddVaultResources(self, request: vault_pb2.AddVaultResourcesRequest,
@@ -125,7 +125,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             task_ids = deletions.start_remove_resources(s, self.project_id, request.vault_id,
                                                    list(request.resource_ids), self.now())
         for task_id in task_ids:
-            self.app.maintenance.submit(task_id)
+            self.maintenance.submit(task_id)
         return vault_pb2.RemoveVaultResourcesResponse(
             remove_resource_ids=list(request.resource_ids), task_ids=task_ids)
 
@@ -157,7 +157,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "verify",
                                                self.now(), read_data=request.read_data)
-        self.app.maintenance.submit(task_id)
+        self.maintenance.submit(task_id)
         return vault_pb2.VerifyVaultResponse(task_id=task_id)
 
     def PruneVault(self, request: vault_pb2.PruneVaultRequest,
@@ -165,7 +165,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "prune",
                                                self.now())
-        self.app.maintenance.submit(task_id)
+        self.maintenance.submit(task_id)
         return vault_pb2.PruneVaultResponse(task_id=task_id)
 
     def RepairVault(self, request: vault_pb2.RepairVaultRequest,
@@ -173,13 +173,13 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "repair",
                                                self.now(), dry_run=request.dry_run)
-        self.app.maintenance.submit(task_id)
+        self.maintenance.submit(task_id)
         return vault_pb2.RepairVaultResponse(task_id=task_id)
 
     def ImportVaultStorage(
             self, request: vault_pb2.ImportVaultStorageRequest,
             context: grpc.ServicerContext) -> vault_pb2.ImportVaultStorageResponse:
-        result = self.app.maintenance.import_storage(
+        result = self.maintenance.import_storage(
             self.project_id, request.storage_url, request.name, request.size_gb,
             request.kms_key_id)
         with self.app.db.read() as conn:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from cbr.v1 import agent_pb2
 from controller.agents.hub import AgentHub
 from controller.app import App
+from controller.jobs.maintenance import Maintenance
 from controller.persistence.models import Checkpoint, Task
 from controller.services import (
     commands,
@@ -46,7 +47,11 @@ def register(hub: AgentHub, app: App) -> None:
         deletions = policy_runs.apply_retention(session, task, now)
         maintenance = app.maintenance
         if deletions and maintenance is not None:
-            _after_commit(session, lambda: [maintenance.submit(t) for t in deletions])
+            def start_deletions(jobs: Maintenance = maintenance) -> None:
+                for task_id in deletions:
+                    jobs.submit(task_id)
+
+            _after_commit(session, start_deletions)
         checkpoint = session.get(Checkpoint, task.checkpoint_id)
         follow = policy_runs.replication_policy_of(session, task.vault_id) \
             if checkpoint is not None and checkpoint.auto_trigger else None

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,6 +28,9 @@ from controller.keyring import Keyring
 from controller.persistence.models import AccessKey, Account, Grant, User
 from controller.services import actions
 from controller.services.actions import Caller
+
+if TYPE_CHECKING:
+    from controller.app import App
 
 log = logging.getLogger("cbr.controller.iam")
 
@@ -102,13 +105,12 @@ class ResolvedKey:
     caller: Caller
 
 
-def access_key_cache(app: Any) -> AccessKeyCache:
+def access_key_cache(app: App) -> AccessKeyCache:
     """The controller's one key cache: the auth interceptor reads it, IAM
     changes clear it (so on this controller they take effect at once)."""
-    cache = app.extras.get("access_key_cache")
-    if cache is None:
-        cache = app.extras["access_key_cache"] = AccessKeyCache(app)
-    return cache  # type: ignore[no-any-return]
+    if app.access_keys is None:
+        app.access_keys = AccessKeyCache(app)
+    return app.access_keys
 
 
 class AccessKeyCache:
