@@ -29,7 +29,7 @@ from agent.config import AgentConfig
 from agent.executor import Executor, result_message
 from agent.journal import Journal
 from agent.state import Identity, StateDir
-from cbr import __version__
+from cbr import __version__, limits
 from cbr.clock import wall_time
 from cbr.v1 import agent_pb2, agent_pb2_grpc
 
@@ -37,7 +37,7 @@ log = logging.getLogger("cbr.agent")
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
-DEFAULT_HEARTBEAT_S = 5.0
+DEFAULT_HEARTBEAT_S = float(limits.HEARTBEAT_INTERVAL_S)
 # Results of tasks finished this recently are sent again on every connect,
 # in case the controller never saw them (it ignores repeats).
 RESEND_RESULTS = 20

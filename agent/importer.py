@@ -32,7 +32,7 @@ import grpc
 
 from agent.commands.storage import TaskKeys, open_storage
 from agent.replication import chunk_from_pb
-from cbr import errors, faults
+from cbr import errors, faults, limits
 from cbr.clock import utc_now
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.repo import Manifest, Repository
@@ -46,9 +46,7 @@ log = logging.getLogger("cbr.agent.importer")
 
 Clock = Callable[[], dt.datetime]
 
-MAX_MESSAGE_BYTES = 16 << 20
-"""Largest import step an importer accepts: a put holds up to
-``cbr.repo.replicate.PUT_BYTES`` plus one maximal chunk, with room to spare."""
+MAX_MESSAGE_BYTES = limits.IMPORT_MESSAGE_BYTES
 
 
 READ_AHEAD = 3

@@ -1,4 +1,4 @@
-"""Limits and defaults of the API, each defined once."""
+"""Limits, defaults and names of the API, each defined once, for every process."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ AGENT_OFFLINE_AFTER_S = 15
 # Restore roots an agent may report, and the longest path kept of each.
 RESTORE_ROOTS_MAX = 64
 PATH_MAX_LENGTH = 4096
+# Largest message an agent sends on its stream (an inventory of many protectables).
+AGENT_MESSAGE_BYTES = 16 * 1024 * 1024
+# Largest step of a replication stream an importer accepts: a put holds up to
+# cbr.repo.replicate.PUT_BYTES plus one maximal chunk, with room to spare.
+IMPORT_MESSAGE_BYTES = 16 * 1024 * 1024
+# The reference model's resource type of each kind of protected object.
+RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
+                  "turbo": "OS::Sfs::Turbo"}

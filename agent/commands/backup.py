@@ -33,14 +33,13 @@ from agent.dataplane import (
 from agent.dataplane import disk as disk_engine
 from agent.dataplane import snapshot as snapshots
 from cbr.clock import utc_now
+from cbr.limits import RESOURCE_TYPES
 from cbr.repo import DiskContent, Manifest, Repository, Resource, TreeContent
 from cbr.repo.errors import IntegrityError, ManifestNotFound
 from cbr.v1 import agent_pb2
 
 log = logging.getLogger("cbr.agent")
 
-RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
-                  "turbo": "OS::Sfs::Turbo"}
 
 
 def _find(config: AgentConfig, local_id: str) -> ServerSpec | SingleDiskSpec | FileSystemSpec:

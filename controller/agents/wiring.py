@@ -12,6 +12,7 @@ import logging
 
 import grpc
 
+from cbr import limits
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.v1 import agent_pb2_grpc
 from controller.agents.servicer import AgentEndpointServicer, certificate_authority
@@ -31,7 +32,7 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", limits.AGENT_MESSAGE_BYTES),
 ]
 
 

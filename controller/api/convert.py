@@ -18,6 +18,7 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cbr import errors, tls
+from cbr.limits import RESOURCE_TYPES
 from cbr.v1 import (
     backup_pb2,
     common_pb2,
@@ -31,9 +32,6 @@ from cbr.v1 import (
     vault_pb2,
 )
 from controller.persistence import models
-
-RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
-                  "turbo": "OS::Sfs::Turbo"}
 
 
 @functools.cache

@@ -34,9 +34,6 @@ from controller.persistence.models import (
 )
 from controller.services import backups, commands, keys, tasks, validation, vaults
 
-RESOURCE_TYPES = {"server": "OS::Nova::Server", "disk": "OS::Cinder::Volume",
-                  "turbo": "OS::Sfs::Turbo"}
-
 
 @dataclass(frozen=True)
 class Dispatch:
