@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from cbr import enrollment, errors, limits
 from controller.agents.pki import CertificateAuthority, certificate_fingerprint
 from controller.persistence.models import Agent, EnrollmentToken, Protectable
+from controller.services import paging
 
 log = logging.getLogger("cbr.controller.agents")
 
@@ -281,37 +282,29 @@ def list_agents(
     live: Callable[[str], LiveState | None] | None = None,
     online: bool | None = None,
     role: str = "",
-    offset: int = 0,
-    limit: int | None = None,
-) -> tuple[list[AgentView], int]:
-    """A page of the project's agents not deleted, oldest first, and the total.
+    page_size: int = 0,
+    page_token: str = "",
+) -> tuple[list[AgentView], str, int]:
+    """A page of the project's agents not deleted, oldest first, the next
+    page's token and the total.
 
-    Without a status filter the page is cut in SQL; the status filter needs
-    the live state of every agent, so then all are read and filtered here (a
-    project has hundreds of agents, not millions).
+    The status filter needs the live state of every agent, so the project's
+    agents are read and filtered here (a project has hundreds of agents, not
+    millions), and paged with the tokens of every other List call.
     """
     lookup = live or (lambda _id: None)
     stmt = select(Agent).where(Agent.project_id == project_id, Agent.revoked.is_(False))
     if role:
         stmt = stmt.where(Agent.role == role)
-    stmt = stmt.order_by(Agent.enrolled_at, Agent.id)
-    if online is None:
-        total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
-        paged = stmt.offset(offset)
-        if limit is not None:
-            paged = paged.limit(limit)
-        agents = list(session.scalars(paged))
-        counts = _counts(session, [a.id for a in agents])
-        return [_view(a, counts.get(a.id, 0), now, offline_after, lookup(a.id))
-                for a in agents], total
-    agents = list(session.scalars(stmt))
-    chosen = [a for a in agents
-              if _view(a, 0, now, offline_after, lookup(a.id)).online == online]
-    total = len(chosen)
-    page = chosen[offset:None if limit is None else offset + limit]
+    agents = list(session.scalars(stmt.order_by(Agent.enrolled_at, Agent.id)))
+    if online is not None:
+        agents = [a for a in agents
+                  if _view(a, 0, now, offline_after, lookup(a.id)).online == online]
+    page, next_token, total = paging.page_of(agents, page_size, page_token,
+                                             lambda a: (a.enrolled_at, a.id))
     counts = _counts(session, [a.id for a in page])
     return [_view(a, counts.get(a.id, 0), now, offline_after, lookup(a.id))
-            for a in page], total
+            for a in page], next_token, total
 
 
 def delete_agent(session: Session, project_id: str, agent_id: str, now: dt.datetime) -> None:

@@ -18,7 +18,7 @@ from controller.agents import convert, pki, service
 from controller.agents.servicer import certificate_authority
 from controller.api.caller import current_caller
 from controller.app import App
-from controller.services import commands, paging, tasks
+from controller.services import commands, tasks
 
 
 def register(server: grpc.aio.Server, app: App) -> None:
@@ -29,17 +29,6 @@ def register(server: grpc.aio.Server, app: App) -> None:
 
 def _live(app: App) -> Callable[[str], service.LiveState | None] | None:
     return app.hub.live_state if app.hub is not None else None
-
-
-def _page(page_size: int, page_token: str) -> tuple[int, int]:
-    size = paging.page_size(page_size)
-    try:
-        offset = int(page_token) if page_token else 0
-    except ValueError:
-        raise errors.InvalidParameter("page_token is not one this controller gave.") from None
-    if offset < 0:
-        raise errors.InvalidParameter("page_token is not one this controller gave.")
-    return size, offset
 
 
 class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
@@ -117,17 +106,16 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore
 
     def ListAgents(self, request: Any, context: grpc.ServicerContext) -> Any:
         app = self._app
-        size, offset = _page(request.page_size, request.page_token)
         online = {agent_pb2.AGENT_STATUS_ONLINE: True,
                   agent_pb2.AGENT_STATUS_OFFLINE: False}.get(request.status)
         role = convert.PB_TO_ROLE.get(request.role, "")
         with app.db.begin() as session:
-            page, total = service.list_agents(
+            page, next_token, total = service.list_agents(
                 session, current_caller().account_id, now=app.clock.now(),
                 offline_after=app.config.agent_offline_after, live=_live(app),
-                online=online, role=role, offset=offset, limit=size,
+                online=online, role=role, page_size=request.page_size,
+                page_token=request.page_token,
             )
-        next_token = str(offset + size) if offset + size < total else ""
         return agent_pb2.ListAgentsResponse(
             agents=[convert.agent_to_pb(v) for v in page], next_page_token=next_token,
             total_count=total,

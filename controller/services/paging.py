@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Integer, Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
@@ -40,6 +40,24 @@ def _decode(token: str) -> tuple[dt.datetime, str]:
         raise errors.InvalidParameter(
             "page_token is not valid; pass the next_page_token of the previous response "
             "unchanged.", field="page_token") from exc
+
+
+T = TypeVar("T")
+
+
+def page_of(items: Sequence[T], requested_size: int, token: str,
+            key: Callable[[T], tuple[dt.datetime, str]]) -> tuple[list[T], str, int]:
+    """(page, next_page_token, total) of a list already in key order, with
+    the same tokens as the SQL lists: for the few lists filtered by state
+    that lives in memory (an agent's online status)."""
+    size = page_size(requested_size)
+    start = 0
+    if token:
+        after = _decode(token)
+        start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
+    page = list(items[start:start + size])
+    more = start + size < len(items)
+    return page, _encode(*key(page[-1])) if more and page else "", len(items)
 
 
 def paginate(session: Session | Connection, stmt: Select[Any], model: Any, requested_size: int,

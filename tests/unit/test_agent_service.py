@@ -208,10 +208,16 @@ def test_list_agents_pages_and_filters_by_live_status(
             ids[3]: service.LiveState(True, clock.now(), clock.now())}
     kwargs = {"now": clock.now(), "offline_after": 15.0, "live": live.get}
     with db.begin() as s:
-        page, total = service.list_agents(s, "p1", offset=1, limit=2, **kwargs)  # type: ignore[arg-type]
-        assert total == 5 and [v.name for v in page] == ["h1", "h2"]
+        first, token, total = service.list_agents(s, "p1", page_size=1, **kwargs)  # type: ignore[arg-type]
+        assert total == 5 and [v.name for v in first] == ["h0"] and token
+        page, _, _ = service.list_agents(s, "p1", page_size=2, page_token=token, **kwargs)  # type: ignore[arg-type]
+        assert [v.name for v in page] == ["h1", "h2"]
         assert [v.online for v in page] == [True, False]
-        online, n_online = service.list_agents(s, "p1", online=True, **kwargs)  # type: ignore[arg-type]
-        assert n_online == 2 and [v.id for v in online] == [ids[1], ids[3]]
-        offline, n_offline = service.list_agents(s, "p1", online=False, offset=2, **kwargs)  # type: ignore[arg-type]
-        assert n_offline == 3 and [v.id for v in offline] == [ids[4]]
+        online, end, n_online = service.list_agents(s, "p1", online=True, **kwargs)  # type: ignore[arg-type]
+        assert n_online == 2 and [v.id for v in online] == [ids[1], ids[3]] and end == ""
+        offline, token, n_offline = service.list_agents(s, "p1", online=False, page_size=2,
+                                                        **kwargs)  # type: ignore[arg-type]
+        assert n_offline == 3 and [v.id for v in offline] == [ids[0], ids[2]]
+        offline, end, _ = service.list_agents(s, "p1", online=False, page_token=token,
+                                              **kwargs)  # type: ignore[arg-type]
+        assert [v.id for v in offline] == [ids[4]] and end == ""
