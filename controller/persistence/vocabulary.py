@@ -171,7 +171,8 @@ class KeyOrigin(enum.StrEnum):
 
 class OperationType(enum.StrEnum):
     """``Task.operation_type`` (reference: operation log; wire:
-    ``OperationType``); ``verify``, ``prune`` and ``repair`` are ours."""
+    ``OperationType``); ``verify``, ``prune`` and ``repair`` are ours, and
+    ``copy`` is the reference's, which no task here is yet."""
 
     BACKUP = "backup"
     COPY = "copy"
@@ -192,7 +193,8 @@ class TaskStatus(enum.StrEnum):
     ``waiting`` -> ``running`` -> one final status (``success``, ``failed``,
     ``skipped``, ``timeout``: ``controller.services.tasks.FINAL_STATUSES``),
     which never changes again. A task may be created final (a skipped
-    replication, a resource removal with nothing to delete).
+    replication, a resource removal with nothing to delete). ``timeout`` is
+    the reference's and the wire's; nothing here sets it yet.
     """
 
     WAITING = "waiting"
