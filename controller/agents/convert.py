@@ -11,17 +11,15 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from cbr.v1 import agent_pb2, common_pb2
+from cbr.v1 import agent_pb2
 from controller.agents.service import AgentView, ReportedProtectable
+from controller.persistence.vocabulary import AgentRole
+from controller.services import commands
 
-ROLE_TO_PB = {"host": agent_pb2.AGENT_ROLE_HOST, "importer": agent_pb2.AGENT_ROLE_IMPORTER}
+ROLE_TO_PB: dict[str, agent_pb2.AgentRole] = {
+    AgentRole.HOST: agent_pb2.AGENT_ROLE_HOST, AgentRole.IMPORTER: agent_pb2.AGENT_ROLE_IMPORTER}
 PB_TO_ROLE = {v: k for k, v in ROLE_TO_PB.items()}
-TYPE_TO_PB = {
-    "server": common_pb2.OBJECT_TYPE_SERVER,
-    "disk": common_pb2.OBJECT_TYPE_DISK,
-    "turbo": common_pb2.OBJECT_TYPE_TURBO,
-}
-PB_TO_TYPE = {v: k for k, v in TYPE_TO_PB.items()}
+PB_TO_TYPE = {v: k for k, v in commands.OBJECT_TYPES.items()}
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -38,6 +38,7 @@ from cbr.v1 import agent_pb2
 from controller.agents import convert, service
 from controller.app import App
 from controller.persistence.models import Agent, Task, UtcDateTime
+from controller.persistence.vocabulary import TaskStatus
 from controller.services import commands, tasks
 
 log = logging.getLogger("cbr.controller.agents.hub")
@@ -303,17 +304,17 @@ class AgentHub:
             pending = session.scalars(
                 select(Task)
                 .where(Task.agent_id == stream.agent_id,
-                       Task.status.in_(("waiting", "running")))
+                       Task.status.in_(tasks.OPEN_STATUSES))
                 .order_by(Task.created_at)
             ).all()
             to_send = []
             for task in pending:
-                if task.status == "waiting" and task.command:
+                if task.status == TaskStatus.WAITING and task.command:
                     command = self._command_or_fail(session, task, now)
                     if command is not None:
                         to_send.append(command)
                         tasks.start_task(session, task.id, now)
-                elif task.status == "running" and task.id not in alive \
+                elif task.status == TaskStatus.RUNNING and task.id not in alive \
                         and commands.kind(task) == "import":
                     # An import survives its importer: what reached storage
                     # stays, and the source resumes once the grant is back.
@@ -322,8 +323,8 @@ class AgentHub:
                         to_send.append(command)
                         log.info("agent %s restarted during import task %s; sent again",
                                  stream.agent_id, task.id)
-                elif task.status == "running" and task.id not in alive:
-                    self._finish(session, task.id, "failed", now,
+                elif task.status == TaskStatus.RUNNING and task.id not in alive:
+                    self._finish(session, task.id, TaskStatus.FAILED, now,
                                  errors.AgentUnavailable.code,
                                  "The agent restarted while this task ran; what it did is "
                                  "not marked done. Run it again.", {})
@@ -338,7 +339,7 @@ class AgentHub:
         if sent:
             log.info("agent %s: sent %d waiting commands", stream.agent_id, sent)
 
-    def _finish(self, session: Session, task_id: str, status: str, now: dt.datetime,
+    def _finish(self, session: Session, task_id: str, status: TaskStatus, now: dt.datetime,
                 code: str, message: str, extra: dict[str, Any],
                 result: agent_pb2.CommandResult | None = None) -> Task | None:
         """Ends a task once and runs its command's result handlers in the same
@@ -376,7 +377,7 @@ class AgentHub:
 
     def _on_result(self, stream: _Stream, result: agent_pb2.CommandResult) -> None:
         extra = commands.result_info(result)
-        status = "success" if result.success else "failed"
+        status = TaskStatus.SUCCESS if result.success else TaskStatus.FAILED
         with self._app.db.begin() as session:
             task = self._own_task(session, stream, result.task_id)
             if task is None:
@@ -398,10 +399,10 @@ class AgentHub:
             command = self._command(session, task)
         except errors.CbrError as exc:
             log.warning("task %s not sent: %s", task.id, exc.message)
-            self._finish(session, task.id, "failed", now, exc.code, exc.message, {})
+            self._finish(session, task.id, TaskStatus.FAILED, now, exc.code, exc.message, {})
             return None
         if command is None:
-            self._finish(session, task.id, "failed", now, errors.NotImplementedYet.code,
+            self._finish(session, task.id, TaskStatus.FAILED, now, errors.NotImplementedYet.code,
                          "This controller cannot encode the task's command for agents.", {})
         return command
 
@@ -473,7 +474,7 @@ class AgentHub:
             return 0
         with self._app.db.read() as conn:
             rows = conn.execute(select(Task.id, Task.agent_id).where(
-                Task.status == "waiting", Task.agent_id.in_(local))).all()
+                Task.status == TaskStatus.WAITING, Task.agent_id.in_(local))).all()
         return sum(1 for task_id, agent_id in rows if self.dispatch(agent_id, task_id))
 
     def _close_silent_streams(self) -> None:

@@ -26,12 +26,12 @@ from sqlalchemy.orm import Session
 from cbr import enrollment, errors, limits
 from controller.agents.pki import CertificateAuthority, certificate_fingerprint
 from controller.persistence.models import Agent, EnrollmentToken, Protectable
+from controller.persistence.vocabulary import AgentRole, ObjectType
 from controller.services import paging
 
 log = logging.getLogger("cbr.controller.agents")
 
-ROLES = ("host", "importer")
-OBJECT_TYPES = ("server", "disk", "turbo")
+_OBJECT_TYPES = frozenset(ObjectType)
 
 
 # -- enrollment tokens -----------------------------------------------------------
@@ -150,8 +150,9 @@ def enroll(
         raise errors.InvalidParameter(
             f"The agent name must be 1 to {limits.NAME_MAX_LENGTH} characters."
         )
-    if role not in ROLES:
-        raise errors.InvalidParameter(f"role must be one of {', '.join(ROLES)}.")
+    roles = tuple(AgentRole)
+    if role not in roles:
+        raise errors.InvalidParameter(f"role must be one of {', '.join(roles)}.")
     agent = Agent(
         project_id=row.project_id,
         name=name,
@@ -165,7 +166,8 @@ def enroll(
     )
     session.add(agent)
     session.flush()
-    cert_pem = ca.issue_client_certificate(csr_pem, agent.id, importer=agent.role == "importer")
+    cert_pem = ca.issue_client_certificate(csr_pem, agent.id,
+                                           importer=agent.role == AgentRole.IMPORTER)
     agent.certificate_fingerprint = certificate_fingerprint(cert_pem)
     spent = session.execute(
         update(EnrollmentToken)
@@ -353,7 +355,7 @@ def update_identity(
              if r.startswith("/") and len(r) <= limits.PATH_MAX_LENGTH]
     if agent.restore_roots != roots:
         agent.restore_roots = roots
-    if agent.role == "importer" and agent.endpoint != endpoint[:255]:
+    if agent.role == AgentRole.IMPORTER and agent.endpoint != endpoint[:255]:
         agent.endpoint = endpoint[:255]
     if hostname and agent.hostname != hostname[:255]:
         agent.hostname = hostname[:255]
@@ -407,7 +409,7 @@ def record_inventory(
         raise errors.Unauthenticated(f"Agent {agent_id} is not enrolled.")
     items: dict[str, ReportedProtectable] = {}
     for item in reported:
-        if not item.local_id or item.object_type not in OBJECT_TYPES:
+        if not item.local_id or item.object_type not in _OBJECT_TYPES:
             raise errors.InvalidParameter(
                 f"Reported protectable {item.local_id!r} needs a local id and a type."
             )

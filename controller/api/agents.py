@@ -18,6 +18,7 @@ from controller.agents import convert, pki, service
 from controller.agents.servicer import certificate_authority
 from controller.api.caller import current_caller
 from controller.app import App
+from controller.persistence.vocabulary import AgentRole, OperationType
 from controller.services import commands, tasks
 
 
@@ -54,7 +55,7 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore
                 csr_pem=request.csr_pem,
                 name=request.name,
                 hostname=request.hostname,
-                role=convert.PB_TO_ROLE.get(request.role, "host"),
+                role=convert.PB_TO_ROLE.get(request.role, AgentRole.HOST),
                 version=request.version,
                 now=app.clock.now(),
             )
@@ -138,7 +139,7 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore
             view = service.get_agent(session, project_id, request.agent_id, now=now,
                                      offline_after=app.config.agent_offline_after)
             task = tasks.create_task(
-                session, project_id=project_id, operation_type="sync", now=now,
+                session, project_id=project_id, operation_type=OperationType.SYNC, now=now,
                 agent_id=view.id, resource_name=view.name, command=commands.sync(),
             )
             task_id = task.id

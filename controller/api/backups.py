@@ -15,6 +15,7 @@ from controller import browse
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Backup, Image, Vault
+from controller.persistence.vocabulary import BackupStatus, ImageStatus, ObjectType
 from controller.services import backups, deletions, images, paging, restores, runs, vaults
 
 
@@ -138,7 +139,7 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
                     context: grpc.ServicerContext) -> backup_pb2.DeleteImageResponse:
         with self.app.db.begin() as s:
             image = images.get_image(s, self.project_id, request.image_id)
-            if image.status == "creating":
+            if image.status == ImageStatus.CREATING:
                 raise errors.Conflict(f"Image {image.id} is being written; delete it after "
                                       f"task {image.task_id} ends.")
             s.delete(image)
@@ -177,11 +178,11 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
 def _tree_backup(s: Session, project_id: str, backup_id: str, field: str, verb: str) -> Backup:
     """A file-system backup of the account whose tree may be read now."""
     b = backups.get_backup(s, project_id, backup_id)
-    if b.resource_type != "turbo":
+    if b.resource_type != ObjectType.TURBO:
         raise errors.InvalidParameter(
             f"Backup {b.id} is a {b.resource_type} backup; only file-system backups "
             f"have files to {verb}.", field=field)
-    if b.status not in ("available", "restoring"):
+    if b.status not in (BackupStatus.AVAILABLE, BackupStatus.RESTORING):
         raise errors.BackupStatusIllegal(f"Backup {b.id} is {b.status}; files can be read "
                                          "only from an available (or restoring) backup.",
                                          backup_id=b.id)

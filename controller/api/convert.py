@@ -1,9 +1,12 @@
 """Between wire messages and domain values: enums, timestamps, resources.
 
-Domain code speaks the reference's lower-case names ("server",
-"crash_consistent", "vault_delete"); the wire uses proto enums. An unknown or
-unspecified enum number from a client is refused here with 9900, naming the
-field and the values it accepts.
+Domain code speaks the reference's lower-case names, the values of the enums
+in ``controller.persistence.vocabulary`` (``ObjectType.SERVER`` is "server");
+the wire uses proto enums whose names end in the same words
+(``OBJECT_TYPE_SERVER``), so one mapping by name serves every pair
+(``tests/unit/test_vocabulary.py`` checks that the two sides agree). An
+unknown or unspecified enum number from a client is refused here with 9900,
+naming the field and the values it accepts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from cbr.v1 import (
     vault_pb2,
 )
 from controller.persistence import models
+from controller.persistence.vocabulary import PolicyOperationType, ProtectableStatus
 
 
 @functools.cache
@@ -133,7 +137,7 @@ def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
         region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at),
         storage_url=v.storage_url, encrypted=bool(v.encrypted), kms_key_id=v.kms_key_id)
     for binding in bindings:
-        if binding.operation_type == "backup":
+        if binding.operation_type == PolicyOperationType.BACKUP:
             out.backup_policy_id = binding.policy_id
         else:
             out.replication_policy_id = binding.policy_id
@@ -145,13 +149,13 @@ def protectable(p: Any, *, agent_name: str, agent_online: bool,
                 vault_id: str = "") -> protectable_pb2.Protectable:
     """A protectable row (or model)."""
     if p.gone:
-        status = "gone"
+        status = ProtectableStatus.GONE
     elif p.error:
-        status = "error"
+        status = ProtectableStatus.ERROR
     elif not agent_online:
-        status = "unreachable"
+        status = ProtectableStatus.UNREACHABLE
     else:
-        status = "available"
+        status = ProtectableStatus.AVAILABLE
     return protectable_pb2.Protectable(
         id=p.id, name=p.name, type=enum_number(common_pb2.ObjectType, p.object_type),
         resource_type=RESOURCE_TYPES[p.object_type],

@@ -12,6 +12,7 @@ from cbr.v1 import policy_pb2, policy_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Policy, PolicyRun, VaultPolicy
+from controller.persistence.vocabulary import PolicyOperationType
 from controller.services import paging, policies, policy_runs
 
 NEXT_RUNS_SHOWN = 5
@@ -93,7 +94,7 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                      context: grpc.ServicerContext) -> policy_pb2.RunPolicyNowResponse:
         with self.app.db.begin() as s:
             p = policies.get_policy(s, self.project_id, request.policy_id)
-            replication = p.operation_type == "replication"
+            replication = p.operation_type == PolicyOperationType.REPLICATION
             if not policies.vault_ids(s, p.id):
                 raise errors.InvalidParameter(
                     f"Policy {p.name!r} has no vaults; associate it with a vault first.",

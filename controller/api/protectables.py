@@ -14,6 +14,7 @@ from cbr.v1 import common_pb2, protectable_pb2, protectable_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.persistence.models import Agent, Protectable, VaultResource
+from controller.persistence.vocabulary import ProtectableStatus
 from controller.services import agent_status, paging
 
 _P = cast(Table, Protectable.__table__)
@@ -41,14 +42,14 @@ def _list_query(object_type: bool, agent: bool, name: bool, protection: str,
         stmt = stmt.where(_P.c.id.in_(select(_VR.c.protectable_id)))
     elif protection == "unprotected":
         stmt = stmt.where(_P.c.id.not_in(select(_VR.c.protectable_id)))
-    if status == "gone":
+    if status == ProtectableStatus.GONE:
         stmt = stmt.where(_P.c.gone.is_(True))
-    elif status == "error":
+    elif status == ProtectableStatus.ERROR:
         stmt = stmt.where(_P.c.gone.is_(False), _P.c.error != "")
-    elif status in ("available", "unreachable"):
+    elif status in (ProtectableStatus.AVAILABLE, ProtectableStatus.UNREACHABLE):
         online = _P.c.agent_id.in_(bindparam("online", expanding=True))
         stmt = stmt.where(_P.c.gone.is_(False), _P.c.error == "",
-                          online if status == "available" else ~online)
+                          online if status == ProtectableStatus.AVAILABLE else ~online)
     return paging.PagedQuery(stmt, _P)
 
 
@@ -75,7 +76,7 @@ class ProtectableServicer(Servicer, protectable_pb2_grpc.ProtectableServiceServi
         params: dict[str, Any] = {"project_id": self.project_id, "object_type": object_type,
                                   "agent_id": request.agent_id, "name": request.name}
         with self.app.db.read() as s:
-            if status in ("available", "unreachable"):
+            if status in (ProtectableStatus.AVAILABLE, ProtectableStatus.UNREACHABLE):
                 params["online"] = sorted(agent_status.online_agent_ids(self.app, s))
             items, token, total = query.run(s, params, request.page_size, request.page_token)
             return protectable_pb2.ListProtectablesResponse(

@@ -19,6 +19,7 @@ from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
 from controller.jobs.replicator import Replicator
 from controller.persistence.models import ReplicationRecord, Task, Vault
+from controller.persistence.vocabulary import ObjectType, ReplicationStatus
 from controller.services import (
     agent_status,
     credentials,
@@ -33,13 +34,13 @@ def _with_progress(session: Session, records: Sequence[ReplicationRecord]
                    ) -> list[replication_pb2.ReplicationRecord]:
     """Records as messages; one still replicating shows its transfer task's progress."""
     task_ids = {str(r.extra_info.get("task_id")) for r in records
-                if r.status == "replicating" and r.extra_info.get("task_id")}
+                if r.status == ReplicationStatus.REPLICATING and r.extra_info.get("task_id")}
     progress = dict(session.execute(select(Task.id, Task.progress).where(
         Task.id.in_(task_ids))).tuples().all()) if task_ids else {}
     out = []
     for r in records:
         msg = convert.replication_record(r)
-        if r.status == "replicating":
+        if r.status == ReplicationStatus.REPLICATING:
             msg.progress = max(msg.progress, progress.get(str(r.extra_info.get("task_id")), 0))
         out.append(msg)
     return out
@@ -72,7 +73,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                        context: grpc.ServicerContext) -> replication_pb2.ReplicateVaultResponse:
         with self.app.db.begin() as s:
             vault = vaults.get_vault(s, self.project_id, request.vault_id)
-            if vault.object_type == "disk":
+            if vault.object_type == ObjectType.DISK:
                 raise errors.ReplicationNotAllowedForType(
                     "Disk vaults cannot replicate; only server and file-system (turbo) vaults.")
             credentials.get_credential(s, self.project_id, request.credential_id)

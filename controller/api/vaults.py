@@ -12,6 +12,7 @@ from cbr import errors
 from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
+from controller.persistence.vocabulary import ConsistentLevel, OperationType, ProtectType
 from controller.services import deletions, keys, vaults
 
 
@@ -35,10 +36,10 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             object_type=convert.require_enum(common_pb2.ObjectType, request.object_type,
                                              "object_type"),
             protect_type=convert.require_enum(vault_pb2.ProtectType, request.protect_type,
-                                              "protect_type", default="backup"),
+                                              "protect_type", default=ProtectType.BACKUP),
             consistent_level=convert.require_enum(
                 vault_pb2.ConsistentLevel, request.consistent_level, "consistent_level",
-                default="crash_consistent"),
+                default=ConsistentLevel.CRASH_CONSISTENT),
             description=request.description, size_gb=request.size_gb,
             auto_expand=request.auto_expand, threshold=request.threshold,
             backup_name_prefix=request.backup_name_prefix,
@@ -155,7 +156,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
     def VerifyVault(self, request: vault_pb2.VerifyVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.VerifyVaultResponse:
         with self.app.db.begin() as s:
-            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "verify",
+            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id,
+                                               OperationType.VERIFY,
                                                self.now(), read_data=request.read_data)
         self.maintenance.submit(task_id)
         return vault_pb2.VerifyVaultResponse(task_id=task_id)
@@ -163,7 +165,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
     def PruneVault(self, request: vault_pb2.PruneVaultRequest,
                    context: grpc.ServicerContext) -> vault_pb2.PruneVaultResponse:
         with self.app.db.begin() as s:
-            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "prune",
+            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id,
+                                               OperationType.PRUNE,
                                                self.now())
         self.maintenance.submit(task_id)
         return vault_pb2.PruneVaultResponse(task_id=task_id)
@@ -171,7 +174,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
     def RepairVault(self, request: vault_pb2.RepairVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.RepairVaultResponse:
         with self.app.db.begin() as s:
-            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id, "repair",
+            task_id = vaults.start_maintenance(s, self.project_id, request.vault_id,
+                                               OperationType.REPAIR,
                                                self.now(), dry_run=request.dry_run)
         self.maintenance.submit(task_id)
         return vault_pb2.RepairVaultResponse(task_id=task_id)

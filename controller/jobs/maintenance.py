@@ -36,15 +36,28 @@ from controller.app import App
 from controller.browse import file_pb
 from controller.kms import CustomerKey
 from controller.persistence.models import Backup, Checkpoint, Key, Task, Vault
+from controller.persistence.vocabulary import (
+    BackupStatus,
+    CheckpointStatus,
+    ConsistentLevel,
+    ObjectType,
+    OperationType,
+    ProtectType,
+    TaskStatus,
+    VaultStatus,
+)
 from controller.services import deletions, keys, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
-OPERATIONS = ("delete", "prune", "verify", "repair", "vault_delete", "remove_resource")
+# The tasks this worker runs (no agent does).
+OPERATIONS = frozenset({OperationType.DELETE, OperationType.PRUNE, OperationType.VERIFY,
+                        OperationType.REPAIR, OperationType.VAULT_DELETE,
+                        OperationType.REMOVE_RESOURCE})
 
 
 # Backups whose manifests verify checks against the catalog's digest.
-CATALOGUED = ("available", "restoring")
+CATALOGUED = frozenset({BackupStatus.AVAILABLE, BackupStatus.RESTORING})
 
 
 @dataclass
@@ -85,7 +98,7 @@ class Maintenance:
         with self._app.db.begin() as s:
             left = list(s.scalars(select(Task.id).where(
                 Task.agent_id == "", Task.operation_type.in_(OPERATIONS),
-                Task.status.in_(("waiting", "running"))).order_by(Task.created_at)))
+                Task.status.in_(tasks.OPEN_STATUSES)).order_by(Task.created_at)))
         for task_id in left:
             self.submit(task_id)
 
@@ -113,7 +126,7 @@ class Maintenance:
                 self._run_task(task_id)
             except Exception:
                 log.exception("maintenance task %s failed unexpectedly", task_id)
-                self._finish(task_id, "failed", errors.InternalError.code,
+                self._finish(task_id, TaskStatus.FAILED, errors.InternalError.code,
                              "Internal error; the controller log has the details.", {})
 
     def _run_task(self, task_id: str) -> None:
@@ -127,58 +140,59 @@ class Maintenance:
             url = vault.storage_url if vault is not None else ""
             info = dict(task.extra_info)
         if not url:
-            if operation == "vault_delete":  # erased and forgotten before a restart
-                self._finish(task_id, "success", "", "", {})
+            if operation == OperationType.VAULT_DELETE:  # erased and forgotten before a restart
+                self._finish(task_id, TaskStatus.SUCCESS, "", "", {})
             else:
-                self._finish(task_id, "failed", errors.VaultNotFound.code, "The vault is gone.", {})
+                self._finish(task_id, TaskStatus.FAILED, errors.VaultNotFound.code,
+                             "The vault is gone.", {})
             return
         log.info("running %s task %s on %s", operation, task_id, url)
         try:
-            if operation == "vault_delete":  # erasing needs no key: it reads nothing
+            if operation == OperationType.VAULT_DELETE:  # erasing needs no key: it reads nothing
                 self._delete_vault(task_id, url)
                 return
             opener = self._opener(task_id)
-            if operation == "remove_resource":
+            if operation == OperationType.REMOVE_RESOURCE:
                 self._remove_backups(task_id, opener, list(info.get("backup_ids", [])))
-            elif operation == "delete":
+            elif operation == OperationType.DELETE:
                 self._delete(task_id, opener, str(info.get("backup_id", "")))
-            elif operation == "prune":
+            elif operation == OperationType.PRUNE:
                 self._prune(task_id, opener)
-            elif operation == "verify":
+            elif operation == OperationType.VERIFY:
                 self._verify(task_id, opener, bool(info.get("read_data", False)))
-            elif operation == "repair":
+            elif operation == OperationType.REPAIR:
                 self._repair(task_id, opener, bool(info.get("dry_run", False)))
         except errors.CbrError as exc:
-            self._finish(task_id, "failed", exc.code, exc.message, {})
+            self._finish(task_id, TaskStatus.FAILED, exc.code, exc.message, {})
         except (StorageError, RepoError) as exc:
             err = faults.as_cbr_error(exc, f"Vault storage {url}")
-            self._finish(task_id, "failed", err.code, err.detail, {})
+            self._finish(task_id, TaskStatus.FAILED, err.code, err.detail, {})
 
-    def _finish(self, task_id: str, status: str, code: str, message: str,
+    def _finish(self, task_id: str, status: TaskStatus, code: str, message: str,
                 extra: dict[str, Any]) -> None:
         with self._app.db.begin() as s:
             tasks.finish_task(s, task_id, status, self._app.clock.now(), error_code=code,
                               error_message=message, extra_info=extra)
             task = s.get(Task, task_id)
-            if status == "success" or task is None:
+            if status == TaskStatus.SUCCESS or task is None:
                 return
             # What the task was deleting is error now: the user may delete it again.
-            if task.operation_type == "delete":
+            if task.operation_type == OperationType.DELETE:
                 ids = [str(task.extra_info.get("backup_id", ""))]
-            elif task.operation_type == "remove_resource":
+            elif task.operation_type == OperationType.REMOVE_RESOURCE:
                 ids = [str(i) for i in task.extra_info.get("backup_ids", [])]
-            elif task.operation_type == "vault_delete":
+            elif task.operation_type == OperationType.VAULT_DELETE:
                 ids = list(s.scalars(select(Backup.id).where(
                     Backup.vault_id == task.vault_id, Backup.parent_id.is_(None))))
                 vault = s.get(Vault, task.vault_id)
                 if vault is not None:
-                    vault.status = "error"
+                    vault.status = VaultStatus.ERROR
             else:
                 return
             for backup_id in ids:
                 for b in s.scalars(select(Backup).where(
                         (Backup.id == backup_id) | (Backup.parent_id == backup_id))):
-                    b.status = "error"
+                    b.status = BackupStatus.ERROR
 
     # -- operations -----------------------------------------------------------------------
 
@@ -193,11 +207,12 @@ class Maintenance:
             key = keys.vault_key(s, self._app.root_key, vault, self._app.clock.now())
             expected: dict[str, str] = {}
             known: set[str] = set()
-            if task is not None and task.operation_type in ("verify", "repair"):
+            if task is not None and task.operation_type in (OperationType.VERIFY,
+                                                            OperationType.REPAIR):
                 for backup_id, digest, status, info in s.execute(select(
                         Backup.id, Backup.manifest_sha256, Backup.status, Backup.extend_info,
                 ).where(Backup.vault_id == vault.id)):
-                    damaged = status == "error" and deletions.DAMAGED in (info or {})
+                    damaged = status == BackupStatus.ERROR and deletions.DAMAGED in (info or {})
                     if damaged:
                         known.add(backup_id)
                     if digest and (status in CATALOGUED or damaged):
@@ -215,7 +230,7 @@ class Maintenance:
             if vault is not None:
                 vault.used_bytes = max(0, vault.used_bytes - freed)
         report = self._prune_storage(opener)
-        self._finish(task_id, "success", "", "", {
+        self._finish(task_id, TaskStatus.SUCCESS, "", "", {
             "manifests_deleted": len(deleted), **report})
 
     def _remove_backups(self, task_id: str, opener: _Opener, backup_ids: list[str]) -> None:
@@ -229,7 +244,7 @@ class Maintenance:
             for backup_id in backup_ids:
                 deletions.forget_backup(s, backup_id)
         report = self._prune_storage(opener)
-        self._finish(task_id, "success", "", "", {
+        self._finish(task_id, TaskStatus.SUCCESS, "", "", {
             "backups_deleted": len(backup_ids), "manifests_deleted": deleted, **report})
 
     def _delete_vault(self, task_id: str, url: str) -> None:
@@ -239,11 +254,11 @@ class Maintenance:
             task = s.get(Task, task_id)
             if task is not None:
                 deletions.forget_vault(s, task.vault_id)
-        self._finish(task_id, "success", "", "", {"objects_deleted": objects,
+        self._finish(task_id, TaskStatus.SUCCESS, "", "", {"objects_deleted": objects,
                                                   "bytes_freed": size})
 
     def _prune(self, task_id: str, opener: _Opener) -> None:
-        self._finish(task_id, "success", "", "", self._prune_storage(opener))
+        self._finish(task_id, TaskStatus.SUCCESS, "", "", self._prune_storage(opener))
 
     def _prune_storage(self, opener: _Opener) -> dict[str, Any]:
         with opener.open() as repo:
@@ -277,7 +292,7 @@ class Maintenance:
         log.info("repair%s of %s: %d damaged packs, %d chunks lost, damaged backups: %s",
                  " (dry run)" if dry_run else "", opener.url, len(report.damaged_packs),
                  report.chunks_lost, ", ".join(report.damaged_backups) or "none")
-        self._finish(task_id, "success", "", "", extra)
+        self._finish(task_id, TaskStatus.SUCCESS, "", "", extra)
 
     def _verify(self, task_id: str, opener: _Opener, read_data: bool) -> None:
         with opener.open() as repo:
@@ -293,10 +308,10 @@ class Maintenance:
             # consistent, and those backups say what they lack.
             if not report.ok:
                 extra["known_damaged_backups"] = ",".join(report.damaged_backups)
-            self._finish(task_id, "success", "", "", extra)
+            self._finish(task_id, TaskStatus.SUCCESS, "", "", extra)
         else:
             damaged = ", ".join(report.damaged_backups) or "no backup (unreferenced data)"
-            self._finish(task_id, "failed", errors.DataIntegrityError.code,
+            self._finish(task_id, TaskStatus.FAILED, errors.DataIntegrityError.code,
                          f"{len(report.problems)} problems; damaged backups: {damaged}. "
                          f"First: {report.problems[0]}", extra)
 
@@ -347,7 +362,7 @@ class Maintenance:
             self._app.storage.roots.check(url, vaults.storage_urls(s))
             key = None
             if kms_key_id:
-                keys.key_for_new_vault(s, project_id, kms_key_id, "backup", now)
+                keys.key_for_new_vault(s, project_id, kms_key_id, ProtectType.BACKUP, now)
                 key = keys.customer_key(self._app.root_key, s.get(Key, kms_key_id))  # type: ignore[arg-type]
         encrypted = self._app.storage.config(url).encrypted
         if encrypted and key is None:
@@ -373,9 +388,10 @@ class Maintenance:
                     warnings.append(f"{backup_id}: {exc}")
         by_id = {m.backup_id: m for m in manifests}
         tops = [m for m in manifests if m.parent_id is None]
-        kinds = {("server" if m.content is None else
-                  "turbo" if isinstance(m.content, TreeContent) else "disk") for m in tops}
-        object_type = kinds.pop() if len(kinds) == 1 else "server"
+        kinds = {(ObjectType.SERVER if m.content is None else
+                  ObjectType.TURBO if isinstance(m.content, TreeContent) else ObjectType.DISK)
+                 for m in tops}
+        object_type = kinds.pop() if len(kinds) == 1 else ObjectType.SERVER
         if len(kinds) > 0:
             warnings.append("backups of several resource types; the vault is a server vault")
         with self._app.db.begin() as s:
@@ -385,7 +401,8 @@ class Maintenance:
                     vault_id=vault_id)
             spec = vaults.VaultSpec(
                 name=name or f"imported-{vault_id[:8]}", object_type=object_type,
-                protect_type="backup", consistent_level="crash_consistent",
+                protect_type=ProtectType.BACKUP,
+                consistent_level=ConsistentLevel.CRASH_CONSISTENT,
                 size_gb=size_gb or 1024, encrypted=encrypted,
                 kms_key_id=kms_key_id if encrypted else "")
             # The stored vault id is kept, so manifests and catalog agree.
@@ -402,7 +419,7 @@ class Maintenance:
                 if m.checkpoint_id and m.checkpoint_id not in checkpoints:
                     s.add(Checkpoint(id=m.checkpoint_id, project_id=project_id,
                                      vault_id=vault_id, name=m.name, description="",
-                                     status="available",
+                                     status=CheckpointStatus.AVAILABLE,
                                      auto_trigger=bool(m.extend_info.get("auto_trigger")),
                                      skipped_resources=[], created_at=m.created_at))
                     checkpoints.add(m.checkpoint_id)
@@ -426,13 +443,13 @@ def _storage_used(repo: Any) -> int:
 
 def _backup_from_manifest(m: Manifest, project_id: str, vault_id: str,
                           now: dt.datetime) -> Backup:
-    kind = ("server" if m.content is None and m.children else
-            "turbo" if isinstance(m.content, TreeContent) else "disk")
+    kind = (ObjectType.SERVER if m.content is None and m.children else
+            ObjectType.TURBO if isinstance(m.content, TreeContent) else ObjectType.DISK)
     return Backup(
         id=m.backup_id, project_id=project_id, vault_id=vault_id,
         checkpoint_id=m.checkpoint_id, parent_id=m.parent_id, name=m.name,
         description=m.description, resource_id=m.resource.id, resource_name=m.resource.name,
-        resource_type=kind, resource_size_bytes=m.resource.size, status="available",
+        resource_type=kind, resource_size_bytes=m.resource.size, status=BackupStatus.AVAILABLE,
         image_type=m.image_type, incremental=m.incremental,
         stored_bytes=int(m.stats.get("bytes_sent", 0)), extend_info=dict(m.extend_info),
         protected_at=m.protected_at or m.created_at, expired_at=m.expired_at,

@@ -19,6 +19,7 @@ from controller.agents.hub import AgentHub
 from controller.app import App
 from controller.jobs.maintenance import Maintenance
 from controller.persistence.models import Checkpoint, Task
+from controller.persistence.vocabulary import TaskStatus
 from controller.services import (
     commands,
     images,
@@ -38,9 +39,9 @@ def register(hub: AgentHub, app: App) -> None:
     def backup_done(session: Session, task: Task,
                     result: agent_pb2.CommandResult | None) -> None:
         now = app.clock.now()
-        runs.finish_backup(session, task, task.status == "success",
+        runs.finish_backup(session, task, task.status == TaskStatus.SUCCESS,
                            commands.typed_result(result, "backup"), now)
-        if task.status != "success":
+        if task.status != TaskStatus.SUCCESS:
             return
         # Retention after each successful automatic backup; the deletions
         # start once this transaction (which marks them) is committed.
@@ -63,7 +64,8 @@ def register(hub: AgentHub, app: App) -> None:
 
     def restore_done(session: Session, task: Task,
                      _result: agent_pb2.CommandResult | None) -> None:
-        restores.finish_restore(session, task, task.status == "success", app.clock.now())
+        restores.finish_restore(session, task, task.status == TaskStatus.SUCCESS,
+                                app.clock.now())
         images.finish_image(session, task, app.clock.now())
 
     def import_done(session: Session, task: Task,

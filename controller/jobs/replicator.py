@@ -33,6 +33,13 @@ from cbr.client import Client, error_from_rpc
 from cbr.v1 import backup_pb2, replication_pb2
 from controller.app import App
 from controller.persistence.models import Backup, Credential, Policy, ReplicationRecord, Vault
+from controller.persistence.vocabulary import (
+    BackupStatus,
+    ObjectType,
+    OperationType,
+    ReplicationStatus,
+    TaskStatus,
+)
 from controller.services import (
     agent_status,
     backups,
@@ -309,7 +316,7 @@ class Replicator:
         back) a ``skipped`` task says why (reference rule 3)."""
         with self.app.db.begin() as s:
             vault = vaults.get_vault(s, project_id, vault_id)
-            if vault.object_type == "disk":
+            if vault.object_type == ObjectType.DISK:
                 raise errors.ReplicationNotAllowedForType(
                     "Disk vaults cannot replicate; only server and file-system vaults.")
             cred = credentials.get_credential(s, project_id, credential_id)
@@ -320,7 +327,7 @@ class Replicator:
         task_ids: list[str] = []
         refused: list[str] = []
         for backup_id, status in candidates:
-            if status != "available":
+            if status != BackupStatus.AVAILABLE:
                 continue
             try:
                 started = self.replicate_backup(
@@ -360,7 +367,8 @@ class Replicator:
         with self.app.db.begin() as s:
             vault = vaults.get_vault(s, project_id, vault_id)
             task = tasks.create_task(
-                s, project_id=project_id, operation_type="replication", status="skipped",
+                s, project_id=project_id, operation_type=OperationType.REPLICATION,
+                status=TaskStatus.SKIPPED,
                 vault_id=vault.id, vault_name=vault.name, now=self.app.clock.now(),
                 policy_id=policy_id,
                 extra_info={"destination_region": region, "reason": reason,
@@ -429,7 +437,8 @@ class Replicator:
         with self.app.db.read() as conn:
             rows = conn.execute(select(ReplicationRecord.id, ReplicationRecord.project_id,
                                        ReplicationRecord.extra_info).where(
-                ReplicationRecord.status.in_(("replicating", "fail")))).all()
+                ReplicationRecord.status.in_((ReplicationStatus.REPLICATING,
+                                              ReplicationStatus.FAIL)))).all()
         settled = 0
         for record_id, project_id, extra in rows:
             stage = (extra or {}).get("stage")
@@ -450,7 +459,7 @@ class Replicator:
             with self.app.db.begin() as s:
                 replication.confirmed(s, record_id, answer, self.app.clock.now())
             settled += 1
-            if answer.get("status") == "success" and extra.get("policy_id"):
+            if answer.get("status") == ReplicationStatus.SUCCESS and extra.get("policy_id"):
                 try:
                     self._replica_retention(record_id, str(extra["policy_id"]))
                 except Exception:
@@ -499,7 +508,7 @@ class Replicator:
         with self.app.db.begin() as s:
             cred = s.get(Credential, cred_id)
             if cred is None or cred.project_id != project_id:
-                return {"status": "fail", "fail_code": errors.ResourceNotFound.code,
+                return {"status": ReplicationStatus.FAIL, "fail_code": errors.ResourceNotFound.code,
                         "fail_reason": "the credential was deleted before the target "
                                        "confirmed the replica"}
             client = target_client(self.app, cred)

@@ -43,6 +43,7 @@ from controller.persistence.models import (
     SchedulerLease,
     VaultPolicy,
 )
+from controller.persistence.vocabulary import PolicyOperationType, PolicyRunStatus
 from controller.services import policy_runs
 from controller.services.schedule import Schedule, runs_between
 
@@ -342,7 +343,7 @@ class PolicyScheduler:
             if row is not None:
                 row.detail = detail[:2000]
                 if skipped or (not task_ids and detail.startswith("BackupService")):
-                    row.status = "skipped"
+                    row.status = PolicyRunStatus.SKIPPED
         return task_ids
 
     def _schedule(self, policy: Policy) -> AnySchedule:
@@ -404,7 +405,7 @@ class PolicyScheduler:
                 policy = s.get(Policy, policy_id)
                 if policy is None:
                     return started
-                replicating = policy.operation_type == "replication"
+                replicating = policy.operation_type == PolicyOperationType.REPLICATION
             if replicating:
                 started.extend(self._replicate(policy_id, vault_id, scheduled, manual=manual))
                 continue

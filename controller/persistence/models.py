@@ -2,6 +2,8 @@
 
 Changing a model means writing an Alembic migration beside it
 (``controller/persistence/migrations/versions``); a test compares the two.
+A column that holds one of the service's words (a status, a type) says which
+enum of ``controller.persistence.vocabulary`` names them; it stays a string.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from controller.persistence.vocabulary import ImageType, KeyOrigin, ProtectStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -150,7 +154,7 @@ class Agent(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     hostname: Mapped[str] = mapped_column(String(255), default="")
-    role: Mapped[str] = mapped_column(String(16))  # host | importer
+    role: Mapped[str] = mapped_column(String(16))  # AgentRole
     # Importers: host:port of their ImporterService, as they last said.
     endpoint: Mapped[str] = mapped_column(String(255), default="")
     # Directories the host allows restores to new places under (its Hello).
@@ -175,7 +179,7 @@ class Protectable(Base):
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
     local_id: Mapped[str] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255))
-    object_type: Mapped[str] = mapped_column(String(16))  # server | disk | turbo
+    object_type: Mapped[str] = mapped_column(String(16))  # ObjectType
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     path: Mapped[str] = mapped_column(Text, default="")
     # [{id, name, path, size_bytes, system_disk, device_type}]
@@ -198,10 +202,10 @@ class Vault(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(255), default="")
-    object_type: Mapped[str] = mapped_column(String(16))
-    protect_type: Mapped[str] = mapped_column(String(16))
-    consistent_level: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))
+    object_type: Mapped[str] = mapped_column(String(16))  # ObjectType
+    protect_type: Mapped[str] = mapped_column(String(16))  # ProtectType
+    consistent_level: Mapped[str] = mapped_column(String(32))  # ConsistentLevel
+    status: Mapped[str] = mapped_column(String(16))  # VaultStatus
     size_gb: Mapped[int] = mapped_column(BigInteger)
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     auto_expand: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -239,7 +243,7 @@ class VaultResource(Base):
     protectable_id: Mapped[str] = mapped_column(
         ForeignKey("protectables.id", ondelete="CASCADE"), unique=True
     )
-    protect_status: Mapped[str] = mapped_column(String(16), default="available")
+    protect_status: Mapped[str] = mapped_column(String(16), default=ProtectStatus.AVAILABLE)
     backup_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     backup_count: Mapped[int] = mapped_column(Integer, default=0)
     exclude_volumes: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -255,7 +259,7 @@ class Policy(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
-    operation_type: Mapped[str] = mapped_column(String(16))  # backup | replication
+    operation_type: Mapped[str] = mapped_column(String(16))  # PolicyOperationType
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     operation_definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     trigger_patterns: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -274,7 +278,7 @@ class VaultPolicy(Base):
     policy_id: Mapped[str] = mapped_column(
         ForeignKey("policies.id", ondelete="CASCADE"), index=True
     )
-    operation_type: Mapped[str] = mapped_column(String(16))
+    operation_type: Mapped[str] = mapped_column(String(16))  # PolicyOperationType
     destination_vault_id: Mapped[str] = mapped_column(String(36), default="")
     created_at: Mapped[dt.datetime]
     vault: Mapped[Vault] = relationship(back_populates="policy_bindings")
@@ -297,8 +301,7 @@ class PolicyRun(Base):
     vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"),
                                           index=True)
     scheduled_at: Mapped[dt.datetime]
-    # dispatched | missed | skipped (nothing could run: see detail)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # PolicyRunStatus; why skipped: detail
     manual: Mapped[bool] = mapped_column(Boolean, default=False)
     full: Mapped[bool] = mapped_column(Boolean, default=False)
     checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
@@ -357,9 +360,8 @@ class Key(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     alias: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(255), default="")
-    # enabled | disabled | pending_deletion | deleted
-    state: Mapped[str] = mapped_column(String(24))
-    origin: Mapped[str] = mapped_column(String(16), default="cbr")
+    state: Mapped[str] = mapped_column(String(24))  # KeyState
+    origin: Mapped[str] = mapped_column(String(16), default=KeyOrigin.CBR)
     material_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     deletion_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime]
@@ -386,8 +388,8 @@ class Task(Base):
     __table_args__ = (Index("ix_tasks_project_created", "project_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
-    operation_type: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    operation_type: Mapped[str] = mapped_column(String(32))  # OperationType
+    status: Mapped[str] = mapped_column(String(16), index=True)  # TaskStatus
     progress: Mapped[int] = mapped_column(Integer, default=0)
     checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
     policy_id: Mapped[str] = mapped_column(String(36), default="")
@@ -414,7 +416,7 @@ class Checkpoint(Base):
     vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(255), default="")
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # CheckpointStatus
     auto_trigger: Mapped[bool] = mapped_column(Boolean, default=False)
     policy_id: Mapped[str] = mapped_column(String(36), default="")
     skipped_resources: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -434,10 +436,10 @@ class Backup(Base):
     description: Mapped[str] = mapped_column(String(255), default="")
     resource_id: Mapped[str] = mapped_column(String(36), index=True)
     resource_name: Mapped[str] = mapped_column(String(255), default="")
-    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_type: Mapped[str] = mapped_column(String(16))  # ObjectType
     resource_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    status: Mapped[str] = mapped_column(String(24))
-    image_type: Mapped[str] = mapped_column(String(16), default="backup")
+    status: Mapped[str] = mapped_column(String(24))  # BackupStatus
+    image_type: Mapped[str] = mapped_column(String(16), default=ImageType.BACKUP)
     incremental: Mapped[bool] = mapped_column(Boolean, default=False)
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # SHA-256 (hex) of the manifest object the agent wrote; restore and verify
@@ -458,7 +460,7 @@ class Image(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(255), default="")
-    status: Mapped[str] = mapped_column(String(16))  # creating | available | error
+    status: Mapped[str] = mapped_column(String(16))  # ImageStatus
     backup_id: Mapped[str] = mapped_column(String(36), index=True)
     disk_backup_id: Mapped[str] = mapped_column(String(36))
     agent_id: Mapped[str] = mapped_column(String(36))
@@ -475,7 +477,7 @@ class ReplicationRecord(Base):
     __tablename__ = "replication_records"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(24))  # ReplicationStatus
     vault_id: Mapped[str] = mapped_column(String(36), default="", index=True)
     source_region: Mapped[str] = mapped_column(String(64), default="")
     source_project_id: Mapped[str] = mapped_column(String(64), default="")

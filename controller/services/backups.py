@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.persistence.models import Backup, Checkpoint, ReplicationRecord, Task
+from controller.persistence.vocabulary import ProtectType, VaultStatus
 from controller.services import validation, vaults
 
 
@@ -79,10 +80,10 @@ def check_checkpoint_request(session: Session, project_id: str, vault_id: str,
                              resource_ids: list[str]) -> None:
     """Refuses what a backup run could never do, with the reference's codes."""
     vault = vaults.get_vault(session, project_id, vault_id)
-    if vault.status != "available":
+    if vault.status != VaultStatus.AVAILABLE:
         raise errors.VaultStatusIllegal(f"allow status: available. Vault {vault.name!r} is "
                                         f"{vault.status}.", vault_id=vault.id)
-    if vault.protect_type == "replication":
+    if vault.protect_type == ProtectType.REPLICATION:
         raise errors.InvalidParameter("A replication vault holds replicas; it takes no "
                                       "backups.", field="vault_id")
     in_vault = {r.protectable_id for r in vault.resources}

@@ -23,11 +23,13 @@ from google.protobuf.message import Message
 
 from cbr.v1 import agent_pb2, common_pb2
 from controller.persistence.models import Backup, Checkpoint, Protectable, Task, Vault
+from controller.persistence.vocabulary import ObjectType
 
-OBJECT_TYPES = {
-    "server": common_pb2.OBJECT_TYPE_SERVER,
-    "disk": common_pb2.OBJECT_TYPE_DISK,
-    "turbo": common_pb2.OBJECT_TYPE_TURBO,
+# The wire's ObjectType of each object type, in commands and in agents' reports.
+OBJECT_TYPES: dict[str, common_pb2.ObjectType] = {
+    ObjectType.SERVER: common_pb2.OBJECT_TYPE_SERVER,
+    ObjectType.DISK: common_pb2.OBJECT_TYPE_DISK,
+    ObjectType.TURBO: common_pb2.OBJECT_TYPE_TURBO,
 }
 
 

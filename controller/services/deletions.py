@@ -23,8 +23,24 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
+from controller.persistence.vocabulary import (
+    BackupStatus,
+    ImageStatus,
+    OperationType,
+    ReplicationStatus,
+    TaskStatus,
+)
 from controller.services import backups, keys, tasks, validation, vaults
-from controller.services.runs import backup_family, rfc3339, update_checkpoint, vault_resource
+from controller.services.runs import (
+    BUSY_STATUSES,
+    backup_family,
+    rfc3339,
+    update_checkpoint,
+    vault_resource,
+)
+
+# A backup may be deleted (or marked damaged) only when it is in one of these.
+SETTLED = frozenset({BackupStatus.AVAILABLE, BackupStatus.ERROR})
 
 
 def start_delete(session: Session, project_id: str, backup_id: str, now: dt.datetime) -> Task:
@@ -34,15 +50,15 @@ def start_delete(session: Session, project_id: str, backup_id: str, now: dt.date
         raise errors.InvalidParameter(
             f"{backup.id} is a disk of server backup {backup.parent_id}; delete that.",
             field="backup_id")
-    if backup.status not in ("available", "error"):
+    if backup.status not in SETTLED:
         raise errors.BackupStatusIllegal(
             f"Backup {backup.id} is {backup.status}; wait until it is available or error.",
             backup_id=backup.id)
     for b in backup_family(session, backup.id):
-        b.status = "deleting"
+        b.status = BackupStatus.DELETING
         b.updated_at = now
     return tasks.create_task(
-        session, project_id=project_id, operation_type="delete", now=now,
+        session, project_id=project_id, operation_type=OperationType.DELETE, now=now,
         vault_id=backup.vault_id, resource_id=backup.resource_id,
         resource_name=backup.resource_name, checkpoint_id=backup.checkpoint_id,
         extra_info={"backup_id": backup.id, "backup_name": backup.name})
@@ -58,12 +74,14 @@ def _in_use(session: Session, vault_id: str, resource_id: str = "") -> str:
     if resource_id:
         mine = mine.where(Backup.resource_id == resource_id)
     busy = session.scalars(mine.with_only_columns(Backup).where(
-        Backup.parent_id.is_(None), Backup.status.in_(("protecting", "restoring")))
+        Backup.parent_id.is_(None), Backup.status.in_(BUSY_STATUSES))
         .limit(1)).first()
     if busy is not None:
-        doing = "being backed up" if busy.status == "protecting" else "being restored"
+        doing = ("being backed up" if busy.status == BackupStatus.PROTECTING
+                 else "being restored")
         return f"backup {busy.id} of {busy.resource_name!r} is {doing}"
-    records = select(ReplicationRecord).where(ReplicationRecord.status == "replicating")
+    records = select(ReplicationRecord).where(
+        ReplicationRecord.status == ReplicationStatus.REPLICATING)
     records = records.where(ReplicationRecord.source_backup_id.in_(mine)) if resource_id \
         else records.where(ReplicationRecord.vault_id == vault_id)
     record = session.scalars(records.limit(1)).first()
@@ -71,7 +89,7 @@ def _in_use(session: Session, vault_id: str, resource_id: str = "") -> str:
         return (f"backup {record.source_backup_id} is being replicated (replication record "
                 f"{record.id})")
     image = session.scalars(select(Image).where(
-        Image.status == "creating", Image.backup_id.in_(mine)).limit(1)).first()
+        Image.status == ImageStatus.CREATING, Image.backup_id.in_(mine)).limit(1)).first()
     if image is not None:
         return f"image {image.id} is being made from backup {image.backup_id}"
     return ""
@@ -88,7 +106,7 @@ def start_vault_delete(session: Session, project_id: str, vault_id: str,
                               "it when that has ended.", vault_id=vault.id)
     task_id = vaults.mark_deleting(session, vault, now)
     for b in session.scalars(select(Backup).where(Backup.vault_id == vault.id)):
-        b.status = "deleting"
+        b.status = BackupStatus.DELETING
         b.updated_at = now
     return task_id
 
@@ -134,11 +152,12 @@ def start_remove_resources(session: Session, project_id: str, vault_id: str,
         vr = vaults.release_resource(session, vault, rid, now)
         for top in tops[rid]:
             for b in backup_family(session, top.id):
-                b.status = "deleting"
+                b.status = BackupStatus.DELETING
                 b.updated_at = now
         task = tasks.create_task(
-            session, project_id=project_id, operation_type="remove_resource", now=now,
-            status="waiting" if tops[rid] else "success", vault_id=vault.id,
+            session, project_id=project_id, operation_type=OperationType.REMOVE_RESOURCE,
+            now=now, status=TaskStatus.WAITING if tops[rid] else TaskStatus.SUCCESS,
+            vault_id=vault.id,
             vault_name=vault.name, resource_id=rid, resource_name=vr.protectable.name,
             extra_info={"backup_ids": [b.id for b in tops[rid]]})
         task_ids.append(task.id)
@@ -169,19 +188,20 @@ def mark_damage(session: Session, vault_id: str, damage: dict[str, str], checked
     marks = DamageMarks([], [], [])
     for top in session.scalars(select(Backup).where(
             Backup.vault_id == vault_id, Backup.parent_id.is_(None)).order_by(Backup.id)):
-        marked = top.status == "error" and DAMAGED in top.extend_info
+        marked = top.status == BackupStatus.ERROR and DAMAGED in top.extend_info
         if top.id in damage:
-            if top.status in ("available", "error") and not (
+            if top.status in SETTLED and not (
                     marked and top.extend_info[DAMAGED] == damage[top.id]):
                 marks.damaged.append(top.id)
-                status, info = "error", {DAMAGED: damage[top.id], "damaged_at": rfc3339(now)}
+                status = BackupStatus.ERROR
+                info = {DAMAGED: damage[top.id], "damaged_at": rfc3339(now)}
             else:
-                if top.status not in ("available", "error"):
+                if top.status not in SETTLED:
                     marks.busy.append(top.id)
                 continue
         elif marked and top.id in checked:
             marks.whole_again.append(top.id)
-            status, info = "available", {}
+            status, info = BackupStatus.AVAILABLE, {}
         else:
             continue
         if dry_run:
@@ -203,7 +223,7 @@ def forget_backup(session: Session, backup_id: str) -> int:
     top = family[0]
     freed = sum(b.stored_bytes for b in family)
     resource = vault_resource(session, top.vault_id, top.resource_id)
-    if resource is not None and top.status in ("deleting", "available"):
+    if resource is not None and top.status in (BackupStatus.DELETING, BackupStatus.AVAILABLE):
         resource.backup_count = max(0, resource.backup_count - 1)
         resource.backup_size_bytes = max(0, resource.backup_size_bytes - freed)
     for b in reversed(family):

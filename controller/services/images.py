@@ -15,6 +15,12 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.persistence.models import Image, Task
+from controller.persistence.vocabulary import (
+    BackupStatus,
+    ImageStatus,
+    ObjectType,
+    TaskStatus,
+)
 from controller.services import backups, restores, runs, validation
 
 
@@ -31,7 +37,7 @@ def create_image(session: Session, project_id: str, *, backup_id: str, name: str
     validation.name(name)
     validation.description(description)
     backup = backups.get_backup(session, project_id, backup_id)
-    if backup.resource_type != "server" or backup.parent_id is not None:
+    if backup.resource_type != ObjectType.SERVER or backup.parent_id is not None:
         raise errors.InvalidParameter(
             f"Backup {backup.id} is a {backup.resource_type} backup; images are made from "
             "server backups (their system disk).", field="backup_id")
@@ -42,7 +48,7 @@ def create_image(session: Session, project_id: str, *, backup_id: str, name: str
     if not target_agent_id or not target_path:
         raise errors.InvalidParameter("An image needs target_agent_id and target_path (the "
                                       "image file to write).", field="target_path")
-    if backup.status != "available":
+    if backup.status != BackupStatus.AVAILABLE:
         raise errors.BackupStatusIllegal(
             f"Backup {backup.id} is {backup.status}; only available backups make images.",
             backup_id=backup.id)
@@ -57,7 +63,7 @@ def create_image(session: Session, project_id: str, *, backup_id: str, name: str
             "one (encrypted, `--encrypted` in the CLI), on encrypted storage.",
             backup_id=backup.id) from None
     image = Image(project_id=project_id, name=name, description=description,
-                  status="creating", backup_id=backup.id, disk_backup_id=system.id,
+                  status=ImageStatus.CREATING, backup_id=backup.id, disk_backup_id=system.id,
                   agent_id=target_agent_id, path=target_path,
                   size_bytes=system.resource_size_bytes, task_id=dispatch.task_id,
                   source_backup_id=str(backup.extend_info.get("source_backup_id", "")),
@@ -75,7 +81,8 @@ def finish_image(session: Session, task: Task, now: dt.datetime) -> None:
     """The end of an image's restore task: the image is usable, or not."""
     image_id = str(task.extra_info.get("image_id", ""))
     image = session.get(Image, image_id) if image_id else None
-    if image is None or image.status != "creating":
+    if image is None or image.status != ImageStatus.CREATING:
         return
-    image.status = "available" if task.status == "success" else "error"
+    image.status = (ImageStatus.AVAILABLE if task.status == TaskStatus.SUCCESS
+                    else ImageStatus.ERROR)
     image.updated_at = now

@@ -37,6 +37,18 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
+from controller.persistence.vocabulary import (
+    AgentRole,
+    BackupStatus,
+    CheckpointStatus,
+    ImageType,
+    ObjectType,
+    OperationType,
+    ProtectType,
+    ReplicationStatus,
+    TaskStatus,
+    VaultStatus,
+)
 from controller.services import actions, commands, keys, tasks
 
 IMPORT_TTL = dt.timedelta(hours=24)
@@ -44,7 +56,8 @@ IMPORT_TTL = dt.timedelta(hours=24)
 forgets its grant and the import fails, unless the controller's
 ``--import-ttl`` says otherwise."""
 
-_KIND = {"server": "server", "turbo": "turbo"}
+# What replicates across clouds (rule 1).
+_REPLICABLE = frozenset({ObjectType.SERVER, ObjectType.TURBO})
 
 
 def require_replication_actions(granted: frozenset[str]) -> None:
@@ -94,7 +107,7 @@ def _check_backup(doc: dict[str, Any]) -> None:
     """The shape of what the source sent; the source checked its own rules,
     but a target trusts nothing it did not check."""
     kind = str(doc.get("resourceType", ""))
-    if kind not in _KIND:
+    if kind not in _REPLICABLE:
         raise errors.ReplicationNotAllowedForType(
             f"Only server and file-system backups replicate; got resource type {kind!r}.")
     seen: set[str] = set()
@@ -105,7 +118,7 @@ def _check_backup(doc: dict[str, Any]) -> None:
                                           "source_backup_id of at most 36 characters.",
                                           field="backup.source_backup_id")
         seen.add(sid)
-    if kind == "server":
+    if kind == ObjectType.SERVER:
         children = doc.get("children", [])
         if not children or not any(c.get("systemDisk") for c in children):
             raise errors.NotEcsBackup("A server backup replicates only with its system disk.")
@@ -120,7 +133,7 @@ def _destination_vault(session: Session, project_id: str, vault_id: str, region:
     if vault is None or vault.project_id != project_id:
         raise errors.VaultNotFound(f"No vault {vault_id!r} in the target account.",
                                    vault_id=vault_id)
-    if vault.protect_type != "replication":
+    if vault.protect_type != ProtectType.REPLICATION:
         raise errors.ReplicationNotAllowedForType(
             f"Vault {vault.name!r} is a backup vault; replicas go only to replication vaults.")
     if vault.object_type != kind:
@@ -130,7 +143,7 @@ def _destination_vault(session: Session, project_id: str, vault_id: str, region:
         raise errors.InvalidParameter(
             f"Vault {vault.name!r} is in region {vault.region}, not {region}.",
             field="destination_vault_id")
-    if vault.status != "available":
+    if vault.status != VaultStatus.AVAILABLE:
         raise errors.VaultStatusIllegal(f"Vault {vault.name!r} is {vault.status}.")
     return vault
 
@@ -156,12 +169,13 @@ def _check_encryption(session: Session, vault: Vault, req: ImportRequest,
     earlier: list[tuple[bool, str, str]] = [(e, k, n) for e, k, n in session.execute(
         select(Vault.encrypted, Vault.kms_key_id, Vault.name)
         .join(Backup, Backup.vault_id == Vault.id)
-        .where(Backup.project_id == vault.project_id, Backup.image_type == "replication",
+        .where(Backup.project_id == vault.project_id,
+               Backup.image_type == ImageType.REPLICATION,
                Backup.parent_id.is_(None), Backup.resource_id == resource_id)
         .limit(50))]
     for record in session.scalars(select(ReplicationRecord).where(
             ReplicationRecord.project_id == vault.project_id,
-            ReplicationRecord.status == "replicating")):
+            ReplicationRecord.status == ReplicationStatus.REPLICATING)):
         backup = record.extra_info.get("backup")
         if record.extra_info.get("side") == "target" and isinstance(backup, dict) \
                 and str(backup.get("resourceId", "")) == resource_id:
@@ -183,8 +197,9 @@ def _existing_replica(session: Session, project_id: str, source_cloud: str,
                       source_backup_id: str, region: str) -> str | None:
     """Rule 6: one replica of a backup per region (available, or on its way)."""
     for backup in session.scalars(select(Backup).where(
-            Backup.project_id == project_id, Backup.image_type == "replication",
-            Backup.parent_id.is_(None), Backup.status.in_(("available", "restoring")))):
+            Backup.project_id == project_id, Backup.image_type == ImageType.REPLICATION,
+            Backup.parent_id.is_(None),
+            Backup.status.in_((BackupStatus.AVAILABLE, BackupStatus.RESTORING)))):
         info = backup.extend_info
         if info.get("source_backup_id") == source_backup_id \
                 and info.get("source_cloud") == source_cloud:
@@ -195,7 +210,7 @@ def _existing_replica(session: Session, project_id: str, source_cloud: str,
         ReplicationRecord.project_id == project_id,
         ReplicationRecord.source_backup_id == source_backup_id,
         ReplicationRecord.destination_region == region,
-        ReplicationRecord.status == "replicating")).all()
+        ReplicationRecord.status == ReplicationStatus.REPLICATING)).all()
     for record in pending:
         if record.extra_info.get("source_cloud") == source_cloud:
             return record.destination_backup_id
@@ -205,14 +220,14 @@ def _existing_replica(session: Session, project_id: str, source_cloud: str,
 def pick_importer(session: Session, online: set[str]) -> Agent:
     """An online importer; the least busy one, so imports spread."""
     importers = session.scalars(select(Agent).where(
-        Agent.role == "importer", Agent.revoked.is_(False))).all()
+        Agent.role == AgentRole.IMPORTER, Agent.revoked.is_(False))).all()
     candidates = [a for a in importers if a.id in online and a.endpoint]
     if not candidates:
         raise errors.NoImporter("Start one with `cbr-agent --role importer` on the target "
                                 "cloud, enrolled with its controller.")
     busy = {a.id: 0 for a in candidates}
     for agent_id in session.scalars(select(Task.agent_id).where(
-            Task.agent_id.in_(busy), Task.status.in_(("waiting", "running")))):
+            Task.agent_id.in_(busy), Task.status.in_(tasks.OPEN_STATUSES))):
         busy[agent_id] += 1
     return min(candidates, key=lambda a: (busy[a.id], a.id))
 
@@ -240,7 +255,7 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
         ReplicationRecord.project_id == project_id,
         ReplicationRecord.source_project_id == req.source_project_id,
         ReplicationRecord.source_backup_id == req.backup.get("sourceBackupId", ""),
-        ReplicationRecord.status == "replicating")).all()
+        ReplicationRecord.status == ReplicationStatus.REPLICATING)).all()
     for record in previous:
         if record.extra_info.get("source_record_id") == req.source_record_id:
             task = session.get(Task, str(record.extra_info.get("task_id", "")))
@@ -256,7 +271,7 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
             f"The target cloud has no region {req.destination_region!r}; its regions that "
             f"accept replicas: {accepting}.")
     _check_backup(req.backup)
-    kind = _KIND[str(req.backup["resourceType"])]
+    kind = ObjectType(str(req.backup["resourceType"]))
     vault = _destination_vault(session, project_id, req.destination_vault_id,
                                req.destination_region, kind)
     source_backup_id = str(req.backup["sourceBackupId"])
@@ -273,7 +288,8 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
     expires = now + ttl
     token = secrets.token_urlsafe(32)
     record = ReplicationRecord(
-        id=str(uuid.uuid4()), project_id=project_id, status="replicating", vault_id=vault.id,
+        id=str(uuid.uuid4()), project_id=project_id, status=ReplicationStatus.REPLICATING,
+        vault_id=vault.id,
         source_region=req.source_region, source_project_id=req.source_project_id,
         source_backup_id=source_backup_id, source_checkpoint_id=req.source_checkpoint_id,
         destination_region=req.destination_region, destination_project_id=project_id,
@@ -288,7 +304,7 @@ def prepare_import(session: Session, keyring: Keyring, project_id: str, req: Imp
     session.add(record)
     session.flush()
     task = tasks.create_task(
-        session, project_id=project_id, operation_type="replication", now=now,
+        session, project_id=project_id, operation_type=OperationType.REPLICATION, now=now,
         agent_id=importer.id, vault_id=vault.id, vault_name=vault.name,
         resource_id=str(req.backup.get("resourceId", "")),
         resource_name=str(req.backup.get("resourceName", "")),
@@ -315,19 +331,20 @@ def abort_import(session: Session, project_id: str, import_id: str, reason: str,
     """Fails an import that is not committed; the importer drops its grant.
     Returns the import task when the importer must be told."""
     record = get_import(session, project_id, import_id)
-    if record.status != "replicating":
+    if record.status != ReplicationStatus.REPLICATING:
         return None
     task = session.get(Task, str(record.extra_info.get("task_id", "")))
     _fail(record, errors.Conflict.code, reason or "aborted by the source cloud", now)
     if task is not None and task.status not in tasks.FINAL_STATUSES:
-        tasks.finish_task(session, task.id, "failed", now, error_code=errors.Conflict.code,
+        tasks.finish_task(session, task.id, TaskStatus.FAILED, now,
+                          error_code=errors.Conflict.code,
                           error_message=reason or "aborted by the source cloud")
         return task
     return None
 
 
 def _fail(record: ReplicationRecord, code: str, reason: str, now: dt.datetime) -> None:
-    record.status = "fail"
+    record.status = ReplicationStatus.FAIL
     record.extra_info = {**record.extra_info, "fail_code": code, "fail_reason": reason}
     record.updated_at = now
 
@@ -337,9 +354,9 @@ def finish_import(session: Session, task: Task, result: agent_pb2.ImportResult |
     """The importer's end of an import: on success the replica joins the
     catalog (checkpoint, backup and its disks, usage) in this transaction."""
     record = session.get(ReplicationRecord, str(task.extra_info.get("replication_record_id")))
-    if record is None or record.status != "replicating":
+    if record is None or record.status != ReplicationStatus.REPLICATING:
         return
-    if task.status != "success":
+    if task.status != TaskStatus.SUCCESS:
         _fail(record, task.error_code or errors.InternalError.code,
               task.error_message or "the import failed", now)
         return
@@ -363,7 +380,7 @@ def finish_import(session: Session, task: Task, result: agent_pb2.ImportResult |
     session.add(Checkpoint(
         id=record.destination_checkpoint_id, project_id=record.project_id, vault_id=vault.id,
         name=str(doc.get("name", ""))[:64], description=str(doc.get("description", ""))[:255],
-        status="available", auto_trigger=auto, created_at=now))
+        status=CheckpointStatus.AVAILABLE, auto_trigger=auto, created_at=now))
     # What the import added to storage is the replica's own; its disks share
     # one transfer, so the server's backup carries the whole amount.
     top = _replica_row(record, vault, doc, ids, manifests, None, now)
@@ -375,7 +392,7 @@ def finish_import(session: Session, task: Task, result: agent_pb2.ImportResult |
         row.resource_id = top.resource_id  # a disk's backup names its server, as at the source
         session.add(row)
     vault.used_bytes += added
-    record.status = "success"
+    record.status = ReplicationStatus.SUCCESS
     record.extra_info = {**info, "progress": 100}
     record.updated_at = now
 
@@ -395,7 +412,7 @@ def _replica_row(record: ReplicationRecord, vault: Vault, doc: dict[str, Any],
     if parent_id is not None:
         info["system_disk"] = bool(doc.get("systemDisk"))
         info["disk_id"] = str(doc.get("resourceId", ""))
-    elif doc.get("resourceType") == "server":
+    elif doc.get("resourceType") == ObjectType.SERVER:
         info["contain_system_disk"] = True
     return Backup(
         id=replica_id, project_id=record.project_id, vault_id=vault.id,
@@ -403,9 +420,10 @@ def _replica_row(record: ReplicationRecord, vault: Vault, doc: dict[str, Any],
         name=str(doc.get("name", ""))[:64], description=str(doc.get("description", ""))[:255],
         resource_id=str(doc.get("resourceId", ""))[:36],
         resource_name=str(doc.get("resourceName", ""))[:255],
-        resource_type="disk" if parent_id is not None else str(doc["resourceType"]),
-        resource_size_bytes=int(doc.get("resourceSizeBytes", 0) or 0), status="available",
-        image_type="replication", incremental=bool(doc.get("incremental")),
+        resource_type=ObjectType.DISK if parent_id is not None else str(doc["resourceType"]),
+        resource_size_bytes=int(doc.get("resourceSizeBytes", 0) or 0),
+        status=BackupStatus.AVAILABLE, image_type=ImageType.REPLICATION,
+        incremental=bool(doc.get("incremental")),
         stored_bytes=0, manifest_sha256=manifests[replica_id],
         extend_info=info,
         protected_at=dt.datetime.fromisoformat(str(protected).replace("Z", "+00:00"))

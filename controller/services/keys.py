@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from cbr import errors
 from controller.kms import KEY_SIZE, CustomerKey, RootKey, new_material
 from controller.persistence.models import Account, Key, KeyShare, Vault
+from controller.persistence.vocabulary import KeyOrigin, KeyState, ProtectType
 from controller.services import paging, validation
 
-STATES = ("enabled", "disabled", "pending_deletion", "deleted")
 PENDING_DAYS_MIN = 7
 PENDING_DAYS_MAX = 30
 PENDING_DAYS_DEFAULT = 30
@@ -46,17 +46,18 @@ class KeyView:
 
 def effective_state(key: Key, now: dt.datetime) -> str:
     """The state, with a pending deletion whose time has come counted as deleted."""
-    if key.state == "pending_deletion" and key.deletion_at is not None \
+    if key.state == KeyState.PENDING_DELETION and key.deletion_at is not None \
             and key.deletion_at <= now:
-        return "deleted"
+        return KeyState.DELETED
     return key.state
 
 
 def _settle(key: Key, now: dt.datetime) -> str:
     """Makes a due deletion final (drops the material); returns the state."""
     state = effective_state(key, now)
-    if state == "deleted" and (key.state != "deleted" or key.material_sealed is not None):
-        key.state = "deleted"
+    if state == KeyState.DELETED and (key.state != KeyState.DELETED
+                                      or key.material_sealed is not None):
+        key.state = KeyState.DELETED
         key.material_sealed = None
         key.updated_at = now
     return state
@@ -112,8 +113,9 @@ def create_key(session: Session, root: RootKey, project_id: str, *, alias: str,
     if session.scalar(taken) is not None:
         raise errors.AlreadyExists(f"A key with alias {alias!r} exists in this account.",
                                    alias=alias)
-    key = Key(project_id=project_id, alias=alias, description=description, state="enabled",
-              origin="external" if material else "cbr", material_sealed=None,
+    key = Key(project_id=project_id, alias=alias, description=description,
+              state=KeyState.ENABLED, origin=KeyOrigin.EXTERNAL if material else KeyOrigin.CBR,
+              material_sealed=None,
               created_at=now, updated_at=now)
     session.add(key)
     session.flush()
@@ -131,11 +133,11 @@ def list_keys(session: Session, project_id: str, state: str, page_size: int, pag
     """Owned and shared-in keys, oldest first; ``state`` filters by effective state."""
     shared = select(KeyShare.key_id).where(KeyShare.account_id == project_id)
     stmt = select(Key).where(or_(Key.project_id == project_id, Key.id.in_(shared)))
-    due = and_(Key.state == "pending_deletion", Key.deletion_at <= now)
-    if state == "deleted":
-        stmt = stmt.where(or_(Key.state == "deleted", due))
-    elif state == "pending_deletion":
-        stmt = stmt.where(Key.state == "pending_deletion", Key.deletion_at > now)
+    due = and_(Key.state == KeyState.PENDING_DELETION, Key.deletion_at <= now)
+    if state == KeyState.DELETED:
+        stmt = stmt.where(or_(Key.state == KeyState.DELETED, due))
+    elif state == KeyState.PENDING_DELETION:
+        stmt = stmt.where(Key.state == KeyState.PENDING_DELETION, Key.deletion_at > now)
     elif state:
         stmt = stmt.where(Key.state == state)
     items, token, total = paging.paginate(session, stmt, Key, page_size, page_token)
@@ -145,10 +147,10 @@ def list_keys(session: Session, project_id: str, state: str, page_size: int, pag
 def disable_key(session: Session, project_id: str, key_id: str, now: dt.datetime) -> KeyView:
     key = _owned(session, project_id, key_id, "disable")
     state = _settle(key, now)
-    if state not in ("enabled", "disabled"):
+    if state not in (KeyState.ENABLED, KeyState.DISABLED):
         raise errors.KeyStateIllegal(f"Key {key.alias} ({key.id}) is {state}; only an "
                                      "enabled key can be disabled.", key_id=key.id)
-    key.state = "disabled"
+    key.state = KeyState.DISABLED
     key.updated_at = now
     return _view(session, key, project_id, now)
 
@@ -156,11 +158,11 @@ def disable_key(session: Session, project_id: str, key_id: str, now: dt.datetime
 def enable_key(session: Session, project_id: str, key_id: str, now: dt.datetime) -> KeyView:
     key = _owned(session, project_id, key_id, "enable")
     state = _settle(key, now)
-    if state not in ("enabled", "disabled"):
-        hint = " Cancel its deletion first." if state == "pending_deletion" else ""
+    if state not in (KeyState.ENABLED, KeyState.DISABLED):
+        hint = " Cancel its deletion first." if state == KeyState.PENDING_DELETION else ""
         raise errors.KeyStateIllegal(f"Key {key.alias} ({key.id}) is {state}; it cannot be "
                                      f"enabled.{hint}", key_id=key.id)
-    key.state = "enabled"
+    key.state = KeyState.ENABLED
     key.updated_at = now
     return _view(session, key, project_id, now)
 
@@ -171,10 +173,10 @@ def schedule_deletion(session: Session, project_id: str, key_id: str, pending_da
     validation.int_range(days, PENDING_DAYS_MIN, PENDING_DAYS_MAX, "pending_days")
     key = _owned(session, project_id, key_id, "delete")
     state = _settle(key, now)
-    if state not in ("enabled", "disabled"):
+    if state not in (KeyState.ENABLED, KeyState.DISABLED):
         raise errors.KeyStateIllegal(f"Key {key.alias} ({key.id}) is already {state}.",
                                      key_id=key.id)
-    key.state = "pending_deletion"
+    key.state = KeyState.PENDING_DELETION
     key.deletion_at = now + dt.timedelta(days=days)
     key.updated_at = now
     return _view(session, key, project_id, now)
@@ -184,10 +186,10 @@ def cancel_deletion(session: Session, project_id: str, key_id: str,
                     now: dt.datetime) -> KeyView:
     key = _owned(session, project_id, key_id, "cancel the deletion of")
     state = _settle(key, now)
-    if state != "pending_deletion":
+    if state != KeyState.PENDING_DELETION:
         raise errors.KeyStateIllegal(f"Key {key.alias} ({key.id}) is {state}; only a key "
                                      "pending deletion can be brought back.", key_id=key.id)
-    key.state = "disabled"
+    key.state = KeyState.DISABLED
     key.deletion_at = None
     key.updated_at = now
     return _view(session, key, project_id, now)
@@ -203,7 +205,7 @@ def share_key(session: Session, project_id: str, key_id: str, account_id: str,
         raise errors.ResourceNotFound(f"No account with id {account_id!r} in this cloud.",
                                       account_id=account_id)
     state = _settle(key, now)
-    if state == "deleted":
+    if state == KeyState.DELETED:
         raise errors.KeyStateIllegal(f"Key {key.alias} ({key.id}) is deleted.", key_id=key.id)
     if _is_shared_with(session, key.id, account_id):
         raise errors.AlreadyExists(f"Key {key.alias} is already shared with {account_id}.",
@@ -242,7 +244,7 @@ def key_for_new_vault(session: Session, project_id: str, key_id: str, protect_ty
                                       "`cbr key list`.", field="kms_key_id")
     key = _find(session, project_id, key_id)
     _require_enabled(key, now)
-    if key.project_id != project_id and protect_type == "replication":
+    if key.project_id != project_id and protect_type == ProtectType.REPLICATION:
         raise errors.SharedKeyNotAllowed(
             f"Key {key.alias} ({key.id}) is shared from account {key.project_id}; use a key "
             "this account owns for a replication vault.", key_id=key.id)
@@ -251,10 +253,11 @@ def key_for_new_vault(session: Session, project_id: str, key_id: str, protect_ty
 
 def _require_enabled(key: Key, now: dt.datetime) -> None:
     state = effective_state(key, now)
-    if state != "enabled":
-        hint = {"disabled": "enable it with `cbr key enable`",
-                "pending_deletion": "cancel its deletion and enable it",
-                "deleted": "it is destroyed; what it protected cannot be read"}[state]
+    if state != KeyState.ENABLED:
+        hint = {KeyState.DISABLED: "enable it with `cbr key enable`",
+                KeyState.PENDING_DELETION: "cancel its deletion and enable it",
+                KeyState.DELETED: "it is destroyed; what it protected cannot be read"
+                }[KeyState(state)]
         raise errors.KeyNotUsable(f"Key {key.alias} ({key.id}) is {state}; {hint}.",
                                   key_id=key.id, state=state)
 

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.persistence.models import Policy, VaultPolicy
+from controller.persistence.vocabulary import PolicyOperationType
 from controller.services import validation
 
-OPERATION_TYPES = ("backup", "replication")
 DAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_RULES = 24
 MAX_RUNS_PER_DAY = 24
@@ -136,7 +136,7 @@ def validate_definition(op: str, od: dict[str, Any]) -> dict[str, Any]:
             "day/week/month/year_backups need a timezone such as UTC+08:00.", field="timezone")
     validation.int_range(od.get("full_backup_interval", 0), -1, 100, "full_backup_interval")
     replication_fields = ("destination_region", "destination_project_id", "credential_id")
-    if op == "replication":
+    if op == PolicyOperationType.REPLICATION:
         if not od.get("destination_region"):
             raise errors.InvalidParameter("A replication policy needs destination_region.",
                                           field="destination_region")

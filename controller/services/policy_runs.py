@@ -26,6 +26,12 @@ from controller.persistence.models import (
     Task,
     VaultPolicy,
 )
+from controller.persistence.vocabulary import (
+    BackupStatus,
+    ImageType,
+    PolicyOperationType,
+    PolicyRunStatus,
+)
 from controller.services import deletions, retention, runs
 from controller.services.schedule import Schedule
 
@@ -73,7 +79,7 @@ def _full_due(session: Session, policy: Policy, vault_id: str) -> bool:
         return False
     done = session.scalar(select(func.count()).select_from(PolicyRun).where(
         PolicyRun.policy_id == policy.id, PolicyRun.vault_id == vault_id,
-        PolicyRun.status == "dispatched"))
+        PolicyRun.status == PolicyRunStatus.DISPATCHED))
     return int(done or 0) % interval == 0
 
 
@@ -82,7 +88,7 @@ def claim_run(session: Session, policy: Policy, vault_id: str, scheduled_at: dt.
     """The run's row, or None when another controller or an earlier try
     already made this run (the row is unique on policy, vault and time)."""
     run = PolicyRun(policy_id=policy.id, vault_id=vault_id, scheduled_at=scheduled_at,
-                    status="dispatched", manual=manual, full=full, checkpoint_id="",
+                    status=PolicyRunStatus.DISPATCHED, manual=manual, full=full, checkpoint_id="",
                     detail="", created_at=now)
     try:
         with session.begin_nested():
@@ -109,7 +115,7 @@ def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: 
     except errors.CbrError as exc:
         # The vault refuses backups now (full, frozen, its key disabled):
         # the run is recorded as skipped with the reason, and not retried.
-        run.status = "skipped"
+        run.status = PolicyRunStatus.SKIPPED
         run.detail = f"{exc.code}: {exc.message}"
         log.warning("policy %s on vault %s at %s skipped: %s", policy.id, vault_id,
                     scheduled_at.isoformat(), run.detail)
@@ -133,7 +139,7 @@ def record_missed(session: Session, policy_id: str, scheduled_at: dt.datetime,
             with session.begin_nested():
                 session.add(PolicyRun(
                     policy_id=policy_id, vault_id=vault_id, scheduled_at=scheduled_at,
-                    status="missed", manual=False, full=False, checkpoint_id="",
+                    status=PolicyRunStatus.MISSED, manual=False, full=False, checkpoint_id="",
                     detail="the controller was not running at that time and a later run "
                            "was due; runs are never made late",
                     created_at=now))
@@ -150,7 +156,7 @@ def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]
     (the caller hands them to maintenance once committed)."""
     backup_id = str(task.extra_info.get("backup_id", ""))
     backup = session.get(Backup, backup_id)
-    if backup is None or backup.status != "available":
+    if backup is None or backup.status != BackupStatus.AVAILABLE:
         return []
     checkpoint = session.get(Checkpoint, backup.checkpoint_id)
     if checkpoint is None or not checkpoint.auto_trigger or not checkpoint.policy_id:
@@ -163,7 +169,7 @@ def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]
         Backup.id, Backup.resource_id, Backup.protected_at, Backup.created_at, Backup.status,
         Backup.extend_info).where(
         Backup.vault_id == backup.vault_id, Backup.resource_id == backup.resource_id,
-        Backup.parent_id.is_(None), Backup.image_type == "backup")).all()
+        Backup.parent_id.is_(None), Backup.image_type == ImageType.BACKUP)).all()
     candidates = [retention.Candidate(
         backup_id=r.id, resource_id=r.resource_id,
         protected_at=r.protected_at or r.created_at,
@@ -196,5 +202,5 @@ def replication_policy_of(session: Session, vault_id: str) -> Policy | None:
     """The enabled replication policy bound to a vault, if any."""
     return session.scalars(select(Policy).join(VaultPolicy, VaultPolicy.policy_id == Policy.id)
                            .where(VaultPolicy.vault_id == vault_id,
-                                  Policy.operation_type == "replication",
+                                  Policy.operation_type == PolicyOperationType.REPLICATION,
                                   Policy.enabled.is_(True))).first()

@@ -31,9 +31,19 @@ from controller.persistence.models import (
     Task,
     Vault,
 )
+from controller.persistence.vocabulary import (
+    AgentRole,
+    BackupStatus,
+    ImageType,
+    ObjectType,
+    OperationType,
+    ReplicationStatus,
+    TaskStatus,
+)
 from controller.services import backups, commands, retention, tasks
 
-ACTIVE = ("replicating", "success")
+# A backup with a record in one of these went (or is going) to its destination.
+ACTIVE = frozenset({ReplicationStatus.REPLICATING, ReplicationStatus.SUCCESS})
 
 
 def _rfc3339(when: dt.datetime | None) -> str:
@@ -49,20 +59,20 @@ def check_replicable(session: Session, backup: Backup, credential: Credential,
         raise errors.ReplicationNotAllowedForType(
             f"Backup {backup.id} is one disk of a server backup; replicate the server "
             f"backup {backup.parent_id}.")
-    if backup.resource_type == "disk":
+    if backup.resource_type == ObjectType.DISK:
         raise errors.ReplicationNotAllowedForType(
             "Disk backups do not replicate; only server and file-system backups do.")
-    if backup.status != "available":
+    if backup.status != BackupStatus.AVAILABLE:
         raise errors.BackupStatusIllegal(
             f"Backup {backup.id} is {backup.status}; only available backups replicate.",
             backup_id=backup.id)
-    if backup.resource_type == "server":
+    if backup.resource_type == ObjectType.SERVER:
         disks = backups.children(session, backup.id)
         if not backup.extend_info.get("contain_system_disk") \
                 or not any(d.extend_info.get("system_disk") for d in disks):
             raise errors.NotEcsBackup(
                 f"Server backup {backup.id} does not contain the system disk.")
-    if backup.image_type == "replication":
+    if backup.image_type == ImageType.REPLICATION:
         home = str(backup.extend_info.get("source_cloud", ""))
         if credential.target_cloud != home:
             raise errors.ReplicationNotAllowedForType(
@@ -79,7 +89,7 @@ def check_replicable(session: Session, backup: Backup, credential: Credential,
             raise errors.ProjectNotSupported(
                 f"Backup {backup.id} was replicated to account {r.destination_project_id}; a "
                 "backup replicates to one account only.")
-        if r.destination_region == region and r.status == "replicating":
+        if r.destination_region == region and r.status == ReplicationStatus.REPLICATING:
             raise errors.AlreadyReplicated(
                 f"Backup {backup.id} is being replicated to {region} (record {r.id}).")
 
@@ -127,7 +137,7 @@ def pick_source_agent(session: Session, backup: Backup, online: set[str]) -> str
     if owner and owner in online:
         return owner
     hosts = session.scalars(select(Agent.id).where(
-        Agent.project_id == backup.project_id, Agent.role == "host",
+        Agent.project_id == backup.project_id, Agent.role == AgentRole.HOST,
         Agent.revoked.is_(False)).order_by(Agent.id)).all()
     for agent_id in hosts:
         if agent_id in online:
@@ -161,7 +171,8 @@ def start(session: Session, keyring: Keyring, *, record_id: str, backup: Backup,
     check_replicable(session, backup, credential, region)
     kids = backups.children(session, backup.id)
     record = ReplicationRecord(
-        id=record_id, project_id=backup.project_id, status="replicating", vault_id=vault.id,
+        id=record_id, project_id=backup.project_id, status=ReplicationStatus.REPLICATING,
+        vault_id=vault.id,
         source_region=source_region, source_project_id=backup.project_id,
         source_backup_id=backup.id, source_checkpoint_id=backup.checkpoint_id,
         destination_region=region, destination_project_id=plan.destination_project_id,
@@ -185,7 +196,8 @@ def start(session: Session, keyring: Keyring, *, record_id: str, backup: Backup,
         source_region=source_region, replication_record_id=record.id,
         retry_seconds=retry_seconds, expires_at=plan.expires_at)
     task = tasks.create_task(
-        session, project_id=backup.project_id, operation_type="replication", now=now,
+        session, project_id=backup.project_id, operation_type=OperationType.REPLICATION,
+        now=now,
         agent_id=agent_id, vault_id=vault.id, vault_name=vault.name,
         resource_id=backup.resource_id, resource_name=backup.resource_name,
         checkpoint_id=backup.checkpoint_id, policy_id=policy_id,
@@ -206,7 +218,8 @@ def skip_record(session: Session, *, backup: Backup, vault: Vault, region: str,
     """A vault replication's backup that a rule keeps from going: a ``skip``
     record saying which rule, so the history explains the gap."""
     record = ReplicationRecord(
-        id=str(uuid.uuid4()), project_id=backup.project_id, status="skip", vault_id=vault.id,
+        id=str(uuid.uuid4()), project_id=backup.project_id, status=ReplicationStatus.SKIP,
+        vault_id=vault.id,
         source_region=source_region, source_project_id=backup.project_id,
         source_backup_id=backup.id, source_checkpoint_id=backup.checkpoint_id,
         destination_region=region, destination_project_id=destination_project_id,
@@ -229,16 +242,16 @@ def transfer_done(session: Session, task: Task, result: agent_pb2.ReplicateResul
     when the target says the replica is in its catalog (the replicator
     asks). Returns the record when the target must be asked or told."""
     record = session.get(ReplicationRecord, str(task.extra_info.get("replication_record_id")))
-    if record is None or record.status != "replicating":
+    if record is None or record.status != ReplicationStatus.REPLICATING:
         return None
     extra = dict(record.extra_info)
-    if task.status == "success":
+    if task.status == TaskStatus.SUCCESS:
         extra.update(stage="committed", progress=99)
         if result is not None:
             extra.update(wire_bytes=result.wire_bytes, chunks_sent=result.chunks_sent,
                          bytes_stored=result.bytes_stored, raw_bytes_sent=result.raw_bytes_sent)
     else:
-        record.status = "fail"
+        record.status = ReplicationStatus.FAIL
         extra.update(stage="aborting", fail_code=task.error_code or errors.InternalError.code,
                      fail_reason=task.error_message or "the transfer failed")
     record.extra_info = extra
@@ -250,19 +263,19 @@ def confirmed(session: Session, record_id: str, target: dict[str, Any],
               now: dt.datetime) -> None:
     """What the target said of a committed import: success, fail, or not yet."""
     record = session.get(ReplicationRecord, record_id)
-    if record is None or record.status != "replicating":
+    if record is None or record.status != ReplicationStatus.REPLICATING:
         return
     extra = dict(record.extra_info)
     status = target.get("status", "")
-    if status == "success":
-        record.status = "success"
+    if status == ReplicationStatus.SUCCESS:
+        record.status = ReplicationStatus.SUCCESS
         record.destination_backup_id = target.get("destination_backup_id",
                                                   record.destination_backup_id)
         record.destination_checkpoint_id = target.get("destination_checkpoint_id",
                                                       record.destination_checkpoint_id)
         extra.update(progress=100, stage="done")
-    elif status == "fail":
-        record.status = "fail"
+    elif status == ReplicationStatus.FAIL:
+        record.status = ReplicationStatus.FAIL
         extra.update(stage="done", fail_code=target.get("fail_code", errors.InternalError.code),
                      fail_reason=target.get("fail_reason", "the target refused the replica"))
     else:
@@ -288,7 +301,7 @@ def expired_replicas(session: Session, record: ReplicationRecord, od: dict[str, 
         ReplicationRecord.project_id == record.project_id,
         ReplicationRecord.vault_id == record.vault_id,
         ReplicationRecord.destination_vault_id == record.destination_vault_id,
-        ReplicationRecord.status == "success")).all()
+        ReplicationRecord.status == ReplicationStatus.SUCCESS)).all()
     candidates: list[retention.Candidate] = []
     by_replica: dict[str, ReplicationRecord] = {}
     for r in records:

@@ -24,6 +24,13 @@ from controller.persistence.models import (
     Vault,
     VaultResource,
 )
+from controller.persistence.vocabulary import (
+    AgentRole,
+    BackupStatus,
+    ObjectType,
+    OperationType,
+    ProtectStatus,
+)
 from controller.services import backups, commands, keys, tasks
 from controller.services.deletions import DAMAGED
 from controller.services.runs import Dispatch, busy_backup, vault_resource
@@ -58,7 +65,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                    online: set[str]) -> Dispatch:
     """Checks a restore with the reference's codes and makes its task."""
     backup = backups.get_backup(session, project_id, req.backup_id)
-    if backup.status != "available":
+    if backup.status != BackupStatus.AVAILABLE:
         damaged = backup.extend_info.get(DAMAGED)
         raise errors.BackupStatusIllegal(
             f"Backup {backup.id} is damaged ({damaged})." if damaged else
@@ -71,7 +78,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
         keys.check_vault_key(session, vault, now)
     encrypted = bool(backup.extend_info.get("encrypted")) or bool(vault and vault.encrypted)
     source_path = _safe_source_path(req.source_path)
-    if source_path and kind != "turbo":
+    if source_path and kind != ObjectType.TURBO:
         raise errors.InvalidParameter("source_path is only for file-system backups.",
                                       field="source_path")
     target_path = ""
@@ -93,7 +100,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                     "(target_agent_id).", field="target_agent_id")
             agent_id = source.agent_id
         agent = _restore_agent(session, project_id, agent_id)
-        if kind == "server":
+        if kind == ObjectType.SERVER:
             targets = dict(req.mappings or {})
             if not targets:
                 if not req.target_path:
@@ -117,7 +124,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
         else:
             target_path = _allowed_target(
                 session, agent, _absolute(req.target_path, "target_path"), "target_path",
-                device=kind == "disk" or bool(backup.parent_id))
+                device=kind == ObjectType.DISK or bool(backup.parent_id))
     else:
         rid = req.target_resource_id or backup.resource_id
         target_resource = session.get(Protectable, rid)
@@ -128,9 +135,10 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
             raise errors.ResourceNotFound(
                 f"Resource {target_resource.name} is no longer reported by its agent.",
                 resource_id=rid)
-        target_kind = "disk" if backup.parent_id else kind
+        target_kind = ObjectType.DISK if backup.parent_id else kind
         if target_resource.object_type != target_kind and not (
-                target_kind == "disk" and backup.parent_id and target_resource.id == rid):
+                target_kind == ObjectType.DISK and backup.parent_id
+                and target_resource.id == rid):
             raise errors.ResourceTypeMismatch(
                 f"A {kind} backup cannot restore into {target_resource.object_type} "
                 f"{target_resource.name}.", resource_id=rid)
@@ -148,7 +156,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                 f"The agent that reported {target_resource.name} ({agent_id}) was deleted; "
                 "restore to a new place on another agent (target_agent_id, target_path).",
                 agent_id=agent_id)
-        if kind == "server":
+        if kind == ObjectType.SERVER:
             by_disk = {d["id"]: d for d in target_resource.disks}
             for child in children:
                 disk = by_disk.get(child.extend_info.get("disk_id"))
@@ -162,7 +170,7 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
                         f"Disk {disk['name']} has {disk['size_bytes']} bytes; the backup "
                         f"needs {child.resource_size_bytes}.", resource_id=target_resource.id)
                 targets[child.id] = disk["path"]
-        elif kind == "disk" or backup.parent_id:
+        elif kind == ObjectType.DISK or backup.parent_id:
             if target_resource.size_bytes < backup.resource_size_bytes:
                 raise errors.RestoreTargetTooSmall(
                     f"Disk {target_resource.name} has {target_resource.size_bytes} bytes; "
@@ -175,14 +183,15 @@ def create_restore(session: Session, project_id: str, req: RestoreRequest, now: 
     if agent_id not in online:
         raise errors.AgentUnavailable(
             f"Agent {agent_id} is offline; restore when it is connected.", agent_id=agent_id)
-    backup.status = "restoring"
+    backup.status = BackupStatus.RESTORING
     backup.updated_at = now
     if target_resource is not None:
         resource = vault_resource(session, backup.vault_id, target_resource.id)
         if resource is not None:
-            resource.protect_status = "restoring"
+            resource.protect_status = ProtectStatus.RESTORING
     task = tasks.create_task(
-        session, project_id=project_id, operation_type="restore", now=now, agent_id=agent_id,
+        session, project_id=project_id, operation_type=OperationType.RESTORE, now=now,
+        agent_id=agent_id,
         vault_id=backup.vault_id, resource_id=target_resource.id if target_resource else "",
         resource_name=target_resource.name if target_resource else "",
         command=commands.restore(backup, children, source_path=source_path,
@@ -213,7 +222,7 @@ def _restore_agent(session: Session, project_id: str, agent_id: str) -> Agent:
     if agent is None or agent.project_id != project_id or agent.revoked:
         raise errors.ResourceNotFound(f"No agent with id {agent_id!r} to restore on.",
                                       agent_id=agent_id)
-    if agent.role != "host":
+    if agent.role != AgentRole.HOST:
         raise errors.InvalidParameter(
             f"Agent {agent.name} is an {agent.role}; restores run on host agents.",
             field="target_agent_id")
@@ -232,11 +241,11 @@ def _allowed_target(session: Session, agent: Agent, path: str, field: str, *,
     for resource in session.scalars(select(Protectable).where(
             Protectable.agent_id == agent.id, Protectable.gone.is_(False))):
         if device:
-            paths = [resource.path] if resource.object_type == "disk" else []
+            paths = [resource.path] if resource.object_type == ObjectType.DISK else []
             paths += [str(d.get("path", "")) for d in resource.disks]
             if normal in (posixpath.normpath(p) for p in paths if p):
                 return path
-        elif resource.object_type == "turbo" and resource.path \
+        elif resource.object_type == ObjectType.TURBO and resource.path \
                 and _within(normal, posixpath.normpath(resource.path)):
             return path
     allowed = ", ".join(roots) if roots else "none reported yet"
@@ -261,10 +270,10 @@ def _absolute(path: str, field: str) -> str:
 
 def finish_restore(session: Session, task: Task, success: bool, now: dt.datetime) -> None:
     backup = session.get(Backup, str(task.extra_info.get("backup_id", "")))
-    if backup is not None and backup.status == "restoring":
-        backup.status = "available"
+    if backup is not None and backup.status == BackupStatus.RESTORING:
+        backup.status = BackupStatus.AVAILABLE
         backup.updated_at = now
     if backup is not None and task.resource_id:
         resource = vault_resource(session, backup.vault_id, task.resource_id)
-        if resource is not None and resource.protect_status == "restoring":
-            resource.protect_status = "available" if success else "error"
+        if resource is not None and resource.protect_status == ProtectStatus.RESTORING:
+            resource.protect_status = ProtectStatus.AVAILABLE if success else ProtectStatus.ERROR

@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.persistence.vocabulary import BackupStatus
 from controller.services.schedule import parse_timezone
 
 
@@ -33,7 +34,7 @@ class Candidate:
     resource_id: str
     protected_at: dt.datetime
     auto: bool  # made by a policy run (autobk)
-    status: str = "available"
+    status: str = BackupStatus.AVAILABLE
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,11 @@ def select_expired(backups: Sequence[Candidate], od: dict[str, Any], now: dt.dat
     """The backups the rules delete, oldest first."""
     by_resource: dict[str, list[Candidate]] = defaultdict(list)
     for b in backups:
-        if b.status == "available" and (b.auto or include_manual):
+        if b.status == BackupStatus.AVAILABLE and (b.auto or include_manual):
             by_resource[b.resource_id].append(b)
     newest_available: dict[str, str] = {}
     for b in sorted(backups, key=_age):
-        if b.status == "available":
+        if b.status == BackupStatus.AVAILABLE:
             newest_available[b.resource_id] = b.backup_id
     max_backups = _positive(od, "max_backups")
     max_days = _positive(od, "retention_duration_days")

@@ -32,7 +32,19 @@ from controller.persistence.models import (
     Vault,
     VaultResource,
 )
+from controller.persistence.vocabulary import (
+    BackupStatus,
+    CheckpointStatus,
+    ImageType,
+    ObjectType,
+    OperationType,
+    ProtectStatus,
+)
 from controller.services import backups, commands, keys, tasks, validation, vaults
+
+# A resource with a backup in one of these is busy: no other backup, restore
+# or deletion of it starts.
+BUSY_STATUSES = frozenset({BackupStatus.PROTECTING, BackupStatus.RESTORING})
 
 
 @dataclass(frozen=True)
@@ -51,15 +63,16 @@ def default_name(vault: Vault, auto: bool) -> str:
 def _latest_available(session: Session, vault_id: str, resource_id: str) -> Backup | None:
     return session.scalars(
         select(Backup).where(Backup.vault_id == vault_id, Backup.resource_id == resource_id,
-                             Backup.parent_id.is_(None), Backup.status == "available",
-                             Backup.image_type == "backup")
+                             Backup.parent_id.is_(None),
+                             Backup.status == BackupStatus.AVAILABLE,
+                             Backup.image_type == ImageType.BACKUP)
         .order_by(Backup.created_at.desc()).limit(1)).first()
 
 
 def busy_backup(session: Session, resource_id: str) -> Backup | None:
     return session.scalars(select(Backup).where(
         Backup.resource_id == resource_id, Backup.parent_id.is_(None),
-        Backup.status.in_(("protecting", "restoring")))).first()
+        Backup.status.in_(BUSY_STATUSES))).first()
 
 
 def _selected_disks(resource: VaultResource, protectable: Protectable) -> list[dict[str, Any]]:
@@ -91,7 +104,7 @@ def create_checkpoint(
         validation.description(description)
     name = name or default_name(vault, auto_trigger)
     checkpoint = Checkpoint(project_id=project_id, vault_id=vault.id, name=name,
-                            description=description, status="protecting",
+                            description=description, status=CheckpointStatus.PROTECTING,
                             auto_trigger=auto_trigger, policy_id=policy_id,
                             skipped_resources=[], created_at=now)
     session.add(checkpoint)
@@ -124,7 +137,7 @@ def create_checkpoint(
                                          now=now, auto_trigger=auto_trigger))
     checkpoint.skipped_resources = skipped
     if not dispatches:
-        checkpoint.status = "error"
+        checkpoint.status = CheckpointStatus.ERROR
     return checkpoint, dispatches
 
 
@@ -138,14 +151,14 @@ def _start_backup(
         project_id=vault.project_id, vault_id=vault.id, checkpoint_id=checkpoint.id,
         name=name, description=description, resource_id=protectable.id,
         resource_name=protectable.name, resource_type=protectable.object_type,
-        resource_size_bytes=protectable.size_bytes, status="protecting",
-        image_type="backup", incremental=parent is not None, stored_bytes=0,
+        resource_size_bytes=protectable.size_bytes, status=BackupStatus.PROTECTING,
+        image_type=ImageType.BACKUP, incremental=parent is not None, stored_bytes=0,
         extend_info={"auto_trigger": auto_trigger, "encrypted": bool(vault.encrypted)},
         created_at=now, updated_at=now)
     session.add(backup)
     session.flush()
     disks = []
-    if protectable.object_type == "server":
+    if protectable.object_type == ObjectType.SERVER:
         parent_children = ({c.extend_info.get("disk_id"): c
                             for c in backups.children(session, parent.id)}
                            if parent is not None else {})
@@ -154,9 +167,9 @@ def _start_backup(
             child = Backup(
                 project_id=vault.project_id, vault_id=vault.id, checkpoint_id=checkpoint.id,
                 parent_id=backup.id, name=name, description=description,
-                resource_id=protectable.id, resource_name=disk["name"], resource_type="disk",
-                resource_size_bytes=int(disk["size_bytes"]), status="protecting",
-                image_type="backup", stored_bytes=0,
+                resource_id=protectable.id, resource_name=disk["name"],
+                resource_type=ObjectType.DISK, resource_size_bytes=int(disk["size_bytes"]),
+                status=BackupStatus.PROTECTING, image_type=ImageType.BACKUP, stored_bytes=0,
                 extend_info={"disk_id": disk["id"], "system_disk": bool(disk["system_disk"]),
                              "auto_trigger": auto_trigger, "encrypted": bool(vault.encrypted)},
                 created_at=now, updated_at=now)
@@ -167,9 +180,9 @@ def _start_backup(
             has_system = has_system or bool(disk["system_disk"])
             disks.append(commands.disk_backup(child, disk, previous))
         backup.extend_info = {**backup.extend_info, "contain_system_disk": has_system}
-    resource.protect_status = "protecting"
+    resource.protect_status = ProtectStatus.PROTECTING
     task = tasks.create_task(
-        session, project_id=vault.project_id, operation_type="backup", now=now,
+        session, project_id=vault.project_id, operation_type=OperationType.BACKUP, now=now,
         agent_id=protectable.agent_id, vault_id=vault.id, vault_name=vault.name,
         resource_id=protectable.id, resource_name=protectable.name,
         checkpoint_id=checkpoint.id,
@@ -197,12 +210,13 @@ def update_checkpoint(session: Session, checkpoint_id: str) -> None:
         return
     statuses = set(session.scalars(select(Backup.status).where(
         Backup.checkpoint_id == cp.id, Backup.parent_id.is_(None))))
-    if "protecting" in statuses:
-        cp.status = "protecting"
-    elif not statuses or "error" in statuses or cp.skipped_resources:
-        cp.status = "error" if not statuses or statuses <= {"error"} else "available"
+    if BackupStatus.PROTECTING in statuses:
+        cp.status = CheckpointStatus.PROTECTING
+    elif not statuses or BackupStatus.ERROR in statuses or cp.skipped_resources:
+        cp.status = (CheckpointStatus.ERROR if not statuses or statuses <= {BackupStatus.ERROR}
+                     else CheckpointStatus.AVAILABLE)
     else:
-        cp.status = "available"
+        cp.status = CheckpointStatus.AVAILABLE
 
 
 def vault_resource(session: Session, vault_id: str, resource_id: str) -> VaultResource | None:
@@ -229,17 +243,17 @@ def finish_backup(session: Session, task: Task, success: bool,
     resource = vault_resource(session, top.vault_id, top.resource_id)
     if not success:
         for b in family:
-            if b.status == "protecting":
-                b.status = "error"
+            if b.status == BackupStatus.PROTECTING:
+                b.status = BackupStatus.ERROR
                 b.updated_at = now
         if resource is not None:
-            resource.protect_status = "error"
+            resource.protect_status = ProtectStatus.ERROR
         update_checkpoint(session, top.checkpoint_id)
         return
     added = 0
     for b in family:
         item = results.get(b.id, agent_pb2.BackedUp())
-        b.status = "available"
+        b.status = BackupStatus.AVAILABLE
         b.stored_bytes = item.stored_bytes
         b.manifest_sha256 = item.manifest_sha256
         b.protected_at = (item.protected_at.ToDatetime(tzinfo=dt.UTC)
@@ -257,7 +271,7 @@ def finish_backup(session: Session, task: Task, success: bool,
     if vault is not None:
         vault.used_bytes += added
     if resource is not None:
-        resource.protect_status = "available"
+        resource.protect_status = ProtectStatus.AVAILABLE
         resource.backup_count += 1
         resource.backup_size_bytes += added
     update_checkpoint(session, top.checkpoint_id)

@@ -1,8 +1,8 @@
 """Tasks: the record of every asynchronous operation, with its state machine.
 
-waiting -> running -> success | failed | skipped | timeout. A final status
-never changes again, so a command result that arrives twice (an agent
-resending after a reconnect) is applied once.
+waiting -> running -> success | failed | skipped | timeout (``TaskStatus``). A
+final status never changes again, so a command result that arrives twice (an
+agent resending after a reconnect) is applied once.
 """
 
 from __future__ import annotations
@@ -17,34 +17,25 @@ from sqlalchemy.orm import Session
 from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.persistence.models import Task
+from controller.persistence.vocabulary import OperationType, TaskStatus
 from controller.services import commands
 
-OPERATION_TYPES = (
-    "backup",
-    "copy",
-    "replication",
-    "restore",
-    "delete",
-    "sync",
-    "vault_delete",
-    "remove_resource",
-    "verify",
-    "prune",
-    "repair",
-)
-STATUSES = ("waiting", "running", "success", "failed", "skipped", "timeout")
-FINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})
-FINAL_MESSAGES = {"success": "finished", "failed": "failed", "skipped": "skipped",
-                  "timeout": "timed out"}
+FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.SKIPPED,
+                            TaskStatus.TIMEOUT})
+FINAL_MESSAGES = {TaskStatus.SUCCESS: "finished", TaskStatus.FAILED: "failed",
+                  TaskStatus.SKIPPED: "skipped", TaskStatus.TIMEOUT: "timed out"}
+# Not final yet: waiting for its agent or worker, or running there.
+OPEN_STATUSES = frozenset({TaskStatus.WAITING, TaskStatus.RUNNING})
+_OPERATION_TYPES = frozenset(OperationType)
 
 
 def create_task(
     session: Session,
     *,
     project_id: str,
-    operation_type: str,
+    operation_type: OperationType,
     now: dt.datetime,
-    status: str = "waiting",
+    status: TaskStatus = TaskStatus.WAITING,
     agent_id: str = "",
     vault_id: str = "",
     vault_name: str = "",
@@ -55,7 +46,7 @@ def create_task(
     command: agent_pb2.Command | None = None,
     extra_info: dict[str, Any] | None = None,
 ) -> Task:
-    if operation_type not in OPERATION_TYPES:
+    if operation_type not in _OPERATION_TYPES:
         raise ValueError(f"unknown operation type {operation_type}")
     task = Task(
         project_id=project_id,
@@ -73,7 +64,7 @@ def create_task(
         extra_info=extra_info or {},
         created_at=now,
         updated_at=now,
-        started_at=now if status != "waiting" else None,
+        started_at=now if status != TaskStatus.WAITING else None,
         ended_at=now if status in FINAL_STATUSES else None,
     )
     session.add(task)
@@ -114,8 +105,8 @@ def start_task(session: Session, task_id: str, now: dt.datetime) -> Task | None:
     task = session.get(Task, task_id, with_for_update=True)
     if task is None or task.status in FINAL_STATUSES:
         return None
-    if task.status == "waiting":
-        task.status = "running"
+    if task.status == TaskStatus.WAITING:
+        task.status = TaskStatus.RUNNING
         task.started_at = now
         task.updated_at = now
     return task
@@ -128,8 +119,8 @@ def report_progress(
     task = session.get(Task, task_id, with_for_update=True)
     if task is None or task.status in FINAL_STATUSES:
         return None
-    if task.status == "waiting":
-        task.status = "running"
+    if task.status == TaskStatus.WAITING:
+        task.status = TaskStatus.RUNNING
         task.started_at = now
     task.progress = max(task.progress, min(99, max(0, progress)))
     if message or counters:
@@ -142,7 +133,7 @@ def report_progress(
 def finish_task(
     session: Session,
     task_id: str,
-    status: str,
+    status: TaskStatus,
     now: dt.datetime,
     *,
     error_code: str = "",

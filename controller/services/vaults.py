@@ -26,14 +26,19 @@ from controller.persistence.models import (
     VaultPolicy,
     VaultResource,
 )
+from controller.persistence.vocabulary import (
+    ConsistentLevel,
+    ObjectType,
+    OperationType,
+    PolicyOperationType,
+    ProtectStatus,
+    ProtectType,
+    VaultStatus,
+)
 from controller.services import keys, paging, tasks, validation
 
-OBJECT_TYPES = ("server", "disk", "turbo")
-PROTECT_TYPES = ("backup", "replication")
-CONSISTENT_LEVELS = ("crash_consistent", "app_consistent")
-STATUSES = ("available", "lock", "frozen", "deleting", "error")
-# Statuses an owner may set by UpdateVault.
-SETTABLE_STATUSES = ("available", "lock", "frozen")
+# Statuses an owner may set by UpdateVault (in the order error messages name them).
+SETTABLE_STATUSES = (VaultStatus.AVAILABLE, VaultStatus.LOCK, VaultStatus.FROZEN)
 
 
 @dataclass
@@ -47,8 +52,8 @@ class ResourceRequest:
 class VaultSpec:
     name: str
     object_type: str
-    protect_type: str = "backup"
-    consistent_level: str = "crash_consistent"
+    protect_type: str = ProtectType.BACKUP
+    consistent_level: str = ConsistentLevel.CRASH_CONSISTENT
     description: str = ""
     size_gb: int = 0
     auto_expand: bool = False
@@ -96,15 +101,16 @@ def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec
     validation.tags(spec.tags)
     validation.tags(spec.bind_rules, "bind_rules")
     _check_prefix(spec.backup_name_prefix)
-    if spec.consistent_level == "app_consistent" and spec.object_type != "server":
+    if spec.consistent_level == ConsistentLevel.APP_CONSISTENT \
+            and spec.object_type != ObjectType.SERVER:
         raise errors.InvalidParameter(
             "consistent_level app_consistent is only for server vaults.",
             field="consistent_level")
-    if spec.protect_type == "replication" and spec.object_type == "disk":
+    if spec.protect_type == ProtectType.REPLICATION and spec.object_type == ObjectType.DISK:
         raise errors.InvalidParameter(
             "Disk backups cannot be replicated, so a replication vault must hold servers or "
             "file systems (turbo).", field="protect_type")
-    if spec.protect_type == "replication" and (spec.resources or spec.auto_bind):
+    if spec.protect_type == ProtectType.REPLICATION and (spec.resources or spec.auto_bind):
         raise errors.InvalidParameter(
             "A replication vault receives replicas; it takes no resources and no auto_bind.",
             field="resources")
@@ -120,7 +126,8 @@ def create_vault(session: Session, project_id: str, region: str, spec: VaultSpec
     vault = Vault(
         project_id=project_id, name=spec.name, description=spec.description,
         object_type=spec.object_type, protect_type=spec.protect_type,
-        consistent_level=spec.consistent_level, status="available", size_gb=spec.size_gb,
+        consistent_level=spec.consistent_level, status=VaultStatus.AVAILABLE,
+        size_gb=spec.size_gb,
         used_bytes=0, auto_expand=spec.auto_expand, threshold=threshold,
         backup_name_prefix=spec.backup_name_prefix, tags=spec.tags, auto_bind=spec.auto_bind,
         bind_rules=spec.bind_rules, region=region, encrypted=spec.encrypted,
@@ -208,7 +215,7 @@ def update_vault(session: Session, project_id: str, vault_id: str, changes: dict
                                       field="update_mask")
     vault = get_vault(session, project_id, vault_id, lock=True)
     if set(changes) - {"status"}:
-        _check_status(vault, ("available",), "change its settings")
+        _check_status(vault, (VaultStatus.AVAILABLE,), "change its settings")
     if "name" in changes and changes["name"] != vault.name:
         validation.name(changes["name"])
         taken = select(Vault.id).where(Vault.project_id == project_id,
@@ -233,7 +240,7 @@ def update_vault(session: Session, project_id: str, vault_id: str, changes: dict
         validation.tags(changes["bind_rules"], "bind_rules")
     if "backup_name_prefix" in changes:
         _check_prefix(changes["backup_name_prefix"])
-    if changes.get("auto_bind") and vault.protect_type == "replication":
+    if changes.get("auto_bind") and vault.protect_type == ProtectType.REPLICATION:
         raise errors.InvalidParameter("A replication vault takes no auto_bind.",
                                       field="auto_bind")
     if "status" in changes:
@@ -254,11 +261,11 @@ def mark_deleting(session: Session, vault: Vault, now: dt.datetime) -> str:
     """Marks the vault deleting and records its vault_delete task (run by the
     maintenance worker, which erases the storage and then the rows); returns
     the task id. The caller has checked that nothing uses the vault."""
-    _check_status(vault, ("available", "error"), "be deleted")
-    vault.status = "deleting"
+    _check_status(vault, (VaultStatus.AVAILABLE, VaultStatus.ERROR), "be deleted")
+    vault.status = VaultStatus.DELETING
     vault.updated_at = now
     task = tasks.create_task(session, project_id=vault.project_id,
-                             operation_type="vault_delete", vault_id=vault.id,
+                             operation_type=OperationType.VAULT_DELETE, vault_id=vault.id,
                              vault_name=vault.name, now=now)
     return task.id
 
@@ -266,7 +273,7 @@ def mark_deleting(session: Session, vault: Vault, now: dt.datetime) -> str:
 def add_resources(session: Session, project_id: str, vault_id: str,
                   resources: list[ResourceRequest], now: dt.datetime) -> list[str]:
     vault = get_vault(session, project_id, vault_id, lock=True)
-    _check_status(vault, ("available",), "take resources")
+    _check_status(vault, (VaultStatus.AVAILABLE,), "take resources")
     if not resources:
         raise errors.InvalidParameter("resources is empty; name at least one resource id.",
                                       field="resources")
@@ -274,7 +281,7 @@ def add_resources(session: Session, project_id: str, vault_id: str,
         raise errors.InvalidParameter(
             f"At most {limits.RESOURCES_PER_REQUEST_MAX} resources per request.",
             field="resources")
-    if vault.protect_type == "replication":
+    if vault.protect_type == ProtectType.REPLICATION:
         raise errors.InvalidParameter(
             "A replication vault receives replicas; resources cannot be added to it.",
             field="vault_id")
@@ -309,7 +316,7 @@ def add_resources(session: Session, project_id: str, vault_id: str,
                     f"Volume {vol!r} is not a disk of {protectable.name!r}.",
                     field="exclude_volumes")
         session.add(VaultResource(
-            vault_id=vault.id, protectable_id=req.id, protect_status="available",
+            vault_id=vault.id, protectable_id=req.id, protect_status=ProtectStatus.AVAILABLE,
             exclude_volumes=req.exclude_volumes, include_volumes=req.include_volumes,
             added_at=now))
         added.append(req.id)
@@ -323,7 +330,7 @@ def release_resource(session: Session, vault: Vault, resource_id: str,
                      now: dt.datetime) -> VaultResource:
     """Takes a resource out of the vault (its backups are the caller's);
     nothing backs it up here any more."""
-    _check_status(vault, ("available",), "release resources")
+    _check_status(vault, (VaultStatus.AVAILABLE,), "release resources")
     vr = next((r for r in vault.resources if r.protectable_id == resource_id), None)
     if vr is None:
         raise errors.ResourceNotFound(
@@ -337,15 +344,15 @@ def release_resource(session: Session, vault: Vault, resource_id: str,
 def associate_policy(session: Session, project_id: str, vault_id: str, policy_id: str,
                      destination_vault_id: str, now: dt.datetime) -> Vault:
     vault = get_vault(session, project_id, vault_id, lock=True)
-    _check_status(vault, ("available",), "change policies")
+    _check_status(vault, (VaultStatus.AVAILABLE,), "change policies")
     policy = session.get(Policy, policy_id) if policy_id else None
     if policy is None or policy.project_id != project_id:
         raise errors.ResourceNotFound(f"No policy with id {policy_id!r}.", policy_id=policy_id)
-    if policy.operation_type == "replication":
-        if vault.object_type == "disk":
+    if policy.operation_type == PolicyOperationType.REPLICATION:
+        if vault.object_type == ObjectType.DISK:
             raise errors.ReplicationNotAllowedForType(
                 "Disk vaults cannot replicate; only server and file-system (turbo) vaults can.")
-        if vault.protect_type == "replication":
+        if vault.protect_type == ProtectType.REPLICATION:
             raise errors.ReplicationNotAllowedForType("A replication vault's replicas are not "
                                            "replicated onward.")
         if not destination_vault_id:
@@ -353,10 +360,10 @@ def associate_policy(session: Session, project_id: str, vault_id: str, policy_id
                 "A replication policy's vault needs destination_vault_id: the replication "
                 "vault in the target account that receives its replicas.",
                 field="destination_vault_id")
-    elif vault.protect_type == "replication":
+    elif vault.protect_type == ProtectType.REPLICATION:
         raise errors.InvalidParameter("A replication vault takes no backup policy.",
                                       field="policy_id")
-    if destination_vault_id and policy.operation_type != "replication":
+    if destination_vault_id and policy.operation_type != PolicyOperationType.REPLICATION:
         raise errors.InvalidParameter("destination_vault_id is for replication policies.",
                                       field="destination_vault_id")
     binding = next((b for b in vault.policy_bindings
@@ -378,7 +385,7 @@ def associate_policy(session: Session, project_id: str, vault_id: str, policy_id
 def dissociate_policy(session: Session, project_id: str, vault_id: str, policy_id: str,
                       now: dt.datetime) -> Vault:
     vault = get_vault(session, project_id, vault_id, lock=True)
-    _check_status(vault, ("available",), "change policies")
+    _check_status(vault, (VaultStatus.AVAILABLE,), "change policies")
     binding = next((b for b in vault.policy_bindings if b.policy_id == policy_id), None)
     if binding is None:
         raise errors.ResourceNotFound(
@@ -397,7 +404,7 @@ def _matches(rules: list[dict[str, str]], tags: list[dict[str, str]]) -> bool:
 
 def _bind_matching(session: Session, vault: Vault, now: dt.datetime) -> None:
     """Adds every unprotected protectable of the vault's type that matches its rules."""
-    if not vault.auto_bind or vault.status != "available":
+    if not vault.auto_bind or vault.status != VaultStatus.AVAILABLE:
         return
     taken = select(VaultResource.protectable_id)
     candidates = session.scalars(select(Protectable).where(
@@ -406,7 +413,7 @@ def _bind_matching(session: Session, vault: Vault, now: dt.datetime) -> None:
     for p in candidates:
         if _matches(vault.bind_rules, p.tags):
             session.add(VaultResource(vault_id=vault.id, protectable_id=p.id,
-                                      protect_status="available", added_at=now))
+                                      protect_status=ProtectStatus.AVAILABLE, added_at=now))
     session.flush()
 
 
@@ -418,7 +425,7 @@ def auto_bind_new(session: Session, project_id: str, protectable_ids: list[str],
         return []
     vaults = session.scalars(select(Vault).where(
         Vault.project_id == project_id, Vault.auto_bind.is_(True),
-        Vault.status == "available").order_by(Vault.created_at)).all()
+        Vault.status == VaultStatus.AVAILABLE).order_by(Vault.created_at)).all()
     bound = []
     for pid in protectable_ids:
         p = session.get(Protectable, pid)
@@ -430,7 +437,8 @@ def auto_bind_new(session: Session, project_id: str, protectable_ids: list[str],
         for vault in vaults:
             if vault.object_type == p.object_type and _matches(vault.bind_rules, p.tags):
                 session.add(VaultResource(vault_id=vault.id, protectable_id=pid,
-                                          protect_status="available", added_at=now))
+                                          protect_status=ProtectStatus.AVAILABLE,
+                                          added_at=now))
                 session.flush()
                 bound.append((pid, vault.id))
                 break
@@ -496,8 +504,8 @@ def vault_views(session: Session | Connection, rows: Sequence[Any]) -> list[Vaul
     return [VaultView(r, resources[r.id], bindings[r.id]) for r in rows]
 
 
-def start_maintenance(session: Session, project_id: str, vault_id: str, operation: str,
-                      now: dt.datetime, **options: Any) -> str:
+def start_maintenance(session: Session, project_id: str, vault_id: str,
+                      operation: OperationType, now: dt.datetime, **options: Any) -> str:
     """Makes a verify, prune or repair task, run by the controller's maintenance worker."""
     vault = get_vault(session, project_id, vault_id)
     if not vault.storage_url:
@@ -505,7 +513,7 @@ def start_maintenance(session: Session, project_id: str, vault_id: str, operatio
                                         vault_id=vault.id)
     busy = session.scalar(select(Task.id).where(
         Task.vault_id == vault.id, Task.operation_type == operation,
-        Task.status.in_(("waiting", "running"))))
+        Task.status.in_(tasks.OPEN_STATUSES)))
     if busy is not None:
         raise errors.Conflict(f"A {operation} of vault {vault.name!r} is already running: "
                               f"task {busy}.", task_id=busy)
