@@ -6,17 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import backup_pb2, backup_pb2_grpc, common_pb2
 from controller import browse
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Backup, Image, Vault
-from controller.persistence.vocabulary import BackupStatus, ImageStatus, ObjectType
-from controller.services import backups, deletions, images, paging, restores, runs, vaults
+from controller.services import backups, deletions, images, restores, runs
 
 
 class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
@@ -60,8 +56,8 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
 
     def ListBackups(self, request: backup_pb2.ListBackupsRequest,
                     context: grpc.ServicerContext) -> backup_pb2.ListBackupsResponse:
-        stmt = backups.backup_query(
-            self.project_id, vault_id=request.vault_id, resource_id=request.resource_id,
+        f = backups.BackupFilter(
+            vault_id=request.vault_id, resource_id=request.resource_id,
             checkpoint_id=request.checkpoint_id,
             status=convert.optional_enum(backup_pb2.BackupStatus, request.status, "status"),
             image_type=convert.optional_enum(backup_pb2.ImageType, request.image_type,
@@ -70,10 +66,8 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
                                                 "resource_type"),
             name=request.name, show_children=request.show_children)
         with self.app.db.begin() as s:
-            if request.vault_id:  # an unknown vault is not an empty one
-                vaults.get_vault(s, self.project_id, request.vault_id)
-            items, token, total = paging.paginate(s, stmt, Backup, request.page_size,
-                                                  request.page_token)
+            items, token, total = backups.list_backups(s, self.project_id, f,
+                                                       request.page_size, request.page_token)
             return backup_pb2.ListBackupsResponse(
                 backups=[convert.backup(b, backups.children(s, b.id)) for b in items],
                 next_page_token=token, total_count=total)
@@ -126,31 +120,23 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
 
     def ListImages(self, request: backup_pb2.ListImagesRequest,
                    context: grpc.ServicerContext) -> backup_pb2.ListImagesResponse:
-        stmt = select(Image).where(Image.project_id == self.project_id)
-        if request.backup_id:
-            stmt = stmt.where(Image.backup_id == request.backup_id)
         with self.app.db.begin() as s:
-            items, token, _total = paging.paginate(s, stmt, Image, request.page_size,
-                                                   request.page_token)
+            items, token, _total = images.list_images(s, self.project_id, request.backup_id,
+                                                      request.page_size, request.page_token)
             return backup_pb2.ListImagesResponse(images=[convert.image(i) for i in items],
                                                  next_page_token=token)
 
     def DeleteImage(self, request: backup_pb2.DeleteImageRequest,
                     context: grpc.ServicerContext) -> backup_pb2.DeleteImageResponse:
         with self.app.db.begin() as s:
-            image = images.get_image(s, self.project_id, request.image_id)
-            if image.status == ImageStatus.CREATING:
-                raise errors.Conflict(f"Image {image.id} is being written; delete it after "
-                                      f"task {image.task_id} ends.")
-            s.delete(image)
+            images.delete_image(s, self.project_id, request.image_id)
         return backup_pb2.DeleteImageResponse()
 
     def ListBackupFiles(self, request: backup_pb2.ListBackupFilesRequest,
                         context: grpc.ServicerContext) -> backup_pb2.ListBackupFilesResponse:
         with self.app.db.begin() as s:
-            b = _tree_backup(s, self.project_id, request.backup_id, "backup_id", "list")
-            vault = s.get(Vault, b.vault_id)
-            vault_url = vault.storage_url if vault is not None else ""
+            b = backups.tree_backup(s, self.project_id, request.backup_id, "backup_id", "list")
+            vault_url = backups.vault_url(s, b)
             backup_id = b.id
         files = self.maintenance.list_files(vault_url, backup_id, request.path)
         return backup_pb2.ListBackupFilesResponse(files=files)
@@ -161,9 +147,9 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
             raise errors.InvalidParameter("other_backup_id is required: the backup to compare "
                                           "backup_id with.", field="other_backup_id")
         with self.app.db.begin() as s:
-            _tree_backup(s, self.project_id, request.backup_id, "backup_id", "compare")
-            _tree_backup(s, self.project_id, request.other_backup_id, "other_backup_id",
-                         "compare")
+            backups.tree_backup(s, self.project_id, request.backup_id, "backup_id", "compare")
+            backups.tree_backup(s, self.project_id, request.other_backup_id,
+                                "other_backup_id", "compare")
         yield from browse.diff_backups(self.app, request.backup_id, request.other_backup_id,
                                        request.path)
 
@@ -171,19 +157,6 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
                         context: grpc.ServicerContext
                         ) -> Iterator[backup_pb2.WalkBackupFilesResponse]:
         with self.app.db.begin() as s:
-            _tree_backup(s, self.project_id, request.backup_id, "backup_id", "list")
+            backups.tree_backup(s, self.project_id, request.backup_id, "backup_id", "list")
         yield from browse.walk_files(self.app, request.backup_id, request.path)
 
-
-def _tree_backup(s: Session, project_id: str, backup_id: str, field: str, verb: str) -> Backup:
-    """A file-system backup of the account whose tree may be read now."""
-    b = backups.get_backup(s, project_id, backup_id)
-    if b.resource_type != ObjectType.TURBO:
-        raise errors.InvalidParameter(
-            f"Backup {b.id} is a {b.resource_type} backup; only file-system backups "
-            f"have files to {verb}.", field=field)
-    if b.status not in (BackupStatus.AVAILABLE, BackupStatus.RESTORING):
-        raise errors.BackupStatusIllegal(f"Backup {b.id} is {b.status}; files can be read "
-                                         "only from an available (or restoring) backup.",
-                                         backup_id=b.id)
-    return b

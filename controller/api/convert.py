@@ -256,8 +256,13 @@ def image(i: models.Image) -> backup_pb2.Image:
         source_cloud=i.source_cloud, created_at=ts(i.created_at), updated_at=ts(i.updated_at))
 
 
-def replication_record(r: models.ReplicationRecord) -> replication_pb2.ReplicationRecord:
+def replication_record(r: models.ReplicationRecord, task_progress: int | None = None
+                       ) -> replication_pb2.ReplicationRecord:
+    """A record; ``task_progress``, when given, is its transfer task's (the larger shows)."""
     extra = r.extra_info
+    progress = int(extra.get("progress", 0))
+    if task_progress is not None:
+        progress = max(progress, task_progress)
     return replication_pb2.ReplicationRecord(
         id=r.id, status=enum_number(replication_pb2.ReplicationStatus, r.status),
         source_region=r.source_region, source_project_id=r.source_project_id,
@@ -267,7 +272,7 @@ def replication_record(r: models.ReplicationRecord) -> replication_pb2.Replicati
         destination_vault_id=r.destination_vault_id,
         destination_backup_id=r.destination_backup_id,
         destination_checkpoint_id=r.destination_checkpoint_id, vault_id=r.vault_id,
-        progress=int(extra.get("progress", 0)), fail_code=str(extra.get("fail_code", "")),
+        progress=progress, fail_code=str(extra.get("fail_code", "")),
         fail_reason=str(extra.get("fail_reason", "")),
         auto_trigger=bool(extra.get("auto_trigger", False)), created_at=ts(r.created_at),
         updated_at=ts(r.updated_at))

@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import cast
 
 import grpc
-from sqlalchemy import select
 
 from cbr import errors
 from cbr.v1 import credential_pb2, credential_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
 from controller.jobs.replicator import Replicator, pin_target_ca
-from controller.persistence.models import Credential
-from controller.services import credentials, paging
+from controller.services import credentials
 
 
 class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer):
@@ -60,12 +58,10 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
     def ListCredentials(self, request: credential_pb2.ListCredentialsRequest,
                         context: grpc.ServicerContext
                         ) -> credential_pb2.ListCredentialsResponse:
-        stmt = select(Credential).where(Credential.project_id == self.project_id)
-        if request.target_cloud:
-            stmt = stmt.where(Credential.target_cloud == request.target_cloud)
         with self.app.db.begin() as s:
-            items, token, total = paging.paginate(s, stmt, Credential, request.page_size,
-                                                  request.page_token)
+            items, token, total = credentials.list_credentials(
+                s, self.project_id, request.target_cloud, request.page_size,
+                request.page_token)
             return credential_pb2.ListCredentialsResponse(
                 credentials=[convert.credential(c) for c in items], next_page_token=token,
                 total_count=total)
@@ -78,22 +74,18 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
         if request.target_endpoint or request.access_key_id or request.secret_access_key \
                 or request.target_ca_certificate or request.target_ca_sha256:
             with self.app.db.begin() as s:
-                current = credentials.get_credential(s, self.project_id, request.credential_id)
-                if request.access_key_id and not request.secret_access_key:
-                    raise errors.InvalidParameter(
-                        "A new access key needs its secret key.", field="secret_access_key")
-                check = {"name": current.name,
-                         "endpoint": request.target_endpoint or current.target_endpoint,
-                         "access_key_id": request.access_key_id or current.access_key_id,
-                         "secret": request.secret_access_key or self.app.keyring.unseal(
-                             current.secret_sealed, current.id.encode()).decode(),
-                         "target_account_id": current.target_account_id,
-                         "target_cloud": current.target_cloud}
-                current_ca = current.target_ca_pem
+                check = credentials.access_check(
+                    s, self.app.keyring, self.project_id, request.credential_id,
+                    target_endpoint=request.target_endpoint,
+                    access_key_id=request.access_key_id,
+                    secret_access_key=request.secret_access_key)
             if request.target_ca_certificate or request.target_ca_sha256:
-                ca_pem = pin_target_ca(self.app, check["endpoint"],
+                ca_pem = pin_target_ca(self.app, check.endpoint,
                                        request.target_ca_certificate, request.target_ca_sha256)
-            self._replicator().check_access(**check, ca_pem=ca_pem or current_ca)
+            self._replicator().check_access(
+                name=check.name, endpoint=check.endpoint, ca_pem=ca_pem or check.current_ca_pem,
+                access_key_id=check.access_key_id, secret=check.secret,
+                target_account_id=check.target_account_id, target_cloud=check.target_cloud)
         with self.app.db.begin() as s:
             c = credentials.update_credential(
                 s, self.app.keyring, self.project_id, request.credential_id,
@@ -108,5 +100,5 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                          context: grpc.ServicerContext
                          ) -> credential_pb2.DeleteCredentialResponse:
         with self.app.db.begin() as s:
-            s.delete(credentials.get_credential(s, self.project_id, request.credential_id))
+            credentials.delete_credential(s, self.project_id, request.credential_id)
         return credential_pb2.DeleteCredentialResponse()

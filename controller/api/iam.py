@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import grpc
-from sqlalchemy import select
 
-from cbr import errors
 from cbr.v1 import iam_pb2, iam_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import AccessKey, Account, Grant, User
-from controller.services import iam, paging
+from controller.services import iam
 
 
 class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
@@ -18,9 +15,7 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
                           context: grpc.ServicerContext) -> iam_pb2.GetCallerIdentityResponse:
         caller = self.caller
         with self.app.db.begin() as s:
-            account = s.get(Account, caller.account_id)
-            user = s.get(User, caller.user_id)
-            assert account is not None and user is not None
+            account, user = iam.caller_identity(s, caller)
             return iam_pb2.GetCallerIdentityResponse(
                 account=convert.account(account), user=convert.user(user),
                 access_key_id=caller.access_key_id, actions=iam.caller_actions(caller))
@@ -44,12 +39,9 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
 
     def ListAccounts(self, request: iam_pb2.ListAccountsRequest,
                      context: grpc.ServicerContext) -> iam_pb2.ListAccountsResponse:
-        stmt = select(Account)
-        if not self.caller.administrator:
-            stmt = stmt.where(Account.id == self.caller.account_id)
         with self.app.db.begin() as s:
-            items, token, total = paging.paginate(s, stmt, Account, request.page_size,
-                                                  request.page_token)
+            items, token, total = iam.list_accounts(s, self.caller, request.page_size,
+                                                    request.page_token)
             return iam_pb2.ListAccountsResponse(accounts=[convert.account(a) for a in items],
                                                 next_page_token=token, total_count=total)
 
@@ -67,10 +59,9 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
 
     def ListUsers(self, request: iam_pb2.ListUsersRequest,
                   context: grpc.ServicerContext) -> iam_pb2.ListUsersResponse:
-        stmt = select(User).where(User.account_id == self.caller.account_id)
         with self.app.db.begin() as s:
-            items, token, total = paging.paginate(s, stmt, User, request.page_size,
-                                                  request.page_token)
+            items, token, total = iam.list_users(s, self.caller.account_id, request.page_size,
+                                                 request.page_token)
             return iam_pb2.ListUsersResponse(users=[convert.user(u) for u in items],
                                              next_page_token=token, total_count=total)
 
@@ -92,20 +83,15 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
     def ListAccessKeys(self, request: iam_pb2.ListAccessKeysRequest,
                        context: grpc.ServicerContext) -> iam_pb2.ListAccessKeysResponse:
         with self.app.db.begin() as s:
-            user = iam.get_user(s, self.caller.account_id,
-                                request.user_id or self.caller.user_id)
-            keys = s.scalars(select(AccessKey).where(AccessKey.user_id == user.id)
-                             .order_by(AccessKey.created_at)).all()
+            keys = iam.list_access_keys(s, self.caller.account_id,
+                                        request.user_id or self.caller.user_id)
             return iam_pb2.ListAccessKeysResponse(
                 access_keys=[convert.access_key(k) for k in keys])
 
     def DeleteAccessKey(self, request: iam_pb2.DeleteAccessKeyRequest,
                         context: grpc.ServicerContext) -> iam_pb2.DeleteAccessKeyResponse:
         with self.app.db.begin() as s:
-            key = iam.get_access_key(s, self.caller.account_id, request.access_key_id)
-            if key.id == self.caller.access_key_id:
-                raise errors.Conflict("The key signing this call cannot delete itself.")
-            s.delete(key)
+            iam.delete_access_key(s, self.caller, request.access_key_id)
         iam.access_key_cache(self.app).clear()
         return iam_pb2.DeleteAccessKeyResponse()
 
@@ -121,10 +107,8 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
     def ListGrants(self, request: iam_pb2.ListGrantsRequest,
                    context: grpc.ServicerContext) -> iam_pb2.ListGrantsResponse:
         with self.app.db.begin() as s:
-            user = iam.get_user(s, self.caller.account_id,
-                                request.user_id or self.caller.user_id)
-            grants = s.scalars(select(Grant).where(Grant.user_id == user.id)
-                               .order_by(Grant.created_at)).all()
+            grants = iam.list_grants(s, self.caller.account_id,
+                                     request.user_id or self.caller.user_id)
             return iam_pb2.ListGrantsResponse(grants=[convert.grant(g) for g in grants])
 
     def DeleteGrant(self, request: iam_pb2.DeleteGrantRequest,

@@ -5,23 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import select
 
 from cbr import errors
 from cbr.v1 import policy_pb2, policy_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
-from controller.persistence.models import Policy, PolicyRun, VaultPolicy
 from controller.persistence.vocabulary import PolicyOperationType
-from controller.services import paging, policies, policy_runs
+from controller.services import policies, policy_runs
 
 NEXT_RUNS_SHOWN = 5
 
 
 class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
-    def _pb(self, s: Any, p: Policy) -> policy_pb2.Policy:
-        return convert.policy(p, policies.vault_ids(s, p.id),
-                              policy_runs.next_runs(p, self.now(), NEXT_RUNS_SHOWN))
+    def _pb(self, view: policy_runs.PolicyView) -> policy_pb2.Policy:
+        return convert.policy(view.policy, view.vault_ids, view.next_runs)
 
     def CreatePolicy(self, request: policy_pb2.CreatePolicyRequest,
                      context: grpc.ServicerContext) -> policy_pb2.CreatePolicyResponse:
@@ -32,7 +29,8 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                 s, self.project_id, request.name, op, request.enabled,
                 convert.operation_definition(request.operation_definition),
                 list(request.trigger.pattern), self.now())
-            response = policy_pb2.CreatePolicyResponse(policy=self._pb(s, p))
+            response = policy_pb2.CreatePolicyResponse(policy=self._pb(
+                policy_runs.policy_view(s, p, self.now(), NEXT_RUNS_SHOWN)))
         self.policy_changed(response.policy.id)
         return response
 
@@ -40,23 +38,20 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                   context: grpc.ServicerContext) -> policy_pb2.GetPolicyResponse:
         with self.app.db.begin() as s:
             p = policies.get_policy(s, self.project_id, request.policy_id)
-            return policy_pb2.GetPolicyResponse(policy=self._pb(s, p))
+            return policy_pb2.GetPolicyResponse(policy=self._pb(
+                policy_runs.policy_view(s, p, self.now(), NEXT_RUNS_SHOWN)))
 
     def ListPolicies(self, request: policy_pb2.ListPoliciesRequest,
                      context: grpc.ServicerContext) -> policy_pb2.ListPoliciesResponse:
         op = convert.optional_enum(policy_pb2.PolicyOperationType, request.operation_type,
                                    "operation_type")
-        stmt = select(Policy).where(Policy.project_id == self.project_id)
-        if op:
-            stmt = stmt.where(Policy.operation_type == op)
-        if request.vault_id:
-            stmt = stmt.where(Policy.id.in_(select(VaultPolicy.policy_id).where(
-                VaultPolicy.vault_id == request.vault_id)))
         with self.app.db.begin() as s:
-            items, token, total = paging.paginate(s, stmt, Policy, request.page_size,
-                                                  request.page_token)
+            items, token, total = policies.list_policies(
+                s, self.project_id, op, request.vault_id, request.page_size,
+                request.page_token)
             return policy_pb2.ListPoliciesResponse(
-                policies=[self._pb(s, p) for p in items],
+                policies=[self._pb(policy_runs.policy_view(s, p, self.now(), NEXT_RUNS_SHOWN))
+                          for p in items],
                 next_page_token=token, total_count=total)
 
     def UpdatePolicy(self, request: policy_pb2.UpdatePolicyRequest,
@@ -79,7 +74,8 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
         with self.app.db.begin() as s:
             p = policies.update_policy(s, self.project_id, request.policy_id, changes,
                                        self.now())
-            response = policy_pb2.UpdatePolicyResponse(policy=self._pb(s, p))
+            response = policy_pb2.UpdatePolicyResponse(policy=self._pb(
+                policy_runs.policy_view(s, p, self.now(), NEXT_RUNS_SHOWN)))
         self.policy_changed(request.policy_id)
         return response
 
@@ -93,12 +89,8 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
     def RunPolicyNow(self, request: policy_pb2.RunPolicyNowRequest,
                      context: grpc.ServicerContext) -> policy_pb2.RunPolicyNowResponse:
         with self.app.db.begin() as s:
-            p = policies.get_policy(s, self.project_id, request.policy_id)
+            p = policies.runnable(s, self.project_id, request.policy_id)
             replication = p.operation_type == PolicyOperationType.REPLICATION
-            if not policies.vault_ids(s, p.id):
-                raise errors.InvalidParameter(
-                    f"Policy {p.name!r} has no vaults; associate it with a vault first.",
-                    field="policy_id")
         scheduler = getattr(self.app, "scheduler", None)
         if scheduler is None:
             raise errors.NotImplementedYet(
@@ -112,9 +104,7 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
     def ListPolicyRuns(self, request: policy_pb2.ListPolicyRunsRequest,
                        context: grpc.ServicerContext) -> policy_pb2.ListPolicyRunsResponse:
         with self.app.db.begin() as s:
-            policies.get_policy(s, self.project_id, request.policy_id)
-            stmt = select(PolicyRun).where(PolicyRun.policy_id == request.policy_id)
-            items, token, _total = paging.paginate(s, stmt, PolicyRun, request.page_size,
-                                                   request.page_token)
+            items, token, _total = policy_runs.list_runs(s, self.project_id, request.policy_id,
+                                                         request.page_size, request.page_token)
             return policy_pb2.ListPolicyRunsResponse(
                 runs=[convert.policy_run(r) for r in items], next_page_token=token)

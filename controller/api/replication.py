@@ -2,54 +2,29 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Sequence
 from typing import cast
 
 import grpc
 from google.protobuf import json_format
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import cloud_pb2, replication_pb2, replication_pb2_grpc
-from controller.agents import pki
-from controller.agents.servicer import certificate_authority
 from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
+from controller.jobs import receiver
 from controller.jobs.replicator import Replicator
-from controller.persistence.models import ReplicationRecord, Task, Vault
-from controller.persistence.vocabulary import ObjectType, ReplicationStatus
-from controller.services import (
-    agent_status,
-    credentials,
-    imports,
-    keys,
-    paging,
-    vaults,
-)
+from controller.services import imports, replication
 
 
-def _with_progress(session: Session, records: Sequence[ReplicationRecord]
-                   ) -> list[replication_pb2.ReplicationRecord]:
-    """Records as messages; one still replicating shows its transfer task's progress."""
-    task_ids = {str(r.extra_info.get("task_id")) for r in records
-                if r.status == ReplicationStatus.REPLICATING and r.extra_info.get("task_id")}
-    progress = dict(session.execute(select(Task.id, Task.progress).where(
-        Task.id.in_(task_ids))).tuples().all()) if task_ids else {}
-    out = []
-    for r in records:
-        msg = convert.replication_record(r)
-        if r.status == ReplicationStatus.REPLICATING:
-            msg.progress = max(msg.progress, progress.get(str(r.extra_info.get("task_id")), 0))
-        out.append(msg)
-    return out
+def _record_pb(view: replication.RecordView) -> replication_pb2.ReplicationRecord:
+    return convert.replication_record(view.record, view.task_progress)
 
 
 class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServicer):
     """Thin: the rules live in controller.services.replication (source side) and
     controller.services.imports (target side); the conversation between the two
-    clouds in controller.jobs.replicator."""
+    clouds in controller.jobs.replicator, the target's storage and importer in
+    controller.jobs.receiver."""
 
     @property
     def replicator(self) -> Replicator:
@@ -72,14 +47,8 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
     def ReplicateVault(self, request: replication_pb2.ReplicateVaultRequest,
                        context: grpc.ServicerContext) -> replication_pb2.ReplicateVaultResponse:
         with self.app.db.begin() as s:
-            vault = vaults.get_vault(s, self.project_id, request.vault_id)
-            if vault.object_type == ObjectType.DISK:
-                raise errors.ReplicationNotAllowedForType(
-                    "Disk vaults cannot replicate; only server and file-system (turbo) vaults.")
-            credentials.get_credential(s, self.project_id, request.credential_id)
-            if not request.destination_region:
-                raise errors.InvalidParameter("destination_region is required.",
-                                              field="destination_region")
+            replication.check_vault_request(s, self.project_id, request.vault_id,
+                                            request.credential_id, request.destination_region)
         done = self.replicator.replicate_vault(
             self.project_id, request.vault_id, request.credential_id,
             request.destination_region, request.destination_vault_id,
@@ -109,10 +78,7 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
     def PrepareImport(self, request: replication_pb2.PrepareImportRequest,
                       context: grpc.ServicerContext) -> replication_pb2.PrepareImportResponse:
         imports.require_replication_actions(self.caller.actions)
-        if not request.chunk_keys or len(request.chunk_keys) > 16 or any(
-                len(k.key_id) != 16 or len(k.key) != 32 for k in request.chunk_keys):
-            raise errors.InvalidParameter("chunk_keys: one to 16 keys, each a 16-byte id and "
-                                          "a 32-byte key.", field="chunk_keys")
+        imports.check_chunk_keys([(k.key_id, k.key) for k in request.chunk_keys])
         if not request.source_record_id or not request.HasField("backup"):
             raise errors.InvalidParameter("source_record_id and backup are required.",
                                           field="backup")
@@ -125,34 +91,17 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
             destination_vault_id=request.destination_vault_id,
             backup=json_format.MessageToDict(request.backup), encrypted=request.encrypted,
             auto_trigger=request.auto_trigger)
-        with self.app.db.begin() as s:
-            plan = imports.prepare_import(
-                s, self.app.keyring, self.project_id, req,
-                regions=self.app.config.all_regions,
-                online=agent_status.online_agent_ids(self.app, s), now=self.now(),
-                ttl=dt.timedelta(hours=self.app.config.import_ttl))
-            record, task_id = plan.record, plan.task.id
-            vault = s.get(Vault, record.destination_vault_id)
-            assert vault is not None
-            # The lineage's chunk-id keys go into the vault before any chunk
-            # does, wrapped by the vault's own master key when it is encrypted.
-            self.app.storage.add_chunk_keys(
-                vault.storage_url, {bytes(k.key_id): bytes(k.key) for k in request.chunk_keys},
-                request.source_vault_id,
-                keys.vault_key(s, self.app.root_key, vault, self.now()))
-            response = replication_pb2.PrepareImportResponse(
-                import_id=record.id, task_id=task_id,
-                destination_checkpoint_id=record.destination_checkpoint_id,
-                replica_ids=dict(record.extra_info["replica_ids"]),
-                importer_endpoint=plan.importer.endpoint,
-                importer_server_name=pki.importer_server_name(plan.importer.id),
-                ca_certificate_pem=certificate_authority(self.app).certificate_pem.decode(),
-                import_token=plan.token, destination_project_id=self.project_id)
-            response.expires_at.FromDatetime(
-                dt.datetime.fromisoformat(str(record.extra_info["expires_at"])))
-            importer_id = plan.importer.id
-        if self.app.hub is not None:
-            self.app.hub.dispatch(importer_id, task_id)
+        prepared = receiver.prepare_import(
+            self.app, self.project_id, req,
+            {bytes(k.key_id): bytes(k.key) for k in request.chunk_keys})
+        response = replication_pb2.PrepareImportResponse(
+            import_id=prepared.import_id, task_id=prepared.task_id,
+            destination_checkpoint_id=prepared.destination_checkpoint_id,
+            replica_ids=prepared.replica_ids, importer_endpoint=prepared.importer_endpoint,
+            importer_server_name=prepared.importer_server_name,
+            ca_certificate_pem=prepared.ca_certificate_pem,
+            import_token=prepared.import_token, destination_project_id=self.project_id)
+        response.expires_at.FromDatetime(prepared.expires_at)
         return response
 
     def GetImport(self, request: replication_pb2.GetImportRequest,
@@ -178,30 +127,21 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                              context: grpc.ServicerContext
                              ) -> replication_pb2.GetReplicationRecordResponse:
         with self.app.db.begin() as s:
-            r = s.get(ReplicationRecord, request.replication_record_id) \
-                if request.replication_record_id else None
-            if r is None or r.project_id != self.project_id:
-                raise errors.ResourceNotFound(
-                    f"No replication record {request.replication_record_id!r}.")
+            view = replication.get_record(s, self.project_id, request.replication_record_id)
             return replication_pb2.GetReplicationRecordResponse(
-                replication_record=_with_progress(s, [r])[0])
+                replication_record=_record_pb(view))
 
     def ListReplicationRecords(self, request: replication_pb2.ListReplicationRecordsRequest,
                                context: grpc.ServicerContext
                                ) -> replication_pb2.ListReplicationRecordsResponse:
         status = convert.optional_enum(replication_pb2.ReplicationStatus, request.status,
                                        "status")
-        stmt = select(ReplicationRecord).where(ReplicationRecord.project_id == self.project_id)
-        for column, value in ((ReplicationRecord.vault_id, request.vault_id),
-                              (ReplicationRecord.source_backup_id, request.source_backup_id),
-                              (ReplicationRecord.destination_region,
-                               request.destination_region),
-                              (ReplicationRecord.status, status)):
-            if value:
-                stmt = stmt.where(column == value)
+        f = replication.RecordFilter(
+            vault_id=request.vault_id, source_backup_id=request.source_backup_id,
+            destination_region=request.destination_region, status=status)
         with self.app.db.begin() as s:
-            items, token, total = paging.paginate(s, stmt, ReplicationRecord,
-                                                  request.page_size, request.page_token)
+            views, token, total = replication.list_records(s, self.project_id, f,
+                                                           request.page_size, request.page_token)
             return replication_pb2.ListReplicationRecordsResponse(
-                replication_records=_with_progress(s, items),
+                replication_records=[_record_pb(v) for v in views],
                 next_page_token=token, total_count=total)

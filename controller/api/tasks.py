@@ -13,8 +13,7 @@ from cbr.v1 import task_pb2, task_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.app import App
-from controller.persistence.models import Task
-from controller.services import paging, tasks
+from controller.services import tasks
 
 log = logging.getLogger("cbr.controller.api")
 
@@ -42,9 +41,8 @@ class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
             vault_id=request.vault_id, resource_id=request.resource_id,
             checkpoint_id=request.checkpoint_id, policy_id=request.policy_id)
         with self.app.db.read() as conn:
-            items, token, total = paging.paginate(conn, tasks.task_query(self.project_id, f),
-                                                  Task, request.page_size, request.page_token,
-                                                  rows=True)
+            items, token, total = tasks.list_tasks(conn, self.project_id, f, request.page_size,
+                                                   request.page_token)
             return task_pb2.ListTasksResponse(tasks=[convert.task(t) for t in items],
                                               next_page_token=token, total_count=total)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import common_pb2, vault_pb2, vault_pb2_grpc
@@ -21,10 +19,7 @@ def _resources(specs: Any) -> list[vaults.ResourceRequest]:
             for r in specs]
 
 
-def _vault_pb(session: Session | Connection, project_id: str, vault_id: str) -> vault_pb2.Vault:
-    if isinstance(session, Session):
-        session.flush()
-    view = vaults.vault_view(session, project_id, vault_id)
+def _vault_pb(view: vaults.VaultView) -> vault_pb2.Vault:
     return convert.vault(view.vault, view.resources, view.bindings)
 
 
@@ -55,13 +50,14 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                 vault.id, request.storage_url, vaults.storage_urls(s))
             key = keys.vault_key(s, self.app.root_key, vault, self.now())
             self.app.storage.init_vault(vault.storage_url, vault.id, self.now(), key)
-            return vault_pb2.CreateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))
+            return vault_pb2.CreateVaultResponse(
+                vault=_vault_pb(vaults.vault_view(s, self.project_id, vault.id)))
 
     def GetVault(self, request: vault_pb2.GetVaultRequest,
                  context: grpc.ServicerContext) -> vault_pb2.GetVaultResponse:
         with self.app.db.read() as conn:
             return vault_pb2.GetVaultResponse(
-                vault=_vault_pb(conn, self.project_id, request.vault_id))
+                vault=_vault_pb(vaults.vault_view(conn, self.project_id, request.vault_id)))
 
     def ListVaults(self, request: vault_pb2.ListVaultsRequest,
                    context: grpc.ServicerContext) -> vault_pb2.ListVaultsResponse:
@@ -77,7 +73,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             views, token, total = vaults.list_vaults(conn, self.project_id, f,
                                                      request.page_size, request.page_token)
             return vault_pb2.ListVaultsResponse(
-                vaults=[convert.vault(v.vault, v.resources, v.bindings) for v in views],
+                vaults=[_vault_pb(v) for v in views],
                 next_page_token=token, total_count=total)
 
     def UpdateVault(self, request: vault_pb2.UpdateVaultRequest,
@@ -101,7 +97,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             vault = vaults.update_vault(s, self.project_id, request.vault_id, changes,
                                         self.now())
-            return vault_pb2.UpdateVaultResponse(vault=_vault_pb(s, self.project_id, vault.id))
+            return vault_pb2.UpdateVaultResponse(
+                vault=_vault_pb(vaults.vault_view(s, self.project_id, vault.id)))
 
     def DeleteVault(self, request: vault_pb2.DeleteVaultRequest,
                     context: grpc.ServicerContext) -> vault_pb2.DeleteVaultResponse:
@@ -117,7 +114,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             added = vaults.add_resources(s, self.project_id, request.vault_id,
                                          _resources(request.resources), self.now())
             return vault_pb2.AddVaultResourcesResponse(
-                add_resource_ids=added, vault=_vault_pb(s, self.project_id, request.vault_id))
+                add_resource_ids=added,
+                vault=_vault_pb(vaults.vault_view(s, self.project_id, request.vault_id)))
 
     def RemoveVaultResources(
             self, request: vault_pb2.RemoveVaultResourcesRequest,
@@ -138,7 +136,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
                                             request.policy_id, request.destination_vault_id,
                                             self.now())
             response = vault_pb2.AssociateVaultPolicyResponse(
-                vault=_vault_pb(s, self.project_id, vault.id))
+                vault=_vault_pb(vaults.vault_view(s, self.project_id, vault.id)))
         self.policy_changed(request.policy_id)
         return response
 
@@ -149,7 +147,7 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             vault = vaults.dissociate_policy(s, self.project_id, request.vault_id,
                                              request.policy_id, self.now())
             response = vault_pb2.DissociateVaultPolicyResponse(
-                vault=_vault_pb(s, self.project_id, vault.id))
+                vault=_vault_pb(vaults.vault_view(s, self.project_id, vault.id)))
         self.policy_changed(request.policy_id)
         return response
 
@@ -187,6 +185,6 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
             self.project_id, request.storage_url, request.name, request.size_gb,
             request.kms_key_id)
         with self.app.db.read() as conn:
-            vault = _vault_pb(conn, self.project_id, result.vault_id)
+            vault = _vault_pb(vaults.vault_view(conn, self.project_id, result.vault_id))
         return vault_pb2.ImportVaultStorageResponse(
             vault=vault, imported_backups=result.imported, warnings=result.warnings)

@@ -7,15 +7,17 @@ Backup runs, restores and deletions are in ``runs``; replication in
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
-from controller.persistence.models import Backup, Checkpoint, ReplicationRecord, Task
-from controller.persistence.vocabulary import ProtectType, VaultStatus
-from controller.services import validation, vaults
+from controller.persistence.models import Backup, Checkpoint, ReplicationRecord, Task, Vault
+from controller.persistence.vocabulary import BackupStatus, ObjectType, ProtectType, VaultStatus
+from controller.services import paging, validation, vaults
 
 
 def get_backup(session: Session, project_id: str, backup_id: str) -> Backup:
@@ -47,20 +49,59 @@ def get_checkpoint(session: Session, project_id: str,
     return cp, backup_ids, task_ids
 
 
-def backup_query(project_id: str, *, vault_id: str = "", resource_id: str = "",
-                 checkpoint_id: str = "", status: str = "", image_type: str = "",
-                 resource_type: str = "", name: str = "",
-                 show_children: bool = False) -> Select[Any]:
+@dataclass(frozen=True)
+class BackupFilter:
+    vault_id: str = ""
+    resource_id: str = ""
+    checkpoint_id: str = ""
+    status: str = ""
+    image_type: str = ""
+    resource_type: str = ""
+    name: str = ""
+    show_children: bool = False
+
+
+def backup_query(project_id: str, f: BackupFilter) -> Select[Any]:
     stmt = select(Backup).where(Backup.project_id == project_id)
-    if not show_children:
+    if not f.show_children:
         stmt = stmt.where(Backup.parent_id.is_(None))
-    for column, value in ((Backup.vault_id, vault_id), (Backup.resource_id, resource_id),
-                          (Backup.checkpoint_id, checkpoint_id), (Backup.status, status),
-                          (Backup.image_type, image_type),
-                          (Backup.resource_type, resource_type), (Backup.name, name)):
+    for column, value in ((Backup.vault_id, f.vault_id), (Backup.resource_id, f.resource_id),
+                          (Backup.checkpoint_id, f.checkpoint_id), (Backup.status, f.status),
+                          (Backup.image_type, f.image_type),
+                          (Backup.resource_type, f.resource_type), (Backup.name, f.name)):
         if value:
             stmt = stmt.where(column == value)
     return stmt
+
+
+def list_backups(session: Session, project_id: str, f: BackupFilter, page_size: int,
+                 page_token: str) -> tuple[Sequence[Backup], str, int]:
+    """A page of the account's backups matching f: (backups, next_page_token, total)."""
+    stmt = backup_query(project_id, f)
+    if f.vault_id:  # an unknown vault is not an empty one
+        vaults.get_vault(session, project_id, f.vault_id)
+    return paging.paginate(session, stmt, Backup, page_size, page_token)
+
+
+def tree_backup(session: Session, project_id: str, backup_id: str, field: str,
+                verb: str) -> Backup:
+    """A file-system backup of the account whose tree may be read now."""
+    b = get_backup(session, project_id, backup_id)
+    if b.resource_type != ObjectType.TURBO:
+        raise errors.InvalidParameter(
+            f"Backup {b.id} is a {b.resource_type} backup; only file-system backups "
+            f"have files to {verb}.", field=field)
+    if b.status not in (BackupStatus.AVAILABLE, BackupStatus.RESTORING):
+        raise errors.BackupStatusIllegal(f"Backup {b.id} is {b.status}; files can be read "
+                                         "only from an available (or restoring) backup.",
+                                         backup_id=b.id)
+    return b
+
+
+def vault_url(session: Session, backup: Backup) -> str:
+    """The storage of the backup's vault; empty when the vault row is gone."""
+    vault = session.get(Vault, backup.vault_id)
+    return vault.storage_url if vault is not None else ""
 
 
 def update_backup(session: Session, project_id: str, backup_id: str, name: str,

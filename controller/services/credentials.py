@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 from cbr import errors
 from controller.keyring import Keyring
 from controller.persistence.models import Credential
-from controller.services import validation
+from controller.services import paging, validation
 
 
 def get_credential(session: Session, project_id: str, credential_id: str) -> Credential:
@@ -25,6 +27,19 @@ def get_credential(session: Session, project_id: str, credential_id: str) -> Cre
         raise errors.ResourceNotFound(f"No credential with id {credential_id!r}.",
                                       credential_id=credential_id)
     return cred
+
+
+def list_credentials(session: Session, project_id: str, target_cloud: str, page_size: int,
+                     page_token: str) -> tuple[Sequence[Credential], str, int]:
+    """A page of the account's credentials, of one target cloud when given."""
+    stmt = select(Credential).where(Credential.project_id == project_id)
+    if target_cloud:
+        stmt = stmt.where(Credential.target_cloud == target_cloud)
+    return paging.paginate(session, stmt, Credential, page_size, page_token)
+
+
+def delete_credential(session: Session, project_id: str, credential_id: str) -> None:
+    session.delete(get_credential(session, project_id, credential_id))
 
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]")
@@ -114,3 +129,33 @@ def update_credential(session: Session, keyring: Keyring, project_id: str, crede
     cred.updated_at = now
     session.flush()
     return cred
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    """A changed credential as the target cloud is asked about it before
+    anything is stored: the request's values, the stored ones elsewhere."""
+
+    name: str
+    endpoint: str
+    access_key_id: str
+    secret: str
+    target_account_id: str
+    target_cloud: str
+    current_ca_pem: str
+
+
+def access_check(session: Session, keyring: Keyring, project_id: str, credential_id: str, *,
+                 target_endpoint: str, access_key_id: str,
+                 secret_access_key: str) -> AccessCheck:
+    current = get_credential(session, project_id, credential_id)
+    if access_key_id and not secret_access_key:
+        raise errors.InvalidParameter(
+            "A new access key needs its secret key.", field="secret_access_key")
+    return AccessCheck(
+        name=current.name, endpoint=target_endpoint or current.target_endpoint,
+        access_key_id=access_key_id or current.access_key_id,
+        secret=secret_access_key or keyring.unseal(
+            current.secret_sealed, current.id.encode()).decode(),
+        target_account_id=current.target_account_id, target_cloud=current.target_cloud,
+        current_ca_pem=current.target_ca_pem)

@@ -15,6 +15,7 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from cbr import errors
 from cbr.clock import utc_now
 from controller.keyring import Keyring
 from controller.persistence.models import AccessKey, Account, Grant, User
-from controller.services import actions
+from controller.services import actions, paging
 from controller.services.actions import Caller
 
 if TYPE_CHECKING:
@@ -214,6 +215,28 @@ def get_account(session: Session, caller: Caller, account_id: str) -> Account:
     return account
 
 
+def caller_identity(session: Session, caller: Caller) -> tuple[Account, User]:
+    account = session.get(Account, caller.account_id)
+    user = session.get(User, caller.user_id)
+    assert account is not None and user is not None
+    return account, user
+
+
+def list_accounts(session: Session, caller: Caller, page_size: int,
+                  page_token: str) -> tuple[Sequence[Account], str, int]:
+    """Every account for the administrator; the caller's own for anyone else."""
+    stmt = select(Account)
+    if not caller.administrator:
+        stmt = stmt.where(Account.id == caller.account_id)
+    return paging.paginate(session, stmt, Account, page_size, page_token)
+
+
+def list_users(session: Session, account_id: str, page_size: int,
+               page_token: str) -> tuple[Sequence[User], str, int]:
+    stmt = select(User).where(User.account_id == account_id)
+    return paging.paginate(session, stmt, User, page_size, page_token)
+
+
 def require_administrator(caller: Caller, what: str, action: str) -> None:
     if not caller.administrator:
         raise errors.PermissionDenied(
@@ -235,6 +258,19 @@ def get_access_key(session: Session, account_id: str, access_key_id: str) -> Acc
     return key
 
 
+def list_access_keys(session: Session, account_id: str, user_id: str) -> list[AccessKey]:
+    user = get_user(session, account_id, user_id)
+    return list(session.scalars(select(AccessKey).where(AccessKey.user_id == user.id)
+                                .order_by(AccessKey.created_at)).all())
+
+
+def delete_access_key(session: Session, caller: Caller, access_key_id: str) -> None:
+    key = get_access_key(session, caller.account_id, access_key_id)
+    if key.id == caller.access_key_id:
+        raise errors.Conflict("The key signing this call cannot delete itself.")
+    session.delete(key)
+
+
 def create_grant(session: Session, account_id: str, user_id: str, action: str,
                  now: dt.datetime) -> Grant:
     user = get_user(session, account_id, user_id)
@@ -248,6 +284,12 @@ def create_grant(session: Session, account_id: str, user_id: str, action: str,
     session.add(grant)
     session.flush()
     return grant
+
+
+def list_grants(session: Session, account_id: str, user_id: str) -> list[Grant]:
+    user = get_user(session, account_id, user_id)
+    return list(session.scalars(select(Grant).where(Grant.user_id == user.id)
+                                .order_by(Grant.created_at)).all())
 
 
 def delete_grant(session: Session, account_id: str, grant_id: str) -> None:

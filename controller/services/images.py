@@ -10,7 +10,9 @@ cloud that lost its servers boots them again elsewhere.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
@@ -21,7 +23,7 @@ from controller.persistence.vocabulary import (
     ObjectType,
     TaskStatus,
 )
-from controller.services import backups, restores, runs, validation
+from controller.services import backups, paging, restores, runs, validation
 
 
 def get_image(session: Session, project_id: str, image_id: str) -> Image:
@@ -29,6 +31,24 @@ def get_image(session: Session, project_id: str, image_id: str) -> Image:
     if image is None or image.project_id != project_id:
         raise errors.ResourceNotFound(f"No image with id {image_id!r}.", image_id=image_id)
     return image
+
+
+def list_images(session: Session, project_id: str, backup_id: str, page_size: int,
+                page_token: str) -> tuple[Sequence[Image], str, int]:
+    """A page of the account's images, of one backup when ``backup_id`` is given."""
+    stmt = select(Image).where(Image.project_id == project_id)
+    if backup_id:
+        stmt = stmt.where(Image.backup_id == backup_id)
+    return paging.paginate(session, stmt, Image, page_size, page_token)
+
+
+def delete_image(session: Session, project_id: str, image_id: str) -> None:
+    """Forgets an image; one still being written waits for its task."""
+    image = get_image(session, project_id, image_id)
+    if image.status == ImageStatus.CREATING:
+        raise errors.Conflict(f"Image {image.id} is being written; delete it after "
+                              f"task {image.task_id} ends.")
+    session.delete(image)
 
 
 def create_image(session: Session, project_id: str, *, backup_id: str, name: str,

@@ -74,6 +74,14 @@ def region_supported(regions: tuple[tuple[str, bool], ...], region: str) -> bool
     return any(r == region and ok for r, ok in regions)
 
 
+def check_chunk_keys(chunk_keys: list[tuple[bytes, bytes]]) -> None:
+    """The source lineage's chunk-id keys, as (key id, key): one to 16 of them."""
+    if not chunk_keys or len(chunk_keys) > 16 or any(
+            len(key_id) != 16 or len(key) != 32 for key_id, key in chunk_keys):
+        raise errors.InvalidParameter("chunk_keys: one to 16 keys, each a 16-byte id and "
+                                      "a 32-byte key.", field="chunk_keys")
+
+
 @dataclass(frozen=True)
 class ImportRequest:
     """What a source says about the backup it wants to replicate."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from cbr import errors
 from controller.persistence.models import Policy, VaultPolicy
 from controller.persistence.vocabulary import PolicyOperationType
-from controller.services import validation
+from controller.services import paging, validation
 
 DAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_RULES = 24
@@ -166,6 +167,29 @@ def get_policy(session: Session, project_id: str, policy_id: str) -> Policy:
 def vault_ids(session: Session, policy_id: str) -> list[str]:
     return list(session.scalars(select(VaultPolicy.vault_id).where(
         VaultPolicy.policy_id == policy_id).order_by(VaultPolicy.created_at)))
+
+
+def list_policies(session: Session, project_id: str, operation_type: str, vault_id: str,
+                  page_size: int, page_token: str) -> tuple[Sequence[Policy], str, int]:
+    """A page of the account's policies, of one operation type or bound to one
+    vault when given."""
+    stmt = select(Policy).where(Policy.project_id == project_id)
+    if operation_type:
+        stmt = stmt.where(Policy.operation_type == operation_type)
+    if vault_id:
+        stmt = stmt.where(Policy.id.in_(select(VaultPolicy.policy_id).where(
+            VaultPolicy.vault_id == vault_id)))
+    return paging.paginate(session, stmt, Policy, page_size, page_token)
+
+
+def runnable(session: Session, project_id: str, policy_id: str) -> Policy:
+    """A policy that can run now: one with vaults to run on."""
+    p = get_policy(session, project_id, policy_id)
+    if not vault_ids(session, p.id):
+        raise errors.InvalidParameter(
+            f"Policy {p.name!r} has no vaults; associate it with a vault first.",
+            field="policy_id")
+    return p
 
 
 def create_policy(session: Session, project_id: str, name: str, operation_type: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -32,7 +33,7 @@ from controller.persistence.vocabulary import (
     PolicyOperationType,
     PolicyRunStatus,
 )
-from controller.services import deletions, retention, runs
+from controller.services import deletions, paging, policies, retention, runs
 from controller.services.schedule import Schedule
 
 log = logging.getLogger("cbr.controller.policies")
@@ -56,6 +57,28 @@ def next_runs(policy: Policy, after: dt.datetime, count: int) -> list[dt.datetim
         if when is not None:
             out.append(when)
     return out
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """A policy as the API shows it: its row, its vaults and its next run times."""
+
+    policy: Policy
+    vault_ids: list[str]
+    next_runs: list[dt.datetime]
+
+
+def policy_view(session: Session, policy: Policy, now: dt.datetime, count: int) -> PolicyView:
+    return PolicyView(policy, policies.vault_ids(session, policy.id),
+                      next_runs(policy, now, count))
+
+
+def list_runs(session: Session, project_id: str, policy_id: str, page_size: int,
+              page_token: str) -> tuple[Sequence[PolicyRun], str, int]:
+    """A page of one policy's runs, oldest first."""
+    policies.get_policy(session, project_id, policy_id)
+    stmt = select(PolicyRun).where(PolicyRun.policy_id == policy_id)
+    return paging.paginate(session, stmt, PolicyRun, page_size, page_token)
 
 
 def bound_vaults(session: Session, policy_id: str) -> list[str]:

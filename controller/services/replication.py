@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ from controller.persistence.vocabulary import (
     ReplicationStatus,
     TaskStatus,
 )
-from controller.services import backups, commands, retention, tasks
+from controller.services import backups, commands, credentials, paging, retention, tasks, vaults
 
 # A backup with a record in one of these went (or is going) to its destination.
 ACTIVE = frozenset({ReplicationStatus.REPLICATING, ReplicationStatus.SUCCESS})
@@ -92,6 +93,19 @@ def check_replicable(session: Session, backup: Backup, credential: Credential,
         if r.destination_region == region and r.status == ReplicationStatus.REPLICATING:
             raise errors.AlreadyReplicated(
                 f"Backup {backup.id} is being replicated to {region} (record {r.id}).")
+
+
+def check_vault_request(session: Session, project_id: str, vault_id: str,
+                        credential_id: str, region: str) -> None:
+    """What a caller's vault replication must have before the target is asked."""
+    vault = vaults.get_vault(session, project_id, vault_id)
+    if vault.object_type == ObjectType.DISK:
+        raise errors.ReplicationNotAllowedForType(
+            "Disk vaults cannot replicate; only server and file-system (turbo) vaults.")
+    credentials.get_credential(session, project_id, credential_id)
+    if not region:
+        raise errors.InvalidParameter("destination_region is required.",
+                                      field="destination_region")
 
 
 def vault_replicated_before(session: Session, backup: Backup, region: str) -> bool:
@@ -326,3 +340,54 @@ def replica_deleted(session: Session, record_id: str, rule: str, now: dt.datetim
     if record is not None:
         record.extra_info = {**record.extra_info, "replica_deleted": rule}
         record.updated_at = now
+
+
+# -- the records as the API shows them ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """A record and, while it replicates, its transfer task's progress (the
+    agent reports progress to the task; the record learns it at the end)."""
+
+    record: ReplicationRecord
+    task_progress: int | None
+
+
+def record_views(session: Session, records: Sequence[ReplicationRecord]) -> list[RecordView]:
+    task_ids = {str(r.extra_info.get("task_id")) for r in records
+                if r.status == "replicating" and r.extra_info.get("task_id")}
+    progress = dict(session.execute(select(Task.id, Task.progress).where(
+        Task.id.in_(task_ids))).tuples().all()) if task_ids else {}
+    return [RecordView(r, progress.get(str(r.extra_info.get("task_id")), 0)
+                       if r.status == ReplicationStatus.REPLICATING else None) for r in records]
+
+
+def get_record(session: Session, project_id: str, record_id: str) -> RecordView:
+    r = session.get(ReplicationRecord, record_id) if record_id else None
+    if r is None or r.project_id != project_id:
+        raise errors.ResourceNotFound(f"No replication record {record_id!r}.")
+    return record_views(session, [r])[0]
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    vault_id: str = ""
+    source_backup_id: str = ""
+    destination_region: str = ""
+    status: str = ""
+
+
+def list_records(session: Session, project_id: str, f: RecordFilter, page_size: int,
+                 page_token: str) -> tuple[list[RecordView], str, int]:
+    """A page of the account's records matching f: (views, next_page_token, total)."""
+    stmt = select(ReplicationRecord).where(ReplicationRecord.project_id == project_id)
+    for column, value in ((ReplicationRecord.vault_id, f.vault_id),
+                          (ReplicationRecord.source_backup_id, f.source_backup_id),
+                          (ReplicationRecord.destination_region, f.destination_region),
+                          (ReplicationRecord.status, f.status)):
+        if value:
+            stmt = stmt.where(column == value)
+    items, token, total = paging.paginate(session, stmt, ReplicationRecord, page_size,
+                                          page_token)
+    return record_views(session, items), token, total

@@ -8,6 +8,7 @@ agent resending after a reconnect) is applied once.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,7 +19,7 @@ from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.persistence.models import Task
 from controller.persistence.vocabulary import OperationType, TaskStatus
-from controller.services import commands
+from controller.services import commands, paging
 
 FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.SKIPPED,
                             TaskStatus.TIMEOUT})
@@ -178,6 +179,13 @@ def task_query(project_id: str, f: TaskFilter) -> Select[Any]:
         if value:
             stmt = stmt.where(getattr(Task, field) == value)
     return stmt
+
+
+def list_tasks(conn: Session | Connection, project_id: str, f: TaskFilter, page_size: int,
+               page_token: str) -> tuple[Sequence[Any], str, int]:
+    """A page of the account's tasks matching f, as Core rows (see Database.read)."""
+    return paging.paginate(conn, task_query(project_id, f), Task, page_size, page_token,
+                           rows=True)
 
 
 def count(session: Session, stmt: Select[Any]) -> int:

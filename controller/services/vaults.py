@@ -485,6 +485,10 @@ _BINDINGS_OF = (
 
 
 def vault_view(conn: Session | Connection, project_id: str, vault_id: str) -> VaultView:
+    """One vault's view; in a session, with the session's pending changes
+    flushed first (the view reads with Core statements, which do not autoflush)."""
+    if isinstance(conn, Session):
+        conn.flush()
     row = conn.execute(_VAULT_BY_ID, {"vault_id": vault_id}).first() if vault_id else None
     if row is None or row.project_id != project_id:
         raise errors.VaultNotFound(f"No vault with id {vault_id!r}.", vault_id=vault_id)

@@ -100,6 +100,32 @@ def test_no_floor_imports_a_higher_one() -> None:
     assert found == [], "imports from a lower floor to a higher one: " + "; ".join(found)
 
 
+# The servicers are thin (docs/architecture.md): decode, call a service, encode.
+# convert.py encodes ORM rows, so it alone reads the models. The rest of
+# controller/api/ (interceptors, server, caller, base) needs no database type.
+ENCODES_ROWS = {"convert.py"}
+
+
+def test_servicers_build_no_queries() -> None:
+    """Queries and rules live in controller/services/ (issue 21); a servicer
+    that imports sqlalchemy or the models has started to build one."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "controller" / "api").glob("*.py")):
+        if path.name in ENCODES_ROWS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                if name == "sqlalchemy" or name.startswith(("sqlalchemy.",
+                                                             "controller.persistence.models")):
+                    found.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert found == [], "servicers that import sqlalchemy or the ORM models: " + "; ".join(found)
+
+
 MAX_LINES = 600
 FIRST_PARTY = ("agent", "controller", "cli", "cbr", "scripts", "bench", "tests")
 NOT_FIRST_PARTY_DIRS = {".venv", "build", "__pycache__", "node_modules"}
