@@ -89,10 +89,20 @@ def _new_access_key_id() -> str:
     return "AK" + "".join(secrets.choice(_AK_ALPHABET) for _ in range(18))
 
 
+def new_secret_key() -> str:
+    """40 URL-safe characters that never begin with "-": a secret that looks
+    like an option is refused by every command line it is typed into
+    (``cbr --secret-key -x...``: "expected one argument")."""
+    while True:
+        sk = secrets.token_urlsafe(30)
+        if not sk.startswith("-"):
+            return sk
+
+
 def create_access_key(session: Session, keyring: Keyring, user: User,
                       now: dt.datetime) -> tuple[AccessKey, str]:
     ak = _new_access_key_id()
-    sk = secrets.token_urlsafe(30)
+    sk = new_secret_key()
     key = AccessKey(id=ak, user_id=user.id, secret_sealed=keyring.seal(sk.encode(), ak.encode()),
                     active=True, created_at=now)
     session.add(key)
