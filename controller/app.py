@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cbr.clock import Clock
-from controller.agents.pki import CA_DIR
 from controller.config import Config
 from controller.keyring import Keyring
 from controller.kms import ROOT_KEY_FILE, RootKey
 from controller.persistence.db import Database
+from controller.pki import CA_DIR
 from controller.storage import VaultStorage
 
 if TYPE_CHECKING:  # the parts above this module, set on it once built
     from controller.agents.hub import AgentHub
-    from controller.agents.pki import CertificateAuthority
     from controller.jobs.maintenance import Maintenance
     from controller.jobs.replicator import Replicator
     from controller.jobs.scheduler import PolicyScheduler
+    from controller.pki import CertificateAuthority
     from controller.services.iam import AccessKeyCache
 
 
@@ -42,7 +42,7 @@ class App:
     scheduler: PolicyScheduler | None = None
     replicator: Replicator | None = None
     # Made on first use and then shared: the controller CA
-    # (controller.agents.servicer.certificate_authority) and the access key
+    # (controller.pki.certificate_authority) and the access key
     # cache (controller.services.iam.access_key_cache).
     ca: CertificateAuthority | None = None
     access_keys: AccessKeyCache | None = None

@@ -23,13 +23,13 @@ import sqlalchemy.exc
 from cbr import private, tls
 from cbr.clock import SystemClock
 from controller import config as config_mod
-from controller.agents.pki import CA_DIR
 from controller.api.server import build_public_server
 from controller.app import App
 from controller.keyring import Keyring
 from controller.kms import ROOT_KEY_FILE, RootKeyError
 from controller.persistence import migrate
 from controller.persistence.db import Database
+from controller.pki import CA_DIR
 from controller.services import iam, vaults
 from controller.storage import Place
 

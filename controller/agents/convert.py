@@ -12,9 +12,9 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from cbr.v1 import agent_pb2
-from controller.agents.service import AgentView, ReportedProtectable
 from controller.persistence.vocabulary import AgentRole
 from controller.services import commands
+from controller.services.agents import AgentView, ReportedProtectable
 
 ROLE_TO_PB: dict[str, agent_pb2.AgentRole] = {
     AgentRole.HOST: agent_pb2.AGENT_ROLE_HOST, AgentRole.IMPORTER: agent_pb2.AGENT_ROLE_IMPORTER}

@@ -35,10 +35,11 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.v1 import agent_pb2
-from controller.agents import convert, service
+from controller.agents import convert
 from controller.app import App
 from controller.persistence.models import Agent, Task, UtcDateTime
 from controller.persistence.vocabulary import TaskStatus
+from controller.services import agents as service
 from controller.services import commands, tasks
 
 log = logging.getLogger("cbr.controller.agents.hub")

@@ -1,4 +1,4 @@
-"""The agent endpoint's AgentService: Connect, and the controller's CA.
+"""The agent endpoint's AgentService: Connect.
 
 ``AgentEndpointServicer`` serves only Connect, authenticated by the client
 certificate (the agent id is its URI SAN or CN; the certificate's SHA-256
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,22 +22,11 @@ from cryptography.hazmat.primitives import serialization
 from cbr import errors
 from cbr.status import status_of
 from cbr.v1 import agent_pb2_grpc
-from controller.agents import pki, service
+from controller import pki
 from controller.app import App
+from controller.services import agents as service
 
 log = logging.getLogger("cbr.controller.agents")
-
-_ca_lock = threading.Lock()
-
-
-def certificate_authority(app: App) -> pki.CertificateAuthority:
-    """The controller CA under <data-dir>/ca, created at first use and cached on the app."""
-    with _ca_lock:
-        if app.ca is None:
-            app.ca = pki.CertificateAuthority.load_or_create(app.data_dir / pki.CA_DIR,
-                                                             app.clock)
-        return app.ca
-
 
 def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> tuple[str, str]:
     """(agent id, certificate SHA-256) of the TLS peer; Unauthenticated without one."""

@@ -15,9 +15,10 @@ import grpc
 from cbr import limits
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.v1 import agent_pb2_grpc
-from controller.agents.servicer import AgentEndpointServicer, certificate_authority
+from controller.agents.servicer import AgentEndpointServicer
 from controller.aioserver import LoopServer
 from controller.app import App
+from controller.pki import certificate_authority
 
 log = logging.getLogger("cbr.controller.agents")
 

@@ -14,11 +14,13 @@ import grpc
 
 from cbr import errors
 from cbr.v1 import agent_pb2, agent_pb2_grpc
-from controller.agents import convert, pki, service
-from controller.agents.servicer import certificate_authority
+from controller import pki
+from controller.agents import convert
 from controller.api.caller import current_caller
 from controller.app import App
 from controller.persistence.vocabulary import AgentRole, OperationType
+from controller.pki import certificate_authority
+from controller.services import agents as service
 from controller.services import commands, tasks
 
 

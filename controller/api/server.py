@@ -136,7 +136,7 @@ def api_credentials(app: App) -> grpc.ServerCredentials | None:
         except OSError as exc:
             raise OSError(f"cannot read tls_cert/tls_key: {exc}") from None
         return grpc.ssl_server_credentials([(key, chain)])
-    from controller.agents.servicer import certificate_authority
+    from controller.pki import certificate_authority
 
     ca = certificate_authority(app)
     identity = ca.server_identity()

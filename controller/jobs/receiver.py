@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from controller.agents import pki
-from controller.agents.servicer import certificate_authority
+from controller import pki
 from controller.app import App
 from controller.persistence.models import Vault
+from controller.pki import certificate_authority
 from controller.services import agent_status, imports, keys
 
 

@@ -1,7 +1,7 @@
 """Protectables as the API shows them: what the account's agents reported,
 whether each agent is online, and which vault holds each.
 
-The agent endpoint writes the inventory (``controller.agents.service``);
+The agent endpoint writes the inventory (``controller.services.agents``);
 these are the reads. Listing protectables is among the hottest calls, so
 they read Core rows with statements built once, not ORM objects.
 """

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from cbr import tls
 from cbr.client import error_from_rpc
 from cbr.v1 import credential_pb2
-from controller.agents.pki import CertificateAuthority
+from controller.pki import CertificateAuthority
 from tests.support.inproc import RunningController, running_controller
 
 

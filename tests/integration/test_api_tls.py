@@ -16,7 +16,7 @@ from agent.enroll import EnrollError, enroll
 from cbr import signing, tls
 from cbr.client import Client
 from cbr.v1 import agent_pb2, cloud_pb2, common_pb2, vault_pb2
-from controller.agents.pki import CertificateAuthority
+from controller.pki import CertificateAuthority
 from tests.support.environment import unavailable
 from tests.support.processes import ControllerFactory, ControllerProcess, console_script
 

@@ -15,10 +15,11 @@ from sqlalchemy import select
 
 from cbr import errors, limits
 from cbr.clock import FakeClock
-from controller.agents import pki, service
+from controller import pki
 from controller.persistence import migrate
 from controller.persistence.db import Database
 from controller.persistence.models import Account, EnrollmentToken, Protectable
+from controller.services import agents as service
 
 
 @pytest.fixture

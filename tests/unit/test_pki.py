@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cbr import errors
 from cbr.clock import FakeClock
-from controller.agents import pki
+from controller import pki
 
 
 def _csr(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, cn: str = "host-1") -> bytes:

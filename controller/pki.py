@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,6 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cbr import errors, tls
 from cbr.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from controller.app import App
 
 # The CA's directory in the controller's data dir.
 CA_DIR = "ca"
@@ -296,3 +301,14 @@ def agent_id_of(cert_pem: bytes) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = cns[0].value if cns else ""
     return value if isinstance(value, str) else value.decode()
+
+
+_ca_lock = threading.Lock()
+
+
+def certificate_authority(app: App) -> CertificateAuthority:
+    """The controller CA under <data-dir>/ca, created at first use and cached on the app."""
+    with _ca_lock:
+        if app.ca is None:
+            app.ca = CertificateAuthority.load_or_create(app.data_dir / CA_DIR, app.clock)
+        return app.ca

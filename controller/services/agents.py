@@ -24,9 +24,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cbr import enrollment, errors, limits
-from controller.agents.pki import CertificateAuthority, certificate_fingerprint
 from controller.persistence.models import Agent, EnrollmentToken, Protectable
 from controller.persistence.vocabulary import AgentRole, ObjectType
+from controller.pki import CertificateAuthority, certificate_fingerprint
 from controller.services import paging
 
 log = logging.getLogger("cbr.controller.agents")
