@@ -9,9 +9,9 @@ import grpc
 
 from cbr import errors
 from cbr.v1 import backup_pb2, backup_pb2_grpc, common_pb2
-from controller import browse
 from controller.api import convert
 from controller.api.base import Servicer
+from controller.jobs import browse
 from controller.services import backups, deletions, images, restores, runs
 
 

@@ -33,7 +33,7 @@ from cbr.repo.objects.tree import EntryType, decode_tree
 from cbr.storage import StorageError
 from cbr.v1 import backup_pb2
 from controller.app import App
-from controller.browse import file_pb
+from controller.jobs.browse import file_pb
 from controller.kms import CustomerKey
 from controller.persistence.models import Backup, Checkpoint, Key, Task, Vault
 from controller.persistence.vocabulary import (
