@@ -33,6 +33,9 @@ class LoopServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-loop",
                                         daemon=True)
         self._thread.start()
+        # Run on the loop, in order, before the server stops taking calls
+        # (the health service turns NOT_SERVING, so balancers drain it first).
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
         try:
             self._server, self.port = self._run(build())
         except BaseException:
@@ -48,6 +51,8 @@ class LoopServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops serving (in-flight calls get ``grace`` seconds), then the loop."""
         try:
+            for hook in self.before_stop:
+                self._run(hook())
             self._run(self._server.stop(grace))
             self._run(_cancel_others())
         finally:

@@ -13,7 +13,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cbr import limits
@@ -45,6 +45,7 @@ from controller.aioserver import LoopServer
 from controller.api.backups import BackupServicer
 from controller.api.cloud import CloudServicer
 from controller.api.credentials import CredentialServicer
+from controller.api.health import HealthWatch
 from controller.api.iam import IamServicer
 from controller.api.interceptors import server_interceptors
 from controller.api.keys import KeyServicer
@@ -82,6 +83,8 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
     """The API: ``cbr.v1`` services on a bounded pool of ``api_threads``,
     streams (watches, reflection) as coroutines that hold no thread."""
 
+    watches: list[HealthWatch] = []
+
     async def build() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
             futures.ThreadPoolExecutor(max_workers=app.config.api_threads,
@@ -105,14 +108,16 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
         agents.register(server, app)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in [*service_names(), ""]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        watch = HealthWatch(app, health_servicer, [*service_names(), ""])
+        await watch.start()
+        watches.append(watch)
         reflection.enable_server_reflection(
             [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         port = bind(server, app.config.listen, api_credentials(app), what="the cbr.v1 API")
         return server, port
 
     server = LoopServer(build)
+    server.before_stop.extend(w.shutdown for w in watches)
     return server, server.port
 
 

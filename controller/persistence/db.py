@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 CHECKPOINT_INTERVAL_S = 2.0
@@ -94,6 +94,11 @@ class Database:
         """
         with self.engine.begin() as conn:
             yield conn
+
+    def ping(self) -> None:
+        """Raises unless the database answers a query now (the health probe)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self._stop.set()

@@ -13,10 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from cbr.client import Client
 from controller import config as config_mod
+from controller.aioserver import LoopServer
 from controller.api.server import build_public_server
 from controller.app import App
 from controller.main import build_app
@@ -26,7 +25,7 @@ from controller.services import iam
 @dataclass
 class RunningController:
     app: App
-    server: grpc.Server
+    server: LoopServer
     endpoint: str
     access_key: str
     secret_key: str

@@ -82,3 +82,17 @@ def drop_database(name: str) -> None:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def set_reachable(url: str, reachable: bool) -> None:
+    """Takes one test database away (no new connections, its sessions
+    ended) or gives it back: an outage of that database alone, while the
+    server keeps serving every other test."""
+    name = url.rsplit("/", 1)[1]
+    admin, _ = _connect_admin()
+    with admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.SQL("true" if reachable else "false")))
+        if not reachable:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
