@@ -27,6 +27,7 @@ from agent.connection import Connection
 from agent.enroll import EnrollError, enroll
 from agent.journal import Journal
 from agent.state import StateDir
+from cbr import logs
 
 log = logging.getLogger("cbr.agent")
 
@@ -50,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
                    f"importer_listen; default {agent_config.DEFAULT_IMPORTER_LISTEN}).")
     p.add_argument("--log-level", default=os.environ.get("CBR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default %(default)s).")
+    p.add_argument("--log-format", type=logs.log_format,
+                   default=os.environ.get("CBR_LOG_FORMAT", "text"),
+                   help="text (for people) or json (one object per line, for log "
+                   "shippers); default %(default)s.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("enroll", help="Enroll with a one-time token, then exit.")
     e.add_argument("--token", required=True, help="Token from 'cbr agent enroll-token'.")
@@ -111,11 +116,7 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s cbr-agent: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure("cbr-agent", str(args.log_level), args.log_format)
     try:
         cfg = agent_config.load(args.config)
     except agent_config.ConfigError as exc:

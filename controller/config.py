@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cbr import logs
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -94,6 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("agent_offline_after", 15.0, "Seconds without a heartbeat after which an agent "
             "shows as offline.", float),
     Setting("log_level", "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    Setting("log_format", "text", "text (for people) or json (one object per line, for log "
+            "shippers).", logs.log_format),
     Setting("storage_url", "", "Where new vaults keep their data; each vault gets the "
             "vault id appended: /abs/dir, file:///abs/dir or s3://bucket/prefix?endpoint=URL. "
             "Agents must reach it too. Default: the storage dir inside the data dir."),
@@ -144,6 +148,7 @@ class Config:
     heartbeat_interval: float
     agent_offline_after: float
     log_level: str
+    log_format: str
     insecure_listen: bool = False
     max_streams: int = 4096
     max_streams_per_peer: int = 2048

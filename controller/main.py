@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlalchemy
 import sqlalchemy.exc
 
-from cbr import private, tls
+from cbr import logs, private, tls
 from cbr.clock import SystemClock
 from controller import config as config_mod
 from controller.api.server import build_public_server
@@ -145,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Whatever this process creates is its own (cbr.private).
     os.umask(0o077)
     cfg = config_mod.load(argv)
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("cbr-controller", cfg.log_level, cfg.log_format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
