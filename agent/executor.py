@@ -25,24 +25,26 @@ from cbr.v1 import agent_pb2
 log = logging.getLogger("cbr.agent")
 
 
+# Actions whose result has a field of the same name in CommandResult.result.
+RESULT_FIELDS = frozenset(f.name for f in agent_pb2.CommandResult.DESCRIPTOR
+                          .oneofs_by_name["result"].fields)
+
+
 def result_message(entry: Entry) -> Any:
     """The CommandResult of a journal entry, with its typed result when it has one."""
     result = agent_pb2.CommandResult(
         task_id=entry.task_id, success=entry.success, error_code=entry.error_code,
         error_message=entry.error_message)
     if entry.result and entry.action in RESULT_FIELDS:
+        typed = getattr(result, entry.action)
+        typed.SetInParent()  # present even when every figure is zero
         try:
-            json_format.ParseDict(entry.result, getattr(result, entry.action))
+            json_format.ParseDict(entry.result, typed)
         except json_format.ParseError:
             log.warning("task %s: its journaled result does not parse; sent without it",
                         entry.task_id)
             result.ClearField(entry.action)  # type: ignore[arg-type]
     return agent_pb2.ConnectRequest(result=result)
-
-
-# Actions whose result has a field of the same name in CommandResult.result.
-RESULT_FIELDS = frozenset(f.name for f in agent_pb2.CommandResult.DESCRIPTOR
-                          .oneofs_by_name["result"].fields)
 
 
 class Executor:
@@ -118,4 +120,7 @@ class Executor:
 def _result_json(outcome: Outcome) -> dict[str, Any]:
     if not outcome.success or outcome.result is None:
         return {}
-    return json_format.MessageToDict(outcome.result, preserving_proto_field_name=True)
+    # Every field written, zeros too: an entry with a typed result is never
+    # empty, so it reads back as having one.
+    return json_format.MessageToDict(outcome.result, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)

@@ -144,3 +144,24 @@ def test_a_typed_result_is_journaled_and_sent_again_unchanged(tmp_path: Path) ->
     assert Executor(Journal(tmp_path), context, sent.append, {}).handle(command) is None
     assert runs == ["backup"]
     assert [m.result.backup for m in sent] == [result, result]
+
+
+def test_a_result_whose_figures_are_all_zero_is_still_sent_typed(tmp_path: Path) -> None:
+    """A sync that found nothing, a restore of an empty directory: the
+    result says so, it is not mistaken for an agent that sent none."""
+    sent: list[Any] = []
+
+    def sync(context: CommandContext, command: Any) -> Outcome:
+        return Outcome.done(agent_pb2.SyncResult(protectable_count=0))
+
+    def context(task_id: str) -> CommandContext:
+        cfg = AgentConfig(name="a", controller="", state_dir=tmp_path)
+        return CommandContext(cfg, lambda: 0, lambda p, m: None)
+
+    executor = Executor(Journal(tmp_path), context, sent.append, {"sync": sync})
+    thread = executor.handle(_sync("t-0"))
+    assert thread is not None
+    thread.join(5)
+    assert Executor(Journal(tmp_path), context, sent.append, {}).handle(_sync("t-0")) is None
+    assert [m.result.WhichOneof("result") for m in sent] == ["sync", "sync"]
+    assert all(m.result.sync.protectable_count == 0 for m in sent)
