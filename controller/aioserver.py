@@ -39,6 +39,7 @@ class LoopServer:
         try:
             self._server, self.port = self._run(build())
         except BaseException:
+            self._run(_cancel_others())  # what build started, before the loop closes
             self._close_loop()
             raise
 

@@ -108,12 +108,14 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
         agents.register(server, app)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        watch = HealthWatch(app, health_servicer, [*service_names(), ""])
-        await watch.start()
-        watches.append(watch)
         reflection.enable_server_reflection(
             [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         port = bind(server, app.config.listen, api_credentials(app), what="the cbr.v1 API")
+        # Probing starts once the port is ours: a controller that cannot
+        # listen leaves nothing running.
+        watch = HealthWatch(app, health_servicer, [*service_names(), ""])
+        await watch.start()
+        watches.append(watch)
         return server, port
 
     server = LoopServer(build)
