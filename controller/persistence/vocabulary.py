@@ -275,3 +275,42 @@ class ReplicationStatus(enum.StrEnum):
     FAIL = "fail"
     SKIP = "skip"
     WAITING_REPLICATE = "waiting_replicate"
+
+
+# -- operations: events and the audit trail --------------------------------------
+
+
+class EventType(enum.StrEnum):
+    """What happened that an operator may want to hear about
+    (``controller.services.events``); notification targets subscribe to these."""
+
+    BACKUP_SUCCEEDED = "backup.succeeded"
+    BACKUP_FAILED = "backup.failed"
+    RESTORE_SUCCEEDED = "restore.succeeded"
+    RESTORE_FAILED = "restore.failed"
+    REPLICATION_SUCCEEDED = "replication.succeeded"
+    REPLICATION_FAILED = "replication.failed"
+    # A policy's scheduled run that did not start within its window.
+    POLICY_RUN_MISSED = "policy.run_missed"
+    # An agent not connected for longer than the account's limit.
+    AGENT_OFFLINE = "agent.offline"
+    # A vault's used capacity went past its ``threshold`` percent.
+    VAULT_THRESHOLD_EXCEEDED = "vault.threshold_exceeded"
+    VERIFY_PROBLEMS_FOUND = "verify.problems_found"
+    # A key scheduled for deletion still encrypts vaults.
+    KEY_DELETION_IN_USE = "key.deletion_in_use"
+
+
+class EventSeverity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class AuditResult(enum.StrEnum):
+    """How an audited call ended: done, or refused (by authentication,
+    authorization or a rule) or failed; the gRPC status code says which."""
+
+    SUCCESS = "success"
+    REFUSED = "refused"
+    FAILED = "failed"

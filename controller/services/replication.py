@@ -41,7 +41,16 @@ from controller.persistence.vocabulary import (
     ReplicationStatus,
     TaskStatus,
 )
-from controller.services import backups, commands, credentials, paging, retention, tasks, vaults
+from controller.services import (
+    backups,
+    commands,
+    credentials,
+    events,
+    paging,
+    retention,
+    tasks,
+    vaults,
+)
 
 # A backup with a record in one of these went (or is going) to its destination.
 ACTIVE = frozenset({ReplicationStatus.REPLICATING, ReplicationStatus.SUCCESS})
@@ -270,6 +279,7 @@ def transfer_done(session: Session, task: Task, result: agent_pb2.ReplicateResul
                      fail_reason=task.error_message or "the transfer failed")
     record.extra_info = extra
     record.updated_at = now
+    events.replication_finished(session, record, now)
     return record
 
 
@@ -296,6 +306,7 @@ def confirmed(session: Session, record_id: str, target: dict[str, Any],
         return
     record.extra_info = extra
     record.updated_at = now
+    events.replication_finished(session, record, now)
 
 
 def aborted(session: Session, record_id: str, now: dt.datetime) -> None:

@@ -19,7 +19,7 @@ from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.persistence.models import Task
 from controller.persistence.vocabulary import OperationType, TaskStatus
-from controller.services import commands, paging
+from controller.services import commands, events, paging
 
 FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.SKIPPED,
                             TaskStatus.TIMEOUT})
@@ -158,6 +158,7 @@ def finish_task(
     task.started_at = task.started_at or now
     task.ended_at = now
     task.updated_at = now
+    events.task_finished(session, task, now)
     return task
 
 

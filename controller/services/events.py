@@ -1,0 +1,107 @@
+"""Events: what happened that an operator may want to hear about.
+
+An event is a row written in the transaction of the change it reports (a
+task ending, a replica confirmed), so it exists exactly when its change does
+and a crash between the two cannot lose or invent one. Notification targets
+subscribe to event types; their deliveries are made from these rows
+afterwards, never from inside the change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from controller.persistence.models import Event, ReplicationRecord, Task
+from controller.persistence.vocabulary import (
+    EventSeverity,
+    EventType,
+    OperationType,
+    ReplicationStatus,
+    TaskStatus,
+)
+
+SEVERITY = {
+    EventType.BACKUP_SUCCEEDED: EventSeverity.INFO,
+    EventType.BACKUP_FAILED: EventSeverity.ERROR,
+    EventType.RESTORE_SUCCEEDED: EventSeverity.INFO,
+    EventType.RESTORE_FAILED: EventSeverity.ERROR,
+    EventType.REPLICATION_SUCCEEDED: EventSeverity.INFO,
+    EventType.REPLICATION_FAILED: EventSeverity.ERROR,
+    EventType.POLICY_RUN_MISSED: EventSeverity.WARNING,
+    EventType.AGENT_OFFLINE: EventSeverity.WARNING,
+    EventType.VAULT_THRESHOLD_EXCEEDED: EventSeverity.WARNING,
+    EventType.VERIFY_PROBLEMS_FOUND: EventSeverity.ERROR,
+    EventType.KEY_DELETION_IN_USE: EventSeverity.WARNING,
+}
+
+# Which task endings are events; the others (a sync, a deletion) are routine.
+_TASK_EVENTS = {
+    (OperationType.BACKUP, TaskStatus.SUCCESS): EventType.BACKUP_SUCCEEDED,
+    (OperationType.BACKUP, TaskStatus.FAILED): EventType.BACKUP_FAILED,
+    (OperationType.BACKUP, TaskStatus.TIMEOUT): EventType.BACKUP_FAILED,
+    (OperationType.RESTORE, TaskStatus.SUCCESS): EventType.RESTORE_SUCCEEDED,
+    (OperationType.RESTORE, TaskStatus.FAILED): EventType.RESTORE_FAILED,
+    (OperationType.RESTORE, TaskStatus.TIMEOUT): EventType.RESTORE_FAILED,
+}
+
+
+def record(session: Session, *, project_id: str, event_type: EventType, now: dt.datetime,
+           summary: str, resource_type: str = "", resource_id: str = "",
+           resource_name: str = "", task_id: str = "",
+           details: dict[str, Any] | None = None) -> Event:
+    event = Event(project_id=project_id, event_type=event_type,
+                  severity=SEVERITY[event_type], resource_type=resource_type,
+                  resource_id=resource_id, resource_name=resource_name[:255],
+                  task_id=task_id, summary=summary, details=details or {}, occurred_at=now)
+    session.add(event)
+    return event
+
+
+def task_finished(session: Session, task: Task, now: dt.datetime) -> Event | None:
+    """The event of a task that just reached its final status, if it is one."""
+    event_type = _TASK_EVENTS.get((OperationType(task.operation_type),
+                                   TaskStatus(task.status)))
+    if event_type is None:
+        return None
+    what = task.operation_type
+    name = task.resource_name or task.resource_id or task.vault_name
+    if task.status == TaskStatus.SUCCESS:
+        summary = f"The {what} of {name} succeeded."
+    else:
+        ended = "timed out" if task.status == TaskStatus.TIMEOUT else "failed"
+        summary = f"The {what} of {name} {ended}: {task.error_message or 'no reason given'}"
+    details: dict[str, Any] = {"status": task.status, "vault_id": task.vault_id,
+                               "vault_name": task.vault_name, "policy_id": task.policy_id}
+    if task.error_code:
+        details.update(error_code=task.error_code, error_message=task.error_message)
+    return record(session, project_id=task.project_id, event_type=event_type, now=now,
+                  summary=summary, resource_type="resource", resource_id=task.resource_id,
+                  resource_name=name, task_id=task.id, details=details)
+
+
+def replication_finished(session: Session, rec: ReplicationRecord,
+                         now: dt.datetime) -> Event | None:
+    """The event of a replication record that just became success or fail
+    (on the source cloud, where the user asked for it)."""
+    if rec.status == ReplicationStatus.SUCCESS:
+        event_type = EventType.REPLICATION_SUCCEEDED
+        summary = (f"Backup {rec.source_backup_id} was replicated to "
+                   f"{rec.destination_region}.")
+    elif rec.status == ReplicationStatus.FAIL:
+        event_type = EventType.REPLICATION_FAILED
+        reason = str(rec.extra_info.get("fail_reason", "no reason given"))
+        summary = (f"The replication of backup {rec.source_backup_id} to "
+                   f"{rec.destination_region} failed: {reason}")
+    else:
+        return None
+    details = {"replication_record_id": rec.id, "vault_id": rec.vault_id,
+               "destination_region": rec.destination_region,
+               "destination_project_id": rec.destination_project_id,
+               "destination_vault_id": rec.destination_vault_id,
+               "fail_code": rec.extra_info.get("fail_code", "")}
+    return record(session, project_id=rec.project_id, event_type=event_type, now=now,
+                  summary=summary, resource_type="backup", resource_id=rec.source_backup_id,
+                  details=details)
