@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from cbr import errors, signing, tls
 from cbr.v1 import (
     agent_pb2_grpc,
+    audit_pb2_grpc,
     backup_pb2_grpc,
     cloud_pb2_grpc,
     credential_pb2_grpc,
@@ -148,6 +149,7 @@ class Client:
         self.agents = agent_pb2_grpc.AgentServiceStub(ch)
         self.cloud = cloud_pb2_grpc.CloudServiceStub(ch)
         self.keys = key_pb2_grpc.KeyServiceStub(ch)
+        self.audit = audit_pb2_grpc.AuditServiceStub(ch)
 
     def close(self) -> None:
         self._raw.close()

@@ -17,6 +17,7 @@ import grpc
 import cbr
 from cli import (
     agent_cmd,
+    audit_cmd,
     backup_cmd,
     cloud_cmd,
     configure_cmd,
@@ -46,6 +47,7 @@ MODULES = (
     task_cmd,
     iam_cmd,
     agent_cmd,
+    audit_cmd,
     cloud_cmd,
 )
 

@@ -20,6 +20,7 @@ from controller.storage import VaultStorage
 
 if TYPE_CHECKING:  # the parts above this module, set on it once built
     from controller.agents.hub import AgentHub
+    from controller.jobs.audit_log import AuditLog
     from controller.jobs.maintenance import Maintenance
     from controller.jobs.replicator import Replicator
     from controller.jobs.scheduler import PolicyScheduler
@@ -41,6 +42,8 @@ class App:
     maintenance: Maintenance | None = None
     scheduler: PolicyScheduler | None = None
     replicator: Replicator | None = None
+    # The audit trail's writer, set by build_app.
+    audit: AuditLog | None = None
     # Made on first use and then shared: the controller CA
     # (controller.pki.certificate_authority) and the access key
     # cache (controller.services.iam.access_key_cache).

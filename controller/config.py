@@ -42,6 +42,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _regions(text: str) -> tuple[tuple[str, bool], ...]:
     """'r1,r2:noreplication' -> (('r1', True), ('r2', False))."""
     out = []
@@ -129,6 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
             "start to its commit; an import not committed by then fails and its grant is "
             "forgotten. Raise it for first replications of large backups over slow links.",
             _positive),
+    Setting("audit_retention_days", 90, "Days the audit trail keeps each record.",
+            _positive_int),
     Setting("root_key", "", "Base64 of the 32-byte root key that seals the key service's "
             "master keys. Give it by the environment variable, never a flag. Default: "
             "root.key in the data dir (mode 0600, made on first start)."),
@@ -166,6 +175,7 @@ class Config:
     scheduler_tick: float = 0.0
     replication_retry: float = 600.0
     import_ttl: float = 24.0
+    audit_retention_days: int = 90
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -93,6 +93,9 @@ def build_app(cfg: config_mod.Config) -> App:
     from controller.jobs.replicator import Replicator
 
     app.replicator = Replicator(app)
+    from controller.jobs.audit_log import AuditLog
+
+    app.audit = AuditLog(app)
     return app
 
 
@@ -133,6 +136,8 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     scheduler.stop()
     replicator.stop()
     public.stop(grace=5)
+    if app.audit is not None:
+        app.audit.stop()
     agent_endpoint.stop()
     if app.hub is not None:
         app.hub.stop()

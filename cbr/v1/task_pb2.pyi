@@ -63,7 +63,7 @@ class TaskError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "operation_type", "status", "progress", "checkpoint_id", "policy_id", "vault_id", "vault_name", "resource_id", "resource_name", "agent_id", "error_info", "extra_info", "project_id", "created_at", "started_at", "ended_at", "updated_at")
+    __slots__ = ("id", "operation_type", "status", "progress", "checkpoint_id", "policy_id", "vault_id", "vault_name", "resource_id", "resource_name", "agent_id", "error_info", "extra_info", "project_id", "created_at", "started_at", "ended_at", "updated_at", "started_by_user_id", "started_by_access_key_id")
     class ExtraInfoEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class Task(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BY_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BY_ACCESS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     operation_type: OperationType
     status: TaskStatus
@@ -107,7 +109,9 @@ class Task(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., operation_type: _Optional[_Union[OperationType, str]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., progress: _Optional[int] = ..., checkpoint_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., vault_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., error_info: _Optional[_Union[TaskError, _Mapping]] = ..., extra_info: _Optional[_Mapping[str, str]] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    started_by_user_id: str
+    started_by_access_key_id: str
+    def __init__(self, id: _Optional[str] = ..., operation_type: _Optional[_Union[OperationType, str]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., progress: _Optional[int] = ..., checkpoint_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., vault_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., error_info: _Optional[_Union[TaskError, _Mapping]] = ..., extra_info: _Optional[_Mapping[str, str]] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_by_user_id: _Optional[str] = ..., started_by_access_key_id: _Optional[str] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)

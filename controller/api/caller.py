@@ -1,26 +1,34 @@
 """Who is calling in this request: set by the auth interceptor, read by servicers.
 
-``Caller`` itself is IAM vocabulary and lives in ``controller.services.actions``."""
+``Caller`` itself is IAM vocabulary and lives in ``controller.services.actions``,
+with the context variable, so a task can record who started it. The audit
+entry of the call lives here too: authentication names the caller on it as
+soon as it knows the key, so a refused call is recorded with whose key it
+claimed."""
 
 from __future__ import annotations
 
 import contextvars
 
-from controller.services.actions import Caller
+from controller.services.actions import Caller, caller_or_none, reset_caller, set_caller
+from controller.services.audit import Entry
 
-_current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+__all__ = ["Caller", "attribute", "current_caller", "reset_caller", "set_caller"]
 
-
-def set_caller(caller: Caller | None) -> contextvars.Token[Caller | None]:
-    return _current.set(caller)
-
-
-def reset_caller(token: contextvars.Token[Caller | None]) -> None:
-    _current.reset(token)
+audit_entry: contextvars.ContextVar[Entry | None] = contextvars.ContextVar(
+    "audit_entry", default=None)
 
 
 def current_caller() -> Caller:
-    caller = _current.get()
+    caller = caller_or_none()
     if caller is None:
         raise RuntimeError("no authenticated caller in this context")
     return caller
+
+
+def attribute(caller: Caller) -> None:
+    """Names the caller (or the owner of the key a refused call claimed) on
+    this call's audit entry, if it has one."""
+    entry = audit_entry.get()
+    if entry is not None:
+        entry.attribute(caller)

@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cbr import errors, tls
 from cbr.limits import RESOURCE_TYPES
 from cbr.v1 import (
+    audit_pb2,
     backup_pb2,
     common_pb2,
     credential_pb2,
@@ -97,6 +98,13 @@ def ts(value: dt.datetime | None) -> Timestamp | None:
     delta = value - _EPOCH
     return Timestamp(seconds=delta.days * 86400 + delta.seconds,
                      nanos=delta.microseconds * 1000)
+
+
+def from_ts(value: Timestamp, present: bool) -> dt.datetime | None:
+    """A request's optional time: None unless the field was set."""
+    if not present:
+        return None
+    return _EPOCH + dt.timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
 def tags_to_pb(tags: list[Any]) -> list[common_pb2.Tag]:
@@ -183,7 +191,18 @@ def task(t: Any) -> task_pb2.Task:
         if t.error_code or t.error_message else None,
         extra_info={k: str(v) for k, v in t.extra_info.items()}, project_id=t.project_id,
         created_at=ts(t.created_at), started_at=ts(t.started_at), ended_at=ts(t.ended_at),
-        updated_at=ts(t.updated_at))
+        updated_at=ts(t.updated_at), started_by_user_id=t.started_by_user_id,
+        started_by_access_key_id=t.started_by_access_key_id)
+
+
+def audit_record(r: Any) -> audit_pb2.AuditRecord:
+    """An audit record row."""
+    return audit_pb2.AuditRecord(
+        id=r.id, project_id=r.project_id, user_id=r.user_id, access_key_id=r.access_key_id,
+        method=r.method, action=r.action, resource_ids=list(r.resource_ids), source=r.source,
+        result=enum_number(audit_pb2.AuditResult, r.result), status_code=r.status_code,
+        error_code=r.error_code, error_message=r.error_message, duration_ms=r.duration_ms,
+        created_at=ts(r.created_at))
 
 
 def policy(p: models.Policy, vault_ids: list[str],

@@ -9,7 +9,7 @@ The API runs on ``grpc.aio`` (controller.api.server): the servicers of
 ``cbr.v1`` are plain functions run on a bounded thread pool, while long-lived
 streams (task watches, health watches, reflection) are coroutines that hold
 no thread while they wait. So every wrapper here comes in the two forms, and
-``_wrap`` keeps each handler's form. ``StreamLimits`` caps open streams per
+``wrap`` keeps each handler's form. ``StreamLimits`` caps open streams per
 peer address and in total, so streams cannot take what calls need.
 
 ``AuthInterceptor`` checks the AK/SK signature over the exact request bytes
@@ -33,7 +33,7 @@ import grpc
 
 from cbr import errors, limits, signing
 from cbr.status import status_of
-from controller.api.caller import Caller, reset_caller, set_caller
+from controller.api.caller import Caller, attribute, reset_caller, set_caller
 from controller.app import App
 from controller.services import actions, iam, replay
 
@@ -56,7 +56,7 @@ def _log_internal(method: str, exc: BaseException) -> None:
     log.exception("unhandled error in %s", method, exc_info=exc)
 
 
-class _Around:
+class Around:
     """What an interceptor does around a handler, in each form a handler has:
     ``call`` for plain functions (run on the API's thread pool), ``coro`` for
     coroutines and ``stream`` for async generators (run on the event loop)."""
@@ -73,7 +73,7 @@ class _Around:
             yield item
 
 
-def _behaviour(inner: Callable[[Any, Any], Any], around: _Around) -> Callable[[Any, Any], Any]:
+def _behaviour(inner: Callable[[Any, Any], Any], around: Around) -> Callable[[Any, Any], Any]:
     if inspect.isasyncgenfunction(inner):
         async def stream(req: Any, ctx: Any) -> AsyncIterator[Any]:
             async for item in around.stream(req, ctx, inner):
@@ -107,7 +107,7 @@ def _in_threads(inner: Callable[[Any, Any], Iterator[Any]]
     return run
 
 
-def _wrap(handler: grpc.RpcMethodHandler, around: _Around,
+def wrap(handler: grpc.RpcMethodHandler, around: Around,
           deserializer: Callable[[Any], Callable[[bytes], Any]] | None = None
           ) -> grpc.RpcMethodHandler:
     """A copy of handler whose behaviour runs inside ``around``, in the
@@ -197,7 +197,7 @@ async def _checked_async(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-def _peer_host(ctx: Any) -> str:
+def peer_host(ctx: Any) -> str:
     """The address part of a peer (``ipv4:1.2.3.4:5678`` -> ``1.2.3.4``)."""
     peer = str(ctx.peer() or "")
     kind, _, rest = peer.partition(":")
@@ -238,7 +238,7 @@ class StreamLimits:
                 self._open.pop(peer, None)
 
 
-class _Errors(_Around):
+class _Errors(Around):
     def __init__(self, method: str, client_streaming: bool, limits: StreamLimits | None,
                  streaming: bool) -> None:
         self.method = method
@@ -270,7 +270,7 @@ class _Errors(_Around):
         peer = ""
         if self.limits is not None:
             try:
-                self.limits.enter(candidate := _peer_host(ctx))
+                self.limits.enter(candidate := peer_host(ctx))
             except errors.CbrError as err:
                 await _abort_async(ctx, err)
             peer = candidate
@@ -322,7 +322,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         around = _Errors(method, bool(handler.stream_unary or handler.stream_stream),
                          self._limits, bool(handler.unary_stream or handler.stream_stream))
-        return _wrap(handler, around, deserializer=_safe(method))
+        return wrap(handler, around, deserializer=_safe(method))
 
 
 def _is_abort(exc: BaseException) -> bool:
@@ -332,7 +332,7 @@ def _is_abort(exc: BaseException) -> bool:
         or isinstance(exc, grpc.RpcError | grpc.aio.AbortError)
 
 
-class _Signed:
+class Signed:
     """A request message together with the digest of the bytes it came from."""
 
     __slots__ = ("digest", "message")
@@ -343,13 +343,13 @@ class _Signed:
 
 
 def _digesting(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    def run(raw: bytes) -> _Signed:
-        return _Signed(deserialize(raw), signing.body_digest(raw))
+    def run(raw: bytes) -> Signed:
+        return Signed(deserialize(raw), signing.body_digest(raw))
 
     return run
 
 
-class _Auth(_Around):
+class _Auth(Around):
     def __init__(self, interceptor: AuthInterceptor, method: str,
                  metadata: dict[str, str]) -> None:
         self.interceptor, self.method, self.metadata = interceptor, method, metadata
@@ -359,14 +359,14 @@ class _Auth(_Around):
         self.interceptor.authorize(self.method, caller)
         return caller
 
-    def call(self, req: _Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+    def call(self, req: Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
         token = set_caller(self.check(req.digest))
         try:
             return inner(req.message, ctx)
         finally:
             reset_caller(token)
 
-    async def coro(self, req: _Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
+    async def coro(self, req: Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
         # The database work of checking a key runs off the event loop.
         caller = await asyncio.to_thread(self.check, req.digest)
         token = set_caller(caller)
@@ -375,7 +375,7 @@ class _Auth(_Around):
         finally:
             reset_caller(token)
 
-    async def stream(self, req: _Signed, ctx: Any,
+    async def stream(self, req: Signed, ctx: Any,
                      inner: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
         caller = await asyncio.to_thread(self.check, req.digest)
         token = set_caller(caller)
@@ -386,7 +386,7 @@ class _Auth(_Around):
             reset_caller(token)
 
 
-class _Refuse(_Around):
+class _Refuse(Around):
     def __init__(self, err: errors.CbrError) -> None:
         self.err = err
 
@@ -415,11 +415,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or method in actions.UNSIGNED_METHODS:
             return handler
         if handler.stream_unary or handler.stream_stream:
-            return _wrap(handler, _Refuse(errors.PermissionDenied(
+            return wrap(handler, _Refuse(errors.PermissionDenied(
                 f"{method} takes no signed calls.")))
         metadata = {k: v for k, v in (details.invocation_metadata or ())
                     if isinstance(v, str)}
-        return _wrap(handler, _Auth(self, method, metadata), deserializer=_digesting)
+        return wrap(handler, _Auth(self, method, metadata), deserializer=_digesting)
 
     def authenticate(self, method: str, metadata: dict[str, str], digest: str) -> Caller:
         try:
@@ -445,6 +445,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise errors.Unauthenticated(
                 f"{signing.HEADER_NONCE} must be 8 to {signing.NONCE_MAX_LENGTH} characters.")
         key = self._keys.lookup(headers.access_key)
+        if key is not None:
+            attribute(key.caller)  # a refusal from here on is recorded as this key's
         if key is None or not signing.verify(key.secret, method, headers, digest):
             raise errors.Unauthenticated(
                 "The signature does not match: unknown or inactive access key, wrong secret "
@@ -471,7 +473,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def server_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: errors wrap authentication, so its refusals map too."""
+    """Outermost first: errors wrap the audit, which wraps authentication, so
+    authentication's refusals map to statuses and are recorded."""
+    from controller.api.auditing import AuditInterceptor
+
     return [ErrorInterceptor(StreamLimits(app.config.max_streams,
                                           app.config.max_streams_per_peer)),
-            AuthInterceptor(app)]
+            AuditInterceptor(app), AuthInterceptor(app)]

@@ -20,6 +20,8 @@ from cbr import limits
 from cbr.listen import NO_PORT_SHARING, bind
 from cbr.v1 import (
     agent_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
     backup_pb2,
     backup_pb2_grpc,
     cloud_pb2,
@@ -42,6 +44,7 @@ from cbr.v1 import (
     vault_pb2_grpc,
 )
 from controller.aioserver import LoopServer
+from controller.api.audit import AuditServicer
 from controller.api.backups import BackupServicer
 from controller.api.cloud import CloudServicer
 from controller.api.credentials import CredentialServicer
@@ -59,7 +62,7 @@ from controller.app import App
 log = logging.getLogger("cbr.controller")
 
 SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
-                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2)
+                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2, audit_pb2)
 
 SERVER_OPTIONS = [
     # Twice the limit, so that a request over it reaches the deserializer and
@@ -103,6 +106,7 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
         key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(app), server)
         iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
         cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app), server)
         from controller.api import agents
 
         agents.register(server, app)

@@ -522,7 +522,7 @@ class AuditRecord(Base):
     where, when, and how it ended. Written by the API's audit interceptor."""
 
     __tablename__ = "audit_records"
-    __table_args__ = (Index("ix_audit_records_project_occurred", "project_id", "occurred_at"),)
+    __table_args__ = (Index("ix_audit_records_project_created", "project_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     # Empty when the caller could not be identified (an unsigned or badly
     # signed call); such records are visible to administrators only.
@@ -538,4 +538,4 @@ class AuditRecord(Base):
     error_code: Mapped[str] = mapped_column(String(32), default="")
     error_message: Mapped[str] = mapped_column(Text, default="")
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
-    occurred_at: Mapped[dt.datetime] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(index=True)

@@ -7,6 +7,7 @@ a new RPC cannot become reachable without a decision here
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 
 # Authenticated otherwise: Enroll by its one-time token, Connect by the
@@ -110,7 +111,18 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.IamService/CreateGrant": "iam:grants:create",
     "/cbr.v1.IamService/ListGrants": "iam:grants:list",
     "/cbr.v1.IamService/DeleteGrant": "iam:grants:delete",
+    "/cbr.v1.AuditService/ListAuditRecords": "cbr:audit:list",
 }
+
+# Methods that only read, by their verb: a new method that changes
+# something is audited unless it is named as a read.
+READ_VERBS = ("Get", "List", "Watch", "Walk", "Diff", "Check")
+
+
+def changes_state(method: str) -> bool:
+    """Whether a call of this ``cbr.v1`` method may change something (and so
+    is always audited); reads are audited only when refused."""
+    return not method.rpartition("/")[2].startswith(READ_VERBS)
 
 # Actions the target checks for every import call (reference rule 11).
 REPLICATION_TARGET_ACTIONS = (
@@ -146,3 +158,23 @@ class Caller:
     access_key_id: str
     actions: frozenset[str]
     administrator: bool = False
+
+
+_current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def set_caller(caller: Caller | None) -> contextvars.Token[Caller | None]:
+    """Set by the API's authentication for the call it admits."""
+    return _current.set(caller)
+
+
+def reset_caller(token: contextvars.Token[Caller | None]) -> None:
+    _current.reset(token)
+
+
+def caller_or_none() -> Caller | None:
+    """Who made the API call this code runs in; None in the policy loop,
+    replication and other work no caller asked for. Services read it only
+    to record who started something (a task), never to decide access:
+    that takes the caller as an argument."""
+    return _current.get()

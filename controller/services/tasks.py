@@ -19,7 +19,7 @@ from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.persistence.models import Task
 from controller.persistence.vocabulary import OperationType, TaskStatus
-from controller.services import commands, events, paging
+from controller.services import actions, commands, events, paging
 
 FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.SKIPPED,
                             TaskStatus.TIMEOUT})
@@ -49,6 +49,7 @@ def create_task(
 ) -> Task:
     if operation_type not in _OPERATION_TYPES:
         raise ValueError(f"unknown operation type {operation_type}")
+    caller = actions.caller_or_none()
     task = Task(
         project_id=project_id,
         operation_type=operation_type,
@@ -63,6 +64,8 @@ def create_task(
         policy_id=policy_id,
         command=commands.stored(command) if command is not None else {},
         extra_info=extra_info or {},
+        started_by_user_id=caller.user_id if caller is not None else "",
+        started_by_access_key_id=caller.access_key_id if caller is not None else "",
         created_at=now,
         updated_at=now,
         started_at=now if status != TaskStatus.WAITING else None,

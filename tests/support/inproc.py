@@ -59,6 +59,8 @@ def running_controller(tmp_path: Path, database_url: str, *extra: str
                                 creds["secret_key"], creds["account_id"])
     finally:
         server.stop(grace=None)
+        if app.audit is not None:
+            app.audit.stop()
         if app.hub is not None:
             app.hub.stop()
         app.db.dispose()

@@ -55,20 +55,20 @@ def upgrade() -> None:
         sa.Column("error_code", sa.String(32), nullable=False),
         sa.Column("error_message", sa.Text(), nullable=False),
         sa.Column("duration_ms", sa.Integer(), nullable=False),
-        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_records")),
     )
-    op.create_index("ix_audit_records_project_occurred", "audit_records",
-                    ["project_id", "occurred_at"])
+    op.create_index("ix_audit_records_project_created", "audit_records",
+                    ["project_id", "created_at"])
     with op.batch_alter_table("audit_records", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_audit_records_occurred_at"), ["occurred_at"],
+        batch_op.create_index(batch_op.f("ix_audit_records_created_at"), ["created_at"],
                               unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("audit_records", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_audit_records_occurred_at"))
-    op.drop_index("ix_audit_records_project_occurred", table_name="audit_records")
+        batch_op.drop_index(batch_op.f("ix_audit_records_created_at"))
+    op.drop_index("ix_audit_records_project_created", table_name="audit_records")
     op.drop_table("audit_records")
     op.drop_index("ix_events_project_occurred", table_name="events")
     op.drop_table("events")
