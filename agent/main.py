@@ -117,6 +117,7 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure("cbr-agent", str(args.log_level), args.log_format)
+    logs.route_native_stderr()
     try:
         cfg = agent_config.load(args.config)
     except agent_config.ConfigError as exc:

@@ -151,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)
     cfg = config_mod.load(argv)
     logs.configure("cbr-controller", cfg.log_level, cfg.log_format)
+    logs.route_native_stderr()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

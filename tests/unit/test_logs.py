@@ -46,3 +46,31 @@ def test_json_lines_are_one_object_each(capsys: pytest.CaptureFixture[str]) -> N
 def test_an_unknown_format_is_refused_naming_the_choices() -> None:
     with pytest.raises(ValueError, match="text, json"):
         logs.log_format("xml")
+
+
+def test_native_lines_on_fd_2_are_logged_in_the_same_format() -> None:
+    """What gRPC's C core writes to file descriptor 2 comes out as a JSON
+    line of logger grpc.core, at the level its prefix names."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, os\n"
+        "from cbr import logs\n"
+        "logs.configure('cbr-test', 'INFO', 'json')\n"
+        "pump = logs.route_native_stderr()\n"
+        "os.write(2, b'E1207 10:00:00.123456   4242 ev_poll_posix.cc:593] "
+        "socket failed\\n')\n"
+        "os.write(2, b'something else\\n')\n"
+        "logging.getLogger('cbr.agent').info('python line')\n"
+        "os.close(2)\n"  # the pipe's only writer: the pump reads to its end
+        "pump.join(60)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=True)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {(d["logger"], d["level"], d["message"]) for d in lines} == {
+        ("grpc.core", "ERROR", "socket failed (ev_poll_posix.cc:593)"),
+        ("stderr", "WARNING", "something else"),
+        ("cbr.agent", "INFO", "python line"),
+    }
