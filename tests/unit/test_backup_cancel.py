@@ -18,6 +18,7 @@ import pytest
 
 from agent.commands import CommandContext, Outcome
 from agent.commands import backup as backup_command
+from agent.commands import restore as restore_command
 from agent.commands import storage as storage_command
 from agent.config import AgentConfig, FileSystemSpec
 from agent.executor import Executor
@@ -121,6 +122,25 @@ def test_prune_takes_a_cancelled_backups_packs_for_garbage_without_failing(
     assert report.backups == 0
     assert report.live_blobs == 0 and report.dead_blobs > 0
     assert report.packs_condemned > 0
+
+
+def test_a_cancelled_restore_stops_and_says_so(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree")
+    config = _config(tmp_path, tree)
+    vault = _vault(tmp_path / "vault")
+    done, _ = _run(config, _command(vault, "b1"))
+    assert done.success, done.error_message
+    cancelled = threading.Event()
+    cancelled.set()  # the cancel arrived as the restore started
+    context = CommandContext(config, lambda: 0, lambda *a, **k: None, "t-restore",
+                             cancelled=cancelled)
+    target = Path(config.effective_restore_roots[0]) / "out"
+    outcome = restore_command.run(context, agent_pb2.RestoreCommand(
+        storage=agent_pb2.StorageAccess(url=vault), backup_id="b1", resource_type=3,
+        target_path=str(target)))
+    assert not outcome.success
+    assert outcome.error_code == errors.TaskCancelled.code
+    assert not any(p.is_file() for p in target.rglob("*"))
 
 
 def test_the_executor_stops_a_running_command_and_reports_it_cancelled(
