@@ -7,8 +7,9 @@ now is not started twice. Otherwise the agent logs exactly one line
 the result durably, and then sends it.
 
 A running command may be cancelled: its context's ``cancelled`` event is set,
-and the command stops at its next check. A command that ends failed once it
-was cancelled is reported cancelled, whatever the error its stop caused.
+and the command stops at its next check with the error of a cancelled task
+(``BackupService.4003``), journaled and sent like any result. A command that
+ends otherwise (it finished first, or failed on its own) reports that.
 """
 
 from __future__ import annotations
@@ -127,10 +128,6 @@ class Executor:
             release_free_memory()  # an idle agent does not keep a task's peak
             with self._lock:
                 self._cancel_events.pop(task_id, None)
-        if cancelled.is_set() and not outcome.success \
-                and outcome.error_code != errors.TaskCancelled.code:
-            outcome = Outcome.failed(errors.TaskCancelled(
-                f"{action} stopped on request ({outcome.error_message})"))
         try:
             entry = self._journal.finish(Entry(
                 task_id=task_id, action=action, success=outcome.success,

@@ -323,9 +323,9 @@ class AgentHub(CancelsMixin):
                         task.extra_info:
                     if task.id in alive:  # asked while the agent was away: ask again
                         to_send.append(agent_pb2.CancelCommand(task_id=task.id))
-                    else:
+                    else:  # lost with its process, which may have written a manifest
                         self._finish_cancelled(session, task.id, now,
-                                               tasks.CANCELLED_BY_AGENT)
+                                               tasks.CANCELLED_BY_CONTROLLER)
                 elif task.status == TaskStatus.RUNNING and task.id not in alive \
                         and commands.kind(task) == "import":
                     # An import survives its importer: what reached storage

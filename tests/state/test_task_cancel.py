@@ -262,3 +262,26 @@ def test_a_cancelled_replication_fails_its_record_saying_it_was_cancelled(
         assert row is not None and row.status == "fail"
         assert row.extra_info["fail_code"] == errors.TaskCancelled.code
         assert "cancelled" in row.extra_info["fail_reason"].lower()
+
+
+def test_a_cancel_asked_while_the_agent_reconnects_is_asked_again_or_ends_the_lost_task(
+        app: App, project: str, inventory: Inventory, hub: AgentHub) -> None:
+    task_id, vid = _disk_backup_task(app, project, inventory)
+    _connected(hub, inventory.agent_id, project)
+    assert hub.dispatch(inventory.agent_id, task_id)
+    assert _cancel(app, hub, project, task_id).status == "running"
+    # The agent reconnects, still running it: it is told again.
+    sent = _connected(hub, inventory.agent_id, project)
+    hub._on_hello(hub._streams[inventory.agent_id], agent_pb2.Hello(
+        agent_id=inventory.agent_id, running_task_ids=[task_id]))
+    assert [m.cancel.task_id for m in sent if m.WhichOneof("message") == "cancel"] == [task_id]
+    # It reconnects again without it (its process died): the task ends
+    # cancelled, not failed, and its backup is error (a manifest may exist).
+    _connected(hub, inventory.agent_id, project)
+    hub._on_hello(hub._streams[inventory.agent_id], agent_pb2.Hello(
+        agent_id=inventory.agent_id))
+    with app.db.begin() as s:
+        task = tasks.get_task(s, project, task_id)
+        assert (task.status, task.extra_info["cancelled"]) == ("cancelled",
+                                                               tasks.CANCELLED_BY_CONTROLLER)
+    assert [status for _, status in _backups_of(app, vid)] == ["error"]

@@ -21,6 +21,7 @@ from agent.commands import backup as backup_command
 from agent.commands import restore as restore_command
 from agent.commands import storage as storage_command
 from agent.config import AgentConfig, FileSystemSpec
+from agent.dataplane import Cancelled
 from agent.executor import Executor
 from agent.journal import Journal
 from cbr import errors
@@ -149,9 +150,8 @@ def test_the_executor_stops_a_running_command_and_reports_it_cancelled(
 
     def slow(context: CommandContext, _command: Any) -> Outcome:
         started.set()
-        if context.cancelled.wait(30):
-            # Whatever error the stop causes, the task is reported cancelled.
-            return Outcome.failed(errors.StorageUnavailable("stream closed"))
+        if context.cancelled.wait(30):  # what the data path does at its next check
+            return storage_command.failure(Cancelled("the backup was cancelled"), "backup")
         return Outcome.done(agent_pb2.SyncResult())
 
     sent: list[Any] = []
