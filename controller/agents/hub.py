@@ -485,6 +485,7 @@ class AgentHub(CancelsMixin):
                 self.flush()
                 self.send_waiting()
                 self.end_overdue_cancels()
+                self.send_cancels()
             except Exception:
                 log.exception("agent hub: flushing agent state failed; retrying")
 

@@ -8,6 +8,7 @@ answer is the result it would report.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,14 @@ from cbr.v1 import agent_pb2
 from controller import jobs
 from controller.agents.hub import AgentHub
 from controller.app import App
-from controller.persistence.models import Backup, ReplicationRecord, Task, Vault, VaultResource
+from controller.persistence.models import (
+    Agent,
+    Backup,
+    ReplicationRecord,
+    Task,
+    Vault,
+    VaultResource,
+)
 from controller.persistence.vocabulary import OperationType, ReplicationStatus
 from controller.services import deletions, restores, tasks
 from tests.state.conftest import NOW, Inventory
@@ -280,6 +288,61 @@ def test_a_cancel_asked_while_the_agent_reconnects_is_asked_again_or_ends_the_lo
     _connected(hub, inventory.agent_id, project)
     hub._on_hello(hub._streams[inventory.agent_id], agent_pb2.Hello(
         agent_id=inventory.agent_id))
+    with app.db.begin() as s:
+        task = tasks.get_task(s, project, task_id)
+        assert (task.status, task.extra_info["cancelled"]) == ("cancelled",
+                                                               tasks.CANCELLED_BY_CONTROLLER)
+    assert [status for _, status in _backups_of(app, vid)] == ["error"]
+
+
+def _held_elsewhere(app: App, inventory: Inventory, project: str, task_id: str
+                    ) -> tuple[AgentHub, list[Any]]:
+    """Another controller on the same database holds the agent's stream and
+    sent it the task; its flush recorded the agent connected."""
+    other = AgentHub(app)
+    jobs.install(other, app)
+    sent = _connected(other, inventory.agent_id, project)
+    assert other.dispatch(inventory.agent_id, task_id)
+    with app.db.begin() as s:
+        agent = s.get(Agent, inventory.agent_id)
+        assert agent is not None
+        agent.connected, agent.last_seen_at = True, app.clock.now()
+    return other, sent
+
+
+def test_a_cancel_asked_on_another_controller_reaches_the_agent_through_its_own(
+        app: App, project: str, inventory: Inventory, hub: AgentHub) -> None:
+    task_id, vid = _disk_backup_task(app, project, inventory)
+    other, sent = _held_elsewhere(app, inventory, project, task_id)
+    try:
+        with app.db.begin() as s:
+            tasks.request_cancel(s, project, task_id, app.clock.now())
+        assert hub.cancel_running(inventory.agent_id, task_id) is False
+        assert hub.send_cancels() == 0  # not its agent, and not overdue
+        with app.db.begin() as s:
+            assert tasks.get_task(s, project, task_id).status == "running"
+        assert other.send_cancels() == 1
+        assert [m.cancel.task_id for m in sent
+                if m.WhichOneof("message") == "cancel"] == [task_id]
+        assert other.send_cancels() == 0  # asked once
+        _agent_reports(other, inventory.agent_id, project, _cancelled_result(task_id))
+        with app.db.begin() as s:
+            assert tasks.get_task(s, project, task_id).extra_info["cancelled"] == \
+                tasks.CANCELLED_BY_AGENT
+        assert _backups_of(app, vid) == []
+    finally:
+        other._executor.shutdown(wait=False)
+
+
+def test_a_cancel_no_controller_carries_out_ends_the_task_after_twice_the_grace_period(
+        app: App, project: str, inventory: Inventory, hub: AgentHub) -> None:
+    task_id, vid = _disk_backup_task(app, project, inventory)
+    other, _ = _held_elsewhere(app, inventory, project, task_id)
+    other._executor.shutdown(wait=False)  # that controller is gone
+    long_ago = app.clock.now() - dt.timedelta(seconds=2 * hub.cancel_grace_s + 1)
+    with app.db.begin() as s:
+        tasks.request_cancel(s, project, task_id, long_ago)
+    assert hub.send_cancels() == 1
     with app.db.begin() as s:
         task = tasks.get_task(s, project, task_id)
         assert (task.status, task.extra_info["cancelled"]) == ("cancelled",
