@@ -280,6 +280,8 @@ class Connection:
                     welcomed = True
                 elif kind == "command":
                     self.executor.handle(response.command)
+                elif kind == "cancel":
+                    self.executor.cancel(response.cancel.task_id)
                 elif kind == "abort_import" and self.grants is not None \
                         and self.grants.abort(response.abort_import.import_id):
                     log.info("import %s aborted by the controller",

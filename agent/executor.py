@@ -5,6 +5,11 @@ sent again (the controller may have missed it). A command that is running
 now is not started twice. Otherwise the agent logs exactly one line
 ``running task <task_id> (<action>)``, runs it on its own thread, journals
 the result durably, and then sends it.
+
+A running command may be cancelled: its context's ``cancelled`` event is set,
+and the command stops at its next check with the error of a cancelled task
+(``BackupService.4003``), journaled and sent like any result. A command that
+ends otherwise (it finished first, or failed on its own) reports that.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class Executor:
         self._send = send
         self._commands = commands if commands is not None else registry()
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._cancel_events: dict[str, threading.Event] = {}
 
     def handle(self, command: Any) -> threading.Thread | None:
         """Takes one delivered command; returns the thread running it, if it runs."""
@@ -76,14 +83,33 @@ class Executor:
         if not self._journal.begin(task_id):
             log.info("task %s (%s) is running; ignoring the repeated command", task_id, action)
             return None
-        thread = threading.Thread(target=self._run, args=(command, action),
+        cancelled = threading.Event()
+        with self._lock:
+            self._cancel_events[task_id] = cancelled
+        thread = threading.Thread(target=self._run, args=(command, action, cancelled),
                                   name=f"task-{task_id[:8]}", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()
         return thread
 
-    def _run(self, command: Any, action: str) -> None:
+    def cancel(self, task_id: str) -> bool:
+        """Asks a running command to stop; False when it is not running here
+        (a finished one has its result sent again, which says how it ended)."""
+        with self._lock:
+            event = self._cancel_events.get(task_id)
+        if event is not None:
+            log.info("task %s: cancelled by the controller; stopping", task_id)
+            event.set()
+            return True
+        done = self._journal.get(task_id) if self._journal.valid_id(task_id) else None
+        if done is not None:
+            self._send(result_message(done))
+        else:
+            log.info("task %s: asked to cancel it, but it is not running here", task_id)
+        return False
+
+    def _run(self, command: Any, action: str, cancelled: threading.Event) -> None:
         task_id = command.task_id
         log.info("running task %s (%s)", task_id, action)
         function = self._commands.get(action)
@@ -92,12 +118,16 @@ class Executor:
                 outcome = Outcome.failed(errors.NotImplementedYet(
                     f"This agent does not know the command {action!r}; upgrade it."))
             else:
-                outcome = function(self._make_context(task_id), getattr(command, action))
+                context = self._make_context(task_id)
+                context.cancelled = cancelled
+                outcome = function(context, getattr(command, action))
         except Exception as exc:
             log.exception("task %s (%s) failed", task_id, action)
             outcome = Outcome.failed(errors.InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
             release_free_memory()  # an idle agent does not keep a task's peak
+            with self._lock:
+                self._cancel_events.pop(task_id, None)
         try:
             entry = self._journal.finish(Entry(
                 task_id=task_id, action=action, success=outcome.success,

@@ -356,6 +356,30 @@ class NoImporter(CbrError):
     status = grpc.StatusCode.UNAVAILABLE
 
 
+# -- task control (our codes) -------------------------------------------------
+
+
+class TaskAlreadyFinished(CbrError):
+    """The task has already ended; only a waiting or running task can be cancelled."""
+
+    code = "BackupService.4001"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class TaskNotCancellable(CbrError):
+    """This kind of task cannot be cancelled."""
+
+    code = "BackupService.4002"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class TaskCancelled(CbrError):
+    """The task was cancelled."""
+
+    code = "BackupService.4003"
+    status = grpc.StatusCode.CANCELLED
+
+
 def _all_subclasses(cls: type[CbrError]) -> list[type[CbrError]]:
     out: list[type[CbrError]] = []
     for sub in cls.__subclasses__():

@@ -38,6 +38,7 @@ FINAL = frozenset(
         task_pb2.TASK_STATUS_FAILED,
         task_pb2.TASK_STATUS_SKIPPED,
         task_pb2.TASK_STATUS_TIMEOUT,
+        task_pb2.TASK_STATUS_CANCELLED,
     }
 )
 # Skipped is a success: an empty vault replicated is "nothing to do", not an error.
@@ -79,6 +80,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         rpc="TaskService.WatchTask",
     )
     p.add_argument("task_ids", metavar="TASK_ID", nargs="+")
+
+    p = add_command(
+        group,
+        "cancel",
+        cmd_cancel,
+        "stop a waiting or running backup, restore, replication or sync "
+        "(exit 0 once cancelled)",
+        rpc="TaskService.CancelTask",
+    )
+    p.add_argument("task_id", metavar="TASK_ID")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the task until it has stopped and print its final state")
 
 
 def build_list_request(args: argparse.Namespace) -> task_pb2.ListTasksRequest:
@@ -124,6 +137,28 @@ def report_started(ctx: Context, response: Message, task_ids: list[str], what: s
         if not ids:
             ctx.out.message(f"{what}: no task started")
     return wait_for_tasks(ctx, ids) if wait else 0
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    """Prints the task as the call left it; with --wait, follows it to its
+    end and prints that too. Exit 0 when it ended cancelled (or is still
+    stopping, without --wait); 1 when it ended otherwise (it finished before
+    the agent got the request)."""
+    resp = ctx.client.tasks.CancelTask(
+        task_pb2.CancelTaskRequest(task_id=args.task_id), timeout=ctx.timeout
+    )
+    task = resp.task
+    if args.wait and task.status not in FINAL:
+        for update in _updates(ctx, task.id):
+            task = update
+    ctx.out.show(task)
+    if task.status in FINAL and task.status != task_pb2.TASK_STATUS_CANCELLED:
+        ctx.out.note(f"cbr: error: task {task.id} ended {STATUS.short(task.status)} before it "
+                     "could be cancelled")
+        return 1
+    if task.status not in FINAL:
+        ctx.out.note(f"cbr: task {task.id} is stopping; `cbr task watch {task.id}` follows it")
+    return 0
 
 
 def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:

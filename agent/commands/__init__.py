@@ -10,8 +10,9 @@ command's result is the message of the same name in ``CommandResult.result``
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
@@ -61,6 +62,9 @@ class CommandContext:
     task_id: str = ""
     # Importers: the grants their ImporterService honours (agent.importer.ImportGrants).
     grants: Any = None
+    # Set when the controller cancels the task (agent.executor): a command
+    # checks it as it goes and stops with agent.dataplane.Cancelled.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 CommandFunction = Callable[[CommandContext, Any], Outcome]

@@ -5,6 +5,8 @@ after the lock), snapshot, read and store, then manifests (a server's disks
 first, the server last), then report. The controller marks the backup
 ``available`` only on this command's success, which comes after the
 manifests are written, so a backup the catalog shows is always complete.
+A cancelled backup stops at its next chunk, file or directory, indexes the
+packs it uploaded (so the next backup reuses them) and writes no manifest.
 
 A server's disks are snapshotted together (one freeze around all of them),
 each disk's backup then sends only what changed since the disk's previous
@@ -20,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands import CommandContext, Outcome
-from agent.commands.storage import failure, locked_repository, reported_warnings, reporting
+from agent.commands.storage import (
+    failure,
+    keeping_uploads,
+    locked_repository,
+    reported_warnings,
+    reporting,
+)
 from agent.config import AgentConfig, DiskSpec, FileSystemSpec, ServerSpec, SingleDiskSpec
 from agent.dataplane import (
     BackupResult,
@@ -75,12 +83,12 @@ def _created(command: agent_pb2.BackupCommand) -> dt.datetime:
 
 
 def run(context: CommandContext, command: agent_pb2.BackupCommand) -> Outcome:
-    progress = Progress(int(command.resource_size_bytes))
+    progress = Progress(int(command.resource_size_bytes), cancelled=context.cancelled)
     try:
         spec = _find(context.config, command.resource_local_id)
         with locked_repository(command.storage, kind="backup",
                                task_id=context.task_id) as (repo, lock), \
-                reporting(context, progress):
+                reporting(context, progress), keeping_uploads(repo):
             if isinstance(spec, ServerSpec):
                 items = _backup_server(repo, lock, spec, command, progress)
             elif isinstance(spec, SingleDiskSpec):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 
 from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, open_storage
@@ -28,6 +29,8 @@ from cbr.v1 import agent_pb2
 log = logging.getLogger("cbr.agent.importer")
 
 WAIT_SLICE_S = 5.0
+CANCEL_CHECK_S = 0.5
+"""How often a waiting import looks whether its task was cancelled."""
 
 
 def _stored_digests(command: agent_pb2.ImportCommand) -> dict[str, str] | None:
@@ -71,10 +74,21 @@ def run(context: CommandContext, command: agent_pb2.ImportCommand) -> Outcome:
              expires.isoformat())
     keys = ("bytes_stored", "chunks_received")
     reported = dict.fromkeys(keys, 0)
+    cancelled = False
+    next_report = time.monotonic() + WAIT_SLICE_S
     try:
-        while not grant.ended.wait(WAIT_SLICE_S):
+        while not grant.ended.wait(CANCEL_CHECK_S):
+            if context.cancelled.is_set():
+                # No new stream opens with the grant and the source's ends;
+                # what reached storage stays for prune (no manifest names it).
+                cancelled = grants.abort(grant.replication_id)
+                if cancelled:
+                    break
             if utc_now() >= expires:
                 break
+            if time.monotonic() < next_report:
+                continue
+            next_report = time.monotonic() + WAIT_SLICE_S
             # What has arrived so far, on the target's task: the importer
             # cannot know how much is still to come, so no percentage.
             counters = {k: int(grant.stats.get(k, 0)) for k in keys}
@@ -85,6 +99,8 @@ def run(context: CommandContext, command: agent_pb2.ImportCommand) -> Outcome:
         grants.forget(grant.replication_id)
     if grant.committed:
         return _committed(grant.manifest_sha256, grant.stats)
+    if cancelled:
+        return Outcome.failed(errors.TaskCancelled(f"import {command.import_id} was cancelled"))
     if grant.aborted:
         return Outcome.failed(errors.Conflict(
             f"import {command.import_id} was aborted by the target cloud"))

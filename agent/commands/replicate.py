@@ -20,6 +20,7 @@ import grpc
 
 from agent.commands import CommandContext, Outcome
 from agent.commands.storage import failure, locked_repository
+from agent.dataplane import Cancelled
 from agent.importer import MAX_MESSAGE_BYTES
 from agent.replication import GrpcReplicaTarget, ImportStreamError
 from cbr import errors
@@ -112,6 +113,8 @@ def _transfer(repo: Repository, command: agent_pb2.ReplicateCommand, context: Co
             target = GrpcReplicaTarget(channel, command.import_token)
 
             def progress(stats: ReplicationStats, target: GrpcReplicaTarget = target) -> None:
+                if context.cancelled.is_set():  # the stream closes in finally; no commit
+                    raise Cancelled("the replication was cancelled")
                 totals.last = stats
                 sent = target.request_bytes
                 context.progress(totals.percent(), "sending chunks",
@@ -159,7 +162,8 @@ def _transfer(repo: Repository, command: agent_pb2.ReplicateCommand, context: Co
                     command.backup_id, command.importer_endpoint, reason, delay)
         context.progress(totals.percent(), f"resuming after: {reason}"[:200],
                          totals.counters())
-        time.sleep(delay * (0.8 + 0.4 * random.random()))
+        if context.cancelled.wait(delay * (0.8 + 0.4 * random.random())):
+            raise Cancelled("the replication was cancelled")
         delay = min(BACKOFF_MAX_S, delay * 2)
 
 

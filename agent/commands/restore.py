@@ -33,7 +33,7 @@ log = logging.getLogger("cbr.agent")
 
 
 def run(context: CommandContext, command: agent_pb2.RestoreCommand) -> Outcome:
-    progress = Progress()
+    progress = Progress(cancelled=context.cancelled)
     try:
         with locked_repository(command.storage, kind="restore",
                                task_id=context.task_id) as (repo, _lock), \

@@ -96,6 +96,23 @@ def reporting(context: CommandContext, progress: Progress) -> Iterator[None]:
         thread.join(2)
 
 
+@contextlib.contextmanager
+def keeping_uploads(repo: Repository) -> Iterator[None]:
+    """On a cancel, indexes the packs the backup uploaded before leaving
+    (storage format section 11): no manifest is written, so they reach
+    nothing, but the next backup finds their chunks and stores less. Other
+    failures keep the usual rule (a failed upload already indexed what
+    was stored; a failure of the source is not worth another write)."""
+    try:
+        yield
+    except Cancelled:
+        try:
+            repo.flush()
+        except Exception as exc:
+            log.warning("cancelled backup: indexing its uploaded packs failed: %s", exc)
+        raise
+
+
 _WARNING_KINDS = ("changed while read", "vanished", "unreadable", "mount point not crossed")
 
 

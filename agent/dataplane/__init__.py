@@ -39,14 +39,16 @@ class Progress:
     ``new`` plaintext bytes of chunks the vault did not have.
     """
 
-    def __init__(self, total: int = 0) -> None:
+    def __init__(self, total: int = 0, cancelled: threading.Event | None = None) -> None:
         self._lock = threading.Lock()
         self.total = total
         self.scanned = 0
         self.read = 0
         self.sent = 0
         self.new = 0
-        self.cancelled = threading.Event()
+        # Set when the task is cancelled (CommandContext.cancelled); the
+        # engines check it at each chunk, file or directory and raise Cancelled.
+        self.cancelled = cancelled if cancelled is not None else threading.Event()
 
     def add(self, *, scanned: int = 0, read: int = 0, sent: int = 0, new: int = 0) -> None:
         with self._lock:
@@ -83,6 +85,8 @@ class DataplaneError(Exception):
 
 class Cancelled(DataplaneError):
     """The operation was asked to stop (``Progress.cancelled`` was set)."""
+
+    code = errors.TaskCancelled.code
 
 
 class SourceUnreadable(DataplaneError):

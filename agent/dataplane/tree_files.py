@@ -90,6 +90,8 @@ class FileReader:
             chunker, window = self._chunker()
             for piece in cut_range(chunker, fd, start, length, window):
                 self._take(out, piece)
+                if self.progress.cancelled.is_set():  # a large file stops midway
+                    raise Cancelled("the backup was cancelled")
 
     def _chunker(self) -> tuple[Any, bytearray]:
         """This reader thread's chunker and window, made once: a window per

@@ -553,12 +553,20 @@ class AbortImport(_message.Message):
     import_id: str
     def __init__(self, import_id: _Optional[str] = ...) -> None: ...
 
+class CancelCommand(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "command", "abort_import")
+    __slots__ = ("welcome", "command", "abort_import", "cancel")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ABORT_IMPORT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     command: Command
     abort_import: AbortImport
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., abort_import: _Optional[_Union[AbortImport, _Mapping]] = ...) -> None: ...
+    cancel: CancelCommand
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., abort_import: _Optional[_Union[AbortImport, _Mapping]] = ..., cancel: _Optional[_Union[CancelCommand, _Mapping]] = ...) -> None: ...

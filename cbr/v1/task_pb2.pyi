@@ -34,6 +34,7 @@ class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATUS_FAILED: _ClassVar[TaskStatus]
     TASK_STATUS_SKIPPED: _ClassVar[TaskStatus]
     TASK_STATUS_TIMEOUT: _ClassVar[TaskStatus]
+    TASK_STATUS_CANCELLED: _ClassVar[TaskStatus]
 OPERATION_TYPE_UNSPECIFIED: OperationType
 OPERATION_TYPE_BACKUP: OperationType
 OPERATION_TYPE_COPY: OperationType
@@ -53,6 +54,7 @@ TASK_STATUS_SUCCESS: TaskStatus
 TASK_STATUS_FAILED: TaskStatus
 TASK_STATUS_SKIPPED: TaskStatus
 TASK_STATUS_TIMEOUT: TaskStatus
+TASK_STATUS_CANCELLED: TaskStatus
 
 class TaskError(_message.Message):
     __slots__ = ("code", "message")
@@ -162,6 +164,18 @@ class WatchTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class WatchTaskResponse(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: Task
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+
+class CancelTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class CancelTaskResponse(_message.Message):
     __slots__ = ("task",)
     TASK_FIELD_NUMBER: _ClassVar[int]
     task: Task

@@ -50,6 +50,11 @@ class TaskServiceStub:
                 request_serializer=cbr_dot_v1_dot_task__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_task__pb2.WatchTaskResponse.FromString,
                 _registered_method=True)
+        self.CancelTask = channel.unary_unary(
+                '/cbr.v1.TaskService/CancelTask',
+                request_serializer=cbr_dot_v1_dot_task__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_task__pb2.CancelTaskResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -75,6 +80,15 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTask(self, request, context):
+        """Stops a waiting or running backup, restore, replication, import or sync.
+        A waiting task ends cancelled at once; a running one when its agent has
+        stopped it (or, if the agent does not answer, after a grace period).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +106,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=cbr_dot_v1_dot_task__pb2.WatchTaskRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_task__pb2.WatchTaskResponse.SerializeToString,
+            ),
+            'CancelTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTask,
+                    request_deserializer=cbr_dot_v1_dot_task__pb2.CancelTaskRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_task__pb2.CancelTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class TaskService:
             '/cbr.v1.TaskService/WatchTask',
             cbr_dot_v1_dot_task__pb2.WatchTaskRequest.SerializeToString,
             cbr_dot_v1_dot_task__pb2.WatchTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.TaskService/CancelTask',
+            cbr_dot_v1_dot_task__pb2.CancelTaskRequest.SerializeToString,
+            cbr_dot_v1_dot_task__pb2.CancelTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,6 +16,8 @@ task id, and after every Hello the hub sends again every non-final task of
 that agent that has a command, so a command survives controller and agent
 restarts. The agent's journal makes a second delivery harmless, and a result
 that arrives twice is applied once (``controller.services.tasks``).
+
+Cancelling a running task is ``controller.agents.cancels``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from cbr import errors
 from cbr.v1 import agent_pb2
 from controller.agents import convert
+from controller.agents.cancels import CANCEL_GRACE_S, CancelsMixin
 from controller.app import App
 from controller.persistence.models import Agent, Task, UtcDateTime
 from controller.persistence.vocabulary import TaskStatus
@@ -103,7 +106,7 @@ def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
-class AgentHub:
+class AgentHub(CancelsMixin):
     def __init__(self, app: App, *, flush_interval: float | None = None) -> None:
         self._app = app
         self._clock = app.clock
@@ -122,6 +125,8 @@ class AgentHub:
         self._enrichers: dict[str, list[Enricher]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._cancels: dict[str, float] = {}
+        self.cancel_grace_s = CANCEL_GRACE_S
         # Database work of agent messages runs here, off the endpoint's event loop.
         self._executor = futures.ThreadPoolExecutor(max_workers=8,
                                                     thread_name_prefix="agent-messages")
@@ -308,13 +313,19 @@ class AgentHub:
                        Task.status.in_(tasks.OPEN_STATUSES))
                 .order_by(Task.created_at)
             ).all()
-            to_send = []
+            to_send: list[Any] = []
             for task in pending:
                 if task.status == TaskStatus.WAITING and task.command:
                     command = self._command_or_fail(session, task, now)
-                    if command is not None:
+                    if command is not None and tasks.start_task(session, task.id, now):
                         to_send.append(command)
-                        tasks.start_task(session, task.id, now)
+                elif task.status == TaskStatus.RUNNING and "cancel_requested_at" in \
+                        task.extra_info:
+                    if task.id in alive:  # asked while the agent was away: ask again
+                        to_send.append(agent_pb2.CancelCommand(task_id=task.id))
+                    else:  # lost with its process, which may have written a manifest
+                        self._finish_cancelled(session, task.id, now,
+                                               tasks.CANCELLED_BY_CONTROLLER)
                 elif task.status == TaskStatus.RUNNING and task.id not in alive \
                         and commands.kind(task) == "import":
                     # An import survives its importer: what reached storage
@@ -331,11 +342,19 @@ class AgentHub:
                                  "not marked done. Run it again.", {})
                     log.warning("agent %s lost task %s (%s); marked failed", stream.agent_id,
                                 task.id, task.operation_type)
+            # Cancelled here while the agent was away, and still running there.
+            to_send.extend(agent_pb2.CancelCommand(task_id=task_id) for task_id in session.scalars(
+                select(Task.id).where(Task.agent_id == stream.agent_id,
+                                      Task.id.in_(list(hello.running_task_ids)),
+                                      Task.status == TaskStatus.CANCELLED)))
         sent = 0
-        for command in to_send:
-            if command is not None:
-                stream.send(agent_pb2.ConnectResponse(command=command))
-                sent += 1
+        for message in to_send:
+            if isinstance(message, agent_pb2.CancelCommand):
+                stream.send(agent_pb2.ConnectResponse(cancel=message))
+                self._expect_cancel(message.task_id)
+                continue
+            stream.send(agent_pb2.ConnectResponse(command=message))
+            sent += 1
         stream.greeted.set()
         if sent:
             log.info("agent %s: sent %d waiting commands", stream.agent_id, sent)
@@ -379,12 +398,18 @@ class AgentHub:
     def _on_result(self, stream: _Stream, result: agent_pb2.CommandResult) -> None:
         extra = commands.result_info(result)
         status = TaskStatus.SUCCESS if result.success else TaskStatus.FAILED
+        self._cancel_confirmed(result.task_id)
         with self._app.db.begin() as session:
             task = self._own_task(session, stream, result.task_id)
             if task is None:
                 return
-            done = self._finish(session, result.task_id, status, self._clock.now(),
-                                result.error_code, result.error_message, extra, result)
+            if not result.success and result.error_code == errors.TaskCancelled.code:
+                status = TaskStatus.CANCELLED
+                done = self._finish_cancelled(session, result.task_id, self._clock.now(),
+                                              tasks.CANCELLED_BY_AGENT, result)
+            else:
+                done = self._finish(session, result.task_id, status, self._clock.now(),
+                                    result.error_code, result.error_message, extra, result)
             if done is None:
                 return
         log.info("task %s of agent %s finished: %s", result.task_id, stream.agent_id, status)
@@ -438,7 +463,8 @@ class AgentHub:
                 return False
             if stream is None or stream.closed.is_set() or not stream.greeted.is_set():
                 return False  # waiting: the Hello sends it (or the next send_waiting)
-            tasks.start_task(session, task_id, now)
+            if tasks.start_task(session, task_id, now) is None:
+                return False  # cancelled (or ended) since it was read
         return stream.send(agent_pb2.ConnectResponse(command=command))
 
     def abort_import(self, agent_id: str, import_id: str) -> bool:
@@ -458,6 +484,8 @@ class AgentHub:
                 self._close_silent_streams()
                 self.flush()
                 self.send_waiting()
+                self.end_overdue_cancels()
+                self.send_cancels()
             except Exception:
                 log.exception("agent hub: flushing agent state failed; retrying")
 

@@ -1,4 +1,4 @@
-"""TaskService: get, list, and a live watch of one task."""
+"""TaskService: get, list, a live watch of one task, and cancelling one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cbr.v1 import task_pb2, task_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
 from controller.app import App
+from controller.persistence.vocabulary import TaskStatus
 from controller.services import tasks
 
 log = logging.getLogger("cbr.controller.api")
@@ -45,6 +46,27 @@ class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
                                                    request.page_token)
             return task_pb2.ListTasksResponse(tasks=[convert.task(t) for t in items],
                                               next_page_token=token, total_count=total)
+
+    def CancelTask(self, request: task_pb2.CancelTaskRequest,
+                   context: grpc.ServicerContext) -> task_pb2.CancelTaskResponse:
+        """A waiting task ends cancelled in this transaction; a running one's
+        agent is asked after the commit (the hub ends the task when the agent
+        confirms, or without it when it cannot be asked or stays silent)."""
+        hub = self.app.hub
+        with self.app.db.begin() as session:
+            task = tasks.request_cancel(session, self.project_id, request.task_id,
+                                        self.app.clock.now())
+            agent_id, running = task.agent_id, task.status == TaskStatus.RUNNING
+            if not running and hub is not None:
+                hub.end_cancelled(session, task.id, tasks.CANCELLED_BEFORE_START)
+            elif not running:  # no agents here: nothing handles its end
+                tasks.finish_cancelled(session, task.id, tasks.CANCELLED_BEFORE_START,
+                                       self.app.clock.now())
+        if running and hub is not None:
+            hub.cancel_running(agent_id, request.task_id)
+        with self.app.db.read() as conn:
+            return task_pb2.CancelTaskResponse(
+                task=convert.task(tasks.task_row(conn, self.project_id, request.task_id)))
 
     async def WatchTask(self, request: task_pb2.WatchTaskRequest,
                         context: grpc.aio.ServicerContext

@@ -28,6 +28,7 @@ from controller.services import (
     replication,
     restores,
     runs,
+    tasks,
 )
 
 
@@ -39,6 +40,10 @@ def register(hub: AgentHub, app: App) -> None:
     def backup_done(session: Session, task: Task,
                     result: agent_pb2.CommandResult | None) -> None:
         now = app.clock.now()
+        if task.status == TaskStatus.CANCELLED:
+            runs.cancel_backup(session, task, task.extra_info.get("cancelled") in (
+                tasks.CANCELLED_BEFORE_START, tasks.CANCELLED_BY_AGENT), now)
+            return
         runs.finish_backup(session, task, task.status == TaskStatus.SUCCESS,
                            commands.typed_result(result, "backup"), now)
         if task.status != TaskStatus.SUCCESS:

@@ -191,9 +191,10 @@ class TaskStatus(enum.StrEnum):
     """``Task.status`` (reference: operation log; wire: ``TaskStatus``).
 
     ``waiting`` -> ``running`` -> one final status (``success``, ``failed``,
-    ``skipped``, ``timeout``: ``controller.services.tasks.FINAL_STATUSES``),
-    which never changes again. A task may be created final (a skipped
-    replication, a resource removal with nothing to delete). ``timeout`` is
+    ``skipped``, ``timeout``, ``cancelled``:
+    ``controller.services.tasks.FINAL_STATUSES``), which never changes again.
+    A task may be created final (a skipped replication, a resource removal
+    with nothing to delete). ``timeout`` is
     the reference's and the wire's; nothing here sets it yet.
     """
 
@@ -203,6 +204,9 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    """Stopped by CancelTask (ours): a waiting one at once, a running one when
+    its agent stopped, or when it did not answer in time."""
 
 
 class CheckpointStatus(enum.StrEnum):

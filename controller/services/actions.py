@@ -91,6 +91,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.TaskService/GetTask": "cbr:tasks:get",
     "/cbr.v1.TaskService/ListTasks": "cbr:tasks:list",
     "/cbr.v1.TaskService/WatchTask": "cbr:tasks:get",
+    "/cbr.v1.TaskService/CancelTask": "cbr:tasks:cancel",
     "/cbr.v1.AgentService/CreateEnrollmentToken": "cbr:agents:enroll",
     "/cbr.v1.AgentService/GetAgent": "cbr:agents:get",
     "/cbr.v1.AgentService/ListAgents": "cbr:agents:list",

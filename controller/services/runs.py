@@ -275,3 +275,33 @@ def finish_backup(session: Session, task: Task, success: bool,
         resource.backup_count += 1
         resource.backup_size_bytes += added
     update_checkpoint(session, top.checkpoint_id)
+
+
+def cancel_backup(session: Session, task: Task, nothing_written: bool, now: dt.datetime) -> None:
+    """Applies a cancelled backup task to its backups, resource and checkpoint.
+
+    When its agent confirmed the stop, or never got the command, no manifest
+    was written: the backups go from the catalog, so no listing shows a half
+    backup (the chunks it uploaded stay indexed in storage for the next
+    backup to reuse, and prune removes them if none does). When the agent
+    did not confirm, it may still write a manifest: the backups become
+    ``error``, which deleting removes from storage too. The resource is
+    ``available`` again either way: cancelling is no failure of its own."""
+    family = backup_family(session, str(task.extra_info.get("backup_id", "")))
+    if not family:
+        return
+    top = family[0]
+    resource = vault_resource(session, top.vault_id, top.resource_id)
+    if resource is not None and resource.protect_status == ProtectStatus.PROTECTING:
+        resource.protect_status = ProtectStatus.AVAILABLE
+    for b in reversed(family):
+        if b.status != BackupStatus.PROTECTING:
+            continue
+        if nothing_written:
+            session.delete(b)
+        else:
+            b.status = BackupStatus.ERROR
+            b.extend_info = {**b.extend_info, "cancelled": True}
+            b.updated_at = now
+    session.flush()
+    update_checkpoint(session, top.checkpoint_id)

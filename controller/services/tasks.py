@@ -1,8 +1,9 @@
 """Tasks: the record of every asynchronous operation, with its state machine.
 
-waiting -> running -> success | failed | skipped | timeout (``TaskStatus``). A
-final status never changes again, so a command result that arrives twice (an
-agent resending after a reconnect) is applied once.
+waiting -> running -> success | failed | skipped | timeout | cancelled
+(``TaskStatus``). A final status never changes again, so a command result that
+arrives twice (an agent resending after a reconnect), or the result of a task
+cancelled meanwhile, is applied once or not at all.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from controller.persistence.vocabulary import OperationType, TaskStatus
 from controller.services import actions, commands, events, paging
 
 FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.SKIPPED,
-                            TaskStatus.TIMEOUT})
+                            TaskStatus.TIMEOUT, TaskStatus.CANCELLED})
 FINAL_MESSAGES = {TaskStatus.SUCCESS: "finished", TaskStatus.FAILED: "failed",
-                  TaskStatus.SKIPPED: "skipped", TaskStatus.TIMEOUT: "timed out"}
+                  TaskStatus.SKIPPED: "skipped", TaskStatus.TIMEOUT: "timed out",
+                  TaskStatus.CANCELLED: "cancelled"}
 # Not final yet: waiting for its agent or worker, or running there.
 OPEN_STATUSES = frozenset({TaskStatus.WAITING, TaskStatus.RUNNING})
 _OPERATION_TYPES = frozenset(OperationType)
@@ -163,6 +165,58 @@ def finish_task(
     task.updated_at = now
     events.task_finished(session, task, now)
     return task
+
+
+# How a cancelled task was stopped, in its extra_info["cancelled"]: the
+# handlers of its end (controller.jobs.outcomes) trust that nothing was
+# written only when the command never reached an agent or the agent said so.
+CANCELLED_BEFORE_START = "before_start"
+CANCELLED_BY_AGENT = "by_agent"
+CANCELLED_BY_CONTROLLER = "by_controller"
+"""The agent did not confirm (offline, or silent past the grace period): it
+may still finish what it was doing, so its work is not assumed undone."""
+
+
+def request_cancel(session: Session, project_id: str, task_id: str,
+                   now: dt.datetime) -> Task:
+    """Checks that the caller's task may be cancelled and, for a running one,
+    records when that was asked (the agent is told after the commit).
+
+    Only tasks carrying an agent command stop: the controller's own
+    maintenance (delete, prune, verify, repair) holds storage locks and
+    edits the catalog in steps that must not be cut short."""
+    task = get_task(session, project_id, task_id)
+    session.refresh(task, with_for_update=True)
+    if task.status in FINAL_STATUSES:
+        raise errors.TaskAlreadyFinished(
+            f"Task {task.id} already ended {task.status}.", task_id=task.id)
+    if not task.command or not task.agent_id:
+        raise errors.TaskNotCancellable(
+            f"Task {task.id} is a {task.operation_type} task, which the controller runs "
+            "itself and does not stop midway; only backup, restore, replication, import and "
+            "sync tasks can be cancelled.", task_id=task.id)
+    if task.status == TaskStatus.RUNNING and "cancel_requested_at" not in task.extra_info:
+        task.extra_info = {**task.extra_info,
+                           "cancel_requested_at": now.isoformat().replace("+00:00", "Z")}
+        task.updated_at = now
+    return task
+
+
+def cancelled_error(how: str) -> tuple[str, str]:
+    """The error code and message a cancelled task carries."""
+    why = {CANCELLED_BEFORE_START: "before it was sent to its agent",
+           CANCELLED_BY_AGENT: "and its agent stopped it",
+           CANCELLED_BY_CONTROLLER: "and its agent did not confirm in time; what it was "
+                                    "doing is not kept"}[how]
+    err = errors.TaskCancelled(f"Cancelled by request, {why}.")
+    return err.code, err.message
+
+
+def finish_cancelled(session: Session, task_id: str, how: str, now: dt.datetime) -> Task | None:
+    """Ends a task cancelled (once), saying how in its error and extra_info."""
+    code, message = cancelled_error(how)
+    return finish_task(session, task_id, TaskStatus.CANCELLED, now, error_code=code,
+                       error_message=message, extra_info={"cancelled": how})
 
 
 @dataclass(frozen=True)
