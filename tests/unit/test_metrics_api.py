@@ -13,7 +13,8 @@ import pytest
 from cbr import errors
 from controller import metrics
 from controller.aioserver import LoopServer
-from controller.api.interceptors import ErrorInterceptor, MetricsInterceptor
+from controller.api.interceptors import ErrorInterceptor
+from controller.api.metering import MetricsInterceptor
 
 
 def _ok(req: bytes, ctx: Any) -> bytes:
