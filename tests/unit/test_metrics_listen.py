@@ -26,7 +26,7 @@ def test_the_setting_is_host_and_port_or_off(text: str, parsed: tuple[str, int] 
 @pytest.mark.parametrize("text", ["", "9464", ":9464", "host:", "host:http", "host:70000",
                                   "on"])
 def test_anything_else_is_refused_with_the_expected_form(text: str) -> None:
-    with pytest.raises(ValueError, match="is not HOST:PORT .* or 'off'"):
+    with pytest.raises(ValueError, match=r"is not HOST:PORT .* or 'off'"):
         parse_listen(text)
 
 
