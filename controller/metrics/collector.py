@@ -32,15 +32,25 @@ class StateCollector(Collector):
 
     def __init__(self, app: App) -> None:
         self._app = app
+        # Families whose last read failed: one line when a family fails and
+        # one when it is back, not a line per scrape while the database is away.
+        self._failing: set[str] = set()
 
     def _read(self, what: str, query: Callable[[Session], T]) -> T | None:
         try:
             with self._app.db.begin() as session:
-                return query(session)
+                answer = query(session)
         except Exception as exc:  # a scrape never fails for one family
-            log.warning("metrics: cannot read %s from the state database: %s", what,
-                        str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            if what not in self._failing:
+                self._failing.add(what)
+                log.warning("metrics: cannot read %s from the state database (left out of "
+                            "the scrapes until it can): %s", what,
+                            str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
             return None
+        if what in self._failing:
+            self._failing.discard(what)
+            log.info("metrics: %s read again from the state database", what)
+        return answer
 
     def collect(self) -> Iterator[Any]:
         yield from self._resources()

@@ -201,9 +201,16 @@ def test_a_family_the_database_fails_is_skipped_and_the_others_are_served(
     def broken(*_args: object) -> object:
         raise RuntimeError("relation \"tasks\" does not exist")
 
+    working = monitoring.tasks_by_status
     monkeypatch.setattr(monitoring, "tasks_by_status", broken)
-    text = generate_latest(_registry(app)).decode()
-    assert "cbr_tasks" not in text
-    assert 'vault_name="still-there"' in text
-    assert "cbr_agents_online" in text
-    assert "cannot read the tasks from the state database" in caplog.text
+    registry = _registry(app)
+    for _ in range(3):
+        text = generate_latest(registry).decode()
+        assert "cbr_tasks" not in text
+        assert 'vault_name="still-there"' in text
+        assert "cbr_agents_online" in text
+    assert caplog.text.count("cannot read the tasks from the state database") == 1
+    monkeypatch.setattr(monitoring, "tasks_by_status", working)
+    with caplog.at_level("INFO", "cbr.controller.metrics"):
+        generate_latest(registry)
+    assert "the tasks read again from the state database" in caplog.text
