@@ -17,10 +17,14 @@ from collections.abc import Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 from prometheus_client.registry import Collector
 
 OFF = "off"
+
+# No ``_created`` series beside each counter and histogram: they double the
+# exposition and no dashboard here reads them.
+disable_created_metrics()
 
 
 def parse_listen(text: str) -> tuple[str, int] | None:
