@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cbr.v1 import policy_pb2, vault_pb2
-from tests.integration.test_data_path import _backup
+from cbr.v1 import policy_pb2, task_pb2, vault_pb2
+from tests.integration.test_data_path import _backup, _restore
 from tests.support.clouds import Clouds, _replicate
 from tests.support.processes import ControllerFactory, wait_until
 
@@ -54,7 +54,7 @@ def dashboard_series() -> set[str]:
 
 
 def test_the_dashboard_queries_series_that_exist_after_a_backup_and_a_replication(
-        clouds: Clouds) -> None:
+        clouds: Clouds, tmp_path: Path) -> None:
     src, target = clouds.source, clouds.target
     policy = src.client.policies.CreatePolicy(policy_pb2.CreatePolicyRequest(
         name="to-b", operation_type=policy_pb2.POLICY_OPERATION_TYPE_REPLICATION, enabled=True,
@@ -67,7 +67,10 @@ def test_the_dashboard_queries_series_that_exist_after_a_backup_and_a_replicatio
         vault_id=src.vaults["server"], policy_id=policy.id,
         destination_vault_id=target.vaults["server"]))
     backup = _backup(src, "server", "web-1")
-    _backup(src, "turbo", "share")
+    tree = _backup(src, "turbo", "share")
+    # Restores go under the source host's restore root, its config's directory.
+    restored = _restore(src, tree.id, target_path=str(tmp_path / "a" / "restored"))
+    assert restored.status == task_pb2.TASK_STATUS_SUCCESS, restored.error_info
     controller_url = src.controller.metrics_url
     lag = wait_until(lambda: _value(_scrape(controller_url), "cbr_replication_lag_seconds",
                                     vault_id=src.vaults["server"],
@@ -96,9 +99,13 @@ def test_the_dashboard_queries_series_that_exist_after_a_backup_and_a_replicatio
                   outcome="success") == 2
     assert _value(controller, "cbr_operation_duration_seconds_count", operation="replication",
                   outcome="success") == 1
+    assert _value(controller, "cbr_operation_duration_seconds_count", operation="restore",
+                  outcome="success") == 1
+    assert _value(controller, "cbr_operation_stored_bytes_total", operation="restore") > 0
     assert _value(controller, "cbr_operation_read_bytes_total", operation="backup") > 0
     assert _value(controller, "cbr_operation_wire_bytes_total", operation="replication") > 0
     assert _value(controller, "cbr_tasks", operation="backup", status="success") == 2
+    assert _value(controller, "cbr_tasks", operation="restore", status="success") == 1
     assert _value(controller, "cbr_replication_lag_seconds", vault_id=src.vaults["server"],
                   destination_region="region-b") == 0
     assert _value(controller, "cbr_vault_capacity_bytes", vault_id=src.vaults["server"]) == \
@@ -111,6 +118,7 @@ def test_the_dashboard_queries_series_that_exist_after_a_backup_and_a_replicatio
                   method="/cbr.v1.BackupService/CreateCheckpoint") == 2
     assert _value(agent, "cbr_agent_commands_total", action="backup", outcome="success") == 2
     assert _value(agent, "cbr_agent_commands_total", action="replicate", outcome="success") == 1
+    assert _value(agent, "cbr_agent_commands_total", action="restore", outcome="success") == 1
     assert _value(agent, "cbr_agent_backup_change_detection_total") >= 3  # two disks, a tree
     assert _value(agent, "cbr_agent_last_backup_dedup_ratio", resource="web-1") >= 0
     assert _value(agent, "process_resident_memory_bytes") > 10 << 20
