@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from cbr import limits
+from cbr.metrics import listen_setting as metrics_listen
 
 DEFAULT_CONFIG = "/etc/cbr/agent.toml"
 DEFAULT_RESCAN_INTERVAL = 60.0
 ROLES = ("host", "importer")
 DEFAULT_IMPORTER_LISTEN = "127.0.0.1:7444"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9465"
 DEFAULT_RESTORE_DIR = "restores"
 
 
@@ -92,6 +94,8 @@ class AgentConfig:
     # agents should dial when that differs (NAT, a load balancer).
     importer_listen: str = DEFAULT_IMPORTER_LISTEN
     importer_advertise: str = ""
+    # The Prometheus /metrics listener (cbr.metrics): HOST:PORT or "off".
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
     servers: tuple[ServerSpec, ...] = ()
     disks: tuple[SingleDiskSpec, ...] = ()
     file_systems: tuple[FileSystemSpec, ...] = ()
@@ -106,7 +110,7 @@ class AgentConfig:
 
 
 _AGENT_KEYS = {"name", "controller", "state_dir", "role", "agent_endpoint", "rescan_interval",
-               "importer_listen", "importer_advertise", "restore_roots"}
+               "importer_listen", "importer_advertise", "restore_roots", "metrics_listen"}
 _TOP_KEYS = {"agent", "servers", "disks", "file_systems"}
 
 
@@ -155,6 +159,13 @@ def _roots(where: str, table: dict[str, Any]) -> tuple[str, ...]:
         if not os.path.isabs(root) or "\x00" in root:
             raise ConfigError(f"{where}: restore root {root!r} must be an absolute path")
     return tuple(os.path.normpath(root) for root in value)
+
+
+def _metrics_listen(value: str) -> str:
+    try:
+        return metrics_listen(value)
+    except ValueError as exc:
+        raise ConfigError(f"[agent]: metrics_listen: {exc}") from None
 
 
 def _argv(where: str, table: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -288,6 +299,8 @@ def parse(data: dict[str, Any], *, source: str = "", base_dir: Path | None = Non
         importer_listen=_str("[agent]", agent, "importer_listen", required=False,
                              default=DEFAULT_IMPORTER_LISTEN),
         importer_advertise=_str("[agent]", agent, "importer_advertise", required=False),
+        metrics_listen=_metrics_listen(_str("[agent]", agent, "metrics_listen", required=False,
+                                            default=DEFAULT_METRICS_LISTEN)),
         agent_endpoint=_str("[agent]", agent, "agent_endpoint", required=False),
         rescan_interval=float(rescan),
         restore_roots=_roots("[agent]", agent),

@@ -21,6 +21,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from agent import metrics
 from agent.commands import CommandContext, CommandFunction, Outcome, registry
 from agent.journal import Entry, Journal
 from agent.memory import release_free_memory
@@ -140,6 +141,8 @@ class Executor:
             return
         log.info("task %s (%s) %s", task_id, action,
                  "succeeded" if entry.success else f"failed: {entry.error_message}")
+        metrics.command_ended(action, entry.success, getattr(command, action, None),
+                              outcome.result)
         self._send(result_message(entry))
 
     def wait(self, timeout: float | None = None) -> None:

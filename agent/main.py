@@ -28,10 +28,18 @@ from agent.enroll import EnrollError, enroll
 from agent.journal import Journal
 from agent.state import StateDir
 from cbr import logs
+from cbr.metrics import listen_setting
 
 log = logging.getLogger("cbr.agent")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _metrics_listen(text: str) -> str:
+    try:
+        return listen_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--importer-listen", metavar="HOST:PORT", default=None,
                    help="Importers: where ImporterService listens (overrides [agent] "
                    f"importer_listen; default {agent_config.DEFAULT_IMPORTER_LISTEN}).")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                   type=_metrics_listen,
+                   help="Where the Prometheus /metrics listener (plain HTTP) listens, or "
+                   "'off'; port 0 picks a free port, logged at start (overrides [agent] "
+                   f"metrics_listen; default {agent_config.DEFAULT_METRICS_LISTEN}).")
     p.add_argument("--log-level", default=os.environ.get("CBR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default %(default)s).")
     p.add_argument("--log-format", type=logs.log_format,
@@ -106,11 +119,20 @@ def _run(cfg: agent_config.AgentConfig, token: str, controller: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("agent %s starting (state in %s; restores allowed under %s)", cfg.name,
              cfg.state_dir, ", ".join(cfg.effective_restore_roots))
+    from agent import metrics
+
+    try:
+        listener = metrics.start(cfg.metrics_listen, cfg.role)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILED
     try:
         connection.run()
     except OSError as exc:  # e.g. the importer's port is taken: one line, no traceback
         log.error("stopping: %s", exc)
         return EXIT_FAILED
+    finally:
+        listener.stop()
     return EXIT_OK
 
 
@@ -127,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, role=args.role)
     if args.importer_listen is not None:
         cfg = dataclasses.replace(cfg, importer_listen=args.importer_listen)
+    if args.metrics_listen is not None:
+        cfg = dataclasses.replace(cfg, metrics_listen=args.metrics_listen)
     if args.command == "enroll":
         return _enroll(cfg, args.token, args.controller, args.force)
     if args.command == "inventory":

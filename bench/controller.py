@@ -79,7 +79,8 @@ class Controller:
     def start(self) -> Controller:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [*_command(), "--data-dir", str(self.data_dir),
-                "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0"]
+                "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
+                "--metrics-listen", "127.0.0.1:0"]
         if self.database_url:
             argv += ["--database-url", self.database_url]
         argv += self.extra_args

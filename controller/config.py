@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cbr import logs
+from cbr import metrics as cbr_metrics
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ SETTINGS: tuple[Setting, ...] = (
             "to. Use 0.0.0.0:PORT for agents on other hosts."),
     Setting("agent_advertise", "", "HOST:PORT agents are told to connect to. Default: the "
             "agent endpoint's bound address."),
+    Setting("metrics_listen", "127.0.0.1:9464", "HOST:PORT of the Prometheus /metrics "
+            "listener (plain HTTP), 'off' for none. Port 0 picks a free port (the address is "
+            "logged).", cbr_metrics.listen_setting),
     Setting("cloud_name", "cbr-cloud", "Name of this cloud, as replication credentials name it."),
     Setting("region", "region-1", "The region this controller serves."),
     Setting("regions", "", "Comma-separated regions of this cloud; append ':noreplication' "
@@ -159,6 +163,7 @@ class Config:
     log_level: str
     log_format: str
     insecure_listen: bool = False
+    metrics_listen: str = "127.0.0.1:9464"
     max_streams: int = 4096
     max_streams_per_peer: int = 2048
     api_threads: int = 32

@@ -102,6 +102,9 @@ def build_app(cfg: config_mod.Config) -> App:
 def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     app = build_app(cfg)
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+    from controller.metrics import collector
+
+    metrics = collector.start(app)
     public, api_port = build_public_server(app)
     from controller import jobs
     from controller.agents import wiring
@@ -126,7 +129,8 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     ca_sha256 = tls.fingerprint(ca_pem) if ca_pem else ""
     _write_json_atomic(cfg.data_dir / ENDPOINTS_FILE, {
         "api": api_endpoint, "agent": app.agent_endpoint or f"127.0.0.1:{agent_port}",
-        "tls": not cfg.insecure_listen, "ca_sha256": ca_sha256, "pid": os.getpid()})
+        "tls": not cfg.insecure_listen, "ca_sha256": ca_sha256, "pid": os.getpid(),
+        "metrics": metrics.url})
     log.info("serving cbr.v1 on %s (%s; agents on %s), cloud %s region %s, state %s",
              api_endpoint, "PLAINTEXT" if cfg.insecure_listen else
              f"TLS, CA sha256 {ca_sha256 or 'of the operator'}", app.agent_endpoint,
@@ -142,6 +146,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     if app.hub is not None:
         app.hub.stop()
     maintenance.stop()
+    metrics.stop()
     app.db.dispose()
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
 

@@ -30,7 +30,9 @@ from quickstart_clouds import (
     enroll_and_run,
     human,
     keep_running,
+    metrics_urls,
     say,
+    show_metrics,
     stop_all,
     stop_kept,
     wait_for,
@@ -82,6 +84,9 @@ def main() -> int:
         enroll_and_run("target", work, "importer-1",
                        agent_config(work, "importer-1", tgt_ep["api"], "importer", None))
 
+        wait_for("the agents' metrics listeners", lambda: len(metrics_urls(work)) >= 4)
+        show_metrics(work)
+
         say("what the host agent can protect")
         items = wait_for("4 protectables on the source", lambda: (
             lambda got: got if isinstance(got, list) and len(got) >= 4 else None)(
@@ -122,6 +127,7 @@ def main() -> int:
         replication(work, images, vault_ids, second)
         used = sum(p.stat().st_blocks * 512 for p in work.rglob("*")
                    if p.is_file() and not p.is_symlink())
+        show_metrics(work)
         say(f"done in {time.time() - started:.1f} s; {human(used)} of disk used in {work}")
         done = True
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -100,6 +101,9 @@ def controller(name: str, work: Path, cloud: str, region: str, regions: str) -> 
     data = work / name
     start(name, [str(BIN / "cbr-controller"), "--data-dir", str(data),
                  "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
+                 # Two controllers and their agents on one host: free ports,
+                 # found in endpoints.json and the agents' logs (metrics_urls).
+                 "--metrics-listen", "127.0.0.1:0",
                  "--cloud-name", cloud, "--region", region, "--regions", regions,
                  # Both clouds run on this machine's loopback; allow that target.
                  "--target-allow-local", "true"],
@@ -116,6 +120,7 @@ def agent_config(work: Path, name: str, endpoint: str, role: str, images: Path |
     roots = {"host-1": "restored", "restore-host": "restored-on-cloud-b"}
     lines = ["[agent]", f'name = "{name}"', f'controller = "{endpoint}"',
              f'state_dir = "{work / name}"', f'role = "{role}"',
+             'metrics_listen = "127.0.0.1:0"',
              *([f'restore_roots = ["{work / roots[name]}"]'] if name in roots else []), ""]
     if images is not None:
         for server, env in (("web-1", "prod"), ("db-1", "prod")):
@@ -172,6 +177,26 @@ def stop_kept(work: Path) -> int:
     return len(alive)
 
 
+def metrics_urls(work: Path) -> dict[str, str]:
+    """Each running controller's and agent's /metrics (they listen on free ports)."""
+    urls: dict[str, str] = {}
+    for endpoints in sorted(work.glob("*/endpoints.json")):
+        with contextlib.suppress(OSError, ValueError):
+            urls[endpoints.parent.name] = str(json.loads(endpoints.read_text())["metrics"])
+    for log in sorted((work / "logs").glob("*.log")):
+        found = re.findall(r"metrics on (http://\S+/metrics)",
+                           log.read_text(errors="replace"))
+        if found and log.stem not in urls:
+            urls[log.stem] = found[-1]
+    return urls
+
+
+def show_metrics(work: Path) -> None:
+    say("Prometheus metrics of each process (curl them; docs/operations.md lists the series)")
+    for name, url in metrics_urls(work).items():
+        print(f"  {name:<14} {url}", flush=True)
+
+
 def keep_running(work: Path) -> None:
     (work / "pids.json").write_text(json.dumps([p.pid for p in PROCS]))
     config = work / "cli-config"
@@ -187,4 +212,5 @@ Use the CLI against them, as the commands above did:
   {cli} --profile target backup list --output json
 
 (or `source .venv/bin/activate` and plain `cbr`). Logs: {os.path.relpath(work / "logs")}/
+Metrics: {", ".join(f"{name} {url}" for name, url in metrics_urls(work).items())}
 """, flush=True)

@@ -52,6 +52,7 @@ from controller.api.health import HealthWatch
 from controller.api.iam import IamServicer
 from controller.api.interceptors import server_interceptors
 from controller.api.keys import KeyServicer
+from controller.api.metering import MetricsInterceptor
 from controller.api.policies import PolicyServicer
 from controller.api.protectables import ProtectableServicer
 from controller.api.replication import ReplicationServicer
@@ -92,7 +93,8 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
         server = grpc.aio.server(
             futures.ThreadPoolExecutor(max_workers=app.config.api_threads,
                                        thread_name_prefix="api"),
-            interceptors=server_interceptors(app), options=SERVER_OPTIONS)
+            interceptors=[MetricsInterceptor(), *server_interceptors(app)],
+            options=SERVER_OPTIONS)
         vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(app), server)
         protectable_pb2_grpc.add_ProtectableServiceServicer_to_server(
             ProtectableServicer(app), server)

@@ -10,11 +10,13 @@ replication) starts after it commits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from cbr.v1 import agent_pb2
+from controller import metrics
 from controller.agents.hub import AgentHub
 from controller.app import App
 from controller.jobs.maintenance import Maintenance
@@ -36,9 +38,31 @@ def _after_commit(session: Session, then: Callable[[], object]) -> None:
     event.listen(session, "after_commit", lambda _s: then(), once=True)
 
 
+def _counted(session: Session, task: Task, operation: str, typed: Any) -> None:
+    """Counts the ended operation in the metrics once its end is committed
+    (a rolled-back end is not counted; a result delivered twice never runs
+    the handlers again)."""
+    started = task.started_at or task.created_at
+    seconds = (task.ended_at - started).total_seconds() if task.ended_at and started else 0.0
+    figures: dict[str, int] = {}
+    if isinstance(typed, agent_pb2.BackupResult):
+        figures = {"read": typed.bytes_scanned, "new": typed.bytes_new,
+                   "stored": typed.bytes_sent, "wire": typed.bytes_sent}
+    elif isinstance(typed, agent_pb2.RestoreResult):
+        figures = {"read": typed.bytes_read, "stored": typed.bytes_restored}
+    elif isinstance(typed, agent_pb2.ReplicateResult):
+        figures = {"read": typed.bytes_total, "new": typed.bytes_new,
+                   "stored": typed.bytes_stored, "wire": typed.wire_bytes}
+    elif isinstance(typed, agent_pb2.ImportResult):
+        figures = {"stored": typed.bytes_stored}
+    end = metrics.Ended(operation, task.status == TaskStatus.SUCCESS, seconds, **figures)
+    _after_commit(session, lambda: metrics.operation_ended(end))
+
+
 def register(hub: AgentHub, app: App) -> None:
     def backup_done(session: Session, task: Task,
                     result: agent_pb2.CommandResult | None) -> None:
+        _counted(session, task, "backup", commands.typed_result(result, "backup"))
         now = app.clock.now()
         if task.status == TaskStatus.CANCELLED:
             runs.cancel_backup(session, task, task.extra_info.get("cancelled") in (
@@ -68,7 +92,8 @@ def register(hub: AgentHub, app: App) -> None:
                           lambda: replicator.follow_backup(project_id, vault_id, policy_id))
 
     def restore_done(session: Session, task: Task,
-                     _result: agent_pb2.CommandResult | None) -> None:
+                     result: agent_pb2.CommandResult | None) -> None:
+        _counted(session, task, "restore", commands.typed_result(result, "restore"))
         restores.finish_restore(session, task, task.status == TaskStatus.SUCCESS,
                                 app.clock.now())
         images.finish_image(session, task, app.clock.now())
@@ -76,12 +101,14 @@ def register(hub: AgentHub, app: App) -> None:
     def import_done(session: Session, task: Task,
                     result: agent_pb2.CommandResult | None) -> None:
         """This cloud is the target: the importer's end adds the replica."""
+        _counted(session, task, "import", commands.typed_result(result, "import"))
         imports.finish_import(session, task, commands.typed_result(result, "import"),
                               app.clock.now())
 
     def transfer_done(session: Session, task: Task,
                       result: agent_pb2.CommandResult | None) -> None:
         """This cloud is the source: the target is asked to confirm the replica."""
+        _counted(session, task, "replication", commands.typed_result(result, "replicate"))
         record = replication.transfer_done(session, task,
                                            commands.typed_result(result, "replicate"),
                                            app.clock.now())

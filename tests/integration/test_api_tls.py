@@ -104,7 +104,8 @@ def test_plaintext_is_served_only_on_loopback_and_only_when_asked(
     wide = controller_factory("wide", start=False, extra_args=["--insecure-listen"])
     wide.command = lambda: [  # type: ignore[method-assign]
         str(console_script("cbr-controller")), "--data-dir", str(wide.data_dir),
-        "--listen", "0.0.0.0:0", "--agent-listen", "127.0.0.1:0", "--insecure-listen"]
+        "--listen", "0.0.0.0:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "off",
+        "--insecure-listen"]
     with pytest.raises(RuntimeError, match="exited with code 2"):
         wide.start()
     assert "insecure_listen serves plaintext only on a loopback address" in wide.log_text()

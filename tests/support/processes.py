@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -292,6 +293,8 @@ class ControllerProcess(ManagedProcess):
             "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.api_port}",
             "--agent-listen", f"127.0.0.1:{self.agent_port}",
+            # Several controllers share this host: each takes a free port.
+            "--metrics-listen", "127.0.0.1:0",
             # Every cloud of a test is on loopback, as in the quickstart.
             "--target-allow-local", "true",
         ]  # fmt: skip
@@ -368,6 +371,11 @@ class ControllerProcess(ManagedProcess):
         return str(self.endpoints["agent"])
 
     @property
+    def metrics_url(self) -> str:
+        """http://host:port/metrics of the controller's Prometheus listener."""
+        return str(self.endpoints["metrics"])
+
+    @property
     def admin_credentials(self) -> dict[str, Any]:
         """The admin AK/SK the controller wrote on its first start."""
         try:
@@ -414,9 +422,16 @@ class AgentProcess(ManagedProcess):
         return [
             str(console_script("cbr-agent")),
             "--config", str(self.config_path),
+            # Several agents share this host: each takes a free port.
+            "--metrics-listen", "127.0.0.1:0",
             "run",
             *self.extra_args,
         ]  # fmt: skip
+
+    def metrics_url(self, timeout: float = 30) -> str:
+        """http://host:port/metrics of the agent's latest run, from its log."""
+        text = self.wait_for_log("metrics on http://", timeout)
+        return str(re.findall(r"metrics on (http://\S+/metrics)", text)[-1])
 
     def start(self) -> AgentProcess:
         """Starts the agent; readiness is the test's to wait for (``wait_for_log`` or the API)."""

@@ -76,8 +76,12 @@ FLOORS = {
     "agent": ("controller", "cli"),
     "controller": ("agent", "cli"),
     "controller.persistence": ("controller.services", "controller.api", "controller.agents",
-                               "controller.jobs"),
-    "controller.services": ("controller.api", "controller.agents", "controller.jobs"),
+                               "controller.jobs", "controller.metrics"),
+    "controller.services": ("controller.api", "controller.agents", "controller.jobs",
+                            "controller.metrics"),
+    # The metrics read the state through the services; the hub, the jobs and
+    # the API feed them.
+    "controller.metrics": ("controller.api", "controller.agents", "controller.jobs"),
     "controller.agents": ("controller.api", "controller.jobs"),
     "controller.jobs": ("controller.api",),
 }
