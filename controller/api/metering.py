@@ -2,8 +2,8 @@
 
 Outermost of the API's interceptors (``controller.api.server``), so it sees
 the status the client gets: every error has become a status by then. It is
-written like the others (``controller.api.interceptors``): an ``_Around``
-for each handler form, kept by ``_wrap``.
+written like the others (``controller.api.interceptors``): an ``Around``
+for each handler form, kept by ``wrap``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 import grpc
 
 from controller import metrics
-from controller.api.interceptors import _Around, _wrap
+from controller.api.interceptors import Around, wrap
 
 
-class _Measured(_Around):
+class _Measured(Around):
     """Counts a call by its status code once it ends and, for a unary call,
     observes its latency: two dict lookups, a clock read and two increments
     per call."""
@@ -134,4 +134,4 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        return _wrap(handler, _Measured(self, details.method, bool(handler.unary_unary)))
+        return wrap(handler, _Measured(self, details.method, bool(handler.unary_unary)))
