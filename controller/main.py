@@ -73,6 +73,8 @@ def _make_private(cfg: config_mod.Config) -> None:
 
 def build_app(cfg: config_mod.Config) -> App:
     _make_private(cfg)
+    if not cfg.storage_url:  # the default storage is ours to make; an operator's is not
+        (cfg.data_dir / "storage").mkdir(mode=private.PRIVATE_DIR, exist_ok=True)
     db = Database(cfg.effective_database_url)
     migrate.upgrade(db.engine)
     # Each local vault's directory is closed up, not the operator's roots

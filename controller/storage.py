@@ -27,7 +27,14 @@ from cbr.repo import RepoError, Repository, layout
 from cbr.repo.config import VaultConfig, key_from_json
 from cbr.repo.content.crypto import PURPOSE_DATA, KeyWrapper, unwrap_key
 from cbr.repo.errors import KeyUnavailable, VaultExists
-from cbr.storage import Backend, ObjectNotFound, StorageError, open_backend
+from cbr.storage import (
+    Backend,
+    ObjectNotFound,
+    StorageError,
+    StoragePermissionDenied,
+    StorageUnavailable,
+    open_backend,
+)
 from cbr.v1 import agent_pb2, key_pb2
 from controller.config import Config
 
@@ -174,6 +181,30 @@ class VaultStorage:
         options = self._options(url)
         return agent_pb2.StorageAccess(url=url, access_key=options.get("access_key", ""),
                                        secret_key=options.get("secret_key", ""))
+
+    def probe(self) -> None:
+        """Raises unless the storage new vaults go to answers now (health).
+
+        A local directory must be there and writable (an unmounted disk is
+        not); S3 must answer, and any answer about the bucket counts (it is
+        made with the first vault), but not an unreachable endpoint or
+        refused credentials."""
+        url = self._config.effective_storage_url
+        place = Place.of(url)
+        if place.store == ("file",):
+            if not os.path.isdir(place.path) or not os.access(place.path, os.W_OK | os.X_OK):
+                raise errors.StorageUnavailable(
+                    f"The storage directory {place.path} is missing or not writable.",
+                    storage_url=url)
+            return
+        with self.backend(url) as backend:
+            try:
+                backend.exists("health-probe")
+            except (StorageUnavailable, StoragePermissionDenied) as exc:
+                raise errors.StorageUnavailable(f"Vault storage {url}: {exc}",
+                                                storage_url=url) from exc
+            except StorageError:
+                return  # an answer: no bucket yet, say
 
     def backend(self, url: str) -> Backend:
         try:

@@ -5,15 +5,17 @@ Load balancers and orchestrators ask ``grpc.health.v1.Health``. A controller
 whose state database does not answer cannot serve a single call, so it says
 NOT_SERVING until the database answers again, and a controller that is
 stopping says NOT_SERVING before it stops taking calls, so traffic drains to
-the others of the cloud first. Every service of the API depends on the same
-database, so all report the same status.
+the others of the cloud first. Services differ where their dependencies do:
+the vault, backup and replication services also need the vault storage, so
+they say NOT_SERVING while it does not answer (an unmounted disk, an S3
+endpoint down), while tasks, policies and IAM keep serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from grpc_health.v1 import health_pb2
@@ -22,7 +24,12 @@ from controller.app import App
 
 log = logging.getLogger("cbr.controller.health")
 
-# How often the database is asked, and how long an answer may take.
+# The services that need the vault storage besides the database: vaults are
+# made and checked there, backups read (browse, diff) and replicas land there.
+STORAGE_SERVICES = frozenset({"cbr.v1.VaultService", "cbr.v1.BackupService",
+                              "cbr.v1.ReplicationService"})
+
+# How often the database and the storage are asked, and how long an answer may take.
 PROBE_EVERY_S = 2.0
 PROBE_TIMEOUT_S = 5.0
 
@@ -30,16 +37,39 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _Probe:
+    """One dependency asked on a worker thread; an answer slower than
+    PROBE_TIMEOUT_S is no answer, and a probe still hanging from before
+    counts as no answer: never more than one thread waits on it."""
+
+    def __init__(self, name: str, ask: Callable[[], None]) -> None:
+        self.name, self._ask = name, ask
+        self._pending: asyncio.Future[None] | None = None
+
+    async def answers(self) -> bool:
+        if self._pending is not None and not self._pending.done():
+            return False
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._ask)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._pending), PROBE_TIMEOUT_S)
+        except Exception as exc:
+            log.debug("%s probe: %s", self.name, exc)
+            return False
+        return True
+
+
 class HealthWatch:
-    """Probes the database on the API's event loop and sets every service's status."""
+    """Probes the database and the vault storage on the API's event loop and
+    sets each service's status."""
 
     def __init__(self, app: App, servicer: Any, names: Sequence[str]) -> None:
-        self._app = app
         self._servicer = servicer
         self._names = list(names)
-        self._serving: bool | None = None
+        self._status: dict[str, bool] = {}
+        self._up: dict[str, bool] = {}
+        self._database = _Probe("the state database", app.db.ping)
+        self._storage = _Probe("the vault storage", app.storage.probe)
         self._task: asyncio.Task[None] | None = None
-        self._probe: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Sets the first status from a first probe, then keeps probing."""
@@ -57,31 +87,22 @@ class HealthWatch:
                 log.exception("health probe failed unexpectedly")
 
     async def _check(self) -> None:
-        serving = await self._database_answers()
-        if serving == self._serving:
-            return
+        database = await self._database.answers()
+        storage = await self._storage.answers()
+        for probe, up in ((self._database, database), (self._storage, storage)):
+            if self._up.get(probe.name, True) != up:
+                log.log(logging.INFO if up else logging.ERROR, "%s %s", probe.name,
+                        "answers again" if up else "does not answer")
+            self._up[probe.name] = up
+        first, changed = not self._status, []
         for name in self._names:
-            await self._servicer.set(name, SERVING if serving else NOT_SERVING)
-        if self._serving is not None or not serving:
-            log.log(logging.INFO if serving else logging.ERROR,
-                    "the state database %s; health is %s",
-                    "answers again" if serving else "does not answer",
-                    "SERVING" if serving else "NOT_SERVING")
-        self._serving = serving
-
-    async def _database_answers(self) -> bool:
-        # A probe still hanging from before counts as no answer: never more
-        # than one thread waits on a database that does not answer.
-        if self._probe is not None and not self._probe.done():
-            return False
-        loop = asyncio.get_running_loop()
-        self._probe = loop.run_in_executor(None, self._app.db.ping)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._probe), PROBE_TIMEOUT_S)
-        except Exception as exc:
-            log.debug("database probe: %s", exc)
-            return False
-        return True
+            serving = database and (storage or name not in STORAGE_SERVICES)
+            if self._status.get(name) != serving:
+                self._status[name] = serving
+                await self._servicer.set(name, SERVING if serving else NOT_SERVING)
+                changed.append(f"{name or 'the server'} {'SERVING' if serving else 'NOT_SERVING'}")
+        if changed and not (first and database and storage):
+            log.info("health: %s", ", ".join(changed))
 
     async def shutdown(self) -> None:
         """NOT_SERVING for good: the process is stopping."""

@@ -66,3 +66,25 @@ def test_health_is_not_serving_once_the_controller_stops(tmp_path: Path,
             rc.server._run(hook())  # what stop() runs first
         assert _status(rc) == NOT_SERVING
         assert _status(rc, "cbr.v1.TaskService") == NOT_SERVING
+
+
+def test_services_that_need_the_vault_storage_say_not_serving_while_it_is_gone(
+        tmp_path: Path, fast_probe: None) -> None:
+    """An unmounted storage disk stops vaults, backups and replication, not
+    tasks, policies or IAM, nor the server as a whole."""
+    with running_controller(tmp_path, f"sqlite:///{tmp_path}/c.db") as rc:
+        storage = rc.app.config.data_dir / "storage"
+        assert _status(rc, "cbr.v1.BackupService") == SERVING
+        storage.rename(tmp_path / "unmounted")
+        try:
+            wait_until(lambda: _status(rc, "cbr.v1.BackupService") == NOT_SERVING, timeout=30,
+                       message="backups stop serving without their storage")
+            assert _status(rc, "cbr.v1.VaultService") == NOT_SERVING
+            assert _status(rc, "cbr.v1.ReplicationService") == NOT_SERVING
+            assert _status(rc, "cbr.v1.TaskService") == SERVING
+            assert _status(rc, "cbr.v1.IamService") == SERVING
+            assert _status(rc) == SERVING
+        finally:
+            (tmp_path / "unmounted").rename(storage)
+        wait_until(lambda: _status(rc, "cbr.v1.BackupService") == SERVING, timeout=30,
+                   message="backups serve again once the storage is back")
