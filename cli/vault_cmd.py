@@ -106,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("vault_id", metavar="VAULT_ID")
     p.add_argument("--read-data", action="store_true", help="read and check every chunk")
+    p.add_argument("--read-data-subset", default="", metavar="n/t|P%",
+                   help="read only part n of t of the packs (parts are disjoint and cover "
+                        "them all) or a random P%% of them; implies --read-data")
     add_wait(p)
 
     p = add_command(
@@ -410,7 +413,8 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.vaults.VerifyVault(
-        vault_pb2.VerifyVaultRequest(vault_id=args.vault_id, read_data=args.read_data),
+        vault_pb2.VerifyVaultRequest(vault_id=args.vault_id, read_data=args.read_data,
+                                     read_data_subset=args.read_data_subset),
         timeout=ctx.timeout,
     )
     return _started_and_shown(ctx, args, resp, f"verifying vault {args.vault_id}")

@@ -28,6 +28,7 @@ from cbr import errors, faults
 # prune and verify are maintenance modules, loaded only by the controller
 from cbr.repo import RepoError, layout
 from cbr.repo.maintenance import prune, repair, verify
+from cbr.repo.maintenance.subset import DataSubset
 from cbr.repo.objects.manifest import Manifest, TreeContent
 from cbr.repo.objects.tree import EntryType, decode_tree
 from cbr.storage import StorageError
@@ -159,7 +160,8 @@ class Maintenance:
             elif operation == OperationType.PRUNE:
                 self._prune(task_id, opener)
             elif operation == OperationType.VERIFY:
-                self._verify(task_id, opener, bool(info.get("read_data", False)))
+                self._verify(task_id, opener, bool(info.get("read_data", False)),
+                             str(info.get("read_data_subset", "") or ""))
             elif operation == OperationType.REPAIR:
                 self._repair(task_id, opener, bool(info.get("dry_run", False)))
         except errors.CbrError as exc:
@@ -294,10 +296,11 @@ class Maintenance:
                  report.chunks_lost, ", ".join(report.damaged_backups) or "none")
         self._finish(task_id, TaskStatus.SUCCESS, "", "", extra)
 
-    def _verify(self, task_id: str, opener: _Opener, read_data: bool) -> None:
+    def _verify(self, task_id: str, opener: _Opener, read_data: bool, subset: str) -> None:
         with opener.open() as repo:
             report = verify.verify(repo, read_data=read_data,
-                                   expected_manifests=opener.expected_manifests)
+                                   expected_manifests=opener.expected_manifests,
+                                   subset=DataSubset.parse(subset) if subset else None)
             used = _storage_used(repo)
         self._set_used(opener.url, used)
         extra = {**report.to_dict(), "vault_used_bytes": used}

@@ -141,6 +141,21 @@ def create_checkpoint(
     return checkpoint, dispatches
 
 
+def restart_resource(session: Session, checkpoint: Checkpoint, resource: VaultResource,
+                     *, now: dt.datetime, full: bool) -> Dispatch:
+    """Starts one more backup of a resource in an existing checkpoint (a
+    policy run's retry), named as the checkpoint's other backups."""
+    vault = resource.vault
+    checkpoint.skipped_resources = [
+        s for s in checkpoint.skipped_resources or []
+        if s.get("resource_id") != resource.protectable_id]
+    dispatch = _start_backup(session, vault, checkpoint, resource, resource.protectable,
+                             name=checkpoint.name, description=checkpoint.description,
+                             full=full, now=now, auto_trigger=checkpoint.auto_trigger)
+    update_checkpoint(session, checkpoint.id)
+    return dispatch
+
+
 def _start_backup(
     session: Session, vault: Vault, checkpoint: Checkpoint, resource: VaultResource,
     protectable: Protectable, *, name: str, description: str, full: bool, now: dt.datetime,

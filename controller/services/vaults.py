@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
+from cbr.repo.maintenance.subset import DataSubset
 from controller.persistence.models import (
     Policy,
     Protectable,
@@ -360,7 +361,9 @@ def associate_policy(session: Session, project_id: str, vault_id: str, policy_id
                 "A replication policy's vault needs destination_vault_id: the replication "
                 "vault in the target account that receives its replicas.",
                 field="destination_vault_id")
-    elif vault.protect_type == ProtectType.REPLICATION:
+    elif (vault.protect_type == ProtectType.REPLICATION
+          and policy.operation_type == PolicyOperationType.BACKUP):
+        # Its replicas may still be verified and pruned on a schedule.
         raise errors.InvalidParameter("A replication vault takes no backup policy.",
                                       field="policy_id")
     if destination_vault_id and policy.operation_type != PolicyOperationType.REPLICATION:
@@ -512,6 +515,16 @@ def start_maintenance(session: Session, project_id: str, vault_id: str,
                       operation: OperationType, now: dt.datetime, **options: Any) -> str:
     """Makes a verify, prune or repair task, run by the controller's maintenance worker."""
     vault = get_vault(session, project_id, vault_id)
+    subset = str(options.get("read_data_subset", "") or "")
+    if subset:
+        try:
+            options["read_data_subset"] = str(DataSubset.parse(subset))
+        except ValueError as exc:
+            raise errors.InvalidParameter(f"read_data_subset: {exc}",
+                                          field="read_data_subset") from None
+        options["read_data"] = True
+    elif "read_data_subset" in options:
+        del options["read_data_subset"]
     if not vault.storage_url:
         raise errors.VaultStatusIllegal(f"Vault {vault.name!r} has no storage.",
                                         vault_id=vault.id)
