@@ -374,8 +374,23 @@ def build_add_resources_request(args: argparse.Namespace) -> vault_pb2.AddVaultR
 # -- commands ---------------------------------------------------------------------------
 
 
+def usage_line(vault: vault_pb2.Vault) -> str:
+    """How full the vault is, against its threshold, in one line."""
+    percent = 100.0 * vault.used_bytes / (vault.size_gb * 1024**3) if vault.size_gb else 0.0
+    line = f"usage {percent:.0f}% of {vault.size_gb} GB"
+    if vault.threshold_exceeded:
+        line += f", past the {vault.threshold}% threshold"
+        if vault.auto_expand:
+            line += " (auto_expand could not grow it further: see the vault's events)"
+    else:
+        line += f" (threshold {vault.threshold}%)"
+    return line
+
+
 def show_vault(ctx: Context, vault: vault_pb2.Vault) -> None:
     ctx.out.show(vault, subtables=[("resources", vault.resources, RESOURCE_COLUMNS)])
+    if not ctx.out.json:
+        ctx.out.message(usage_line(vault))
 
 
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:

@@ -283,7 +283,7 @@ def replication_record(r: models.ReplicationRecord, task_progress: int | None = 
 
 def account(a: models.Account) -> iam_pb2.Account:
     return iam_pb2.Account(id=a.id, name=a.name, administrator=a.administrator,
-                           created_at=ts(a.created_at))
+                           created_at=ts(a.created_at), vault_quota_gb=a.vault_quota_gb)
 
 
 def user(u: models.User) -> iam_pb2.User:

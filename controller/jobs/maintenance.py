@@ -47,7 +47,7 @@ from controller.persistence.vocabulary import (
     TaskStatus,
     VaultStatus,
 )
-from controller.services import deletions, keys, tasks, vaults
+from controller.services import capacity, deletions, keys, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
@@ -231,6 +231,7 @@ class Maintenance:
             vault = s.get(Vault, task.vault_id) if task is not None else None
             if vault is not None:
                 vault.used_bytes = max(0, vault.used_bytes - freed)
+                capacity.usage_changed(s, vault, self._app.clock.now())
         report = self._prune_storage(opener)
         self._finish(task_id, TaskStatus.SUCCESS, "", "", {
             "manifests_deleted": len(deleted), **report})
@@ -274,6 +275,7 @@ class Maintenance:
             vault = s.scalars(select(Vault).where(Vault.storage_url == url)).first()
             if vault is not None:
                 vault.used_bytes = used
+                capacity.usage_changed(s, vault, self._app.clock.now())
 
     def _repair(self, task_id: str, opener: _Opener, dry_run: bool) -> None:
         with opener.open(load_index=False) as repo:
@@ -434,6 +436,7 @@ class Maintenance:
                 s.flush()
                 imported += 1
             vault.used_bytes = sum(int(b.stats.get("bytes_sent", 0)) for b in manifests)
+            capacity.usage_changed(s, vault, now)
         return ImportResult(vault_id, imported, warnings)
 
 

@@ -40,7 +40,15 @@ from controller.persistence.vocabulary import (
     OperationType,
     ProtectStatus,
 )
-from controller.services import backups, commands, keys, tasks, validation, vaults
+from controller.services import (
+    backups,
+    capacity,
+    commands,
+    keys,
+    tasks,
+    validation,
+    vaults,
+)
 
 # A resource with a backup in one of these is busy: no other backup, restore
 # or deletion of it starts.
@@ -285,6 +293,7 @@ def finish_backup(session: Session, task: Task, success: bool,
     vault = session.get(Vault, top.vault_id)
     if vault is not None:
         vault.used_bytes += added
+        capacity.usage_changed(session, vault, now)
     if resource is not None:
         resource.protect_status = ProtectStatus.AVAILABLE
         resource.backup_count += 1

@@ -36,7 +36,7 @@ from controller.persistence.vocabulary import (
     ProtectType,
     VaultStatus,
 )
-from controller.services import keys, paging, tasks, validation
+from controller.services import capacity, keys, paging, tasks, validation
 
 # Statuses an owner may set by UpdateVault (in the order error messages name them).
 SETTABLE_STATUSES = (VaultStatus.AVAILABLE, VaultStatus.LOCK, VaultStatus.FROZEN)
@@ -252,6 +252,8 @@ def update_vault(session: Session, project_id: str, vault_id: str, changes: dict
     for key, value in changes.items():
         setattr(vault, key, value)
     vault.updated_at = now
+    if {"size_gb", "threshold", "auto_expand"} & set(changes):
+        capacity.usage_changed(session, vault, now)
     session.flush()
     if changes.get("auto_bind") or "bind_rules" in changes:
         _bind_matching(session, vault, now)
