@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     enum_arg(p, "--protect-type", PROTECT_TYPE, "backup (default) or replication target")
     enum_arg(p, "--consistent-level", CONSISTENT_LEVEL, "server vaults only")
     p.add_argument("--size-gb", type=positive_int, required=True, help="capacity in GB")
-    p.add_argument("--auto-expand", action="store_true", help="grow the vault when full")
+    p.add_argument("--auto-expand", action="store_true",
+                   help="grow the vault (10%% steps) when usage passes its threshold, "
+                        "within the account's vault quota")
     p.add_argument("--threshold", type=positive_int, help="capacity warning percent (default 80)")
     p.add_argument("--description")
     p.add_argument("--tag", type=key_value, nargs="+", action="extend", metavar="KEY=VALUE")
