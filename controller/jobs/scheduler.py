@@ -1,6 +1,6 @@
 """The policy loop: APScheduler 3 with its jobs in the controller's database.
 
-One job per enabled backup policy that has vaults, with a trigger built from
+One job per enabled policy (of any type) that has vaults, with a trigger built from
 the policy's RRULEs in its timezone (``controller.services.schedule``),
 coalescing, and a misfire grace time of the policy's start window. The jobs live in
 the ``policy_jobs`` table (APScheduler's ``SQLAlchemyJobStore``), so a

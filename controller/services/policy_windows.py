@@ -42,8 +42,9 @@ MAX_ATTEMPTS = 3
 """Tries of one resource's backup in one run: the first and two retries."""
 RETRY_DELAYS = (dt.timedelta(minutes=2), dt.timedelta(minutes=8))
 """Wait after the first and the second failure before trying again."""
-SWEEP_BATCH = 500
+SWEEP_BATCH = 5000
 """Unsettled runs read per sweep (oldest first), so a backlog is bounded work."""
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,68 @@ def _attempt_delay(attempts: int) -> dt.timedelta:
 def sweep(session: Session, now: dt.datetime, online: set[str],
           tick: float = 0.0) -> SweepResult:
     """One pass over the unsettled scheduled backup runs (see the module
-    docstring). The caller commits, then sends ``dispatches``."""
+    docstring). The caller commits, then sends ``dispatches``.
+
+    Most runs need nothing on most passes (their backups are running or
+    done, their windows open): their tasks' states are read in one query
+    per batch of checkpoints, and only the runs with something to do are
+    loaded whole."""
     result = SweepResult()
     rows = session.execute(
         select(PolicyRun, Policy).join(Policy, Policy.id == PolicyRun.policy_id)
         .where(PolicyRun.settled.is_(False)).order_by(PolicyRun.scheduled_at)
         .limit(SWEEP_BATCH)).all()
+    states = _task_states(session, [run.checkpoint_id for run, _p in rows if run.checkpoint_id])
     for run, policy in rows:
-        _sweep_run(session, run, policy, windows_of(policy, tick), now, online, result)
+        windows = windows_of(policy, tick)
+        if _needs_work(run, windows, states.get(run.checkpoint_id), now):
+            _sweep_run(session, run, policy, windows, now, online, result)
     return result
+
+
+@dataclass(frozen=True)
+class _TaskState:
+    resource_id: str
+    status: str
+    ended_at: dt.datetime | None
+
+
+@dataclass
+class _RunState:
+    skipped: bool = False
+    tasks: list[_TaskState] = field(default_factory=list)
+
+
+def _task_states(session: Session, checkpoint_ids: list[str]) -> dict[str, _RunState]:
+    out: dict[str, _RunState] = {}
+    for start in range(0, len(checkpoint_ids), _IN_CHUNK):
+        chunk = checkpoint_ids[start:start + _IN_CHUNK]
+        for cp_id, skipped in session.execute(select(
+                Checkpoint.id, Checkpoint.skipped_resources).where(Checkpoint.id.in_(chunk))):
+            out[cp_id] = _RunState(skipped=bool(skipped))
+        for row in session.execute(select(
+                Task.checkpoint_id, Task.resource_id, Task.status, Task.ended_at).where(
+                Task.checkpoint_id.in_(chunk), Task.operation_type == OperationType.BACKUP)
+                .order_by(Task.created_at)):
+            out.setdefault(row.checkpoint_id, _RunState()).tasks.append(
+                _TaskState(row.resource_id, row.status, row.ended_at))
+    return out
+
+
+def _needs_work(run: PolicyRun, windows: Windows, state: _RunState | None,
+                now: dt.datetime) -> bool:
+    if run.status != PolicyRunStatus.DISPATCHED or state is None:
+        return True  # settles it
+    if now >= run.scheduled_at + windows.start:
+        return True  # a window closed: judge the run
+    if state.skipped:
+        return True  # a resource that did not start may start now
+    tried: dict[str, list[_TaskState]] = {}
+    for t in state.tasks:
+        tried.setdefault(t.resource_id, []).append(t)
+    return any(ts[-1].status == TaskStatus.FAILED and len(ts) < MAX_ATTEMPTS
+               and now >= (ts[-1].ended_at or now) + _attempt_delay(len(ts))
+               for ts in tried.values())
 
 
 def _sweep_run(session: Session, run: PolicyRun, policy: Policy, windows: Windows,
@@ -127,6 +181,9 @@ def _sweep_run(session: Session, run: PolicyRun, policy: Policy, windows: Window
         _retry(session, run, checkpoint, vault, run_tasks, now, online, result)
         return
     # The start window is closed: what never reached its agent will not now.
+    if not run_tasks and not checkpoint.skipped_resources:
+        run.settled = True  # the vault had nothing to back up: nothing was missed
+        return
     started = [t for t in run_tasks if t.status != TaskStatus.WAITING]
     for task in run_tasks:
         if task.status == TaskStatus.WAITING and stop_task(
