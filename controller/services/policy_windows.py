@@ -223,8 +223,14 @@ def _retry(session: Session, run: PolicyRun, checkpoint: Checkpoint, vault: Vaul
             continue
         if runs.busy_backup(session, protectable.id) is not None:
             continue
-        dispatch = runs.restart_resource(session, checkpoint, resource, now=now,
-                                         full=run.full)
+        try:
+            dispatch = runs.restart_resource(session, checkpoint, resource, now=now,
+                                             full=run.full)
+        except errors.CbrError as exc:
+            # The vault no longer takes backups (frozen, full, its key
+            # disabled): nothing of this run starts again; the run says why.
+            run.detail = f"not started again: {exc.code}: {exc.message}"[:2000]
+            return
         made = session.get(Task, dispatch.task_id)
         if made is not None:
             made.policy_id = run.policy_id

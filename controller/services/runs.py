@@ -152,8 +152,13 @@ def create_checkpoint(
 def restart_resource(session: Session, checkpoint: Checkpoint, resource: VaultResource,
                      *, now: dt.datetime, full: bool) -> Dispatch:
     """Starts one more backup of a resource in an existing checkpoint (a
-    policy run's retry), named as the checkpoint's other backups."""
+    policy run's retry), named as the checkpoint's other backups, if the
+    vault still takes backups (its status, capacity and key are checked
+    again: they may have changed since the run began)."""
     vault = resource.vault
+    backups.check_checkpoint_request(session, vault.project_id, vault.id,
+                                     [resource.protectable_id])
+    keys.check_vault_key(session, vault, now)
     checkpoint.skipped_resources = [
         s for s in checkpoint.skipped_resources or []
         if s.get("resource_id") != resource.protectable_id]

@@ -228,6 +228,20 @@ def test_a_failed_scheduled_backup_is_retried_with_backoff_as_tasks_of_the_same_
     assert row.settled and row.status != "missed" and _missed_events(app) == []
 
 
+def test_no_retry_once_the_vault_refuses_backups_and_the_run_says_why(
+        app: App, project: str, inventory: Inventory) -> None:
+    online = {inventory.agent_id}
+    vid, pid = _setup(app, project, inventory)
+    [first] = _run(app, pid, vid, online).dispatches
+    _fail(app, first.task_id, _minutes(1))
+    with app.db.begin() as s:
+        vaults.update_vault(s, project, vid, {"status": "frozen"}, _minutes(2))
+    assert _sweep(app, _minutes(3), online).dispatches == []
+    assert len(_backup_tasks(app)) == 1
+    detail = _run_row(app).detail
+    assert "not started again" in detail and errors.VaultStatusIllegal.code in detail
+
+
 def test_no_retry_once_the_start_window_is_closed(
         app: App, project: str, inventory: Inventory) -> None:
     online = {inventory.agent_id}
