@@ -284,6 +284,20 @@ class InternalError(CbrError):
     status = grpc.StatusCode.INTERNAL
 
 
+class PolicyWindowClosed(CbrError):
+    """A policy run's start or completion window closed before its task did."""
+
+    code = "BackupService.9920"
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class VaultQuotaReached(CbrError):
+    """auto_expand cannot grow the vault: the account's vault quota is reached."""
+
+    code = "BackupService.9921"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 # -- keys and encryption (our codes) -------------------------------------------
 
 

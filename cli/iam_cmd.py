@@ -64,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--admin-user", help="also create this user with full access, and an access key for it"
     )
     p.add_argument("--save-profile", metavar="PROFILE", help=SAVE_HELP)
+    p.add_argument("--vault-quota-gb", type=int, default=0, metavar="GB",
+                   help="total vault size auto_expand may grow the account's vaults to "
+                        "(default 10240)")
+    p = add_command(group, "update", cmd_account_update, "change an account's vault quota",
+                    rpc="IamService.UpdateAccount")
+    p.add_argument("account_id", metavar="ACCOUNT_ID")
+    p.add_argument("--vault-quota-gb", type=int, required=True, metavar="GB",
+                   help="total vault size auto_expand may grow the account's vaults to")
     p = add_command(group, "list", cmd_account_list, "list accounts", rpc="IamService.ListAccounts")
     add_paging(p)
     p = add_command(group, "show", cmd_account_show, "show an account", rpc="IamService.GetAccount")
@@ -142,7 +150,8 @@ def _save_key(ctx: Context, args: argparse.Namespace, key: iam_pb2.AccessKey, ac
 
 def cmd_account_create(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.iam.CreateAccount(
-        iam_pb2.CreateAccountRequest(name=args.name, admin_user_name=args.admin_user or ""),
+        iam_pb2.CreateAccountRequest(name=args.name, admin_user_name=args.admin_user or "",
+                                     vault_quota_gb=args.vault_quota_gb),
         timeout=ctx.timeout,
     )
     ctx.out.show(resp)
@@ -150,6 +159,16 @@ def cmd_account_create(ctx: Context, args: argparse.Namespace) -> int:
         if not ctx.out.json:
             ctx.out.note("the secret key is shown only now; keep it safe")
         _save_key(ctx, args, resp.access_key, resp.account.id)
+    return 0
+
+
+def cmd_account_update(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.iam.UpdateAccount(
+        iam_pb2.UpdateAccountRequest(account_id=args.account_id,
+                                     vault_quota_gb=args.vault_quota_gb),
+        timeout=ctx.timeout,
+    )
+    ctx.out.show(resp.account)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`cbr policy`: backup and replication schedules with retention rules."""
+"""`cbr policy`: backup, replication, verify and prune schedules, with
+retention rules (backup) and start and completion windows."""
 
 from __future__ import annotations
 
@@ -67,7 +68,21 @@ _DEFINITION_FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
     ("--full-backup-interval", "full_backup_interval", int, "-1 (never) to 100"),
     ("--include-manual-backups", "include_manual_backups", _yes_no,
      "yes: retention may delete manual backups too (default no)"),
+    ("--read-data", "read_data", _yes_no, "verify: yes to read and check the data too"),
+    ("--read-data-subset", "read_data_subset", str,
+     "verify: n/t reads part n of t (each run reads the next part, so t runs read all "
+     "the data) or P%% a random P percent of it; implies --read-data"),
 ]
+
+
+def _add_window_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start-window", dest="start_window_minutes", type=int, metavar="MINUTES",
+                   help="a scheduled run not started this long after its time is missed "
+                        "(60 to 1440, at most the time between runs; default 60)")
+    p.add_argument("--completion-window", dest="completion_window_minutes", type=int,
+                   metavar="MINUTES",
+                   help="a backup still running this long after its run's time is stopped "
+                        "(more than the start window, up to 43200; default 10080, 7 days)")
 
 
 def _add_definition_flags(p: argparse.ArgumentParser) -> None:
@@ -100,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="e.g. 'FREQ=DAILY;INTERVAL=1;BYHOUR=6;BYMINUTE=00' (up to 24)",
     )
     _add_definition_flags(p)
+    _add_window_flags(p)
     p.add_argument("--disabled", action="store_true", help="create it switched off")
 
     p = add_command(group, "list", cmd_list, "list policies", rpc="PolicyService.ListPolicies")
@@ -126,6 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--pattern", nargs="+", action="extend", metavar="RRULE", help="replace the schedule"
     )
     _add_definition_flags(p)
+    _add_window_flags(p)
 
     p = add_command(
         group, "delete", cmd_delete, "delete a policy", rpc="PolicyService.DeletePolicy"
@@ -133,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("policy_id", metavar="POLICY_ID")
 
     p = add_command(group, "run-now", cmd_run_now,
-                    "run a backup policy now on each of its vaults",
+                    "run a policy now on each of its vaults",
                     rpc="PolicyService.RunPolicyNow")
     p.add_argument("policy_id", metavar="POLICY_ID")
 
@@ -151,6 +168,8 @@ def build_create_request(args: argparse.Namespace) -> policy_pb2.CreatePolicyReq
         enabled=not args.disabled,
         operation_definition=policy_pb2.OperationDefinition(**_definition_given(args)),  # type: ignore[arg-type]
         trigger=policy_pb2.Trigger(pattern=args.pattern),
+        start_window_minutes=args.start_window_minutes or 0,
+        completion_window_minutes=args.completion_window_minutes or 0,
     )
 
 
@@ -182,6 +201,10 @@ def build_update_request(
     if args.pattern is not None:
         policy.trigger.pattern.extend(args.pattern)
         paths.append("trigger")
+    for window in ("start_window_minutes", "completion_window_minutes"):
+        if getattr(args, window) is not None:
+            setattr(policy, window, getattr(args, window))
+            paths.append(window)
     given = _definition_given(args)
     if given:
         if current is None:
@@ -245,6 +268,7 @@ RUN_COLUMNS: list[Column] = [
     ("MANUAL", "manual"),
     ("FULL", "full"),
     ("CHECKPOINT", lambda r: r.checkpoint_id or "-"),
+    ("TASK", lambda r: r.task_id or "-"),
     ("DETAIL", lambda r: r.detail or "-"),
 ]
 

@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     enum_arg(p, "--protect-type", PROTECT_TYPE, "backup (default) or replication target")
     enum_arg(p, "--consistent-level", CONSISTENT_LEVEL, "server vaults only")
     p.add_argument("--size-gb", type=positive_int, required=True, help="capacity in GB")
-    p.add_argument("--auto-expand", action="store_true", help="grow the vault when full")
+    p.add_argument("--auto-expand", action="store_true",
+                   help="grow the vault (10%% steps) when usage passes its threshold, "
+                        "within the account's vault quota")
     p.add_argument("--threshold", type=positive_int, help="capacity warning percent (default 80)")
     p.add_argument("--description")
     p.add_argument("--tag", type=key_value, nargs="+", action="extend", metavar="KEY=VALUE")
@@ -106,6 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("vault_id", metavar="VAULT_ID")
     p.add_argument("--read-data", action="store_true", help="read and check every chunk")
+    p.add_argument("--read-data-subset", default="", metavar="n/t|P%",
+                   help="read only part n of t of the packs (parts are disjoint and cover "
+                        "them all) or a random P%% of them; implies --read-data")
     add_wait(p)
 
     p = add_command(
@@ -371,8 +376,23 @@ def build_add_resources_request(args: argparse.Namespace) -> vault_pb2.AddVaultR
 # -- commands ---------------------------------------------------------------------------
 
 
+def usage_line(vault: vault_pb2.Vault) -> str:
+    """How full the vault is, against its threshold, in one line."""
+    percent = 100.0 * vault.used_bytes / (vault.size_gb * 1024**3) if vault.size_gb else 0.0
+    line = f"usage {percent:.0f}% of {vault.size_gb} GB"
+    if vault.threshold_exceeded:
+        line += f", past the {vault.threshold}% threshold"
+        if vault.auto_expand:
+            line += " (auto_expand could not grow it further: see the vault's events)"
+    else:
+        line += f" (threshold {vault.threshold}%)"
+    return line
+
+
 def show_vault(ctx: Context, vault: vault_pb2.Vault) -> None:
     ctx.out.show(vault, subtables=[("resources", vault.resources, RESOURCE_COLUMNS)])
+    if not ctx.out.json:
+        ctx.out.message(usage_line(vault))
 
 
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
@@ -410,7 +430,8 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.vaults.VerifyVault(
-        vault_pb2.VerifyVaultRequest(vault_id=args.vault_id, read_data=args.read_data),
+        vault_pb2.VerifyVaultRequest(vault_id=args.vault_id, read_data=args.read_data,
+                                     read_data_subset=args.read_data_subset),
         timeout=ctx.timeout,
     )
     return _started_and_shown(ctx, args, resp, f"verifying vault {args.vault_id}")

@@ -125,9 +125,6 @@ SETTINGS: tuple[Setting, ...] = (
             "endpoint is a loopback or link-local address (a development machine, the "
             "quickstart). Off: a tenant cannot make this controller dial its own host's "
             "services.", _bool),
-    Setting("scheduler_grace", 600.0, "Seconds a scheduled policy run may start late (the "
-            "controller was down or busy) and still run; older runs are recorded as missed.",
-            float),
     Setting("scheduler_lease", 15.0, "Seconds a controller's lead of the policy loop lasts "
             "unless renewed; among controllers sharing a database another takes over within "
             "this and a third of it more.", float),
@@ -175,7 +172,6 @@ class Config:
     storage_secret_key: str = ""
     root_key: str = ""
     target_allow_local: bool = False
-    scheduler_grace: float = 600.0
     scheduler_lease: float = 15.0
     scheduler_tick: float = 0.0
     replication_retry: float = 600.0

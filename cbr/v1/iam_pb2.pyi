@@ -10,16 +10,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Account(_message.Message):
-    __slots__ = ("id", "name", "administrator", "created_at")
+    __slots__ = ("id", "name", "administrator", "created_at", "vault_quota_gb")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADMINISTRATOR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VAULT_QUOTA_GB_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     administrator: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., administrator: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    vault_quota_gb: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., administrator: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vault_quota_gb: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("id", "account_id", "name", "created_at")
@@ -78,12 +80,14 @@ class GetCallerIdentityResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., access_key_id: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateAccountRequest(_message.Message):
-    __slots__ = ("name", "admin_user_name")
+    __slots__ = ("name", "admin_user_name", "vault_quota_gb")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADMIN_USER_NAME_FIELD_NUMBER: _ClassVar[int]
+    VAULT_QUOTA_GB_FIELD_NUMBER: _ClassVar[int]
     name: str
     admin_user_name: str
-    def __init__(self, name: _Optional[str] = ..., admin_user_name: _Optional[str] = ...) -> None: ...
+    vault_quota_gb: int
+    def __init__(self, name: _Optional[str] = ..., admin_user_name: _Optional[str] = ..., vault_quota_gb: _Optional[int] = ...) -> None: ...
 
 class CreateAccountResponse(_message.Message):
     __slots__ = ("account", "user", "access_key")
@@ -102,6 +106,20 @@ class GetAccountRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ...) -> None: ...
 
 class GetAccountResponse(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: Account
+    def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
+
+class UpdateAccountRequest(_message.Message):
+    __slots__ = ("account_id", "vault_quota_gb")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    VAULT_QUOTA_GB_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    vault_quota_gb: int
+    def __init__(self, account_id: _Optional[str] = ..., vault_quota_gb: _Optional[int] = ...) -> None: ...
+
+class UpdateAccountResponse(_message.Message):
     __slots__ = ("account",)
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     account: Account

@@ -51,6 +51,11 @@ class IamServiceStub:
                 request_serializer=cbr_dot_v1_dot_iam__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_iam__pb2.GetAccountResponse.FromString,
                 _registered_method=True)
+        self.UpdateAccount = channel.unary_unary(
+                '/cbr.v1.IamService/UpdateAccount',
+                request_serializer=cbr_dot_v1_dot_iam__pb2.UpdateAccountRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_iam__pb2.UpdateAccountResponse.FromString,
+                _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/cbr.v1.IamService/ListAccounts',
                 request_serializer=cbr_dot_v1_dot_iam__pb2.ListAccountsRequest.SerializeToString,
@@ -129,6 +134,13 @@ class IamServiceServicer:
 
     def GetAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAccount(self, request, context):
+        """Changes an account's vault quota; by the administrator account only.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -218,6 +230,11 @@ def add_IamServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=cbr_dot_v1_dot_iam__pb2.GetAccountRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_iam__pb2.GetAccountResponse.SerializeToString,
+            ),
+            'UpdateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAccount,
+                    request_deserializer=cbr_dot_v1_dot_iam__pb2.UpdateAccountRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_iam__pb2.UpdateAccountResponse.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
@@ -358,6 +375,33 @@ class IamService:
             '/cbr.v1.IamService/GetAccount',
             cbr_dot_v1_dot_iam__pb2.GetAccountRequest.SerializeToString,
             cbr_dot_v1_dot_iam__pb2.GetAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.IamService/UpdateAccount',
+            cbr_dot_v1_dot_iam__pb2.UpdateAccountRequest.SerializeToString,
+            cbr_dot_v1_dot_iam__pb2.UpdateAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,51 +26,51 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x62r/v1/policy.proto\x12\x06\x63\x62r.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x13OperationDefinition\x12\x13\n\x0bmax_backups\x18\x01 \x01(\x05\x12\x1f\n\x17retention_duration_days\x18\x02 \x01(\x05\x12\x13\n\x0b\x64\x61y_backups\x18\x03 \x01(\x05\x12\x14\n\x0cweek_backups\x18\x04 \x01(\x05\x12\x15\n\rmonth_backups\x18\x05 \x01(\x05\x12\x14\n\x0cyear_backups\x18\x06 \x01(\x05\x12\x10\n\x08timezone\x18\x07 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x08 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\t \x01(\t\x12\x1c\n\x14\x66ull_backup_interval\x18\n \x01(\x05\x12\x15\n\rcredential_id\x18\x0b \x01(\t\x12\x1e\n\x16include_manual_backups\x18\x0c \x01(\x08\"\x1a\n\x07Trigger\x12\x0f\n\x07pattern\x18\x01 \x03(\t\"\x80\x03\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x33\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1b.cbr.v1.PolicyOperationType\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x39\n\x14operation_definition\x18\x05 \x01(\x0b\x32\x1b.cbr.v1.OperationDefinition\x12 \n\x07trigger\x18\x06 \x01(\x0b\x32\x0f.cbr.v1.Trigger\x12\x11\n\tvault_ids\x18\x07 \x03(\t\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0enext_run_times\x18\x0b \x03(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\x13\x43reatePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x0eoperation_type\x18\x02 \x01(\x0e\x32\x1b.cbr.v1.PolicyOperationType\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x39\n\x14operation_definition\x18\x04 \x01(\x0b\x32\x1b.cbr.v1.OperationDefinition\x12 \n\x07trigger\x18\x05 \x01(\x0b\x32\x0f.cbr.v1.Trigger\"6\n\x14\x43reatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.cbr.v1.Policy\"%\n\x10GetPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"3\n\x11GetPolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.cbr.v1.Policy\"\x83\x01\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x33\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1b.cbr.v1.PolicyOperationType\x12\x10\n\x08vault_id\x18\x04 \x01(\t\"f\n\x14ListPoliciesResponse\x12 \n\x08policies\x18\x01 \x03(\x0b\x32\x0e.cbr.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"y\n\x13UpdatePolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x1e\n\x06policy\x18\x02 \x01(\x0b\x32\x0e.cbr.v1.Policy\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"6\n\x14UpdatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.cbr.v1.Policy\"(\n\x13\x44\x65letePolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65letePolicyResponse\"(\n\x13RunPolicyNowRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"@\n\x14RunPolicyNowResponse\x12\x16\n\x0e\x63heckpoint_ids\x18\x01 \x03(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\xb7\x01\n\tPolicyRun\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x10\n\x08vault_id\x18\x02 \x01(\t\x12\x30\n\x0cscheduled_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06manual\x18\x05 \x01(\x08\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12\x15\n\rcheckpoint_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"Q\n\x15ListPolicyRunsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x16ListPolicyRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.cbr.v1.PolicyRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x85\x01\n\x13PolicyOperationType\x12%\n!POLICY_OPERATION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cPOLICY_OPERATION_TYPE_BACKUP\x10\x01\x12%\n!POLICY_OPERATION_TYPE_REPLICATION\x10\x02\x32\x99\x04\n\rPolicyService\x12I\n\x0c\x43reatePolicy\x12\x1b.cbr.v1.CreatePolicyRequest\x1a\x1c.cbr.v1.CreatePolicyResponse\x12@\n\tGetPolicy\x12\x18.cbr.v1.GetPolicyRequest\x1a\x19.cbr.v1.GetPolicyResponse\x12I\n\x0cListPolicies\x12\x1b.cbr.v1.ListPoliciesRequest\x1a\x1c.cbr.v1.ListPoliciesResponse\x12I\n\x0cUpdatePolicy\x12\x1b.cbr.v1.UpdatePolicyRequest\x1a\x1c.cbr.v1.UpdatePolicyResponse\x12I\n\x0c\x44\x65letePolicy\x12\x1b.cbr.v1.DeletePolicyRequest\x1a\x1c.cbr.v1.DeletePolicyResponse\x12I\n\x0cRunPolicyNow\x12\x1b.cbr.v1.RunPolicyNowRequest\x1a\x1c.cbr.v1.RunPolicyNowResponse\x12O\n\x0eListPolicyRuns\x12\x1d.cbr.v1.ListPolicyRunsRequest\x1a\x1e.cbr.v1.ListPolicyRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x62r/v1/policy.proto\x12\x06\x63\x62r.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x02\n\x13OperationDefinition\x12\x13\n\x0bmax_backups\x18\x01 \x01(\x05\x12\x1f\n\x17retention_duration_days\x18\x02 \x01(\x05\x12\x13\n\x0b\x64\x61y_backups\x18\x03 \x01(\x05\x12\x14\n\x0cweek_backups\x18\x04 \x01(\x05\x12\x15\n\rmonth_backups\x18\x05 \x01(\x05\x12\x14\n\x0cyear_backups\x18\x06 \x01(\x05\x12\x10\n\x08timezone\x18\x07 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x08 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\t \x01(\t\x12\x1c\n\x14\x66ull_backup_interval\x18\n \x01(\x05\x12\x15\n\rcredential_id\x18\x0b \x01(\t\x12\x1e\n\x16include_manual_backups\x18\x0c \x01(\x08\x12\x11\n\tread_data\x18\r \x01(\x08\x12\x18\n\x10read_data_subset\x18\x0e \x01(\t\"\x1a\n\x07Trigger\x12\x0f\n\x07pattern\x18\x01 \x03(\t\"\xc1\x03\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x33\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1b.cbr.v1.PolicyOperationType\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x39\n\x14operation_definition\x18\x05 \x01(\x0b\x32\x1b.cbr.v1.OperationDefinition\x12 \n\x07trigger\x18\x06 \x01(\x0b\x32\x0f.cbr.v1.Trigger\x12\x11\n\tvault_ids\x18\x07 \x03(\t\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0enext_run_times\x18\x0b \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14start_window_minutes\x18\x0c \x01(\x05\x12!\n\x19\x63ompletion_window_minutes\x18\r \x01(\x05\"\x87\x02\n\x13\x43reatePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x0eoperation_type\x18\x02 \x01(\x0e\x32\x1b.cbr.v1.PolicyOperationType\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x39\n\x14operation_definition\x18\x04 \x01(\x0b\x32\x1b.cbr.v1.OperationDefinition\x12 \n\x07trigger\x18\x05 \x01(\x0b\x32\x0f.cbr.v1.Trigger\x12\x1c\n\x14start_window_minutes\x18\x06 \x01(\x05\x12!\n\x19\x63ompletion_window_minutes\x18\x07 \x01(\x05\"6\n\x14\x43reatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.cbr.v1.Policy\"%\n\x10GetPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"3\n\x11GetPolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.cbr.v1.Policy\"\x83\x01\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x33\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1b.cbr.v1.PolicyOperationType\x12\x10\n\x08vault_id\x18\x04 \x01(\t\"f\n\x14ListPoliciesResponse\x12 \n\x08policies\x18\x01 \x03(\x0b\x32\x0e.cbr.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"y\n\x13UpdatePolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x1e\n\x06policy\x18\x02 \x01(\x0b\x32\x0e.cbr.v1.Policy\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"6\n\x14UpdatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.cbr.v1.Policy\"(\n\x13\x44\x65letePolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65letePolicyResponse\"(\n\x13RunPolicyNowRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"@\n\x14RunPolicyNowResponse\x12\x16\n\x0e\x63heckpoint_ids\x18\x01 \x03(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\xc8\x01\n\tPolicyRun\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x10\n\x08vault_id\x18\x02 \x01(\t\x12\x30\n\x0cscheduled_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06manual\x18\x05 \x01(\x08\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12\x15\n\rcheckpoint_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0f\n\x07task_id\x18\t \x01(\t\"Q\n\x15ListPolicyRunsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x16ListPolicyRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.cbr.v1.PolicyRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc8\x01\n\x13PolicyOperationType\x12%\n!POLICY_OPERATION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cPOLICY_OPERATION_TYPE_BACKUP\x10\x01\x12%\n!POLICY_OPERATION_TYPE_REPLICATION\x10\x02\x12 \n\x1cPOLICY_OPERATION_TYPE_VERIFY\x10\x03\x12\x1f\n\x1bPOLICY_OPERATION_TYPE_PRUNE\x10\x04\x32\x99\x04\n\rPolicyService\x12I\n\x0c\x43reatePolicy\x12\x1b.cbr.v1.CreatePolicyRequest\x1a\x1c.cbr.v1.CreatePolicyResponse\x12@\n\tGetPolicy\x12\x18.cbr.v1.GetPolicyRequest\x1a\x19.cbr.v1.GetPolicyResponse\x12I\n\x0cListPolicies\x12\x1b.cbr.v1.ListPoliciesRequest\x1a\x1c.cbr.v1.ListPoliciesResponse\x12I\n\x0cUpdatePolicy\x12\x1b.cbr.v1.UpdatePolicyRequest\x1a\x1c.cbr.v1.UpdatePolicyResponse\x12I\n\x0c\x44\x65letePolicy\x12\x1b.cbr.v1.DeletePolicyRequest\x1a\x1c.cbr.v1.DeletePolicyResponse\x12I\n\x0cRunPolicyNow\x12\x1b.cbr.v1.RunPolicyNowRequest\x1a\x1c.cbr.v1.RunPolicyNowResponse\x12O\n\x0eListPolicyRuns\x12\x1d.cbr.v1.ListPolicyRunsRequest\x1a\x1e.cbr.v1.ListPolicyRunsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICYOPERATIONTYPE']._serialized_start=2136
-  _globals['_POLICYOPERATIONTYPE']._serialized_end=2269
+  _globals['_POLICYOPERATIONTYPE']._serialized_start=2328
+  _globals['_POLICYOPERATIONTYPE']._serialized_end=2528
   _globals['_OPERATIONDEFINITION']._serialized_start=99
-  _globals['_OPERATIONDEFINITION']._serialized_end=425
-  _globals['_TRIGGER']._serialized_start=427
-  _globals['_TRIGGER']._serialized_end=453
-  _globals['_POLICY']._serialized_start=456
-  _globals['_POLICY']._serialized_end=840
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=843
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=1041
-  _globals['_CREATEPOLICYRESPONSE']._serialized_start=1043
-  _globals['_CREATEPOLICYRESPONSE']._serialized_end=1097
-  _globals['_GETPOLICYREQUEST']._serialized_start=1099
-  _globals['_GETPOLICYREQUEST']._serialized_end=1136
-  _globals['_GETPOLICYRESPONSE']._serialized_start=1138
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1189
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1192
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1323
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1325
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1427
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1429
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1550
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=1552
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1606
-  _globals['_DELETEPOLICYREQUEST']._serialized_start=1608
-  _globals['_DELETEPOLICYREQUEST']._serialized_end=1648
-  _globals['_DELETEPOLICYRESPONSE']._serialized_start=1650
-  _globals['_DELETEPOLICYRESPONSE']._serialized_end=1672
-  _globals['_RUNPOLICYNOWREQUEST']._serialized_start=1674
-  _globals['_RUNPOLICYNOWREQUEST']._serialized_end=1714
-  _globals['_RUNPOLICYNOWRESPONSE']._serialized_start=1716
-  _globals['_RUNPOLICYNOWRESPONSE']._serialized_end=1780
-  _globals['_POLICYRUN']._serialized_start=1783
-  _globals['_POLICYRUN']._serialized_end=1966
-  _globals['_LISTPOLICYRUNSREQUEST']._serialized_start=1968
-  _globals['_LISTPOLICYRUNSREQUEST']._serialized_end=2049
-  _globals['_LISTPOLICYRUNSRESPONSE']._serialized_start=2051
-  _globals['_LISTPOLICYRUNSRESPONSE']._serialized_end=2133
-  _globals['_POLICYSERVICE']._serialized_start=2272
-  _globals['_POLICYSERVICE']._serialized_end=2809
+  _globals['_OPERATIONDEFINITION']._serialized_end=470
+  _globals['_TRIGGER']._serialized_start=472
+  _globals['_TRIGGER']._serialized_end=498
+  _globals['_POLICY']._serialized_start=501
+  _globals['_POLICY']._serialized_end=950
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=953
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=1216
+  _globals['_CREATEPOLICYRESPONSE']._serialized_start=1218
+  _globals['_CREATEPOLICYRESPONSE']._serialized_end=1272
+  _globals['_GETPOLICYREQUEST']._serialized_start=1274
+  _globals['_GETPOLICYREQUEST']._serialized_end=1311
+  _globals['_GETPOLICYRESPONSE']._serialized_start=1313
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1364
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1367
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1498
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1500
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1602
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1604
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1725
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=1727
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1781
+  _globals['_DELETEPOLICYREQUEST']._serialized_start=1783
+  _globals['_DELETEPOLICYREQUEST']._serialized_end=1823
+  _globals['_DELETEPOLICYRESPONSE']._serialized_start=1825
+  _globals['_DELETEPOLICYRESPONSE']._serialized_end=1847
+  _globals['_RUNPOLICYNOWREQUEST']._serialized_start=1849
+  _globals['_RUNPOLICYNOWREQUEST']._serialized_end=1889
+  _globals['_RUNPOLICYNOWRESPONSE']._serialized_start=1891
+  _globals['_RUNPOLICYNOWRESPONSE']._serialized_end=1955
+  _globals['_POLICYRUN']._serialized_start=1958
+  _globals['_POLICYRUN']._serialized_end=2158
+  _globals['_LISTPOLICYRUNSREQUEST']._serialized_start=2160
+  _globals['_LISTPOLICYRUNSREQUEST']._serialized_end=2241
+  _globals['_LISTPOLICYRUNSRESPONSE']._serialized_start=2243
+  _globals['_LISTPOLICYRUNSRESPONSE']._serialized_end=2325
+  _globals['_POLICYSERVICE']._serialized_start=2531
+  _globals['_POLICYSERVICE']._serialized_end=3068
 # @@protoc_insertion_point(module_scope)

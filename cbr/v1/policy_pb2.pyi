@@ -16,12 +16,16 @@ class PolicyOperationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_OPERATION_TYPE_UNSPECIFIED: _ClassVar[PolicyOperationType]
     POLICY_OPERATION_TYPE_BACKUP: _ClassVar[PolicyOperationType]
     POLICY_OPERATION_TYPE_REPLICATION: _ClassVar[PolicyOperationType]
+    POLICY_OPERATION_TYPE_VERIFY: _ClassVar[PolicyOperationType]
+    POLICY_OPERATION_TYPE_PRUNE: _ClassVar[PolicyOperationType]
 POLICY_OPERATION_TYPE_UNSPECIFIED: PolicyOperationType
 POLICY_OPERATION_TYPE_BACKUP: PolicyOperationType
 POLICY_OPERATION_TYPE_REPLICATION: PolicyOperationType
+POLICY_OPERATION_TYPE_VERIFY: PolicyOperationType
+POLICY_OPERATION_TYPE_PRUNE: PolicyOperationType
 
 class OperationDefinition(_message.Message):
-    __slots__ = ("max_backups", "retention_duration_days", "day_backups", "week_backups", "month_backups", "year_backups", "timezone", "destination_region", "destination_project_id", "full_backup_interval", "credential_id", "include_manual_backups")
+    __slots__ = ("max_backups", "retention_duration_days", "day_backups", "week_backups", "month_backups", "year_backups", "timezone", "destination_region", "destination_project_id", "full_backup_interval", "credential_id", "include_manual_backups", "read_data", "read_data_subset")
     MAX_BACKUPS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DURATION_DAYS_FIELD_NUMBER: _ClassVar[int]
     DAY_BACKUPS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +38,8 @@ class OperationDefinition(_message.Message):
     FULL_BACKUP_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_MANUAL_BACKUPS_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_SUBSET_FIELD_NUMBER: _ClassVar[int]
     max_backups: int
     retention_duration_days: int
     day_backups: int
@@ -46,7 +52,9 @@ class OperationDefinition(_message.Message):
     full_backup_interval: int
     credential_id: str
     include_manual_backups: bool
-    def __init__(self, max_backups: _Optional[int] = ..., retention_duration_days: _Optional[int] = ..., day_backups: _Optional[int] = ..., week_backups: _Optional[int] = ..., month_backups: _Optional[int] = ..., year_backups: _Optional[int] = ..., timezone: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_project_id: _Optional[str] = ..., full_backup_interval: _Optional[int] = ..., credential_id: _Optional[str] = ..., include_manual_backups: _Optional[bool] = ...) -> None: ...
+    read_data: bool
+    read_data_subset: str
+    def __init__(self, max_backups: _Optional[int] = ..., retention_duration_days: _Optional[int] = ..., day_backups: _Optional[int] = ..., week_backups: _Optional[int] = ..., month_backups: _Optional[int] = ..., year_backups: _Optional[int] = ..., timezone: _Optional[str] = ..., destination_region: _Optional[str] = ..., destination_project_id: _Optional[str] = ..., full_backup_interval: _Optional[int] = ..., credential_id: _Optional[str] = ..., include_manual_backups: _Optional[bool] = ..., read_data: _Optional[bool] = ..., read_data_subset: _Optional[str] = ...) -> None: ...
 
 class Trigger(_message.Message):
     __slots__ = ("pattern",)
@@ -55,7 +63,7 @@ class Trigger(_message.Message):
     def __init__(self, pattern: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("id", "name", "operation_type", "enabled", "operation_definition", "trigger", "vault_ids", "project_id", "created_at", "updated_at", "next_run_times")
+    __slots__ = ("id", "name", "operation_type", "enabled", "operation_definition", "trigger", "vault_ids", "project_id", "created_at", "updated_at", "next_run_times", "start_window_minutes", "completion_window_minutes")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPERATION_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +75,8 @@ class Policy(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     NEXT_RUN_TIMES_FIELD_NUMBER: _ClassVar[int]
+    START_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     operation_type: PolicyOperationType
@@ -78,21 +88,27 @@ class Policy(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     next_run_times: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., operation_type: _Optional[_Union[PolicyOperationType, str]] = ..., enabled: _Optional[bool] = ..., operation_definition: _Optional[_Union[OperationDefinition, _Mapping]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., vault_ids: _Optional[_Iterable[str]] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ...) -> None: ...
+    start_window_minutes: int
+    completion_window_minutes: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., operation_type: _Optional[_Union[PolicyOperationType, str]] = ..., enabled: _Optional[bool] = ..., operation_definition: _Optional[_Union[OperationDefinition, _Mapping]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., vault_ids: _Optional[_Iterable[str]] = ..., project_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_run_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., start_window_minutes: _Optional[int] = ..., completion_window_minutes: _Optional[int] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
-    __slots__ = ("name", "operation_type", "enabled", "operation_definition", "trigger")
+    __slots__ = ("name", "operation_type", "enabled", "operation_definition", "trigger", "start_window_minutes", "completion_window_minutes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPERATION_TYPE_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     OPERATION_DEFINITION_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    START_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     operation_type: PolicyOperationType
     enabled: bool
     operation_definition: OperationDefinition
     trigger: Trigger
-    def __init__(self, name: _Optional[str] = ..., operation_type: _Optional[_Union[PolicyOperationType, str]] = ..., enabled: _Optional[bool] = ..., operation_definition: _Optional[_Union[OperationDefinition, _Mapping]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ...) -> None: ...
+    start_window_minutes: int
+    completion_window_minutes: int
+    def __init__(self, name: _Optional[str] = ..., operation_type: _Optional[_Union[PolicyOperationType, str]] = ..., enabled: _Optional[bool] = ..., operation_definition: _Optional[_Union[OperationDefinition, _Mapping]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., start_window_minutes: _Optional[int] = ..., completion_window_minutes: _Optional[int] = ...) -> None: ...
 
 class CreatePolicyResponse(_message.Message):
     __slots__ = ("policy",)
@@ -175,7 +191,7 @@ class RunPolicyNowResponse(_message.Message):
     def __init__(self, checkpoint_ids: _Optional[_Iterable[str]] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicyRun(_message.Message):
-    __slots__ = ("policy_id", "vault_id", "scheduled_at", "status", "manual", "full", "checkpoint_id", "detail")
+    __slots__ = ("policy_id", "vault_id", "scheduled_at", "status", "manual", "full", "checkpoint_id", "detail", "task_id")
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     VAULT_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +200,7 @@ class PolicyRun(_message.Message):
     FULL_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     policy_id: str
     vault_id: str
     scheduled_at: _timestamp_pb2.Timestamp
@@ -192,7 +209,8 @@ class PolicyRun(_message.Message):
     full: bool
     checkpoint_id: str
     detail: str
-    def __init__(self, policy_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., manual: _Optional[bool] = ..., full: _Optional[bool] = ..., checkpoint_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    task_id: str
+    def __init__(self, policy_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., manual: _Optional[bool] = ..., full: _Optional[bool] = ..., checkpoint_id: _Optional[str] = ..., detail: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class ListPolicyRunsRequest(_message.Message):
     __slots__ = ("policy_id", "page_size", "page_token")

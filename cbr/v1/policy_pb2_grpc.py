@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class PolicyServiceStub:
-    """Backup and replication policies: a schedule plus retention rules.
+    """Backup, replication, verify and prune policies: a schedule, retention
+    rules (backup), and start and completion windows.
     """
 
     def __init__(self, channel):
@@ -73,7 +74,8 @@ class PolicyServiceStub:
 
 
 class PolicyServiceServicer:
-    """Backup and replication policies: a schedule plus retention rules.
+    """Backup, replication, verify and prune policies: a schedule, retention
+    rules (backup), and start and completion windows.
     """
 
     def CreatePolicy(self, request, context):
@@ -108,8 +110,9 @@ class PolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunPolicyNow(self, request, context):
-        """Runs a backup policy now on each vault associated with it (a checkpoint
-        per vault, named autobk_xxxx like scheduled runs).
+        """Runs a policy now on each vault associated with it (a backup policy: a
+        checkpoint per vault, named autobk_xxxx like scheduled runs; the others:
+        a task per vault). Run-now runs have no start or completion window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +173,8 @@ def add_PolicyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PolicyService:
-    """Backup and replication policies: a schedule plus retention rules.
+    """Backup, replication, verify and prune policies: a schedule, retention
+    rules (backup), and start and completion windows.
     """
 
     @staticmethod

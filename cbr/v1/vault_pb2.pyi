@@ -61,7 +61,7 @@ PROTECT_STATUS_RESTORING: ProtectStatus
 PROTECT_STATUS_REMOVING: ProtectStatus
 
 class Vault(_message.Message):
-    __slots__ = ("id", "name", "description", "object_type", "protect_type", "consistent_level", "status", "size_gb", "used_bytes", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "replication_policy_id", "destination_vault_id", "project_id", "region", "created_at", "updated_at", "storage_url", "encrypted", "kms_key_id")
+    __slots__ = ("id", "name", "description", "object_type", "protect_type", "consistent_level", "status", "size_gb", "used_bytes", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "replication_policy_id", "destination_vault_id", "project_id", "region", "created_at", "updated_at", "storage_url", "encrypted", "kms_key_id", "threshold_exceeded")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class Vault(_message.Message):
     STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     KMS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -114,7 +115,8 @@ class Vault(_message.Message):
     storage_url: str
     encrypted: bool
     kms_key_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_url: _Optional[str] = ..., encrypted: _Optional[bool] = ..., kms_key_id: _Optional[str] = ...) -> None: ...
+    threshold_exceeded: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_url: _Optional[str] = ..., encrypted: _Optional[bool] = ..., kms_key_id: _Optional[str] = ..., threshold_exceeded: _Optional[bool] = ...) -> None: ...
 
 class VaultResource(_message.Message):
     __slots__ = ("id", "name", "type", "resource_type", "protect_status", "size_bytes", "backup_size_bytes", "backup_count", "exclude_volumes", "include_volumes")
@@ -327,12 +329,14 @@ class DissociateVaultPolicyResponse(_message.Message):
     def __init__(self, vault: _Optional[_Union[Vault, _Mapping]] = ...) -> None: ...
 
 class VerifyVaultRequest(_message.Message):
-    __slots__ = ("vault_id", "read_data")
+    __slots__ = ("vault_id", "read_data", "read_data_subset")
     VAULT_ID_FIELD_NUMBER: _ClassVar[int]
     READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_SUBSET_FIELD_NUMBER: _ClassVar[int]
     vault_id: str
     read_data: bool
-    def __init__(self, vault_id: _Optional[str] = ..., read_data: _Optional[bool] = ...) -> None: ...
+    read_data_subset: str
+    def __init__(self, vault_id: _Optional[str] = ..., read_data: _Optional[bool] = ..., read_data_subset: _Optional[str] = ...) -> None: ...
 
 class VerifyVaultResponse(_message.Message):
     __slots__ = ("task_id",)

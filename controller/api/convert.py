@@ -143,7 +143,8 @@ def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
         auto_bind=v.auto_bind, bind_rules=tags_to_pb(v.bind_rules),
         resources=[vault_resource(r) for r in resources], project_id=v.project_id,
         region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at),
-        storage_url=v.storage_url, encrypted=bool(v.encrypted), kms_key_id=v.kms_key_id)
+        storage_url=v.storage_url, encrypted=bool(v.encrypted), kms_key_id=v.kms_key_id,
+        threshold_exceeded=bool(v.threshold_exceeded))
     for binding in bindings:
         if binding.operation_type == PolicyOperationType.BACKUP:
             out.backup_policy_id = binding.policy_id
@@ -215,14 +216,16 @@ def policy(p: models.Policy, vault_ids: list[str],
         operation_definition=policy_pb2.OperationDefinition(**od),
         trigger=policy_pb2.Trigger(pattern=p.trigger_patterns), vault_ids=vault_ids,
         project_id=p.project_id, created_at=ts(p.created_at), updated_at=ts(p.updated_at),
-        next_run_times=[stamp for t in next_runs if (stamp := ts(t)) is not None])
+        next_run_times=[stamp for t in next_runs if (stamp := ts(t)) is not None],
+        start_window_minutes=p.start_window_minutes,
+        completion_window_minutes=p.completion_window_minutes)
 
 
 def policy_run(r: models.PolicyRun) -> policy_pb2.PolicyRun:
     return policy_pb2.PolicyRun(
         policy_id=r.policy_id, vault_id=r.vault_id, scheduled_at=ts(r.scheduled_at),
         status=r.status, manual=r.manual, full=r.full, checkpoint_id=r.checkpoint_id,
-        detail=r.detail)
+        detail=r.detail, task_id=r.task_id)
 
 
 def operation_definition(od: policy_pb2.OperationDefinition) -> dict[str, Any]:
@@ -299,7 +302,7 @@ def replication_record(r: models.ReplicationRecord, task_progress: int | None = 
 
 def account(a: models.Account) -> iam_pb2.Account:
     return iam_pb2.Account(id=a.id, name=a.name, administrator=a.administrator,
-                           created_at=ts(a.created_at))
+                           created_at=ts(a.created_at), vault_quota_gb=a.vault_quota_gb)
 
 
 def user(u: models.User) -> iam_pb2.User:

@@ -25,7 +25,8 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
         iam.require_administrator(self.caller, "create accounts", "iam:accounts:create")
         with self.app.db.begin() as s:
             account, user, key, sk = iam.create_account(
-                s, self.app.keyring, request.name, request.admin_user_name, self.now())
+                s, self.app.keyring, request.name, request.admin_user_name, self.now(),
+                vault_quota_gb=request.vault_quota_gb)
             return iam_pb2.CreateAccountResponse(
                 account=convert.account(account),
                 user=convert.user(user) if user else None,
@@ -36,6 +37,13 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
         with self.app.db.begin() as s:
             return iam_pb2.GetAccountResponse(account=convert.account(
                 iam.get_account(s, self.caller, request.account_id)))
+
+    def UpdateAccount(self, request: iam_pb2.UpdateAccountRequest,
+                      context: grpc.ServicerContext) -> iam_pb2.UpdateAccountResponse:
+        with self.app.db.begin() as s:
+            return iam_pb2.UpdateAccountResponse(account=convert.account(
+                iam.update_account(s, self.caller, request.account_id,
+                                   request.vault_quota_gb)))
 
     def ListAccounts(self, request: iam_pb2.ListAccountsRequest,
                      context: grpc.ServicerContext) -> iam_pb2.ListAccountsResponse:

@@ -28,7 +28,9 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
             p = policies.create_policy(
                 s, self.project_id, request.name, op, request.enabled,
                 convert.operation_definition(request.operation_definition),
-                list(request.trigger.pattern), self.now())
+                list(request.trigger.pattern), self.now(),
+                start_window_minutes=request.start_window_minutes,
+                completion_window_minutes=request.completion_window_minutes)
             response = policy_pb2.CreatePolicyResponse(policy=self._pb(
                 policy_runs.policy_view(s, p, self.now(), NEXT_RUNS_SHOWN)))
         self.policy_changed(response.policy.id)
@@ -67,10 +69,13 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                     request.policy.operation_definition)
             elif path in ("trigger", "trigger.pattern"):
                 changes["trigger"] = list(request.policy.trigger.pattern)
+            elif path in ("start_window_minutes", "completion_window_minutes"):
+                changes[path] = getattr(request.policy, path)
             else:
                 raise errors.InvalidParameter(
                     f"update_mask: {path!r} cannot change; updatable are name, enabled, "
-                    "operation_definition, trigger.", field="update_mask")
+                    "operation_definition, trigger, start_window_minutes, "
+                    "completion_window_minutes.", field="update_mask")
         with self.app.db.begin() as s:
             p = policies.update_policy(s, self.project_id, request.policy_id, changes,
                                        self.now())
@@ -90,14 +95,14 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                      context: grpc.ServicerContext) -> policy_pb2.RunPolicyNowResponse:
         with self.app.db.begin() as s:
             p = policies.runnable(s, self.project_id, request.policy_id)
-            replication = p.operation_type == PolicyOperationType.REPLICATION
+            by_tasks = p.operation_type != PolicyOperationType.BACKUP
         scheduler = getattr(self.app, "scheduler", None)
         if scheduler is None:
             raise errors.NotImplementedYet(
                 "This controller runs without its policy loop (it was started without a "
                 "scheduler), so it cannot run a policy; run it on a controller that has one.")
         started = scheduler.run(request.policy_id, self.now(), manual=True)
-        if replication:
+        if by_tasks:
             return policy_pb2.RunPolicyNowResponse(task_ids=started)
         return policy_pb2.RunPolicyNowResponse(checkpoint_ids=started)
 

@@ -156,7 +156,8 @@ class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):
         with self.app.db.begin() as s:
             task_id = vaults.start_maintenance(s, self.project_id, request.vault_id,
                                                OperationType.VERIFY,
-                                               self.now(), read_data=request.read_data)
+                                               self.now(), read_data=request.read_data,
+                                               read_data_subset=request.read_data_subset)
         self.maintenance.submit(task_id)
         return vault_pb2.VerifyVaultResponse(task_id=task_id)
 

@@ -28,6 +28,7 @@ from cbr import errors, faults
 # prune and verify are maintenance modules, loaded only by the controller
 from cbr.repo import RepoError, layout
 from cbr.repo.maintenance import prune, repair, verify
+from cbr.repo.maintenance.subset import DataSubset
 from cbr.repo.objects.manifest import Manifest, TreeContent
 from cbr.repo.objects.tree import EntryType, decode_tree
 from cbr.storage import StorageError
@@ -46,7 +47,7 @@ from controller.persistence.vocabulary import (
     TaskStatus,
     VaultStatus,
 )
-from controller.services import deletions, keys, tasks, vaults
+from controller.services import capacity, deletions, keys, tasks, vaults
 
 log = logging.getLogger("cbr.controller.maintenance")
 
@@ -159,7 +160,8 @@ class Maintenance:
             elif operation == OperationType.PRUNE:
                 self._prune(task_id, opener)
             elif operation == OperationType.VERIFY:
-                self._verify(task_id, opener, bool(info.get("read_data", False)))
+                self._verify(task_id, opener, bool(info.get("read_data", False)),
+                             str(info.get("read_data_subset", "") or ""))
             elif operation == OperationType.REPAIR:
                 self._repair(task_id, opener, bool(info.get("dry_run", False)))
         except errors.CbrError as exc:
@@ -229,6 +231,7 @@ class Maintenance:
             vault = s.get(Vault, task.vault_id) if task is not None else None
             if vault is not None:
                 vault.used_bytes = max(0, vault.used_bytes - freed)
+                capacity.usage_changed(s, vault, self._app.clock.now())
         report = self._prune_storage(opener)
         self._finish(task_id, TaskStatus.SUCCESS, "", "", {
             "manifests_deleted": len(deleted), **report})
@@ -272,6 +275,7 @@ class Maintenance:
             vault = s.scalars(select(Vault).where(Vault.storage_url == url)).first()
             if vault is not None:
                 vault.used_bytes = used
+                capacity.usage_changed(s, vault, self._app.clock.now())
 
     def _repair(self, task_id: str, opener: _Opener, dry_run: bool) -> None:
         with opener.open(load_index=False) as repo:
@@ -294,10 +298,11 @@ class Maintenance:
                  report.chunks_lost, ", ".join(report.damaged_backups) or "none")
         self._finish(task_id, TaskStatus.SUCCESS, "", "", extra)
 
-    def _verify(self, task_id: str, opener: _Opener, read_data: bool) -> None:
+    def _verify(self, task_id: str, opener: _Opener, read_data: bool, subset: str) -> None:
         with opener.open() as repo:
             report = verify.verify(repo, read_data=read_data,
-                                   expected_manifests=opener.expected_manifests)
+                                   expected_manifests=opener.expected_manifests,
+                                   subset=DataSubset.parse(subset) if subset else None)
             used = _storage_used(repo)
         self._set_used(opener.url, used)
         extra = {**report.to_dict(), "vault_used_bytes": used}
@@ -431,6 +436,7 @@ class Maintenance:
                 s.flush()
                 imported += 1
             vault.used_bytes = sum(int(b.stats.get("bytes_sent", 0)) for b in manifests)
+            capacity.usage_changed(s, vault, now)
         return ImportResult(vault_id, imported, warnings)
 
 

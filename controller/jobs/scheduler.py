@@ -1,8 +1,8 @@
 """The policy loop: APScheduler 3 with its jobs in the controller's database.
 
-One job per enabled backup policy that has vaults, with a trigger built from
+One job per enabled policy (of any type) that has vaults, with a trigger built from
 the policy's RRULEs in its timezone (``controller.services.schedule``),
-coalescing, and a misfire grace time (``scheduler_grace``). The jobs live in
+coalescing, and a misfire grace time of the policy's start window. The jobs live in
 the ``policy_jobs`` table (APScheduler's ``SQLAlchemyJobStore``), so a
 restarted controller knows which run was due while it was down.
 
@@ -15,6 +15,12 @@ within that; one changed through the leader takes effect at once.
 
 Exactly once does not depend on any of that: each run inserts its
 ``policy_runs`` row in its own transaction (``services.policy_runs``).
+
+The leader also sweeps the scheduled backup runs whose windows are open
+every ``RECONCILE_S`` (``services.policy_windows``): retries, late starts
+once an agent is back, missed runs, backups stopped at their completion
+window. Verify and prune policies run as maintenance tasks on the
+controller (``_maintain``).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from controller.persistence.models import (
     VaultPolicy,
 )
 from controller.persistence.vocabulary import PolicyOperationType, PolicyRunStatus
-from controller.services import policy_runs
+from controller.services import policy_runs, policy_windows
 from controller.services.schedule import Schedule, runs_between
 
 log = logging.getLogger("cbr.controller.scheduler")
@@ -119,7 +125,8 @@ class PolicyTrigger(BaseTrigger):
 def _signature(policy: Policy, tick: float) -> str:
     od = policy.operation_definition or {}
     text = json.dumps([policy.trigger_patterns, od.get("timezone", ""),
-                       policy.created_at.isoformat(), tick], sort_keys=True)
+                       policy.created_at.isoformat(), tick, policy.start_window_minutes],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -141,7 +148,6 @@ class PolicyScheduler:
     def __init__(self, app: App, *, holder: str = "") -> None:
         self.app = app
         self.holder = holder or f"controller-{secrets.token_hex(6)}"
-        self.grace = app.config.scheduler_grace
         self.lease_s = app.config.scheduler_lease
         self.tick = app.config.scheduler_tick
         self._stop = threading.Event()
@@ -183,6 +189,7 @@ class PolicyScheduler:
                     now = self.app.clock.time()
                     if now >= next_reconcile:
                         self.reconcile()
+                        self.sweep()
                         next_reconcile = now + RECONCILE_S
                 elif self._scheduler is not None:
                     log.warning("lost the policy-loop lease; %s stops scheduling", self.holder)
@@ -228,8 +235,7 @@ class PolicyScheduler:
         store = SQLAlchemyJobStore(engine=self.app.db.engine, tablename="policy_jobs")
         scheduler = BackgroundScheduler(
             jobstores={"default": store}, timezone=dt.UTC,
-            job_defaults={"coalesce": True, "misfire_grace_time": int(self.grace),
-                          "max_instances": 1})
+            job_defaults={"coalesce": True, "max_instances": 1})
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
         scheduler.start()
         with self._lock:
@@ -280,8 +286,10 @@ class PolicyScheduler:
                 trigger = PolicyTrigger(list(policy.trigger_patterns),
                                         str(od.get("timezone", "")), policy.created_at,
                                         self.tick)
+                grace = policy_windows.windows_of(policy, self.tick).start
                 scheduler.add_job(fire, trigger, args=(policy_id, _signature(policy, self.tick)),
-                                  id=policy_id, name=policy.name, replace_existing=True)
+                                  id=policy_id, name=policy.name, replace_existing=True,
+                                  misfire_grace_time=max(1, int(grace.total_seconds())))
             scheduler.wakeup()
 
     # -- runs ---------------------------------------------------------------------------------
@@ -346,6 +354,43 @@ class PolicyScheduler:
                     row.status = PolicyRunStatus.SKIPPED
         return task_ids
 
+    def _maintain(self, policy_id: str, vault_id: str, scheduled: dt.datetime, *,
+                  manual: bool) -> list[str]:
+        """One run of a verify or prune policy on one vault: a maintenance
+        task, as ``cbr vault verify`` / ``prune`` makes, run by the
+        controller's maintenance worker with the same locks."""
+        with self.app.db.begin() as s:
+            policy = s.get(Policy, policy_id)
+            if policy is None:
+                return []
+            now = self.app.clock.now()
+            run = policy_runs.claim_run(s, policy, vault_id, scheduled, now=now, manual=manual)
+            if run is None:
+                return []
+            try:
+                task_id = policy_runs.start_maintenance(s, policy, vault_id, run, now)
+            except errors.CbrError as exc:
+                run.status = PolicyRunStatus.SKIPPED
+                run.detail = f"{exc.code}: {exc.message}"[:2000]
+                log.warning("%s policy %s on vault %s at %s skipped: %s", policy.operation_type,
+                            policy_id, vault_id, scheduled.isoformat(), run.detail)
+                return []
+        if self.app.maintenance is not None:
+            self.app.maintenance.submit(task_id)
+        log.info("%s policy %s run at %s on vault %s: task %s", policy.operation_type,
+                 policy_id, scheduled.isoformat(), vault_id, task_id)
+        return [task_id]
+
+    def sweep(self) -> None:
+        """Retries, late starts, missed runs and stopped backups of the
+        scheduled backup runs whose windows are open (``policy_windows``)."""
+        online = self._online()
+        with self.app.db.begin() as s:
+            result = policy_windows.sweep(s, self.app.clock.now(), online, self.tick)
+        if self.app.hub is not None:
+            for d in result.dispatches:
+                self.app.hub.dispatch(d.agent_id, d.task_id)
+
     def _schedule(self, policy: Policy) -> AnySchedule:
         if self.tick > 0:
             return TickSchedule(self.tick)
@@ -387,8 +432,9 @@ class PolicyScheduler:
             if policy is None or not policy.enabled:
                 return
             scheduled = self._schedule(policy).latest_at_or_before(now)
-        if scheduled is None or (now - scheduled).total_seconds() > self.grace:
-            return
+            window = policy_windows.windows_of(policy, self.tick).start
+        if scheduled is None or now - scheduled > window:
+            return  # past its start window: _on_missed or the next run records it
         self._catch_up(policy_id, scheduled)
         self.run(policy_id, scheduled, manual=False)
 
@@ -405,9 +451,12 @@ class PolicyScheduler:
                 policy = s.get(Policy, policy_id)
                 if policy is None:
                     return started
-                replicating = policy.operation_type == PolicyOperationType.REPLICATION
-            if replicating:
+                kind = policy.operation_type
+            if kind == PolicyOperationType.REPLICATION:
                 started.extend(self._replicate(policy_id, vault_id, scheduled, manual=manual))
+                continue
+            if kind in (PolicyOperationType.VERIFY, PolicyOperationType.PRUNE):
+                started.extend(self._maintain(policy_id, vault_id, scheduled, manual=manual))
                 continue
             with self.app.db.begin() as s:
                 policy = s.get(Policy, policy_id)

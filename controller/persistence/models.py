@@ -85,6 +85,8 @@ class Account(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     administrator: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The total size (GB) auto_expand may grow the account's vaults to.
+    vault_quota_gb: Mapped[int] = mapped_column(BigInteger, default=10240)
     created_at: Mapped[dt.datetime]
 
 
@@ -210,6 +212,9 @@ class Vault(Base):
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     auto_expand: Mapped[bool] = mapped_column(Boolean, default=False)
     threshold: Mapped[int] = mapped_column(Integer, default=80)
+    # Usage is past threshold: the event was raised for this crossing and is
+    # raised again only after usage fell below it.
+    threshold_exceeded: Mapped[bool] = mapped_column(Boolean, default=False)
     backup_name_prefix: Mapped[str] = mapped_column(String(32), default="")
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     auto_bind: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -263,6 +268,11 @@ class Policy(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     operation_definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     trigger_patterns: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # A scheduled run that has not started this long after its time is
+    # missed; one still running this long after it is stopped (AWS Backup's
+    # StartWindowMinutes and CompletionWindowMinutes).
+    start_window_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    completion_window_minutes: Mapped[int] = mapped_column(Integer, default=10080)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
 
@@ -305,7 +315,12 @@ class PolicyRun(Base):
     manual: Mapped[bool] = mapped_column(Boolean, default=False)
     full: Mapped[bool] = mapped_column(Boolean, default=False)
     checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    # A verify or prune run's task.
+    task_id: Mapped[str] = mapped_column(String(36), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+    # Its windows are over and judged (missed, retried, stopped): the
+    # window sweep no longer reads it.
+    settled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[dt.datetime]
 
 

@@ -124,6 +124,10 @@ class PolicyOperationType(enum.StrEnum):
 
     BACKUP = "backup"
     REPLICATION = "replication"
+    # Maintenance on a schedule: a verify (optionally reading a part of the
+    # data each run) or a prune of the vault's storage.
+    VERIFY = "verify"
+    PRUNE = "prune"
 
 
 class PolicyRunStatus(enum.StrEnum):
@@ -131,8 +135,9 @@ class PolicyRunStatus(enum.StrEnum):
 
     A run's row is inserted ``dispatched`` with its checkpoint; it becomes
     ``skipped`` when the vault refused the backup (the reason in ``detail``).
-    A run the controller could not make in time is recorded ``missed`` and
-    never made late.
+    A run that could not start within its policy's start window (the
+    controller down, every agent offline) is recorded ``missed`` and never
+    made late.
     """
 
     DISPATCHED = "dispatched"

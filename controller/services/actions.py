@@ -101,6 +101,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.IamService/GetCallerIdentity": "iam:identity:get",
     "/cbr.v1.IamService/CreateAccount": "iam:accounts:create",
     "/cbr.v1.IamService/GetAccount": "iam:accounts:get",
+    "/cbr.v1.IamService/UpdateAccount": "iam:accounts:update",
     "/cbr.v1.IamService/ListAccounts": "iam:accounts:list",
     "/cbr.v1.IamService/CreateUser": "iam:users:create",
     "/cbr.v1.IamService/GetUser": "iam:users:get",

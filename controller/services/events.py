@@ -62,6 +62,8 @@ def record(session: Session, *, project_id: str, event_type: EventType, now: dt.
 
 def task_finished(session: Session, task: Task, now: dt.datetime) -> Event | None:
     """The event of a task that just reached its final status, if it is one."""
+    if task.operation_type == OperationType.VERIFY:
+        return _verify_finished(session, task, now)
     event_type = _TASK_EVENTS.get((OperationType(task.operation_type),
                                    TaskStatus(task.status)))
     if event_type is None:
@@ -80,6 +82,28 @@ def task_finished(session: Session, task: Task, now: dt.datetime) -> Event | Non
     return record(session, project_id=task.project_id, event_type=event_type, now=now,
                   summary=summary, resource_type="resource", resource_id=task.resource_id,
                   resource_name=name, task_id=task.id, details=details)
+
+
+def _verify_finished(session: Session, task: Task, now: dt.datetime) -> Event | None:
+    """A verify (by hand or by a verify policy) that found problems; one
+    that could not run (storage unreachable) is a task failure, not news
+    about the data."""
+    info = task.extra_info or {}
+    problems = int(info.get("problems", 0) or 0)
+    if task.status != TaskStatus.FAILED or problems <= 0:
+        return None
+    damaged = str(info.get("damaged_backups", "") or "")
+    summary = (f"Verify of vault {task.vault_name or task.vault_id} found {problems} "
+               f"problem(s); damaged backups: {damaged or 'none'}.")
+    details: dict[str, Any] = {
+        "vault_id": task.vault_id, "vault_name": task.vault_name, "policy_id": task.policy_id,
+        "problems": problems, "damaged_backups": damaged,
+        "first_problems": str(info.get("first_problems", "")),
+        "read_data_subset": str(info.get("read_data_subset", "") or "")}
+    return record(session, project_id=task.project_id,
+                  event_type=EventType.VERIFY_PROBLEMS_FOUND, now=now, summary=summary,
+                  resource_type="vault", resource_id=task.vault_id,
+                  resource_name=task.vault_name, task_id=task.id, details=details)
 
 
 def replication_finished(session: Session, rec: ReplicationRecord,

@@ -27,7 +27,7 @@ from cbr import errors
 from cbr.clock import utc_now
 from controller.keyring import Keyring
 from controller.persistence.models import AccessKey, Account, Grant, User
-from controller.services import actions, paging
+from controller.services import actions, paging, validation
 from controller.services.actions import Caller
 
 if TYPE_CHECKING:
@@ -179,13 +179,26 @@ class AccessKeyCache:
 # -- accounts and users --------------------------------------------------------
 
 
+VAULT_QUOTA_GB_DEFAULT = 10240
+VAULT_QUOTA_GB_MAX = 10_485_760_000
+
+
+def _vault_quota(quota: int) -> int:
+    """An account's vault quota (0: the default), checked."""
+    quota = quota or VAULT_QUOTA_GB_DEFAULT
+    validation.int_range(quota, 1, VAULT_QUOTA_GB_MAX, "vault_quota_gb")
+    return quota
+
+
 def create_account(session: Session, keyring: Keyring, name: str, admin_user_name: str,
-                   now: dt.datetime, *, administrator: bool = False
+                   now: dt.datetime, *, administrator: bool = False, vault_quota_gb: int = 0,
                    ) -> tuple[Account, User | None, AccessKey | None, str]:
     validate_name(name, "Account")
+    quota = _vault_quota(vault_quota_gb)
     if session.scalar(select(Account).where(Account.name == name)) is not None:
         raise errors.AlreadyExists(f"An account named {name!r} exists.", name=name)
-    account = Account(name=name, administrator=administrator, created_at=now)
+    account = Account(name=name, administrator=administrator, vault_quota_gb=quota,
+                      created_at=now)
     session.add(account)
     session.flush()
     if not admin_user_name:
@@ -222,6 +235,18 @@ def get_account(session: Session, caller: Caller, account_id: str) -> Account:
     if account is None or (not caller.administrator and account.id != caller.account_id):
         raise errors.ResourceNotFound(f"No account with id {account_id!r}.",
                                       account_id=account_id)
+    return account
+
+
+def update_account(session: Session, caller: Caller, account_id: str,
+                   vault_quota_gb: int) -> Account:
+    """Sets an account's vault quota (administrator only). Lowering it below
+    what the account's vaults already have stops auto_expand; it shrinks
+    no vault."""
+    require_administrator(caller, "change accounts", "iam:accounts:update")
+    account = get_account(session, caller, account_id)
+    account.vault_quota_gb = validation.int_range(vault_quota_gb, 1, VAULT_QUOTA_GB_MAX,
+                                                  "vault_quota_gb")
     return account
 
 

@@ -49,7 +49,7 @@ from controller.persistence.vocabulary import (
     TaskStatus,
     VaultStatus,
 )
-from controller.services import actions, commands, keys, tasks
+from controller.services import actions, capacity, commands, keys, tasks
 
 IMPORT_TTL = dt.timedelta(hours=24)
 """How long a source may take to commit one import before the importer
@@ -400,6 +400,7 @@ def finish_import(session: Session, task: Task, result: agent_pb2.ImportResult |
         row.resource_id = top.resource_id  # a disk's backup names its server, as at the source
         session.add(row)
     vault.used_bytes += added
+    capacity.usage_changed(session, vault, now)
     record.status = ReplicationStatus.SUCCESS
     record.extra_info = {**info, "progress": 100}
     record.updated_at = now

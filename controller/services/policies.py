@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.repo.maintenance.subset import DataSubset
 from controller.persistence.models import Policy, VaultPolicy
 from controller.persistence.vocabulary import PolicyOperationType
 from controller.services import paging, validation
@@ -20,6 +21,15 @@ DAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_RULES = 24
 MAX_RUNS_PER_DAY = 24
 MIN_GAP_MINUTES = 60
+# Start window: AWS Backup's minimum (60) is the default here, not its 8
+# hours: runs may be an hour apart (MIN_GAP_MINUTES) and a run's window must
+# close before the next run is due, so 60 fits every trigger.
+START_WINDOW_DEFAULT = 60
+START_WINDOW_MIN = 60
+START_WINDOW_MAX = 1440
+COMPLETION_WINDOW_DEFAULT = 7 * 1440  # AWS Backup's default
+COMPLETION_WINDOW_MAX = 30 * 1440
+MAINTENANCE_TYPES = frozenset({PolicyOperationType.VERIFY, PolicyOperationType.PRUNE})
 _TIMEZONE = re.compile(r"^UTC([+-])(\d{2}):(\d{2})$")
 
 
@@ -88,6 +98,50 @@ def parse_rule(rule: str) -> tuple[list[int], list[tuple[int, int]], int]:
     return sorted(set(days)), sorted({(h, m) for h in hours for m in minutes}), interval
 
 
+def _week(patterns: list[str]) -> list[int]:
+    """The minutes of the week (0 = Monday 00:00) at which the rules run."""
+    week: set[int] = set()
+    for rule in patterns:
+        days, times, _interval = parse_rule(rule)
+        for d in days:
+            week |= {d * 1440 + h * 60 + m for h, m in times}
+    return sorted(week)
+
+
+def shortest_gap(patterns: list[str]) -> int:
+    """Minutes between the two closest runs (a week when there is one run a
+    week); DAILY INTERVAL=N counts as daily, its closest case."""
+    ordered = _week(patterns)
+    if len(ordered) < 2:
+        return 7 * 1440
+    return min(b - a for a, b in zip(
+        ordered, [*ordered[1:], ordered[0] + 7 * 1440], strict=True))
+
+
+def validate_windows(start: int, completion: int, patterns: list[str]) -> tuple[int, int]:
+    """The start and completion windows (0 means the default), checked: a run
+    may start until its start window closes, and that must be before the
+    next run is due; a backup runs until its completion window closes."""
+    start = start or START_WINDOW_DEFAULT
+    completion = completion or COMPLETION_WINDOW_DEFAULT
+    if not START_WINDOW_MIN <= start <= START_WINDOW_MAX:
+        raise errors.InvalidParameter(
+            f"start_window_minutes {start} must be {START_WINDOW_MIN} to {START_WINDOW_MAX} "
+            "(0 for the default, 60).", field="start_window_minutes")
+    if not start < completion <= COMPLETION_WINDOW_MAX:
+        raise errors.InvalidParameter(
+            f"completion_window_minutes {completion} must be more than the start window "
+            f"({start}) and at most {COMPLETION_WINDOW_MAX} (30 days); 0 for the default, "
+            f"{COMPLETION_WINDOW_DEFAULT} (7 days).", field="completion_window_minutes")
+    gap = shortest_gap(patterns) if patterns else 7 * 1440
+    if start > gap:
+        raise errors.InvalidParameter(
+            f"start_window_minutes {start} is longer than the {gap} minutes between two of "
+            "the policy's runs; a run's start window must close before the next run is due.",
+            field="start_window_minutes")
+    return start, completion
+
+
 def validate_trigger(patterns: list[str], required: bool) -> list[str]:
     if not patterns:
         if required:
@@ -97,11 +151,7 @@ def validate_trigger(patterns: list[str], required: bool) -> list[str]:
     if len(patterns) > MAX_RULES:
         raise errors.InvalidParameter(f"At most {MAX_RULES} trigger rules.",
                                       field="trigger.pattern")
-    week: set[int] = set()
-    for rule in patterns:
-        days, times, _interval = parse_rule(rule)
-        for d in days:
-            week |= {d * 1440 + h * 60 + m for h, m in times}
+    week = set(_week(patterns))
     for day in range(7):
         runs = [t for t in week if day * 1440 <= t < (day + 1) * 1440]
         if len(runs) > MAX_RUNS_PER_DAY:
@@ -136,6 +186,7 @@ def validate_definition(op: str, od: dict[str, Any]) -> dict[str, Any]:
         raise errors.InvalidParameter(
             "day/week/month/year_backups need a timezone such as UTC+08:00.", field="timezone")
     validation.int_range(od.get("full_backup_interval", 0), -1, 100, "full_backup_interval")
+    _validate_kind(op, od)
     replication_fields = ("destination_region", "destination_project_id", "credential_id")
     if op == PolicyOperationType.REPLICATION:
         if not od.get("destination_region"):
@@ -155,6 +206,35 @@ def validate_definition(op: str, od: dict[str, Any]) -> dict[str, Any]:
                 raise errors.InvalidParameter(f"{key} is for replication policies only.",
                                               field=key)
     return od
+
+
+_BACKUP_ONLY = ("max_backups", "retention_duration_days", "day_backups", "week_backups",
+                "month_backups", "year_backups", "full_backup_interval",
+                "include_manual_backups")
+
+
+def _validate_kind(op: str, od: dict[str, Any]) -> None:
+    """Fields that belong to one operation type are refused on the others,
+    so a policy never carries a rule that silently does nothing."""
+    if op in MAINTENANCE_TYPES:
+        for key in _BACKUP_ONLY:
+            if od.get(key):
+                raise errors.InvalidParameter(
+                    f"{key} is for backup policies; a {op} policy has no retention.",
+                    field=key)
+    if op != PolicyOperationType.VERIFY:
+        for key in ("read_data", "read_data_subset"):
+            if od.get(key):
+                raise errors.InvalidParameter(f"{key} is for verify policies only.",
+                                              field=key)
+        return
+    subset = str(od.get("read_data_subset", "") or "")
+    if subset:
+        try:
+            DataSubset.parse(subset)
+        except ValueError as exc:
+            raise errors.InvalidParameter(f"read_data_subset: {exc}",
+                                          field="read_data_subset") from None
 
 
 def get_policy(session: Session, project_id: str, policy_id: str) -> Policy:
@@ -194,15 +274,19 @@ def runnable(session: Session, project_id: str, policy_id: str) -> Policy:
 
 def create_policy(session: Session, project_id: str, name: str, operation_type: str,
                   enabled: bool, definition: dict[str, Any], patterns: list[str],
-                  now: dt.datetime) -> Policy:
+                  now: dt.datetime, *, start_window_minutes: int = 0,
+                  completion_window_minutes: int = 0) -> Policy:
     validation.name(name)
     validate_definition(operation_type, definition)
     validate_trigger(patterns, required=True)
+    start, completion = validate_windows(start_window_minutes, completion_window_minutes,
+                                         patterns)
     taken = select(Policy.id).where(Policy.project_id == project_id, Policy.name == name)
     if session.scalar(taken) is not None:
         raise errors.AlreadyExists(f"A policy named {name!r} exists.", name=name)
     policy = Policy(project_id=project_id, name=name, operation_type=operation_type,
                     enabled=enabled, operation_definition=definition, trigger_patterns=patterns,
+                    start_window_minutes=start, completion_window_minutes=completion,
                     created_at=now, updated_at=now)
     session.add(policy)
     session.flush()
@@ -211,7 +295,8 @@ def create_policy(session: Session, project_id: str, name: str, operation_type: 
 
 def update_policy(session: Session, project_id: str, policy_id: str, changes: dict[str, Any],
                   now: dt.datetime) -> Policy:
-    allowed = {"name", "enabled", "operation_definition", "trigger"}
+    allowed = {"name", "enabled", "operation_definition", "trigger", "start_window_minutes",
+               "completion_window_minutes"}
     unknown = set(changes) - allowed
     if unknown or not changes:
         raise errors.InvalidParameter(
@@ -231,6 +316,10 @@ def update_policy(session: Session, project_id: str, policy_id: str, changes: di
                                                           changes["operation_definition"])
     if "trigger" in changes:
         policy.trigger_patterns = validate_trigger(changes["trigger"], required=True)
+    policy.start_window_minutes, policy.completion_window_minutes = validate_windows(
+        int(changes.get("start_window_minutes", policy.start_window_minutes)),
+        int(changes.get("completion_window_minutes", policy.completion_window_minutes)),
+        list(policy.trigger_patterns or []))
     policy.updated_at = now
     session.flush()
     return policy

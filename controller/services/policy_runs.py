@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cbr import errors
+from cbr.repo.maintenance.subset import DataSubset, rotated
 from controller.persistence.models import (
     Backup,
     Checkpoint,
@@ -30,10 +31,19 @@ from controller.persistence.models import (
 from controller.persistence.vocabulary import (
     BackupStatus,
     ImageType,
+    OperationType,
     PolicyOperationType,
     PolicyRunStatus,
 )
-from controller.services import deletions, paging, policies, retention, runs
+from controller.services import (
+    deletions,
+    paging,
+    policies,
+    policy_windows,
+    retention,
+    runs,
+    vaults,
+)
 from controller.services.schedule import Schedule
 
 log = logging.getLogger("cbr.controller.policies")
@@ -110,9 +120,11 @@ def claim_run(session: Session, policy: Policy, vault_id: str, scheduled_at: dt.
               *, now: dt.datetime, manual: bool, full: bool = False) -> PolicyRun | None:
     """The run's row, or None when another controller or an earlier try
     already made this run (the row is unique on policy, vault and time)."""
+    # Only a scheduled backup run has windows to watch (policy_windows).
+    windowed = not manual and policy.operation_type == PolicyOperationType.BACKUP
     run = PolicyRun(policy_id=policy.id, vault_id=vault_id, scheduled_at=scheduled_at,
                     status=PolicyRunStatus.DISPATCHED, manual=manual, full=full, checkpoint_id="",
-                    detail="", created_at=now)
+                    detail="", settled=not windowed, created_at=now)
     try:
         with session.begin_nested():
             session.add(run)
@@ -139,11 +151,17 @@ def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: 
         # The vault refuses backups now (full, frozen, its key disabled):
         # the run is recorded as skipped with the reason, and not retried.
         run.status = PolicyRunStatus.SKIPPED
+        run.settled = True
         run.detail = f"{exc.code}: {exc.message}"
         log.warning("policy %s on vault %s at %s skipped: %s", policy.id, vault_id,
                     scheduled_at.isoformat(), run.detail)
         return RunOutcome(vault_id, run.id, "", [], full)
     run.checkpoint_id = checkpoint.id
+    for d in dispatches:  # the run's first try of each resource (retries: policy_windows)
+        task = session.get(Task, d.task_id)
+        if task is not None:
+            task.policy_id = policy.id
+            task.extra_info = {**task.extra_info, "policy_run_id": run.id, "attempt": 1}
     skipped = checkpoint.skipped_resources or []
     if skipped:
         run.detail = "; ".join(f"{s.get('resource_id', '')}: {s.get('code', '')} "
@@ -153,9 +171,15 @@ def run_on_vault(session: Session, policy: Policy, vault_id: str, scheduled_at: 
 
 def record_missed(session: Session, policy_id: str, scheduled_at: dt.datetime,
                   now: dt.datetime, vault_ids: list[str] | None = None) -> int:
-    """Records a run the controller could not make in time, once per vault
-    (all bound vaults unless named); it is never run late. Returns how many
+    """Records a run the controller could not make in its start window (it
+    was down, or a later run was due first), once per vault (all bound vaults
+    unless named), with its event; it is never run late. Returns how many
     vaults it was recorded for (not those another controller recorded)."""
+    policy = session.get(Policy, policy_id)
+    if policy is None:
+        return 0
+    detail = ("the controller did not run it within its start window "
+              f"({policy.start_window_minutes} minutes) and runs are never made late")
     count = 0
     for vault_id in bound_vaults(session, policy_id) if vault_ids is None else vault_ids:
         try:
@@ -163,14 +187,45 @@ def record_missed(session: Session, policy_id: str, scheduled_at: dt.datetime,
                 session.add(PolicyRun(
                     policy_id=policy_id, vault_id=vault_id, scheduled_at=scheduled_at,
                     status=PolicyRunStatus.MISSED, manual=False, full=False, checkpoint_id="",
-                    detail="the controller was not running at that time and a later run "
-                           "was due; runs are never made late",
-                    created_at=now))
+                    detail=detail, settled=True, created_at=now))
                 session.flush()
+                policy_windows.missed_event(session, policy, vault_id, scheduled_at, detail,
+                                            now)
             count += 1
         except IntegrityError:
             continue
     return count
+
+
+def start_maintenance(session: Session, policy: Policy, vault_id: str, run: PolicyRun,
+                      now: dt.datetime) -> str:
+    """The task of one run of a verify or prune policy (the run is claimed).
+
+    A verify with ``read_data_subset`` n/t reads part ((k-1) mod t)+1 on
+    the policy's k-th run on the vault, so t runs read every pack once
+    whatever n was given; a percentage is drawn anew each run."""
+    od = policy.operation_definition or {}
+    options: dict[str, object] = {"policy_run_id": run.id}
+    operation = OperationType.PRUNE
+    if policy.operation_type == PolicyOperationType.VERIFY:
+        operation = OperationType.VERIFY
+        options["read_data"] = bool(od.get("read_data", False))
+        text = str(od.get("read_data_subset", "") or "")
+        if text:
+            k = int(session.scalar(select(func.count()).select_from(PolicyRun).where(
+                PolicyRun.policy_id == policy.id, PolicyRun.vault_id == vault_id,
+                PolicyRun.status == PolicyRunStatus.DISPATCHED)) or 1)
+            options["read_data_subset"] = str(rotated(DataSubset.parse(text), k))
+            options["read_data"] = True
+    task_id = vaults.start_maintenance(session, policy.project_id, vault_id, operation, now,
+                                       **options)
+    task = session.get(Task, task_id)
+    if task is not None:
+        task.policy_id = policy.id
+    run.task_id = task_id
+    run.detail = (f"reads part {options['read_data_subset']} of the data"
+                  if "read_data_subset" in options else "")
+    return task_id
 
 
 def apply_retention(session: Session, task: Task, now: dt.datetime) -> list[str]:

@@ -40,7 +40,15 @@ from controller.persistence.vocabulary import (
     OperationType,
     ProtectStatus,
 )
-from controller.services import backups, commands, keys, tasks, validation, vaults
+from controller.services import (
+    backups,
+    capacity,
+    commands,
+    keys,
+    tasks,
+    validation,
+    vaults,
+)
 
 # A resource with a backup in one of these is busy: no other backup, restore
 # or deletion of it starts.
@@ -139,6 +147,26 @@ def create_checkpoint(
     if not dispatches:
         checkpoint.status = CheckpointStatus.ERROR
     return checkpoint, dispatches
+
+
+def restart_resource(session: Session, checkpoint: Checkpoint, resource: VaultResource,
+                     *, now: dt.datetime, full: bool) -> Dispatch:
+    """Starts one more backup of a resource in an existing checkpoint (a
+    policy run's retry), named as the checkpoint's other backups, if the
+    vault still takes backups (its status, capacity and key are checked
+    again: they may have changed since the run began)."""
+    vault = resource.vault
+    backups.check_checkpoint_request(session, vault.project_id, vault.id,
+                                     [resource.protectable_id])
+    keys.check_vault_key(session, vault, now)
+    checkpoint.skipped_resources = [
+        s for s in checkpoint.skipped_resources or []
+        if s.get("resource_id") != resource.protectable_id]
+    dispatch = _start_backup(session, vault, checkpoint, resource, resource.protectable,
+                             name=checkpoint.name, description=checkpoint.description,
+                             full=full, now=now, auto_trigger=checkpoint.auto_trigger)
+    update_checkpoint(session, checkpoint.id)
+    return dispatch
 
 
 def _start_backup(
@@ -270,6 +298,7 @@ def finish_backup(session: Session, task: Task, success: bool,
     vault = session.get(Vault, top.vault_id)
     if vault is not None:
         vault.used_bytes += added
+        capacity.usage_changed(session, vault, now)
     if resource is not None:
         resource.protect_status = ProtectStatus.AVAILABLE
         resource.backup_count += 1

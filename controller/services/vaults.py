@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
+from cbr.repo.maintenance.subset import DataSubset
 from controller.persistence.models import (
     Policy,
     Protectable,
@@ -35,7 +36,7 @@ from controller.persistence.vocabulary import (
     ProtectType,
     VaultStatus,
 )
-from controller.services import keys, paging, tasks, validation
+from controller.services import capacity, keys, paging, tasks, validation
 
 # Statuses an owner may set by UpdateVault (in the order error messages name them).
 SETTABLE_STATUSES = (VaultStatus.AVAILABLE, VaultStatus.LOCK, VaultStatus.FROZEN)
@@ -251,6 +252,8 @@ def update_vault(session: Session, project_id: str, vault_id: str, changes: dict
     for key, value in changes.items():
         setattr(vault, key, value)
     vault.updated_at = now
+    if {"size_gb", "threshold", "auto_expand"} & set(changes):
+        capacity.usage_changed(session, vault, now)
     session.flush()
     if changes.get("auto_bind") or "bind_rules" in changes:
         _bind_matching(session, vault, now)
@@ -360,7 +363,9 @@ def associate_policy(session: Session, project_id: str, vault_id: str, policy_id
                 "A replication policy's vault needs destination_vault_id: the replication "
                 "vault in the target account that receives its replicas.",
                 field="destination_vault_id")
-    elif vault.protect_type == ProtectType.REPLICATION:
+    elif (vault.protect_type == ProtectType.REPLICATION
+          and policy.operation_type == PolicyOperationType.BACKUP):
+        # Its replicas may still be verified and pruned on a schedule.
         raise errors.InvalidParameter("A replication vault takes no backup policy.",
                                       field="policy_id")
     if destination_vault_id and policy.operation_type != PolicyOperationType.REPLICATION:
@@ -512,6 +517,16 @@ def start_maintenance(session: Session, project_id: str, vault_id: str,
                       operation: OperationType, now: dt.datetime, **options: Any) -> str:
     """Makes a verify, prune or repair task, run by the controller's maintenance worker."""
     vault = get_vault(session, project_id, vault_id)
+    subset = str(options.get("read_data_subset", "") or "")
+    if subset:
+        try:
+            options["read_data_subset"] = str(DataSubset.parse(subset))
+        except ValueError as exc:
+            raise errors.InvalidParameter(f"read_data_subset: {exc}",
+                                          field="read_data_subset") from None
+        options["read_data"] = True
+    elif "read_data_subset" in options:
+        del options["read_data_subset"]
     if not vault.storage_url:
         raise errors.VaultStatusIllegal(f"Vault {vault.name!r} has no storage.",
                                         vault_id=vault.id)

@@ -311,6 +311,20 @@ def test_policy_update_of_the_schedule_needs_no_current_policy() -> None:
     assert list(req.policy.trigger.pattern) == ["FREQ=WEEKLY;BYDAY=MO"]
 
 
+def test_a_verify_policy_with_windows_and_a_data_subset() -> None:
+    args = parse("policy", "create", "--name", "check", "--type", "verify", "--pattern",
+                 "FREQ=DAILY", "--read-data-subset", "1/5", "--start-window", "90",
+                 "--completion-window", "600")
+    req = policy_cmd.build_create_request(args)
+    assert req.operation_type == policy_pb2.POLICY_OPERATION_TYPE_VERIFY
+    assert req.operation_definition.read_data_subset == "1/5"
+    assert (req.start_window_minutes, req.completion_window_minutes) == (90, 600)
+    update = policy_cmd.build_update_request(parse("policy", "update", "p1",
+                                                   "--completion-window", "900"))
+    assert list(update.update_mask.paths) == ["completion_window_minutes"]
+    assert update.policy.completion_window_minutes == 900
+
+
 def test_checkpoint_create_and_backup_restore_requests() -> None:
     cp = backup_cmd.build_checkpoint_request(
         parse("checkpoint", "create", "v1", "--resource", "r1", "--full", "--name", "b")

@@ -26,6 +26,7 @@ from cbr.repo import layout
 from cbr.repo.content.index import Location
 from cbr.repo.content.pack import TRAILER_SIZE, PackEntry, decode_header, parse_trailer
 from cbr.repo.errors import FormatError, IntegrityError, RepoError
+from cbr.repo.maintenance.subset import DataSubset
 from cbr.repo.maintenance.walk import complete_manifests, iter_reachable
 from cbr.repo.objects.manifest import Manifest
 from cbr.repo.repository import Repository
@@ -86,6 +87,9 @@ class VerifyReport:
     blobs_read: int = 0
     bytes_read: int = 0
     unindexed_packs: int = 0
+    packs_read: int = 0
+    read_data_subset: str = ""
+    """The part of the packs read (``n/t`` or ``P%``); empty: all, or none."""
     problems: list[Problem] = field(default_factory=list)
     damaged_backups: list[str] = field(default_factory=list)
     checked_backups: set[str] = field(default_factory=set)
@@ -101,6 +105,7 @@ class VerifyReport:
         return {"backups_checked": self.backups, "chunks_checked": self.chunks_checked,
                 "packs_checked": self.packs_checked, "blobs_read": self.blobs_read,
                 "bytes_read": self.bytes_read, "unindexed_packs": self.unindexed_packs,
+                "packs_read": self.packs_read, "read_data_subset": self.read_data_subset,
                 "problems": len(self.problems),
                 "damaged_backups": ",".join(self.damaged_backups),
                 "first_problems": "; ".join(str(p) for p in self.problems[:10])}
@@ -108,7 +113,7 @@ class VerifyReport:
 
 def verify(repo: Repository, *, read_data: bool = False,
            expected_manifests: Mapping[str, str] | None = None,
-           load_index: bool = True) -> VerifyReport:
+           load_index: bool = True, subset: DataSubset | None = None) -> VerifyReport:
     """Checks the vault (section 13); see the module docstring. Never raises
     for damage (it is reported); storage errors propagate.
 
@@ -117,6 +122,9 @@ def verify(repo: Repository, *, read_data: bool = False,
     manifest replaced or replayed is reported naming the backup.
     ``load_index=False`` checks against the index ``repo`` holds (repair's
     dry run: the index it would write).
+    ``subset`` (implies ``read_data``) reads only those packs
+    (:mod:`cbr.repo.maintenance.subset`); the structure check still covers
+    every backup and every pack's presence and size.
     """
     report = VerifyReport()
     _check_manifest_digests(repo, report, expected_manifests or {})
@@ -138,9 +146,14 @@ def verify(repo: Repository, *, read_data: bool = False,
     # so a damaged chunk shared by many backups is one problem naming them all.
     bad_packs = _check_packs(repo, report, stored)
     bad_chunks: dict[tuple[bytes, bytes], Problem] = {}
-    if read_data:
-        for pack_id in sorted(repo.index.pack_ids()):
+    if read_data or subset is not None:
+        to_read = sorted(repo.index.pack_ids())
+        if subset is not None:
+            to_read = subset.select(to_read)
+            report.read_data_subset = str(subset)
+        for pack_id in to_read:
             if pack_id not in bad_packs:
+                report.packs_read += 1
                 _read_pack(repo, report, pack_id, bad_chunks, bad_packs)
     report.unindexed_packs = sum(1 for p in stored if p not in repo.index.pack_ids())
     _check_backups(repo, report, manifests, bad_packs, bad_chunks, unreadable)
