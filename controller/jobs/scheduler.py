@@ -390,6 +390,11 @@ class PolicyScheduler:
         if self.app.hub is not None:
             for d in result.dispatches:
                 self.app.hub.dispatch(d.agent_id, d.task_id)
+            # Past its completion window: the agent stops at its next chunk
+            # or file (an agent connected elsewhere finishes, and its result
+            # is ignored).
+            for agent_id, task_id in result.running:
+                self.app.hub.cancel_running(agent_id, task_id)
 
     def _schedule(self, policy: Policy) -> AnySchedule:
         if self.tick > 0:

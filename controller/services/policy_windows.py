@@ -63,9 +63,10 @@ def windows_of(policy: Policy, tick: float = 0.0) -> Windows:
 
 
 def stop_task(session: Session, task: Task, reason: str, now: dt.datetime) -> Task | None:
-    """Stops a backup task of a policy run: today it ends as ``timeout`` with
-    ``reason`` and its backups become ``error``; the agent is not told (its
-    late result is ignored, the task being final). The one place a run's
+    """Stops a backup task of a policy run: it ends as ``timeout`` with
+    ``reason`` and its backups become ``error`` (never visible as done);
+    the caller then asks the agent to stop (``SweepResult.running``), and
+    its late result is ignored, the task being final. The one place a run's
     task is stopped."""
     done = tasks.finish_task(session, task.id, TaskStatus.TIMEOUT, now,
                              error_code=errors.PolicyWindowClosed.code, error_message=reason)
@@ -79,6 +80,9 @@ class SweepResult:
     dispatches: list[runs.Dispatch] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    # (agent_id, task_id) of the stopped tasks their agent was running: the
+    # caller asks each agent to stop after the commit.
+    running: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _attempt_delay(attempts: int) -> dt.timedelta:
@@ -169,12 +173,15 @@ def _sweep_run(session: Session, run: PolicyRun, policy: Policy, windows: Window
     completion_closes = run.scheduled_at + windows.completion
     if now >= completion_closes:
         for task in run_tasks:
+            was_running = task.status == TaskStatus.RUNNING and bool(task.agent_id)
             if task.status in tasks.OPEN_STATUSES and stop_task(
                     session, task, f"The backup was still running when the policy's "
                     f"completion window ({policy.completion_window_minutes} minutes after "
                     f"the run's time {run.scheduled_at.isoformat()}) closed; it was stopped.",
                     now) is not None:
                 result.stopped.append(task.id)
+                if was_running:
+                    result.running.append((task.agent_id, task.id))
         run.settled = True
         return
     if now < start_closes:

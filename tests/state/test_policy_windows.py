@@ -279,7 +279,10 @@ def test_a_backup_still_running_when_the_completion_window_closes_is_stopped(
     with app.db.begin() as s:
         assert tasks.start_task(s, first.task_id, _minutes(1)) is not None
     assert _sweep(app, _minutes(119), online).stopped == []
-    assert _sweep(app, _minutes(120), online).stopped == [first.task_id]
+    stopped = _sweep(app, _minutes(120), online)
+    assert stopped.stopped == [first.task_id]
+    # Its agent is asked to stop once this is committed.
+    assert stopped.running == [(inventory.agent_id, first.task_id)]
     [task] = _backup_tasks(app)
     assert task.status == "timeout" and task.error_code == errors.PolicyWindowClosed.code
     assert "completion window (120 minutes" in task.error_message
