@@ -167,6 +167,9 @@ class Agent(Base):
     # True while a Connect stream is open on this controller.
     connected: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When its last offline period was reported (an ``agent.offline`` event):
+    # a later last_seen_at means it came back, so its next silence is new.
+    offline_reported_at: Mapped[dt.datetime | None]
 
 
 class Protectable(Base):
@@ -539,3 +542,60 @@ class AuditRecord(Base):
     error_message: Mapped[str] = mapped_column(Text, default="")
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     occurred_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class NotificationTarget(Base):
+    """Where an account's events are sent: a webhook or an SMTP mailbox.
+
+    The secret (the webhook's signing secret, the SMTP password) is sealed
+    by the controller's keyring, bound to the target id, never stored in clear."""
+
+    __tablename__ = "notification_targets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # NotificationKind
+    # EventType values it receives; empty: every type.
+    event_types: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    url: Mapped[str] = mapped_column(Text, default="")
+    # A CA to trust for the target's TLS, besides the system's.
+    ca_pem: Mapped[str] = mapped_column(Text, default="")
+    smtp_host: Mapped[str] = mapped_column(String(255), default="")
+    smtp_port: Mapped[int] = mapped_column(Integer, default=0)
+    smtp_security: Mapped[str] = mapped_column(String(16), default="")  # SmtpSecurity
+    smtp_from: Mapped[str] = mapped_column(String(255), default="")
+    smtp_to: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    smtp_username: Mapped[str] = mapped_column(String(255), default="")
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class NotificationDelivery(Base):
+    """One event to one target, written with the event; the notifier sends it.
+
+    ``next_attempt_at`` doubles as the claim: a controller taking a due
+    delivery moves it a lease ahead before sending, so no other controller
+    sends it meanwhile, and one that dies mid-send leaves it due again."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+                      Index("ix_notification_deliveries_project_created", "project_id",
+                            "created_at"))
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"),
+                                          index=True)
+    target_id: Mapped[str] = mapped_column(
+        ForeignKey("notification_targets.id", ondelete="CASCADE"), index=True)
+    event_type: Mapped[str] = mapped_column(String(48))  # EventType, for filtering
+    status: Mapped[str] = mapped_column(String(16))  # DeliveryStatus
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_http_status: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]

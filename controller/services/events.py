@@ -12,10 +12,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.persistence.models import Event, ReplicationRecord, Task
+from controller.persistence.models import (
+    Event,
+    NotificationDelivery,
+    NotificationTarget,
+    ReplicationRecord,
+    Task,
+    new_id,
+)
 from controller.persistence.vocabulary import (
+    DeliveryStatus,
     EventSeverity,
     EventType,
     OperationType,
@@ -35,6 +44,7 @@ SEVERITY = {
     EventType.VAULT_THRESHOLD_EXCEEDED: EventSeverity.WARNING,
     EventType.VERIFY_PROBLEMS_FOUND: EventSeverity.ERROR,
     EventType.KEY_DELETION_IN_USE: EventSeverity.WARNING,
+    EventType.NOTIFICATION_TEST: EventSeverity.INFO,
 }
 
 # Which task endings are events; the others (a sync, a deletion) are routine.
@@ -52,12 +62,34 @@ def record(session: Session, *, project_id: str, event_type: EventType, now: dt.
            summary: str, resource_type: str = "", resource_id: str = "",
            resource_name: str = "", task_id: str = "",
            details: dict[str, Any] | None = None) -> Event:
-    event = Event(project_id=project_id, event_type=event_type,
+    """Writes the event and, in the same transaction, one pending delivery
+    for each enabled target of the account that subscribes to its type; so a
+    notification exists exactly when its event does."""
+    event = Event(id=new_id(), project_id=project_id, event_type=event_type,
                   severity=SEVERITY[event_type], resource_type=resource_type,
                   resource_id=resource_id, resource_name=resource_name[:255],
                   task_id=task_id, summary=summary, details=details or {}, occurred_at=now)
     session.add(event)
+    if event_type != EventType.NOTIFICATION_TEST:  # a test goes to its one target only
+        targets = session.execute(select(NotificationTarget.id, NotificationTarget.event_types)
+                                  .where(NotificationTarget.project_id == project_id,
+                                         NotificationTarget.enabled.is_(True))).all()
+        for target_id, subscribed in targets:
+            if not subscribed or event_type in subscribed:
+                deliver(session, event, target_id, now)
     return event
+
+
+def deliver(session: Session, event: Event, target_id: str,
+            now: dt.datetime) -> NotificationDelivery:
+    """A pending delivery of ``event`` to one target, due now."""
+    delivery = NotificationDelivery(
+        id=new_id(), project_id=event.project_id, event_id=event.id, target_id=target_id,
+        event_type=event.event_type, status=DeliveryStatus.PENDING, attempts=0,
+        next_attempt_at=now, last_error="", last_http_status=0, created_at=now,
+        updated_at=now)
+    session.add(delivery)
+    return delivery
 
 
 def task_finished(session: Session, task: Task, now: dt.datetime) -> Event | None:

@@ -31,10 +31,14 @@ from controller.persistence.vocabulary import (
     BackupStatus,
     CheckpointStatus,
     ConsistentLevel,
+    DeliveryStatus,
+    EventSeverity,
+    EventType,
     ImageStatus,
     ImageType,
     KeyOrigin,
     KeyState,
+    NotificationKind,
     ObjectType,
     OperationType,
     PolicyOperationType,
@@ -43,6 +47,7 @@ from controller.persistence.vocabulary import (
     ProtectStatus,
     ProtectType,
     ReplicationStatus,
+    SmtpSecurity,
     TaskStatus,
     VaultStatus,
 )
@@ -72,6 +77,11 @@ WIRE_STRINGS: dict[type[enum.StrEnum], tuple[str, str, str]] = {
     CheckpointStatus: ("backup.proto", "Checkpoint", "status"),
     PolicyRunStatus: ("policy.proto", "PolicyRun", "status"),
     KeyOrigin: ("key.proto", "Key", "origin"),
+    EventType: ("notification.proto", "Event", "event_type"),
+    EventSeverity: ("notification.proto", "Event", "severity"),
+    NotificationKind: ("notification.proto", "NotificationTarget", "kind"),
+    DeliveryStatus: ("notification.proto", "NotificationDelivery", "status"),
+    SmtpSecurity: ("notification.proto", "SmtpTarget", "security"),
 }
 
 
@@ -116,7 +126,7 @@ def _field_comment(proto: str, message: str, field: str) -> str:
 def test_each_word_of_a_string_field_is_named_in_its_proto_comment(
         words: type[enum.StrEnum]) -> None:
     comment = _field_comment(*WIRE_STRINGS[words])
-    named = set(re.findall(r"[a-z_]+", comment))
+    named = set(re.findall(r"[a-z_]+(?:\.[a-z_]+)*", comment))
     assert {w.value for w in words} <= named, comment
 
 
