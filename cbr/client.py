@@ -25,6 +25,7 @@ from cbr.v1 import (
     credential_pb2_grpc,
     iam_pb2_grpc,
     key_pb2_grpc,
+    notification_pb2_grpc,
     policy_pb2_grpc,
     protectable_pb2_grpc,
     replication_pb2_grpc,
@@ -148,6 +149,7 @@ class Client:
         self.agents = agent_pb2_grpc.AgentServiceStub(ch)
         self.cloud = cloud_pb2_grpc.CloudServiceStub(ch)
         self.keys = key_pb2_grpc.KeyServiceStub(ch)
+        self.notifications = notification_pb2_grpc.NotificationServiceStub(ch)
 
     def close(self) -> None:
         self._raw.close()
