@@ -24,6 +24,7 @@ from cli import (
     iam_cmd,
     image_cmd,
     key_cmd,
+    notification_cmd,
     policy_cmd,
     prefixes,
     protectable_cmd,
@@ -47,6 +48,7 @@ MODULES = (
     iam_cmd,
     agent_cmd,
     cloud_cmd,
+    notification_cmd,
 )
 
 

@@ -114,6 +114,21 @@ def task_finished(session: Session, task: Task, now: dt.datetime) -> Event | Non
                   resource_name=name, task_id=task.id, details=details)
 
 
+def backup_not_started(session: Session, *, project_id: str, vault_id: str, vault_name: str,
+                       resource_id: str, resource_name: str, code: str, reason: str,
+                       policy_id: str, now: dt.datetime) -> Event:
+    """A backup that could not even start (its agent offline, the resource
+    gone or unreadable) failed as surely as one that broke halfway: no task
+    ends for it, so its event is recorded here."""
+    return record(session, project_id=project_id, event_type=EventType.BACKUP_FAILED, now=now,
+                  summary=f"The backup of {resource_name} failed to start: {reason}",
+                  resource_type="resource", resource_id=resource_id,
+                  resource_name=resource_name,
+                  details={"status": "skipped", "vault_id": vault_id, "vault_name": vault_name,
+                           "policy_id": policy_id, "error_code": code,
+                           "error_message": reason})
+
+
 def replication_finished(session: Session, rec: ReplicationRecord,
                          now: dt.datetime) -> Event | None:
     """The event of a replication record that just became success or fail

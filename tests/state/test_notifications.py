@@ -24,10 +24,11 @@ from controller.persistence.vocabulary import (
     OperationType,
     TaskStatus,
 )
-from controller.services import agent_status, keys, notifications, outbox, tasks
+from controller.services import agent_status, keys, notifications, outbox, runs, tasks
 from controller.services.notifications import SmtpSpec, WebhookSpec
 from controller.services.outbox import Outcome
-from tests.state.conftest import NOW
+from tests.state.conftest import NOW, Inventory
+from tests.state.test_vaults import add, make_vault
 
 LEASE = dt.timedelta(minutes=5)
 
@@ -333,3 +334,17 @@ def test_scheduling_the_deletion_of_a_key_that_encrypts_vaults_raises_an_event(
     assert "cancel" in event.summary
     with app.db.begin() as s:
         assert s.get(Key, unused) is not None
+
+
+def test_a_backup_that_cannot_start_because_its_agent_is_offline_is_a_failed_event(
+        app: App, project: str, inventory: Inventory) -> None:
+    hook, _ = _webhook(app, project, "failures", [EventType.BACKUP_FAILED])
+    vault_id = make_vault(app, project, object_type="disk")
+    add(app, project, vault_id, inventory.add("vol", "disk"))
+    with app.db.begin() as s:
+        runs.create_checkpoint(s, project, vault_id, [], name="", description="", full=False,
+                               now=NOW, online=set())
+    [event] = _events(app, project, EventType.BACKUP_FAILED)
+    assert "failed to start" in event.summary and "offline" in event.summary
+    assert event.details["error_code"] == "BackupService.0503"
+    assert [d.target_id for d in _deliveries(app)] == [hook]

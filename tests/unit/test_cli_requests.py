@@ -60,6 +60,7 @@ def test_every_public_rpc_of_every_service_is_reachable_from_a_command() -> None
         "credential",
         "iam",
         "key",
+        "notification",
         "policy",
         "protectable",
         "replication",
