@@ -167,8 +167,7 @@ class Agent(Base):
     # True while a Connect stream is open on this controller.
     connected: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    # When its last offline period was reported (an ``agent.offline`` event):
-    # a later last_seen_at means it came back, so its next silence is new.
+    # When its last silence was reported (agent.offline); a later last_seen_at opens a new one.
     offline_reported_at: Mapped[dt.datetime | None]
 
 
@@ -545,10 +544,8 @@ class AuditRecord(Base):
 
 
 class NotificationTarget(Base):
-    """Where an account's events are sent: a webhook or an SMTP mailbox.
-
-    The secret (the webhook's signing secret, the SMTP password) is sealed
-    by the controller's keyring, bound to the target id, never stored in clear."""
+    """Where an account's events are sent: a webhook or an SMTP mailbox. Its
+    secret (signing secret, SMTP password) is sealed by the keyring, bound to its id."""
 
     __tablename__ = "notification_targets"
     __table_args__ = (UniqueConstraint("project_id", "name"),)
