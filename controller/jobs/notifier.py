@@ -150,8 +150,11 @@ class Notifier:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # When start() ran: agents get one offline period from then to reconnect.
+        self.started_at: dt.datetime | None = None
 
     def start(self) -> None:
+        self.started_at = self.app.clock.now()
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
         self._thread.start()
 
@@ -180,9 +183,16 @@ class Notifier:
             self._wake.clear()
 
     def report_offline_agents(self) -> int:
+        """Agents silent for longer than ``agent_offline_notify``; none in a
+        controller's first such period, which gives the agents of a controller
+        that was down (or of a cloud that was) time to reconnect before their
+        silence is news."""
         after = dt.timedelta(minutes=self.app.config.agent_offline_notify)
+        now = self.app.clock.now()
+        if self.started_at is not None and now - self.started_at < after:
+            return 0
         with self.app.db.begin() as s:
-            return agent_status.report_offline(s, self.app.clock.now(), after)
+            return agent_status.report_offline(s, now, after)
 
     def send_due(self) -> int:
         """Claims, sends and records one batch of due deliveries; returns how many."""

@@ -98,7 +98,11 @@ def claim_due(session: Session, keyring: Keyring, now: dt.datetime, *, limit: in
     for delivery in rows:
         target = session.get(NotificationTarget, delivery.target_id)
         event = session.get(Event, delivery.event_id)
-        if target is None or event is None:  # deleted since (cascades normally remove it)
+        if target is None or event is None:  # gone (the cascade normally takes it too)
+            delivery.status = DeliveryStatus.FAILED
+            delivery.next_attempt_at = None
+            delivery.last_error = "its target or event no longer exists"
+            delivery.updated_at = now
             continue
         delivery.attempts += 1
         delivery.next_attempt_at = now + lease

@@ -348,3 +348,14 @@ def test_a_backup_that_cannot_start_because_its_agent_is_offline_is_a_failed_eve
     assert "failed to start" in event.summary and "offline" in event.summary
     assert event.details["error_code"] == "BackupService.0503"
     assert [d.target_id for d in _deliveries(app)] == [hook]
+
+
+def test_deleting_a_target_takes_its_deliveries_and_keeps_the_events(
+        app: App, project: str) -> None:
+    hook, _ = _webhook(app, project, "short-lived")
+    _backup_ends(app, project, TaskStatus.FAILED)
+    assert len(_deliveries(app)) == 1
+    with app.db.begin() as s:
+        notifications.delete_target(s, project, hook)
+    assert _deliveries(app) == []
+    assert len(_events(app, project, EventType.BACKUP_FAILED)) == 1

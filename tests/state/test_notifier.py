@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from cbr.clock import FakeClock
 from controller.app import App
 from controller.jobs.notifier import Notifier
-from controller.persistence.models import Event, NotificationDelivery
+from controller.persistence.models import Agent, Event, NotificationDelivery
 from controller.persistence.vocabulary import DeliveryStatus, OperationType, TaskStatus
 from controller.services import notifications, tasks
 from controller.services.notifications import SmtpSpec, WebhookSpec
@@ -218,3 +219,19 @@ def test_an_smtp_target_logs_in_after_starttls_with_its_sealed_password(
         smtp.stop()
     assert logins == [("cbr", "s3cret-pass")]
     assert _delivery(app).status == DeliveryStatus.DELIVERED
+
+
+def test_a_controller_just_started_gives_agents_time_to_reconnect_before_reporting_them(
+        app: App, project: str, clock: FakeClock, notifier: Notifier) -> None:
+    with app.db.begin() as s:
+        s.add(Agent(project_id=project, name="host-1", role="host",
+                    certificate_fingerprint="0" * 64, enrolled_at=clock.now(),
+                    last_seen_at=clock.now() - dt.timedelta(hours=2)))
+    notifier.started_at = clock.now()  # as start() sets it, without the thread
+    assert notifier.report_offline_agents() == 0  # it may be reconnecting right now
+    clock.advance(app.config.agent_offline_notify * 60)
+    assert notifier.report_offline_agents() == 1
+    assert notifier.report_offline_agents() == 0
+    with app.db.begin() as s:
+        [event] = s.scalars(select(Event)).all()
+        assert event.event_type == "agent.offline" and event.resource_name == "host-1"
