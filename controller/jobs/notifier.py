@@ -78,7 +78,7 @@ def post_webhook(claimed: Claimed, timestamp: int, timeout: float = SEND_TIMEOUT
         answer = response.read(_BODY_READ_MAX).decode("utf-8", "replace").strip()
         status = response.status
     except (OSError, http.client.HTTPException) as exc:
-        return Outcome(False, f"{parts.scheme}://{host}: {type(exc).__name__}: {exc}")
+        return Outcome(False, f"{parts.scheme}://{parts.netloc}: {type(exc).__name__}: {exc}")
     finally:
         conn.close()
     if 200 <= status < 300:

@@ -359,3 +359,17 @@ def test_deleting_a_target_takes_its_deliveries_and_keeps_the_events(
         notifications.delete_target(s, project, hook)
     assert _deliveries(app) == []
     assert len(_events(app, project, EventType.BACKUP_FAILED)) == 1
+
+
+def test_controllers_sharing_postgresql_claim_different_deliveries_at_the_same_time(
+        app: App, project: str) -> None:
+    if app.db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a second claim waits for the first")
+    _webhook(app, project, "busy")
+    for _ in range(3):
+        _backup_ends(app, project, TaskStatus.FAILED)
+    with app.db.begin() as first:  # still open: its rows stay locked
+        mine = outbox.claim_due(first, app.keyring, NOW, limit=1, lease=LEASE)
+        theirs = _claim(app, NOW)
+        assert len(mine) == 1 and len(theirs) == 2
+        assert mine[0].delivery_id not in {c.delivery_id for c in theirs}
