@@ -26,9 +26,11 @@ import threading
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
+from sqlalchemy.orm import Session
+
 from controller.app import App
 from controller.persistence.vocabulary import NotificationKind, SmtpSecurity
-from controller.services import agent_status, outbox
+from controller.services import agent_status, events, outbox
 from controller.services.outbox import Claimed, Outcome
 
 log = logging.getLogger("cbr.controller.notifier")
@@ -155,6 +157,7 @@ class Notifier:
 
     def start(self) -> None:
         self.started_at = self.app.clock.now()
+        self.app.db.after_commit(self._after_commit)
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
         self._thread.start()
 
@@ -163,6 +166,10 @@ class Notifier:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * SEND_TIMEOUT_S)
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(events.DELIVERIES_QUEUED, False):
+            self.wake()
 
     def wake(self) -> None:
         """Sends what is due now rather than at the next poll."""

@@ -47,6 +47,10 @@ SEVERITY = {
     EventType.NOTIFICATION_TEST: EventSeverity.INFO,
 }
 
+# Set in a session's info when it queues a delivery, so the notifier, told of
+# the commit, sends at once rather than at its next poll.
+DELIVERIES_QUEUED = "cbr.deliveries_queued"
+
 # Which task endings are events; the others (a sync, a deletion) are routine.
 _TASK_EVENTS = {
     (OperationType.BACKUP, TaskStatus.SUCCESS): EventType.BACKUP_SUCCEEDED,
@@ -89,6 +93,7 @@ def deliver(session: Session, event: Event, target_id: str,
         next_attempt_at=now, last_error="", last_http_status=0, created_at=now,
         updated_at=now)
     session.add(delivery)
+    session.info[DELIVERIES_QUEUED] = True
     return delivery
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +17,11 @@ from sqlalchemy import select
 from cbr.clock import FakeClock
 from controller.app import App
 from controller.jobs.notifier import Notifier
-from controller.persistence.models import Agent, Event, NotificationDelivery
+from controller.persistence.models import Account, Agent, Event, NotificationDelivery
 from controller.persistence.vocabulary import DeliveryStatus, OperationType, TaskStatus
 from controller.services import notifications, tasks
 from controller.services.notifications import SmtpSpec, WebhookSpec
+from tests.support.inproc import make_app
 from tests.support.webhook import LocalCertificate, verify, webhook_receiver
 
 
@@ -235,3 +237,25 @@ def test_a_controller_just_started_gives_agents_time_to_reconnect_before_reporti
     with app.db.begin() as s:
         [event] = s.scalars(select(Event)).all()
         assert event.event_type == "agent.offline" and event.resource_name == "host-1"
+
+
+def test_a_committed_event_is_sent_at_once_not_at_the_next_poll(
+        tmp_path: Path, database_url: str) -> None:
+    app = make_app(tmp_path, database_url, "--notification-poll", "600")
+    notifier = app.notifier
+    assert notifier is not None
+    try:
+        with app.db.begin() as s:
+            account = Account(name="tenant", created_at=app.clock.now())
+            s.add(account)
+            s.flush()
+            project = account.id
+        notifier.start()
+        with webhook_receiver() as receiver:
+            _webhook(app, project, receiver.url)
+            _failed_backup(app, project)
+            [request] = receiver.wait_for(1, timeout=10)  # far sooner than the 600 s poll
+        assert request.event["type"] == "backup.failed"
+    finally:
+        notifier.stop()
+        app.db.dispose()
