@@ -1,7 +1,8 @@
 """Sending notifications: the due deliveries, to webhooks and SMTP mailboxes.
 
 ``Notifier`` is a thread that, every ``notification_poll`` seconds (or when
-woken), records agents gone silent (``agent_status.report_offline``), claims
+woken), records agents gone silent (``agent_status.report_offline``) and the
+daily reminder of keys pending deletion that vaults still use, claims
 due deliveries (``services.outbox``), sends each with no transaction open and
 a short timeout, and records the outcome. Every controller sharing a
 database runs one; the claims keep them off each other's rows.
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from controller.app import App
 from controller.persistence.vocabulary import NotificationKind, SmtpSecurity
-from controller.services import agent_status, events, outbox
+from controller.services import agent_status, events, keys, outbox
 from controller.services.outbox import Claimed, Outcome
 
 log = logging.getLogger("cbr.controller.notifier")
@@ -40,6 +41,10 @@ CLAIM_BATCH = 8
 # Longer than a batch can take to send (each step of a send times out in
 # SEND_TIMEOUT_S), so a live sender never loses its claim.
 LEASE = dt.timedelta(minutes=5)
+# A key pending deletion that still protects vaults is announced again this often,
+# looked for this often.
+REMIND_EVERY = dt.timedelta(days=1)
+REMIND_CHECK = dt.timedelta(minutes=1)
 SIGNATURE_HEADER = "X-CBR-Signature"
 EVENT_ID_HEADER = "X-CBR-Event-Id"
 EVENT_TYPE_HEADER = "X-CBR-Event-Type"
@@ -154,6 +159,7 @@ class Notifier:
         self._thread: threading.Thread | None = None
         # When start() ran: agents get one offline period from then to reconnect.
         self.started_at: dt.datetime | None = None
+        self._reminded_at: dt.datetime | None = None
 
     def start(self) -> None:
         self.started_at = self.app.clock.now()
@@ -182,12 +188,25 @@ class Notifier:
             except Exception:
                 log.exception("notifier: looking for offline agents failed; retrying")
             try:
+                self.remind_key_deletions()
+            except Exception:
+                log.exception("notifier: reminding of key deletions failed; retrying")
+            try:
                 while self.send_due() == CLAIM_BATCH and not self._stop.is_set():
                     pass
             except Exception:
                 log.exception("notifier: sending notifications failed; retrying")
             self._wake.wait(self.app.config.notification_poll)
             self._wake.clear()
+
+    def remind_key_deletions(self) -> int:
+        """Once a day, again, each key pending deletion that still protects vaults."""
+        now = self.app.clock.now()
+        if self._reminded_at is not None and now - self._reminded_at < REMIND_CHECK:
+            return 0
+        self._reminded_at = now
+        with self.app.db.begin() as s:
+            return keys.remind_deletions_in_use(s, now, REMIND_EVERY)
 
     def report_offline_agents(self) -> int:
         """Agents silent for longer than ``agent_offline_notify``; none in a

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.kms import KEY_SIZE, CustomerKey, RootKey, new_material
-from controller.persistence.models import Account, Key, KeyShare, Vault
+from controller.persistence.models import Account, Event, Key, KeyShare, Vault
 from controller.persistence.vocabulary import (
     EventType,
     KeyOrigin,
@@ -189,7 +189,28 @@ def schedule_deletion(session: Session, project_id: str, key_id: str, pending_da
     return _view(session, key, project_id, now)
 
 
-def _deletion_in_use(session: Session, key: Key, now: dt.datetime) -> None:
+def remind_deletions_in_use(session: Session, now: dt.datetime, every: dt.timedelta) -> int:
+    """Raises ``key.deletion_in_use`` again for each key still pending deletion
+    and in use whose last such event is older than ``every`` (a daily reminder
+    until the deletion is cancelled or done); returns how many events.
+
+    The key rows are locked while checked, so controllers sharing a database
+    remind once."""
+    pending = session.scalars(select(Key).where(
+        Key.state == KeyState.PENDING_DELETION, Key.deletion_at > now)
+        .order_by(Key.id).with_for_update(skip_locked=True)).all()
+    recorded = 0
+    for key in pending:
+        recent = session.scalar(select(Event.id).where(
+            Event.project_id == key.project_id, Event.occurred_at > now - every,
+            Event.event_type == EventType.KEY_DELETION_IN_USE,
+            Event.resource_id == key.id).limit(1))
+        if recent is None:
+            recorded += _deletion_in_use(session, key, now)
+    return recorded
+
+
+def _deletion_in_use(session: Session, key: Key, now: dt.datetime) -> int:
     """A ``key.deletion_in_use`` event for each account (the owner's, and
     those it is shared with) whose vaults the key still encrypts: once it is
     destroyed their backups cannot be read."""
@@ -208,6 +229,7 @@ def _deletion_in_use(session: Session, key: Key, now: dt.datetime) -> None:
             details={"key_id": key.id, "alias": key.alias, "owner_account": key.project_id,
                      "vaults": int(count), "deletion_at": key.deletion_at.isoformat()
                      if key.deletion_at else ""})
+    return len(used)
 
 
 def cancel_deletion(session: Session, project_id: str, key_id: str,

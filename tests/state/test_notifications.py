@@ -335,6 +335,21 @@ def test_scheduling_the_deletion_of_a_key_that_encrypts_vaults_raises_an_event(
     with app.db.begin() as s:
         assert s.get(Key, unused) is not None
 
+    day = dt.timedelta(days=1)
+
+    def remind(at: dt.datetime) -> int:
+        with app.db.begin() as s:
+            return keys.remind_deletions_in_use(s, at, day)
+
+    assert remind(NOW + dt.timedelta(hours=23)) == 0  # told less than a day ago
+    assert remind(NOW + dt.timedelta(hours=25)) == 1  # the daily reminder
+    assert remind(NOW + dt.timedelta(hours=26)) == 0
+    assert remind(NOW + dt.timedelta(days=8)) == 0  # deleted by then: nothing to save
+    with app.db.begin() as s:
+        keys.cancel_deletion(s, project, key_id, NOW + dt.timedelta(days=2))
+    assert remind(NOW + dt.timedelta(days=3)) == 0
+    assert len(_events(app, project, EventType.KEY_DELETION_IN_USE)) == 2
+
 
 def test_a_backup_that_cannot_start_because_its_agent_is_offline_is_a_failed_event(
         app: App, project: str, inventory: Inventory) -> None:
