@@ -158,7 +158,7 @@ def _free_port() -> int:
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, Controller]]:
     box = Mailbox()
-    smtp = Controller(box, hostname="127.0.0.1", port=_free_port())
+    smtp = Controller(box, hostname="127.0.0.1", port=_free_port(), ready_timeout=15)
     smtp.start()
     try:
         yield box, smtp
@@ -204,7 +204,7 @@ def test_an_smtp_target_logs_in_after_starttls_with_its_sealed_password(
         return AuthResult(success=data.password == b"s3cret-pass")
 
     box = Mailbox()
-    smtp = Controller(box, hostname="127.0.0.1", port=_free_port(),
+    smtp = Controller(box, hostname="127.0.0.1", port=_free_port(), ready_timeout=15,
                       tls_context=cert.server_context(), require_starttls=True,
                       authenticator=authenticator)
     smtp.start()
