@@ -26,6 +26,7 @@ from cbr.v1 import (
     credential_pb2_grpc,
     iam_pb2_grpc,
     key_pb2_grpc,
+    notification_pb2_grpc,
     policy_pb2_grpc,
     protectable_pb2_grpc,
     replication_pb2_grpc,
@@ -150,6 +151,7 @@ class Client:
         self.cloud = cloud_pb2_grpc.CloudServiceStub(ch)
         self.keys = key_pb2_grpc.KeyServiceStub(ch)
         self.audit = audit_pb2_grpc.AuditServiceStub(ch)
+        self.notifications = notification_pb2_grpc.NotificationServiceStub(ch)
 
     def close(self) -> None:
         self._raw.close()

@@ -25,6 +25,7 @@ from cli import (
     iam_cmd,
     image_cmd,
     key_cmd,
+    notification_cmd,
     policy_cmd,
     prefixes,
     protectable_cmd,
@@ -49,6 +50,7 @@ MODULES = (
     agent_cmd,
     audit_cmd,
     cloud_cmd,
+    notification_cmd,
 )
 
 

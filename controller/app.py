@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the parts above this module, set on it once built
     from controller.agents.hub import AgentHub
     from controller.jobs.audit_log import AuditLog
     from controller.jobs.maintenance import Maintenance
+    from controller.jobs.notifier import Notifier
     from controller.jobs.replicator import Replicator
     from controller.jobs.scheduler import PolicyScheduler
     from controller.pki import CertificateAuthority
@@ -44,6 +45,8 @@ class App:
     replicator: Replicator | None = None
     # The audit trail's writer, set by build_app.
     audit: AuditLog | None = None
+    # Sends notification deliveries (controller.jobs.notifier), set by build_app.
+    notifier: Notifier | None = None
     # Made on first use and then shared: the controller CA
     # (controller.pki.certificate_authority) and the access key
     # cache (controller.services.iam.access_key_cache).

@@ -139,6 +139,16 @@ SETTINGS: tuple[Setting, ...] = (
             _positive),
     Setting("audit_retention_days", 90, "Days the audit trail keeps each record.",
             _positive_int),
+    Setting("notification_poll", 5.0, "Seconds between the notifier's looks for due "
+            "notification deliveries (a new event's are sent at once by the controller "
+            "that recorded it).", _positive),
+    Setting("notification_backoff", 30.0, "Seconds before a failed notification delivery is "
+            "tried again; doubled after each failure (with jitter), at most an hour.",
+            _positive),
+    Setting("notification_attempts", 8, "Attempts after which a notification delivery that "
+            "keeps failing is given up (status failed).", int),
+    Setting("agent_offline_notify", 10.0, "Minutes an agent may go unheard before an "
+            "agent.offline event is recorded (one per offline period).", _positive),
     Setting("root_key", "", "Base64 of the 32-byte root key that seals the key service's "
             "master keys. Give it by the environment variable, never a flag. Default: "
             "root.key in the data dir (mode 0600, made on first start)."),
@@ -177,6 +187,10 @@ class Config:
     replication_retry: float = 600.0
     import_ttl: float = 24.0
     audit_retention_days: int = 90
+    notification_poll: float = 5.0
+    notification_backoff: float = 30.0
+    notification_attempts: int = 8
+    agent_offline_notify: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property

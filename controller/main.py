@@ -98,6 +98,9 @@ def build_app(cfg: config_mod.Config) -> App:
     from controller.jobs.audit_log import AuditLog
 
     app.audit = AuditLog(app)
+    from controller.jobs.notifier import Notifier
+
+    app.notifier = Notifier(app)
     return app
 
 
@@ -125,6 +128,8 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     maintenance.start()
     scheduler.start()
     replicator.start()
+    if app.notifier is not None:
+        app.notifier.start()
     # Everything built so far lives as long as the process; keep it out of the
     # collector's way, so a full collection does not pause every call.
     gc.freeze()
@@ -141,6 +146,8 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     log.info("stopping")
     scheduler.stop()
     replicator.stop()
+    if app.notifier is not None:
+        app.notifier.stop()
     public.stop(grace=5)
     if app.audit is not None:
         app.audit.stop()

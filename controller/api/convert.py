@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cbr import errors, tls
@@ -29,6 +30,7 @@ from cbr.v1 import (
     credential_pb2,
     iam_pb2,
     key_pb2,
+    notification_pb2,
     policy_pb2,
     protectable_pb2,
     replication_pb2,
@@ -332,3 +334,41 @@ def key(view: Any) -> key_pb2.Key:
         shared_in=view.shared_in, shared_with=view.shared_with, origin=k.origin,
         created_at=ts(k.created_at), updated_at=ts(k.updated_at),
         deletion_at=ts(k.deletion_at))
+
+
+def notification_target(t: models.NotificationTarget) -> notification_pb2.NotificationTarget:
+    """A target without its secret: the signing secret is told once, at
+    creation; an SMTP password never."""
+    out = notification_pb2.NotificationTarget(
+        id=t.id, name=t.name, kind=t.kind, event_types=list(t.event_types or []),
+        enabled=t.enabled, project_id=t.project_id, created_at=ts(t.created_at),
+        updated_at=ts(t.updated_at))
+    if t.kind == "webhook":
+        out.webhook.CopyFrom(notification_pb2.WebhookTarget(
+            url=t.url, ca_sha256=tls.fingerprint(t.ca_pem) if t.ca_pem else ""))
+    else:
+        out.smtp.CopyFrom(notification_pb2.SmtpTarget(
+            host=t.smtp_host, port=t.smtp_port, security=t.smtp_security,
+            from_address=t.smtp_from, to_addresses=list(t.smtp_to or []),
+            username=t.smtp_username, password_set=bool(t.secret_sealed)))
+    return out
+
+
+def notification_delivery(d: models.NotificationDelivery
+                          ) -> notification_pb2.NotificationDelivery:
+    return notification_pb2.NotificationDelivery(
+        id=d.id, event_id=d.event_id, target_id=d.target_id, event_type=d.event_type,
+        status=d.status, attempts=d.attempts, next_attempt_at=ts(d.next_attempt_at),
+        last_error=d.last_error, last_http_status=d.last_http_status,
+        delivered_at=ts(d.delivered_at), created_at=ts(d.created_at),
+        updated_at=ts(d.updated_at))
+
+
+def event(e: models.Event) -> notification_pb2.Event:
+    details = Struct()
+    details.update(e.details or {})
+    return notification_pb2.Event(
+        id=e.id, event_type=e.event_type, severity=e.severity, project_id=e.project_id,
+        resource_type=e.resource_type, resource_id=e.resource_id,
+        resource_name=e.resource_name, task_id=e.task_id, summary=e.summary, details=details,
+        occurred_at=ts(e.occurred_at))

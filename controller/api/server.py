@@ -32,6 +32,8 @@ from cbr.v1 import (
     iam_pb2_grpc,
     key_pb2,
     key_pb2_grpc,
+    notification_pb2,
+    notification_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     protectable_pb2,
@@ -53,6 +55,7 @@ from controller.api.iam import IamServicer
 from controller.api.interceptors import server_interceptors
 from controller.api.keys import KeyServicer
 from controller.api.metering import MetricsInterceptor
+from controller.api.notifications import NotificationServicer
 from controller.api.policies import PolicyServicer
 from controller.api.protectables import ProtectableServicer
 from controller.api.replication import ReplicationServicer
@@ -63,7 +66,8 @@ from controller.app import App
 log = logging.getLogger("cbr.controller")
 
 SERVICE_MODULES = (vault_pb2, protectable_pb2, backup_pb2, policy_pb2, credential_pb2,
-                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2, audit_pb2)
+                   replication_pb2, task_pb2, iam_pb2, agent_pb2, cloud_pb2, key_pb2, audit_pb2,
+                   notification_pb2)
 
 SERVER_OPTIONS = [
     # Twice the limit, so that a request over it reaches the deserializer and
@@ -106,6 +110,8 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
             ReplicationServicer(app), server)
         task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
         key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(app), server)
+        notification_pb2_grpc.add_NotificationServiceServicer_to_server(
+            NotificationServicer(app), server)
         iam_pb2_grpc.add_IamServiceServicer_to_server(IamServicer(app), server)
         cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app), server)

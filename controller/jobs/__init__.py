@@ -2,9 +2,10 @@
 
 The policy loop (``scheduler``), cross-cloud replication (``replicator`` on
 the source, ``receiver`` on the target), vault maintenance that needs no host
-(``maintenance``), reading backups' trees for the API (``browse``), what the
-hub adds to a command when it sends it (``delivery``) and what the end of a
-command changes in the catalog (``outcomes``). Jobs call the services for
+(``maintenance``), sending notifications (``notifier``), reading backups'
+trees for the API (``browse``), what the hub adds to a command when it sends
+it (``delivery``) and what the end of a command changes in the catalog
+(``outcomes``). Jobs call the services for
 every rule and the hub to reach agents; the hub knows nothing of them but
 the handlers ``install`` registers, keyed by the command's action.
 """

@@ -7,7 +7,7 @@ transaction, so no state is ever half-written.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,11 @@ class Database:
         if self._writer is not None:
             threading.Thread(target=self._checkpoint, name="sqlite-checkpoint",
                              daemon=True).start()
+
+    def after_commit(self, listener: Callable[[Session], None]) -> None:
+        """Calls ``listener`` with each session of this database that commits
+        (the notifier sends what a transaction queued without waiting to poll)."""
+        event.listen(self._sessions, "after_commit", listener)
 
     def _checkpoint(self) -> None:
         """Copies the WAL into the database every few seconds (PASSIVE: never

@@ -169,6 +169,8 @@ class Agent(Base):
     # True while a Connect stream is open on this controller.
     connected: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When its last silence was reported (agent.offline); a later last_seen_at opens a new one.
+    offline_reported_at: Mapped[dt.datetime | None]
 
 
 class Protectable(Base):
@@ -512,45 +514,17 @@ class ReplicationRecord(Base):
     updated_at: Mapped[dt.datetime]
 
 
-class Event(Base):
-    """Something an operator may want to hear about (``EventType``), written
-    in the transaction of the change it reports, so an event exists exactly
-    when its change does; notifications are delivered from these rows."""
-
-    __tablename__ = "events"
-    __table_args__ = (Index("ix_events_project_occurred", "project_id", "occurred_at"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    project_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
-    event_type: Mapped[str] = mapped_column(String(48))  # EventType
-    severity: Mapped[str] = mapped_column(String(16))  # EventSeverity
-    resource_type: Mapped[str] = mapped_column(String(32), default="")
-    resource_id: Mapped[str] = mapped_column(String(64), default="")
-    resource_name: Mapped[str] = mapped_column(Unicode(255), default="")
-    task_id: Mapped[str] = mapped_column(String(36), default="")
-    summary: Mapped[str] = mapped_column(Text, default="")
-    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    occurred_at: Mapped[dt.datetime]
-
-
-class AuditRecord(Base):
-    """One API call that changed something or was refused: who, what, from
-    where, when, and how it ended. Written by the API's audit interceptor."""
-
-    __tablename__ = "audit_records"
-    __table_args__ = (Index("ix_audit_records_project_created", "project_id", "created_at"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    # Empty when the caller could not be identified (an unsigned or badly
-    # signed call); such records are visible to administrators only.
-    project_id: Mapped[str] = mapped_column(String(36), default="")
-    user_id: Mapped[str] = mapped_column(String(36), default="")
-    access_key_id: Mapped[str] = mapped_column(String(32), default="")
-    method: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(64), default="")
-    resource_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    source: Mapped[str] = mapped_column(String(128), default="")
-    result: Mapped[str] = mapped_column(String(16))  # AuditResult
-    status_code: Mapped[str] = mapped_column(String(32), default="OK")
-    error_code: Mapped[str] = mapped_column(String(32), default="")
-    error_message: Mapped[str] = mapped_column(Text, default="")
-    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[dt.datetime] = mapped_column(index=True)
+# The operations tables live in their own module; imported here so that
+# loading the models registers every table, and re-exported.
+from controller.persistence.operations import (  # noqa: E402
+    AuditRecord as AuditRecord,
+)
+from controller.persistence.operations import (  # noqa: E402
+    Event as Event,
+)
+from controller.persistence.operations import (  # noqa: E402
+    NotificationDelivery as NotificationDelivery,
+)
+from controller.persistence.operations import (  # noqa: E402
+    NotificationTarget as NotificationTarget,
+)

@@ -308,12 +308,39 @@ class EventType(enum.StrEnum):
     VERIFY_PROBLEMS_FOUND = "verify.problems_found"
     # A key scheduled for deletion still encrypts vaults.
     KEY_DELETION_IN_USE = "key.deletion_in_use"
+    # Asked for by TestNotificationTarget: delivered to that one target only.
+    NOTIFICATION_TEST = "notification.test"
 
 
 class EventSeverity(enum.StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+class NotificationKind(enum.StrEnum):
+    """How a notification target is reached (``controller.services.notifications``)."""
+
+    WEBHOOK = "webhook"
+    SMTP = "smtp"
+
+
+class SmtpSecurity(enum.StrEnum):
+    """How an SMTP target's connection is protected: upgraded with STARTTLS,
+    TLS from the start (``ssl``, port 465), or ``none`` (loopback hosts only)."""
+
+    STARTTLS = "starttls"
+    SSL = "ssl"
+    NONE = "none"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """One event's delivery to one target: ``pending`` until it is sent or
+    given up on (``failed``: refused for good, or out of attempts)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
 
 
 class AuditResult(enum.StrEnum):

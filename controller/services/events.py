@@ -12,10 +12,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.persistence.models import Event, ReplicationRecord, Task
+from controller.persistence.models import (
+    Event,
+    NotificationDelivery,
+    NotificationTarget,
+    ReplicationRecord,
+    Task,
+    new_id,
+)
 from controller.persistence.vocabulary import (
+    DeliveryStatus,
     EventSeverity,
     EventType,
     OperationType,
@@ -35,7 +44,12 @@ SEVERITY = {
     EventType.VAULT_THRESHOLD_EXCEEDED: EventSeverity.WARNING,
     EventType.VERIFY_PROBLEMS_FOUND: EventSeverity.ERROR,
     EventType.KEY_DELETION_IN_USE: EventSeverity.WARNING,
+    EventType.NOTIFICATION_TEST: EventSeverity.INFO,
 }
+
+# Set in a session's info when it queues a delivery, so the notifier, told of
+# the commit, sends at once rather than at its next poll.
+DELIVERIES_QUEUED = "cbr.deliveries_queued"
 
 # Which task endings are events; the others (a sync, a deletion) are routine.
 _TASK_EVENTS = {
@@ -52,12 +66,35 @@ def record(session: Session, *, project_id: str, event_type: EventType, now: dt.
            summary: str, resource_type: str = "", resource_id: str = "",
            resource_name: str = "", task_id: str = "",
            details: dict[str, Any] | None = None) -> Event:
-    event = Event(project_id=project_id, event_type=event_type,
+    """Writes the event and, in the same transaction, one pending delivery
+    for each enabled target of the account that subscribes to its type; so a
+    notification exists exactly when its event does."""
+    event = Event(id=new_id(), project_id=project_id, event_type=event_type,
                   severity=SEVERITY[event_type], resource_type=resource_type,
                   resource_id=resource_id, resource_name=resource_name[:255],
                   task_id=task_id, summary=summary, details=details or {}, occurred_at=now)
     session.add(event)
+    if event_type != EventType.NOTIFICATION_TEST:  # a test goes to its one target only
+        targets = session.execute(select(NotificationTarget.id, NotificationTarget.event_types)
+                                  .where(NotificationTarget.project_id == project_id,
+                                         NotificationTarget.enabled.is_(True))).all()
+        for target_id, subscribed in targets:
+            if not subscribed or event_type in subscribed:
+                deliver(session, event, target_id, now)
     return event
+
+
+def deliver(session: Session, event: Event, target_id: str,
+            now: dt.datetime) -> NotificationDelivery:
+    """A pending delivery of ``event`` to one target, due now."""
+    delivery = NotificationDelivery(
+        id=new_id(), project_id=event.project_id, event_id=event.id, target_id=target_id,
+        event_type=event.event_type, status=DeliveryStatus.PENDING, attempts=0,
+        next_attempt_at=now, last_error="", last_http_status=0, created_at=now,
+        updated_at=now)
+    session.add(delivery)
+    session.info[DELIVERIES_QUEUED] = True
+    return delivery
 
 
 def task_finished(session: Session, task: Task, now: dt.datetime) -> Event | None:
@@ -104,6 +141,21 @@ def _verify_finished(session: Session, task: Task, now: dt.datetime) -> Event | 
                   event_type=EventType.VERIFY_PROBLEMS_FOUND, now=now, summary=summary,
                   resource_type="vault", resource_id=task.vault_id,
                   resource_name=task.vault_name, task_id=task.id, details=details)
+
+
+def backup_not_started(session: Session, *, project_id: str, vault_id: str, vault_name: str,
+                       resource_id: str, resource_name: str, code: str, reason: str,
+                       policy_id: str, now: dt.datetime) -> Event:
+    """A backup that could not even start (its agent offline, the resource
+    gone or unreadable) failed as surely as one that broke halfway: no task
+    ends for it, so its event is recorded here."""
+    return record(session, project_id=project_id, event_type=EventType.BACKUP_FAILED, now=now,
+                  summary=f"The backup of {resource_name} failed to start: {reason}",
+                  resource_type="resource", resource_id=resource_id,
+                  resource_name=resource_name,
+                  details={"status": "skipped", "vault_id": vault_id, "vault_name": vault_name,
+                           "policy_id": policy_id, "error_code": code,
+                           "error_message": reason})
 
 
 def replication_finished(session: Session, rec: ReplicationRecord,

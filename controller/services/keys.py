@@ -19,14 +19,20 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
 from controller.kms import KEY_SIZE, CustomerKey, RootKey, new_material
-from controller.persistence.models import Account, Key, KeyShare, Vault
-from controller.persistence.vocabulary import KeyOrigin, KeyState, ProtectType
-from controller.services import paging, validation
+from controller.persistence.models import Account, Event, Key, KeyShare, Vault
+from controller.persistence.vocabulary import (
+    EventType,
+    KeyOrigin,
+    KeyState,
+    ProtectType,
+    VaultStatus,
+)
+from controller.services import events, paging, validation
 
 PENDING_DAYS_MIN = 7
 PENDING_DAYS_MAX = 30
@@ -179,7 +185,51 @@ def schedule_deletion(session: Session, project_id: str, key_id: str, pending_da
     key.state = KeyState.PENDING_DELETION
     key.deletion_at = now + dt.timedelta(days=days)
     key.updated_at = now
+    _deletion_in_use(session, key, now)
     return _view(session, key, project_id, now)
+
+
+def remind_deletions_in_use(session: Session, now: dt.datetime, every: dt.timedelta) -> int:
+    """Raises ``key.deletion_in_use`` again for each key still pending deletion
+    and in use whose last such event is older than ``every`` (a daily reminder
+    until the deletion is cancelled or done); returns how many events.
+
+    The key rows are locked while checked, so controllers sharing a database
+    remind once."""
+    pending = session.scalars(select(Key).where(
+        Key.state == KeyState.PENDING_DELETION, Key.deletion_at > now)
+        .order_by(Key.id).with_for_update(skip_locked=True)).all()
+    recorded = 0
+    for key in pending:
+        recent = session.scalar(select(Event.id).where(
+            Event.project_id == key.project_id, Event.occurred_at > now - every,
+            Event.event_type == EventType.KEY_DELETION_IN_USE,
+            Event.resource_id == key.id).limit(1))
+        if recent is None:
+            recorded += _deletion_in_use(session, key, now)
+    return recorded
+
+
+def _deletion_in_use(session: Session, key: Key, now: dt.datetime) -> int:
+    """A ``key.deletion_in_use`` event for each account (the owner's, and
+    those it is shared with) whose vaults the key still encrypts: once it is
+    destroyed their backups cannot be read."""
+    used = session.execute(select(Vault.project_id, func.count()).where(
+        Vault.kms_key_id == key.id, Vault.status != VaultStatus.DELETING)
+        .group_by(Vault.project_id).order_by(Vault.project_id)).all()
+    when = key.deletion_at.date().isoformat() if key.deletion_at else "its deletion date"
+    for account_id, count in used:
+        events.record(
+            session, project_id=account_id, event_type=EventType.KEY_DELETION_IN_USE, now=now,
+            summary=f"Key {key.alias} ({key.id}) is scheduled for deletion on {when} but "
+                    f"still encrypts {count} vault(s) of this account; their backups become "
+                    "unreadable then unless the deletion is cancelled "
+                    "(`cbr key cancel-deletion`).",
+            resource_type="key", resource_id=key.id, resource_name=key.alias,
+            details={"key_id": key.id, "alias": key.alias, "owner_account": key.project_id,
+                     "vaults": int(count), "deletion_at": key.deletion_at.isoformat()
+                     if key.deletion_at else ""})
+    return len(used)
 
 
 def cancel_deletion(session: Session, project_id: str, key_id: str,

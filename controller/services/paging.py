@@ -61,15 +61,17 @@ def page_of(items: Sequence[T], requested_size: int, token: str,
 
 
 def paginate(session: Session | Connection, stmt: Select[Any], model: Any, requested_size: int,
-             token: str, *, rows: bool = False) -> tuple[Sequence[Any], str, int]:
-    """(items, next_page_token, total_count) of stmt ordered by created_at, id.
+             token: str, *, rows: bool = False, at: str = "created_at"
+             ) -> tuple[Sequence[Any], str, int]:
+    """(items, next_page_token, total_count) of stmt ordered by created_at, id
+    (or by the time column ``at``: events have only their occurred_at).
 
     For statements built per request; hot lists keep a PagedQuery per filter
     shape instead. With rows=True the items are Core rows (for read paths
     that skip the ORM's per-object cost), else the statement's single entity.
     """
-    return PagedQuery(stmt, model.__table__).run(session, {}, requested_size, token,
-                                                 entities=not rows)
+    return PagedQuery(stmt, model.__table__, at).run(session, {}, requested_size, token,
+                                                     entities=not rows)
 
 
 class PagedQuery:
@@ -82,8 +84,9 @@ class PagedQuery:
     and pass filter values as bind parameters.
     """
 
-    def __init__(self, stmt: Select[Any], table: Any) -> None:
-        created, ident = table.c.created_at, table.c.id
+    def __init__(self, stmt: Select[Any], table: Any, at: str = "created_at") -> None:
+        self.at = at
+        created, ident = table.c[at], table.c.id
         self.count = select(func.count()).select_from(stmt.subquery())
         ordered = stmt.order_by(created, ident)
         self.first = ordered.limit(bindparam("page_limit", type_=Integer))
@@ -114,5 +117,5 @@ class PagedQuery:
         if len(items) > size:
             items = items[:size]
             last = items[-1]
-            next_token = _encode(last.created_at, str(last.id))
+            next_token = _encode(getattr(last, self.at), str(last.id))
         return items, next_token, total

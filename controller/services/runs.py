@@ -44,6 +44,7 @@ from controller.services import (
     backups,
     capacity,
     commands,
+    events,
     keys,
     tasks,
     validation,
@@ -126,6 +127,11 @@ def create_checkpoint(
         def skip(code: str, reason: str, p: Protectable = protectable) -> None:
             skipped.append({"resource_id": p.id, "resource_name": p.name, "code": code,
                             "reason": reason})
+            if code != errors.ResourceBeingBackedUp.code:  # the running one will report
+                events.backup_not_started(
+                    session, project_id=project_id, vault_id=vault.id, vault_name=vault.name,
+                    resource_id=p.id, resource_name=p.name, code=code, reason=reason,
+                    policy_id=policy_id, now=now)
 
         if protectable.gone:
             skip(errors.NoResourceAvailable.code, "The agent no longer reports this resource.")

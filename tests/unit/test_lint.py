@@ -125,7 +125,8 @@ def test_servicers_build_no_queries() -> None:
                      if isinstance(node, ast.ImportFrom) and node.module else [])
             for name in names:
                 if name == "sqlalchemy" or name.startswith(("sqlalchemy.",
-                                                             "controller.persistence.models")):
+                                                             "controller.persistence.models",
+                                                             "controller.persistence.operations")):
                     found.append(f"{path.relative_to(ROOT)} imports {name}")
     assert found == [], "servicers that import sqlalchemy or the ORM models: " + "; ".join(found)
 
