@@ -38,6 +38,7 @@ from quickstart_clouds import (
     wait_for,
 )
 from quickstart_files import make_samples
+from quickstart_ops import report, start_webhook
 from quickstart_steps import data_path, policies, replication
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +123,11 @@ def main() -> int:
             "--protect-type", "replication", "--size-gb", "500")
         cbr("target", "vault", "list")
 
+        webhook = start_webhook()
         second = data_path(work, images, vault_ids)
         policies(vault_ids)
         replication(work, images, vault_ids, second)
+        report(webhook)
         used = sum(p.stat().st_blocks * 512 for p in work.rglob("*")
                    if p.is_file() and not p.is_symlink())
         show_metrics(work)
