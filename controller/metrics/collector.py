@@ -116,11 +116,22 @@ class StateCollector(Collector):
         capacity = GaugeMetricFamily("cbr_vault_capacity_bytes",
                                      "The vault's capacity (its size_gb, in bytes).",
                                      labels=labels)
+        threshold = GaugeMetricFamily("cbr_vault_threshold_ratio",
+                                      "The vault's warning threshold, as a share of capacity.",
+                                      labels=labels)
+        past = GaugeMetricFamily("cbr_vault_threshold_exceeded",
+                                 "1 while the vault's usage is past its threshold (the "
+                                 "vault.threshold_exceeded event was raised), else 0.",
+                                 labels=labels)
         for v in usage:
             used.add_metric((v.vault_id, v.vault_name), v.used_bytes)
             capacity.add_metric((v.vault_id, v.vault_name), v.capacity_bytes)
+            threshold.add_metric((v.vault_id, v.vault_name), v.threshold_percent / 100)
+            past.add_metric((v.vault_id, v.vault_name), 1 if v.threshold_exceeded else 0)
         yield used
         yield capacity
+        yield threshold
+        yield past
 
     def _agents(self) -> Iterator[Any]:
         cfg = self._app.config

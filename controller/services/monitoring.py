@@ -104,13 +104,17 @@ class VaultUsage:
     vault_name: str
     used_bytes: int
     capacity_bytes: int
+    threshold_percent: int
+    threshold_exceeded: bool
 
 
 def vault_usage(session: Session) -> list[VaultUsage]:
-    rows = session.execute(select(Vault.id, Vault.name, Vault.used_bytes, Vault.size_gb)
+    rows = session.execute(select(Vault.id, Vault.name, Vault.used_bytes, Vault.size_gb,
+                                  Vault.threshold, Vault.threshold_exceeded)
                            .order_by(Vault.id).limit(MAX_ROWS)).all()
-    return [VaultUsage(v, name, int(used or 0), int(size_gb or 0) * 1024**3)
-            for v, name, used, size_gb in rows]
+    return [VaultUsage(v, name, int(used or 0), int(size_gb or 0) * 1024**3,
+                       int(threshold or 0), bool(exceeded))
+            for v, name, used, size_gb, threshold, exceeded in rows]
 
 
 def agents_online(session: Session, now: dt.datetime, offline_after: float) -> dict[str, int]:

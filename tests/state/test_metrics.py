@@ -159,6 +159,15 @@ def test_vaults_show_used_and_capacity_bytes(app: App, project: str) -> None:
     assert _value(registry, "cbr_vault_used_bytes", vault_id=vid, vault_name="full") == 12345
     assert _value(registry, "cbr_vault_capacity_bytes", vault_id=vid, vault_name="full") == \
         100 * 1024**3
+    assert _value(registry, "cbr_vault_threshold_ratio", vault_id=vid, vault_name="full") == 0.8
+    assert _value(registry, "cbr_vault_threshold_exceeded", vault_id=vid,
+                  vault_name="full") == 0
+    with app.db.begin() as s:
+        vault = s.get(Vault, vid)
+        assert vault is not None
+        vault.threshold_exceeded = True
+    assert _value(_registry(app), "cbr_vault_threshold_exceeded", vault_id=vid,
+                  vault_name="full") == 1
 
 
 def test_agents_online_are_counted_by_role_from_any_controller(app: App, project: str) -> None:
