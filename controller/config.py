@@ -121,10 +121,10 @@ SETTINGS: tuple[Setting, ...] = (
             "each command, never stored in the database)."),
     Setting("storage_secret_key", "", "S3 secret key for storage_url. Prefer the environment "
             "variable to a flag, which other users can see."),
-    Setting("target_allow_local", False, "Allow replication credentials whose target "
-            "endpoint is a loopback or link-local address (a development machine, the "
-            "quickstart). Off: a tenant cannot make this controller dial its own host's "
-            "services.", _bool),
+    Setting("target_allow_local", False, "Allow tenants' replication targets, webhooks and "
+            "mail servers on loopback or link-local addresses (a development machine, the "
+            "quickstart). Off: a tenant cannot make this controller connect to its own "
+            "host's services or a cloud's metadata service.", _bool),
     Setting("scheduler_lease", 15.0, "Seconds a controller's lead of the policy loop lasts "
             "unless renewed; among controllers sharing a database another takes over within "
             "this and a third of it more.", float),

@@ -22,16 +22,19 @@ import http.client
 import json
 import logging
 import smtplib
+import socket
 import ssl
 import threading
 from email.message import EmailMessage
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from cbr import errors
 from controller.app import App
 from controller.persistence.vocabulary import NotificationKind, SmtpSecurity
-from controller.services import agent_status, events, keys, outbox
+from controller.services import agent_status, destinations, events, keys, outbox
 from controller.services.outbox import Claimed, Outcome
 
 log = logging.getLogger("cbr.controller.notifier")
@@ -64,16 +67,53 @@ def _tls_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
-def post_webhook(claimed: Claimed, timestamp: int, timeout: float = SEND_TIMEOUT_S) -> Outcome:
+class _PinnedSMTP(smtplib.SMTP):
+    """SMTP to the address checked, greeting and verifying TLS by name."""
+
+    def __init__(self, address: str, *args: Any, **kwargs: Any) -> None:
+        self._address = address
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return super()._get_socket(self._address, port, timeout)  # type: ignore[misc]
+
+
+class _PinnedSMTPSSL(smtplib.SMTP_SSL):
+    def __init__(self, address: str, *args: Any, **kwargs: Any) -> None:
+        self._address = address
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return super()._get_socket(self._address, port, timeout)  # type: ignore[misc]
+
+
+def _refused(where: str, exc: errors.CbrError) -> Outcome:
+    """A destination that does not resolve is retried; a local one, which
+    the operator does not allow, never will be."""
+    return Outcome(False, f"{where}: {exc.detail}",
+                   permanent=isinstance(exc, errors.InvalidParameter))
+
+
+def post_webhook(claimed: Claimed, timestamp: int, timeout: float = SEND_TIMEOUT_S,
+                 allow_local: bool = False) -> Outcome:
     body = json.dumps(claimed.event, sort_keys=True, separators=(",", ":")).encode()
     parts = urlsplit(claimed.url)
-    host, port = parts.hostname or "", parts.port
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        address = destinations.pinned(host, port, allow_local=allow_local, what="webhook")
+    except errors.CbrError as exc:
+        return _refused(f"{parts.scheme}://{parts.netloc}", exc)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(host, port, timeout=timeout,
                                            context=_tls_context(claimed.ca_pem))
     else:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    # The TCP connection goes to the address checked; TLS still verifies the name.
+    conn._create_connection = (  # type: ignore[attr-defined]
+        lambda where, *args, **kwargs: socket.create_connection((address, where[1]), *args,
+                                                                **kwargs))
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {"Content-Type": "application/json", "User-Agent": "cbr-controller",
                EVENT_ID_HEADER: str(claimed.event["id"]),
@@ -116,7 +156,8 @@ def mail_text(event: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def send_mail(claimed: Claimed, timeout: float = SEND_TIMEOUT_S) -> Outcome:
+def send_mail(claimed: Claimed, timeout: float = SEND_TIMEOUT_S,
+              allow_local: bool = False) -> Outcome:
     event = claimed.event
     message = EmailMessage()
     message["Subject"] = f"[CBR {event['severity']}] {str(event['summary'])[:150]}"
@@ -126,12 +167,17 @@ def send_mail(claimed: Claimed, timeout: float = SEND_TIMEOUT_S) -> Outcome:
     message.set_content(mail_text(event))
     where = f"smtp {claimed.smtp_host}:{claimed.smtp_port}"
     try:
+        address = destinations.pinned(claimed.smtp_host, claimed.smtp_port,
+                                      allow_local=allow_local, what="mail server")
+    except errors.CbrError as exc:
+        return _refused(where, exc)
+    try:
         smtp: smtplib.SMTP
         if claimed.smtp_security == SmtpSecurity.SSL:
-            smtp = smtplib.SMTP_SSL(claimed.smtp_host, claimed.smtp_port, timeout=timeout,
-                                    context=_tls_context(claimed.ca_pem))
+            smtp = _PinnedSMTPSSL(address, claimed.smtp_host, claimed.smtp_port,
+                                  timeout=timeout, context=_tls_context(claimed.ca_pem))
         else:
-            smtp = smtplib.SMTP(claimed.smtp_host, claimed.smtp_port, timeout=timeout)
+            smtp = _PinnedSMTP(address, claimed.smtp_host, claimed.smtp_port, timeout=timeout)
         with smtp:
             if claimed.smtp_security == SmtpSecurity.STARTTLS:
                 smtp.starttls(context=_tls_context(claimed.ca_pem))
@@ -239,6 +285,7 @@ class Notifier:
         return len(batch)
 
     def send(self, claimed: Claimed) -> Outcome:
+        allow_local = self.app.config.target_allow_local
         if claimed.kind == NotificationKind.WEBHOOK:
-            return post_webhook(claimed, int(self.app.clock.time()))
-        return send_mail(claimed)
+            return post_webhook(claimed, int(self.app.clock.time()), allow_local=allow_local)
+        return send_mail(claimed, allow_local=allow_local)

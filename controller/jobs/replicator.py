@@ -12,11 +12,9 @@ any point picks up where it was.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import queue
 import re
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -44,6 +42,7 @@ from controller.services import (
     agent_status,
     backups,
     credentials,
+    destinations,
     keys,
     policy_runs,
     replication,
@@ -74,17 +73,9 @@ def check_endpoint(app: App, endpoint: str) -> str:
     if app.config.target_allow_local:
         return endpoint
     try:
-        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
-    except OSError:
-        raise errors.TargetCloudUnavailable(
-            f"{endpoint}: unreachable (the name does not resolve).") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if address.is_loopback or address.is_link_local or address.is_unspecified:
-            raise errors.InvalidParameter(
-                f"target_endpoint {endpoint!r} is a local address ({address}); this "
-                "controller's operator does not allow replication targets on loopback or "
-                "link-local addresses (setting target_allow_local).", field="target_endpoint")
+        destinations.pinned(host, int(port), allow_local=False, what="target_endpoint")
+    except errors.InvalidParameter as exc:
+        raise errors.InvalidParameter(exc.detail, field="target_endpoint") from None
     return endpoint
 
 

@@ -18,7 +18,8 @@ def _cli(rc: RunningController, *argv: str) -> int:
 
 
 def test_create_test_and_list_a_webhook_target_from_the_command_line(
-        sqlite_api: RunningController, capsys: pytest.CaptureFixture[str]) -> None:
+        local_targets_api: RunningController, capsys: pytest.CaptureFixture[str]) -> None:
+    sqlite_api = local_targets_api
     notifier = sqlite_api.app.notifier
     assert notifier is not None
     stop = threading.Event()

@@ -112,7 +112,9 @@ def test_bad_targets_are_refused_with_invalid_argument_and_a_cbr_code(
     assert words in refused.message
 
 
-def test_a_test_notification_reaches_the_webhook_signed(sqlite_api: RunningController) -> None:
+def test_a_test_notification_reaches_the_webhook_signed(
+        local_targets_api: RunningController) -> None:
+    sqlite_api = local_targets_api
     client = sqlite_api.client()
     with webhook_receiver() as receiver:
         made = client.notifications.CreateNotificationTarget(

@@ -26,6 +26,16 @@ from tests.support.webhook import LocalCertificate, verify, webhook_receiver
 
 
 @pytest.fixture
+def app(tmp_path: Path, database_url: str) -> Iterator[App]:
+    """The receivers here listen on loopback, which the operator must allow."""
+    app = make_app(tmp_path, database_url, "--target-allow-local", "true")
+    try:
+        yield app
+    finally:
+        app.db.dispose()
+
+
+@pytest.fixture
 def clock(app: App) -> FakeClock:
     app.clock = clock = FakeClock()
     return clock
@@ -241,7 +251,8 @@ def test_a_controller_just_started_gives_agents_time_to_reconnect_before_reporti
 
 def test_a_committed_event_is_sent_at_once_not_at_the_next_poll(
         tmp_path: Path, database_url: str) -> None:
-    app = make_app(tmp_path, database_url, "--notification-poll", "600")
+    app = make_app(tmp_path, database_url, "--notification-poll", "600",
+                   "--target-allow-local", "true")
     notifier = app.notifier
     assert notifier is not None
     try:
@@ -258,4 +269,31 @@ def test_a_committed_event_is_sent_at_once_not_at_the_next_poll(
         assert request.event["type"] == "backup.failed"
     finally:
         notifier.stop()
+        app.db.dispose()
+
+
+def test_a_webhook_on_this_host_is_refused_unless_the_operator_allows_local_targets(
+        tmp_path: Path, database_url: str) -> None:
+    """A tenant's webhook or mail server must not reach the controller's own
+    host (its database, its metadata service): loopback and link-local
+    destinations fail for good, and nothing is sent."""
+    app = make_app(tmp_path, database_url)
+    try:
+        with app.db.begin() as s:
+            account = Account(name="tenant", created_at=app.clock.now())
+            s.add(account)
+            s.flush()
+            project = account.id
+        notifier = app.notifier
+        assert notifier is not None
+        with webhook_receiver() as receiver:
+            _webhook(app, project, receiver.url)
+            _failed_backup(app, project)
+            assert notifier.send_due() == 1
+            assert receiver.received == []
+        delivery = _delivery(app)
+        assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
+        assert "local address" in delivery.last_error
+        assert "target_allow_local" in delivery.last_error
+    finally:
         app.db.dispose()
