@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cbr.clock import utc_now
@@ -111,6 +112,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = add_command(targets, "show", cmd_target_show, "show a target",
                     rpc="NotificationService.GetNotificationTarget")
     p.add_argument("target_id", metavar="TARGET_ID")
+    p = add_command(targets, "update", cmd_target_update,
+                    "rename, enable or disable a target, or change its event types",
+                    rpc="NotificationService.UpdateNotificationTarget")
+    p.add_argument("target_id", metavar="TARGET_ID")
+    p.add_argument("--name")
+    on_off = p.add_mutually_exclusive_group()
+    on_off.add_argument("--enable", action="store_true", help="send to it again")
+    on_off.add_argument("--disable", action="store_true", help="stop sending to it")
+    kinds = p.add_mutually_exclusive_group()
+    kinds.add_argument("--event-type", action="append", default=[], metavar="TYPE",
+                       help="the event types to send from now on (repeatable)")
+    kinds.add_argument("--all-event-types", action="store_true",
+                       help="send every event type from now on")
     p = add_command(targets, "delete", cmd_target_delete, "delete a target and its "
                     "deliveries", rpc="NotificationService.DeleteNotificationTarget")
     p.add_argument("target_id", metavar="TARGET_ID")
@@ -215,6 +229,30 @@ def cmd_target_list(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_target_show(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.notifications.GetNotificationTarget(
         notification_pb2.GetNotificationTargetRequest(target_id=args.target_id),
+        timeout=ctx.timeout)
+    ctx.out.show(resp.target)
+    return 0
+
+
+def cmd_target_update(ctx: Context, args: argparse.Namespace) -> int:
+    target = notification_pb2.NotificationTarget()
+    paths: list[str] = []
+    if args.name is not None:
+        target.name = args.name
+        paths.append("name")
+    if args.enable or args.disable:
+        target.enabled = bool(args.enable)
+        paths.append("enabled")
+    if args.event_type or args.all_event_types:
+        target.event_types.extend(args.event_type)
+        paths.append("event_types")
+    if not paths:
+        raise UsageError("nothing to change: give --name, --enable/--disable, --event-type "
+                         "or --all-event-types")
+    resp = ctx.client.notifications.UpdateNotificationTarget(
+        notification_pb2.UpdateNotificationTargetRequest(
+            target_id=args.target_id, target=target,
+            update_mask=field_mask_pb2.FieldMask(paths=paths)),
         timeout=ctx.timeout)
     ctx.out.show(resp.target)
     return 0

@@ -22,55 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x62r/v1/notification.proto\x12\x06\x63\x62r.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\rWebhookTarget\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61_certificate\x18\x02 \x01(\t\x12\x11\n\tca_sha256\x18\x03 \x01(\t\"\xb8\x01\n\nSmtpTarget\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x10\n\x08security\x18\x03 \x01(\t\x12\x14\n\x0c\x66rom_address\x18\x04 \x01(\t\x12\x14\n\x0cto_addresses\x18\x05 \x03(\t\x12\x10\n\x08username\x18\x06 \x01(\t\x12\x10\n\x08password\x18\x07 \x01(\t\x12\x14\n\x0cpassword_set\x18\x08 \x01(\x08\x12\x16\n\x0e\x63\x61_certificate\x18\t \x01(\t\"\xa0\x02\n\x12NotificationTarget\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12&\n\x07webhook\x18\x06 \x01(\x0b\x32\x15.cbr.v1.WebhookTarget\x12 \n\x04smtp\x18\x07 \x01(\x0b\x32\x12.cbr.v1.SmtpTarget\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x12\n\nproject_id\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12\x15\n\rresource_name\x18\x07 \x01(\t\x12\x0f\n\x07task_id\x18\x08 \x01(\t\x12\x0f\n\x07summary\x18\t \x01(\t\x12(\n\x07\x64\x65tails\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0boccurred_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x02\n\x14NotificationDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x33\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x18\n\x10last_http_status\x18\t \x01(\x05\x12\x30\n\x0c\x64\x65livered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x1f\x43reateNotificationTargetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12\x14\n\x07\x65nabled\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12(\n\x07webhook\x18\x04 \x01(\x0b\x32\x15.cbr.v1.WebhookTargetH\x00\x12\"\n\x04smtp\x18\x05 \x01(\x0b\x32\x12.cbr.v1.SmtpTargetH\x00\x42\r\n\x0b\x64\x65stinationB\n\n\x08_enabled\"f\n CreateNotificationTargetResponse\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.cbr.v1.NotificationTarget\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"1\n\x1cGetNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"K\n\x1dGetNotificationTargetResponse\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.cbr.v1.NotificationTarget\"G\n\x1eListNotificationTargetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"|\n\x1fListNotificationTargetsResponse\x12+\n\x07targets\x18\x01 \x03(\x0b\x32\x1a.cbr.v1.NotificationTarget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"4\n\x1f\x44\x65leteNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"\"\n DeleteNotificationTargetResponse\"2\n\x1dTestNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"P\n\x1eTestNotificationTargetResponse\x12.\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1c.cbr.v1.NotificationDelivery\"\x81\x01\n!ListNotificationDeliveriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\"\x84\x01\n\"ListNotificationDeliveriesResponse\x12\x30\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1c.cbr.v1.NotificationDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x8e\x01\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x12ListEventsResponse\x12\x1d\n\x06\x65vents\x18\x01 \x03(\x0b\x32\r.cbr.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\x32\xe8\x05\n\x13NotificationService\x12m\n\x18\x43reateNotificationTarget\x12\'.cbr.v1.CreateNotificationTargetRequest\x1a(.cbr.v1.CreateNotificationTargetResponse\x12\x64\n\x15GetNotificationTarget\x12$.cbr.v1.GetNotificationTargetRequest\x1a%.cbr.v1.GetNotificationTargetResponse\x12j\n\x17ListNotificationTargets\x12&.cbr.v1.ListNotificationTargetsRequest\x1a\'.cbr.v1.ListNotificationTargetsResponse\x12m\n\x18\x44\x65leteNotificationTarget\x12\'.cbr.v1.DeleteNotificationTargetRequest\x1a(.cbr.v1.DeleteNotificationTargetResponse\x12g\n\x16TestNotificationTarget\x12%.cbr.v1.TestNotificationTargetRequest\x1a&.cbr.v1.TestNotificationTargetResponse\x12s\n\x1aListNotificationDeliveries\x12).cbr.v1.ListNotificationDeliveriesRequest\x1a*.cbr.v1.ListNotificationDeliveriesResponse\x12\x43\n\nListEvents\x12\x19.cbr.v1.ListEventsRequest\x1a\x1a.cbr.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x62r/v1/notification.proto\x12\x06\x63\x62r.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\rWebhookTarget\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61_certificate\x18\x02 \x01(\t\x12\x11\n\tca_sha256\x18\x03 \x01(\t\"\xb8\x01\n\nSmtpTarget\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x10\n\x08security\x18\x03 \x01(\t\x12\x14\n\x0c\x66rom_address\x18\x04 \x01(\t\x12\x14\n\x0cto_addresses\x18\x05 \x03(\t\x12\x10\n\x08username\x18\x06 \x01(\t\x12\x10\n\x08password\x18\x07 \x01(\t\x12\x14\n\x0cpassword_set\x18\x08 \x01(\x08\x12\x16\n\x0e\x63\x61_certificate\x18\t \x01(\t\"\xa0\x02\n\x12NotificationTarget\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12&\n\x07webhook\x18\x06 \x01(\x0b\x32\x15.cbr.v1.WebhookTarget\x12 \n\x04smtp\x18\x07 \x01(\x0b\x32\x12.cbr.v1.SmtpTarget\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x12\n\nproject_id\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12\x15\n\rresource_name\x18\x07 \x01(\t\x12\x0f\n\x07task_id\x18\x08 \x01(\t\x12\x0f\n\x07summary\x18\t \x01(\t\x12(\n\x07\x64\x65tails\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0boccurred_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x02\n\x14NotificationDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x33\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x18\n\x10last_http_status\x18\t \x01(\x05\x12\x30\n\x0c\x64\x65livered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x1f\x43reateNotificationTargetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12\x14\n\x07\x65nabled\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12(\n\x07webhook\x18\x04 \x01(\x0b\x32\x15.cbr.v1.WebhookTargetH\x00\x12\"\n\x04smtp\x18\x05 \x01(\x0b\x32\x12.cbr.v1.SmtpTargetH\x00\x42\r\n\x0b\x64\x65stinationB\n\n\x08_enabled\"f\n CreateNotificationTargetResponse\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.cbr.v1.NotificationTarget\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"1\n\x1cGetNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"K\n\x1dGetNotificationTargetResponse\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.cbr.v1.NotificationTarget\"G\n\x1eListNotificationTargetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"|\n\x1fListNotificationTargetsResponse\x12+\n\x07targets\x18\x01 \x03(\x0b\x32\x1a.cbr.v1.NotificationTarget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x91\x01\n\x1fUpdateNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\x12*\n\x06target\x18\x02 \x01(\x0b\x32\x1a.cbr.v1.NotificationTarget\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n UpdateNotificationTargetResponse\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.cbr.v1.NotificationTarget\"4\n\x1f\x44\x65leteNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"\"\n DeleteNotificationTargetResponse\"2\n\x1dTestNotificationTargetRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"P\n\x1eTestNotificationTargetResponse\x12.\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1c.cbr.v1.NotificationDelivery\"\x81\x01\n!ListNotificationDeliveriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\"\x84\x01\n\"ListNotificationDeliveriesResponse\x12\x30\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1c.cbr.v1.NotificationDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x8e\x01\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x12ListEventsResponse\x12\x1d\n\x06\x65vents\x18\x01 \x03(\x0b\x32\r.cbr.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\x32\xd7\x06\n\x13NotificationService\x12m\n\x18\x43reateNotificationTarget\x12\'.cbr.v1.CreateNotificationTargetRequest\x1a(.cbr.v1.CreateNotificationTargetResponse\x12\x64\n\x15GetNotificationTarget\x12$.cbr.v1.GetNotificationTargetRequest\x1a%.cbr.v1.GetNotificationTargetResponse\x12j\n\x17ListNotificationTargets\x12&.cbr.v1.ListNotificationTargetsRequest\x1a\'.cbr.v1.ListNotificationTargetsResponse\x12m\n\x18UpdateNotificationTarget\x12\'.cbr.v1.UpdateNotificationTargetRequest\x1a(.cbr.v1.UpdateNotificationTargetResponse\x12m\n\x18\x44\x65leteNotificationTarget\x12\'.cbr.v1.DeleteNotificationTargetRequest\x1a(.cbr.v1.DeleteNotificationTargetResponse\x12g\n\x16TestNotificationTarget\x12%.cbr.v1.TestNotificationTargetRequest\x1a&.cbr.v1.TestNotificationTargetResponse\x12s\n\x1aListNotificationDeliveries\x12).cbr.v1.ListNotificationDeliveriesRequest\x1a*.cbr.v1.ListNotificationDeliveriesResponse\x12\x43\n\nListEvents\x12\x19.cbr.v1.ListEventsRequest\x1a\x1a.cbr.v1.ListEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.notification_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WEBHOOKTARGET']._serialized_start=100
-  _globals['_WEBHOOKTARGET']._serialized_end=171
-  _globals['_SMTPTARGET']._serialized_start=174
-  _globals['_SMTPTARGET']._serialized_end=358
-  _globals['_NOTIFICATIONTARGET']._serialized_start=361
-  _globals['_NOTIFICATIONTARGET']._serialized_end=649
-  _globals['_EVENT']._serialized_start=652
-  _globals['_EVENT']._serialized_end=921
-  _globals['_NOTIFICATIONDELIVERY']._serialized_start=924
-  _globals['_NOTIFICATIONDELIVERY']._serialized_end=1294
-  _globals['_CREATENOTIFICATIONTARGETREQUEST']._serialized_start=1297
-  _globals['_CREATENOTIFICATIONTARGETREQUEST']._serialized_end=1492
-  _globals['_CREATENOTIFICATIONTARGETRESPONSE']._serialized_start=1494
-  _globals['_CREATENOTIFICATIONTARGETRESPONSE']._serialized_end=1596
-  _globals['_GETNOTIFICATIONTARGETREQUEST']._serialized_start=1598
-  _globals['_GETNOTIFICATIONTARGETREQUEST']._serialized_end=1647
-  _globals['_GETNOTIFICATIONTARGETRESPONSE']._serialized_start=1649
-  _globals['_GETNOTIFICATIONTARGETRESPONSE']._serialized_end=1724
-  _globals['_LISTNOTIFICATIONTARGETSREQUEST']._serialized_start=1726
-  _globals['_LISTNOTIFICATIONTARGETSREQUEST']._serialized_end=1797
-  _globals['_LISTNOTIFICATIONTARGETSRESPONSE']._serialized_start=1799
-  _globals['_LISTNOTIFICATIONTARGETSRESPONSE']._serialized_end=1923
-  _globals['_DELETENOTIFICATIONTARGETREQUEST']._serialized_start=1925
-  _globals['_DELETENOTIFICATIONTARGETREQUEST']._serialized_end=1977
-  _globals['_DELETENOTIFICATIONTARGETRESPONSE']._serialized_start=1979
-  _globals['_DELETENOTIFICATIONTARGETRESPONSE']._serialized_end=2013
-  _globals['_TESTNOTIFICATIONTARGETREQUEST']._serialized_start=2015
-  _globals['_TESTNOTIFICATIONTARGETREQUEST']._serialized_end=2065
-  _globals['_TESTNOTIFICATIONTARGETRESPONSE']._serialized_start=2067
-  _globals['_TESTNOTIFICATIONTARGETRESPONSE']._serialized_end=2147
-  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST']._serialized_start=2150
-  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST']._serialized_end=2279
-  _globals['_LISTNOTIFICATIONDELIVERIESRESPONSE']._serialized_start=2282
-  _globals['_LISTNOTIFICATIONDELIVERIESRESPONSE']._serialized_end=2414
-  _globals['_LISTEVENTSREQUEST']._serialized_start=2417
-  _globals['_LISTEVENTSREQUEST']._serialized_end=2559
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=2561
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=2658
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=2661
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=3405
+  _globals['_WEBHOOKTARGET']._serialized_start=134
+  _globals['_WEBHOOKTARGET']._serialized_end=205
+  _globals['_SMTPTARGET']._serialized_start=208
+  _globals['_SMTPTARGET']._serialized_end=392
+  _globals['_NOTIFICATIONTARGET']._serialized_start=395
+  _globals['_NOTIFICATIONTARGET']._serialized_end=683
+  _globals['_EVENT']._serialized_start=686
+  _globals['_EVENT']._serialized_end=955
+  _globals['_NOTIFICATIONDELIVERY']._serialized_start=958
+  _globals['_NOTIFICATIONDELIVERY']._serialized_end=1328
+  _globals['_CREATENOTIFICATIONTARGETREQUEST']._serialized_start=1331
+  _globals['_CREATENOTIFICATIONTARGETREQUEST']._serialized_end=1526
+  _globals['_CREATENOTIFICATIONTARGETRESPONSE']._serialized_start=1528
+  _globals['_CREATENOTIFICATIONTARGETRESPONSE']._serialized_end=1630
+  _globals['_GETNOTIFICATIONTARGETREQUEST']._serialized_start=1632
+  _globals['_GETNOTIFICATIONTARGETREQUEST']._serialized_end=1681
+  _globals['_GETNOTIFICATIONTARGETRESPONSE']._serialized_start=1683
+  _globals['_GETNOTIFICATIONTARGETRESPONSE']._serialized_end=1758
+  _globals['_LISTNOTIFICATIONTARGETSREQUEST']._serialized_start=1760
+  _globals['_LISTNOTIFICATIONTARGETSREQUEST']._serialized_end=1831
+  _globals['_LISTNOTIFICATIONTARGETSRESPONSE']._serialized_start=1833
+  _globals['_LISTNOTIFICATIONTARGETSRESPONSE']._serialized_end=1957
+  _globals['_UPDATENOTIFICATIONTARGETREQUEST']._serialized_start=1960
+  _globals['_UPDATENOTIFICATIONTARGETREQUEST']._serialized_end=2105
+  _globals['_UPDATENOTIFICATIONTARGETRESPONSE']._serialized_start=2107
+  _globals['_UPDATENOTIFICATIONTARGETRESPONSE']._serialized_end=2185
+  _globals['_DELETENOTIFICATIONTARGETREQUEST']._serialized_start=2187
+  _globals['_DELETENOTIFICATIONTARGETREQUEST']._serialized_end=2239
+  _globals['_DELETENOTIFICATIONTARGETRESPONSE']._serialized_start=2241
+  _globals['_DELETENOTIFICATIONTARGETRESPONSE']._serialized_end=2275
+  _globals['_TESTNOTIFICATIONTARGETREQUEST']._serialized_start=2277
+  _globals['_TESTNOTIFICATIONTARGETREQUEST']._serialized_end=2327
+  _globals['_TESTNOTIFICATIONTARGETRESPONSE']._serialized_start=2329
+  _globals['_TESTNOTIFICATIONTARGETRESPONSE']._serialized_end=2409
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST']._serialized_start=2412
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST']._serialized_end=2541
+  _globals['_LISTNOTIFICATIONDELIVERIESRESPONSE']._serialized_start=2544
+  _globals['_LISTNOTIFICATIONDELIVERIESRESPONSE']._serialized_end=2676
+  _globals['_LISTEVENTSREQUEST']._serialized_start=2679
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2821
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2823
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2920
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=2923
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=3778
 # @@protoc_insertion_point(module_scope)

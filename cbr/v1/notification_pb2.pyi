@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -171,6 +172,22 @@ class ListNotificationTargetsResponse(_message.Message):
     next_page_token: str
     total_count: int
     def __init__(self, targets: _Optional[_Iterable[_Union[NotificationTarget, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class UpdateNotificationTargetRequest(_message.Message):
+    __slots__ = ("target_id", "target", "update_mask")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    target_id: str
+    target: NotificationTarget
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, target_id: _Optional[str] = ..., target: _Optional[_Union[NotificationTarget, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateNotificationTargetResponse(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: NotificationTarget
+    def __init__(self, target: _Optional[_Union[NotificationTarget, _Mapping]] = ...) -> None: ...
 
 class DeleteNotificationTargetRequest(_message.Message):
     __slots__ = ("target_id",)

@@ -52,6 +52,11 @@ class NotificationServiceStub:
                 request_serializer=cbr_dot_v1_dot_notification__pb2.ListNotificationTargetsRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_notification__pb2.ListNotificationTargetsResponse.FromString,
                 _registered_method=True)
+        self.UpdateNotificationTarget = channel.unary_unary(
+                '/cbr.v1.NotificationService/UpdateNotificationTarget',
+                request_serializer=cbr_dot_v1_dot_notification__pb2.UpdateNotificationTargetRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_notification__pb2.UpdateNotificationTargetResponse.FromString,
+                _registered_method=True)
         self.DeleteNotificationTarget = channel.unary_unary(
                 '/cbr.v1.NotificationService/DeleteNotificationTarget',
                 request_serializer=cbr_dot_v1_dot_notification__pb2.DeleteNotificationTargetRequest.SerializeToString,
@@ -95,6 +100,13 @@ class NotificationServiceServicer:
 
     def ListNotificationTargets(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateNotificationTarget(self, request, context):
+        """Renames, enables or disables a target, or changes what it subscribes to.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -144,6 +156,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.ListNotificationTargets,
                     request_deserializer=cbr_dot_v1_dot_notification__pb2.ListNotificationTargetsRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_notification__pb2.ListNotificationTargetsResponse.SerializeToString,
+            ),
+            'UpdateNotificationTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNotificationTarget,
+                    request_deserializer=cbr_dot_v1_dot_notification__pb2.UpdateNotificationTargetRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_notification__pb2.UpdateNotificationTargetResponse.SerializeToString,
             ),
             'DeleteNotificationTarget': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteNotificationTarget,
@@ -250,6 +267,33 @@ class NotificationService:
             '/cbr.v1.NotificationService/ListNotificationTargets',
             cbr_dot_v1_dot_notification__pb2.ListNotificationTargetsRequest.SerializeToString,
             cbr_dot_v1_dot_notification__pb2.ListNotificationTargetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNotificationTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.NotificationService/UpdateNotificationTarget',
+            cbr_dot_v1_dot_notification__pb2.UpdateNotificationTargetRequest.SerializeToString,
+            cbr_dot_v1_dot_notification__pb2.UpdateNotificationTargetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import grpc
 
+from cbr import errors
 from cbr.v1 import notification_pb2, notification_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer
@@ -54,6 +56,29 @@ class NotificationServicer(Servicer, notification_pb2_grpc.NotificationServiceSe
             return notification_pb2.ListNotificationTargetsResponse(
                 targets=[convert.notification_target(t) for t in items],
                 next_page_token=token, total_count=total)
+
+    def UpdateNotificationTarget(
+            self, request: notification_pb2.UpdateNotificationTargetRequest,
+            context: grpc.ServicerContext) -> notification_pb2.UpdateNotificationTargetResponse:
+        changes: dict[str, Any] = {}
+        for path in request.update_mask.paths:
+            if path in ("name", "enabled"):
+                changes[path] = getattr(request.target, path)
+            elif path == "event_types":
+                changes[path] = list(request.target.event_types)
+            else:
+                raise errors.InvalidParameter(
+                    f"update_mask: {path!r} cannot change; updatable are name, enabled, "
+                    "event_types (for another receiver, create a new target).",
+                    field="update_mask")
+        if not changes:
+            raise errors.InvalidParameter("update_mask names nothing to change.",
+                                          field="update_mask")
+        with self.app.db.begin() as s:
+            target = notifications.update_target(s, self.project_id, request.target_id,
+                                                 changes, self.now())
+            return notification_pb2.UpdateNotificationTargetResponse(
+                target=convert.notification_target(target))
 
     def DeleteNotificationTarget(
             self, request: notification_pb2.DeleteNotificationTargetRequest,

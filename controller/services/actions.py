@@ -91,6 +91,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.NotificationService/CreateNotificationTarget": "cbr:notificationTargets:create",
     "/cbr.v1.NotificationService/GetNotificationTarget": "cbr:notificationTargets:get",
     "/cbr.v1.NotificationService/ListNotificationTargets": "cbr:notificationTargets:list",
+    "/cbr.v1.NotificationService/UpdateNotificationTarget": "cbr:notificationTargets:update",
     "/cbr.v1.NotificationService/DeleteNotificationTarget": "cbr:notificationTargets:delete",
     "/cbr.v1.NotificationService/TestNotificationTarget": "cbr:notificationTargets:test",
     "/cbr.v1.NotificationService/ListNotificationDeliveries":

@@ -17,6 +17,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -229,6 +230,28 @@ def list_targets(session: Session, project_id: str, page_size: int, page_token: 
                  ) -> tuple[Sequence[NotificationTarget], str, int]:
     stmt = select(NotificationTarget).where(NotificationTarget.project_id == project_id)
     return paging.paginate(session, stmt, NotificationTarget, page_size, page_token)
+
+
+def update_target(session: Session, project_id: str, target_id: str, changes: dict[str, Any],
+                  now: dt.datetime) -> NotificationTarget:
+    """Changes a target's name, enabled flag or subscriptions; deliveries
+    already made keep going (they were due when the events happened)."""
+    target = get_target(session, project_id, target_id)
+    if "name" in changes and changes["name"] != target.name:
+        name = str(changes["name"])
+        validation.name(name)
+        taken = session.scalar(select(NotificationTarget.id).where(
+            NotificationTarget.project_id == project_id, NotificationTarget.name == name))
+        if taken is not None:
+            raise errors.AlreadyExists(f"A notification target named {name!r} exists.",
+                                       name=name)
+        target.name = name
+    if "enabled" in changes:
+        target.enabled = bool(changes["enabled"])
+    if "event_types" in changes:
+        target.event_types = check_event_types(changes["event_types"])
+    target.updated_at = now
+    return target
 
 
 def delete_target(session: Session, project_id: str, target_id: str) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from sqlalchemy import text
 
 from cbr.client import Client, error_from_rpc
 from cbr.v1 import iam_pb2, notification_pb2
+from controller.persistence.vocabulary import EventType
+from controller.services import events
 from tests.support.inproc import RunningController
 from tests.support.webhook import verify, webhook_receiver
 
@@ -79,6 +82,10 @@ def test_another_accounts_targets_and_deliveries_are_not_found(api: RunningContr
                 notification_pb2.TestNotificationTargetRequest(target_id=hook.id)),
             lambda: other.notifications.DeleteNotificationTarget(
                 notification_pb2.DeleteNotificationTargetRequest(target_id=hook.id)),
+            lambda: other.notifications.UpdateNotificationTarget(
+                notification_pb2.UpdateNotificationTargetRequest(
+                    target_id=hook.id, target=notification_pb2.NotificationTarget(enabled=False),
+                    update_mask=field_mask_pb2.FieldMask(paths=["enabled"]))),
             lambda: other.notifications.ListNotificationDeliveries(
                 notification_pb2.ListNotificationDeliveriesRequest(target_id=hook.id)),
         ):
@@ -139,3 +146,44 @@ def test_a_test_notification_reaches_the_webhook_signed(
         client.notifications.ListNotificationDeliveries(
             notification_pb2.ListNotificationDeliveriesRequest(status="sent"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_target_is_disabled_resubscribed_and_renamed_and_fans_out_accordingly(
+        api: RunningController) -> None:
+    client = api.client()
+    hook = client.notifications.CreateNotificationTarget(
+        notification_pb2.CreateNotificationTargetRequest(
+            name="ops", event_types=["backup.failed"], webhook=notification_pb2.WebhookTarget(
+                url="https://hooks.example/ops"))).target
+
+    def update(paths: list[str], **fields: object) -> notification_pb2.NotificationTarget:
+        return client.notifications.UpdateNotificationTarget(
+            notification_pb2.UpdateNotificationTargetRequest(
+                target_id=hook.id, target=notification_pb2.NotificationTarget(**fields),  # type: ignore[arg-type]
+                update_mask=field_mask_pb2.FieldMask(paths=paths))).target
+
+    changed = update(["enabled", "event_types", "name"], enabled=False,
+                     event_types=["backup.failed", "agent.offline"], name="ops-night")
+    assert (changed.name, changed.enabled, list(changed.event_types)) == (
+        "ops-night", False, ["backup.failed", "agent.offline"])
+    assert changed.webhook.url == "https://hooks.example/ops"
+    with api.app.db.begin() as s:
+        events.record(s, project_id=api.account_id, event_type=EventType.BACKUP_FAILED,
+                      now=api.app.clock.now(), summary="while disabled")
+    assert not client.notifications.ListNotificationDeliveries(
+        notification_pb2.ListNotificationDeliveriesRequest(target_id=hook.id)).deliveries
+    update(["enabled", "event_types"], enabled=True)  # every type again
+    with api.app.db.begin() as s:
+        events.record(s, project_id=api.account_id, event_type=EventType.RESTORE_SUCCEEDED,
+                      now=api.app.clock.now(), summary="enabled, every type")
+    [delivery] = client.notifications.ListNotificationDeliveries(
+        notification_pb2.ListNotificationDeliveriesRequest(target_id=hook.id)).deliveries
+    assert delivery.event_type == "restore.succeeded"
+    for paths, fields, words in ((["webhook"], {}, "cannot change"),
+                                 ([], {}, "nothing to change"),
+                                 (["event_types"], {"event_types": ["nope"]},
+                                  "not an event type")):
+        with pytest.raises(grpc.RpcError) as err:
+            update(paths, **fields)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in (err.value.details() or "")
