@@ -5,15 +5,19 @@ output in ``cli.output``; their names are re-exported here for the commands."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from cbr import client as cbr_client
 from cbr import tls
+from cbr.clock import utc_now
 from cli.output import (
     Column as Column,
 )
@@ -111,6 +115,31 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+_AGE = re.compile(r"^(\d+)([smhd])$")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def point_in_time(text: str) -> dt.datetime:
+    """argparse type of --since/--until: an ISO 8601 time (UTC unless it
+    says) or an age before now such as 30m, 2h or 7d."""
+    match = _AGE.match(text.strip())
+    if match:
+        return utc_now() - dt.timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (use 2026-12-07T10:00:00Z or an age such as 30m, 2h, 7d)"
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def timestamp(value: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def positive_int(text: str) -> int:

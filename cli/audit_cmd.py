@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import re
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from cbr.clock import utc_now
 from cbr.v1 import audit_pb2
 from cli._common import (
     Column,
@@ -19,6 +14,8 @@ from cli._common import (
     enum_arg,
     enum_names,
     list_pages,
+    point_in_time,
+    timestamp,
 )
 
 RESULT = enum_names(audit_pb2.AuditResult.DESCRIPTOR)
@@ -34,31 +31,6 @@ COLUMNS: list[Column] = [
     ("ERROR", lambda r: r.error_code or ("" if r.status_code == "OK" else r.status_code) or "-"),
 ]
 
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def when(text: str) -> dt.datetime:
-    """argparse type: an ISO 8601 time (UTC unless it says) or an age such
-    as 30m, 2h or 7d."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        return utc_now() - dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    try:
-        value = dt.datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (use 2026-12-07T10:00:00 or an age such as 30m, 2h, 7d)"
-        ) from exc
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def _stamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = add_group(sub, "audit", "the audit trail: calls that changed something or "
                       "were refused")
@@ -69,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--key-id", dest="key_id", help="only calls made with this access key id")
     p.add_argument("--resource", help="only calls that named or returned this id")
     enum_arg(p, "--result", RESULT, "only this result")
-    p.add_argument("--since", type=when, help="from this time (ISO 8601, or an age: 2h, 7d)")
-    p.add_argument("--until", type=when, help="before this time (ISO 8601, or an age)")
+    p.add_argument("--since", type=point_in_time,
+                   help="from this time (ISO 8601, or an age: 2h, 7d)")
+    p.add_argument("--until", type=point_in_time, help="before this time (ISO 8601, or an age)")
     add_paging(p)
 
 
@@ -81,9 +54,9 @@ def build_list_request(args: argparse.Namespace) -> audit_pb2.ListAuditRecordsRe
         result=RESULT.value(args.result),  # type: ignore[arg-type]
     )
     if args.since is not None:
-        request.since.CopyFrom(_stamp(args.since))
+        request.since.CopyFrom(timestamp(args.since))
     if args.until is not None:
-        request.until.CopyFrom(_stamp(args.until))
+        request.until.CopyFrom(timestamp(args.until))
     return request
 
 

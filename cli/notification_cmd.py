@@ -8,17 +8,13 @@ shell's history when it can be.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import getpass
-import re
 import sys
 import time
 from pathlib import Path
 
 from google.protobuf import field_mask_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from cbr.clock import utc_now
 from cbr.v1 import notification_pb2
 from cli._common import (
     Column,
@@ -28,6 +24,8 @@ from cli._common import (
     add_group,
     add_paging,
     list_pages,
+    point_in_time,
+    timestamp,
     to_dict,
 )
 
@@ -150,7 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     rpc="NotificationService.ListEvents")
     p.add_argument("--type", metavar="TYPE", help="only this event type, e.g. backup.failed")
     p.add_argument("--resource", metavar="ID", help="only events about this resource id")
-    p.add_argument("--since", metavar="WHEN",
+    p.add_argument("--since", metavar="WHEN", type=point_in_time,
                    help="only events since this time: ISO 8601 (2026-12-01T00:00Z) or an "
                    "age such as 30m, 12h, 7d")
     add_paging(p)
@@ -312,29 +310,11 @@ def cmd_deliveries(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-_AGE = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: dt.datetime) -> dt.datetime:
-    match = _AGE.match(text.strip())
-    if match:
-        return now - dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--since {text!r}: give an ISO 8601 time or an age such as 12h, "
-                         "7d") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-
-
 def cmd_event_list(ctx: Context, args: argparse.Namespace) -> int:
     req = notification_pb2.ListEventsRequest(event_type=args.type or "",
                                              resource_id=args.resource or "")
-    if args.since:
-        since = Timestamp()
-        since.FromDatetime(parse_since(args.since, utc_now()))
-        req.since.CopyFrom(since)
+    if args.since is not None:
+        req.since.CopyFrom(timestamp(args.since))
     items = list_pages(ctx, ctx.client.notifications.ListEvents, req, "events")
     ctx.out.items(items, EVENT_COLUMNS)
     return 0

@@ -515,3 +515,18 @@ def test_protectable_list_filters() -> None:
         "unprotected",
         protectable_pb2.PROTECTABLE_STATUS_UNREACHABLE,
     )
+
+
+def test_since_and_until_take_an_iso_time_or_an_age() -> None:
+    import datetime as dt
+
+    from cbr.clock import utc_now
+    from cli._common import point_in_time
+
+    assert point_in_time("2026-12-07T10:00:00Z") == dt.datetime(2026, 12, 7, 10, tzinfo=dt.UTC)
+    assert point_in_time("2026-12-07T10:00:00") == dt.datetime(2026, 12, 7, 10, tzinfo=dt.UTC)
+    parsed = point_in_time("2h")
+    age = utc_now() - parsed
+    assert dt.timedelta(hours=2) <= age < dt.timedelta(hours=2, minutes=5)
+    with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+        point_in_time("yesterday")
