@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import common, controller
+from bench import common, controller, ops_cost
 from bench.agent_workers import (
     Worker,
     heartbeats,
@@ -52,6 +52,7 @@ from bench.agent_workers import (
 from bench.api_load import Abuse, generate, summarize
 from bench.api_mix import MIX, PAGE_SIZE, make_world, never_ending_task, parse_mix
 from cbr.client import Client
+from controller.services import actions
 
 TARGET_P99_MS = 20.0
 # --abuse (issue 18): this many streams held open while the calls run, and
@@ -168,6 +169,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99_vs_health_p99": round(signed["p99_ms"] / health["p99_ms"], 2)
             if health["p99_ms"] > 0 else None,
             "controller_cpu_pct": round(common.cpu_percent(cpu0, cpu1), 1),
+            "ops_cost": ops_cost.measure(),
+            "write_share": sum(w for m, w in parse_mix(args.mix)
+                               if actions.changes_state(m.name))
+            / max(1, sum(w for _, w in parse_mix(args.mix))),
             "controller_rss_mb": round(cpu1.rss_mb, 1) if cpu1 else None,
             "controller_threads": cpu1.threads if cpu1 else None,
             "cpus": os.cpu_count(),
@@ -259,6 +264,8 @@ def table(result: dict[str, Any]) -> str:
         f"p99 {r['send_lag_p99_ms']:.2f} ms, included above)",
         f"  controller      CPU {r['controller_cpu_pct']:.0f}% of one core, RSS "
         f"{r['controller_rss_mb']} MB, {r['controller_threads']} threads",
+        *([ops_cost.summary(r["ops_cost"], r["controller_cpu_pct"], r["calls_per_s"],
+                            r["write_share"])] if r.get("ops_cost") else []),
         f"  target          p99 < {r['target']['p99_ms']:.0f} ms at {TARGET_RATE:.0f} calls/s"
         f"{', no failed call, every stream open' if r['abuse'] else ''}: "
         f"{'met' if r['target']['met'] else 'NOT met'}",

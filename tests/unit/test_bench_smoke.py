@@ -39,3 +39,7 @@ def test_bench_api_smoke(tmp_path: Path) -> None:
     assert data["health_errors"] == 0
     assert data["calls"] > 0 and data["calls_per_s"] > 0
     assert "signed calls" in result.stdout
+    # The audit trail's and the metrics' own cost, measured in process.
+    cost = data["ops_cost"]
+    assert cost["read_us"] > 0 and cost["write_us"] > 0 and cost["store_us"] > 0
+    assert "audit+metrics" in result.stdout
