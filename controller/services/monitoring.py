@@ -144,20 +144,30 @@ class ReplicationLag:
 
 
 def replication_lag(session: Session, now: dt.datetime) -> list[ReplicationLag]:
-    """For each vault an enabled replication policy sends to a region: how
+    """For each vault replicated to a region (an enabled replication policy
+    sends it there, or a backup of it was replicated there by hand): how
     long the destination has been missing a backup, i.e. the age of the
     oldest backup not yet replicated there among those newer than the newest
     one that was (0 when nothing waits). A replication that stopped working
     shows as a lag that keeps growing, not one reset by each new backup."""
-    bindings = session.execute(
+    by_policy = session.execute(
         select(VaultPolicy.vault_id, Policy.operation_definition)
         .join(Policy, Policy.id == VaultPolicy.policy_id)
         .where(VaultPolicy.operation_type == PolicyOperationType.REPLICATION,
                Policy.enabled.is_(True))
         .order_by(VaultPolicy.vault_id).limit(MAX_ROWS)).all()
+    pairs = {(vault_id, str((definition or {}).get("destination_region", "")))
+             for vault_id, definition in by_policy}
+    # This cloud's own records as the source (an import's record names the
+    # same vault on both sides: it is the target's).
+    by_hand = session.execute(
+        select(ReplicationRecord.vault_id, ReplicationRecord.destination_region).distinct()
+        .where(ReplicationRecord.vault_id != ReplicationRecord.destination_vault_id,
+               ReplicationRecord.vault_id != "")
+        .limit(MAX_ROWS)).all()
+    pairs.update((vault_id, region) for vault_id, region in by_hand)
     out: list[ReplicationLag] = []
-    for vault_id, definition in bindings:
-        region = str((definition or {}).get("destination_region", ""))
+    for vault_id, region in sorted(pairs)[:MAX_ROWS]:
         if not region:
             continue
         candidates = (Backup.vault_id == vault_id, Backup.parent_id.is_(None),

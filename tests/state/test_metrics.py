@@ -149,6 +149,25 @@ def test_replication_lag_is_how_long_the_destination_has_missed_a_backup(
     assert _value(registry, lag, vault_id=off, destination_region="region-2") is None
 
 
+def test_a_vault_replicated_by_hand_has_a_lag_and_a_replication_vault_has_none(
+        app: App, project: str) -> None:
+    app.clock = FakeClock(NOW.timestamp())
+    by_hand, replicas = make_vault(app, project, name="by-hand"), make_vault(
+        app, project, name="replicas")
+    _replicated(app, project, _backup(app, project, by_hand, NOW - 8 * HOUR), by_hand,
+                "region-2")
+    _backup(app, project, by_hand, NOW - 3 * HOUR)  # not replicated (yet)
+    # This cloud as a target: an import's record names its vault on both sides.
+    with app.db.begin() as s:
+        s.add(ReplicationRecord(project_id=project, status="success", vault_id=replicas,
+                                destination_vault_id=replicas, destination_region="region-1",
+                                source_backup_id="elsewhere", created_at=NOW, updated_at=NOW))
+    registry = _registry(app)
+    lag = "cbr_replication_lag_seconds"
+    assert _value(registry, lag, vault_id=by_hand, destination_region="region-2") == 3 * 3600
+    assert _value(registry, lag, vault_id=replicas, destination_region="region-1") is None
+
+
 def test_vaults_show_used_and_capacity_bytes(app: App, project: str) -> None:
     vid = make_vault(app, project, name="full")
     with app.db.begin() as s:
