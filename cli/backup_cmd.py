@@ -231,9 +231,18 @@ def cmd_checkpoint_create(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.backups.CreateCheckpoint(build_checkpoint_request(args), timeout=ctx.timeout)
     cp = resp.checkpoint
     if ctx.out.json:
-        return task_cmd.report_started(ctx, resp, list(cp.task_ids), "")
-    _show_checkpoint(ctx, cp)
-    return task_cmd.wait_for_tasks(ctx, list(cp.task_ids)) if args.wait else 0
+        code = task_cmd.report_started(ctx, resp, list(cp.task_ids), "")
+    else:
+        _show_checkpoint(ctx, cp)
+        code = task_cmd.wait_for_tasks(ctx, list(cp.task_ids)) if args.wait else 0
+    if cp.skipped_resources:
+        # A resource that could not even start (its agent offline) is a
+        # failed backup: a script must not read this run as a success.
+        ctx.out.note(f"{len(cp.skipped_resources)} of "
+                     f"{len(cp.skipped_resources) + len(cp.task_ids)} resources were not "
+                     "backed up (see skipped resources)")
+        return 1
+    return code
 
 
 def _show_checkpoint(ctx: Context, cp: backup_pb2.Checkpoint) -> None:

@@ -248,9 +248,9 @@ class Output:
             table.add_row(name, value)
         self._print(table)
         given = list(subtables)
-        named = {sub_title for sub_title, _, _ in given}
+        named = {sub_title.replace("_", " ") for sub_title, _, _ in given}
         given += [(name, items, plain_columns(items[0])) for name, items in listed_below(msg)
-                  if name not in named]  # every "(below)" has its table
+                  if name.replace("_", " ") not in named]  # every "(below)" has its table
         for sub_title, items, columns in given:
             if items:
                 self.console.print()
