@@ -102,7 +102,11 @@ class HealthWatch:
                 await self._servicer.set(name, SERVING if serving else NOT_SERVING)
                 changed.append(f"{name or 'the server'} {'SERVING' if serving else 'NOT_SERVING'}")
         if changed and not (first and database and storage):
-            log.info("health: %s", ", ".join(changed))
+            statuses = {self._status[name] for name in self._names}
+            log.info("health: %s", ("every service " + ("SERVING" if database else
+                                                         "NOT_SERVING"))
+                     if len(changed) == len(self._names) and len(statuses) == 1
+                     else ", ".join(changed))
 
     async def shutdown(self) -> None:
         """NOT_SERVING for good: the process is stopping."""
