@@ -35,7 +35,8 @@ class NotificationServicer(Servicer, notification_pb2_grpc.NotificationServiceSe
                 s, self.app.keyring, self.project_id, name=request.name,
                 event_types=list(request.event_types),
                 enabled=request.enabled if request.HasField("enabled") else True,
-                webhook=webhook, smtp=smtp, now=self.now())
+                webhook=webhook, smtp=smtp, now=self.now(),
+                allow_local=self.app.config.target_allow_local)
             return notification_pb2.CreateNotificationTargetResponse(
                 target=convert.notification_target(target), signing_secret=secret)
 

@@ -36,7 +36,7 @@ from controller.persistence.vocabulary import (
     NotificationKind,
     SmtpSecurity,
 )
-from controller.services import events, paging, validation
+from controller.services import destinations, events, paging, validation
 
 URL_MAX = 2048
 RECIPIENTS_MAX = 20
@@ -170,9 +170,27 @@ def check_event_types(values: Sequence[str], field: str = "event_types") -> list
     return out
 
 
+def _refuse_local(host: str, allow_local: bool, field: str) -> None:
+    """A destination this controller's operator does not let tenants reach,
+    when the host is written as such (a name is checked when it is resolved,
+    at each delivery: ``controller.services.destinations``)."""
+    if allow_local:
+        return
+    literal = host.strip("[]")
+    try:
+        local = literal.lower() == "localhost" or destinations.is_local(literal)
+    except ValueError:
+        return  # a name
+    if local:
+        raise errors.InvalidParameter(
+            f"{field} {host!r} is on this controller's own host or a link-local network, "
+            "which its operator does not allow (setting target_allow_local).", field=field)
+
+
 def create_target(session: Session, keyring: Keyring, project_id: str, *, name: str,
                   event_types: Sequence[str], enabled: bool, webhook: WebhookSpec | None,
-                  smtp: SmtpSpec | None, now: dt.datetime) -> tuple[NotificationTarget, str]:
+                  smtp: SmtpSpec | None, now: dt.datetime,
+                  allow_local: bool) -> tuple[NotificationTarget, str]:
     """The new target and its webhook signing secret ("" for SMTP): the only
     time the secret is told, as with an access key's secret key."""
     validation.name(name)
@@ -188,6 +206,7 @@ def create_target(session: Session, keyring: Keyring, project_id: str, *, name: 
     if webhook is not None:
         target.kind = NotificationKind.WEBHOOK
         target.url = check_webhook_url(webhook.url)
+        _refuse_local(urlsplit(target.url).hostname or "", allow_local, "url")
         target.ca_pem = _check_ca(webhook.ca_pem)
         if target.ca_pem and target.url.startswith("http:"):
             raise errors.InvalidParameter("ca_certificate is for https webhooks only.",
@@ -196,6 +215,7 @@ def create_target(session: Session, keyring: Keyring, project_id: str, *, name: 
     else:
         assert smtp is not None
         spec = _check_smtp(smtp)
+        _refuse_local(spec.host, allow_local, "smtp.host")
         target.kind = NotificationKind.SMTP
         target.smtp_host, target.smtp_port = spec.host, spec.port
         target.smtp_security, target.smtp_from = spec.security, spec.from_address

@@ -103,6 +103,17 @@ def test_another_accounts_targets_and_deliveries_are_not_found(api: RunningContr
         name="plain", webhook=notification_pb2.WebhookTarget(url="http://hooks.example/x")),
      "plain http"),
     (notification_pb2.CreateNotificationTargetRequest(name="nothing"), "exactly one"),
+    # This controller's operator does not allow its own host as a destination.
+    (notification_pb2.CreateNotificationTargetRequest(
+        name="self", webhook=notification_pb2.WebhookTarget(url="http://127.0.0.1:7400/x")),
+     "target_allow_local"),
+    (notification_pb2.CreateNotificationTargetRequest(
+        name="metadata", webhook=notification_pb2.WebhookTarget(
+            url="https://169.254.169.254/latest")), "target_allow_local"),
+    (notification_pb2.CreateNotificationTargetRequest(
+        name="mail", smtp=notification_pb2.SmtpTarget(
+            host="localhost", security="none", from_address="a@b.example",
+            to_addresses=["c@d.example"])), "target_allow_local"),
     (notification_pb2.CreateNotificationTargetRequest(
         name="typo", event_types=["backup.fail"],
         webhook=notification_pb2.WebhookTarget(url="https://hooks.example/x")),

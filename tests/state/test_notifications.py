@@ -39,7 +39,7 @@ def _webhook(app: App, project: str, name: str, event_types: list[str] | None = 
         target, secret = notifications.create_target(
             s, app.keyring, project, name=name, event_types=event_types or [],
             enabled=enabled, webhook=WebhookSpec(url=f"https://hooks.example/{name}"),
-            smtp=None, now=NOW)
+            smtp=None, now=NOW, allow_local=True)
         return target.id, secret
 
 
@@ -126,7 +126,7 @@ def test_a_webhook_url_that_is_not_https_or_local_http_is_refused(app: App, proj
     with app.db.begin() as s, pytest.raises(errors.InvalidParameter) as refused:
         notifications.create_target(s, app.keyring, project, name="bad", event_types=[],
                                     enabled=True, webhook=WebhookSpec(url=url), smtp=None,
-                                    now=NOW)
+                                    now=NOW, allow_local=True)
     assert refused.value.code == "BackupService.9900"
 
 
@@ -136,7 +136,7 @@ def test_plain_http_is_allowed_to_loopback_receivers(app: App, project: str) -> 
         with app.db.begin() as s:
             target, secret = notifications.create_target(
                 s, app.keyring, project, name=f"local-{n}", event_types=[], enabled=True,
-                webhook=WebhookSpec(url=url), smtp=None, now=NOW)
+                webhook=WebhookSpec(url=url), smtp=None, now=NOW, allow_local=True)
             assert target.url == url and secret.startswith("whsec_")
 
 
@@ -147,12 +147,13 @@ def test_unknown_event_types_and_clear_smtp_to_remote_hosts_are_refused(
             notifications.create_target(s, app.keyring, project, name="x",
                                         event_types=["backup.exploded"], enabled=True,
                                         webhook=WebhookSpec("https://h.example/"), smtp=None,
-                                        now=NOW)
+                                        now=NOW, allow_local=True)
         smtp = SmtpSpec(host="mail.example", port=25, security="none",
                         from_address="cbr@example.org", to_addresses=["ops@example.org"])
         with pytest.raises(errors.InvalidParameter, match="loopback"):
             notifications.create_target(s, app.keyring, project, name="y", event_types=[],
-                                        enabled=True, webhook=None, smtp=smtp, now=NOW)
+                                        enabled=True, webhook=None, smtp=smtp, now=NOW,
+                                        allow_local=True)
 
 
 def test_secrets_are_sealed_not_stored_in_clear(app: App, project: str) -> None:
@@ -163,7 +164,7 @@ def test_secrets_are_sealed_not_stored_in_clear(app: App, project: str) -> None:
     with app.db.begin() as s:
         mail, told = notifications.create_target(s, app.keyring, project, name="mail",
                                                  event_types=[], enabled=True, webhook=None,
-                                                 smtp=smtp, now=NOW)
+                                                 smtp=smtp, now=NOW, allow_local=True)
         assert told == ""  # an SMTP password is never told back
         assert (mail.smtp_port, mail.smtp_security) == (587, "starttls")
         mail_id = mail.id
