@@ -231,6 +231,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings an older version took, which a config file may still hold: a
+# warning, not a refusal to start, says what took their place.
+RETIRED = {
+    "scheduler_grace": "each policy's start_window_minutes says how late a run may start",
+}
+
+
 def _fail(message: str) -> NoReturn:
     """One line on stderr and exit status 2, as argparse does for bad usage."""
     print(f"cbr-controller: {message}", file=sys.stderr)
@@ -250,6 +257,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             _fail(f"cannot read the config file {config_path}: {exc.strerror or exc}")
         except tomllib.TOMLDecodeError as exc:
             _fail(f"the config file {config_path} is not valid TOML: {exc}")
+        for name in sorted(set(file_values) & set(RETIRED)):
+            print(f"cbr-controller: {config_path}: {name} is no longer used; "
+                  f"{RETIRED[name]}", file=sys.stderr)
+            del file_values[name]
         unknown = set(file_values) - {s.name for s in SETTINGS}
         if unknown:
             _fail(f"unknown settings in {config_path}: {', '.join(sorted(unknown))}")

@@ -40,6 +40,16 @@ def test_unknown_settings_in_the_file_are_refused(
     assert "unknown settings" in err and "lisen" in err
 
 
+def test_a_retired_setting_in_the_file_is_ignored_with_a_warning_naming_its_successor(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("scheduler_grace = 600\nheartbeat_interval = 2.5\n")
+    cfg = config.load(["--config", str(toml)], environ={})
+    assert cfg.heartbeat_interval == 2.5
+    err = capsys.readouterr().err
+    assert "scheduler_grace is no longer used" in err and "start_window_minutes" in err
+
+
 def test_an_import_lifetime_must_be_positive(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert config.load(["--data-dir", str(tmp_path)], environ={}).import_ttl == 24.0
