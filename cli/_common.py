@@ -8,6 +8,7 @@ import argparse
 import datetime as dt
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,20 @@ def timestamp(value: dt.datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def read_secret_line(path: Path, what: str) -> str:
+    """The first line of a file holding a secret ('-' reads stdin): secrets
+    come from files or prompts, never from arguments other users can see."""
+    if str(path) == "-":
+        return sys.stdin.readline().rstrip("\n")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what}: {exc}") from None
+    if not lines or not lines[0].strip():
+        raise UsageError(f"{what} {path} is empty")
+    return lines[0].strip()
 
 
 def positive_int(text: str) -> int:

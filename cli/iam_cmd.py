@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
+from pathlib import Path
 
 from cbr.v1 import iam_pb2
 from cli import configure_cmd
 from cli._common import (
     Column,
     Context,
+    UsageError,
     add_command,
     add_group,
     add_paging,
     list_pages,
+    read_secret_line,
 )
 
 ACCOUNT_COLUMNS: list[Column] = [
@@ -86,6 +91,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("user_id", metavar="USER_ID")
     p = add_command(group, "delete", cmd_user_delete, "delete a user", rpc="IamService.DeleteUser")
     p.add_argument("user_id", metavar="USER_ID")
+    p = add_command(group, "set-password", cmd_user_set_password,
+                    "set the password a user signs in to the web console with",
+                    rpc="IamService.SetUserPassword")
+    p.add_argument("user_id", metavar="USER_ID")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--password-file", type=Path, metavar="PATH",
+                     help="read it from this file's first line ('-': stdin); default: ask")
+    how.add_argument("--remove", action="store_true",
+                     help="remove the password (no console sign-in by name and password)")
 
     group = add_group(iam, "key", "access keys (AK/SK) of users")
     p = add_command(
@@ -207,6 +221,24 @@ def cmd_user_show(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_user_delete(ctx: Context, args: argparse.Namespace) -> int:
     ctx.client.iam.DeleteUser(iam_pb2.DeleteUserRequest(user_id=args.user_id), timeout=ctx.timeout)
     ctx.out.deleted("user", args.user_id)
+    return 0
+
+
+def cmd_user_set_password(ctx: Context, args: argparse.Namespace) -> int:
+    if args.remove:
+        password = ""
+    elif args.password_file is not None:
+        password = read_secret_line(args.password_file, "--password-file")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("New console password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the two passwords differ; nothing was changed")
+    else:
+        raise UsageError("give --password-file (or run on a terminal to be asked)")
+    resp = ctx.client.iam.SetUserPassword(
+        iam_pb2.SetUserPasswordRequest(user_id=args.user_id, password=password),
+        timeout=ctx.timeout)
+    ctx.out.show(resp.user)
     return 0
 
 

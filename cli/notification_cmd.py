@@ -25,6 +25,7 @@ from cli._common import (
     add_paging,
     list_pages,
     point_in_time,
+    read_secret_line,
     timestamp,
     to_dict,
 )
@@ -154,21 +155,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_paging(p)
 
 
-def _read_first_line(path: Path, what: str) -> str:
-    if str(path) == "-":
-        return sys.stdin.readline().rstrip("\n")
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what}: {exc}") from None
-    if not lines or not lines[0].strip():
-        raise UsageError(f"{what} {path} is empty")
-    return lines[0].strip()
-
-
 def _smtp_password(args: argparse.Namespace) -> str:
     if args.smtp_password_file is not None:
-        return _read_first_line(args.smtp_password_file, "--smtp-password-file")
+        return read_secret_line(args.smtp_password_file, "--smtp-password-file")
     if not args.smtp_username:
         return ""
     if not sys.stdin.isatty():

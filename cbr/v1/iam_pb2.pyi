@@ -24,16 +24,18 @@ class Account(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., administrator: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vault_quota_gb: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
-    __slots__ = ("id", "account_id", "name", "created_at")
+    __slots__ = ("id", "account_id", "name", "created_at", "password_set")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_SET_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     name: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    password_set: bool
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., password_set: _Optional[bool] = ...) -> None: ...
 
 class AccessKey(_message.Message):
     __slots__ = ("access_key_id", "user_id", "secret_access_key", "active", "created_at", "last_used_at")
@@ -194,6 +196,20 @@ class DeleteUserRequest(_message.Message):
 class DeleteUserResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SetUserPasswordRequest(_message.Message):
+    __slots__ = ("user_id", "password")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    password: str
+    def __init__(self, user_id: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class SetUserPasswordResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
 
 class CreateAccessKeyRequest(_message.Message):
     __slots__ = ("user_id",)

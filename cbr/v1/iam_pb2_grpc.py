@@ -81,6 +81,11 @@ class IamServiceStub:
                 request_serializer=cbr_dot_v1_dot_iam__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_iam__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.SetUserPassword = channel.unary_unary(
+                '/cbr.v1.IamService/SetUserPassword',
+                request_serializer=cbr_dot_v1_dot_iam__pb2.SetUserPasswordRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_iam__pb2.SetUserPasswordResponse.FromString,
+                _registered_method=True)
         self.CreateAccessKey = channel.unary_unary(
                 '/cbr.v1.IamService/CreateAccessKey',
                 request_serializer=cbr_dot_v1_dot_iam__pb2.CreateAccessKeyRequest.SerializeToString,
@@ -175,6 +180,14 @@ class IamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetUserPassword(self, request, context):
+        """Sets the password the user signs in to the web console with; it is
+        stored as a scrypt hash and never returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAccessKey(self, request, context):
         """The secret key is in the response and never again.
         """
@@ -260,6 +273,11 @@ def add_IamServiceServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=cbr_dot_v1_dot_iam__pb2.DeleteUserRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_iam__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'SetUserPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserPassword,
+                    request_deserializer=cbr_dot_v1_dot_iam__pb2.SetUserPasswordRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_iam__pb2.SetUserPasswordResponse.SerializeToString,
             ),
             'CreateAccessKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAccessKey,
@@ -537,6 +555,33 @@ class IamService:
             '/cbr.v1.IamService/DeleteUser',
             cbr_dot_v1_dot_iam__pb2.DeleteUserRequest.SerializeToString,
             cbr_dot_v1_dot_iam__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.IamService/SetUserPassword',
+            cbr_dot_v1_dot_iam__pb2.SetUserPasswordRequest.SerializeToString,
+            cbr_dot_v1_dot_iam__pb2.SetUserPasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -309,7 +309,7 @@ def account(a: models.Account) -> iam_pb2.Account:
 
 def user(u: models.User) -> iam_pb2.User:
     return iam_pb2.User(id=u.id, account_id=u.account_id, name=u.name,
-                        created_at=ts(u.created_at))
+                        created_at=ts(u.created_at), password_set=bool(u.password_hash))
 
 
 def access_key(k: models.AccessKey, secret: str = "") -> iam_pb2.AccessKey:

@@ -80,6 +80,12 @@ class IamServicer(Servicer, iam_pb2_grpc.IamServiceServicer):
         iam.access_key_cache(self.app).clear()
         return iam_pb2.DeleteUserResponse()
 
+    def SetUserPassword(self, request: iam_pb2.SetUserPasswordRequest,
+                        context: grpc.ServicerContext) -> iam_pb2.SetUserPasswordResponse:
+        with self.app.db.begin() as s:
+            user = iam.set_password(s, self.caller, request.user_id, request.password)
+            return iam_pb2.SetUserPasswordResponse(user=convert.user(user))
+
     def CreateAccessKey(self, request: iam_pb2.CreateAccessKeyRequest,
                         context: grpc.ServicerContext) -> iam_pb2.CreateAccessKeyResponse:
         with self.app.db.begin() as s:

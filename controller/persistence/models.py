@@ -96,6 +96,8 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
+    # The console password as controller.services.passwords stores it; "" for none.
+    password_hash: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[dt.datetime]
     account: Mapped[Account] = relationship()
 

@@ -116,6 +116,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.IamService/GetUser": "iam:users:get",
     "/cbr.v1.IamService/ListUsers": "iam:users:list",
     "/cbr.v1.IamService/DeleteUser": "iam:users:delete",
+    "/cbr.v1.IamService/SetUserPassword": "iam:users:setPassword",
     "/cbr.v1.IamService/CreateAccessKey": "iam:accessKeys:create",
     "/cbr.v1.IamService/ListAccessKeys": "iam:accessKeys:list",
     "/cbr.v1.IamService/DeleteAccessKey": "iam:accessKeys:delete",

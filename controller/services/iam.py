@@ -27,7 +27,7 @@ from cbr import errors
 from cbr.clock import utc_now
 from controller.keyring import Keyring
 from controller.persistence.models import AccessKey, Account, Grant, User
-from controller.services import actions, paging, validation
+from controller.services import actions, paging, passwords, validation
 from controller.services.actions import Caller
 
 if TYPE_CHECKING:
@@ -277,6 +277,13 @@ def require_administrator(caller: Caller, what: str, action: str) -> None:
         raise errors.PermissionDenied(
             f"Only the administrator account may {what} ({action} is granted only there).",
             action=action)
+
+
+def set_password(session: Session, caller: Caller, user_id: str, password: str) -> User:
+    """Sets (or, with "", removes) a user's console password, as a hash."""
+    user = get_user(session, caller.account_id, user_id)
+    user.password_hash = passwords.hash_password(passwords.check(password)) if password else ""
+    return user
 
 
 def delete_user(session: Session, caller: Caller, user_id: str) -> None:
