@@ -126,6 +126,24 @@ class UsedNonce(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
+class ConsoleSession(Base):
+    """A web console sign-in. The browser holds a random token; this row
+    holds only its SHA-256, so the table read by someone else signs no one in."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    # The key signed in with; "" for a name and password.
+    access_key_id: Mapped[str] = mapped_column(String(32), default="")
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class Grant(Base):
     __tablename__ = "grants"
     __table_args__ = (UniqueConstraint("user_id", "action"),)

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cbr import errors
 from cbr.clock import utc_now
 from controller.keyring import Keyring
-from controller.persistence.models import AccessKey, Account, Grant, User
+from controller.persistence.models import AccessKey, Account, ConsoleSession, Grant, User
 from controller.services import actions, paging, passwords, validation
 from controller.services.actions import Caller
 
@@ -165,15 +165,19 @@ class AccessKeyCache:
             key = session.get(AccessKey, access_key)
             if key is None or not key.active:
                 return None
-            user = key.user
-            grants = session.scalars(select(Grant.action).where(Grant.user_id == user.id)).all()
-            acts: set[str] = set()
-            for g in grants:
-                acts |= expand(g)
             secret = app.keyring.unseal(key.secret_sealed, key.id.encode()).decode()  # type: ignore[attr-defined]
-            return ResolvedKey(secret, Caller(
-                account_id=user.account_id, user_id=user.id, access_key_id=key.id,
-                actions=frozenset(acts), administrator=user.account.administrator))
+            return ResolvedKey(secret, caller_of(session, key.user, key.id))
+
+
+def caller_of(session: Session, user: User, access_key_id: str = "") -> Caller:
+    """Who ``user`` is to the API and the console: the actions of every grant
+    it holds, managed policies expanded."""
+    grants = session.scalars(select(Grant.action).where(Grant.user_id == user.id)).all()
+    acts: set[str] = set()
+    for g in grants:
+        acts |= expand(g)
+    return Caller(account_id=user.account_id, user_id=user.id, access_key_id=access_key_id,
+                  actions=frozenset(acts), administrator=user.account.administrator)
 
 
 # -- accounts and users --------------------------------------------------------
@@ -283,6 +287,9 @@ def set_password(session: Session, caller: Caller, user_id: str, password: str) 
     """Sets (or, with "", removes) a user's console password, as a hash."""
     user = get_user(session, caller.account_id, user_id)
     user.password_hash = passwords.hash_password(passwords.check(password)) if password else ""
+    # Whoever signed in with the old password is signed out.
+    session.execute(delete(ConsoleSession).where(ConsoleSession.user_id == user.id,
+                                                 ConsoleSession.access_key_id == ""))
     return user
 
 
