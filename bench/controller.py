@@ -80,7 +80,7 @@ class Controller:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [*_command(), "--data-dir", str(self.data_dir),
                 "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
-                "--metrics-listen", "127.0.0.1:0"]
+                "--metrics-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0"]
         if self.database_url:
             argv += ["--database-url", self.database_url]
         argv += self.extra_args

@@ -52,6 +52,9 @@ class App:
     # cache (controller.services.iam.access_key_cache).
     ca: CertificateAuthority | None = None
     access_keys: AccessKeyCache | None = None
+    # The private socket the web console calls the API over (console.api);
+    # "" when the console is off. Set by controller.main.
+    console_socket: str = ""
     storage: VaultStorage = field(init=False)
     _api_ca_pem: str | None = field(default=None, init=False, repr=False)
     _root_key: RootKey | None = field(default=None, init=False, repr=False)

@@ -98,6 +98,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_listen", "127.0.0.1:9464", "HOST:PORT of the Prometheus /metrics "
             "listener (plain HTTP), 'off' for none. Port 0 picks a free port (the address is "
             "logged).", cbr_metrics.listen_setting),
+    Setting("console_listen", "127.0.0.1:7402", "HOST:PORT of the web console (HTTPS with "
+            "the API's certificate; plain HTTP only with insecure_listen), 'off' for none. "
+            "Port 0 picks a free port (the address is logged and in endpoints.json).",
+            cbr_metrics.listen_setting),
     Setting("cloud_name", "cbr-cloud", "Name of this cloud, as replication credentials name it."),
     Setting("region", "region-1", "The region this controller serves."),
     Setting("regions", "", "Comma-separated regions of this cloud; append ':noreplication' "
@@ -171,6 +175,7 @@ class Config:
     log_format: str
     insecure_listen: bool = False
     metrics_listen: str = "127.0.0.1:9464"
+    console_listen: str = "127.0.0.1:7402"
     max_streams: int = 4096
     max_streams_per_peer: int = 2048
     api_threads: int = 32

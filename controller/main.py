@@ -11,16 +11,20 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy
 import sqlalchemy.exc
 
 from cbr import logs, private, tls
+from cbr import metrics as cbr_metrics
 from cbr.clock import SystemClock
 from controller import config as config_mod
 from controller.api.server import build_public_server
@@ -32,6 +36,9 @@ from controller.persistence.db import Database
 from controller.pki import CA_DIR
 from controller.services import iam, vaults
 from controller.storage import Place
+
+if TYPE_CHECKING:
+    from console.server import ConsoleServer
 
 log = logging.getLogger("cbr.controller")
 
@@ -104,12 +111,43 @@ def build_app(cfg: config_mod.Config) -> App:
     return app
 
 
+def _console_dir(cfg: config_mod.Config) -> Path | None:
+    """A private directory for the socket the console calls the API over:
+    under /tmp, not the data dir, since a socket's path has at most 107
+    bytes; mode 0700, so only this process's user can connect."""
+    if cbr_metrics.parse_listen(cfg.console_listen) is None:
+        return None
+    return Path(tempfile.mkdtemp(prefix="cbr-console-"))
+
+
+def _start_console(app: App, workdir: Path | None) -> ConsoleServer | None:
+    if workdir is None:
+        return None
+    from console.server import ConsoleServer
+
+    console = ConsoleServer(app, workdir)
+    console.start()
+    log.info("web console on %s", console.url)
+    return console
+
+
 def run(cfg: config_mod.Config, stop: threading.Event) -> None:
+    console_dir = _console_dir(cfg)
+    try:
+        _serve(cfg, stop, console_dir)
+    finally:
+        if console_dir is not None:
+            shutil.rmtree(console_dir, ignore_errors=True)
+
+
+def _serve(cfg: config_mod.Config, stop: threading.Event, console_dir: Path | None) -> None:
     app = build_app(cfg)
     (cfg.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
     from controller.metrics import collector
 
     metrics = collector.start(app)
+    if console_dir is not None:
+        app.console_socket = str(console_dir / "api.sock")
     public, api_port = build_public_server(app)
     from controller import jobs
     from controller.agents import wiring
@@ -124,6 +162,7 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     iam.bootstrap_admin(app.db, app.keyring, cfg.data_dir, api_endpoint, app.clock.now(),
                         ca_pem=ca_pem)
     public.start()
+    console = _start_console(app, console_dir)
     maintenance, scheduler, replicator = app.jobs
     maintenance.start()
     scheduler.start()
@@ -137,13 +176,15 @@ def run(cfg: config_mod.Config, stop: threading.Event) -> None:
     _write_json_atomic(cfg.data_dir / ENDPOINTS_FILE, {
         "api": api_endpoint, "agent": app.agent_endpoint or f"127.0.0.1:{agent_port}",
         "tls": not cfg.insecure_listen, "ca_sha256": ca_sha256, "pid": os.getpid(),
-        "metrics": metrics.url})
+        "metrics": metrics.url, "console": console.url if console else ""})
     log.info("serving cbr.v1 on %s (%s; agents on %s), cloud %s region %s, state %s",
              api_endpoint, "PLAINTEXT" if cfg.insecure_listen else
              f"TLS, CA sha256 {ca_sha256 or 'of the operator'}", app.agent_endpoint,
              cfg.cloud_name, cfg.region, app.db.engine.url.render_as_string(hide_password=True))
     stop.wait()
     log.info("stopping")
+    if console is not None:
+        console.stop()
     scheduler.stop()
     replicator.stop()
     if app.notifier is not None:

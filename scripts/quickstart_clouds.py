@@ -103,7 +103,7 @@ def controller(name: str, work: Path, cloud: str, region: str, regions: str) -> 
                  "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
                  # Two controllers and their agents on one host: free ports,
                  # found in endpoints.json and the agents' logs (metrics_urls).
-                 "--metrics-listen", "127.0.0.1:0",
+                 "--metrics-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0",
                  "--cloud-name", cloud, "--region", region, "--regions", regions,
                  # Both clouds run on this machine's loopback; allow that target.
                  "--target-allow-local", "true"],

@@ -26,9 +26,12 @@ def current_caller() -> Caller:
     return caller
 
 
-def attribute(caller: Caller) -> None:
+def attribute(caller: Caller, source: str = "") -> None:
     """Names the caller (or the owner of the key a refused call claimed) on
-    this call's audit entry, if it has one."""
+    this call's audit entry, if it has one; ``source`` replaces the peer
+    address when the call was made for someone else (the console's browser)."""
     entry = audit_entry.get()
     if entry is not None:
         entry.attribute(caller)
+        if source:
+            entry.source = source[:128]

@@ -35,7 +35,7 @@ from cbr import errors, limits, signing
 from cbr.status import status_of
 from controller.api.caller import Caller, attribute, reset_caller, set_caller
 from controller.app import App
-from controller.services import actions, iam, replay
+from controller.services import actions, console_sessions, iam, replay
 
 log = logging.getLogger("cbr.controller.api")
 
@@ -354,13 +354,14 @@ class _Auth(Around):
                  metadata: dict[str, str]) -> None:
         self.interceptor, self.method, self.metadata = interceptor, method, metadata
 
-    def check(self, digest: str) -> Caller:
-        caller = self.interceptor.authenticate(self.method, self.metadata, digest)
+    def check(self, digest: str, ctx: Any) -> Caller:
+        caller = self.interceptor.authenticate(self.method, self.metadata, digest,
+                                               str(ctx.peer() or ""))
         self.interceptor.authorize(self.method, caller)
         return caller
 
     def call(self, req: Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
-        token = set_caller(self.check(req.digest))
+        token = set_caller(self.check(req.digest, ctx))
         try:
             return inner(req.message, ctx)
         finally:
@@ -368,7 +369,7 @@ class _Auth(Around):
 
     async def coro(self, req: Signed, ctx: Any, inner: Callable[[Any, Any], Any]) -> Any:
         # The database work of checking a key runs off the event loop.
-        caller = await asyncio.to_thread(self.check, req.digest)
+        caller = await asyncio.to_thread(self.check, req.digest, ctx)
         token = set_caller(caller)
         try:
             return await inner(req.message, ctx)
@@ -377,7 +378,7 @@ class _Auth(Around):
 
     async def stream(self, req: Signed, ctx: Any,
                      inner: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
-        caller = await asyncio.to_thread(self.check, req.digest)
+        caller = await asyncio.to_thread(self.check, req.digest, ctx)
         token = set_caller(caller)
         try:
             async for item in inner(req.message, ctx):
@@ -421,7 +422,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     if isinstance(v, str)}
         return wrap(handler, _Auth(self, method, metadata), deserializer=_digesting)
 
-    def authenticate(self, method: str, metadata: dict[str, str], digest: str) -> Caller:
+    def authenticate(self, method: str, metadata: dict[str, str], digest: str,
+                     peer: str = "") -> Caller:
+        if console_sessions.API_SESSION_HEADER in metadata:
+            return self._console_caller(metadata, peer)
         try:
             headers = signing.SignedHeaders(
                 metadata[signing.HEADER_ACCESS_KEY], metadata[signing.HEADER_TIMESTAMP],
@@ -460,13 +464,32 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 "This signature was already used (replay refused). Sign each call anew.")
         return key.caller
 
+    def _console_caller(self, metadata: dict[str, str], peer: str) -> Caller:
+        """A call the web console makes for a signed-in browser: it comes over
+        the controller's private socket (console.api), never from the
+        network, and carries the session token, from which the caller is
+        rebuilt at each call. The browser's address is its audit source."""
+        if not peer.startswith("unix:"):
+            raise errors.Unauthenticated(
+                "Console sessions are accepted only from the controller's own console; "
+                "sign calls with an access key.")
+        token = metadata[console_sessions.API_SESSION_HEADER]
+        with self._app.db.begin() as session:
+            caller = console_sessions.caller_for(session, token, self._app.clock.now())
+        if caller is None:
+            raise errors.Unauthenticated(
+                "The console session ended (signed out or expired); sign in again.")
+        source = metadata.get(console_sessions.API_SOURCE_HEADER, "")
+        attribute(caller, source=f"console {source}".strip())
+        return caller
+
     @staticmethod
     def authorize(method: str, caller: Caller) -> None:
-        action = actions.METHOD_ACTIONS.get(method)
+        action = actions.missing_action(method, caller)
         if action is None:
-            raise errors.PermissionDenied(f"{method} is not open to API calls.")
-        if action in actions.ALWAYS_ALLOWED or action in caller.actions:
             return
+        if action == method:
+            raise errors.PermissionDenied(f"{method} is not open to API calls.")
         raise errors.PermissionDenied(
             f"The caller lacks the action {action}; grant it (or a policy that covers it, "
             f"such as {iam.policy_covering(action)}) to the user.", action=action)

@@ -123,6 +123,10 @@ def build_public_server(app: App) -> tuple[LoopServer, int]:
         reflection.enable_server_reflection(
             [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         port = bind(server, app.config.listen, api_credentials(app), what="the cbr.v1 API")
+        if app.console_socket:
+            # The console's calls: a socket in a directory only this process's
+            # user reads, so no one else can present a console session.
+            server.add_insecure_port(f"unix:{app.console_socket}")
         # Probing starts once the port is ours: a controller that cannot
         # listen leaves nothing running.
         watch = HealthWatch(app, health_servicer, [*service_names(), ""])

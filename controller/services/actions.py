@@ -172,6 +172,18 @@ class Caller:
     administrator: bool = False
 
 
+def missing_action(method: str, caller: Caller) -> str | None:
+    """The action ``caller`` lacks to call ``method`` (``/cbr.v1.Service/Method``),
+    or None when it may: the API's check, which the console also uses to show
+    a control disabled with the action it needs."""
+    action = METHOD_ACTIONS.get(method)
+    if action is None:
+        return method  # not open to calls at all
+    if action in ALWAYS_ALLOWED or action in caller.actions:
+        return None
+    return action
+
+
 _current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
 
 

@@ -29,6 +29,11 @@ IDLE = dt.timedelta(minutes=30)
 ABSOLUTE = dt.timedelta(hours=12)
 TOKEN_BYTES = 32
 
+# The metadata of the API calls the console makes for a browser: its session
+# token, and the browser's address for the audit trail (controller.api).
+API_SESSION_HEADER = "x-cbr-console-session"
+API_SOURCE_HEADER = "x-cbr-console-source"
+
 _REFUSED = "Wrong account, user name or password."
 _REFUSED_KEY = "Wrong access key or secret key, or the key is disabled."
 
@@ -92,9 +97,9 @@ def sign_in_with_key(session: Session, resolved: iam.ResolvedKey | None, secret_
     return _open(session, user, resolved.caller.access_key_id, source, now)
 
 
-def current(session: Session, token: str, now: dt.datetime) -> Current | None:
-    """The signed-in caller of ``token``, or None (unknown, expired, or its
-    key gone); a use moves the idle expiry on."""
+def _live(session: Session, token: str, now: dt.datetime) -> tuple[ConsoleSession, User] | None:
+    """The session row of ``token`` and its user while both are good; an
+    expired session, or one whose key is gone, is deleted."""
     if not token or len(token) > 128:
         return None
     row = session.get(ConsoleSession, _digest(token))
@@ -111,8 +116,29 @@ def current(session: Session, token: str, now: dt.datetime) -> Current | None:
     user = session.get(User, row.user_id)
     if user is None:
         return None
+    return row, user
+
+
+def current(session: Session, token: str, now: dt.datetime) -> Current | None:
+    """The signed-in caller of ``token``, or None (unknown, expired, or its
+    key gone); a use moves the idle expiry on (once per page, not per call)."""
+    live = _live(session, token, now)
+    if live is None:
+        return None
+    row, user = live
     row.last_seen_at = now
     return Current(iam.caller_of(session, user, row.access_key_id), row.csrf_token, user.name)
+
+
+def caller_for(session: Session, token: str, now: dt.datetime) -> Caller | None:
+    """The caller of each API call the console makes for ``token``: checked
+    like ``current`` and rebuilt from the grants, but nothing is written, so
+    the calls of one page add no writes."""
+    live = _live(session, token, now)
+    if live is None:
+        return None
+    row, user = live
+    return iam.caller_of(session, user, row.access_key_id)
 
 
 def sign_out(session: Session, token: str) -> None:

@@ -105,6 +105,7 @@ def test_plaintext_is_served_only_on_loopback_and_only_when_asked(
     wide.command = lambda: [  # type: ignore[method-assign]
         str(console_script("cbr-controller")), "--data-dir", str(wide.data_dir),
         "--listen", "0.0.0.0:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "off",
+        "--console-listen", "off",
         "--insecure-listen"]
     with pytest.raises(RuntimeError, match="exited with code 2"):
         wide.start()

@@ -295,6 +295,7 @@ class ControllerProcess(ManagedProcess):
             "--agent-listen", f"127.0.0.1:{self.agent_port}",
             # Several controllers share this host: each takes a free port.
             "--metrics-listen", "127.0.0.1:0",
+            "--console-listen", "127.0.0.1:0",
             # Every cloud of a test is on loopback, as in the quickstart.
             "--target-allow-local", "true",
         ]  # fmt: skip
@@ -374,6 +375,11 @@ class ControllerProcess(ManagedProcess):
     def metrics_url(self) -> str:
         """http://host:port/metrics of the controller's Prometheus listener."""
         return str(self.endpoints["metrics"])
+
+    @property
+    def console_url(self) -> str:
+        """https://host:port of the controller's web console."""
+        return str(self.endpoints["console"])
 
     @property
     def admin_credentials(self) -> dict[str, Any]:
