@@ -41,7 +41,9 @@ SECURITY_HEADERS = {
                                "frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it a browser sends "Origin: null" on a form post,
+    # and the CSRF check needs the real origin. No URL here holds a secret.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "Strict-Transport-Security": "max-age=31536000",
 }
@@ -123,8 +125,14 @@ def _to_sign_in(request: web.Request) -> web.Response:
     response = web.Response(status=303, headers={"Location": target})
     if is_htmx(request):
         response = web.Response(status=204, headers={"HX-Redirect": target})
-    response.del_cookie(COOKIE, path="/")
+    forget_cookie(response)
     return response
+
+
+def forget_cookie(response: web.StreamResponse) -> None:
+    """Clears the session cookie. A ``__Host-`` cookie is only replaced by
+    one that is Secure too, so the clearing one carries the same flags."""
+    response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
 
 
 @web.middleware

@@ -36,7 +36,8 @@ async def sign_in_form(request: web.Request) -> web.Response:
     if cw.current(request) is not None:
         raise web.HTTPSeeOther("/")
     return cw.render(request, "sign_in.html", error="",
-                     next=_next(request.query.get("next", "/")), form={},
+                     next=_next(request.query.get("next", "/")),
+                     form={"account": "", "user": "", "access_key": ""},
                      method=request.query.get("method", "password"))
 
 
@@ -127,5 +128,5 @@ async def sign_out(request: web.Request) -> web.Response:
         _record(console, cw.source_of(request), time.monotonic(), caller=who.caller,
                 method=SIGN_OUT)
     response = web.Response(status=303, headers={"Location": "/sign-in"})
-    response.del_cookie(cw.COOKIE, path="/")
+    cw.forget_cookie(response)
     return response

@@ -37,6 +37,9 @@ def test_sign_in_sets_a_secure_host_only_cookie_and_every_page_needs_it(
     assert controller.console_url.startswith("https://127.0.0.1:")
     first = browser.get("/vaults")
     assert first.status == 303 and first.location == "/sign-in?next=%2Fvaults"
+    for method in ("password", "key"):
+        form = browser.get(f"/sign-in?method={method}")
+        assert form.status == 200 and "<h1>Sign in to cbr-cloud</h1>" in form.text
     signed = browser.sign_in("admin", "ops", PASSWORD)
     assert signed.status == 303 and signed.location == "/"
     (cookie,) = signed.set_cookies
