@@ -37,6 +37,7 @@ from quickstart_clouds import (
     stop_kept,
     wait_for,
 )
+from quickstart_console import console
 from quickstart_files import make_samples
 from quickstart_ops import report, start_webhook
 from quickstart_steps import data_path, policies, replication
@@ -128,6 +129,7 @@ def main() -> int:
         policies(vault_ids)
         replication(work, images, vault_ids, second)
         report(webhook)
+        console(work)
         used = sum(p.stat().st_blocks * 512 for p in work.rglob("*")
                    if p.is_file() and not p.is_symlink())
         show_metrics(work)

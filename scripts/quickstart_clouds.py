@@ -213,4 +213,17 @@ Use the CLI against them, as the commands above did:
 
 (or `source .venv/bin/activate` and plain `cbr`). Logs: {os.path.relpath(work / "logs")}/
 Metrics: {", ".join(f"{name} {url}" for name, url in metrics_urls(work).items())}
+Web consoles: {_consoles(work)}
+  sign in with account admin, user admin and the password in
+  {os.path.relpath(work / "console-password-source")} (or -target); the browser will not know the
+  controller's own CA ({os.path.relpath(work / "source" / "ca" / "ca.crt")}): import it, or accept
+  the warning for this loopback address.
 """, flush=True)
+
+
+def _consoles(work: Path) -> str:
+    out = []
+    for cloud in ("source", "target"):
+        endpoints = json.loads((work / cloud / "endpoints.json").read_text())
+        out.append(f"{cloud} {endpoints.get('console', '')}")
+    return ", ".join(out)
