@@ -218,3 +218,26 @@ def test_keys_are_created_disabled_and_scheduled_for_deletion_from_the_page(
     reader = _signed_in(controller, "reader")
     page = reader.get("/keys")
     assert "needs cbr:keys:create" in page.text and "needs cbr:keys:enable" in page.text
+
+
+def test_the_administrator_creates_an_account_and_sees_its_first_secret_once(
+        controller: ControllerProcess) -> None:
+    admin = controller.client()
+    creds = controller.admin_credentials
+    browser = ConsoleClient(controller.console_url, controller.ca_pem)
+    assert browser.sign_in_with_key(creds["access_key"], creds["secret_key"]).status == 303
+    page = browser.get("/iam")
+    assert "<h2 id=\"accounts-h\">Accounts</h2>" in page.text and "(administrator)" in page.text
+    made = browser.post("/iam/accounts", {"name": "tenant-a", "admin_user_name": "boss",
+                                          "vault_quota_gb": "0"})
+    assert made.status == 201 and "tenant-a" in made.text and "boss" in made.text
+    (secret,) = SECRET.findall(made.text)
+    (key_id,) = ACCESS_KEY_ID.findall(made.text)
+    assert "tenant-a" in [a.name for a in admin.iam.ListAccounts(
+        iam_pb2.ListAccountsRequest()).accounts]
+    again = browser.get("/iam")
+    assert "tenant-a" in again.text and secret not in again.text
+    assert secret not in controller.log_text()
+    boss = ConsoleClient(controller.console_url, controller.ca_pem)
+    assert boss.sign_in_with_key(key_id, secret).status == 303
+    assert "Accounts</h2>" not in boss.get("/iam").text  # not the administrator account
