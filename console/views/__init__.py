@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from console.views import audit, auth, iam, keys, overview, vaults
+from console.views import audit, auth, backups, iam, keys, overview, replication, vaults
 
 
 def add_routes(app: web.Application) -> None:
@@ -14,6 +14,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/sign-out", auth.sign_out)
     app.router.add_get("/", overview.page)
     vaults.add_routes(app)
+    backups.add_routes(app)
+    replication.add_routes(app)
     keys.add_routes(app)
     iam.add_routes(app)
     audit.add_routes(app)
