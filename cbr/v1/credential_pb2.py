@@ -22,38 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cbr.v1 import cloud_pb2 as cbr_dot_v1_dot_cloud__pb2
+from cbr.v1 import replication_pb2 as cbr_dot_v1_dot_replication__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x62r/v1/credential.proto\x12\x06\x63\x62r.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\nCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x04 \x01(\t\x12\x17\n\x0ftarget_endpoint\x18\x05 \x01(\t\x12\x19\n\x11target_account_id\x18\x06 \x01(\t\x12\x15\n\raccess_key_id\x18\x07 \x01(\t\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10target_ca_sha256\x18\x0b \x01(\t\"\xf1\x01\n\x17\x43reateCredentialRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x03 \x01(\t\x12\x17\n\x0ftarget_endpoint\x18\x04 \x01(\t\x12\x19\n\x11target_account_id\x18\x05 \x01(\t\x12\x15\n\raccess_key_id\x18\x06 \x01(\t\x12\x19\n\x11secret_access_key\x18\x07 \x01(\t\x12\x1d\n\x15target_ca_certificate\x18\x08 \x01(\t\x12\x18\n\x10target_ca_sha256\x18\t \x01(\t\"B\n\x18\x43reateCredentialResponse\x12&\n\ncredential\x18\x01 \x01(\x0b\x32\x12.cbr.v1.Credential\"-\n\x14GetCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"?\n\x15GetCredentialResponse\x12&\n\ncredential\x18\x01 \x01(\x0b\x32\x12.cbr.v1.Credential\"U\n\x16ListCredentialsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x03 \x01(\t\"p\n\x17ListCredentialsResponse\x12\'\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x12.cbr.v1.Credential\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x88\x02\n\x17UpdateCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0ftarget_endpoint\x18\x04 \x01(\t\x12\x15\n\raccess_key_id\x18\x05 \x01(\t\x12\x19\n\x11secret_access_key\x18\x06 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x07 \x01(\t\x12\x19\n\x11target_account_id\x18\x08 \x01(\t\x12\x1d\n\x15target_ca_certificate\x18\t \x01(\t\x12\x18\n\x10target_ca_sha256\x18\n \x01(\t\"B\n\x18UpdateCredentialResponse\x12&\n\ncredential\x18\x01 \x01(\x0b\x32\x12.cbr.v1.Credential\"0\n\x17\x44\x65leteCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCredentialResponse2\xba\x03\n\x11\x43redentialService\x12U\n\x10\x43reateCredential\x12\x1f.cbr.v1.CreateCredentialRequest\x1a .cbr.v1.CreateCredentialResponse\x12L\n\rGetCredential\x12\x1c.cbr.v1.GetCredentialRequest\x1a\x1d.cbr.v1.GetCredentialResponse\x12R\n\x0fListCredentials\x12\x1e.cbr.v1.ListCredentialsRequest\x1a\x1f.cbr.v1.ListCredentialsResponse\x12U\n\x10UpdateCredential\x12\x1f.cbr.v1.UpdateCredentialRequest\x1a .cbr.v1.UpdateCredentialResponse\x12U\n\x10\x44\x65leteCredential\x12\x1f.cbr.v1.DeleteCredentialRequest\x1a .cbr.v1.DeleteCredentialResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x62r/v1/credential.proto\x12\x06\x63\x62r.v1\x1a\x12\x63\x62r/v1/cloud.proto\x1a\x18\x63\x62r/v1/replication.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\"ListReplicationDestinationsRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"\xa1\x01\n#ListReplicationDestinationsResponse\x12\x14\n\x0ctarget_cloud\x18\x01 \x01(\t\x12\x19\n\x11target_account_id\x18\x02 \x01(\t\x12\x1f\n\x07regions\x18\x03 \x03(\x0b\x32\x0e.cbr.v1.Region\x12(\n\x06vaults\x18\x04 \x03(\x0b\x32\x18.cbr.v1.DestinationVault\"\xaa\x02\n\nCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x04 \x01(\t\x12\x17\n\x0ftarget_endpoint\x18\x05 \x01(\t\x12\x19\n\x11target_account_id\x18\x06 \x01(\t\x12\x15\n\raccess_key_id\x18\x07 \x01(\t\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10target_ca_sha256\x18\x0b \x01(\t\"\xf1\x01\n\x17\x43reateCredentialRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x03 \x01(\t\x12\x17\n\x0ftarget_endpoint\x18\x04 \x01(\t\x12\x19\n\x11target_account_id\x18\x05 \x01(\t\x12\x15\n\raccess_key_id\x18\x06 \x01(\t\x12\x19\n\x11secret_access_key\x18\x07 \x01(\t\x12\x1d\n\x15target_ca_certificate\x18\x08 \x01(\t\x12\x18\n\x10target_ca_sha256\x18\t \x01(\t\"B\n\x18\x43reateCredentialResponse\x12&\n\ncredential\x18\x01 \x01(\x0b\x32\x12.cbr.v1.Credential\"-\n\x14GetCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"?\n\x15GetCredentialResponse\x12&\n\ncredential\x18\x01 \x01(\x0b\x32\x12.cbr.v1.Credential\"U\n\x16ListCredentialsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x03 \x01(\t\"p\n\x17ListCredentialsResponse\x12\'\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x12.cbr.v1.Credential\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x88\x02\n\x17UpdateCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0ftarget_endpoint\x18\x04 \x01(\t\x12\x15\n\raccess_key_id\x18\x05 \x01(\t\x12\x19\n\x11secret_access_key\x18\x06 \x01(\t\x12\x14\n\x0ctarget_cloud\x18\x07 \x01(\t\x12\x19\n\x11target_account_id\x18\x08 \x01(\t\x12\x1d\n\x15target_ca_certificate\x18\t \x01(\t\x12\x18\n\x10target_ca_sha256\x18\n \x01(\t\"B\n\x18UpdateCredentialResponse\x12&\n\ncredential\x18\x01 \x01(\x0b\x32\x12.cbr.v1.Credential\"0\n\x17\x44\x65leteCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCredentialResponse2\xb2\x04\n\x11\x43redentialService\x12U\n\x10\x43reateCredential\x12\x1f.cbr.v1.CreateCredentialRequest\x1a .cbr.v1.CreateCredentialResponse\x12L\n\rGetCredential\x12\x1c.cbr.v1.GetCredentialRequest\x1a\x1d.cbr.v1.GetCredentialResponse\x12R\n\x0fListCredentials\x12\x1e.cbr.v1.ListCredentialsRequest\x1a\x1f.cbr.v1.ListCredentialsResponse\x12U\n\x10UpdateCredential\x12\x1f.cbr.v1.UpdateCredentialRequest\x1a .cbr.v1.UpdateCredentialResponse\x12U\n\x10\x44\x65leteCredential\x12\x1f.cbr.v1.DeleteCredentialRequest\x1a .cbr.v1.DeleteCredentialResponse\x12v\n\x1bListReplicationDestinations\x12*.cbr.v1.ListReplicationDestinationsRequest\x1a+.cbr.v1.ListReplicationDestinationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.credential_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDENTIAL']._serialized_start=69
-  _globals['_CREDENTIAL']._serialized_end=367
-  _globals['_CREATECREDENTIALREQUEST']._serialized_start=370
-  _globals['_CREATECREDENTIALREQUEST']._serialized_end=611
-  _globals['_CREATECREDENTIALRESPONSE']._serialized_start=613
-  _globals['_CREATECREDENTIALRESPONSE']._serialized_end=679
-  _globals['_GETCREDENTIALREQUEST']._serialized_start=681
-  _globals['_GETCREDENTIALREQUEST']._serialized_end=726
-  _globals['_GETCREDENTIALRESPONSE']._serialized_start=728
-  _globals['_GETCREDENTIALRESPONSE']._serialized_end=791
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=793
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=878
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=880
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=992
-  _globals['_UPDATECREDENTIALREQUEST']._serialized_start=995
-  _globals['_UPDATECREDENTIALREQUEST']._serialized_end=1259
-  _globals['_UPDATECREDENTIALRESPONSE']._serialized_start=1261
-  _globals['_UPDATECREDENTIALRESPONSE']._serialized_end=1327
-  _globals['_DELETECREDENTIALREQUEST']._serialized_start=1329
-  _globals['_DELETECREDENTIALREQUEST']._serialized_end=1377
-  _globals['_DELETECREDENTIALRESPONSE']._serialized_start=1379
-  _globals['_DELETECREDENTIALRESPONSE']._serialized_end=1405
-  _globals['_CREDENTIALSERVICE']._serialized_start=1408
-  _globals['_CREDENTIALSERVICE']._serialized_end=1850
+  _globals['_LISTREPLICATIONDESTINATIONSREQUEST']._serialized_start=114
+  _globals['_LISTREPLICATIONDESTINATIONSREQUEST']._serialized_end=173
+  _globals['_LISTREPLICATIONDESTINATIONSRESPONSE']._serialized_start=176
+  _globals['_LISTREPLICATIONDESTINATIONSRESPONSE']._serialized_end=337
+  _globals['_CREDENTIAL']._serialized_start=340
+  _globals['_CREDENTIAL']._serialized_end=638
+  _globals['_CREATECREDENTIALREQUEST']._serialized_start=641
+  _globals['_CREATECREDENTIALREQUEST']._serialized_end=882
+  _globals['_CREATECREDENTIALRESPONSE']._serialized_start=884
+  _globals['_CREATECREDENTIALRESPONSE']._serialized_end=950
+  _globals['_GETCREDENTIALREQUEST']._serialized_start=952
+  _globals['_GETCREDENTIALREQUEST']._serialized_end=997
+  _globals['_GETCREDENTIALRESPONSE']._serialized_start=999
+  _globals['_GETCREDENTIALRESPONSE']._serialized_end=1062
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=1064
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=1149
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=1151
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=1263
+  _globals['_UPDATECREDENTIALREQUEST']._serialized_start=1266
+  _globals['_UPDATECREDENTIALREQUEST']._serialized_end=1530
+  _globals['_UPDATECREDENTIALRESPONSE']._serialized_start=1532
+  _globals['_UPDATECREDENTIALRESPONSE']._serialized_end=1598
+  _globals['_DELETECREDENTIALREQUEST']._serialized_start=1600
+  _globals['_DELETECREDENTIALREQUEST']._serialized_end=1648
+  _globals['_DELETECREDENTIALRESPONSE']._serialized_start=1650
+  _globals['_DELETECREDENTIALRESPONSE']._serialized_end=1676
+  _globals['_CREDENTIALSERVICE']._serialized_start=1679
+  _globals['_CREDENTIALSERVICE']._serialized_end=2241
 # @@protoc_insertion_point(module_scope)

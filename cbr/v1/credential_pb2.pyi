@@ -1,5 +1,7 @@
 import datetime
 
+from cbr.v1 import cloud_pb2 as _cloud_pb2
+from cbr.v1 import replication_pb2 as _replication_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -8,6 +10,24 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListReplicationDestinationsRequest(_message.Message):
+    __slots__ = ("credential_id",)
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    def __init__(self, credential_id: _Optional[str] = ...) -> None: ...
+
+class ListReplicationDestinationsResponse(_message.Message):
+    __slots__ = ("target_cloud", "target_account_id", "regions", "vaults")
+    TARGET_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    VAULTS_FIELD_NUMBER: _ClassVar[int]
+    target_cloud: str
+    target_account_id: str
+    regions: _containers.RepeatedCompositeFieldContainer[_cloud_pb2.Region]
+    vaults: _containers.RepeatedCompositeFieldContainer[_replication_pb2.DestinationVault]
+    def __init__(self, target_cloud: _Optional[str] = ..., target_account_id: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[_cloud_pb2.Region, _Mapping]]] = ..., vaults: _Optional[_Iterable[_Union[_replication_pb2.DestinationVault, _Mapping]]] = ...) -> None: ...
 
 class Credential(_message.Message):
     __slots__ = ("id", "name", "description", "target_cloud", "target_endpoint", "target_account_id", "access_key_id", "project_id", "created_at", "updated_at", "target_ca_sha256")

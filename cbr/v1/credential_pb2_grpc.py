@@ -60,6 +60,11 @@ class CredentialServiceStub:
                 request_serializer=cbr_dot_v1_dot_credential__pb2.DeleteCredentialRequest.SerializeToString,
                 response_deserializer=cbr_dot_v1_dot_credential__pb2.DeleteCredentialResponse.FromString,
                 _registered_method=True)
+        self.ListReplicationDestinations = channel.unary_unary(
+                '/cbr.v1.CredentialService/ListReplicationDestinations',
+                request_serializer=cbr_dot_v1_dot_credential__pb2.ListReplicationDestinationsRequest.SerializeToString,
+                response_deserializer=cbr_dot_v1_dot_credential__pb2.ListReplicationDestinationsResponse.FromString,
+                _registered_method=True)
 
 
 class CredentialServiceServicer:
@@ -98,6 +103,14 @@ class CredentialServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicationDestinations(self, request, context):
+        """Asks the target cloud, with the credential's key, where replicas may go:
+        its regions and the target account's replication vaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CredentialServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +138,11 @@ def add_CredentialServiceServicer_to_server(servicer, server):
                     servicer.DeleteCredential,
                     request_deserializer=cbr_dot_v1_dot_credential__pb2.DeleteCredentialRequest.FromString,
                     response_serializer=cbr_dot_v1_dot_credential__pb2.DeleteCredentialResponse.SerializeToString,
+            ),
+            'ListReplicationDestinations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicationDestinations,
+                    request_deserializer=cbr_dot_v1_dot_credential__pb2.ListReplicationDestinationsRequest.FromString,
+                    response_serializer=cbr_dot_v1_dot_credential__pb2.ListReplicationDestinationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +281,33 @@ class CredentialService:
             '/cbr.v1.CredentialService/DeleteCredential',
             cbr_dot_v1_dot_credential__pb2.DeleteCredentialRequest.SerializeToString,
             cbr_dot_v1_dot_credential__pb2.DeleteCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicationDestinations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbr.v1.CredentialService/ListReplicationDestinations',
+            cbr_dot_v1_dot_credential__pb2.ListReplicationDestinationsRequest.SerializeToString,
+            cbr_dot_v1_dot_credential__pb2.ListReplicationDestinationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from cbr.v1 import cloud_pb2 as cbr_dot_v1_dot_cloud__pb2
+from cbr.v1 import common_pb2 as cbr_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x62r/v1/replication.proto\x12\x06\x63\x62r.v1\x1a\x12\x63\x62r/v1/cloud.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x04\n\x11ReplicationRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.cbr.v1.ReplicationStatus\x12\x15\n\rsource_region\x18\x03 \x01(\t\x12\x19\n\x11source_project_id\x18\x04 \x01(\t\x12\x18\n\x10source_backup_id\x18\x05 \x01(\t\x12\x1c\n\x14source_checkpoint_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x07 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\x08 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\t \x01(\t\x12\x1d\n\x15\x64\x65stination_backup_id\x18\n \x01(\t\x12!\n\x19\x64\x65stination_checkpoint_id\x18\x0b \x01(\t\x12\x10\n\x08vault_id\x18\x0c \x01(\t\x12\x10\n\x08progress\x18\r \x01(\x05\x12\x11\n\tfail_code\x18\x0e \x01(\t\x12\x13\n\x0b\x66\x61il_reason\x18\x0f \x01(\t\x12\x14\n\x0c\x61uto_trigger\x18\x10 \x01(\x08\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x16ReplicateBackupRequest\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x03 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"I\n\x17ReplicateBackupResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x15replication_record_id\x18\x02 \x01(\t\"\x9a\x01\n\x15ReplicateVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x03 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x05 \x01(\t\"*\n\x16ReplicateVaultResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"<\n\x1bGetReplicationRecordRequest\x12\x1d\n\x15replication_record_id\x18\x01 \x01(\t\"U\n\x1cGetReplicationRecordResponse\x12\x35\n\x12replication_record\x18\x01 \x01(\x0b\x32\x19.cbr.v1.ReplicationRecord\"\xb9\x01\n\x1dListReplicationRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08vault_id\x18\x03 \x01(\t\x12\x18\n\x10source_backup_id\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x05 \x01(\t\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.cbr.v1.ReplicationStatus\"\x86\x01\n\x1eListReplicationRecordsResponse\x12\x36\n\x13replication_records\x18\x01 \x03(\x0b\x32\x19.cbr.v1.ReplicationRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\";\n\x1d\x43heckReplicationAccessRequest\x12\x1a\n\x12\x64\x65stination_region\x18\x01 \x01(\t\"n\n\x1e\x43heckReplicationAccessResponse\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x18\n\x10region_supported\x18\x04 \x01(\x08\"\xb3\x02\n\x0eImportedBackup\x12\x18\n\x10source_backup_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x15\n\rresource_name\x18\x05 \x01(\t\x12\x15\n\rresource_type\x18\x06 \x01(\t\x12\x1b\n\x13resource_size_bytes\x18\x07 \x01(\x03\x12\x13\n\x0bsystem_disk\x18\x08 \x01(\x08\x12\x13\n\x0bincremental\x18\t \x01(\x08\x12\x30\n\x0cprotected_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x63hildren\x18\x0b \x03(\x0b\x32\x16.cbr.v1.ImportedBackup\"\xe2\x02\n\x14PrepareImportRequest\x12\x18\n\x10source_record_id\x18\x01 \x01(\t\x12\x14\n\x0csource_cloud\x18\x02 \x01(\t\x12\x15\n\rsource_region\x18\x03 \x01(\t\x12\x19\n\x11source_project_id\x18\x04 \x01(\t\x12\x17\n\x0fsource_vault_id\x18\x05 \x01(\t\x12\x1c\n\x14source_checkpoint_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x07 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x08 \x01(\t\x12&\n\x06\x62\x61\x63kup\x18\t \x01(\x0b\x32\x16.cbr.v1.ImportedBackup\x12\x11\n\tencrypted\x18\n \x01(\x08\x12\x14\n\x0c\x61uto_trigger\x18\x0b \x01(\x08\x12&\n\nchunk_keys\x18\x0c \x03(\x0b\x32\x12.cbr.v1.ChunkIdKey\")\n\nChunkIdKey\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"\x90\x03\n\x15PrepareImportResponse\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12!\n\x19\x64\x65stination_checkpoint_id\x18\x03 \x01(\t\x12\x42\n\x0breplica_ids\x18\x04 \x03(\x0b\x32-.cbr.v1.PrepareImportResponse.ReplicaIdsEntry\x12\x19\n\x11importer_endpoint\x18\x05 \x01(\t\x12\x1c\n\x14importer_server_name\x18\x06 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x07 \x01(\t\x12\x14\n\x0cimport_token\x18\x08 \x01(\t\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x64\x65stination_project_id\x18\n \x01(\t\x1a\x31\n\x0fReplicaIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x10GetImportRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\"J\n\x11GetImportResponse\x12\x35\n\x12replication_record\x18\x01 \x01(\x0b\x32\x19.cbr.v1.ReplicationRecord\"7\n\x12\x41\x62ortImportRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x15\n\x13\x41\x62ortImportResponse\"#\n!GetReplicationCapabilitiesRequest\"T\n\"GetReplicationCapabilitiesResponse\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x1f\n\x07regions\x18\x02 \x03(\x0b\x32\x0e.cbr.v1.Region*\xdf\x01\n\x11ReplicationStatus\x12\"\n\x1eREPLICATION_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1eREPLICATION_STATUS_REPLICATING\x10\x01\x12\x1e\n\x1aREPLICATION_STATUS_SUCCESS\x10\x02\x12\x1b\n\x17REPLICATION_STATUS_FAIL\x10\x03\x12\x1b\n\x17REPLICATION_STATUS_SKIP\x10\x04\x12(\n$REPLICATION_STATUS_WAITING_REPLICATE\x10\x05\x32\xbb\x06\n\x12ReplicationService\x12R\n\x0fReplicateBackup\x12\x1e.cbr.v1.ReplicateBackupRequest\x1a\x1f.cbr.v1.ReplicateBackupResponse\x12O\n\x0eReplicateVault\x12\x1d.cbr.v1.ReplicateVaultRequest\x1a\x1e.cbr.v1.ReplicateVaultResponse\x12\x61\n\x14GetReplicationRecord\x12#.cbr.v1.GetReplicationRecordRequest\x1a$.cbr.v1.GetReplicationRecordResponse\x12g\n\x16ListReplicationRecords\x12%.cbr.v1.ListReplicationRecordsRequest\x1a&.cbr.v1.ListReplicationRecordsResponse\x12s\n\x1aGetReplicationCapabilities\x12).cbr.v1.GetReplicationCapabilitiesRequest\x1a*.cbr.v1.GetReplicationCapabilitiesResponse\x12g\n\x16\x43heckReplicationAccess\x12%.cbr.v1.CheckReplicationAccessRequest\x1a&.cbr.v1.CheckReplicationAccessResponse\x12L\n\rPrepareImport\x12\x1c.cbr.v1.PrepareImportRequest\x1a\x1d.cbr.v1.PrepareImportResponse\x12@\n\tGetImport\x12\x18.cbr.v1.GetImportRequest\x1a\x19.cbr.v1.GetImportResponse\x12\x46\n\x0b\x41\x62ortImport\x12\x1a.cbr.v1.AbortImportRequest\x1a\x1b.cbr.v1.AbortImportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x62r/v1/replication.proto\x12\x06\x63\x62r.v1\x1a\x12\x63\x62r/v1/cloud.proto\x1a\x13\x63\x62r/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x04\n\x11ReplicationRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.cbr.v1.ReplicationStatus\x12\x15\n\rsource_region\x18\x03 \x01(\t\x12\x19\n\x11source_project_id\x18\x04 \x01(\t\x12\x18\n\x10source_backup_id\x18\x05 \x01(\t\x12\x1c\n\x14source_checkpoint_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x07 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\x08 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\t \x01(\t\x12\x1d\n\x15\x64\x65stination_backup_id\x18\n \x01(\t\x12!\n\x19\x64\x65stination_checkpoint_id\x18\x0b \x01(\t\x12\x10\n\x08vault_id\x18\x0c \x01(\t\x12\x10\n\x08progress\x18\r \x01(\x05\x12\x11\n\tfail_code\x18\x0e \x01(\t\x12\x13\n\x0b\x66\x61il_reason\x18\x0f \x01(\t\x12\x14\n\x0c\x61uto_trigger\x18\x10 \x01(\x08\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x16ReplicateBackupRequest\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x03 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"I\n\x17ReplicateBackupResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x15replication_record_id\x18\x02 \x01(\t\"\x9a\x01\n\x15ReplicateVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x03 \x01(\t\x12\x1e\n\x16\x64\x65stination_project_id\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x05 \x01(\t\"*\n\x16ReplicateVaultResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"<\n\x1bGetReplicationRecordRequest\x12\x1d\n\x15replication_record_id\x18\x01 \x01(\t\"U\n\x1cGetReplicationRecordResponse\x12\x35\n\x12replication_record\x18\x01 \x01(\x0b\x32\x19.cbr.v1.ReplicationRecord\"\xb9\x01\n\x1dListReplicationRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08vault_id\x18\x03 \x01(\t\x12\x18\n\x10source_backup_id\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x05 \x01(\t\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.cbr.v1.ReplicationStatus\"\x86\x01\n\x1eListReplicationRecordsResponse\x12\x36\n\x13replication_records\x18\x01 \x03(\x0b\x32\x19.cbr.v1.ReplicationRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\";\n\x1d\x43heckReplicationAccessRequest\x12\x1a\n\x12\x64\x65stination_region\x18\x01 \x01(\t\"\xb9\x01\n\x1e\x43heckReplicationAccessResponse\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x18\n\x10region_supported\x18\x04 \x01(\x08\x12\x1f\n\x07regions\x18\x05 \x03(\x0b\x32\x0e.cbr.v1.Region\x12(\n\x06vaults\x18\x06 \x03(\x0b\x32\x18.cbr.v1.DestinationVault\"z\n\x10\x44\x65stinationVault\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x0bobject_type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x0f\n\x07size_gb\x18\x04 \x01(\x03\x12\x12\n\nused_bytes\x18\x05 \x01(\x03\"\xb3\x02\n\x0eImportedBackup\x12\x18\n\x10source_backup_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x15\n\rresource_name\x18\x05 \x01(\t\x12\x15\n\rresource_type\x18\x06 \x01(\t\x12\x1b\n\x13resource_size_bytes\x18\x07 \x01(\x03\x12\x13\n\x0bsystem_disk\x18\x08 \x01(\x08\x12\x13\n\x0bincremental\x18\t \x01(\x08\x12\x30\n\x0cprotected_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x63hildren\x18\x0b \x03(\x0b\x32\x16.cbr.v1.ImportedBackup\"\xe2\x02\n\x14PrepareImportRequest\x12\x18\n\x10source_record_id\x18\x01 \x01(\t\x12\x14\n\x0csource_cloud\x18\x02 \x01(\t\x12\x15\n\rsource_region\x18\x03 \x01(\t\x12\x19\n\x11source_project_id\x18\x04 \x01(\t\x12\x17\n\x0fsource_vault_id\x18\x05 \x01(\t\x12\x1c\n\x14source_checkpoint_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x07 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x08 \x01(\t\x12&\n\x06\x62\x61\x63kup\x18\t \x01(\x0b\x32\x16.cbr.v1.ImportedBackup\x12\x11\n\tencrypted\x18\n \x01(\x08\x12\x14\n\x0c\x61uto_trigger\x18\x0b \x01(\x08\x12&\n\nchunk_keys\x18\x0c \x03(\x0b\x32\x12.cbr.v1.ChunkIdKey\")\n\nChunkIdKey\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"\x90\x03\n\x15PrepareImportResponse\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12!\n\x19\x64\x65stination_checkpoint_id\x18\x03 \x01(\t\x12\x42\n\x0breplica_ids\x18\x04 \x03(\x0b\x32-.cbr.v1.PrepareImportResponse.ReplicaIdsEntry\x12\x19\n\x11importer_endpoint\x18\x05 \x01(\t\x12\x1c\n\x14importer_server_name\x18\x06 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x07 \x01(\t\x12\x14\n\x0cimport_token\x18\x08 \x01(\t\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x64\x65stination_project_id\x18\n \x01(\t\x1a\x31\n\x0fReplicaIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x10GetImportRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\"J\n\x11GetImportResponse\x12\x35\n\x12replication_record\x18\x01 \x01(\x0b\x32\x19.cbr.v1.ReplicationRecord\"7\n\x12\x41\x62ortImportRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x15\n\x13\x41\x62ortImportResponse\"#\n!GetReplicationCapabilitiesRequest\"T\n\"GetReplicationCapabilitiesResponse\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x1f\n\x07regions\x18\x02 \x03(\x0b\x32\x0e.cbr.v1.Region*\xdf\x01\n\x11ReplicationStatus\x12\"\n\x1eREPLICATION_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1eREPLICATION_STATUS_REPLICATING\x10\x01\x12\x1e\n\x1aREPLICATION_STATUS_SUCCESS\x10\x02\x12\x1b\n\x17REPLICATION_STATUS_FAIL\x10\x03\x12\x1b\n\x17REPLICATION_STATUS_SKIP\x10\x04\x12(\n$REPLICATION_STATUS_WAITING_REPLICATE\x10\x05\x32\xbb\x06\n\x12ReplicationService\x12R\n\x0fReplicateBackup\x12\x1e.cbr.v1.ReplicateBackupRequest\x1a\x1f.cbr.v1.ReplicateBackupResponse\x12O\n\x0eReplicateVault\x12\x1d.cbr.v1.ReplicateVaultRequest\x1a\x1e.cbr.v1.ReplicateVaultResponse\x12\x61\n\x14GetReplicationRecord\x12#.cbr.v1.GetReplicationRecordRequest\x1a$.cbr.v1.GetReplicationRecordResponse\x12g\n\x16ListReplicationRecords\x12%.cbr.v1.ListReplicationRecordsRequest\x1a&.cbr.v1.ListReplicationRecordsResponse\x12s\n\x1aGetReplicationCapabilities\x12).cbr.v1.GetReplicationCapabilitiesRequest\x1a*.cbr.v1.GetReplicationCapabilitiesResponse\x12g\n\x16\x43heckReplicationAccess\x12%.cbr.v1.CheckReplicationAccessRequest\x1a&.cbr.v1.CheckReplicationAccessResponse\x12L\n\rPrepareImport\x12\x1c.cbr.v1.PrepareImportRequest\x1a\x1d.cbr.v1.PrepareImportResponse\x12@\n\tGetImport\x12\x18.cbr.v1.GetImportRequest\x1a\x19.cbr.v1.GetImportResponse\x12\x46\n\x0b\x41\x62ortImport\x12\x1a.cbr.v1.AbortImportRequest\x1a\x1b.cbr.v1.AbortImportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,52 +36,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREPAREIMPORTRESPONSE_REPLICAIDSENTRY']._loaded_options = None
   _globals['_PREPAREIMPORTRESPONSE_REPLICAIDSENTRY']._serialized_options = b'8\001'
-  _globals['_REPLICATIONSTATUS']._serialized_start=3171
-  _globals['_REPLICATIONSTATUS']._serialized_end=3394
-  _globals['_REPLICATIONRECORD']._serialized_start=90
-  _globals['_REPLICATIONRECORD']._serialized_end=620
-  _globals['_REPLICATEBACKUPREQUEST']._serialized_start=623
-  _globals['_REPLICATEBACKUPREQUEST']._serialized_end=814
-  _globals['_REPLICATEBACKUPRESPONSE']._serialized_start=816
-  _globals['_REPLICATEBACKUPRESPONSE']._serialized_end=889
-  _globals['_REPLICATEVAULTREQUEST']._serialized_start=892
-  _globals['_REPLICATEVAULTREQUEST']._serialized_end=1046
-  _globals['_REPLICATEVAULTRESPONSE']._serialized_start=1048
-  _globals['_REPLICATEVAULTRESPONSE']._serialized_end=1090
-  _globals['_GETREPLICATIONRECORDREQUEST']._serialized_start=1092
-  _globals['_GETREPLICATIONRECORDREQUEST']._serialized_end=1152
-  _globals['_GETREPLICATIONRECORDRESPONSE']._serialized_start=1154
-  _globals['_GETREPLICATIONRECORDRESPONSE']._serialized_end=1239
-  _globals['_LISTREPLICATIONRECORDSREQUEST']._serialized_start=1242
-  _globals['_LISTREPLICATIONRECORDSREQUEST']._serialized_end=1427
-  _globals['_LISTREPLICATIONRECORDSRESPONSE']._serialized_start=1430
-  _globals['_LISTREPLICATIONRECORDSRESPONSE']._serialized_end=1564
-  _globals['_CHECKREPLICATIONACCESSREQUEST']._serialized_start=1566
-  _globals['_CHECKREPLICATIONACCESSREQUEST']._serialized_end=1625
-  _globals['_CHECKREPLICATIONACCESSRESPONSE']._serialized_start=1627
-  _globals['_CHECKREPLICATIONACCESSRESPONSE']._serialized_end=1737
-  _globals['_IMPORTEDBACKUP']._serialized_start=1740
-  _globals['_IMPORTEDBACKUP']._serialized_end=2047
-  _globals['_PREPAREIMPORTREQUEST']._serialized_start=2050
-  _globals['_PREPAREIMPORTREQUEST']._serialized_end=2404
-  _globals['_CHUNKIDKEY']._serialized_start=2406
-  _globals['_CHUNKIDKEY']._serialized_end=2447
-  _globals['_PREPAREIMPORTRESPONSE']._serialized_start=2450
-  _globals['_PREPAREIMPORTRESPONSE']._serialized_end=2850
-  _globals['_PREPAREIMPORTRESPONSE_REPLICAIDSENTRY']._serialized_start=2801
-  _globals['_PREPAREIMPORTRESPONSE_REPLICAIDSENTRY']._serialized_end=2850
-  _globals['_GETIMPORTREQUEST']._serialized_start=2852
-  _globals['_GETIMPORTREQUEST']._serialized_end=2889
-  _globals['_GETIMPORTRESPONSE']._serialized_start=2891
-  _globals['_GETIMPORTRESPONSE']._serialized_end=2965
-  _globals['_ABORTIMPORTREQUEST']._serialized_start=2967
-  _globals['_ABORTIMPORTREQUEST']._serialized_end=3022
-  _globals['_ABORTIMPORTRESPONSE']._serialized_start=3024
-  _globals['_ABORTIMPORTRESPONSE']._serialized_end=3045
-  _globals['_GETREPLICATIONCAPABILITIESREQUEST']._serialized_start=3047
-  _globals['_GETREPLICATIONCAPABILITIESREQUEST']._serialized_end=3082
-  _globals['_GETREPLICATIONCAPABILITIESRESPONSE']._serialized_start=3084
-  _globals['_GETREPLICATIONCAPABILITIESRESPONSE']._serialized_end=3168
-  _globals['_REPLICATIONSERVICE']._serialized_start=3397
-  _globals['_REPLICATIONSERVICE']._serialized_end=4224
+  _globals['_REPLICATIONSTATUS']._serialized_start=3392
+  _globals['_REPLICATIONSTATUS']._serialized_end=3615
+  _globals['_REPLICATIONRECORD']._serialized_start=111
+  _globals['_REPLICATIONRECORD']._serialized_end=641
+  _globals['_REPLICATEBACKUPREQUEST']._serialized_start=644
+  _globals['_REPLICATEBACKUPREQUEST']._serialized_end=835
+  _globals['_REPLICATEBACKUPRESPONSE']._serialized_start=837
+  _globals['_REPLICATEBACKUPRESPONSE']._serialized_end=910
+  _globals['_REPLICATEVAULTREQUEST']._serialized_start=913
+  _globals['_REPLICATEVAULTREQUEST']._serialized_end=1067
+  _globals['_REPLICATEVAULTRESPONSE']._serialized_start=1069
+  _globals['_REPLICATEVAULTRESPONSE']._serialized_end=1111
+  _globals['_GETREPLICATIONRECORDREQUEST']._serialized_start=1113
+  _globals['_GETREPLICATIONRECORDREQUEST']._serialized_end=1173
+  _globals['_GETREPLICATIONRECORDRESPONSE']._serialized_start=1175
+  _globals['_GETREPLICATIONRECORDRESPONSE']._serialized_end=1260
+  _globals['_LISTREPLICATIONRECORDSREQUEST']._serialized_start=1263
+  _globals['_LISTREPLICATIONRECORDSREQUEST']._serialized_end=1448
+  _globals['_LISTREPLICATIONRECORDSRESPONSE']._serialized_start=1451
+  _globals['_LISTREPLICATIONRECORDSRESPONSE']._serialized_end=1585
+  _globals['_CHECKREPLICATIONACCESSREQUEST']._serialized_start=1587
+  _globals['_CHECKREPLICATIONACCESSREQUEST']._serialized_end=1646
+  _globals['_CHECKREPLICATIONACCESSRESPONSE']._serialized_start=1649
+  _globals['_CHECKREPLICATIONACCESSRESPONSE']._serialized_end=1834
+  _globals['_DESTINATIONVAULT']._serialized_start=1836
+  _globals['_DESTINATIONVAULT']._serialized_end=1958
+  _globals['_IMPORTEDBACKUP']._serialized_start=1961
+  _globals['_IMPORTEDBACKUP']._serialized_end=2268
+  _globals['_PREPAREIMPORTREQUEST']._serialized_start=2271
+  _globals['_PREPAREIMPORTREQUEST']._serialized_end=2625
+  _globals['_CHUNKIDKEY']._serialized_start=2627
+  _globals['_CHUNKIDKEY']._serialized_end=2668
+  _globals['_PREPAREIMPORTRESPONSE']._serialized_start=2671
+  _globals['_PREPAREIMPORTRESPONSE']._serialized_end=3071
+  _globals['_PREPAREIMPORTRESPONSE_REPLICAIDSENTRY']._serialized_start=3022
+  _globals['_PREPAREIMPORTRESPONSE_REPLICAIDSENTRY']._serialized_end=3071
+  _globals['_GETIMPORTREQUEST']._serialized_start=3073
+  _globals['_GETIMPORTREQUEST']._serialized_end=3110
+  _globals['_GETIMPORTRESPONSE']._serialized_start=3112
+  _globals['_GETIMPORTRESPONSE']._serialized_end=3186
+  _globals['_ABORTIMPORTREQUEST']._serialized_start=3188
+  _globals['_ABORTIMPORTREQUEST']._serialized_end=3243
+  _globals['_ABORTIMPORTRESPONSE']._serialized_start=3245
+  _globals['_ABORTIMPORTRESPONSE']._serialized_end=3266
+  _globals['_GETREPLICATIONCAPABILITIESREQUEST']._serialized_start=3268
+  _globals['_GETREPLICATIONCAPABILITIESREQUEST']._serialized_end=3303
+  _globals['_GETREPLICATIONCAPABILITIESRESPONSE']._serialized_start=3305
+  _globals['_GETREPLICATIONCAPABILITIESRESPONSE']._serialized_end=3389
+  _globals['_REPLICATIONSERVICE']._serialized_start=3618
+  _globals['_REPLICATIONSERVICE']._serialized_end=4445
 # @@protoc_insertion_point(module_scope)

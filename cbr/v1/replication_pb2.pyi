@@ -1,6 +1,7 @@
 import datetime
 
 from cbr.v1 import cloud_pb2 as _cloud_pb2
+from cbr.v1 import common_pb2 as _common_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -157,16 +158,34 @@ class CheckReplicationAccessRequest(_message.Message):
     def __init__(self, destination_region: _Optional[str] = ...) -> None: ...
 
 class CheckReplicationAccessResponse(_message.Message):
-    __slots__ = ("cloud", "account_id", "user_id", "region_supported")
+    __slots__ = ("cloud", "account_id", "user_id", "region_supported", "regions", "vaults")
     CLOUD_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    VAULTS_FIELD_NUMBER: _ClassVar[int]
     cloud: str
     account_id: str
     user_id: str
     region_supported: bool
-    def __init__(self, cloud: _Optional[str] = ..., account_id: _Optional[str] = ..., user_id: _Optional[str] = ..., region_supported: _Optional[bool] = ...) -> None: ...
+    regions: _containers.RepeatedCompositeFieldContainer[_cloud_pb2.Region]
+    vaults: _containers.RepeatedCompositeFieldContainer[DestinationVault]
+    def __init__(self, cloud: _Optional[str] = ..., account_id: _Optional[str] = ..., user_id: _Optional[str] = ..., region_supported: _Optional[bool] = ..., regions: _Optional[_Iterable[_Union[_cloud_pb2.Region, _Mapping]]] = ..., vaults: _Optional[_Iterable[_Union[DestinationVault, _Mapping]]] = ...) -> None: ...
+
+class DestinationVault(_message.Message):
+    __slots__ = ("id", "name", "object_type", "size_gb", "used_bytes")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_GB_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    object_type: _common_pb2.ObjectType
+    size_gb: int
+    used_bytes: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ...) -> None: ...
 
 class ImportedBackup(_message.Message):
     __slots__ = ("source_backup_id", "name", "description", "resource_id", "resource_name", "resource_type", "resource_size_bytes", "system_disk", "incremental", "protected_at", "children")

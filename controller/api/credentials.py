@@ -96,6 +96,21 @@ class CredentialServicer(Servicer, credential_pb2_grpc.CredentialServiceServicer
                 now=self.now(), target_ca_pem=ca_pem)
             return credential_pb2.UpdateCredentialResponse(credential=convert.credential(c))
 
+    @calls_other_clouds
+    def ListReplicationDestinations(
+            self, request: credential_pb2.ListReplicationDestinationsRequest,
+            context: grpc.ServicerContext) -> credential_pb2.ListReplicationDestinationsResponse:
+        with self.app.db.begin() as s:
+            check = credentials.access_check(s, self.app.keyring, self.project_id,
+                                             request.credential_id)
+        answer = self._replicator().check_access(
+            name=check.name, endpoint=check.endpoint, ca_pem=check.current_ca_pem,
+            access_key_id=check.access_key_id, secret=check.secret,
+            target_account_id=check.target_account_id, target_cloud=check.target_cloud)
+        return credential_pb2.ListReplicationDestinationsResponse(
+            target_cloud=answer.cloud, target_account_id=answer.account_id,
+            regions=answer.regions, vaults=answer.vaults)
+
     def DeleteCredential(self, request: credential_pb2.DeleteCredentialRequest,
                          context: grpc.ServicerContext
                          ) -> credential_pb2.DeleteCredentialResponse:

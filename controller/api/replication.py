@@ -8,16 +8,20 @@ import grpc
 from google.protobuf import json_format
 
 from cbr import errors
-from cbr.v1 import cloud_pb2, replication_pb2, replication_pb2_grpc
+from cbr.v1 import cloud_pb2, common_pb2, replication_pb2, replication_pb2_grpc
 from controller.api import convert
 from controller.api.base import Servicer, calls_other_clouds
 from controller.jobs import receiver
 from controller.jobs.replicator import Replicator
-from controller.services import imports, replication
+from controller.persistence.vocabulary import ProtectType
+from controller.services import imports, replication, vaults
 
 
 def _record_pb(view: replication.RecordView) -> replication_pb2.ReplicationRecord:
     return convert.replication_record(view.record, view.task_progress)
+
+# A target account's replication vaults a source is shown at most.
+MAX_DESTINATION_VAULTS = 1000
 
 
 class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServicer):
@@ -70,10 +74,21 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                                ) -> replication_pb2.CheckReplicationAccessResponse:
         imports.require_replication_actions(self.caller.actions)
         regions = self.app.config.all_regions
+        # The caller holds cbr:vaults:get (a replication action): it may see
+        # which of its account's vaults take replicas, to choose one.
+        wanted = vaults.VaultFilter(protect_type=ProtectType.REPLICATION)
+        with self.app.db.read() as conn:
+            views, _, _ = vaults.list_vaults(conn, self.project_id, wanted,
+                                             MAX_DESTINATION_VAULTS, "")
         return replication_pb2.CheckReplicationAccessResponse(
             cloud=self.app.config.cloud_name, account_id=self.project_id,
             user_id=self.caller.user_id,
-            region_supported=imports.region_supported(regions, request.destination_region))
+            region_supported=imports.region_supported(regions, request.destination_region),
+            regions=[cloud_pb2.Region(id=r, replication_supported=ok) for r, ok in regions],
+            vaults=[replication_pb2.DestinationVault(
+                id=v.vault.id, name=v.vault.name,
+                object_type=convert.enum_number(common_pb2.ObjectType, v.vault.object_type),
+                size_gb=v.vault.size_gb, used_bytes=v.vault.used_bytes) for v in views])
 
     def PrepareImport(self, request: replication_pb2.PrepareImportRequest,
                       context: grpc.ServicerContext) -> replication_pb2.PrepareImportResponse:

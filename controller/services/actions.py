@@ -69,6 +69,7 @@ METHOD_ACTIONS: dict[str, str] = {
     "/cbr.v1.CredentialService/ListCredentials": "cbr:credentials:list",
     "/cbr.v1.CredentialService/UpdateCredential": "cbr:credentials:update",
     "/cbr.v1.CredentialService/DeleteCredential": "cbr:credentials:delete",
+    "/cbr.v1.CredentialService/ListReplicationDestinations": "cbr:credentials:get",
     "/cbr.v1.ReplicationService/ReplicateBackup": "cbr:backups:replicate",
     "/cbr.v1.ReplicationService/ReplicateVault": "cbr:vaults:replicate",
     "/cbr.v1.ReplicationService/GetReplicationRecord": "cbr:replicationRecords:get",

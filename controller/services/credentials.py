@@ -146,8 +146,8 @@ class AccessCheck:
 
 
 def access_check(session: Session, keyring: Keyring, project_id: str, credential_id: str, *,
-                 target_endpoint: str, access_key_id: str,
-                 secret_access_key: str) -> AccessCheck:
+                 target_endpoint: str = "", access_key_id: str = "",
+                 secret_access_key: str = "") -> AccessCheck:
     current = get_credential(session, project_id, credential_id)
     if access_key_id and not secret_access_key:
         raise errors.InvalidParameter(
