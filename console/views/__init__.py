@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from console.views import auth, overview, vaults
+from console.views import auth, overview, policies, vaults
 
 
 def add_routes(app: web.Application) -> None:
@@ -14,3 +14,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/sign-out", auth.sign_out)
     app.router.add_get("/", overview.page)
     vaults.add_routes(app)
+    policies.add_routes(app)
