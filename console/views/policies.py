@@ -21,7 +21,7 @@ from google.protobuf import field_mask_pb2
 from multidict import MultiMapping
 
 from cbr import errors
-from cbr.v1 import credential_pb2, policy_pb2
+from cbr.v1 import backup_pb2, credential_pb2, policy_pb2
 from console import web as cw
 from console.api import Api, ApiError, Rpc
 from controller.services import policy_rules, validation
@@ -336,12 +336,18 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def run_now(request: web.Request) -> web.Response:
-    """Runs the policy on its vaults now; its one task when it started one,
-    else back to its page, whose runs list the new ones."""
+    """Runs the policy on its vaults now; then the one task it started when
+    there is one (a backup policy's: its checkpoint's), else its page, whose
+    runs list the new ones."""
     api = cw.api(request)
     policy_id = request.match_info["policy_id"]
     started = await api(api.stubs.policies.RunPolicyNow,
                         policy_pb2.RunPolicyNowRequest(policy_id=policy_id))
-    if len(started.task_ids) == 1:
-        return cw.redirect(request, f"/tasks/{started.task_ids[0]}")
+    tasks = list(started.task_ids)
+    if len(started.checkpoint_ids) == 1:  # a backup policy on one vault: its checkpoint's
+        got = await api(api.stubs.backups.GetCheckpoint, backup_pb2.GetCheckpointRequest(
+            checkpoint_id=started.checkpoint_ids[0]))
+        tasks = list(got.checkpoint.task_ids)
+    if len(tasks) == 1:
+        return cw.redirect(request, f"/tasks/{tasks[0]}")
     return cw.redirect(request, f"/policies/{policy_id}")

@@ -185,7 +185,7 @@ async def delete_confirm(request: web.Request) -> web.Response:
     api = cw.api(request)
     vault = (await api(api.stubs.vaults.GetVault, vault_pb2.GetVaultRequest(
         vault_id=request.match_info["vault_id"]))).vault
-    return cw.render(request, "vault_delete.html", vault=vault)
+    return cw.render(request, "vault_delete.html", vault=vault, error="")
 
 
 async def delete(request: web.Request) -> web.Response:

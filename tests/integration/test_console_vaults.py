@@ -80,6 +80,22 @@ def _signed_in(controller: ControllerProcess, grant: str) -> ConsoleClient:
     return browser
 
 
+def _wait_succeeded(admin: Client, location: str) -> None:
+    """The task a page redirected to (``/tasks/ID``) ends in success."""
+    match = re.fullmatch(r"/tasks/([\w-]+)", location)
+    assert match is not None, location
+    final = (task_pb2.TASK_STATUS_SUCCESS, task_pb2.TASK_STATUS_FAILED,
+             task_pb2.TASK_STATUS_TIMEOUT, task_pb2.TASK_STATUS_SKIPPED)
+
+    def ended() -> task_pb2.Task | None:
+        task = admin.tasks.GetTask(task_pb2.GetTaskRequest(task_id=match.group(1))).task
+        return task if task.status in final else None
+
+    task = wait_until(ended, timeout=60, message=f"the task of {location} ends")
+    assert task is not None
+    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+
+
 def _only_vault(admin: Client) -> vault_pb2.Vault:
     [vault] = admin.vaults.ListVaults(vault_pb2.ListVaultsRequest()).vaults
     return vault
@@ -120,22 +136,17 @@ def test_a_vault_page_adds_a_resource_binds_a_policy_and_backs_up_now(
 
     started = browser.post(f"/vaults/{vault_id}/backup", {"resource_id": ""})
     assert started.status == 303
-    match = re.fullmatch(r"/tasks/([\w-]+)", started.location)
-    assert match is not None, started.location
-    final = (task_pb2.TASK_STATUS_SUCCESS, task_pb2.TASK_STATUS_FAILED,
-             task_pb2.TASK_STATUS_TIMEOUT)
-    task_id = match.group(1)
-
-    def ended() -> task_pb2.Task | None:
-        task = admin.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id)).task
-        return task if task.status in final else None
-
-    task = wait_until(ended, timeout=60, message="the backup task ends")
-    assert task is not None
-    assert task.status == task_pb2.TASK_STATUS_SUCCESS, task.error_info
+    _wait_succeeded(admin, started.location)
     [backup] = admin.backups.ListBackups(backup_pb2.ListBackupsRequest(
         vault_id=vault_id)).backups
     assert backup.resource_id == share.id
+
+    browser.get(f"/policies/{policy.id}")
+    ran = browser.post(f"/policies/{policy.id}/run", {})
+    assert ran.status == 303
+    _wait_succeeded(admin, ran.location)
+    runs = browser.get(f"/policies/{policy.id}")
+    assert "dispatched" in runs.text and "run now" in runs.text
 
     def counted() -> vault_pb2.Vault | None:
         vault = _only_vault(admin)
@@ -145,7 +156,7 @@ def test_a_vault_page_adds_a_resource_binds_a_policy_and_backs_up_now(
     assert vault is not None
     page = browser.get(f"/vaults/{vault_id}")
     assert f"{formats.size(vault.used_bytes)} of 10 GB" in page.text
-    assert "<td>1</td>" in page.text  # the resource's backup count
+    assert "<td>2</td>" in page.text  # the resource's backup count
 
 
 def test_the_policy_preview_shows_the_next_five_runs_and_names_the_rule_that_refuses(
@@ -209,3 +220,48 @@ def test_a_read_only_user_sees_what_each_control_needs_and_cannot_back_up(
 
     refused = browser.post(f"/vaults/{vault.id}/backup", {"resource_id": ""})
     assert refused.status == 403 and "cbr:checkpoints:create" in refused.text
+
+
+def test_a_policy_is_edited_and_a_vault_reconfigured_unbound_and_deleted_from_the_pages(
+        controller: ControllerProcess) -> None:
+    browser = _signed_in(controller, "CBRFullAccess")
+    admin = controller.client()
+    browser.get("/policies/new")
+    assert browser.post("/policies", DAILY).status == 303
+    [policy] = admin.policies.ListPolicies(policy_pb2.ListPoliciesRequest()).policies
+    form = browser.get(f"/policies/{policy.id}/edit")
+    assert 'name="hours" value="2"' in form.text and 'name="minutes" value="30"' in form.text
+    edited = browser.post(f"/policies/{policy.id}", {
+        **DAILY, "operation_type": "backup", "freq": "WEEKLY", "hours": "4", "minutes": "0",
+        "more_rules": "FREQ=DAILY;BYHOUR=22;BYMINUTE=15"} | {"byday": "SA"})
+    assert edited.status == 303 and edited.location == f"/policies/{policy.id}"
+    policy = admin.policies.GetPolicy(policy_pb2.GetPolicyRequest(policy_id=policy.id)).policy
+    assert list(policy.trigger.pattern) == ["FREQ=WEEKLY;BYDAY=SA;BYHOUR=4;BYMINUTE=0",
+                                            "FREQ=DAILY;BYHOUR=22;BYMINUTE=15"]
+    no_vaults = browser.post(f"/policies/{policy.id}/run", {}, htmx=True)
+    assert no_vaults.status == 200 and "has no vaults" in no_vaults.text
+
+    browser.get("/vaults")
+    browser.post("/vaults", {"name": "v1", "object_type": "disk", "protect_type": "backup",
+                             "size_gb": "10"})
+    vault_id = _only_vault(admin).id
+    browser.get(f"/vaults/{vault_id}")
+    assert browser.post(f"/vaults/{vault_id}/policies", {"policy_id": policy.id}).status == 303
+    changed = browser.post(f"/vaults/{vault_id}/settings",
+                           {"size_gb": "20", "threshold": "90", "auto_expand": "on"})
+    assert changed.status == 303
+    vault = _only_vault(admin)
+    assert (vault.size_gb, vault.threshold, vault.auto_expand) == (20, 90, True)
+    refused = browser.post(f"/vaults/{vault_id}/settings", {"size_gb": "20", "threshold": "0x"},
+                           htmx=True)
+    assert refused.status == 200 and "threshold" in refused.text and 'role="alert"' in refused.text
+
+    unbound = browser.post(f"/vaults/{vault_id}/policies/remove", {"policy_id": policy.id})
+    assert unbound.status == 303 and not _only_vault(admin).backup_policy_id
+
+    confirm = browser.get(f"/vaults/{vault_id}/delete")
+    assert "Type <strong>v1</strong> to confirm" in confirm.text
+    wrong = browser.post(f"/vaults/{vault_id}/delete", {"name": "v1", "confirm_name": "v2"})
+    assert wrong.status == 400 and _only_vault(admin).id == vault_id
+    deleted = browser.post(f"/vaults/{vault_id}/delete", {"name": "v1", "confirm_name": "v1"})
+    assert deleted.status == 303 and deleted.location.startswith("/tasks/")
