@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from console.views import audit, auth, backups, iam, keys, overview, replication, vaults
+from console.views import (
+    audit,
+    auth,
+    backups,
+    iam,
+    keys,
+    overview,
+    policies,
+    replication,
+    vaults,
+)
 
 
 def add_routes(app: web.Application) -> None:
@@ -19,3 +29,4 @@ def add_routes(app: web.Application) -> None:
     keys.add_routes(app)
     iam.add_routes(app)
     audit.add_routes(app)
+    policies.add_routes(app)

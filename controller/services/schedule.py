@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.services.policies import parse_rule
+from controller.services.policy_rules import parse_rule
 
 _OFFSET = re.compile(r"^UTC([+-])(\d{2}):(\d{2})$")
 SEARCH_DAYS = 62
