@@ -94,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("credential_id", metavar="CREDENTIAL_ID")
 
+    p = add_command(
+        group, "destinations", cmd_destinations,
+        "ask the target cloud where replicas may go: its regions and the account's "
+        "replication vaults", rpc="CredentialService.ListReplicationDestinations")
+    p.add_argument("credential_id", metavar="CREDENTIAL_ID")
+
 
 def _ca_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--target-ca-sha256", metavar="HEX",
@@ -202,6 +208,14 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_update(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.credentials.UpdateCredential(build_update_request(args), timeout=ctx.timeout)
     ctx.out.show(resp.credential)
+    return 0
+
+
+def cmd_destinations(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.credentials.ListReplicationDestinations(
+        credential_pb2.ListReplicationDestinationsRequest(credential_id=args.credential_id),
+        timeout=ctx.timeout)
+    ctx.out.show(resp)
     return 0
 
 

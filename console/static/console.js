@@ -15,6 +15,7 @@ document.addEventListener("click", function (event) {
     if (dialog && dialog.showModal) {
       event.preventDefault();
       dialog.showModal();
+      dialog.dispatchEvent(new CustomEvent("cbr:opened"));
       var first = dialog.querySelector("input, select, textarea, button");
       if (first) { first.focus(); }
     }

@@ -103,6 +103,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/backups/{backup_id}", detail_page)
     app.router.add_post("/backups/{backup_id}/restore", restore)
     app.router.add_post("/backups/{backup_id}/replicate", replicate)
+    app.router.add_get("/backups/{backup_id}/destinations", destinations)
 
 
 # -- the list -------------------------------------------------------------------------
@@ -264,6 +265,30 @@ async def restore(request: web.Request) -> web.Response:
 
 
 # -- replicate ------------------------------------------------------------------------
+
+
+async def destinations(request: web.Request) -> web.Response:
+    """The dialog's region and vault choices, asked of the target cloud with
+    the credential chosen: its regions (those refusing replicas shown
+    disabled) and the target account's replication vaults of the backup's
+    kind. If the target cannot be asked, the choices become text fields
+    and the reason is shown."""
+    api = cw.api(request)
+    credential_id = request.query.get("credential_id", "").strip()
+    backup = (await api(api.stubs.backups.GetBackup, backup_pb2.GetBackupRequest(
+        backup_id=request.match_info["backup_id"]))).backup
+    found: credential_pb2.ListReplicationDestinationsResponse | None = None
+    error: ApiError | None = None
+    if credential_id:
+        try:
+            found = await api(api.stubs.credentials.ListReplicationDestinations,
+                              credential_pb2.ListReplicationDestinationsRequest(
+                                  credential_id=credential_id))
+        except ApiError as err:
+            error = err
+    vaults = [v for v in found.vaults if v.object_type == backup.resource_type] if found else []
+    return cw.render(request, "_destinations.html", found=found, error=error, vaults=vaults,
+                     kind=resource_label(backup), chosen=bool(credential_id))
 
 
 async def replicate(request: web.Request) -> web.Response:

@@ -177,6 +177,19 @@ def test_a_replica_made_in_the_dialog_shows_on_the_target_console(
     fields = {"target_cloud": "cloud-b", "credential_id": clouds.credential_id,
               "destination_region": "region-b",
               "destination_vault_id": target.vaults["turbo"]}
+    # The dialog asks the target, with the credential, for its regions and
+    # the account's replication vaults of this backup's kind.
+    choices = browser.get(f"/backups/{tree.id}/destinations?credential_id="
+                          f"{clouds.credential_id}")
+    assert choices.status == 200, choices.text
+    assert '<option value="region-b">region-b</option>' in choices.text
+    assert '<option value="region-c" disabled>region-c (does not accept replicas)' \
+        in choices.text
+    assert f'<option value="{target.vaults["turbo"]}">r-turbo' in choices.text
+    assert target.vaults["server"] not in choices.text  # another kind's vault
+    unknown = browser.get(f"/backups/{tree.id}/destinations?credential_id=nope")
+    assert unknown.status == 200 and 'role="alert"' in unknown.text
+    assert '<input id="c-vault" name="destination_vault_id"' in unknown.text
 
     wrong = browser.post(f"/backups/{tree.id}/replicate", {**fields, "target_cloud": "cloud-z"})
     assert wrong.status == 400 and "is for cloud cloud-b, not cloud-z" in wrong.text
