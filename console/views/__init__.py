@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from console.views import auth, overview, vaults
+from console.views import agents, auth, overview, tasks, vaults
 
 
 def add_routes(app: web.Application) -> None:
@@ -14,3 +14,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/sign-out", auth.sign_out)
     app.router.add_get("/", overview.page)
     vaults.add_routes(app)
+    tasks.add_routes(app)
+    agents.add_routes(app)

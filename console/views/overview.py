@@ -1,15 +1,155 @@
-"""The overview: what is protected, how its last backups went, and what
-needs a look (failures of the last day, vaults near capacity)."""
+"""The overview: what is protected and what is not, how each resource's last
+backup went, what failed in the last day, how far replication is behind per
+region, and vault usage against capacity.
+
+One page, a bounded number of API calls made together: the lists the API
+serves oldest first are read with the largest page and a page limit, and
+what a bound cut short is said on the page rather than guessed.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from cbr.v1 import vault_pb2
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cbr.v1 import backup_pb2, notification_pb2, protectable_pb2, replication_pb2, vault_pb2
 from console import web as cw
+from console.api import Api, ApiError
+
+PAGE = 1000  # the API's largest page (cbr.limits.PAGE_SIZE_MAX)
+# ListBackups serves oldest first: the last backup of each resource needs the
+# whole list. Read at most this many pages (with 1000 backups, one).
+BACKUP_PAGES = 5
+FAILURE_SHOWN = 50
+FAILURE_WINDOW = dt.timedelta(hours=24)
+# The events that are failures (notification.proto Event.event_type).
+FAILURE_EVENTS = ("backup.failed", "restore.failed", "replication.failed")
+PENDING_REPLICATION = (replication_pb2.REPLICATION_STATUS_WAITING_REPLICATE,
+                       replication_pb2.REPLICATION_STATUS_REPLICATING)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Protected:
+    vault: Any
+    resource: Any
+    last: Any = None  # the resource's newest backup read, or None
+
+
+@dataclass
+class RegionLag:
+    region: str
+    pending: int = 0
+    oldest: dt.datetime | None = None  # created_at of the oldest record still pending
+    lag: dt.timedelta = field(default_factory=dt.timedelta)
+
+
+async def _section(call: Awaitable[T]) -> tuple[T | None, ApiError | None]:
+    try:
+        return await call, None
+    except ApiError as err:
+        if err.status == "UNAUTHENTICATED":
+            raise
+        return None, err
+
+
+async def _all_backups(api: Api) -> tuple[list[Any], bool]:
+    """The account's backups (top level), oldest first, and whether the page
+    limit cut the list short."""
+    found: list[Any] = []
+    token = ""
+    for _ in range(BACKUP_PAGES):
+        page = await api(api.stubs.backups.ListBackups, backup_pb2.ListBackupsRequest(
+            page_size=PAGE, page_token=token))
+        found.extend(page.backups)
+        token = page.next_page_token
+        if not token:
+            return found, False
+    return found, True
+
+
+async def _failures(api: Api, since: dt.datetime) -> tuple[list[Any], int]:
+    stamp = Timestamp()
+    stamp.FromDatetime(since)
+    pages = await asyncio.gather(*(api(api.stubs.notifications.ListEvents,
+                                       notification_pb2.ListEventsRequest(
+                                           page_size=FAILURE_SHOWN, event_type=kind,
+                                           since=stamp))
+                                   for kind in FAILURE_EVENTS))
+    events = sorted((e for p in pages for e in p.events),
+                    key=lambda e: e.occurred_at.ToDatetime(), reverse=True)
+    return events[:FAILURE_SHOWN], sum(int(p.total_count) for p in pages)
+
+
+async def _pending_replication(api: Api) -> tuple[list[Any], bool]:
+    pages = await asyncio.gather(*(api(api.stubs.replication.ListReplicationRecords,
+                                       replication_pb2.ListReplicationRecordsRequest(
+                                           page_size=PAGE, status=status))
+                                   for status in PENDING_REPLICATION))
+    return ([r for p in pages for r in p.replication_records],
+            any(p.next_page_token for p in pages))
+
+
+def lag_by_region(records: list[Any], now: dt.datetime) -> list[RegionLag]:
+    """Per destination region: how many replications are still pending and
+    the age of the oldest (the lag: that backup is not in the region yet).
+    The oldest is exact even from a cut list, which is oldest first."""
+    regions: dict[str, RegionLag] = {}
+    for record in records:
+        lag = regions.setdefault(record.destination_region, RegionLag(record.destination_region))
+        lag.pending += 1
+        created = record.created_at.ToDatetime(tzinfo=dt.UTC)
+        if lag.oldest is None or created < lag.oldest:
+            lag.oldest = created
+            lag.lag = max(dt.timedelta(), now - created)
+    return sorted(regions.values(), key=lambda r: r.lag, reverse=True)
+
+
+def last_backups(backups: list[Any]) -> dict[str, Any]:
+    """The newest backup of each resource id (the list is oldest first, but
+    compare times anyway: pages are read in order, not guaranteed sorted)."""
+    last: dict[str, Any] = {}
+    for backup in backups:
+        seen = last.get(backup.resource_id)
+        if seen is None or (backup.created_at.seconds, backup.created_at.nanos) >= (
+                seen.created_at.seconds, seen.created_at.nanos):
+            last[backup.resource_id] = backup
+    return last
 
 
 async def page(request: web.Request) -> web.Response:
     api = cw.api(request)
-    vaults = await api(api.stubs.vaults.ListVaults, vault_pb2.ListVaultsRequest(page_size=1000))
-    return cw.render(request, "overview.html", vaults=vaults.vaults)
+    now = cw.console_of(request).app.clock.now()
+    (vaults, vaults_err), (unprotected, unprotected_err), (backups, backups_err), \
+        (failures, failures_err), (pending, pending_err) = await asyncio.gather(
+            _section(api(api.stubs.vaults.ListVaults, vault_pb2.ListVaultsRequest(page_size=PAGE))),
+            _section(api(api.stubs.protectables.ListProtectables,
+                         protectable_pb2.ListProtectablesRequest(page_size=PAGE,
+                                                                 protection="unprotected"))),
+            _section(_all_backups(api)),
+            _section(_failures(api, now - FAILURE_WINDOW)),
+            _section(_pending_replication(api)))
+    last = last_backups(backups[0]) if backups is not None else {}
+    protected = [Protected(v, r, last.get(r.id)) for v in (vaults.vaults if vaults else ())
+                 for r in v.resources]
+    return cw.render(
+        request, "overview.html", since=now - FAILURE_WINDOW,
+        vaults=vaults.vaults if vaults else [], vaults_error=vaults_err,
+        protected=protected, backups_error=backups_err,
+        backups_truncated=bool(backups and backups[1]),
+        backups_read=len(backups[0]) if backups else 0,
+        unprotected=unprotected.protectables if unprotected else [],
+        unprotected_total=unprotected.total_count if unprotected else 0,
+        unprotected_error=unprotected_err,
+        failures=failures[0] if failures else [], failures_total=failures[1] if failures else 0,
+        failures_error=failures_err,
+        lags=lag_by_region(pending[0], now) if pending else [],
+        pending_truncated=bool(pending and pending[1]), pending_error=pending_err)
+
