@@ -107,7 +107,8 @@ async def _pending_replication(api: Api) -> tuple[list[Any], bool]:
 def lag_by_region(records: list[Any], now: dt.datetime) -> list[RegionLag]:
     """Per destination region: how many replications are still pending and
     the age of the oldest (the lag: that backup is not in the region yet).
-    The oldest is exact even from a cut list, which is oldest first."""
+    From a cut list (each status's oldest first) a region read has its
+    oldest record of that status; the page says what may be missing."""
     regions: dict[str, RegionLag] = {}
     for record in records:
         lag = regions.setdefault(record.destination_region, RegionLag(record.destination_region))
@@ -149,7 +150,7 @@ async def page(request: web.Request) -> web.Response:
     protected = [Protected(v, r, last.get(r.id)) for v in (vaults.vaults if vaults else ())
                  for r in v.resources]
     return cw.render(
-        request, "overview.html", since=now - FAILURE_WINDOW,
+        request, "overview.html", since=now - FAILURE_WINDOW, page_size=PAGE,
         vaults=vaults.vaults if vaults else [], vaults_error=vaults_err,
         protected=protected, backups_error=backups_err,
         backups_truncated=bool(backups and backups[1]),

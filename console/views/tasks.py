@@ -14,6 +14,7 @@ from aiohttp import web
 from cbr.v1 import task_pb2
 from console import formats
 from console import web as cw
+from console.api import ApiError
 
 PAGE_SIZE = 50
 STOP_POLLING = 286
@@ -73,7 +74,13 @@ async def detail(request: web.Request) -> web.Response:
 
 async def progress_fragment(request: web.Request) -> web.Response:
     """The part of the task page that changes; polled while the task runs."""
-    task = await _task(request)
+    try:
+        task = await _task(request)
+    except ApiError as err:
+        if err.status == "UNAUTHENTICATED":
+            raise  # the middleware sends the browser to sign in
+        # Polling again would only repeat the refusal: stop, and say why.
+        return cw.render(request, "_error.html", status=STOP_POLLING, error=err)
     final = is_final(task)
     # 286: htmx stops polling (and still swaps this last fragment in).
     return cw.render(request, "_task_progress.html", status=STOP_POLLING if final else 200,

@@ -189,3 +189,13 @@ def test_the_tasks_and_agents_pages_need_a_session(controller: ControllerProcess
     browser: ConsoleClient = _browser(controller)
     for path in ("/tasks", "/agents", "/tasks/x/progress"):
         assert browser.get(path).status == 303
+
+
+def test_polling_an_unknown_task_stops_with_the_apis_refusal(
+        controller: ControllerProcess) -> None:
+    _user(controller.client(), "ops", "CBRFullAccess")
+    browser = _browser(controller)
+    browser.sign_in("admin", "ops", PASSWORD)
+    page = browser.request("GET", "/tasks/no-such-task/progress", headers=HTMX)
+    assert page.status == 286 and "NOT_FOUND" in page.text
+    assert browser.get("/tasks/no-such-task").status == 404
