@@ -74,15 +74,30 @@ def _enum_prefix(enum_name: str) -> str:
     return "".join(out) + "_"
 
 
+# TaskStatus numbers that end a task (task.proto): success, failed,
+# skipped, timeout, cancelled.
+FINAL_TASK_STATUSES = frozenset({3, 4, 5, 6, 7})
+TASK_SUCCESS = 3
+
+
 @dataclass(frozen=True)
 class Progress:
-    """A task's progress as its page shows it while it runs."""
+    """A task's progress as its page shows it.
+
+    Figures come from the counters the agent last reported (task.extra_info,
+    one report a second at most), so "left" is an estimate as of that report.
+    """
 
     percent: int
     done: int
     total: int
-    rate: float  # bytes a second since it started
+    rate: float  # average bytes a second from the start to the last report (or the end)
     left: float | None  # seconds, when it can be told
+    final: bool = False
+    # done is the percent of total (a replication reports how far its walk
+    # is, not a byte count): shown as "about".
+    estimated: bool = False
+    sent: int = 0  # bytes uploaded or sent on the wire so far
 
     @property
     def rate_text(self) -> str:
@@ -94,20 +109,50 @@ class Progress:
 
 
 def progress(task: Any) -> Progress:
+    """What agents report (agent.dataplane.Progress.snapshot for backups and
+    restores: bytes_total and bytes_scanned, logical bytes with holes; the
+    replication source: bytes_total and bytes_sent, with the percent of its
+    walk; an importer: bytes_stored only, no total) turned into one bar.
+
+    A final task's progress is always 100 in the API; a cancelled or failed
+    one shows how far it got instead, and only a success shows 100%."""
     info = dict(task.extra_info)
-    done = _int(info.get("bytes_scanned") or info.get("bytes_received") or 0)
-    total = _int(info.get("bytes_total") or 0)
-    started = task.started_at.ToDatetime() if task.HasField("started_at") else None
-    updated = task.updated_at.ToDatetime() if task.HasField("updated_at") else None
-    elapsed = (updated - started).total_seconds() if started and updated else 0.0
+    final = task.status in FINAL_TASK_STATUSES
+    total = _int(info.get("bytes_total"))
+    done = _int(info.get("bytes_scanned"))
+    sent = _int(info.get("bytes_sent"))
+    estimated = False
+    if not done and total and task.progress and task.status not in FINAL_TASK_STATUSES:
+        done, estimated = total * task.progress // 100, True
+    if not done and not total:
+        done = _int(info.get("bytes_stored"))  # an importer: what arrived, of an unknown total
+    if task.status == TASK_SUCCESS:
+        percent = 100
+        done = max(done, total)
+    elif final:
+        percent = min(99, done * 100 // total) if total else 0
+    else:
+        percent = min(99, max(0, task.progress))
+    started = _time(task, "started_at")
+    until = _time(task, "ended_at") if final else _time(task, "updated_at")
+    elapsed = (until - started).total_seconds() if started and until else 0.0
     rate = done / elapsed if elapsed > 0 and done else 0.0
-    left = (total - done) / rate if rate and total > done else None
-    return Progress(task.progress, done, total, rate, left)
+    left = (total - done) / rate if rate and total > done and not final else None
+    return Progress(percent, done, total, rate, left, final, estimated, sent)
+
+
+def _time(message: Any, field: str) -> dt.datetime | None:
+    if not message.HasField(field):
+        return None
+    value: Timestamp = getattr(message, field)
+    if not value.seconds and not value.nanos:
+        return None
+    return value.ToDatetime(tzinfo=dt.UTC)
 
 
 def _int(value: object) -> int:
     try:
-        return int(str(value))
+        return int(str(value or 0))
     except ValueError:
         return 0
 

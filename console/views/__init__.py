@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from console.views import (
+    agents,
     audit,
     auth,
     backups,
@@ -14,6 +15,7 @@ from console.views import (
     overview,
     policies,
     replication,
+    tasks,
     vaults,
 )
 
@@ -23,10 +25,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/sign-in", auth.sign_in)
     app.router.add_post("/sign-out", auth.sign_out)
     app.router.add_get("/", overview.page)
-    vaults.add_routes(app)
-    backups.add_routes(app)
-    replication.add_routes(app)
-    keys.add_routes(app)
-    iam.add_routes(app)
-    audit.add_routes(app)
-    policies.add_routes(app)
+    for group in (vaults, backups, replication, policies, tasks, agents, keys, iam, audit):
+        group.add_routes(app)
