@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/audit.proto\x12\x06\x63\x62r.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x02\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x15\n\raccess_key_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x14\n\x0cresource_ids\x18\x07 \x03(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12#\n\x06result\x18\t \x01(\x0e\x32\x13.cbr.v1.AuditResult\x12\x13\n\x0bstatus_code\x18\n \x01(\t\x12\x12\n\nerror_code\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\r \x01(\x05\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x02\n\x17ListAuditRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x15\n\raccess_key_id\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12#\n\x06result\x18\x07 \x01(\x0e\x32\x13.cbr.v1.AuditResult\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x18ListAuditRecordsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.cbr.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03*x\n\x0b\x41uditResult\x12\x1c\n\x18\x41UDIT_RESULT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIT_RESULT_SUCCESS\x10\x01\x12\x18\n\x14\x41UDIT_RESULT_REFUSED\x10\x02\x12\x17\n\x13\x41UDIT_RESULT_FAILED\x10\x03\x32\x65\n\x0c\x41uditService\x12U\n\x10ListAuditRecords\x12\x1f.cbr.v1.ListAuditRecordsRequest\x1a .cbr.v1.ListAuditRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/audit.proto\x12\x06\x63\x62r.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x02\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x15\n\raccess_key_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x14\n\x0cresource_ids\x18\x07 \x03(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12#\n\x06result\x18\t \x01(\x0e\x32\x13.cbr.v1.AuditResult\x12\x13\n\x0bstatus_code\x18\n \x01(\t\x12\x12\n\nerror_code\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\r \x01(\x05\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x02\n\x17ListAuditRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x15\n\raccess_key_id\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12#\n\x06result\x18\x07 \x01(\x0e\x32\x13.cbr.v1.AuditResult\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnewest_first\x18\n \x01(\x08\"n\n\x18ListAuditRecordsResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.cbr.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03*x\n\x0b\x41uditResult\x12\x1c\n\x18\x41UDIT_RESULT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIT_RESULT_SUCCESS\x10\x01\x12\x18\n\x14\x41UDIT_RESULT_REFUSED\x10\x02\x12\x17\n\x13\x41UDIT_RESULT_FAILED\x10\x03\x32\x65\n\x0c\x41uditService\x12U\n\x10ListAuditRecords\x12\x1f.cbr.v1.ListAuditRecordsRequest\x1a .cbr.v1.ListAuditRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITRESULT']._serialized_start=770
-  _globals['_AUDITRESULT']._serialized_end=890
+  _globals['_AUDITRESULT']._serialized_start=792
+  _globals['_AUDITRESULT']._serialized_end=912
   _globals['_AUDITRECORD']._serialized_start=64
   _globals['_AUDITRECORD']._serialized_end=389
   _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=392
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=656
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=658
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=768
-  _globals['_AUDITSERVICE']._serialized_start=892
-  _globals['_AUDITSERVICE']._serialized_end=993
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=678
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=680
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=790
+  _globals['_AUDITSERVICE']._serialized_start=914
+  _globals['_AUDITSERVICE']._serialized_end=1015
 # @@protoc_insertion_point(module_scope)

@@ -54,7 +54,7 @@ class AuditRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., user_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., method: _Optional[str] = ..., action: _Optional[str] = ..., resource_ids: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., result: _Optional[_Union[AuditResult, str]] = ..., status_code: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., duration_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListAuditRecordsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "action", "user_id", "access_key_id", "resource_id", "result", "since", "until")
+    __slots__ = ("page_size", "page_token", "action", "user_id", "access_key_id", "resource_id", "result", "since", "until", "newest_first")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class ListAuditRecordsRequest(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     action: str
@@ -73,7 +74,8 @@ class ListAuditRecordsRequest(_message.Message):
     result: AuditResult
     since: _timestamp_pb2.Timestamp
     until: _timestamp_pb2.Timestamp
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., action: _Optional[str] = ..., user_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., result: _Optional[_Union[AuditResult, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    newest_first: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., action: _Optional[str] = ..., user_id: _Optional[str] = ..., access_key_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., result: _Optional[_Union[AuditResult, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ListAuditRecordsResponse(_message.Message):
     __slots__ = ("records", "next_page_token", "total_count")

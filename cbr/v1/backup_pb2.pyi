@@ -314,7 +314,7 @@ class GetBackupResponse(_message.Message):
     def __init__(self, backup: _Optional[_Union[Backup, _Mapping]] = ...) -> None: ...
 
 class ListBackupsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "vault_id", "resource_id", "checkpoint_id", "status", "image_type", "resource_type", "name", "show_children")
+    __slots__ = ("page_size", "page_token", "vault_id", "resource_id", "checkpoint_id", "status", "image_type", "resource_type", "name", "show_children", "newest_first")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     VAULT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +325,7 @@ class ListBackupsRequest(_message.Message):
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHOW_CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     vault_id: str
@@ -335,7 +336,8 @@ class ListBackupsRequest(_message.Message):
     resource_type: _common_pb2.ObjectType
     name: str
     show_children: bool
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vault_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., status: _Optional[_Union[BackupStatus, str]] = ..., image_type: _Optional[_Union[ImageType, str]] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., name: _Optional[str] = ..., show_children: _Optional[bool] = ...) -> None: ...
+    newest_first: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vault_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., status: _Optional[_Union[BackupStatus, str]] = ..., image_type: _Optional[_Union[ImageType, str]] = ..., resource_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., name: _Optional[str] = ..., show_children: _Optional[bool] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ListBackupsResponse(_message.Message):
     __slots__ = ("backups", "next_page_token", "total_count")

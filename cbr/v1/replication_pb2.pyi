@@ -126,20 +126,22 @@ class GetReplicationRecordResponse(_message.Message):
     def __init__(self, replication_record: _Optional[_Union[ReplicationRecord, _Mapping]] = ...) -> None: ...
 
 class ListReplicationRecordsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "vault_id", "source_backup_id", "destination_region", "status")
+    __slots__ = ("page_size", "page_token", "vault_id", "source_backup_id", "destination_region", "status", "newest_first")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     VAULT_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_REGION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     vault_id: str
     source_backup_id: str
     destination_region: str
     status: ReplicationStatus
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vault_id: _Optional[str] = ..., source_backup_id: _Optional[str] = ..., destination_region: _Optional[str] = ..., status: _Optional[_Union[ReplicationStatus, str]] = ...) -> None: ...
+    newest_first: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vault_id: _Optional[str] = ..., source_backup_id: _Optional[str] = ..., destination_region: _Optional[str] = ..., status: _Optional[_Union[ReplicationStatus, str]] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ListReplicationRecordsResponse(_message.Message):
     __slots__ = ("replication_records", "next_page_token", "total_count")

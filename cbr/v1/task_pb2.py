@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63\x62r/v1/task.proto\x12\x06\x63\x62r.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x0eoperation_type\x18\x02 \x01(\x0e\x32\x15.cbr.v1.OperationType\x12\"\n\x06status\x18\x03 \x01(\x0e\x32\x12.cbr.v1.TaskStatus\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x11\n\tpolicy_id\x18\x06 \x01(\t\x12\x10\n\x08vault_id\x18\x07 \x01(\t\x12\x12\n\nvault_name\x18\x08 \x01(\t\x12\x13\n\x0bresource_id\x18\t \x01(\t\x12\x15\n\rresource_name\x18\n \x01(\t\x12\x10\n\x08\x61gent_id\x18\x0b \x01(\t\x12%\n\nerror_info\x18\x0c \x01(\x0b\x32\x11.cbr.v1.TaskError\x12/\n\nextra_info\x18\r \x03(\x0b\x32\x1b.cbr.v1.Task.ExtraInfoEntry\x12\x12\n\nproject_id\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12started_by_user_id\x18\x13 \x01(\t\x12 \n\x18started_by_access_key_id\x18\x14 \x01(\t\x1a\x30\n\x0e\x45xtraInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"-\n\x0fGetTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.cbr.v1.Task\"\xdd\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x15.cbr.v1.OperationType\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.cbr.v1.TaskStatus\x12\x10\n\x08vault_id\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x07 \x01(\t\x12\x11\n\tpolicy_id\x18\x08 \x01(\t\"^\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.cbr.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"/\n\x11WatchTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.cbr.v1.Task\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x12\x43\x61ncelTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.cbr.v1.Task*\xe8\x02\n\rOperationType\x12\x1e\n\x1aOPERATION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15OPERATION_TYPE_BACKUP\x10\x01\x12\x17\n\x13OPERATION_TYPE_COPY\x10\x02\x12\x1e\n\x1aOPERATION_TYPE_REPLICATION\x10\x03\x12\x1a\n\x16OPERATION_TYPE_RESTORE\x10\x04\x12\x19\n\x15OPERATION_TYPE_DELETE\x10\x05\x12\x17\n\x13OPERATION_TYPE_SYNC\x10\x06\x12\x1f\n\x1bOPERATION_TYPE_VAULT_DELETE\x10\x07\x12\"\n\x1eOPERATION_TYPE_REMOVE_RESOURCE\x10\x08\x12\x19\n\x15OPERATION_TYPE_VERIFY\x10\t\x12\x18\n\x14OPERATION_TYPE_PRUNE\x10\n\x12\x19\n\x15OPERATION_TYPE_REPAIR\x10\x0b*\xd9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_WAITING\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x17\n\x13TASK_STATUS_SUCCESS\x10\x03\x12\x16\n\x12TASK_STATUS_FAILED\x10\x04\x12\x17\n\x13TASK_STATUS_SKIPPED\x10\x05\x12\x17\n\x13TASK_STATUS_TIMEOUT\x10\x06\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x07\x32\x94\x02\n\x0bTaskService\x12:\n\x07GetTask\x12\x16.cbr.v1.GetTaskRequest\x1a\x17.cbr.v1.GetTaskResponse\x12@\n\tListTasks\x12\x18.cbr.v1.ListTasksRequest\x1a\x19.cbr.v1.ListTasksResponse\x12\x42\n\tWatchTask\x12\x18.cbr.v1.WatchTaskRequest\x1a\x19.cbr.v1.WatchTaskResponse0\x01\x12\x43\n\nCancelTask\x12\x19.cbr.v1.CancelTaskRequest\x1a\x1a.cbr.v1.CancelTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63\x62r/v1/task.proto\x12\x06\x63\x62r.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x0eoperation_type\x18\x02 \x01(\x0e\x32\x15.cbr.v1.OperationType\x12\"\n\x06status\x18\x03 \x01(\x0e\x32\x12.cbr.v1.TaskStatus\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x11\n\tpolicy_id\x18\x06 \x01(\t\x12\x10\n\x08vault_id\x18\x07 \x01(\t\x12\x12\n\nvault_name\x18\x08 \x01(\t\x12\x13\n\x0bresource_id\x18\t \x01(\t\x12\x15\n\rresource_name\x18\n \x01(\t\x12\x10\n\x08\x61gent_id\x18\x0b \x01(\t\x12%\n\nerror_info\x18\x0c \x01(\x0b\x32\x11.cbr.v1.TaskError\x12/\n\nextra_info\x18\r \x03(\x0b\x32\x1b.cbr.v1.Task.ExtraInfoEntry\x12\x12\n\nproject_id\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12started_by_user_id\x18\x13 \x01(\t\x12 \n\x18started_by_access_key_id\x18\x14 \x01(\t\x1a\x30\n\x0e\x45xtraInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"-\n\x0fGetTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.cbr.v1.Task\"\xf3\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x15.cbr.v1.OperationType\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.cbr.v1.TaskStatus\x12\x10\n\x08vault_id\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x07 \x01(\t\x12\x11\n\tpolicy_id\x18\x08 \x01(\t\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"^\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.cbr.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"/\n\x11WatchTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.cbr.v1.Task\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x12\x43\x61ncelTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.cbr.v1.Task*\xe8\x02\n\rOperationType\x12\x1e\n\x1aOPERATION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15OPERATION_TYPE_BACKUP\x10\x01\x12\x17\n\x13OPERATION_TYPE_COPY\x10\x02\x12\x1e\n\x1aOPERATION_TYPE_REPLICATION\x10\x03\x12\x1a\n\x16OPERATION_TYPE_RESTORE\x10\x04\x12\x19\n\x15OPERATION_TYPE_DELETE\x10\x05\x12\x17\n\x13OPERATION_TYPE_SYNC\x10\x06\x12\x1f\n\x1bOPERATION_TYPE_VAULT_DELETE\x10\x07\x12\"\n\x1eOPERATION_TYPE_REMOVE_RESOURCE\x10\x08\x12\x19\n\x15OPERATION_TYPE_VERIFY\x10\t\x12\x18\n\x14OPERATION_TYPE_PRUNE\x10\n\x12\x19\n\x15OPERATION_TYPE_REPAIR\x10\x0b*\xd9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_WAITING\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x17\n\x13TASK_STATUS_SUCCESS\x10\x03\x12\x16\n\x12TASK_STATUS_FAILED\x10\x04\x12\x17\n\x13TASK_STATUS_SKIPPED\x10\x05\x12\x17\n\x13TASK_STATUS_TIMEOUT\x10\x06\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x07\x32\x94\x02\n\x0bTaskService\x12:\n\x07GetTask\x12\x16.cbr.v1.GetTaskRequest\x1a\x17.cbr.v1.GetTaskResponse\x12@\n\tListTasks\x12\x18.cbr.v1.ListTasksRequest\x1a\x19.cbr.v1.ListTasksResponse\x12\x42\n\tWatchTask\x12\x18.cbr.v1.WatchTaskRequest\x1a\x19.cbr.v1.WatchTaskResponse0\x01\x12\x43\n\nCancelTask\x12\x19.cbr.v1.CancelTaskRequest\x1a\x1a.cbr.v1.CancelTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASK_EXTRAINFOENTRY']._loaded_options = None
   _globals['_TASK_EXTRAINFOENTRY']._serialized_options = b'8\001'
-  _globals['_OPERATIONTYPE']._serialized_start=1357
-  _globals['_OPERATIONTYPE']._serialized_end=1717
-  _globals['_TASKSTATUS']._serialized_start=1720
-  _globals['_TASKSTATUS']._serialized_end=1937
+  _globals['_OPERATIONTYPE']._serialized_start=1379
+  _globals['_OPERATIONTYPE']._serialized_end=1739
+  _globals['_TASKSTATUS']._serialized_start=1742
+  _globals['_TASKSTATUS']._serialized_end=1959
   _globals['_TASKERROR']._serialized_start=62
   _globals['_TASKERROR']._serialized_end=104
   _globals['_TASK']._serialized_start=107
@@ -49,17 +49,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKRESPONSE']._serialized_start=815
   _globals['_GETTASKRESPONSE']._serialized_end=860
   _globals['_LISTTASKSREQUEST']._serialized_start=863
-  _globals['_LISTTASKSREQUEST']._serialized_end=1084
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1086
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1180
-  _globals['_WATCHTASKREQUEST']._serialized_start=1182
-  _globals['_WATCHTASKREQUEST']._serialized_end=1217
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1219
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1266
-  _globals['_CANCELTASKREQUEST']._serialized_start=1268
-  _globals['_CANCELTASKREQUEST']._serialized_end=1304
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1306
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1354
-  _globals['_TASKSERVICE']._serialized_start=1940
-  _globals['_TASKSERVICE']._serialized_end=2216
+  _globals['_LISTTASKSREQUEST']._serialized_end=1106
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1108
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1202
+  _globals['_WATCHTASKREQUEST']._serialized_start=1204
+  _globals['_WATCHTASKREQUEST']._serialized_end=1239
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1241
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1288
+  _globals['_CANCELTASKREQUEST']._serialized_start=1290
+  _globals['_CANCELTASKREQUEST']._serialized_end=1326
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1328
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1376
+  _globals['_TASKSERVICE']._serialized_start=1962
+  _globals['_TASKSERVICE']._serialized_end=2238
 # @@protoc_insertion_point(module_scope)

@@ -128,7 +128,7 @@ class GetTaskResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "operation_type", "status", "vault_id", "resource_id", "checkpoint_id", "policy_id")
+    __slots__ = ("page_size", "page_token", "operation_type", "status", "vault_id", "resource_id", "checkpoint_id", "policy_id", "newest_first")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     OPERATION_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class ListTasksRequest(_message.Message):
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     operation_type: OperationType
@@ -145,7 +146,8 @@ class ListTasksRequest(_message.Message):
     resource_id: str
     checkpoint_id: str
     policy_id: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., operation_type: _Optional[_Union[OperationType, str]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., vault_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., policy_id: _Optional[str] = ...) -> None: ...
+    newest_first: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., operation_type: _Optional[_Union[OperationType, str]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., vault_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token", "total_count")

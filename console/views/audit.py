@@ -49,7 +49,8 @@ async def page(request: web.Request) -> web.Response:
         page_size=limits.PAGE_SIZE_DEFAULT, page_token=query.get("page_token", ""),
         result=RESULTS.get(result, audit_pb2.AUDIT_RESULT_UNSPECIFIED),
         action=filters["action"], user_id=filters["user_id"],
-        access_key_id=filters["access_key_id"], resource_id=filters["resource_id"])
+        access_key_id=filters["access_key_id"], resource_id=filters["resource_id"],
+        newest_first=True)
     for name in TIME_FILTERS:
         when = _utc(name, filters[name])
         if when is not None:

@@ -120,7 +120,7 @@ async def list_page(request: web.Request) -> web.Response:
     listed = await api(api.stubs.backups.ListBackups, backup_pb2.ListBackupsRequest(
         page_size=size, page_token=q.get("page_token", ""), vault_id=filters["vault_id"],
         resource_id=filters["resource_id"], checkpoint_id=filters["checkpoint_id"],
-        name=filters["name"], show_children=show_children,
+        name=filters["name"], show_children=show_children, newest_first=True,
         status=choice_number(STATUSES, filters["status"]),  # type: ignore[arg-type]
         image_type=choice_number(IMAGE_TYPES, filters["image_type"]),  # type: ignore[arg-type]
         resource_type=choice_number(  # type: ignore[arg-type]
@@ -216,11 +216,13 @@ async def _history(request: web.Request, backup: backup_pb2.Backup
     if backup.image_type == backup_pb2.IMAGE_TYPE_REPLICATION:
         listed = await api(api.stubs.replication.ListReplicationRecords,
                            replication_pb2.ListReplicationRecordsRequest(
-                               vault_id=backup.vault_id, page_size=limits.PAGE_SIZE_MAX))
+                               vault_id=backup.vault_id, page_size=limits.PAGE_SIZE_MAX,
+                               newest_first=True))
         return [r for r in listed.replication_records if r.destination_backup_id == backup.id]
     listed = await api(api.stubs.replication.ListReplicationRecords,
                        replication_pb2.ListReplicationRecordsRequest(
-                           source_backup_id=backup.id, page_size=limits.PAGE_SIZE_MAX))
+                           source_backup_id=backup.id, page_size=limits.PAGE_SIZE_MAX,
+                           newest_first=True))
     return list(listed.replication_records)
 
 

@@ -55,7 +55,7 @@ async def list_page(request: web.Request) -> web.Response:
                            source_backup_id=filters["source_backup_id"],
                            destination_region=filters["destination_region"],
                            status=choice_number(  # type: ignore[arg-type]
-                               STATUSES, filters["status"])))
+                               STATUSES, filters["status"]), newest_first=True))
     vault_names: dict[str, str] = {}
     if not cw.missing(request, "VaultService/ListVaults"):
         vaults = await api(api.stubs.vaults.ListVaults, vault_pb2.ListVaultsRequest(

@@ -50,7 +50,7 @@ async def list_page(request: web.Request) -> web.Response:
         page_size=PAGE_SIZE, page_token=str(query.get("page_token", ""))[:512],
         operation_type=OPERATION_TYPES.get(chosen["operation_type"], "OPERATION_TYPE_UNSPECIFIED"),
         status=STATUSES.get(chosen["status"], "TASK_STATUS_UNSPECIFIED"),
-        vault_id=chosen["vault_id"], resource_id=chosen["resource_id"]))
+        vault_id=chosen["vault_id"], resource_id=chosen["resource_id"], newest_first=True))
     filters = {k: v for k, v in chosen.items() if v}
     return cw.render(request, "tasks.html", tasks=listed.tasks, total=listed.total_count,
                      next_page_token=listed.next_page_token, filters=filters, chosen=chosen,

@@ -18,7 +18,8 @@ class AuditServicer(Servicer, audit_pb2_grpc.AuditServiceServicer):
             access_key_id=request.access_key_id, resource_id=request.resource_id,
             result=convert.optional_enum(audit_pb2.AuditResult, request.result, "result"),
             since=convert.from_ts(request.since, request.HasField("since")),
-            until=convert.from_ts(request.until, request.HasField("until")))
+            until=convert.from_ts(request.until, request.HasField("until")),
+            newest_first=request.newest_first)
         # This controller's own queued records first: a caller reads its calls at once.
         if self.app.audit is not None:
             self.app.audit.flush()

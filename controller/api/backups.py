@@ -64,12 +64,14 @@ class BackupServicer(Servicer, backup_pb2_grpc.BackupServiceServicer):
                                              "image_type"),
             resource_type=convert.optional_enum(common_pb2.ObjectType, request.resource_type,
                                                 "resource_type"),
-            name=request.name, show_children=request.show_children)
+            name=request.name, show_children=request.show_children,
+            newest_first=request.newest_first)
         with self.app.db.begin() as s:
             items, token, total = backups.list_backups(s, self.project_id, f,
                                                        request.page_size, request.page_token)
+            kids = backups.children_of(s, [b.id for b in items])
             return backup_pb2.ListBackupsResponse(
-                backups=[convert.backup(b, backups.children(s, b.id)) for b in items],
+                backups=[convert.backup(b, kids.get(b.id, [])) for b in items],
                 next_page_token=token, total_count=total)
 
     def UpdateBackup(self, request: backup_pb2.UpdateBackupRequest,

@@ -121,7 +121,7 @@ class NotificationServicer(Servicer, notification_pb2_grpc.NotificationServiceSe
             items, token, total = notifications.list_events(
                 s, self.project_id, event_type=request.event_type,
                 resource_id=request.resource_id, since=since, page_size=request.page_size,
-                page_token=request.page_token)
+                page_token=request.page_token, newest_first=request.newest_first)
             return notification_pb2.ListEventsResponse(
                 events=[convert.event(e) for e in items], next_page_token=token,
                 total_count=total)

@@ -153,7 +153,8 @@ class ReplicationServicer(Servicer, replication_pb2_grpc.ReplicationServiceServi
                                        "status")
         f = replication.RecordFilter(
             vault_id=request.vault_id, source_backup_id=request.source_backup_id,
-            destination_region=request.destination_region, status=status)
+            destination_region=request.destination_region, status=status,
+            newest_first=request.newest_first)
         with self.app.db.begin() as s:
             views, token, total = replication.list_records(s, self.project_id, f,
                                                            request.page_size, request.page_token)

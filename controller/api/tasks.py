@@ -40,7 +40,8 @@ class TaskServicer(Servicer, task_pb2_grpc.TaskServiceServicer):
                                                  "operation_type"),
             status=convert.optional_enum(task_pb2.TaskStatus, request.status, "status"),
             vault_id=request.vault_id, resource_id=request.resource_id,
-            checkpoint_id=request.checkpoint_id, policy_id=request.policy_id)
+            checkpoint_id=request.checkpoint_id, policy_id=request.policy_id,
+            newest_first=request.newest_first)
         with self.app.db.read() as conn:
             items, token, total = tasks.list_tasks(conn, self.project_id, f, request.page_size,
                                                    request.page_token)

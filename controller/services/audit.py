@@ -129,6 +129,7 @@ class AuditFilter:
     result: str = ""
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    newest_first: bool = False
 
 
 def list_records(conn: Session | Connection, caller: actions.Caller, f: AuditFilter,
@@ -155,7 +156,8 @@ def list_records(conn: Session | Connection, caller: actions.Caller, f: AuditFil
         # exact enough for ids (quoted, so "v-1" does not match "v-12").
         stmt = stmt.where(c.resource_ids.cast(Text).like(f'%"{_like(f.resource_id)}"%',
                                                           escape="\\"))
-    return paging.paginate(conn, stmt, AuditRecord, page_size, page_token, rows=True)
+    return paging.paginate(conn, stmt, AuditRecord, page_size, page_token, rows=True,
+                           newest_first=f.newest_first)
 
 
 def _like(text: str) -> str:

@@ -32,6 +32,17 @@ def children(session: Session, backup_id: str) -> list[Backup]:
                                 .order_by(Backup.created_at)))
 
 
+def children_of(session: Session, backup_ids: list[str]) -> dict[str, list[Backup]]:
+    """The children of many backups in one query (a page of a list), by parent."""
+    out: dict[str, list[Backup]] = {}
+    if not backup_ids:
+        return out
+    for child in session.scalars(select(Backup).where(Backup.parent_id.in_(backup_ids))
+                                 .order_by(Backup.created_at)):
+        out.setdefault(child.parent_id or "", []).append(child)
+    return out
+
+
 def record_ids(session: Session, backup_id: str) -> list[str]:
     return list(session.scalars(select(ReplicationRecord.id).where(
         ReplicationRecord.source_backup_id == backup_id)))
@@ -59,6 +70,7 @@ class BackupFilter:
     resource_type: str = ""
     name: str = ""
     show_children: bool = False
+    newest_first: bool = False
 
 
 def backup_query(project_id: str, f: BackupFilter) -> Select[Any]:
@@ -80,7 +92,8 @@ def list_backups(session: Session, project_id: str, f: BackupFilter, page_size: 
     stmt = backup_query(project_id, f)
     if f.vault_id:  # an unknown vault is not an empty one
         vaults.get_vault(session, project_id, f.vault_id)
-    return paging.paginate(session, stmt, Backup, page_size, page_token)
+    return paging.paginate(session, stmt, Backup, page_size, page_token,
+                           newest_first=f.newest_first)
 
 
 def tree_backup(session: Session, project_id: str, backup_id: str, field: str,

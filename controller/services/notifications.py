@@ -320,9 +320,10 @@ def _event_type(value: str) -> str:
 
 
 def list_events(session: Session, project_id: str, *, event_type: str, resource_id: str,
-                since: dt.datetime | None, page_size: int, page_token: str
-                ) -> tuple[Sequence[Event], str, int]:
-    """The account's events, oldest first (``since`` narrows to recent ones)."""
+                since: dt.datetime | None, page_size: int, page_token: str,
+                newest_first: bool = False) -> tuple[Sequence[Event], str, int]:
+    """The account's events, oldest first unless asked (``since`` narrows to
+    recent ones)."""
     stmt = select(Event).where(Event.project_id == project_id)
     if event_type:
         stmt = stmt.where(Event.event_type == _event_type(event_type))
@@ -330,4 +331,5 @@ def list_events(session: Session, project_id: str, *, event_type: str, resource_
         stmt = stmt.where(Event.resource_id == resource_id)
     if since is not None:
         stmt = stmt.where(Event.occurred_at >= since)
-    return paging.paginate(session, stmt, Event, page_size, page_token, at="occurred_at")
+    return paging.paginate(session, stmt, Event, page_size, page_token, at="occurred_at",
+                           newest_first=newest_first)

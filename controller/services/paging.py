@@ -61,17 +61,18 @@ def page_of(items: Sequence[T], requested_size: int, token: str,
 
 
 def paginate(session: Session | Connection, stmt: Select[Any], model: Any, requested_size: int,
-             token: str, *, rows: bool = False, at: str = "created_at"
-             ) -> tuple[Sequence[Any], str, int]:
+             token: str, *, rows: bool = False, at: str = "created_at",
+             newest_first: bool = False) -> tuple[Sequence[Any], str, int]:
     """(items, next_page_token, total_count) of stmt ordered by created_at, id
-    (or by the time column ``at``: events have only their occurred_at).
+    (or by the time column ``at``: events have only their occurred_at),
+    oldest first, or newest first when asked (what a person looks at first).
 
     For statements built per request; hot lists keep a PagedQuery per filter
     shape instead. With rows=True the items are Core rows (for read paths
     that skip the ORM's per-object cost), else the statement's single entity.
     """
-    return PagedQuery(stmt, model.__table__, at).run(session, {}, requested_size, token,
-                                                     entities=not rows)
+    return PagedQuery(stmt, model.__table__, at, newest_first=newest_first).run(
+        session, {}, requested_size, token, entities=not rows)
 
 
 class PagedQuery:
@@ -84,17 +85,23 @@ class PagedQuery:
     and pass filter values as bind parameters.
     """
 
-    def __init__(self, stmt: Select[Any], table: Any, at: str = "created_at") -> None:
+    def __init__(self, stmt: Select[Any], table: Any, at: str = "created_at", *,
+                 newest_first: bool = False) -> None:
+        """A page token carries only the last item's (time, id), so a client
+        pages on in the order it asked for the first page."""
         self.at = at
         created, ident = table.c[at], table.c.id
         self.count = select(func.count()).select_from(stmt.subquery())
-        ordered = stmt.order_by(created, ident)
+        after_at = bindparam("after_at", type_=created.type)
+        after_id = bindparam("after_id", type_=ident.type)
+        if newest_first:
+            ordered = stmt.order_by(created.desc(), ident.desc())
+            beyond = or_(created < after_at, and_(created == after_at, ident < after_id))
+        else:
+            ordered = stmt.order_by(created, ident)
+            beyond = or_(created > after_at, and_(created == after_at, ident > after_id))
         self.first = ordered.limit(bindparam("page_limit", type_=Integer))
-        self.after = ordered.where(or_(
-            created > bindparam("after_at", type_=created.type),
-            and_(created == bindparam("after_at", type_=created.type),
-                 ident > bindparam("after_id", type_=ident.type)),
-        )).limit(bindparam("page_limit", type_=Integer))
+        self.after = ordered.where(beyond).limit(bindparam("page_limit", type_=Integer))
 
     def run(self, conn: Session | Connection, params: dict[str, Any], requested_size: int,
             token: str, *, entities: bool = False) -> tuple[Sequence[Any], str, int]:

@@ -387,6 +387,7 @@ class RecordFilter:
     source_backup_id: str = ""
     destination_region: str = ""
     status: str = ""
+    newest_first: bool = False
 
 
 def list_records(session: Session, project_id: str, f: RecordFilter, page_size: int,
@@ -400,5 +401,5 @@ def list_records(session: Session, project_id: str, f: RecordFilter, page_size: 
         if value:
             stmt = stmt.where(column == value)
     items, token, total = paging.paginate(session, stmt, ReplicationRecord, page_size,
-                                          page_token)
+                                          page_token, newest_first=f.newest_first)
     return record_views(session, items), token, total

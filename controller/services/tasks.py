@@ -227,6 +227,7 @@ class TaskFilter:
     resource_id: str = ""
     checkpoint_id: str = ""
     policy_id: str = ""
+    newest_first: bool = False
 
 
 def task_query(project_id: str, f: TaskFilter) -> Select[Any]:
@@ -243,7 +244,7 @@ def list_tasks(conn: Session | Connection, project_id: str, f: TaskFilter, page_
                page_token: str) -> tuple[Sequence[Any], str, int]:
     """A page of the account's tasks matching f, as Core rows (see Database.read)."""
     return paging.paginate(conn, task_query(project_id, f), Task, page_size, page_token,
-                           rows=True)
+                           rows=True, newest_first=f.newest_first)
 
 
 def count(session: Session, stmt: Select[Any]) -> int:

@@ -103,3 +103,29 @@ def test_listing_the_backups_of_an_unknown_vault_is_not_found(api: RunningContro
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     err = error_from_rpc(refused.value)
     assert err is not None and err.code == "BackupService.6105"
+
+
+def test_a_list_pages_newest_first_when_asked_and_keeps_that_order(
+        api: RunningController) -> None:
+    from cbr.v1 import audit_pb2
+
+    c = api.client()
+    for i in range(5):
+        c.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+            name=f"v{i}", object_type=common_pb2.OBJECT_TYPE_DISK, size_gb=10))
+
+    def names(newest_first: bool) -> list[str]:
+        got: list[str] = []
+        token = ""
+        while True:
+            page = c.audit.ListAuditRecords(audit_pb2.ListAuditRecordsRequest(
+                action="cbr:vaults:create", page_size=2, page_token=token,
+                newest_first=newest_first))
+            got += [r.resource_ids[0] for r in page.records]
+            token = page.next_page_token
+            if not token:
+                return got
+
+    oldest_first = names(False)
+    assert len(oldest_first) == 5
+    assert names(True) == list(reversed(oldest_first))

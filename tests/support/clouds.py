@@ -95,14 +95,15 @@ def _replication_vault(client: Client, name: str, obj: int, region: str) -> str:
 
 def _clouds(tmp_path: Path, controller_factory: ControllerFactory,
             agent_factory: AgentFactory, *, storage: Storage | None = None,
-            source_args: tuple[str, ...] = (), **importer: str) -> Clouds:
-    """Two clouds; with ``storage``, each keeps its vaults in its own S3 bucket."""
+            source_args: tuple[str, ...] = (), big_mib: int = 0, **importer: str) -> Clouds:
+    """Two clouds; with ``storage``, each keeps its vaults in its own S3 bucket;
+    ``big_mib`` gives the source host a big disk too (slow enough to cancel)."""
     a_args, a_env = storage("a") if storage is not None else ([], None)
     b_args, b_env = storage("b") if storage is not None else ([], None)
     source = _start(tmp_path / "a", controller_factory, agent_factory,
                     extra_args=["--cloud-name", "cloud-a", "--region", "region-a", *a_args,
                                 *source_args],
-                    env=a_env)
+                    env=a_env, big_mib=big_mib)
     target_controller = controller_factory("target", extra_args=[
         *FAST, "--cloud-name", "cloud-b", "--region", "region-b",
         "--regions", "region-b,region-c:noreplication", *b_args], env=b_env)
