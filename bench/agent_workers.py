@@ -28,7 +28,8 @@ class Worker:
     """One ``bench.simagents`` process and the latest of what it reported."""
 
     def __init__(self, index: int, api: str, ca_file: Path, first: int, count: int,
-                 run_id: str, keys: common.Keys, log_path: Path, disks: int = 1) -> None:
+                 run_id: str, keys: common.Keys, log_path: Path, disks: int = 1,
+                 answer_backups: bool = False) -> None:
         self.index = index
         self.count = count
         env = controller.child_env()
@@ -40,7 +41,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.simagents", "--api", api, "--ca-file", str(ca_file),
              "--count", str(count),
-             "--first", str(first), "--run-id", run_id, "--disks", str(disks)],
+             "--first", str(first), "--run-id", run_id, "--disks", str(disks),
+             *(["--answer-backups"] if answer_backups else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
             start_new_session=True)
         controller.track(self.proc)

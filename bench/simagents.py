@@ -15,6 +15,11 @@ its client certificate: Hello, an Inventory of one small disk, and a
 heartbeat at the interval the controller's Welcome asks for. Keys stay in
 memory: the state directory and its fsyncs are not what is measured.
 
+Commands are read and ignored (the task stays running), unless
+``--answer-backups``: then each backup command is answered at once with a
+successful result that names its backups and stores nothing, so a benchmark
+can fill a catalog with available backups without moving any data.
+
 Reports go to stdout as JSON lines (``bench.common.emit``): ``enrolled``,
 ``connected``, then ``stats`` every second. The worker stops on SIGTERM,
 SIGINT or when its stdin closes (the parent died).
@@ -155,8 +160,23 @@ def _heartbeat() -> Any:
     return agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(sent_at=ts))
 
 
+def _backup_result(command: Any) -> Any:
+    """A successful result for a backup command: every backup it names, none
+    of them with data (nothing was read or stored)."""
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    backup = command.backup
+    names = [backup.backup_id, *(d.backup_id for d in backup.disks if d.backup_id)]
+    done = [agent_pb2.BackedUp(backup_id=name, protected_at=ts, snapshot="simulated",
+                               change_detection="full") for name in names]
+    return agent_pb2.ConnectRequest(result=agent_pb2.CommandResult(
+        task_id=command.task_id, success=True,
+        backup=agent_pb2.BackupResult(backups=done)))
+
+
 async def hold_stream(agent: Enrolled, counters: Counters, stop: asyncio.Event,
-                      welcomed: asyncio.Event, disks: int = 1) -> None:
+                      welcomed: asyncio.Event, disks: int = 1,
+                      answer_backups: bool = False) -> None:
     """One agent's Connect stream for the whole run, reconnecting if it breaks."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=agent.ca_pem, private_key=agent.key_pem,
@@ -182,7 +202,9 @@ async def hold_stream(agent: Enrolled, counters: Counters, stop: asyncio.Event,
                 welcomed.set()
                 first = False
             try:
-                reader = asyncio.ensure_future(_drain(call))
+                # grpc.aio allows one write at a time: heartbeats and answers share it.
+                writing = asyncio.Lock()
+                reader = asyncio.ensure_future(_drain(call, writing, answer_backups))
                 # A random phase, so heartbeats spread over the interval as real
                 # agents that started at different times would.
                 next_beat = time.monotonic() + random.uniform(0, interval)
@@ -191,7 +213,8 @@ async def hold_stream(agent: Enrolled, counters: Counters, stop: asyncio.Event,
                     if delay > 0:
                         await _wait(stop, reader, delay)
                         continue
-                    await call.write(_heartbeat())
+                    async with writing:
+                        await call.write(_heartbeat())
                     counters.heartbeats += 1
                     next_beat += interval
                 reader.cancel()
@@ -214,12 +237,17 @@ async def hold_stream(agent: Enrolled, counters: Counters, stop: asyncio.Event,
             await asyncio.sleep(RECONNECT_DELAY_S)
 
 
-async def _drain(call: Any) -> None:
-    """Reads (and ignores) commands until the controller ends the stream."""
+async def _drain(call: Any, writing: asyncio.Lock, answer_backups: bool) -> None:
+    """Reads commands until the controller ends the stream, answering backups
+    when asked to and ignoring the rest."""
     while True:
         message = await call.read()
         if message is EOF_MARK:
             return
+        if (answer_backups and message.WhichOneof("message") == "command"
+                and message.command.WhichOneof("action") == "backup"):
+            async with writing:
+                await call.write(_backup_result(message.command))
 
 
 async def _wait(stop: asyncio.Event, reader: asyncio.Future[None], delay: float) -> None:
@@ -268,7 +296,8 @@ async def run(args: argparse.Namespace, keys: Keys) -> int:
          started=started, finished=finished)
 
     welcomes = [asyncio.Event() for _ in agents]
-    tasks = [asyncio.ensure_future(hold_stream(a, counters, stop, w, args.disks))
+    tasks = [asyncio.ensure_future(hold_stream(a, counters, stop, w, args.disks,
+                                               args.answer_backups))
              for a, w in zip(agents, welcomes, strict=True)]
     waiting = [asyncio.ensure_future(w.wait()) for w in welcomes]
     if waiting:
@@ -309,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="enrollments in flight at once in this worker")
     p.add_argument("--run-id", default="run", help="part of every agent name")
     p.add_argument("--disks", type=int, default=1, help="disks each agent reports")
+    p.add_argument("--answer-backups", action="store_true",
+                   help="answer each backup command at once with an empty success")
     args = p.parse_args(argv)
     keys = Keys(os.environ[ENV_ACCESS_KEY], os.environ[ENV_SECRET_KEY])
     return asyncio.run(run(args, keys))
