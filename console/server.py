@@ -40,6 +40,7 @@ class Console:
     def __init__(self, app: App, stubs: Stubs, templates: jinja2.Environment) -> None:
         self.app, self.stubs, self.templates = app, stubs, templates
         self.cloud = {"name": app.config.cloud_name, "region": app.config.region}
+        self.cookie = console_web.cookie_name(app.config.cloud_name)
         digest = hashlib.sha384(HTMX.read_bytes()).digest()
         self.htmx_integrity = "sha384-" + base64.b64encode(digest).decode()
         from console.throttle import Throttle

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cbr.console")
 
-COOKIE = "__Host-cbr_session"
+COOKIE_PREFIX = "__Host-cbr_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 # Reached without a session: the sign-in form and the files the page loads.
@@ -125,14 +126,22 @@ def _to_sign_in(request: web.Request) -> web.Response:
     response = web.Response(status=303, headers={"Location": target})
     if is_htmx(request):
         response = web.Response(status=204, headers={"HX-Redirect": target})
-    forget_cookie(response)
+    forget_cookie(request, response)
     return response
 
 
-def forget_cookie(response: web.StreamResponse) -> None:
+def cookie_name(cloud_name: str) -> str:
+    """The session cookie of one cloud's console. Cookies ignore ports, so
+    two clouds' consoles on one host (the quickstart's) would overwrite each
+    other's under one name; a cloud's own controllers share theirs."""
+    return f"{COOKIE_PREFIX}-{re.sub(r'[^A-Za-z0-9_-]', '_', cloud_name)[:64]}"
+
+
+def forget_cookie(request: web.Request, response: web.StreamResponse) -> None:
     """Clears the session cookie. A ``__Host-`` cookie is only replaced by
     one that is Secure too, so the clearing one carries the same flags."""
-    response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    response.del_cookie(console_of(request).cookie, path="/", secure=True, httponly=True,
+                        samesite="Strict")
 
 
 @web.middleware
@@ -159,7 +168,7 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.method not in ("GET", "HEAD") and not _same_origin(request):
         raise web.HTTPForbidden(text="Refused: the request did not come from this console "
                                      "(its Origin header is missing or another site's).")
-    token = request.cookies.get(COOKIE, "")
+    token = request.cookies.get(console.cookie, "")
     who = await asyncio.to_thread(console.resolve, token) if token else None
     if who is not None:
         request["current"] = who

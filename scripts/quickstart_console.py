@@ -65,7 +65,7 @@ def console(work: Path) -> None:
         status, _, set_cookie = _request(url, ca, "POST", "/sign-in", body={
             "method": "password", "account": "admin", "user": "admin",
             "password": password.read_text().strip()})
-        if status != 303 or not set_cookie.startswith("__Host-cbr_session="):
+        if status != 303 or not set_cookie.startswith("__Host-cbr_session-"):
             raise SystemExit(f"quickstart: signing in to {url} failed (HTTP {status})")
         cookie = set_cookie.split(";", 1)[0]
         shown = []

@@ -69,7 +69,7 @@ async def sign_in(request: web.Request) -> web.Response:
         return refuse(exc.message, 401)
     console.throttle.succeeded([who])
     response = web.Response(status=303, headers={"Location": _next(field["next"])})
-    response.set_cookie(cw.COOKIE, signed.token, path="/", secure=True, httponly=True,
+    response.set_cookie(console.cookie, signed.token, path="/", secure=True, httponly=True,
                         samesite="Strict", max_age=int(console_sessions.ABSOLUTE.total_seconds()))
     return response
 
@@ -128,5 +128,5 @@ async def sign_out(request: web.Request) -> web.Response:
         _record(console, cw.source_of(request), time.monotonic(), caller=who.caller,
                 method=SIGN_OUT)
     response = web.Response(status=303, headers={"Location": "/sign-in"})
-    cw.forget_cookie(response)
+    cw.forget_cookie(request, response)
     return response

@@ -13,7 +13,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from cbr.v1 import iam_pb2, vault_pb2
 from tests.browser.conftest import BrowserFactory
-from tests.support.browser import screenshot
 from tests.support.processes import ControllerProcess
 
 pytestmark = pytest.mark.integration
@@ -61,7 +60,6 @@ def test_sign_in_create_a_vault_by_keyboard_and_sign_out(
     assert browser.current_url.startswith(controller.console_url + "/sign-in")
     assert unlabelled_controls(browser) == []
     sign_in(browser, controller, "ops")
-    screenshot(browser, "overview")
     browser.get(controller.console_url + "/vaults")
     assert unlabelled_controls(browser) == []
     name = browser.find_element(By.ID, "v-name")

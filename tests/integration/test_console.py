@@ -15,6 +15,7 @@ from tests.support.processes import ControllerProcess
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery staple"
+COOKIE = "__Host-cbr_session-cbr-cloud"  # the default cloud name's
 
 
 def _user(admin: Client, name: str, *grants: str) -> str:
@@ -44,7 +45,7 @@ def test_sign_in_sets_a_secure_host_only_cookie_and_every_page_needs_it(
     assert signed.status == 303 and signed.location == "/"
     (cookie,) = signed.set_cookies
     flags = [part.strip().lower() for part in cookie.split(";")]
-    assert cookie.startswith("__Host-cbr_session=")
+    assert cookie.startswith("__Host-cbr_session-cbr-cloud=")
     assert {"httponly", "secure", "samesite=strict", "path=/"} <= set(flags)
     assert not any(flag.startswith("domain") for flag in flags)
     page = browser.get("/vaults")
@@ -130,12 +131,12 @@ def test_sign_out_ends_the_session_and_a_key_sign_in_works_alike(
     browser = _browser(controller)
     assert browser.sign_in_with_key(key.access_key_id, "wrong").status == 401
     assert browser.sign_in_with_key(key.access_key_id, key.secret_access_key).status == 303
-    token = browser.cookies["__Host-cbr_session"]
+    token = browser.cookies[COOKIE]
     assert browser.get("/vaults").status == 200
     out = browser.post("/sign-out", {})
     assert out.status == 303 and out.location == "/sign-in"
     assert not browser.cookies
-    browser.cookies["__Host-cbr_session"] = token  # a copy kept from before
+    browser.cookies[COOKIE] = token  # a copy kept from before
     assert browser.get("/vaults").status == 303
 
 
@@ -144,7 +145,7 @@ def test_a_console_session_is_refused_on_the_network_api(
     _user(controller.client(), "ops", "CBRFullAccess")
     browser = _browser(controller)
     browser.sign_in("admin", "ops", PASSWORD)
-    token = browser.cookies["__Host-cbr_session"]
+    token = browser.cookies[COOKIE]
     stub = controller.channel().unary_unary(
         "/cbr.v1.VaultService/ListVaults",
         request_serializer=vault_pb2.ListVaultsRequest.SerializeToString,
