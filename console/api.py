@@ -92,3 +92,14 @@ class Api:
             return await rpc(request, metadata=self._metadata, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             raise ApiError.of(exc) from None
+
+    async def optional(self, rpc: Rpc, request: Any) -> Any:
+        """A call that only adds to a page (the policies to pick from): None
+        when the user may not make it, who still sees the rest of the page
+        with that control disabled."""
+        try:
+            return await self(rpc, request)
+        except ApiError as err:
+            if err.status == "PERMISSION_DENIED":
+                return None
+            raise

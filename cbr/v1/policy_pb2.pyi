@@ -213,14 +213,16 @@ class PolicyRun(_message.Message):
     def __init__(self, policy_id: _Optional[str] = ..., vault_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., manual: _Optional[bool] = ..., full: _Optional[bool] = ..., checkpoint_id: _Optional[str] = ..., detail: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class ListPolicyRunsRequest(_message.Message):
-    __slots__ = ("policy_id", "page_size", "page_token")
+    __slots__ = ("policy_id", "page_size", "page_token", "newest_first")
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     policy_id: str
     page_size: int
     page_token: str
-    def __init__(self, policy_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    newest_first: bool
+    def __init__(self, policy_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ListPolicyRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")

@@ -22,84 +22,85 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cbr.v1 import backup_pb2 as cbr_dot_v1_dot_backup__pb2
 from cbr.v1 import common_pb2 as cbr_dot_v1_dot_common__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/vault.proto\x12\x06\x63\x62r.v1\x1a\x13\x63\x62r/v1/common.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x05\n\x05Vault\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x0bobject_type\x18\x04 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12)\n\x0cprotect_type\x18\x05 \x01(\x0e\x32\x13.cbr.v1.ProtectType\x12\x31\n\x10\x63onsistent_level\x18\x06 \x01(\x0e\x32\x17.cbr.v1.ConsistentLevel\x12#\n\x06status\x18\x07 \x01(\x0e\x32\x13.cbr.v1.VaultStatus\x12\x0f\n\x07size_gb\x18\x08 \x01(\x03\x12\x12\n\nused_bytes\x18\t \x01(\x03\x12\x13\n\x0b\x61uto_expand\x18\n \x01(\x08\x12\x11\n\tthreshold\x18\x0b \x01(\x05\x12\x1a\n\x12\x62\x61\x63kup_name_prefix\x18\x0c \x01(\t\x12\x19\n\x04tags\x18\r \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\x11\n\tauto_bind\x18\x0e \x01(\x08\x12\x1f\n\nbind_rules\x18\x0f \x03(\x0b\x32\x0b.cbr.v1.Tag\x12(\n\tresources\x18\x10 \x03(\x0b\x32\x15.cbr.v1.VaultResource\x12\x18\n\x10\x62\x61\x63kup_policy_id\x18\x11 \x01(\t\x12\x1d\n\x15replication_policy_id\x18\x12 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x13 \x01(\t\x12\x12\n\nproject_id\x18\x14 \x01(\t\x12\x0e\n\x06region\x18\x15 \x01(\t\x12.\n\ncreated_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstorage_url\x18\x18 \x01(\t\x12\x11\n\tencrypted\x18\x19 \x01(\x08\x12\x12\n\nkms_key_id\x18\x1a \x01(\t\x12\x1a\n\x12threshold_exceeded\x18\x1b \x01(\x08\"\x88\x02\n\rVaultResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x04type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x15\n\rresource_type\x18\x04 \x01(\t\x12-\n\x0eprotect_status\x18\x05 \x01(\x0e\x32\x15.cbr.v1.ProtectStatus\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x19\n\x11\x62\x61\x63kup_size_bytes\x18\x07 \x01(\x03\x12\x14\n\x0c\x62\x61\x63kup_count\x18\x08 \x01(\x03\x12\x17\n\x0f\x65xclude_volumes\x18\t \x03(\t\x12\x17\n\x0finclude_volumes\x18\n \x03(\t\"\xe1\x03\n\x12\x43reateVaultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\'\n\x0bobject_type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12)\n\x0cprotect_type\x18\x04 \x01(\x0e\x32\x13.cbr.v1.ProtectType\x12\x31\n\x10\x63onsistent_level\x18\x05 \x01(\x0e\x32\x17.cbr.v1.ConsistentLevel\x12\x0f\n\x07size_gb\x18\x06 \x01(\x03\x12\x13\n\x0b\x61uto_expand\x18\x07 \x01(\x08\x12\x11\n\tthreshold\x18\x08 \x01(\x05\x12\x1a\n\x12\x62\x61\x63kup_name_prefix\x18\t \x01(\t\x12\x19\n\x04tags\x18\n \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\x11\n\tauto_bind\x18\x0b \x01(\x08\x12\x1f\n\nbind_rules\x18\x0c \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\'\n\tresources\x18\r \x03(\x0b\x32\x14.cbr.v1.ResourceSpec\x12\x18\n\x10\x62\x61\x63kup_policy_id\x18\x0e \x01(\t\x12\x13\n\x0bstorage_url\x18\x0f \x01(\t\x12\x11\n\tencrypted\x18\x10 \x01(\x08\x12\x12\n\nkms_key_id\x18\x11 \x01(\t\"L\n\x0cResourceSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xclude_volumes\x18\x02 \x03(\t\x12\x17\n\x0finclude_volumes\x18\x03 \x03(\t\"3\n\x13\x43reateVaultResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"#\n\x0fGetVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\"0\n\x10GetVaultResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"\xe9\x01\n\x11ListVaultsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\x0bobject_type\x18\x04 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12)\n\x0cprotect_type\x18\x05 \x01(\x0e\x32\x13.cbr.v1.ProtectType\x12#\n\x06status\x18\x06 \x01(\x0e\x32\x13.cbr.v1.VaultStatus\x12\x11\n\tpolicy_id\x18\x07 \x01(\t\x12\x13\n\x0bresource_id\x18\x08 \x01(\t\"a\n\x12ListVaultsResponse\x12\x1d\n\x06vaults\x18\x01 \x03(\x0b\x32\r.cbr.v1.Vault\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"u\n\x12UpdateVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x1c\n\x05vault\x18\x02 \x01(\x0b\x32\r.cbr.v1.Vault\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"3\n\x13UpdateVaultResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"&\n\x12\x44\x65leteVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"U\n\x18\x41\x64\x64VaultResourcesRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.cbr.v1.ResourceSpec\"S\n\x19\x41\x64\x64VaultResourcesResponse\x12\x18\n\x10\x61\x64\x64_resource_ids\x18\x01 \x03(\t\x12\x1c\n\x05vault\x18\x02 \x01(\x0b\x32\r.cbr.v1.Vault\"E\n\x1bRemoveVaultResourcesRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x14\n\x0cresource_ids\x18\x02 \x03(\t\"M\n\x1cRemoveVaultResourcesResponse\x12\x1b\n\x13remove_resource_ids\x18\x01 \x03(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"`\n\x1b\x41ssociateVaultPolicyRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x03 \x01(\t\"<\n\x1c\x41ssociateVaultPolicyResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"C\n\x1c\x44issociateVaultPolicyRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\"=\n\x1d\x44issociateVaultPolicyResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"S\n\x12VerifyVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x11\n\tread_data\x18\x02 \x01(\x08\x12\x18\n\x10read_data_subset\x18\x03 \x01(\t\"&\n\x13VerifyVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x19ImportVaultStorageRequest\x12\x13\n\x0bstorage_url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07size_gb\x18\x03 \x01(\x03\x12\x12\n\nkms_key_id\x18\x04 \x01(\t\"f\n\x1aImportVaultStorageResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\x12\x18\n\x10imported_backups\x18\x02 \x01(\x03\x12\x10\n\x08warnings\x18\x03 \x03(\t\"%\n\x11PruneVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\"%\n\x12PruneVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x12RepairVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"&\n\x13RepairVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t*b\n\x0bProtectType\x12\x1c\n\x18PROTECT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROTECT_TYPE_BACKUP\x10\x01\x12\x1c\n\x18PROTECT_TYPE_REPLICATION\x10\x02*\x7f\n\x0f\x43onsistentLevel\x12 \n\x1c\x43ONSISTENT_LEVEL_UNSPECIFIED\x10\x00\x12%\n!CONSISTENT_LEVEL_CRASH_CONSISTENT\x10\x01\x12#\n\x1f\x43ONSISTENT_LEVEL_APP_CONSISTENT\x10\x02*\xaa\x01\n\x0bVaultStatus\x12\x1c\n\x18VAULT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16VAULT_STATUS_AVAILABLE\x10\x01\x12\x15\n\x11VAULT_STATUS_LOCK\x10\x02\x12\x17\n\x13VAULT_STATUS_FROZEN\x10\x03\x12\x19\n\x15VAULT_STATUS_DELETING\x10\x04\x12\x16\n\x12VAULT_STATUS_ERROR\x10\x05*\xc1\x01\n\rProtectStatus\x12\x1e\n\x1aPROTECT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTECT_STATUS_AVAILABLE\x10\x01\x12\x18\n\x14PROTECT_STATUS_ERROR\x10\x02\x12\x1d\n\x19PROTECT_STATUS_PROTECTING\x10\x03\x12\x1c\n\x18PROTECT_STATUS_RESTORING\x10\x04\x12\x1b\n\x17PROTECT_STATUS_REMOVING\x10\x05\x32\xa2\x08\n\x0cVaultService\x12\x46\n\x0b\x43reateVault\x12\x1a.cbr.v1.CreateVaultRequest\x1a\x1b.cbr.v1.CreateVaultResponse\x12=\n\x08GetVault\x12\x17.cbr.v1.GetVaultRequest\x1a\x18.cbr.v1.GetVaultResponse\x12\x43\n\nListVaults\x12\x19.cbr.v1.ListVaultsRequest\x1a\x1a.cbr.v1.ListVaultsResponse\x12\x46\n\x0bUpdateVault\x12\x1a.cbr.v1.UpdateVaultRequest\x1a\x1b.cbr.v1.UpdateVaultResponse\x12\x46\n\x0b\x44\x65leteVault\x12\x1a.cbr.v1.DeleteVaultRequest\x1a\x1b.cbr.v1.DeleteVaultResponse\x12X\n\x11\x41\x64\x64VaultResources\x12 .cbr.v1.AddVaultResourcesRequest\x1a!.cbr.v1.AddVaultResourcesResponse\x12\x61\n\x14RemoveVaultResources\x12#.cbr.v1.RemoveVaultResourcesRequest\x1a$.cbr.v1.RemoveVaultResourcesResponse\x12\x61\n\x14\x41ssociateVaultPolicy\x12#.cbr.v1.AssociateVaultPolicyRequest\x1a$.cbr.v1.AssociateVaultPolicyResponse\x12\x64\n\x15\x44issociateVaultPolicy\x12$.cbr.v1.DissociateVaultPolicyRequest\x1a%.cbr.v1.DissociateVaultPolicyResponse\x12\x46\n\x0bVerifyVault\x12\x1a.cbr.v1.VerifyVaultRequest\x1a\x1b.cbr.v1.VerifyVaultResponse\x12[\n\x12ImportVaultStorage\x12!.cbr.v1.ImportVaultStorageRequest\x1a\".cbr.v1.ImportVaultStorageResponse\x12\x43\n\nPruneVault\x12\x19.cbr.v1.PruneVaultRequest\x1a\x1a.cbr.v1.PruneVaultResponse\x12\x46\n\x0bRepairVault\x12\x1a.cbr.v1.RepairVaultRequest\x1a\x1b.cbr.v1.RepairVaultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x62r/v1/vault.proto\x12\x06\x63\x62r.v1\x1a\x13\x63\x62r/v1/backup.proto\x1a\x13\x63\x62r/v1/common.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x05\n\x05Vault\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x0bobject_type\x18\x04 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12)\n\x0cprotect_type\x18\x05 \x01(\x0e\x32\x13.cbr.v1.ProtectType\x12\x31\n\x10\x63onsistent_level\x18\x06 \x01(\x0e\x32\x17.cbr.v1.ConsistentLevel\x12#\n\x06status\x18\x07 \x01(\x0e\x32\x13.cbr.v1.VaultStatus\x12\x0f\n\x07size_gb\x18\x08 \x01(\x03\x12\x12\n\nused_bytes\x18\t \x01(\x03\x12\x13\n\x0b\x61uto_expand\x18\n \x01(\x08\x12\x11\n\tthreshold\x18\x0b \x01(\x05\x12\x1a\n\x12\x62\x61\x63kup_name_prefix\x18\x0c \x01(\t\x12\x19\n\x04tags\x18\r \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\x11\n\tauto_bind\x18\x0e \x01(\x08\x12\x1f\n\nbind_rules\x18\x0f \x03(\x0b\x32\x0b.cbr.v1.Tag\x12(\n\tresources\x18\x10 \x03(\x0b\x32\x15.cbr.v1.VaultResource\x12\x18\n\x10\x62\x61\x63kup_policy_id\x18\x11 \x01(\t\x12\x1d\n\x15replication_policy_id\x18\x12 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x13 \x01(\t\x12\x12\n\nproject_id\x18\x14 \x01(\t\x12\x0e\n\x06region\x18\x15 \x01(\t\x12.\n\ncreated_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstorage_url\x18\x18 \x01(\t\x12\x11\n\tencrypted\x18\x19 \x01(\x08\x12\x12\n\nkms_key_id\x18\x1a \x01(\t\x12\x1a\n\x12threshold_exceeded\x18\x1b \x01(\x08\"\xa0\x03\n\rVaultResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x04type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12\x15\n\rresource_type\x18\x04 \x01(\t\x12-\n\x0eprotect_status\x18\x05 \x01(\x0e\x32\x15.cbr.v1.ProtectStatus\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x19\n\x11\x62\x61\x63kup_size_bytes\x18\x07 \x01(\x03\x12\x14\n\x0c\x62\x61\x63kup_count\x18\x08 \x01(\x03\x12\x17\n\x0f\x65xclude_volumes\x18\t \x03(\t\x12\x17\n\x0finclude_volumes\x18\n \x03(\t\x12\x16\n\x0elast_backup_id\x18\x0b \x01(\t\x12\x18\n\x10last_backup_name\x18\x0c \x01(\t\x12\x30\n\x12last_backup_status\x18\r \x01(\x0e\x32\x14.cbr.v1.BackupStatus\x12\x32\n\x0elast_backup_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x03\n\x12\x43reateVaultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\'\n\x0bobject_type\x18\x03 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12)\n\x0cprotect_type\x18\x04 \x01(\x0e\x32\x13.cbr.v1.ProtectType\x12\x31\n\x10\x63onsistent_level\x18\x05 \x01(\x0e\x32\x17.cbr.v1.ConsistentLevel\x12\x0f\n\x07size_gb\x18\x06 \x01(\x03\x12\x13\n\x0b\x61uto_expand\x18\x07 \x01(\x08\x12\x11\n\tthreshold\x18\x08 \x01(\x05\x12\x1a\n\x12\x62\x61\x63kup_name_prefix\x18\t \x01(\t\x12\x19\n\x04tags\x18\n \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\x11\n\tauto_bind\x18\x0b \x01(\x08\x12\x1f\n\nbind_rules\x18\x0c \x03(\x0b\x32\x0b.cbr.v1.Tag\x12\'\n\tresources\x18\r \x03(\x0b\x32\x14.cbr.v1.ResourceSpec\x12\x18\n\x10\x62\x61\x63kup_policy_id\x18\x0e \x01(\t\x12\x13\n\x0bstorage_url\x18\x0f \x01(\t\x12\x11\n\tencrypted\x18\x10 \x01(\x08\x12\x12\n\nkms_key_id\x18\x11 \x01(\t\"L\n\x0cResourceSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xclude_volumes\x18\x02 \x03(\t\x12\x17\n\x0finclude_volumes\x18\x03 \x03(\t\"3\n\x13\x43reateVaultResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"#\n\x0fGetVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\"0\n\x10GetVaultResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"\xe9\x01\n\x11ListVaultsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\x0bobject_type\x18\x04 \x01(\x0e\x32\x12.cbr.v1.ObjectType\x12)\n\x0cprotect_type\x18\x05 \x01(\x0e\x32\x13.cbr.v1.ProtectType\x12#\n\x06status\x18\x06 \x01(\x0e\x32\x13.cbr.v1.VaultStatus\x12\x11\n\tpolicy_id\x18\x07 \x01(\t\x12\x13\n\x0bresource_id\x18\x08 \x01(\t\"a\n\x12ListVaultsResponse\x12\x1d\n\x06vaults\x18\x01 \x03(\x0b\x32\r.cbr.v1.Vault\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"u\n\x12UpdateVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x1c\n\x05vault\x18\x02 \x01(\x0b\x32\r.cbr.v1.Vault\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"3\n\x13UpdateVaultResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"&\n\x12\x44\x65leteVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"U\n\x18\x41\x64\x64VaultResourcesRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.cbr.v1.ResourceSpec\"S\n\x19\x41\x64\x64VaultResourcesResponse\x12\x18\n\x10\x61\x64\x64_resource_ids\x18\x01 \x03(\t\x12\x1c\n\x05vault\x18\x02 \x01(\x0b\x32\r.cbr.v1.Vault\"E\n\x1bRemoveVaultResourcesRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x14\n\x0cresource_ids\x18\x02 \x03(\t\"M\n\x1cRemoveVaultResourcesResponse\x12\x1b\n\x13remove_resource_ids\x18\x01 \x03(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"`\n\x1b\x41ssociateVaultPolicyRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x1c\n\x14\x64\x65stination_vault_id\x18\x03 \x01(\t\"<\n\x1c\x41ssociateVaultPolicyResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"C\n\x1c\x44issociateVaultPolicyRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\"=\n\x1d\x44issociateVaultPolicyResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\"S\n\x12VerifyVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x11\n\tread_data\x18\x02 \x01(\x08\x12\x18\n\x10read_data_subset\x18\x03 \x01(\t\"&\n\x13VerifyVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x19ImportVaultStorageRequest\x12\x13\n\x0bstorage_url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07size_gb\x18\x03 \x01(\x03\x12\x12\n\nkms_key_id\x18\x04 \x01(\t\"f\n\x1aImportVaultStorageResponse\x12\x1c\n\x05vault\x18\x01 \x01(\x0b\x32\r.cbr.v1.Vault\x12\x18\n\x10imported_backups\x18\x02 \x01(\x03\x12\x10\n\x08warnings\x18\x03 \x03(\t\"%\n\x11PruneVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\"%\n\x12PruneVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x12RepairVaultRequest\x12\x10\n\x08vault_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"&\n\x13RepairVaultResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t*b\n\x0bProtectType\x12\x1c\n\x18PROTECT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROTECT_TYPE_BACKUP\x10\x01\x12\x1c\n\x18PROTECT_TYPE_REPLICATION\x10\x02*\x7f\n\x0f\x43onsistentLevel\x12 \n\x1c\x43ONSISTENT_LEVEL_UNSPECIFIED\x10\x00\x12%\n!CONSISTENT_LEVEL_CRASH_CONSISTENT\x10\x01\x12#\n\x1f\x43ONSISTENT_LEVEL_APP_CONSISTENT\x10\x02*\xaa\x01\n\x0bVaultStatus\x12\x1c\n\x18VAULT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16VAULT_STATUS_AVAILABLE\x10\x01\x12\x15\n\x11VAULT_STATUS_LOCK\x10\x02\x12\x17\n\x13VAULT_STATUS_FROZEN\x10\x03\x12\x19\n\x15VAULT_STATUS_DELETING\x10\x04\x12\x16\n\x12VAULT_STATUS_ERROR\x10\x05*\xc1\x01\n\rProtectStatus\x12\x1e\n\x1aPROTECT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTECT_STATUS_AVAILABLE\x10\x01\x12\x18\n\x14PROTECT_STATUS_ERROR\x10\x02\x12\x1d\n\x19PROTECT_STATUS_PROTECTING\x10\x03\x12\x1c\n\x18PROTECT_STATUS_RESTORING\x10\x04\x12\x1b\n\x17PROTECT_STATUS_REMOVING\x10\x05\x32\xa2\x08\n\x0cVaultService\x12\x46\n\x0b\x43reateVault\x12\x1a.cbr.v1.CreateVaultRequest\x1a\x1b.cbr.v1.CreateVaultResponse\x12=\n\x08GetVault\x12\x17.cbr.v1.GetVaultRequest\x1a\x18.cbr.v1.GetVaultResponse\x12\x43\n\nListVaults\x12\x19.cbr.v1.ListVaultsRequest\x1a\x1a.cbr.v1.ListVaultsResponse\x12\x46\n\x0bUpdateVault\x12\x1a.cbr.v1.UpdateVaultRequest\x1a\x1b.cbr.v1.UpdateVaultResponse\x12\x46\n\x0b\x44\x65leteVault\x12\x1a.cbr.v1.DeleteVaultRequest\x1a\x1b.cbr.v1.DeleteVaultResponse\x12X\n\x11\x41\x64\x64VaultResources\x12 .cbr.v1.AddVaultResourcesRequest\x1a!.cbr.v1.AddVaultResourcesResponse\x12\x61\n\x14RemoveVaultResources\x12#.cbr.v1.RemoveVaultResourcesRequest\x1a$.cbr.v1.RemoveVaultResourcesResponse\x12\x61\n\x14\x41ssociateVaultPolicy\x12#.cbr.v1.AssociateVaultPolicyRequest\x1a$.cbr.v1.AssociateVaultPolicyResponse\x12\x64\n\x15\x44issociateVaultPolicy\x12$.cbr.v1.DissociateVaultPolicyRequest\x1a%.cbr.v1.DissociateVaultPolicyResponse\x12\x46\n\x0bVerifyVault\x12\x1a.cbr.v1.VerifyVaultRequest\x1a\x1b.cbr.v1.VerifyVaultResponse\x12[\n\x12ImportVaultStorage\x12!.cbr.v1.ImportVaultStorageRequest\x1a\".cbr.v1.ImportVaultStorageResponse\x12\x43\n\nPruneVault\x12\x19.cbr.v1.PruneVaultRequest\x1a\x1a.cbr.v1.PruneVaultResponse\x12\x46\n\x0bRepairVault\x12\x1a.cbr.v1.RepairVaultRequest\x1a\x1b.cbr.v1.RepairVaultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cbr.v1.vault_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTECTTYPE']._serialized_start=3555
-  _globals['_PROTECTTYPE']._serialized_end=3653
-  _globals['_CONSISTENTLEVEL']._serialized_start=3655
-  _globals['_CONSISTENTLEVEL']._serialized_end=3782
-  _globals['_VAULTSTATUS']._serialized_start=3785
-  _globals['_VAULTSTATUS']._serialized_end=3955
-  _globals['_PROTECTSTATUS']._serialized_start=3958
-  _globals['_PROTECTSTATUS']._serialized_end=4151
-  _globals['_VAULT']._serialized_start=119
-  _globals['_VAULT']._serialized_end=878
-  _globals['_VAULTRESOURCE']._serialized_start=881
-  _globals['_VAULTRESOURCE']._serialized_end=1145
-  _globals['_CREATEVAULTREQUEST']._serialized_start=1148
-  _globals['_CREATEVAULTREQUEST']._serialized_end=1629
-  _globals['_RESOURCESPEC']._serialized_start=1631
-  _globals['_RESOURCESPEC']._serialized_end=1707
-  _globals['_CREATEVAULTRESPONSE']._serialized_start=1709
-  _globals['_CREATEVAULTRESPONSE']._serialized_end=1760
-  _globals['_GETVAULTREQUEST']._serialized_start=1762
-  _globals['_GETVAULTREQUEST']._serialized_end=1797
-  _globals['_GETVAULTRESPONSE']._serialized_start=1799
-  _globals['_GETVAULTRESPONSE']._serialized_end=1847
-  _globals['_LISTVAULTSREQUEST']._serialized_start=1850
-  _globals['_LISTVAULTSREQUEST']._serialized_end=2083
-  _globals['_LISTVAULTSRESPONSE']._serialized_start=2085
-  _globals['_LISTVAULTSRESPONSE']._serialized_end=2182
-  _globals['_UPDATEVAULTREQUEST']._serialized_start=2184
-  _globals['_UPDATEVAULTREQUEST']._serialized_end=2301
-  _globals['_UPDATEVAULTRESPONSE']._serialized_start=2303
-  _globals['_UPDATEVAULTRESPONSE']._serialized_end=2354
-  _globals['_DELETEVAULTREQUEST']._serialized_start=2356
-  _globals['_DELETEVAULTREQUEST']._serialized_end=2394
-  _globals['_DELETEVAULTRESPONSE']._serialized_start=2396
-  _globals['_DELETEVAULTRESPONSE']._serialized_end=2434
-  _globals['_ADDVAULTRESOURCESREQUEST']._serialized_start=2436
-  _globals['_ADDVAULTRESOURCESREQUEST']._serialized_end=2521
-  _globals['_ADDVAULTRESOURCESRESPONSE']._serialized_start=2523
-  _globals['_ADDVAULTRESOURCESRESPONSE']._serialized_end=2606
-  _globals['_REMOVEVAULTRESOURCESREQUEST']._serialized_start=2608
-  _globals['_REMOVEVAULTRESOURCESREQUEST']._serialized_end=2677
-  _globals['_REMOVEVAULTRESOURCESRESPONSE']._serialized_start=2679
-  _globals['_REMOVEVAULTRESOURCESRESPONSE']._serialized_end=2756
-  _globals['_ASSOCIATEVAULTPOLICYREQUEST']._serialized_start=2758
-  _globals['_ASSOCIATEVAULTPOLICYREQUEST']._serialized_end=2854
-  _globals['_ASSOCIATEVAULTPOLICYRESPONSE']._serialized_start=2856
-  _globals['_ASSOCIATEVAULTPOLICYRESPONSE']._serialized_end=2916
-  _globals['_DISSOCIATEVAULTPOLICYREQUEST']._serialized_start=2918
-  _globals['_DISSOCIATEVAULTPOLICYREQUEST']._serialized_end=2985
-  _globals['_DISSOCIATEVAULTPOLICYRESPONSE']._serialized_start=2987
-  _globals['_DISSOCIATEVAULTPOLICYRESPONSE']._serialized_end=3048
-  _globals['_VERIFYVAULTREQUEST']._serialized_start=3050
-  _globals['_VERIFYVAULTREQUEST']._serialized_end=3133
-  _globals['_VERIFYVAULTRESPONSE']._serialized_start=3135
-  _globals['_VERIFYVAULTRESPONSE']._serialized_end=3173
-  _globals['_IMPORTVAULTSTORAGEREQUEST']._serialized_start=3175
-  _globals['_IMPORTVAULTSTORAGEREQUEST']._serialized_end=3274
-  _globals['_IMPORTVAULTSTORAGERESPONSE']._serialized_start=3276
-  _globals['_IMPORTVAULTSTORAGERESPONSE']._serialized_end=3378
-  _globals['_PRUNEVAULTREQUEST']._serialized_start=3380
-  _globals['_PRUNEVAULTREQUEST']._serialized_end=3417
-  _globals['_PRUNEVAULTRESPONSE']._serialized_start=3419
-  _globals['_PRUNEVAULTRESPONSE']._serialized_end=3456
-  _globals['_REPAIRVAULTREQUEST']._serialized_start=3458
-  _globals['_REPAIRVAULTREQUEST']._serialized_end=3513
-  _globals['_REPAIRVAULTRESPONSE']._serialized_start=3515
-  _globals['_REPAIRVAULTRESPONSE']._serialized_end=3553
-  _globals['_VAULTSERVICE']._serialized_start=4154
-  _globals['_VAULTSERVICE']._serialized_end=5212
+  _globals['_PROTECTTYPE']._serialized_start=3728
+  _globals['_PROTECTTYPE']._serialized_end=3826
+  _globals['_CONSISTENTLEVEL']._serialized_start=3828
+  _globals['_CONSISTENTLEVEL']._serialized_end=3955
+  _globals['_VAULTSTATUS']._serialized_start=3958
+  _globals['_VAULTSTATUS']._serialized_end=4128
+  _globals['_PROTECTSTATUS']._serialized_start=4131
+  _globals['_PROTECTSTATUS']._serialized_end=4324
+  _globals['_VAULT']._serialized_start=140
+  _globals['_VAULT']._serialized_end=899
+  _globals['_VAULTRESOURCE']._serialized_start=902
+  _globals['_VAULTRESOURCE']._serialized_end=1318
+  _globals['_CREATEVAULTREQUEST']._serialized_start=1321
+  _globals['_CREATEVAULTREQUEST']._serialized_end=1802
+  _globals['_RESOURCESPEC']._serialized_start=1804
+  _globals['_RESOURCESPEC']._serialized_end=1880
+  _globals['_CREATEVAULTRESPONSE']._serialized_start=1882
+  _globals['_CREATEVAULTRESPONSE']._serialized_end=1933
+  _globals['_GETVAULTREQUEST']._serialized_start=1935
+  _globals['_GETVAULTREQUEST']._serialized_end=1970
+  _globals['_GETVAULTRESPONSE']._serialized_start=1972
+  _globals['_GETVAULTRESPONSE']._serialized_end=2020
+  _globals['_LISTVAULTSREQUEST']._serialized_start=2023
+  _globals['_LISTVAULTSREQUEST']._serialized_end=2256
+  _globals['_LISTVAULTSRESPONSE']._serialized_start=2258
+  _globals['_LISTVAULTSRESPONSE']._serialized_end=2355
+  _globals['_UPDATEVAULTREQUEST']._serialized_start=2357
+  _globals['_UPDATEVAULTREQUEST']._serialized_end=2474
+  _globals['_UPDATEVAULTRESPONSE']._serialized_start=2476
+  _globals['_UPDATEVAULTRESPONSE']._serialized_end=2527
+  _globals['_DELETEVAULTREQUEST']._serialized_start=2529
+  _globals['_DELETEVAULTREQUEST']._serialized_end=2567
+  _globals['_DELETEVAULTRESPONSE']._serialized_start=2569
+  _globals['_DELETEVAULTRESPONSE']._serialized_end=2607
+  _globals['_ADDVAULTRESOURCESREQUEST']._serialized_start=2609
+  _globals['_ADDVAULTRESOURCESREQUEST']._serialized_end=2694
+  _globals['_ADDVAULTRESOURCESRESPONSE']._serialized_start=2696
+  _globals['_ADDVAULTRESOURCESRESPONSE']._serialized_end=2779
+  _globals['_REMOVEVAULTRESOURCESREQUEST']._serialized_start=2781
+  _globals['_REMOVEVAULTRESOURCESREQUEST']._serialized_end=2850
+  _globals['_REMOVEVAULTRESOURCESRESPONSE']._serialized_start=2852
+  _globals['_REMOVEVAULTRESOURCESRESPONSE']._serialized_end=2929
+  _globals['_ASSOCIATEVAULTPOLICYREQUEST']._serialized_start=2931
+  _globals['_ASSOCIATEVAULTPOLICYREQUEST']._serialized_end=3027
+  _globals['_ASSOCIATEVAULTPOLICYRESPONSE']._serialized_start=3029
+  _globals['_ASSOCIATEVAULTPOLICYRESPONSE']._serialized_end=3089
+  _globals['_DISSOCIATEVAULTPOLICYREQUEST']._serialized_start=3091
+  _globals['_DISSOCIATEVAULTPOLICYREQUEST']._serialized_end=3158
+  _globals['_DISSOCIATEVAULTPOLICYRESPONSE']._serialized_start=3160
+  _globals['_DISSOCIATEVAULTPOLICYRESPONSE']._serialized_end=3221
+  _globals['_VERIFYVAULTREQUEST']._serialized_start=3223
+  _globals['_VERIFYVAULTREQUEST']._serialized_end=3306
+  _globals['_VERIFYVAULTRESPONSE']._serialized_start=3308
+  _globals['_VERIFYVAULTRESPONSE']._serialized_end=3346
+  _globals['_IMPORTVAULTSTORAGEREQUEST']._serialized_start=3348
+  _globals['_IMPORTVAULTSTORAGEREQUEST']._serialized_end=3447
+  _globals['_IMPORTVAULTSTORAGERESPONSE']._serialized_start=3449
+  _globals['_IMPORTVAULTSTORAGERESPONSE']._serialized_end=3551
+  _globals['_PRUNEVAULTREQUEST']._serialized_start=3553
+  _globals['_PRUNEVAULTREQUEST']._serialized_end=3590
+  _globals['_PRUNEVAULTRESPONSE']._serialized_start=3592
+  _globals['_PRUNEVAULTRESPONSE']._serialized_end=3629
+  _globals['_REPAIRVAULTREQUEST']._serialized_start=3631
+  _globals['_REPAIRVAULTREQUEST']._serialized_end=3686
+  _globals['_REPAIRVAULTRESPONSE']._serialized_start=3688
+  _globals['_REPAIRVAULTRESPONSE']._serialized_end=3726
+  _globals['_VAULTSERVICE']._serialized_start=4327
+  _globals['_VAULTSERVICE']._serialized_end=5385
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from cbr.v1 import backup_pb2 as _backup_pb2
 from cbr.v1 import common_pb2 as _common_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -119,7 +120,7 @@ class Vault(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., object_type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., protect_type: _Optional[_Union[ProtectType, str]] = ..., consistent_level: _Optional[_Union[ConsistentLevel, str]] = ..., status: _Optional[_Union[VaultStatus, str]] = ..., size_gb: _Optional[int] = ..., used_bytes: _Optional[int] = ..., auto_expand: _Optional[bool] = ..., threshold: _Optional[int] = ..., backup_name_prefix: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., auto_bind: _Optional[bool] = ..., bind_rules: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[VaultResource, _Mapping]]] = ..., backup_policy_id: _Optional[str] = ..., replication_policy_id: _Optional[str] = ..., destination_vault_id: _Optional[str] = ..., project_id: _Optional[str] = ..., region: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_url: _Optional[str] = ..., encrypted: _Optional[bool] = ..., kms_key_id: _Optional[str] = ..., threshold_exceeded: _Optional[bool] = ...) -> None: ...
 
 class VaultResource(_message.Message):
-    __slots__ = ("id", "name", "type", "resource_type", "protect_status", "size_bytes", "backup_size_bytes", "backup_count", "exclude_volumes", "include_volumes")
+    __slots__ = ("id", "name", "type", "resource_type", "protect_status", "size_bytes", "backup_size_bytes", "backup_count", "exclude_volumes", "include_volumes", "last_backup_id", "last_backup_name", "last_backup_status", "last_backup_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +131,10 @@ class VaultResource(_message.Message):
     BACKUP_COUNT_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_VOLUMES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    LAST_BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_BACKUP_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_BACKUP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_BACKUP_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     type: _common_pb2.ObjectType
@@ -140,7 +145,11 @@ class VaultResource(_message.Message):
     backup_count: int
     exclude_volumes: _containers.RepeatedScalarFieldContainer[str]
     include_volumes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_type: _Optional[str] = ..., protect_status: _Optional[_Union[ProtectStatus, str]] = ..., size_bytes: _Optional[int] = ..., backup_size_bytes: _Optional[int] = ..., backup_count: _Optional[int] = ..., exclude_volumes: _Optional[_Iterable[str]] = ..., include_volumes: _Optional[_Iterable[str]] = ...) -> None: ...
+    last_backup_id: str
+    last_backup_name: str
+    last_backup_status: _backup_pb2.BackupStatus
+    last_backup_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.ObjectType, str]] = ..., resource_type: _Optional[str] = ..., protect_status: _Optional[_Union[ProtectStatus, str]] = ..., size_bytes: _Optional[int] = ..., backup_size_bytes: _Optional[int] = ..., backup_count: _Optional[int] = ..., exclude_volumes: _Optional[_Iterable[str]] = ..., include_volumes: _Optional[_Iterable[str]] = ..., last_backup_id: _Optional[str] = ..., last_backup_name: _Optional[str] = ..., last_backup_status: _Optional[_Union[_backup_pb2.BackupStatus, str]] = ..., last_backup_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateVaultRequest(_message.Message):
     __slots__ = ("name", "description", "object_type", "protect_type", "consistent_level", "size_gb", "auto_expand", "threshold", "backup_name_prefix", "tags", "auto_bind", "bind_rules", "resources", "backup_policy_id", "storage_url", "encrypted", "kms_key_id")

@@ -3,13 +3,12 @@ backup went, what failed in the last day, how far replication is behind per
 region, and vault usage against capacity.
 
 One page, a bounded number of API calls made together (under 300 ms with
-1,000 backups in a vault): each list is read newest first with the largest
-page, and what a bound cut short is said on the page rather than guessed.
+1,000 backups in a vault), and what a bound cut short is said on the page
+rather than guessed.
 
-A resource's last backup is its newest backup task (ListTasks, one row per
-backup attempt, with the backup's id and name and how it ended): a page of
-tasks costs the API less than a page of backups. Its state is also the
-vault resource's protect status, which the catalog keeps for every resource.
+A resource's last backup comes with its vault (VaultResource.last_backup_*,
+one set-based query for a page of vaults); how its last attempt went is the
+resource's protect status (error after a failed backup).
 """
 
 from __future__ import annotations
@@ -23,13 +22,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cbr.v1 import notification_pb2, protectable_pb2, replication_pb2, task_pb2, vault_pb2
+from cbr.v1 import notification_pb2, protectable_pb2, replication_pb2, vault_pb2
 from console import web as cw
 from console.api import Api, ApiError
 
 PAGE = 1000  # the API's largest page (cbr.limits.PAGE_SIZE_MAX)
-# The newest backup tasks read for the resources' last backups.
-BACKUP_TASKS_READ = PAGE
 FAILURE_SHOWN = 50
 FAILURE_WINDOW = dt.timedelta(hours=24)
 # The events that are failures (notification.proto Event.event_type).
@@ -44,7 +41,6 @@ T = TypeVar("T")
 class Protected:
     vault: Any
     resource: Any
-    last: Any = None  # the resource's newest backup task, or None
 
 
 @dataclass
@@ -62,15 +58,6 @@ async def _section(call: Awaitable[T]) -> tuple[T | None, ApiError | None]:
         if err.status == "UNAUTHENTICATED":
             raise
         return None, err
-
-
-async def _backup_tasks(api: Api) -> tuple[list[Any], bool]:
-    """The account's newest backup tasks, and whether there are older ones
-    (then a resource backed up only before those shows no last backup)."""
-    page = await api(api.stubs.tasks.ListTasks, task_pb2.ListTasksRequest(
-        page_size=BACKUP_TASKS_READ, operation_type=task_pb2.OPERATION_TYPE_BACKUP,
-        newest_first=True))
-    return list(page.tasks), bool(page.next_page_token)
 
 
 async def _failures(api: Api, since: dt.datetime) -> tuple[list[Any], int]:
@@ -111,41 +98,22 @@ def lag_by_region(records: list[Any], now: dt.datetime) -> list[RegionLag]:
     return sorted(regions.values(), key=lambda r: r.lag, reverse=True)
 
 
-def last_backups(tasks: list[Any]) -> dict[str, Any]:
-    """The newest backup task of each resource id (times are compared, not
-    the list's order; a tie goes to the later in the list)."""
-    last: dict[str, Any] = {}
-    for task in tasks:
-        seen = last.get(task.resource_id)
-        if seen is None or (task.created_at.seconds, task.created_at.nanos) >= (
-                seen.created_at.seconds, seen.created_at.nanos):
-            last[task.resource_id] = task
-    return last
-
-
 async def page(request: web.Request) -> web.Response:
     api = cw.api(request)
     now = cw.console_of(request).app.clock.now()
-    (vaults, vaults_err), (unprotected, unprotected_err), (backups, backups_err), \
+    (vaults, vaults_err), (unprotected, unprotected_err), \
         (failures, failures_err), (pending, pending_err) = await asyncio.gather(
             _section(api(api.stubs.vaults.ListVaults, vault_pb2.ListVaultsRequest(page_size=PAGE))),
             _section(api(api.stubs.protectables.ListProtectables,
                          protectable_pb2.ListProtectablesRequest(page_size=PAGE,
                                                                  protection="unprotected"))),
-            _section(_backup_tasks(api)),
             _section(_failures(api, now - FAILURE_WINDOW)),
             _section(_pending_replication(api)))
-    # Older tasks than those read only matter to a resource none of the read
-    # ones names: it shows no last backup, and the page says why.
-    last = last_backups(backups[0]) if backups is not None else {}
-    protected = [Protected(v, r, last.get(r.id)) for v in (vaults.vaults if vaults else ())
-                 for r in v.resources]
+    protected = [Protected(v, r) for v in (vaults.vaults if vaults else ()) for r in v.resources]
     return cw.render(
         request, "overview.html", since=now - FAILURE_WINDOW, page_size=PAGE,
         vaults=vaults.vaults if vaults else [], vaults_error=vaults_err,
-        protected=protected, backups_error=backups_err,
-        backups_truncated=bool(backups and backups[1]),
-        backups_read=len(backups[0]) if backups else 0,
+        protected=protected,
         unprotected=unprotected.protectables if unprotected else [],
         unprotected_total=unprotected.total_count if unprotected else 0,
         unprotected_error=unprotected_err,

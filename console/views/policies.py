@@ -23,7 +23,7 @@ from multidict import MultiMapping
 from cbr import errors
 from cbr.v1 import backup_pb2, credential_pb2, policy_pb2
 from console import web as cw
-from console.api import Api, ApiError, Rpc
+from console.api import ApiError
 from controller.services import policy_rules, validation
 from controller.services.schedule import Schedule
 
@@ -232,19 +232,10 @@ def _now(request: web.Request) -> dt.datetime:
     return cw.console_of(request).app.clock.now()
 
 
-async def _optional(api: Api, rpc: Rpc, message: Any) -> Any:
-    try:
-        return await api(rpc, message)
-    except ApiError as err:
-        if err.status == "PERMISSION_DENIED":
-            return None
-        raise
-
-
 async def _form_page(request: web.Request, draft: Draft, policy: policy_pb2.Policy | None,
                      status: int = 200, error: ApiError | None = None) -> web.Response:
     api = cw.api(request)
-    credentials = await _optional(api, api.stubs.credentials.ListCredentials,
+    credentials = await api.optional(api.stubs.credentials.ListCredentials,
                                   credential_pb2.ListCredentialsRequest(page_size=PAGE))
     return cw.render(
         request, "policy_form.html", status=status, draft=draft, policy=policy,
@@ -287,10 +278,9 @@ async def detail(request: web.Request) -> web.Response:
     policy_id = request.match_info["policy_id"]
     policy, runs = await asyncio.gather(
         _get(request, policy_id),
-        _optional(api, api.stubs.policies.ListPolicyRuns, policy_pb2.ListPolicyRunsRequest(
-            policy_id=policy_id, page_size=PAGE)))
-    # Oldest first from the API: the page shows the latest runs first.
-    shown = list(runs.runs)[-RUNS_SHOWN:][::-1] if runs is not None else []
+        api.optional(api.stubs.policies.ListPolicyRuns, policy_pb2.ListPolicyRunsRequest(
+            policy_id=policy_id, page_size=RUNS_SHOWN, newest_first=True)))
+    shown = list(runs.runs) if runs is not None else []
     return cw.render(request, "policy.html", policy=policy, runs=shown,
                      runs_total=len(runs.runs) if runs is not None else 0)
 

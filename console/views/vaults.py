@@ -16,7 +16,6 @@ from multidict import MultiMapping
 
 from cbr.v1 import backup_pb2, common_pb2, policy_pb2, protectable_pb2, vault_pb2
 from console import web as cw
-from console.api import Api, ApiError, Rpc
 
 OBJECT_TYPES = {"server": common_pb2.OBJECT_TYPE_SERVER, "disk": common_pb2.OBJECT_TYPE_DISK,
                 "turbo": common_pb2.OBJECT_TYPE_TURBO}
@@ -70,17 +69,6 @@ async def create(request: web.Request) -> web.Response:
     return cw.redirect(request, "/vaults")
 
 
-async def _optional(api: Api, rpc: Rpc, message: Any) -> Any:
-    """A call that only adds to a page (the policies to pick from): a user
-    who may not make it still sees the rest, with the control disabled."""
-    try:
-        return await api(rpc, message)
-    except ApiError as err:
-        if err.status == "PERMISSION_DENIED":
-            return None
-        raise
-
-
 async def detail(request: web.Request) -> web.Response:
     return await _detail_page(request, request.match_info["vault_id"])
 
@@ -91,10 +79,10 @@ async def _detail_page(request: web.Request, vault_id: str,
     vault = (await api(api.stubs.vaults.GetVault,
                        vault_pb2.GetVaultRequest(vault_id=vault_id))).vault
     unprotected, policies = await asyncio.gather(
-        _optional(api, api.stubs.protectables.ListProtectables,
+        api.optional(api.stubs.protectables.ListProtectables,
                   protectable_pb2.ListProtectablesRequest(
                       page_size=PAGE, type=vault.object_type, protection="unprotected")),
-        _optional(api, api.stubs.policies.ListPolicies,
+        api.optional(api.stubs.policies.ListPolicies,
                   policy_pb2.ListPoliciesRequest(page_size=PAGE)))
     every = list(policies.policies) if policies is not None else []
     bound = [p for p in every if vault.id in p.vault_ids]

@@ -120,9 +120,9 @@ def tags_from_pb(tags: Any) -> list[dict[str, str]]:
 # -- resources -----------------------------------------------------------------
 
 
-def vault_resource(r: Any) -> vault_pb2.VaultResource:
-    """One row of ``vaults.resource_rows``."""
-    return vault_pb2.VaultResource(
+def vault_resource(r: Any, last: Any = None) -> vault_pb2.VaultResource:
+    """One row of ``vaults.resource_rows``, with its newest backup row."""
+    out = vault_pb2.VaultResource(
         id=r.protectable_id, name=r.name,
         type=enum_number(common_pb2.ObjectType, r.object_type),
         resource_type=RESOURCE_TYPES[r.object_type],
@@ -130,9 +130,17 @@ def vault_resource(r: Any) -> vault_pb2.VaultResource:
         size_bytes=r.size_bytes, backup_size_bytes=r.backup_size_bytes,
         backup_count=r.backup_count, exclude_volumes=r.exclude_volumes,
         include_volumes=r.include_volumes)
+    if last is not None:
+        out.last_backup_id, out.last_backup_name = last.id, last.name
+        out.last_backup_status = enum_number(backup_pb2.BackupStatus, last.status)
+        stamp = ts(last.created_at)
+        if stamp is not None:
+            out.last_backup_at.CopyFrom(stamp)
+    return out
 
 
-def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
+def vault(v: Any, resources: list[Any], bindings: list[Any],
+          last_backups: dict[str, Any] | None = None) -> vault_pb2.Vault:
     """A vault row (or model) with its resource rows and policy binding rows."""
     out = vault_pb2.Vault(
         id=v.id, name=v.name, description=v.description,
@@ -143,7 +151,8 @@ def vault(v: Any, resources: list[Any], bindings: list[Any]) -> vault_pb2.Vault:
         used_bytes=v.used_bytes, auto_expand=v.auto_expand, threshold=v.threshold,
         backup_name_prefix=v.backup_name_prefix, tags=tags_to_pb(v.tags),
         auto_bind=v.auto_bind, bind_rules=tags_to_pb(v.bind_rules),
-        resources=[vault_resource(r) for r in resources], project_id=v.project_id,
+        resources=[vault_resource(r, (last_backups or {}).get(r.protectable_id))
+                   for r in resources], project_id=v.project_id,
         region=v.region, created_at=ts(v.created_at), updated_at=ts(v.updated_at),
         storage_url=v.storage_url, encrypted=bool(v.encrypted), kms_key_id=v.kms_key_id,
         threshold_exceeded=bool(v.threshold_exceeded))

@@ -110,6 +110,7 @@ class PolicyServicer(Servicer, policy_pb2_grpc.PolicyServiceServicer):
                        context: grpc.ServicerContext) -> policy_pb2.ListPolicyRunsResponse:
         with self.app.db.begin() as s:
             items, token, _total = policy_runs.list_runs(s, self.project_id, request.policy_id,
-                                                         request.page_size, request.page_token)
+                                                         request.page_size, request.page_token,
+                                                         request.newest_first)
             return policy_pb2.ListPolicyRunsResponse(
                 runs=[convert.policy_run(r) for r in items], next_page_token=token)

@@ -20,7 +20,7 @@ def _resources(specs: Any) -> list[vaults.ResourceRequest]:
 
 
 def _vault_pb(view: vaults.VaultView) -> vault_pb2.Vault:
-    return convert.vault(view.vault, view.resources, view.bindings)
+    return convert.vault(view.vault, view.resources, view.bindings, view.last_backups)
 
 
 class VaultServicer(Servicer, vault_pb2_grpc.VaultServiceServicer):

@@ -84,11 +84,13 @@ def policy_view(session: Session, policy: Policy, now: dt.datetime, count: int) 
 
 
 def list_runs(session: Session, project_id: str, policy_id: str, page_size: int,
-              page_token: str) -> tuple[Sequence[PolicyRun], str, int]:
-    """A page of one policy's runs, oldest first."""
+              page_token: str, newest_first: bool = False
+              ) -> tuple[Sequence[PolicyRun], str, int]:
+    """A page of one policy's runs, oldest first unless asked."""
     policies.get_policy(session, project_id, policy_id)
     stmt = select(PolicyRun).where(PolicyRun.policy_id == policy_id)
-    return paging.paginate(session, stmt, PolicyRun, page_size, page_token)
+    return paging.paginate(session, stmt, PolicyRun, page_size, page_token,
+                           newest_first=newest_first)
 
 
 def bound_vaults(session: Session, policy_id: str) -> list[str]:

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from cbr import errors, limits
 from cbr.repo.maintenance.subset import DataSubset
 from controller.persistence.models import (
+    Backup,
     Policy,
     Protectable,
     Task,
@@ -464,6 +465,8 @@ class VaultView:
     vault: Any
     resources: list[Any]
     bindings: list[Any]
+    # Each resource's newest backup row in the vault, by resource id.
+    last_backups: dict[str, Any] = field(default_factory=dict)
 
 
 VAULT_COLUMNS = tuple(Vault.__table__.c)
@@ -483,6 +486,18 @@ _RESOURCES_OF = (
     .join(_protectables, _protectables.c.id == _resources.c.protectable_id)
     .where(_resources.c.vault_id.in_(bindparam("ids", expanding=True)))
     .order_by(_resources.c.added_at))
+_backups = Backup.__table__
+_ranked = (
+    select(_backups.c.vault_id, _backups.c.resource_id, _backups.c.id, _backups.c.name,
+           _backups.c.status, _backups.c.created_at,
+           func.row_number().over(partition_by=(_backups.c.vault_id, _backups.c.resource_id),
+                                  order_by=(_backups.c.created_at.desc(),
+                                            _backups.c.id.desc())).label("newest"))
+    .where(_backups.c.vault_id.in_(bindparam("ids", expanding=True)),
+           _backups.c.parent_id.is_(None))
+    .subquery())
+# Each resource's newest backup in each vault, for a page of vaults at once.
+_LAST_BACKUPS_OF = select(_ranked).where(_ranked.c.newest == 1)
 _BINDINGS_OF = (
     select(_bindings.c.vault_id, _bindings.c.policy_id, _bindings.c.operation_type,
            _bindings.c.destination_vault_id)
@@ -505,12 +520,15 @@ def vault_views(session: Session | Connection, rows: Sequence[Any]) -> list[Vaul
     ids = [r.id for r in rows]
     resources: dict[str, list[Any]] = {i: [] for i in ids}
     bindings: dict[str, list[Any]] = {i: [] for i in ids}
+    last: dict[str, dict[str, Any]] = {i: {} for i in ids}
     if ids:
         for r in session.execute(_RESOURCES_OF, {"ids": ids}):
             resources[r.vault_id].append(r)
         for b in session.execute(_BINDINGS_OF, {"ids": ids}):
             bindings[b.vault_id].append(b)
-    return [VaultView(r, resources[r.id], bindings[r.id]) for r in rows]
+        for b in session.execute(_LAST_BACKUPS_OF, {"ids": ids}):
+            last[b.vault_id][b.resource_id] = b
+    return [VaultView(r, resources[r.id], bindings[r.id], last[r.id]) for r in rows]
 
 
 def start_maintenance(session: Session, project_id: str, vault_id: str,

@@ -119,7 +119,8 @@ def test_the_overview_shows_last_backups_unprotected_resources_and_failures(
     assert page.status == 200
     protected = _section(page.text, "protected-h")
     row = _row(protected, share.id)
-    assert f'href="/backups/{backup.id}"' in row and "success" in row and "available" in row
+    assert f'href="/backups/{backup.id}"' in row and f">{backup.name}</a>" in row
+    assert row.count(">available<") == 2  # the resource's protection, and its last backup
     assert vol.id not in protected
     assert vol.id in _section(page.text, "unprotected-h")
     failures = _section(page.text, "failures-h")

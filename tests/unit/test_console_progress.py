@@ -102,16 +102,6 @@ def test_the_last_fragment_of_an_ended_task_removes_the_cancel_control() -> None
     assert "no &lt;such&gt; path" in html and "Time left" not in html
 
 
-def test_the_last_backup_of_each_resource_is_its_newest_backup_task() -> None:
-    def backup(ident: str, resource: str, minute: int) -> task_pb2.Task:
-        return task_pb2.Task(id=ident, resource_id=resource,
-                             created_at=_ts(T0 + dt.timedelta(minutes=minute)))
-
-    found = overview.last_backups([backup("b1", "r1", 1), backup("b2", "r2", 2),
-                                   backup("b3", "r1", 3), backup("b0", "r2", 0)])
-    assert {k: v.id for k, v in found.items()} == {"r1": "b3", "r2": "b2"}
-
-
 def test_replication_lag_is_the_age_of_the_oldest_pending_record_per_region() -> None:
     def record(region: str, minutes_ago: int) -> replication_pb2.ReplicationRecord:
         return replication_pb2.ReplicationRecord(
