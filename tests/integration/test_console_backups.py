@@ -12,9 +12,11 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+import grpc
 import pytest
 
-from cbr.v1 import backup_pb2, replication_pb2, task_pb2
+from cbr.client import Client
+from cbr.v1 import backup_pb2, credential_pb2, iam_pb2, replication_pb2, task_pb2
 from tests.integration.test_console import PASSWORD, _browser, _user
 from tests.integration.test_data_path import Host, _backup, _start, _wait_task
 from tests.support.clouds import SUCCESS, Clouds
@@ -187,6 +189,23 @@ def test_a_replica_made_in_the_dialog_shows_on_the_target_console(
         in choices.text
     assert f'<option value="{target.vaults["turbo"]}">r-turbo' in choices.text
     assert target.vaults["server"] not in choices.text  # another kind's vault
+    # The API call behind it: the credential's owner only.
+    asked = src.client.credentials.ListReplicationDestinations(
+        credential_pb2.ListReplicationDestinationsRequest(credential_id=clouds.credential_id))
+    assert asked.target_cloud == "cloud-b" and asked.target_account_id == target.account_id
+    assert {v.id for v in asked.vaults} == set(target.vaults.values())
+    made = src.client.iam.CreateAccount(iam_pb2.CreateAccountRequest(
+        name="other", admin_user_name="other-admin"))
+    other = Client(src.controller.api_endpoint, made.access_key.access_key_id,
+                   made.access_key.secret_access_key, root_certificates=src.controller.ca_pem)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            other.credentials.ListReplicationDestinations(
+                credential_pb2.ListReplicationDestinationsRequest(
+                    credential_id=clouds.credential_id))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        other.close()
     unknown = browser.get(f"/backups/{tree.id}/destinations?credential_id=nope")
     assert unknown.status == 200 and 'role="alert"' in unknown.text
     assert '<input id="c-vault" name="destination_vault_id"' in unknown.text
