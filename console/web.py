@@ -32,7 +32,8 @@ COOKIE_PREFIX = "__Host-cbr_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 # Reached without a session: the sign-in form and the files the page loads.
-PUBLIC_PREFIXES = ("/sign-in", "/static/")
+STATIC_PREFIX = "/static/"
+PUBLIC_PREFIXES = ("/sign-in", STATIC_PREFIX)
 
 CONSOLE: web.AppKey[Console] = web.AppKey("console")
 
@@ -164,6 +165,8 @@ def _same_origin(request: web.Request) -> bool:
 async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is signed in, and that a change really comes from this console."""
     console = console_of(request)
+    if request.path.startswith(STATIC_PREFIX) and request.method in ("GET", "HEAD"):
+        return await handler(request)  # the same for everyone: no session read, no write
     public = request.path.startswith(PUBLIC_PREFIXES)
     if request.method not in ("GET", "HEAD") and not _same_origin(request):
         raise web.HTTPForbidden(text="Refused: the request did not come from this console "
