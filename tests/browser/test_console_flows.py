@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from cbr.v1 import backup_pb2, replication_pb2, task_pb2, vault_pb2
 from tests.browser.conftest import BrowserFactory
-from tests.browser.test_console_browser import make_user, sign_in
+from tests.browser.test_console_browser import make_user, sign_in, unlabelled_controls
 from tests.integration.test_data_path import _wait_task
 from tests.support.browser import screenshot
 from tests.support.clouds import Clouds, _clouds
@@ -175,6 +175,13 @@ def test_the_console_flows_on_both_clouds(clouds: Clouds, tmp_path: Path,
                                              r"Status: (cancelled|success|failed)")
     assert src.client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id)).task.status \
         == task_pb2.TASK_STATUS_CANCELLED
+
+    # Every page's controls are labelled, the dialog's and forms' included.
+    for page in ("/", "/vaults", f"/vaults/{vault.id}", "/backups", f"/backups/{backup.id}",
+                 "/policies", "/policies/new", "/replication", "/tasks", f"/tasks/{task_id}",
+                 "/agents", "/keys", "/iam", "/audit"):
+        browser.get(url + page)
+        assert unlabelled_controls(browser) == [], page
 
     # Sign out of both.
     for console in (url, target.controller.console_url):
