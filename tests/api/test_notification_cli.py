@@ -40,8 +40,10 @@ def test_create_test_and_list_a_webhook_target_from_the_command_line(
             target_id, secret = made["target"]["id"], made["signing_secret"]
             assert made["target"]["event_types"] == ["backup.failed"]
 
+            # A busy machine can take longer than the CLI's default wait (15 s)
+            # to run the sender, the receiver and the CLI in this one process.
             assert _cli(sqlite_api, "notification", "target", "test", target_id,
-                        "--output", "json") == 0
+                        "--wait", "120", "--output", "json") == 0
             delivery = json.loads(capsys.readouterr().out)
             assert delivery["status"] == "delivered"
             [request] = receiver.wait_for(1)
