@@ -85,6 +85,24 @@ def missing(request: web.Request, method: str) -> str:
     return actions.missing_action(f"/cbr.v1.{method}", who.caller) or ""
 
 
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def form_number(form: Any, key: str, default: int = 0) -> int:
+    """A whole-number form field for a request message: empty is ``default``;
+    one that is not a whole number becomes -1, and one past what the
+    message's field holds is clamped, so either way the API refuses it
+    naming the field and its range (a protobuf field would raise instead)."""
+    text = str(form.get(key, "")).strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        return -1
+    return max(INT32[0], min(value, INT32[1]))
+
+
 def source_of(request: web.Request) -> str:
     return request.remote or ""
 

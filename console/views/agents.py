@@ -7,6 +7,7 @@ console, never on a later page.
 
 from __future__ import annotations
 
+import math
 from urllib.parse import quote
 
 from aiohttp import web
@@ -38,6 +39,9 @@ async def create_token(request: web.Request) -> web.Response:
         hours = float(str(form.get("ttl_hours", "1")) or 1)
     except ValueError:
         hours = -1  # the API names the field and its range
+    if not math.isfinite(hours):
+        hours = -1
+    hours = min(hours, 10 * MAX_TTL_HOURS)  # past the API's bound, within the field
     role = "importer" if form.get("role") == "importer" else "host"
     made = await api(api.stubs.agents.CreateEnrollmentToken,
                      agent_pb2.CreateEnrollmentTokenRequest(

@@ -77,10 +77,7 @@ async def create_account(request: web.Request) -> web.Response:
     that user's new secret key is shown in this response only."""
     api = cw.api(request)
     form = await request.post()
-    try:
-        quota = int(str(form.get("vault_quota_gb", "0")) or 0)
-    except ValueError:
-        quota = -1  # the API names the field and its range
+    quota = cw.form_number(form, "vault_quota_gb")
     made = await api(api.stubs.iam.CreateAccount, iam_pb2.CreateAccountRequest(
         name=str(form.get("name", "")).strip(),
         admin_user_name=str(form.get("admin_user_name", "")).strip(), vault_quota_gb=quota))

@@ -65,10 +65,7 @@ async def enable(request: web.Request) -> web.Response:
 async def schedule_deletion(request: web.Request) -> web.Response:
     api = cw.api(request)
     form = await request.post()
-    try:
-        days = int(str(form.get("pending_days", "0")) or 0)
-    except ValueError:
-        days = -1  # the API names the field and its range
+    days = cw.form_number(form, "pending_days")
     await api(api.stubs.keys.ScheduleKeyDeletion, key_pb2.ScheduleKeyDeletionRequest(
         key_id=_key_id(request), pending_days=days))
     return cw.redirect(request, "/keys")

@@ -8,11 +8,9 @@ create`), so what the page refuses is what the API refuses, in its words.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 from google.protobuf import field_mask_pb2
-from multidict import MultiMapping
 
 from cbr.v1 import backup_pb2, common_pb2, policy_pb2, protectable_pb2, vault_pb2
 from console import web as cw
@@ -43,18 +41,6 @@ async def list_page(request: web.Request) -> web.Response:
     return cw.render(request, "vaults.html", vaults=vaults.vaults, object_types=OBJECT_TYPES)
 
 
-def _int(form: MultiMapping[Any], key: str, default: int = 0) -> int:
-    """A number field; one that is not a number becomes -1, out of every
-    range, so the API refuses it naming the field and its range."""
-    text = str(form.get(key, "")).strip()
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        return -1
-
-
 async def create(request: web.Request) -> web.Response:
     api = cw.api(request)
     form = await request.post()
@@ -64,7 +50,7 @@ async def create(request: web.Request) -> web.Response:
         name=str(form.get("name", "")), description=str(form.get("description", "")),
         object_type=OBJECT_TYPES.get(str(form.get("object_type", "")),
                                      common_pb2.OBJECT_TYPE_UNSPECIFIED),
-        protect_type=protect, size_gb=_int(form, "size_gb"))
+        protect_type=protect, size_gb=cw.form_number(form, "size_gb"))
     await api(api.stubs.vaults.CreateVault, request_)
     return cw.redirect(request, "/vaults")
 
@@ -161,7 +147,8 @@ async def update_settings(request: web.Request) -> web.Response:
     api = cw.api(request)
     vault_id = request.match_info["vault_id"]
     form = await request.post()
-    vault = vault_pb2.Vault(size_gb=_int(form, "size_gb"), threshold=_int(form, "threshold"),
+    vault = vault_pb2.Vault(size_gb=cw.form_number(form, "size_gb"),
+                            threshold=cw.form_number(form, "threshold"),
                             auto_expand=form.get("auto_expand") == "on")
     await api(api.stubs.vaults.UpdateVault, vault_pb2.UpdateVaultRequest(
         vault_id=vault_id, vault=vault, update_mask=field_mask_pb2.FieldMask(paths=SETTINGS)))

@@ -170,3 +170,19 @@ def test_console_changes_are_audited_with_the_browser_as_source(
         action="cbr:vaults:create")).records
     assert [(r.user_id, r.source, r.result) for r in records] == [
         (user_id, "console 127.0.0.1", audit_pb2.AUDIT_RESULT_SUCCESS)]
+
+
+def test_numbers_out_of_every_range_get_the_apis_refusal_not_a_server_error(
+        controller: ControllerProcess) -> None:
+    _user(controller.client(), "ops", "CBRFullAccess", "IAMFullAccess")
+    browser = _browser(controller)
+    browser.sign_in("admin", "ops", PASSWORD)
+    browser.get("/vaults")
+    for size in ("99999999999999999999999", "-5", "ten"):
+        page = browser.post("/vaults", {"name": "v1", "object_type": "disk",
+                                        "protect_type": "backup", "size_gb": size})
+        assert page.status == 400 and "size_gb" in page.text, (size, page.status)
+    browser.get("/agents")
+    for hours in ("1e400", "nan", "-1", "99999999999"):
+        page = browser.post("/agents/tokens", {"ttl_hours": hours, "role": "host"})
+        assert page.status == 400, (hours, page.status)
