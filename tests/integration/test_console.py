@@ -186,3 +186,27 @@ def test_numbers_out_of_every_range_get_the_apis_refusal_not_a_server_error(
     for hours in ("1e400", "nan", "-1", "99999999999"):
         page = browser.post("/agents/tokens", {"ttl_hours": hours, "role": "host"})
         assert page.status == 400, (hours, page.status)
+
+
+def test_another_accounts_console_user_sees_and_reaches_nothing_of_the_first(
+        controller: ControllerProcess) -> None:
+    admin = controller.client()
+    mine = admin.vaults.CreateVault(vault_pb2.CreateVaultRequest(
+        name="mine", object_type=1, protect_type=1, size_gb=10)).vault
+    made = admin.iam.CreateAccount(iam_pb2.CreateAccountRequest(
+        name="other", admin_user_name="other-admin"))
+    other = Client(controller.api_endpoint, made.access_key.access_key_id,
+                   made.access_key.secret_access_key, root_certificates=controller.ca_pem)
+    try:
+        other.iam.SetUserPassword(iam_pb2.SetUserPasswordRequest(
+            user_id=made.user.id, password=PASSWORD))
+    finally:
+        other.close()
+    browser = _browser(controller)
+    assert browser.sign_in("other", "other-admin", PASSWORD).status == 303
+    assert mine.id not in browser.get("/vaults").text
+    assert browser.get(f"/vaults/{mine.id}").status == 404
+    assert browser.get(f"/backups?vault_id={mine.id}").status == 404
+    refused = browser.post(f"/vaults/{mine.id}/settings", {"size_gb": "20", "threshold": "80"})
+    assert refused.status == 404
+    assert admin.vaults.GetVault(vault_pb2.GetVaultRequest(vault_id=mine.id)).vault.size_gb == 10
